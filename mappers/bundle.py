@@ -1,0 +1,56 @@
+"""Build FHIR R4 transaction Bundles out of mapped resources.
+
+Every mapper (HL7 v2, CSV, DICOM) ends in the same place: a transaction Bundle whose
+entries are conditional on business identifiers, so that sending the same source twice
+creates nothing new. This module is that common end; it knows nothing of any source format.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+Resource = dict[str, Any]
+
+
+def identifier_query(system: str | None, value: str) -> str:
+    """The search string `identifier=system|value`, escaped for a conditional URL."""
+    token = f"{system}|{value}" if system else value
+    return "identifier=" + quote(token, safe="|:/.-_")
+
+
+@dataclass
+class TransactionBuilder:
+    """Collects entries and returns them as one transaction Bundle.
+
+    References between entries use `urn:uuid:` fullUrls; the server rewrites them to the
+    ids it assigns (or finds, for conditional entries).
+    """
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def _full_url(self) -> str:
+        return f"urn:uuid:{uuid.uuid4()}"
+
+    def create(self, resource: Resource, if_none_exist: str | None = None) -> str:
+        """Add a POST (conditional on `if_none_exist` when given); returns its fullUrl."""
+        full_url = self._full_url()
+        request: dict[str, Any] = {"method": "POST", "url": resource["resourceType"]}
+        if if_none_exist:
+            request["ifNoneExist"] = if_none_exist
+        self.entries.append({"fullUrl": full_url, "resource": resource, "request": request})
+        return full_url
+
+    def upsert(self, resource: Resource, search: str) -> str:
+        """Add a conditional update `PUT Type?search`: creates or updates the one match."""
+        full_url = self._full_url()
+        url = f"{resource['resourceType']}?{search}"
+        self.entries.append(
+            {"fullUrl": full_url, "resource": resource, "request": {"method": "PUT", "url": url}}
+        )
+        return full_url
+
+    def bundle(self) -> Resource:
+        return {"resourceType": "Bundle", "type": "transaction", "entry": list(self.entries)}
