@@ -53,8 +53,8 @@ def loads(data: bytes | str) -> Any:
         raise JsonError("The body is not valid JSON: nested too deeply") from None
 
 
-def dumps(value: Any, pretty: bool = False) -> bytes:
-    option = orjson.OPT_INDENT_2 if pretty else 0
+def dumps(value: Any, pretty: bool = False, sort_keys: bool = False) -> bytes:
+    option = (orjson.OPT_INDENT_2 if pretty else 0) | (orjson.OPT_SORT_KEYS if sort_keys else 0)
     return orjson.dumps(value, default=_default, option=option)
 
 
