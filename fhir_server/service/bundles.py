@@ -154,7 +154,10 @@ class BundleProcessor:
             responses = self._batch(entries, get)
         if not return_resources:
             for response in responses:
-                response.pop("_resource", None)
+                if not response.pop("_read", False):
+                    response.pop("_resource", None)
+        for response in responses:
+            response.pop("_read", None)
         return {
             "resourceType": "Bundle",
             "id": str(uuid.uuid4()),
@@ -322,7 +325,7 @@ class BundleProcessor:
             status, body = get(req.url.split("?")[0], req.query)
         except FhirError as exc:
             return {"status": STATUS_TEXT.get(exc.status, str(exc.status)), "outcome": exc.to_outcome()}
-        response: dict[str, Any] = {"status": STATUS_TEXT.get(status, str(status))}
+        response: dict[str, Any] = {"status": STATUS_TEXT.get(status, str(status)), "_read": True}
         if body is not None:
             response["_resource"] = body
         return response

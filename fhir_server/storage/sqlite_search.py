@@ -463,9 +463,9 @@ def run_search(
         (*sort_expression(compiler, key, rtype, "r"), key.descending) for key in result.sort
     ]
     total = None
-    if result.total == "accurate" or result.summary == "count":
+    if result.total == "accurate" or result.summary == "count" or count == 0:
         total = conn.execute(f"SELECT count(*) FROM resources r WHERE {where}", args).fetchone()[0]
-    if result.summary == "count":
+    if result.summary == "count" or count == 0:
         return SearchPage([], total=total)
 
     reverse = False
