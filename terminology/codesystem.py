@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from terminology.text import search_key
+from terminology.text import word_index
 
 PropertyValue = str | int | bool
 
@@ -19,7 +19,7 @@ class Concept:
     children: list[str] = field(default_factory=list)
     status: str = "active"
     properties: dict[str, PropertyValue] = field(default_factory=dict)
-    key: str = ""  # accent/case-folded code + displays, computed by CodeSystemData.finalize()
+    key: str = ""  # word index of code + displays (text.word_index), set by finalize()
 
     def display_in(self, language: str | None) -> str:
         if language:
@@ -83,8 +83,9 @@ class CodeSystemData:
 
     @staticmethod
     def refresh_key(concept: Concept) -> None:
-        words = [concept.code, concept.code.replace(".", ""), *concept.designations.values()]
-        concept.key = search_key(" ".join(dict.fromkeys(words)))
+        concept.key = word_index(
+            [concept.code, concept.code.replace(".", ""), *concept.designations.values()]
+        )
 
     def roots(self) -> list[str]:
         return [c.code for c in self.concepts.values() if c.parent is None]

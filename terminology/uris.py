@@ -19,3 +19,4 @@ CM_ATC_PARENT = f"{BASE}/ConceptMap/atc-parent"
 
 # FHIR convention for "all codes of a system" (implicit value set), also ?fhir_vs=isa/CODE.
 IMPLICIT_VS_SUFFIX = "?fhir_vs"
+CM_ICD10_TO_CIM10 = f"{BASE}/ConceptMap/icd10-to-cim10"
