@@ -193,14 +193,18 @@ class MemberIndex:
         self._text = "\n".join(self._keys)
 
     def filter(self, text: str | None) -> list[Member]:
-        """Members where every word of `text` starts a word of the code or of one of the
-        displays (accent- and case-insensitive): `diab type 2` finds "Diabète sucré de
-        type 2" but not "... de type 1, avec complications rénales" (code E10.2)."""
-        prefixes = [" " + word for word in search_words(text or "")]
-        if not prefixes:
+        """Members matching every word of `text` (accent- and case-insensitive) in their
+        code or one of their displays. A word of three letters or more may match inside a
+        word (`gliptine` finds "sitagliptine"); a shorter word, or one with digits, must
+        start a word, so `diabète type 2` does not find "type 1 ... (E10.2)"."""
+        needles = [
+            word if word.isalpha() and len(word) >= 3 else " " + word
+            for word in search_words(text or "")
+        ]
+        if not needles:
             return self.members
-        prefixes.sort(key=len, reverse=True)  # the longest word is usually the rarest
-        first, rest = prefixes[0], prefixes[1:]
+        needles.sort(key=len, reverse=True)  # the longest word is usually the rarest
+        first, rest = needles[0], needles[1:]
         keys, starts, body = self._keys, self._starts, self._text
         hits: list[int] = []
         position = body.find(first)

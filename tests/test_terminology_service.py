@@ -393,3 +393,16 @@ def test_operation_outcome_from_error():
     outcome = TerminologyError("nope", code="not-found", status=404).to_operation_outcome()
     assert outcome["issue"][0] == {"severity": "error", "code": "not-found",
                                    "diagnostics": "nope"}
+
+
+def test_filter_word_rules(service):
+    # long alphabetic words match inside words; digits must start a word
+    gliptins = service.expand("https://diatabase.org/fhir/ValueSet/drugs-used-in-diabetes",
+                              filter="gliptine", display_language="fr")
+    assert {"A10BH01", "A10BH02", "A10BH03", "A10BH05", "A10BD07", "A10BD08"} <= set(
+        codes(gliptins))
+    type2 = service.expand(ICD10 + "?fhir_vs=isa/E10-E14", filter="type 2")
+    assert codes(type2)[0] == "E11"
+    assert not any(code.startswith("E10") for code in codes(type2))
+    assert codes(service.expand(ALL_ICD10, filter="e11.9")) == ["E11.9"]
+    assert codes(service.expand(ALL_ICD10, filter="E119")) == ["E11.9"]
