@@ -205,8 +205,15 @@ class MemberIndex:
             return self.members
         needles.sort(key=len, reverse=True)  # the longest word is usually the rarest
         first, rest = needles[0], needles[1:]
-        keys, starts, body = self._keys, self._starts, self._text
-        hits: list[int] = []
+        keys = self._keys
+        if len(first.strip()) <= 2:
+            # A one- or two-letter word matches thousands of members: a plain scan of the
+            # keys is cheaper than jumping from one str.find hit to the next.
+            hits = [i for i, key in enumerate(keys) if first in key
+                    and all(p in key for p in rest)]
+            return [self.members[i] for i in hits]
+        starts, body = self._starts, self._text
+        hits = []
         position = body.find(first)
         while position != -1:
             index = bisect_right(starts, position) - 1
