@@ -68,6 +68,12 @@ class TerminologyService:
                 cls._default = cls(store.data_dir_from_env())
             return cls._default
 
+    @classmethod
+    def reset_default(cls) -> None:
+        """Forget the shared instance (tests, or after `terminology load`)."""
+        with cls._default_lock:
+            cls._default = None
+
     # ---- code systems -------------------------------------------------------------
 
     def _saved(self, kind: str) -> Path | None:

@@ -385,8 +385,11 @@ def test_resources_for_reads(service):
     assert {CM_CIM10_TO_ICD10, CM_ATC_PARENT} <= maps
 
 
-def test_default_is_shared():
-    assert TerminologyService.default() is TerminologyService.default()
+def test_default_is_shared_and_resettable():
+    first = TerminologyService.default()
+    assert first is TerminologyService.default()
+    TerminologyService.reset_default()
+    assert TerminologyService.default() is not first
 
 
 def test_operation_outcome_from_error():
