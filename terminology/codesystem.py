@@ -152,9 +152,24 @@ class CodeSystemData:
             resource["publisher"] = self.publisher
         if self.copyright:
             resource["copyright"] = self.copyright
+        declared = self._property_types()
+        if declared:
+            # FHIR wants every concept property code declared on the CodeSystem.
+            resource["property"] = [{"code": n, "type": t} for n, t in declared.items()]
         if include_concepts:
             resource["concept"] = [self._concept_resource(code) for code in self.roots()]
         return resource
+
+    def _property_types(self) -> dict[str, str]:
+        types: dict[str, str] = {}
+        for concept in self.concepts.values():
+            for name, value in concept.properties.items():
+                if name not in types:
+                    types[name] = ("boolean" if isinstance(value, bool)
+                                   else "integer" if isinstance(value, int) else "string")
+            if concept.status != "active":
+                types.setdefault("status", "code")
+        return types
 
     def _concept_resource(self, code: str) -> dict:
         concept = self.concepts[code]

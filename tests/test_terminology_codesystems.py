@@ -149,3 +149,16 @@ def test_code_system_resource_nests_concepts():
     assert set(top) == {"A", "C"}
     a10 = next(c for c in top["A"]["concept"] if c["code"] == "A10")
     assert {"language": "fr", "value": "MÉDICAMENTS DU DIABÈTE"} in a10["designation"]
+
+
+def test_code_system_resource_declares_its_properties():
+    resource = load_shipped_atc().to_resource()
+    assert resource["property"] == [{"code": "level", "type": "integer"}]
+    cim = load_shipped_cim10().to_resource()
+    assert {"code": "ald", "type": "string"} in cim["property"]
+
+
+def test_package_never_imports_fhir_server():
+    package = Path(__file__).parent.parent / "terminology"
+    offenders = [p.name for p in package.rglob("*.py") if "fhir_server" in p.read_text("utf-8")]
+    assert offenders == []
