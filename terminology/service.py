@@ -28,7 +28,8 @@ from terminology.icd10 import load_icd10
 from terminology.loinc import load_loinc_subset
 from terminology.parameters import param, parameters, part
 from terminology.text import search_key
-from terminology.uris import ATC, CIM10, ICD10, LOINC
+from terminology.ucum import load_ucum_units
+from terminology.uris import ATC, CIM10, ICD10, LOINC, UCUM
 from terminology.valuesets import Evaluator, Member, MemberIndex
 
 VALUE_SET_DIR = Path(__file__).parent / "data" / "valuesets"
@@ -48,6 +49,7 @@ class TerminologyService:
             CIM10: self._load_cim10,
             ATC: self._load_atc,
             LOINC: load_loinc_subset,
+            UCUM: load_ucum_units,
         }
         self._systems: dict[str, CodeSystemData] = {}
         self._value_sets: dict[str, dict] = {}
@@ -208,10 +210,10 @@ class TerminologyService:
             raise invalid("a code is required")
         concept = cs.get(code)
         if concept is None:
-            return parameters(
-                param("result", False),
-                param("message", f"Unknown code '{code}' in code system '{cs.url}'"),
-            )
+            message = f"Unknown code '{code}' in code system '{cs.url}'"
+            if cs.content == "fragment":
+                message += " (this server holds only part of that code system)"
+            return parameters(param("result", False), param("message", message))
         return self._display_check(concept, display, f"{cs.url}#{code}")
 
     @staticmethod

@@ -197,3 +197,23 @@ def hba1c_percent_to_mmol_mol(percent: float) -> float:
 def hba1c_mmol_mol_to_percent(mmol_mol: float) -> float:
     """IFCC mmol/mol to NGSP/DCCT %: NGSP = 0.09148 * IFCC + 2.152."""
     return float(Fraction("0.09148") * _exact(mmol_mol) + Fraction("2.152"))
+
+
+def load_ucum_units():
+    """The unit table as a (fragment) code system, so $validate-code and $lookup work on
+    units; UCUM itself is a grammar, so a unit outside the table is only unknown to us."""
+    from terminology.codesystem import CodeSystemData, Concept
+
+    system = CodeSystemData(
+        url=UCUM_SYSTEM,
+        name="UCUM",
+        title="Unified Code for Units of Measure (units used by Diatabase)",
+        version=None,
+        language="en",
+        content="fragment",
+        publisher="Regenstrief Institute, Inc.",
+    )
+    for unit in UNITS.values():
+        system.add(Concept(code=unit.code, display=unit.display,
+                           properties={"kind": unit.kind, "canonical": CANONICAL[unit.kind]}))
+    return system.finalize()

@@ -112,6 +112,19 @@ def test_validate_code(service):
     assert "E11.99" in value(unknown, "message")
 
 
+def test_units_are_a_code_system(service):
+    ucum = "http://unitsofmeasure.org"
+    assert value(service.validate_code(ucum, "mmol/L"), "result") is True
+    unknown = service.validate_code(ucum, "mg/dl")  # UCUM codes are case-sensitive
+    assert value(unknown, "result") is False
+    assert "only part" in value(unknown, "message")
+    props = values(service.lookup(ucum, "mg/dL"), "property")
+    assert {"code": "canonical", "value": "g/L"} in props
+    expansion = service.expand("https://diatabase.org/fhir/ValueSet/glucose-units")
+    assert [c["display"] for c in expansion["expansion"]["contains"]] == [
+        "milligram per deciliter", "millimole per liter", "gram per liter"]
+
+
 def test_validate_code_checks_display_in_any_language(service):
     assert value(service.validate_code(ATC, "A10BA02", display="Metformine"), "result")
     wrong = service.validate_code(ATC, "A10BA02", display="insulin")
@@ -374,7 +387,7 @@ def test_add_concept_map_rejects_bad_resources():
 
 def test_resources_for_reads(service):
     systems = {cs["url"]: cs for cs in service.code_systems()}
-    assert set(systems) == {ICD10, CIM10, ATC, LOINC}
+    assert set(systems) == {ICD10, CIM10, ATC, LOINC, "http://unitsofmeasure.org"}
     assert systems[ICD10]["content"] == "not-present"
     assert systems[ICD10]["count"] > 12000
     assert systems[LOINC]["content"] == "fragment" and systems[LOINC]["concept"]
