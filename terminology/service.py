@@ -58,7 +58,9 @@ class TerminologyService:
         self._map_index: dict[str, MapIndex] | None = None
         self._expansions: dict[str, MemberIndex] = {}
         self._code_sets: dict[str, frozenset[tuple[str, str]]] = {}
-        self._evaluator = Evaluator(self._system_or_none, self._value_sets.get)
+        self._evaluator = Evaluator(
+            self._system_or_none, lambda url: self._value_sets.get(_strip_version(url))
+        )
         for path in sorted(VALUE_SET_DIR.glob("*.json")):
             self.add_value_set(json.loads(path.read_text(encoding="utf-8")))
 
