@@ -92,13 +92,16 @@ def to_bundle(
 
     warnings: list[str] = []
     zone = parse_timezone(timezone if timezone is not None else fmt.timezone)
-    if zone is None:
-        zone = UTC
-        warnings.append("no time zone given: local timestamps read as UTC")
+    assumed_utc = zone is None
+    zone = zone or UTC
     options = Options(patient=patient, zone=zone, dayfirst=dayfirst, warnings=warnings)
     table = read_table(text, index, delimiter, header)
     out = Collector()
     fmt.map_rows(table, options, out)
     for bad in table.unreadable:
         out.reject(bad.row, bad.reason)
+    if assumed_utc and any(
+        r.stamp.moment is not None and not r.stamp.explicit_offset for r in out.readings
+    ):
+        warnings.append("no time zone given: local timestamps read as UTC")
     return out.result(format_name=fmt.name, rows_read=len(table.rows), warnings=warnings)

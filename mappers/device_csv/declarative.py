@@ -13,7 +13,9 @@
 Fields (each taken from `columns` (a header name) or `constants` (a fixed value)):
 `date` and `value` (required), `code` (required), `system`, `display`, `unit`,
 `patient_identifier`, `patient_identifier_system`, `device_serial`, `value_system`,
-`value_display`.
+`value_display`, `row_key` (a per-row id such as a result or specimen number: it joins the
+Observation identifier, for files where one patient has several results of one code at the
+same instant).
 Options: `header` (the header cells that identify the header row; default: every column
 named), `delimiter`, `decimal_separator` (`.` or `,`), `date_format` (strptime), `dayfirst`,
 `timezone` (used when the caller gives none), `value_type` (`quantity` (default), `coded`,
@@ -48,7 +50,7 @@ from .values import OUT_OF_RANGE_WORDS, parse_number
 
 FIELDS = (
     "date", "value", "code", "system", "display", "unit", "patient_identifier",
-    "patient_identifier_system", "device_serial", "value_system", "value_display",
+    "patient_identifier_system", "device_serial", "value_system", "value_display", "row_key",
 )
 VALUE_TYPES = ("quantity", "coded", "string", "auto")
 
@@ -287,7 +289,7 @@ def map_rows(mapping: Mapping, table: Table, options: Options, out: Collector) -
                 category=mapping.category,
                 value=value,
                 subject=subject,
-                kind="csv",
+                kind=f"csv-{row.get('row_key')}" if row.get("row_key") else "csv",
                 device=device,
             )
         )

@@ -38,6 +38,7 @@ class Stamp:
 
     moment: datetime | None
     day: date | None = None
+    explicit_offset: bool = False
 
     def fhir(self) -> str:
         if self.moment is not None:
@@ -108,7 +109,7 @@ def _build(
         year, month, day_, hour, int(groups["mi"] or 0), int(groups.get("s") or 0)
     )
     explicit = _offset(groups.get("tz"))
-    return Stamp(moment.replace(tzinfo=explicit or zone))
+    return Stamp(moment.replace(tzinfo=explicit or zone), explicit_offset=explicit is not None)
 
 
 def parse_timestamp(
@@ -120,9 +121,9 @@ def parse_timestamp(
         raise ValueError("empty timestamp")
     if date_format:
         moment = datetime.strptime(text, date_format)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=zone)
-        return Stamp(moment)
+        if moment.tzinfo is not None:
+            return Stamp(moment, explicit_offset=True)
+        return Stamp(moment.replace(tzinfo=zone))
     match = _YEAR_FIRST.match(text) or _COMPACT.match(text)
     if match:
         groups = match.groupdict()
