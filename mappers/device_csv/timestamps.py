@@ -109,7 +109,15 @@ def _build(
         year, month, day_, hour, int(groups["mi"] or 0), int(groups.get("s") or 0)
     )
     explicit = _offset(groups.get("tz"))
-    return Stamp(moment.replace(tzinfo=explicit or zone), explicit_offset=explicit is not None)
+    return _checked(moment.replace(tzinfo=explicit or zone), explicit is not None)
+
+
+def _checked(moment: datetime, explicit_offset: bool) -> Stamp:
+    try:
+        moment.astimezone(timezone.utc)  # years 1 and 9999 overflow once shifted to UTC
+    except (OverflowError, ValueError):
+        raise ValueError("timestamp out of range") from None
+    return Stamp(moment, explicit_offset=explicit_offset)
 
 
 def parse_timestamp(
@@ -122,8 +130,8 @@ def parse_timestamp(
     if date_format:
         moment = datetime.strptime(text, date_format)
         if moment.tzinfo is not None:
-            return Stamp(moment, explicit_offset=True)
-        return Stamp(moment.replace(tzinfo=zone))
+            return _checked(moment, True)
+        return _checked(moment.replace(tzinfo=zone), False)
     match = _YEAR_FIRST.match(text) or _COMPACT.match(text)
     if match:
         groups = match.groupdict()
