@@ -114,7 +114,7 @@ def _build(
 
 def _checked(moment: datetime, explicit_offset: bool) -> Stamp:
     try:
-        moment.astimezone(timezone.utc)  # years 1 and 9999 overflow once shifted to UTC
+        moment.astimezone(UTC)  # years 1 and 9999 overflow once shifted to UTC
     except (OverflowError, ValueError):
         raise ValueError("timestamp out of range") from None
     return Stamp(moment, explicit_offset=explicit_offset)
