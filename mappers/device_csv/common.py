@@ -49,6 +49,7 @@ class Reading:
     kind: str
     device: DeviceInfo | None = None
     note: str | None = None
+    identifier: str = ""  # set by Collector.add
 
 
 @dataclass
@@ -106,7 +107,7 @@ class Collector:
 
     def add(self, reading: Reading) -> None:
         """Keep a reading unless the same one (same identifier) came earlier in the file."""
-        key = self.identifier_value(reading)
+        key = reading.identifier = self.identifier_value(reading)
         earlier = self._seen.get(key)
         if earlier is not None:
             first_row, first_value = earlier
@@ -154,7 +155,7 @@ class Collector:
             device = device_ref(reading.device, subject) if reading.device else None
             references.append((subject, device))
         for reading, (subject, device) in zip(self.readings, references, strict=True):
-            value = self.identifier_value(reading)
+            value = reading.identifier
             resource = observation(
                 code=reading.code,
                 profile=reading.profile,

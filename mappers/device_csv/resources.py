@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 SID = "https://diatabase.org/fhir/sid/"
@@ -82,8 +83,11 @@ def unit_in(text: str) -> str | None:
     return ucum_unit(match.group(1)) if match else None
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
+
+
 def safe_key(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._:-]", "-", text.strip())[:80]
+    return _UNSAFE.sub("-", text.strip())[:80]
 
 
 def patient_key(patient: str) -> str:
@@ -108,7 +112,12 @@ class DeviceInfo:
         return DEVICE_KEY_SYSTEM, self.key
 
     def source_key(self) -> str:
-        return safe_key(f"{self.vendor}-{self.serial}") if self.serial else safe_key(self.key)
+        return _source_key(self)
+
+
+@lru_cache(maxsize=256)
+def _source_key(device: DeviceInfo) -> str:
+    return safe_key(f"{device.vendor}-{device.serial}") if device.serial else safe_key(device.key)
 
 
 def device_resource(device: DeviceInfo, patient_ref: str | None) -> dict[str, Any]:
