@@ -218,6 +218,8 @@ def test_whole_file_errors() -> None:
         to_bundle("a,b,c\n1,2,3\n", patient=PATIENT)
     with pytest.raises(CsvMappingError, match="unknown format"):
         to_bundle("a,b\n", format="nightscout", patient=PATIENT)
+    with pytest.raises(CsvMappingError, match="needs a mapping"):
+        to_bundle("a,b\n", format="mapping", patient=PATIENT)
     with pytest.raises(CsvMappingError, match="patient"):
         to_bundle(LIBRE_HEADER + "\n", timezone="UTC")
     with pytest.raises(CsvMappingError, match="NUL"):

@@ -80,6 +80,8 @@ def to_bundle(
         fmt = None
     elif format in registry():
         fmt = registry()[format]
+    elif format == "mapping":
+        raise CsvMappingError("format 'mapping' needs a mapping document")
     else:
         raise CsvMappingError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
     if patient is not None and (not isinstance(patient, str) or not patient.strip()):

@@ -7,8 +7,8 @@ or `Meter Timestamp,Record Type,Historic Glucose(mg/dL),...` (reader software, n
 
 Record types and what becomes of them:
 - 0 historic glucose (every 15 min) and 1 scan glucose -> CGMSensorReading (99504-3 mg/dL,
-  105272-9 mmol/L). The value is taken from the Historic or Scan column, whichever is filled
-  (the reader software writes scans into the Historic column).
+  105272-9 mmol/L). The value is taken from the record type's own column, else from the
+  other one (the reader-software sample has type-1 rows with the value under Historic).
 - 2 strip glucose (the built-in meter) -> BloodGlucose (41653-7 mg/dL, 14743-9 mmol/L).
 - 3 ketone (strip, mmol/L) -> an Observation 53060-9 (3-hydroxybutyrate), no profile.
 - 4 insulin, 5 food (carbohydrates), 6 notes / time changes -> skipped with the reason:
