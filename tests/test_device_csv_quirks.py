@@ -200,6 +200,23 @@ def test_time_zone_option_iana_with_dst_and_fixed_offset() -> None:
         to_bundle(text, patient=PATIENT, timezone="Mars/Olympus")
 
 
+def test_hour_repeated_at_the_end_of_daylight_saving_time() -> None:
+    local = ["01:45", "02:00", "02:15", "02:30", "02:45", "02:00", "02:15", "02:30", "02:45",
+             "03:00"]
+    rows = [libre_row(f"10-29-2023 {t}", "0", historic=str(100 + i))
+            for i, t in enumerate(local)]
+    result = to_bundle("\n".join([LIBRE_HEADER, *rows]), patient=PATIENT,
+                       timezone="Europe/Paris")
+    assert result.readings == 10 and result.rejected == [] and result.skipped == []
+    stamps = [o["effectiveDateTime"] for o in observations(result)]
+    assert stamps[1] == "2023-10-29T02:00:00+02:00"
+    assert stamps[4] == "2023-10-29T02:45:00+02:00"
+    assert stamps[5] == "2023-10-29T02:00:00+01:00"
+    assert stamps[9] == "2023-10-29T03:00:00+01:00"
+    instants = [o["identifier"][0]["value"].split("/")[1] for o in observations(result)]
+    assert instants == sorted(instants) and len(set(instants)) == 10
+
+
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "cp1252", "latin-1"])
 def test_encodings(encoding: str) -> None:
     text = "\r\n".join([

@@ -8,7 +8,7 @@ with a conditional create per Observation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 from typing import Any
 
 from mappers.bundle import TransactionBuilder, identifier_query
@@ -90,6 +90,7 @@ class Collector:
         self.rejected: list[RejectedRow] = []
         self.skipped: list[RejectedRow] = []
         self._seen: dict[str, tuple[int, Any]] = {}
+        self._repeated_hour: tuple[datetime, bool] | None = None
 
     def reject(self, row: int, reason: str) -> None:
         self.rejected.append(RejectedRow(row, reason))
@@ -105,8 +106,29 @@ class Collector:
         )
         return f"{source}/{reading.stamp.key()}/{safe_key(reading.code_key)}/{reading.kind}"
 
+    def _second_pass_of_repeated_hour(self, stamp: Stamp) -> Stamp:
+        """When daylight-saving time ends, local times of one hour occur twice. Rows come
+        in file order: inside that hour, a local time earlier than the previous one means
+        the clock went back, and the rest of the hour is its second pass (fold=1)."""
+        moment = stamp.moment
+        if moment is None or stamp.explicit_offset:
+            return stamp
+        if moment.replace(fold=1).utcoffset() == moment.utcoffset():
+            self._repeated_hour = None
+            return stamp
+        local = moment.replace(tzinfo=None)
+        folded = False
+        if self._repeated_hour is not None:
+            previous, folded = self._repeated_hour
+            folded = folded or local < previous
+        self._repeated_hour = (local, folded)
+        if not folded:
+            return stamp
+        return Stamp(moment.replace(fold=1), stamp.day, stamp.explicit_offset)
+
     def add(self, reading: Reading) -> None:
         """Keep a reading unless the same one (same identifier) came earlier in the file."""
+        reading.stamp = self._second_pass_of_repeated_hour(reading.stamp)
         key = reading.identifier = self.identifier_value(reading)
         earlier = self._seen.get(key)
         if earlier is not None:
