@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -34,6 +35,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.valuerep import PersonName
 
 from mappers.bundle import TransactionBuilder, identifier_query
 
@@ -87,26 +91,48 @@ class _Study:
     series: dict[str, _Series] = field(default_factory=dict)
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def _first(ds: Dataset, keyword: str) -> Any:
+    """The value of an element, or its first value when a file repeats a single value."""
     value = ds.get(keyword)
-    if value is None:
+    if isinstance(value, MultiValue | list):
+        return value[0] if value else None
+    return value
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = _first(ds, keyword)
+    if value is None or isinstance(value, Dataset | Sequence):
         return ""
+    if isinstance(value, bytes):
+        return value.decode("latin-1", errors="replace").strip("\x00 ")
     return str(value).strip()
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
     try:
-        return int(str(ds.get(keyword, "")).strip())
+        return int(_text(ds, keyword))
     except ValueError:
         return None
 
 
 def _read(source: Path | bytes, name: str) -> Dataset:
+    """Read a file's header (never its pixel data) and decode every element now.
+
+    pydicom decodes element values lazily, so a corrupt value would otherwise raise later,
+    anywhere; decoding them all here turns any damage into one DicomMappingError. The
+    parser sees untrusted bytes and can raise many exception types, hence the broad catch.
+    """
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        return pydicom.dcmread(stream, stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns on every non-conformant value
+            ds = pydicom.dcmread(stream, stop_before_pixels=True)
+            ds.walk(lambda dataset, element: None)
+        return ds
+    except InvalidDicomError as exc:
         raise DicomMappingError(f"{name}: not a readable DICOM file ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        raise DicomMappingError(f"{name}: damaged DICOM file ({type(exc).__name__})") from None
 
 
 def _datasets(paths: Iterable[str | Path]) -> Iterable[Dataset]:
@@ -184,9 +210,11 @@ def _identifier_system(issuer: str | None) -> str:
 
 
 def _human_name(ds: Dataset) -> dict[str, Any] | None:
-    name = ds.get("PatientName")
+    name = _first(ds, "PatientName")
     if not name or not str(name).strip():
         return None
+    if not isinstance(name, PersonName):  # a damaged file may give the name another VR
+        return {"text": _text(ds, "PatientName")}
     result: dict[str, Any] = {"text": str(name).replace("^", " ").strip()}
     if name.family_name:
         result["family"] = name.family_name

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -200,3 +202,27 @@ def test_errors(tmp_path: Path) -> None:
         to_bundle([tmp_path / "missing.dcm"])
     with pytest.raises(DicomMappingError):
         to_bundle(b"DICM but not really")
+
+
+_CT_HEADER = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+_CT_HEADER = _CT_HEADER[: _CT_HEADER.find(b"\xe0\x7f\x10\x00") + 16]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    flips=st.lists(st.tuples(st.integers(132, len(_CT_HEADER) - 1), st.integers(0, 255)),
+                   min_size=1, max_size=8),
+    cut=st.one_of(st.none(), st.integers(0, len(_CT_HEADER))),
+)
+def test_damaged_files_give_a_bundle_or_a_clean_error(flips, cut) -> None:
+    data = bytearray(_CT_HEADER)
+    for position, value in flips:
+        data[position] = value
+    if cut is not None:
+        data = data[:cut]
+    try:
+        bundle = to_bundle(bytes(data))
+    except DicomMappingError:
+        return
+    json.dumps(bundle)  # serialisable: no raw pydicom objects left in it
+    assert resources(bundle, "ImagingStudy")
