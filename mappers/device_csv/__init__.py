@@ -76,6 +76,8 @@ def to_bundle(
     """
     if mapping is not None:
         fmt: Format | None = mapping_format(load_mapping(mapping))
+    elif not isinstance(format, str):
+        raise CsvMappingError("format must be a string")
     elif format == "auto":
         fmt = None
     elif format in registry():
