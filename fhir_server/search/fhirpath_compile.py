@@ -42,9 +42,12 @@ _CHOICES: dict[str, list[str]] = _MODEL["choiceTypePaths"]
 _ELSEWHERE: dict[str, str] = _MODEL["pathsDefinedElsewhere"]
 _PARENTS: dict[str, str] = _MODEL["type2Parent"]
 _PRIMITIVE_CHOICE_NAMES = frozenset(
-    "Base64Binary Boolean Canonical Code Date DateTime Decimal Id Instant Integer Markdown Oid "
-    "PositiveInt String Time UnsignedInt Uri Url Uuid".split()
-)
+    (
+        "Base64Binary", "Boolean", "Canonical", "Code", "Date", "DateTime", "Decimal", "Id",
+        "Instant", "Integer", "Markdown", "Oid", "PositiveInt", "String", "Time",
+        "UnsignedInt", "Uri", "Url", "Uuid",
+    )
+)  # fmt: skip
 RESOURCE_ROOTS = frozenset(("Resource", "DomainResource"))
 _HISTORY_SUFFIX = re.compile(r"/_history/[^/]*$")
 
@@ -70,7 +73,7 @@ def compile_expression(expression: str, context_type: str | None) -> Evaluator:
 def compile_fast(expression: str, context_type: str | None) -> Evaluator:
     """The compiled evaluator; raises UnsupportedExpression outside the subset."""
     parser = _Parser(_tokenize(expression), context_type)
-    evaluator, _ = parser.parse_union(context_type)
+    evaluator = parser.parse_boolean(context_type)
     if not parser.at_end():
         raise UnsupportedExpression(f"unexpected {parser.peek()!r} in {expression!r}")
     return evaluator
@@ -241,6 +244,45 @@ class _Parser:
             return True
         return False
 
+    # boolean := equality (('and' | 'or') equality)*  (left to right; 'and' before 'or' is
+    # not needed by any R4 definition, so mixing them falls back to fhirpathpy)
+    def parse_boolean(self, context_type: str | None) -> Evaluator:
+        left = self.parse_equality(context_type)
+        operator = None
+        while self.peek() in (("ident", "and"), ("ident", "or")):
+            token = self.peek()
+            assert token is not None
+            if operator is not None and token[1] != operator:
+                raise UnsupportedExpression("mixed and/or")
+            operator = token[1]
+            self.position += 1
+            right = self.parse_equality(context_type)
+            left = _logical(operator, left, right)
+        return left
+
+    # equality := union (('=' | '!=') literal)?
+    def parse_equality(self, context_type: str | None) -> Evaluator:
+        evaluator, _ = self.parse_union(context_type)
+        token = self.peek()
+        if token not in (("op", "="), ("op", "!=")):
+            return evaluator
+        self.position += 1
+        literal_token = self.peek()
+        if literal_token is None:
+            raise UnsupportedExpression("missing right operand")
+        self.position += 1
+        kind, text = literal_token
+        literal: Any
+        if kind == "string":
+            literal = text
+        elif kind == "number":
+            literal = int(text)
+        elif literal_token in (("ident", "true"), ("ident", "false")):
+            literal = text == "true"
+        else:
+            raise UnsupportedExpression("comparison with a non-literal")
+        return _equality(evaluator, literal, negate=token[1] == "!=")
+
     # union := as_expr ('|' as_expr)*
     def parse_union(self, context_type: str | None) -> tuple[Evaluator, str | None]:
         branches = [self.parse_as(context_type)]
@@ -258,6 +300,9 @@ class _Parser:
                 out.extend(evaluator(node, node_type, resource))
             return out
 
+        branch_keys = [first_keys(evaluator) for evaluator in evaluators]
+        if all(keys is not None for keys in branch_keys):
+            union.first_keys = frozenset().union(*branch_keys)  # type: ignore[attr-defined]
         return union, union_type
 
     # as_expr := path ('as' Type)?
@@ -287,7 +332,11 @@ class _Parser:
                 and (context_type is None or "." not in context_type)
             ):
                 self.position += 1
-                steps.append(("root", name))
+                if context_type is None:
+                    steps.append(("root", name))  # unknown input: check the type at run time
+                elif name != context_type and name not in RESOURCE_ROOTS:
+                    steps.append(("nothing",))  # a branch for another type never matches
+                # else: evaluators compiled for a type only ever see resources of that type
                 current_type = name if name not in RESOURCE_ROOTS else context_type
             else:
                 current_type = self.parse_step(steps, current_type)
@@ -367,8 +416,87 @@ def _narrow(steps: list, current_type: str | None, wanted: str) -> tuple[list, s
     return steps, _choice_type_name(wanted)
 
 
+def _singleton_boolean(items: list[Item]) -> bool | None:
+    """FHIRPath singleton evaluation of collections in a boolean context."""
+    if len(items) != 1:
+        return None  # empty, or several values (an error in FHIRPath: treated as unknown)
+    value = items[0][0]
+    return value if isinstance(value, bool) else True
+
+
+def _logical(operator: str, left: Evaluator, right: Evaluator) -> Evaluator:
+    """Three-valued `and` / `or` as FHIRPath defines them (empty = unknown)."""
+
+    def evaluate(node: Any, node_type: str | None, resource: dict) -> list[Item]:
+        a = _singleton_boolean(left(node, node_type, resource))
+        b = _singleton_boolean(right(node, node_type, resource))
+        if operator == "and":
+            if a is False or b is False:
+                return [(False, "boolean")]
+            return [(True, "boolean")] if a and b else []
+        if a is True or b is True:
+            return [(True, "boolean")]
+        return [(False, "boolean")] if a is False and b is False else []
+
+    return evaluate
+
+
+def _equality(evaluator: Evaluator, literal: Any, negate: bool) -> Evaluator:
+    """`path = literal` / `path != literal`: empty when the path is empty; values of another
+    kind than the literal (a dateTime against `false`) are simply not equal."""
+    literal_kind = bool if isinstance(literal, bool) else str if isinstance(literal, str) else int
+
+    def evaluate(node: Any, node_type: str | None, resource: dict) -> list[Item]:
+        items = evaluator(node, node_type, resource)
+        if len(items) != 1:
+            return []
+        value = items[0][0]
+        if literal_kind is int:
+            same_kind = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            same_kind = isinstance(value, literal_kind)
+        equal = same_kind and value == literal
+        return [(equal != negate, "boolean")]
+
+    return evaluate
+
+
+def first_keys(evaluator: Evaluator) -> frozenset[str] | None:
+    """The JSON keys of the input node that the evaluator's first step reads: when the node has
+    none of them the result is empty, so the extractor can skip the parameter cheaply. None
+    when unknown (fallback, exists(), ...)."""
+    return getattr(evaluator, "first_keys", None)
+
+
+def _steps_first_keys(steps: list) -> frozenset[str] | None:
+    if not steps:
+        return None
+    step = steps[0]
+    if step[0] == "field":
+        return frozenset((step[1],))
+    if step[0] == "choice":
+        return frozenset(key for key, _ in step[1])
+    if step[0] == "eval":
+        return first_keys(step[1])
+    if step[0] == "nothing":
+        return frozenset()
+    return None
+
+
 def _chain(steps: list) -> Evaluator:
     """Turn parsed steps into one closure that walks lists of (value, type)."""
+    evaluator = _chain_functions(steps)
+    keys = _steps_first_keys(steps)
+    if keys is not None and not (steps and steps[-1][0] in ("exists", "empty")):
+        evaluator.first_keys = keys  # type: ignore[attr-defined]
+    return evaluator
+
+
+def _chain_functions(steps: list) -> Evaluator:
+    if len(steps) == 1 and steps[0][0] == "eval":
+        return steps[0][1]  # `(A | B)` alone: the group is the evaluator
+    if steps and all(step[0] == "field" for step in steps):
+        return _field_chain([step[1] for step in steps], steps[-1][2])
     functions = [_step_function(step) for step in steps]
 
     def evaluate(node: Any, node_type: str | None, resource: dict) -> list[Item]:
@@ -408,7 +536,9 @@ def _step_function(step: tuple) -> Callable[[list[Item], dict], list[Item]]:
                 item for item in items if isinstance(item[0], dict) and "resourceType" in item[0]
             ]
         return lambda items, resource: [
-            item for item in items if isinstance(item[0], dict) and item[0].get("resourceType") == name
+            item
+            for item in items
+            if isinstance(item[0], dict) and item[0].get("resourceType") == name
         ]
     if kind == "field":
         return _field_step(step[1], step[2])
@@ -447,10 +577,57 @@ def _step_function(step: tuple) -> Callable[[list[Item], dict], list[Item]]:
         ]
     if kind == "where_resolve_is":
         wanted = step[1]
-        return lambda items, resource: [
-            item for item in items if reference_type(item[0]) == wanted
-        ]
+        return lambda items, resource: [item for item in items if reference_type(item[0]) == wanted]
     raise UnsupportedExpression(f"step {kind}")  # pragma: no cover (parser makes known steps)
+
+
+def _field_chain(names: list[str], result_type: str | None) -> Evaluator:
+    """The common case, a plain dotted path (`Observation.code`, `Patient.name.family`): one
+    tight loop without per-step (value, type) pairs, since only the last type matters."""
+    *inner, last = names
+    if not inner:
+
+        def evaluate_one(node: Any, node_type: str | None, resource: dict) -> list[Item]:
+            if type(node) is not dict:
+                return []
+            child = node.get(last)
+            if child is None:
+                return []
+            if type(child) is list:
+                return [(element, result_type) for element in child if element is not None]
+            return [(child, result_type)]
+
+        return evaluate_one
+
+    def evaluate(node: Any, node_type: str | None, resource: dict) -> list[Item]:
+        current = [node]
+        for name in inner:
+            following: list = []
+            for value in current:
+                if type(value) is dict:
+                    child = value.get(name)
+                    if child is None:
+                        continue
+                    if type(child) is list:
+                        following.extend(child)
+                    else:
+                        following.append(child)
+            if not following:
+                return []
+            current = following
+        out: list[Item] = []
+        for value in current:
+            if type(value) is dict:
+                child = value.get(last)
+                if child is None:
+                    continue
+                if type(child) is list:
+                    out.extend((element, result_type) for element in child if element is not None)
+                else:
+                    out.append((child, result_type))
+        return out
+
+    return evaluate
 
 
 def _field_step(name: str, child_type: str | None) -> Callable[[list[Item], dict], list[Item]]:

@@ -261,9 +261,9 @@ def _validate(definition: Any) -> None:
         if base not in R4_RESOURCE_TYPES and base not in RESOURCE_LEVEL_BASES:
             raise ValueError(f"SearchParameter '{code}': base {base!r} is not an R4 resource type")
     expression = definition.get("expression")
-    if param_type != "special":
-        if not isinstance(expression, str) or not expression.strip():
-            raise ValueError(f"SearchParameter '{code}': expression (FHIRPath) is required")
+    has_expression = isinstance(expression, str) and bool(expression.strip())
+    if param_type != "special" and not has_expression:
+        raise ValueError(f"SearchParameter '{code}': expression (FHIRPath) is required")
     if isinstance(expression, str) and expression.strip():
         try:
             _parse_fhirpath(expression)
@@ -275,9 +275,7 @@ def _validate(definition: Any) -> None:
     if param_type == "composite":
         components = definition.get("component")
         if not isinstance(components, list) or len(components) < 2:
-            raise ValueError(
-                f"SearchParameter '{code}': a composite needs at least two components"
-            )
+            raise ValueError(f"SearchParameter '{code}': a composite needs at least two components")
         for component in components:
             if not (
                 isinstance(component, dict)

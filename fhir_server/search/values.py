@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import date
+from functools import lru_cache
 
 from fhir_server.search.types import DATE_MAX
 
@@ -24,6 +25,7 @@ _DATE_PATTERN = re.compile(
 )
 
 
+@lru_cache(maxsize=8192)  # displays and names repeat across resources (same LOINC display)
 def normalize_string(value: str) -> str:
     """NFKD, drop combining marks, casefold, collapse whitespace: 'Hélène  Dupont' ->
     'helene dupont'."""
