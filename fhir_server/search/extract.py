@@ -17,11 +17,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 from itertools import product
 from typing import Any
 
+from fhir_server.search.fast_dates import date_period as parse_date_period
 from fhir_server.search.fhirpath_compile import Evaluator, compile_expression, first_keys
 from fhir_server.search.registry import SearchParamRegistry
+from fhir_server.search.text import normalise
 from fhir_server.search.types import (
     DATE_MAX,
     DATE_MIN,
@@ -36,10 +39,13 @@ from fhir_server.search.types import (
     TokenEntry,
     UriEntry,
 )
-from fhir_server.search.values import normalize_string, parse_date_period
 
 Canonicalize = Callable[[float, "str | None", "str | None", dict], list[tuple[float, str]]]
 Converter = Callable[[str, Any, "str | None", dict, list], None]
+
+# Displays and names repeat across resources (every CGM reading has the same LOINC display):
+# caching the shared normaliser saves most of its Unicode work at ingest.
+normalize_string = lru_cache(maxsize=16384)(normalise)
 
 _UNKNOWN_TYPE = "?"
 CURRENCY_SYSTEM = "urn:iso:std:iso:4217"

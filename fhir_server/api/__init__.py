@@ -1,0 +1,1 @@
+"""HTTP only: routers turn requests into calls on the services."""

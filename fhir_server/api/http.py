@@ -1,0 +1,122 @@
+"""HTTP plumbing shared by the routers: content negotiation, bodies, FHIR responses."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from fhir_server.model import jsonio
+from fhir_server.model.outcome import error
+from fhir_server.storage.base import StoredResource
+
+FHIR_JSON = "application/fhir+json"
+JSON_TYPES = ("application/fhir+json", "application/json", "application/json-patch+json")
+XML_HINTS = ("xml",)
+JSON_FORMATS = ("json", "application/json", "application/fhir+json", "application/json+fhir")
+
+
+def check_accept(request: Request) -> None:
+    """406 for clients that only take XML (or anything else we do not produce)."""
+    fmt = request.query_params.get("_format")
+    if fmt is not None:
+        if fmt.strip().lower() not in JSON_FORMATS:
+            raise error(
+                406,
+                "not-supported",
+                f"_format={fmt} is not supported: this server speaks FHIR JSON only "
+                "(XML is not supported)",
+            )
+        return
+    accept = request.headers.get("accept", "")
+    if not accept:
+        return
+    ranges = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if any(r in ("*/*", "application/*") or "json" in r for r in ranges):
+        return
+    raise error(
+        406,
+        "not-supported",
+        f"Accept '{accept}' cannot be satisfied: this server speaks FHIR JSON only "
+        "(XML is not supported)",
+    )
+
+
+async def read_body(request: Request, max_bytes: int, allowed: tuple[str, ...] = JSON_TYPES) -> Any:
+    """The request body parsed as JSON, after checking its type and size."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if "xml" in content_type:
+        raise error(415, "not-supported", "XML is not supported: send FHIR JSON (application/fhir+json)")
+    if content_type and content_type not in allowed:
+        raise error(
+            415,
+            "not-supported",
+            f"Content-Type '{content_type}' is not supported here; use {' or '.join(allowed)}",
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise error(413, "too-costly", f"The body exceeds the limit of {max_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise error(413, "too-costly", f"The body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise error(400, "required", "The request has no body")
+    try:
+        return jsonio.loads(raw)
+    except jsonio.JsonError as exc:
+        raise error(400, "structure", str(exc)) from None
+
+
+def base_url(request: Request, configured: str) -> str:
+    if configured:
+        return configured.rstrip("/")
+    return str(request.base_url).rstrip("/")
+
+
+def pretty(request: Request) -> bool:
+    return request.query_params.get("_pretty") == "true"
+
+
+def fhir_response(
+    body: Any,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    pretty_print: bool = False,
+) -> Response:
+    if body is None:
+        content = b""
+    elif isinstance(body, bytes) and not pretty_print:
+        content = body
+    elif isinstance(body, bytes):
+        content = jsonio.dumps(jsonio.loads(body), pretty=True)
+    else:
+        content = jsonio.dumps(body, pretty=pretty_print)
+    return Response(
+        content=content,
+        status_code=status,
+        headers=headers,
+        media_type=f"{FHIR_JSON}; charset=utf-8" if body is not None else None,
+    )
+
+
+def version_headers(stored: StoredResource, base: str) -> dict[str, str]:
+    return {
+        "ETag": stored.etag,
+        "Last-Modified": stored.last_modified,
+        "Location": f"{base}/{stored.location}",
+        "Content-Location": f"{base}/{stored.location}",
+    }
+
+
+def query_items(request: Request) -> list[tuple[str, str]]:
+    return list(request.query_params.multi_items())
+
+
+def link(base: str, path: str, items: list[tuple[str, str]]) -> str:
+    return f"{base}/{path}" + (f"?{urlencode(items)}" if items else "")

@@ -1,0 +1,316 @@
+"""The FHIR RESTful API: instance, type and system interactions over HTTP."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from fhir_server.api.http import (
+    base_url,
+    check_accept,
+    fhir_response,
+    link,
+    pretty,
+    query_items,
+    read_body,
+    version_headers,
+)
+from fhir_server.model import jsonio
+from fhir_server.model.outcome import error, info_outcome
+from fhir_server.service.fhir import FhirService
+from fhir_server.service.resources import WriteResult, parse_etag
+from fhir_server.storage.base import StoredResource, instant
+from fhir_server.storage.cursor import CursorError
+
+PATCH_TYPES = ("application/json-patch+json",)
+RESULT_PARAMS = ("_format", "_pretty")
+
+
+def _service(request: Request) -> FhirService:
+    return request.app.state.fhir
+
+
+def _base(request: Request) -> str:
+    return base_url(request, request.app.state.settings.base_url)
+
+
+def _max_body(request: Request) -> int:
+    return request.app.state.settings.max_body_bytes
+
+
+def _write_response(request: Request, result: WriteResult) -> Response:
+    headers = version_headers(result.stored, _base(request))
+    prefer = request.headers.get("prefer", "")
+    if "return=minimal" in prefer:
+        return fhir_response(None, result.status, headers)
+    if "return=OperationOutcome" in prefer:
+        verb = "created" if result.created else ("updated" if result.status == 200 else "found")
+        message = f"{result.stored.resource_type}/{result.stored.id} {verb} (version {result.stored.version})"
+        return fhir_response(info_outcome(message), result.status, headers)
+    return fhir_response(result.stored.json, result.status, headers, pretty(request))
+
+
+def _conditional_items(request: Request) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in query_items(request) if k not in RESULT_PARAMS]
+
+
+def _parse_instant(name: str, value: str) -> float:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise error(400, "invalid", f"{name}={value} is not a FHIR instant") from None
+    if parsed.tzinfo is None:
+        raise error(400, "invalid", f"{name}={value} needs a time zone (an instant)")
+    return parsed.timestamp()
+
+
+def _not_modified(request: Request, stored: StoredResource) -> bool:
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = [parse_etag(t) for t in if_none_match.split(",")]
+        return "*" in tags or str(stored.version) in tags
+    if_modified_since = request.headers.get("if-modified-since")
+    if if_modified_since:
+        try:
+            since = parsedate_to_datetime(if_modified_since).timestamp()
+        except (TypeError, ValueError):
+            return False
+        return int(stored.last_updated) <= since
+    return False
+
+
+def _read_response(request: Request, stored: StoredResource) -> Response:
+    headers = version_headers(stored, _base(request))
+    headers.pop("Location")
+    if _not_modified(request, stored):
+        return fhir_response(None, 304, headers)
+    return fhir_response(stored.json, 200, headers, pretty(request))
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+
+    # -- system level ---------------------------------------------------------------------
+
+    @router.post("/")
+    async def transaction_or_batch(request: Request) -> Response:
+        check_accept(request)
+        bundle = await read_body(request, _max_body(request))
+        svc = _service(request)
+        base = _base(request)
+        return_resources = "return=representation" in request.headers.get("prefer", "")
+
+        def get(url: str, items: list[tuple[str, str]]) -> tuple[int, Any]:
+            return svc.get_for_bundle(url, items, base)
+
+        response = await run_in_threadpool(svc.bundles(base).process, bundle, get, return_resources)
+        return fhir_response(response, 200, None, pretty(request))
+
+    @router.get("/_history")
+    async def system_history(request: Request) -> Response:
+        return await _history(request, None, None)
+
+    # -- type level -----------------------------------------------------------------------
+
+    @router.get("/{resource_type}")
+    async def search(request: Request, resource_type: str) -> Response:
+        check_accept(request)
+        svc = _service(request)
+        svc.resources.check_type(resource_type)
+        strict = "handling=strict" in request.headers.get("prefer", "")
+        bundle = await run_in_threadpool(
+            svc.search_bundle, resource_type, query_items(request), _base(request), strict
+        )
+        return fhir_response(bundle, 200, None, pretty(request))
+
+    @router.post("/{resource_type}/_search")
+    async def search_post(request: Request, resource_type: str) -> Response:
+        check_accept(request)
+        svc = _service(request)
+        svc.resources.check_type(resource_type)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip()
+        if content_type and content_type != "application/x-www-form-urlencoded":
+            raise error(415, "not-supported", "POST _search takes application/x-www-form-urlencoded")
+        form = await request.form()
+        items = query_items(request) + [(k, str(v)) for k, v in form.multi_items()]
+        strict = "handling=strict" in request.headers.get("prefer", "")
+        bundle = await run_in_threadpool(
+            svc.search_bundle, resource_type, items, _base(request), strict
+        )
+        return fhir_response(bundle, 200, None, pretty(request))
+
+    @router.post("/{resource_type}")
+    async def create(request: Request, resource_type: str) -> Response:
+        check_accept(request)
+        svc = _service(request)
+        svc.resources.check_type(resource_type)
+        body = await read_body(request, _max_body(request))
+        if_none_exist = request.headers.get("if-none-exist")
+        items = None
+        if if_none_exist:
+            from urllib.parse import parse_qsl
+
+            items = parse_qsl(if_none_exist.split("?", 1)[-1], keep_blank_values=True)
+        result = await run_in_threadpool(svc.resources.create, resource_type, body, items)
+        return _write_response(request, result)
+
+    @router.put("/{resource_type}")
+    async def conditional_update(request: Request, resource_type: str) -> Response:
+        check_accept(request)
+        svc = _service(request)
+        svc.resources.check_type(resource_type)
+        body = await read_body(request, _max_body(request))
+        result = await run_in_threadpool(
+            svc.resources.conditional_update,
+            resource_type,
+            _conditional_items(request),
+            body,
+            request.headers.get("if-match"),
+        )
+        return _write_response(request, result)
+
+    @router.delete("/{resource_type}")
+    async def conditional_delete(request: Request, resource_type: str) -> Response:
+        check_accept(request)
+        svc = _service(request)
+        svc.resources.check_type(resource_type)
+        deleted = await run_in_threadpool(
+            svc.resources.conditional_delete, resource_type, _conditional_items(request)
+        )
+        message = (
+            f"Deleted {deleted[0].resource_type}/{deleted[0].id}" if deleted else "No resource matched"
+        )
+        return fhir_response(info_outcome(message), 200)
+
+    @router.get("/{resource_type}/_history")
+    async def type_history(request: Request, resource_type: str) -> Response:
+        _service(request).resources.check_type(resource_type)
+        return await _history(request, resource_type, None)
+
+    # -- instance level -------------------------------------------------------------------
+
+    @router.get("/{resource_type}/{rid}")
+    async def read(request: Request, resource_type: str, rid: str) -> Response:
+        check_accept(request)
+        stored = await run_in_threadpool(_service(request).resources.read, resource_type, rid)
+        return _read_response(request, stored)
+
+    @router.put("/{resource_type}/{rid}")
+    async def update(request: Request, resource_type: str, rid: str) -> Response:
+        check_accept(request)
+        svc = _service(request)
+        svc.resources.check_type(resource_type)
+        body = await read_body(request, _max_body(request))
+        result = await run_in_threadpool(
+            svc.resources.update, resource_type, rid, body, request.headers.get("if-match")
+        )
+        return _write_response(request, result)
+
+    @router.patch("/{resource_type}/{rid}")
+    async def patch(request: Request, resource_type: str, rid: str) -> Response:
+        check_accept(request)
+        svc = _service(request)
+        svc.resources.check_type(resource_type)
+        operations = await read_body(request, _max_body(request), PATCH_TYPES)
+        result = await run_in_threadpool(
+            svc.resources.patch, resource_type, rid, operations, request.headers.get("if-match")
+        )
+        return _write_response(request, result)
+
+    @router.delete("/{resource_type}/{rid}")
+    async def delete(request: Request, resource_type: str, rid: str) -> Response:
+        check_accept(request)
+        svc = _service(request)
+        deleted = await run_in_threadpool(svc.resources.delete, resource_type, rid)
+        headers = {"ETag": deleted.etag} if deleted else {}
+        if "return=minimal" in request.headers.get("prefer", ""):
+            return fhir_response(None, 204, headers)
+        message = (
+            f"Deleted {resource_type}/{rid} (version {deleted.version})"
+            if deleted
+            else f"{resource_type}/{rid} did not exist or was already deleted"
+        )
+        return fhir_response(info_outcome(message), 200, headers)
+
+    @router.get("/{resource_type}/{rid}/_history")
+    async def instance_history(request: Request, resource_type: str, rid: str) -> Response:
+        svc = _service(request)
+        svc.resources.check_type(resource_type)
+        if svc.storage.read(resource_type, rid) is None:
+            raise error(404, "not-found", f"{resource_type}/{rid} is not known")
+        return await _history(request, resource_type, rid)
+
+    @router.get("/{resource_type}/{rid}/_history/{vid}")
+    async def vread(request: Request, resource_type: str, rid: str, vid: str) -> Response:
+        check_accept(request)
+        stored = await run_in_threadpool(_service(request).resources.vread, resource_type, rid, vid)
+        return _read_response(request, stored)
+
+    return router
+
+
+async def _history(request: Request, resource_type: str | None, rid: str | None) -> Response:
+    check_accept(request)
+    svc = _service(request)
+    settings = request.app.state.settings
+    params = request.query_params
+    since = _parse_instant("_since", params["_since"]) if "_since" in params else None
+    at = _parse_instant("_at", params["_at"]) if "_at" in params else None
+    count = _parse_count(params.get("_count"), settings.default_count, settings.max_count)
+    cursor = params.get("_cursor")
+    try:
+        page = await run_in_threadpool(
+            svc.storage.history, resource_type, rid, since, at, count, cursor
+        )
+    except CursorError as exc:
+        raise error(400, "invalid", str(exc)) from None
+    base = _base(request)
+    path = "/".join(p for p in (resource_type, rid, "_history") if p)
+    kept = [(k, v) for k, v in query_items(request) if k in ("_since", "_at", "_count")]
+    links = [{"relation": "self", "url": link(base, path, query_items(request))}]
+    if page.next_cursor:
+        links.append(
+            {"relation": "next", "url": link(base, path, [*kept, ("_cursor", page.next_cursor)])}
+        )
+    entries = [_history_entry(stored, base) for stored in page.entries]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "history",
+        "link": links,
+        "entry": entries,
+    }
+    if rid is not None and not cursor and not page.next_cursor:
+        bundle["total"] = len(entries)
+    return fhir_response(bundle, 200, None, pretty(request))
+
+
+def _parse_count(value: str | None, default: int, maximum: int) -> int:
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise error(400, "invalid", f"_count={value} is not a non-negative integer", "_count")
+    return max(1, min(int(value), maximum))
+
+
+def _history_entry(stored: StoredResource, base: str) -> dict[str, Any]:
+    full_url = f"{base}/{stored.resource_type}/{stored.id}"
+    entry: dict[str, Any] = {"fullUrl": full_url}
+    if stored.json is not None:
+        entry["resource"] = jsonio.fragment(stored.json)
+    method = "DELETE" if stored.deleted else ("POST" if stored.method == "POST" else "PUT")
+    url = f"{stored.resource_type}/{stored.id}" if method != "POST" else stored.resource_type
+    entry["request"] = {"method": method, "url": url}
+    status = "204 No Content" if stored.deleted else ("201 Created" if stored.version == 1 else "200 OK")
+    entry["response"] = {
+        "status": status,
+        "etag": stored.etag,
+        "lastModified": instant(stored.last_updated),
+    }
+    if not stored.deleted:
+        entry["response"]["location"] = f"{full_url}/_history/{stored.version}"
+    return entry

@@ -1,0 +1,87 @@
+"""`create_app(settings)`: the FastAPI application, with storage and services wired in."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fhir_server.api.http import fhir_response
+from fhir_server.api.metadata import build_metadata_router
+from fhir_server.api.rest import build_router
+from fhir_server.model.outcome import FhirError, Issue, outcome
+from fhir_server.search.errors import SearchError
+from fhir_server.service.fhir import FhirService
+from fhir_server.settings import Settings
+from fhir_server.storage import open_storage
+from fhir_server.storage.cursor import CursorError
+
+log = logging.getLogger("diatabase")
+
+HTTP_ISSUE_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly"}
+
+
+def create_app(settings: Settings | None = None, service: FhirService | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    if service is None:
+        service = FhirService(open_storage(settings.db_url), settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        yield
+        service.storage.close()
+
+    app = FastAPI(
+        title="Diatabase FHIR R4 server",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/_docs",
+        redoc_url=None,
+        openapi_url="/_openapi.json",
+    )
+    app.state.settings = settings
+    app.state.fhir = service
+
+    @app.exception_handler(FhirError)
+    async def fhir_error(request: Request, exc: FhirError) -> Response:
+        return fhir_response(exc.to_outcome(), exc.status, exc.headers or None)
+
+    @app.exception_handler(SearchError)
+    async def search_error(request: Request, exc: SearchError) -> Response:
+        expression = (exc.expression,) if exc.expression else ()
+        body = outcome([Issue("error", "invalid", exc.message, expression)])
+        return fhir_response(body, 400)
+
+    @app.exception_handler(CursorError)
+    async def cursor_error(request: Request, exc: CursorError) -> Response:
+        return fhir_response(outcome([Issue("error", "invalid", str(exc))]), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = HTTP_ISSUE_CODES.get(exc.status_code, "processing")
+        message = str(exc.detail)
+        if exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 404:
+            message = f"Nothing at {request.url.path}"
+        return fhir_response(outcome([Issue("error", code, message)]), exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(request: Request, exc: RequestValidationError) -> Response:
+        return fhir_response(outcome([Issue("error", "invalid", "Malformed request")]), 400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # The details stay in the server log; the client gets no stack trace.
+        log.exception("Unexpected error on %s %s", request.method, request.url.path)
+        body = outcome([Issue("fatal", "exception", "Internal server error; see the server log")])
+        return fhir_response(body, 500)
+
+    app.include_router(build_metadata_router())
+    app.include_router(build_router())
+    return app

@@ -1,0 +1,1 @@
+"""Parsing, structural validation, references and OperationOutcome for FHIR resources."""

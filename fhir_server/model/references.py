@@ -1,0 +1,59 @@
+"""References inside resources: finding them and rewriting them.
+
+A transaction Bundle refers between its entries with `urn:uuid:` fullUrls and conditional
+references (`Patient?identifier=sys|val`); once the server knows the real ids, every such
+reference is rewritten, wherever it sits in the resource.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+def iter_references(node: Any) -> Iterator[dict[str, Any]]:
+    """Every Reference-shaped object (a dict with a string `reference`) in a resource."""
+    if isinstance(node, dict):
+        if isinstance(node.get("reference"), str):
+            yield node
+        for key, value in node.items():
+            if key != "contained" and isinstance(value, dict | list):
+                yield from iter_references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from iter_references(item)
+
+
+def rewrite_strings(node: Any, replace: Callable[[str], str | None]) -> Any:
+    """Replace, in place, every string value for which `replace` returns a new string.
+
+    Used for fullUrl rewriting: the spec asks for `urn:uuid:` references to be rewritten
+    anywhere (Reference.reference, canonical, uri and narrative links alike).
+    """
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, str):
+                new = replace(value)
+                if new is not None:
+                    node[key] = new
+            elif isinstance(value, dict | list):
+                rewrite_strings(value, replace)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            if isinstance(value, str):
+                new = replace(value)
+                if new is not None:
+                    node[i] = new
+            elif isinstance(value, dict | list):
+                rewrite_strings(value, replace)
+    return node
+
+
+def split_reference(reference: str) -> tuple[str, str] | None:
+    """`Patient/123` or `http://base/Patient/123/_history/2` -> ('Patient', '123')."""
+    parts = reference.split("?")[0].rstrip("/").split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    if len(parts) >= 2 and parts[-2][:1].isupper():
+        return parts[-2], parts[-1]
+    return None

@@ -1,0 +1,1 @@
+"""The FHIR interactions, below HTTP: resources, bundles, search, history."""

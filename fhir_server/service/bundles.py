@@ -1,0 +1,372 @@
+"""Transaction and batch Bundles (`POST /`).
+
+A transaction is one storage transaction: entries run in the spec's order (DELETE, POST,
+PUT/PATCH, GET), `urn:uuid:` fullUrls are given their final ids before anything is written
+and rewritten everywhere in the bundle, conditional references (`Patient?identifier=..`)
+are resolved against the data as it stands at that point of the transaction, and the first
+failure rolls everything back. A batch runs each entry on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from fhir_server.model import jsonio
+from fhir_server.model.outcome import FhirError, Issue, error, outcome
+from fhir_server.model.references import rewrite_strings
+from fhir_server.model.resource_types import is_resource_type
+from fhir_server.service.resources import ResourceService, WriteResult
+from fhir_server.storage.base import StoredResource, WriteTransaction
+
+METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+STATUS_TEXT = {
+    200: "200 OK",
+    201: "201 Created",
+    204: "204 No Content",
+    304: "304 Not Modified",
+    400: "400 Bad Request",
+    404: "404 Not Found",
+    409: "409 Conflict",
+    410: "410 Gone",
+    412: "412 Precondition Failed",
+    422: "422 Unprocessable Entity",
+}
+
+
+@dataclass
+class EntryRequest:
+    index: int
+    method: str
+    resource_type: str
+    id: str | None
+    version: str | None
+    query: list[tuple[str, str]]
+    url: str
+    full_url: str | None
+    resource: Any
+    if_match: str | None
+    if_none_exist: list[tuple[str, str]] | None
+    assigned_id: str | None = None
+    response: dict[str, Any] = field(default_factory=dict)
+
+
+# A callable the API gives for GET entries: (url, query) -> (status, resource JSON).
+GetHandler = Callable[[str, list[tuple[str, str]]], tuple[int, Any]]
+
+
+def _entry_error(index: int, message: str, code: str = "invalid") -> FhirError:
+    return error(400, code, f"Bundle.entry[{index}]: {message}", f"Bundle.entry[{index}]")
+
+
+def parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
+    if not isinstance(entry, dict):
+        raise _entry_error(index, "an entry must be an object", "structure")
+    request = entry.get("request")
+    if not isinstance(request, dict):
+        raise _entry_error(index, "request is required in a transaction or batch", "required")
+    method = request.get("method")
+    url = request.get("url")
+    if method not in METHOD_ORDER:
+        raise _entry_error(index, f"request.method '{method}' is not supported")
+    if not isinstance(url, str) or not url:
+        raise _entry_error(index, "request.url is required", "required")
+    if url.startswith(base_url.rstrip("/") + "/"):
+        url = url[len(base_url.rstrip("/")) + 1 :]
+    parts = urlsplit(url)
+    path = [p for p in parts.path.split("/") if p]
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not path or not is_resource_type(path[0]):
+        if method in ("GET", "HEAD") and (not path or path[0].startswith("$") or path[0] == "_history"):
+            path = path or [""]
+        else:
+            raise _entry_error(index, f"request.url '{url}' does not name a resource type")
+    rid = path[1] if len(path) > 1 else None
+    version = path[3] if len(path) > 3 and path[2] == "_history" else None
+    if_none_exist = request.get("ifNoneExist")
+    return EntryRequest(
+        index=index,
+        method=method,
+        resource_type=path[0],
+        id=rid,
+        version=version,
+        query=query,
+        url=url,
+        full_url=entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None,
+        resource=entry.get("resource"),
+        if_match=request.get("ifMatch"),
+        if_none_exist=parse_qsl(if_none_exist.split("?", 1)[-1], keep_blank_values=True)
+        if isinstance(if_none_exist, str) and if_none_exist
+        else None,
+    )
+
+
+def _patch_operations(req: EntryRequest) -> Any:
+    """In a Bundle a JSON Patch travels as a Binary resource holding the patch document."""
+    resource = req.resource
+    if isinstance(resource, list):
+        return resource
+    if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
+        try:
+            return jsonio.loads(base64.b64decode(resource.get("data", ""), validate=True))
+        except (binascii.Error, jsonio.JsonError, ValueError) as exc:
+            raise _entry_error(req.index, f"the Binary does not hold a JSON Patch: {exc}") from None
+    raise _entry_error(req.index, "PATCH needs a Binary resource holding a JSON Patch document")
+
+
+def _write_response(result: WriteResult) -> dict[str, Any]:
+    stored = result.stored
+    return {
+        "status": STATUS_TEXT[result.status],
+        "location": stored.location,
+        "etag": stored.etag,
+        "lastModified": stored.instant,
+    }
+
+
+class BundleProcessor:
+    def __init__(self, resources: ResourceService, base_url: str) -> None:
+        self.resources = resources
+        self.base_url = base_url
+
+    def process(self, bundle: Any, get: GetHandler, return_resources: bool = False) -> dict:
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise error(400, "invalid", "POST / takes a Bundle of type transaction or batch")
+        kind = bundle.get("type")
+        if kind not in ("transaction", "batch"):
+            raise error(
+                400,
+                "invalid",
+                f"POST / takes a transaction or batch Bundle, not '{kind}'",
+                "Bundle.type",
+            )
+        entries = bundle.get("entry") or []
+        if not isinstance(entries, list):
+            raise error(400, "structure", "Bundle.entry must be an array", "Bundle.entry")
+        if kind == "transaction":
+            responses = self._transaction(entries, get)
+        else:
+            responses = self._batch(entries, get)
+        if not return_resources:
+            for response in responses:
+                response.pop("_resource", None)
+        return {
+            "resourceType": "Bundle",
+            "id": str(uuid.uuid4()),
+            "type": f"{kind}-response",
+            "link": [{"relation": "self", "url": self.base_url}],
+            "entry": [
+                {**({"resource": r.pop("_resource")} if "_resource" in r else {}), "response": r}
+                for r in responses
+            ],
+        }
+
+    # -- transaction -----------------------------------------------------------------------
+
+    def _transaction(self, entries: list[Any], get: GetHandler) -> list[dict[str, Any]]:
+        requests = [parse_entry(i, e, self.base_url) for i, e in enumerate(entries)]
+        seen_full_urls: set[str] = set()
+        for req in requests:
+            if req.full_url:
+                if req.full_url in seen_full_urls:
+                    raise _entry_error(req.index, f"fullUrl '{req.full_url}' appears twice")
+                seen_full_urls.add(req.full_url)
+        order = sorted(requests, key=lambda r: (METHOD_ORDER[r.method], r.index))
+        with self.resources.storage.transaction() as tx:
+            mapping = self._assign_ids(tx, requests)
+            for req in requests:
+                if req.resource is not None and req.method in ("POST", "PUT"):
+                    self._rewrite(req, mapping)
+            for req in order:
+                if req.method in ("GET", "HEAD"):
+                    continue
+                try:
+                    self._resolve_conditional_references(tx, req)
+                    req.response = self._execute_write(tx, req)
+                except FhirError as exc:
+                    raise self._locate(exc, req) from None
+        # Reads run after the writes commit, so they see the transaction's results.
+        for req in order:
+            if req.method in ("GET", "HEAD"):
+                req.response = self._execute_get(req, get)
+        return [req.response for req in requests]
+
+    @staticmethod
+    def _locate(exc: FhirError, req: EntryRequest) -> FhirError:
+        issues = [
+            Issue(
+                i.severity,
+                i.code,
+                f"Bundle.entry[{req.index}] ({req.method} {req.url}): {i.diagnostics}",
+                i.expression or (f"Bundle.entry[{req.index}]",),
+            )
+            for i in exc.issues
+        ]
+        return FhirError(exc.status, issues)
+
+    def _assign_ids(self, tx: WriteTransaction, requests: list[EntryRequest]) -> dict[str, str]:
+        """Decide the id of every created or updated entry before anything is written."""
+        mapping: dict[str, str] = {}
+        for req in requests:
+            if req.method == "POST":
+                if req.if_none_exist:
+                    ids = self.resources.conditional_ids(tx, req.resource_type, req.if_none_exist)
+                    if len(ids) > 1:
+                        raise self._locate(
+                            error(412, "multiple-matches", "ifNoneExist matched several resources"),
+                            req,
+                        )
+                    req.assigned_id = ids[0] if ids else str(uuid.uuid4())
+                    if ids:
+                        req.if_none_exist = None  # found: the entry resolves to it, no write
+                        req.response = {"_found": ids[0]}
+                else:
+                    req.assigned_id = str(uuid.uuid4())
+            elif req.method == "PUT" and req.id:
+                req.assigned_id = req.id
+            elif req.method == "PUT" and req.query:
+                ids = self.resources.conditional_ids(tx, req.resource_type, req.query)
+                if len(ids) > 1:
+                    raise self._locate(
+                        error(412, "multiple-matches", "The conditional update matched several"),
+                        req,
+                    )
+                body_id = req.resource.get("id") if isinstance(req.resource, dict) else None
+                req.assigned_id = ids[0] if ids else (body_id or str(uuid.uuid4()))
+            elif req.method == "PATCH" and req.id:
+                req.assigned_id = req.id
+            if req.full_url and req.assigned_id:
+                mapping[req.full_url] = f"{req.resource_type}/{req.assigned_id}"
+        return mapping
+
+    def _rewrite(self, req: EntryRequest, mapping: dict[str, str]) -> None:
+        base = self.base_url.rstrip("/") + "/"
+
+        def replace(value: str) -> str | None:
+            target = mapping.get(value)
+            if target is not None:
+                return target
+            if value.startswith(base):  # references to our own base become relative
+                rest = value[len(base) :]
+                return rest if rest.count("/") in (1, 3) else None
+            return None
+
+        rewrite_strings(req.resource, replace)
+
+    def _resolve_conditional_references(self, tx: WriteTransaction, req: EntryRequest) -> None:
+        if not isinstance(req.resource, dict):
+            return
+        from fhir_server.model.references import iter_references
+
+        for ref in iter_references(req.resource):
+            value = ref["reference"]
+            if "?" not in value or value.startswith(("http:", "https:", "urn:")):
+                continue
+            rtype, _, query = value.partition("?")
+            if not is_resource_type(rtype):
+                raise error(400, "invalid", f"Conditional reference '{value}' names no resource type")
+            ids = self.resources.conditional_ids(
+                tx, rtype, parse_qsl(query, keep_blank_values=True)
+            )
+            if len(ids) != 1:
+                raise error(
+                    412 if ids else 404,
+                    "not-found" if not ids else "multiple-matches",
+                    f"Conditional reference '{value}' matched {len(ids)} resources (needs 1)",
+                )
+            ref["reference"] = f"{rtype}/{ids[0]}"
+
+    def _execute_write(self, tx: WriteTransaction, req: EntryRequest) -> dict[str, Any]:
+        svc = self.resources
+        svc.check_type(req.resource_type)
+        if req.method == "DELETE":
+            if req.id:
+                deleted = svc.delete_in(tx, req.resource_type, req.id)
+                return {"status": STATUS_TEXT[204 if deleted else 204]}
+            svc.conditional_delete_in(tx, req.resource_type, req.query)
+            return {"status": STATUS_TEXT[204]}
+        if req.method == "POST":
+            found = req.response.get("_found") if req.response else None
+            if found:
+                existing = tx.read(req.resource_type, found)
+                assert existing is not None
+                return self._with_resource(_write_response(WriteResult(200, existing, False)), existing)
+            result = svc.create_in(tx, req.resource_type, req.resource, rid=req.assigned_id)
+        elif req.method == "PUT":
+            if req.id:
+                result = svc.update_in(tx, req.resource_type, req.id, req.resource, req.if_match)
+            else:
+                body = req.resource
+                if isinstance(body, dict):
+                    body = {**body, "id": req.assigned_id}
+                result = svc.update_in(tx, req.resource_type, str(req.assigned_id), body, req.if_match)
+        else:  # PATCH
+            if not req.id:
+                raise error(400, "invalid", "PATCH in a Bundle needs Type/id in request.url")
+            result = svc.patch_in(tx, req.resource_type, req.id, _patch_operations(req), req.if_match)
+        return self._with_resource(_write_response(result), result.stored)
+
+    @staticmethod
+    def _with_resource(response: dict[str, Any], stored: StoredResource) -> dict[str, Any]:
+        if stored.json is not None:
+            response["_resource"] = jsonio.fragment(stored.json)
+        return response
+
+    def _execute_get(self, req: EntryRequest, get: GetHandler) -> dict[str, Any]:
+        try:
+            status, body = get(req.url.split("?")[0], req.query)
+        except FhirError as exc:
+            return {"status": STATUS_TEXT.get(exc.status, str(exc.status)), "outcome": exc.to_outcome()}
+        response: dict[str, Any] = {"status": STATUS_TEXT.get(status, str(status))}
+        if body is not None:
+            response["_resource"] = body
+        return response
+
+    # -- batch -----------------------------------------------------------------------------
+
+    def _batch(self, entries: list[Any], get: GetHandler) -> list[dict[str, Any]]:
+        responses: list[dict[str, Any]] = [{} for _ in entries]
+        parsed: list[EntryRequest] = []
+        for i, entry in enumerate(entries):
+            try:
+                parsed.append(parse_entry(i, entry, self.base_url))
+            except FhirError as exc:
+                responses[i] = {"status": STATUS_TEXT.get(exc.status), "outcome": exc.to_outcome()}
+        for req in sorted(parsed, key=lambda r: (METHOD_ORDER[r.method], r.index)):
+            if req.method in ("GET", "HEAD"):
+                responses[req.index] = self._execute_get(req, get)
+                continue
+            try:
+                with self.resources.storage.transaction() as tx:
+                    if req.method == "POST" and req.if_none_exist:
+                        result = self.resources.create_in(
+                            tx, req.resource_type, req.resource, req.if_none_exist
+                        )
+                        responses[req.index] = self._with_resource(
+                            _write_response(result), result.stored
+                        )
+                        continue
+                    self._resolve_conditional_references(tx, req)
+                    if req.method == "PUT" and not req.id:
+                        self.resources.check_type(req.resource_type)
+                        result = self.resources.conditional_update_in(
+                            tx, req.resource_type, req.query, req.resource, req.if_match
+                        )
+                        responses[req.index] = self._with_resource(
+                            _write_response(result), result.stored
+                        )
+                        continue
+                    if req.method == "POST":
+                        req.assigned_id = None
+                    responses[req.index] = self._execute_write(tx, req)
+            except FhirError as exc:
+                responses[req.index] = {
+                    "status": STATUS_TEXT.get(exc.status, str(exc.status)),
+                    "outcome": outcome(self._locate(exc, req).issues),
+                }
+        return responses

@@ -1,0 +1,373 @@
+"""The FHIR interactions on single resources, independent of HTTP.
+
+Every write goes through `prepare` (validate, assign id and meta, extract index entries,
+serialise once) and then into a storage transaction; conditional interactions resolve their
+search inside that same transaction, so their check and their write cannot be split by
+another writer.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jsonpatch
+
+from fhir_server.model import jsonio
+from fhir_server.model.outcome import FhirError, Issue, error
+from fhir_server.model.resource_types import is_resource_type, is_valid_id
+from fhir_server.model.validation import validate_structure
+from fhir_server.search.types import IndexEntry
+from fhir_server.storage.base import Storage, StoredResource, WriteTransaction, instant
+
+Validator = Callable[[dict[str, Any]], list[Issue]]
+
+# Elements the server owns: a client's values for them are replaced on every write.
+SERVER_META = ("versionId", "lastUpdated")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a write did: `status` 200 (updated / found) or 201 (created)."""
+
+    status: int
+    stored: StoredResource
+    created: bool
+
+    @property
+    def resource_type(self) -> str:
+        return self.stored.resource_type
+
+
+class ResourceService:
+    def __init__(
+        self,
+        storage: Storage,
+        extract_index: Callable[[dict[str, Any]], Sequence[IndexEntry]],
+        parse_conditional: Callable[[str, list[tuple[str, str]]], Any],
+        validators: Sequence[Validator] = (),
+    ) -> None:
+        self.storage = storage
+        self.extract_index = extract_index
+        self.parse_conditional = parse_conditional
+        self.validators = list(validators)
+
+    # -- checks --------------------------------------------------------------------------
+
+    @staticmethod
+    def check_type(resource_type: str) -> None:
+        if not is_resource_type(resource_type):
+            raise error(404, "not-supported", f"Unknown resource type '{resource_type}'")
+
+    def validate(self, resource: Any) -> list[Issue]:
+        """Structure, then every configured validator (profiles); all problems at once."""
+        if isinstance(resource, dict) and jsonio.has_exact_decimals(resource):
+            checked = jsonio.plain(resource)
+        else:
+            checked = resource
+        issues = validate_structure(checked)
+        if not issues:
+            for validator in self.validators:
+                issues.extend(validator(checked))
+        return issues
+
+    def _check_body(self, resource_type: str, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise error(400, "structure", "The body must be a FHIR resource (a JSON object)")
+        if body.get("resourceType") != resource_type:
+            raise error(
+                400,
+                "invalid",
+                f"The body's resourceType '{body.get('resourceType')}' does not match the URL "
+                f"type '{resource_type}'",
+                "resourceType",
+            )
+        issues = [i for i in self.validate(body) if i.severity in ("error", "fatal")]
+        if issues:
+            raise FhirError(422 if self._profile_issue(issues) else 400, issues)
+        return body
+
+    @staticmethod
+    def _profile_issue(issues: list[Issue]) -> bool:
+        # Structural failures are a 400; a well-formed resource that breaks a profile's rules
+        # is 422 Unprocessable Entity, as the FHIR RESTful API says.
+        return any(i.code in ("processing", "business-rule", "invariant") for i in issues)
+
+    # -- preparing a version ---------------------------------------------------------------
+
+    def prepare(
+        self, resource: dict[str, Any], rid: str, version: int, now: float
+    ) -> tuple[bytes, Sequence[IndexEntry]]:
+        """Set id and meta, then return the JSON to store and its index entries."""
+        meta = resource.get("meta")
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        for key in SERVER_META:
+            meta.pop(key, None)
+        ordered: dict[str, Any] = {
+            "resourceType": resource["resourceType"],
+            "id": rid,
+            "meta": {"versionId": str(version), "lastUpdated": instant(now), **meta},
+        }
+        for key, value in resource.items():
+            if key not in ordered:
+                ordered[key] = value
+        return jsonio.dumps(ordered), self.extract_index(ordered)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def read(self, resource_type: str, rid: str) -> StoredResource:
+        self.check_type(resource_type)
+        stored = self.storage.read(resource_type, rid) if is_valid_id(rid) else None
+        if stored is None:
+            raise error(404, "not-found", f"{resource_type}/{rid} is not known")
+        if stored.deleted:
+            raise error(
+                410, "deleted", f"{resource_type}/{rid} was deleted", ETag=stored.etag
+            )
+        return stored
+
+    def vread(self, resource_type: str, rid: str, version: str) -> StoredResource:
+        self.check_type(resource_type)
+        if not version.isdigit() or not is_valid_id(rid):
+            raise error(404, "not-found", f"{resource_type}/{rid}/_history/{version} is not known")
+        stored = self.storage.vread(resource_type, rid, int(version))
+        if stored is None:
+            raise error(404, "not-found", f"{resource_type}/{rid}/_history/{version} is not known")
+        if stored.deleted:
+            raise error(410, "deleted", f"Version {version} of {resource_type}/{rid} is a deletion")
+        return stored
+
+    # -- writes inside a transaction -------------------------------------------------------
+
+    def conditional_ids(
+        self, tx: WriteTransaction, resource_type: str, items: list[tuple[str, str]]
+    ) -> list[str]:
+        query = self.parse_conditional(resource_type, items)
+        return tx.search_ids(query, limit=2)
+
+    def create_in(
+        self,
+        tx: WriteTransaction,
+        resource_type: str,
+        body: Any,
+        if_none_exist: list[tuple[str, str]] | None = None,
+        rid: str | None = None,
+        now: float | None = None,
+    ) -> WriteResult:
+        resource = self._check_body(resource_type, body)
+        if if_none_exist:
+            ids = self.conditional_ids(tx, resource_type, if_none_exist)
+            if len(ids) > 1:
+                raise error(
+                    412,
+                    "multiple-matches",
+                    f"If-None-Exist matched several {resource_type} resources: be more precise",
+                )
+            if ids:
+                existing = tx.read(resource_type, ids[0])
+                assert existing is not None
+                return WriteResult(200, existing, created=False)
+        rid = rid or str(uuid.uuid4())
+        now = now or time.time()
+        json, index = self.prepare(resource, rid, 1, now)
+        tx.put(resource_type, rid, 1, now, json, index, "POST")
+        return WriteResult(201, StoredResource(resource_type, rid, 1, now, False, json, "POST"), True)
+
+    def update_in(
+        self,
+        tx: WriteTransaction,
+        resource_type: str,
+        rid: str,
+        body: Any,
+        if_match: str | None = None,
+        method: str = "PUT",
+    ) -> WriteResult:
+        resource = self._check_body(resource_type, body)
+        if not is_valid_id(rid):
+            raise error(400, "invalid", f"'{rid}' is not a valid FHIR id", "id")
+        body_id = resource.get("id")
+        if body_id is None:
+            raise error(400, "required", "The resource in an update must carry its id", "id")
+        if body_id != rid:
+            raise error(
+                400, "invalid", f"The body's id '{body_id}' does not match the URL id '{rid}'", "id"
+            )
+        return self._write_version(tx, resource_type, rid, resource, if_match, method)
+
+    def _write_version(
+        self,
+        tx: WriteTransaction,
+        resource_type: str,
+        rid: str,
+        resource: dict[str, Any],
+        if_match: str | None,
+        method: str,
+    ) -> WriteResult:
+        current = tx.read(resource_type, rid)
+        self._check_version(current, if_match, resource_type, rid)
+        version = current.version + 1 if current else 1
+        now = time.time()
+        json, index = self.prepare(resource, rid, version, now)
+        tx.put(resource_type, rid, version, now, json, index, method)
+        created = current is None or current.deleted
+        stored = StoredResource(resource_type, rid, version, now, False, json, method)
+        return WriteResult(201 if created else 200, stored, created)
+
+    @staticmethod
+    def _check_version(
+        current: StoredResource | None, if_match: str | None, resource_type: str, rid: str
+    ) -> None:
+        if if_match is None:
+            return
+        wanted = parse_etag(if_match)
+        if current is None or current.deleted:
+            raise error(
+                412 if current is None else 409,
+                "conflict",
+                f"If-Match {if_match}: {resource_type}/{rid} has no current version",
+            )
+        if wanted != str(current.version):
+            raise error(
+                412,
+                "conflict",
+                f"If-Match {if_match} is stale: {resource_type}/{rid} is at version "
+                f"{current.version}",
+            )
+
+    def conditional_update_in(
+        self,
+        tx: WriteTransaction,
+        resource_type: str,
+        items: list[tuple[str, str]],
+        body: Any,
+        if_match: str | None = None,
+    ) -> WriteResult:
+        if not items:
+            raise error(400, "invalid", "A conditional update needs search parameters")
+        ids = self.conditional_ids(tx, resource_type, items)
+        if len(ids) > 1:
+            raise error(
+                412,
+                "multiple-matches",
+                f"The conditional update matched several {resource_type} resources",
+            )
+        resource = self._check_body(resource_type, body)
+        body_id = resource.get("id")
+        if ids:
+            if body_id is not None and body_id != ids[0]:
+                raise error(
+                    400,
+                    "invalid",
+                    f"The body's id '{body_id}' is not the id of the matching resource '{ids[0]}'",
+                    "id",
+                )
+            rid = ids[0]
+        else:
+            rid = body_id or str(uuid.uuid4())
+            existing = tx.read(resource_type, rid)
+            if existing is not None and not existing.deleted:
+                raise error(
+                    409,
+                    "conflict",
+                    f"No {resource_type} matched, and the body's id '{rid}' is already used",
+                )
+        return self._write_version(tx, resource_type, rid, {**resource, "id": rid}, if_match, "PUT")
+
+    def patch_in(
+        self,
+        tx: WriteTransaction,
+        resource_type: str,
+        rid: str,
+        operations: Any,
+        if_match: str | None = None,
+    ) -> WriteResult:
+        current = tx.read(resource_type, rid) if is_valid_id(rid) else None
+        if current is None:
+            raise error(404, "not-found", f"{resource_type}/{rid} is not known")
+        if current.deleted:
+            raise error(410, "deleted", f"{resource_type}/{rid} was deleted")
+        self._check_version(current, if_match, resource_type, rid)
+        if not isinstance(operations, list):
+            raise error(400, "structure", "A JSON Patch body must be a JSON array of operations")
+        assert current.json is not None
+        try:
+            patched = jsonpatch.JsonPatch(operations).apply(jsonio.loads(current.json))
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+            raise error(422, "processing", f"The JSON Patch cannot be applied: {exc}") from None
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise error(400, "structure", f"The JSON Patch is malformed: {exc}") from None
+        if not isinstance(patched, dict) or patched.get("resourceType") != resource_type:
+            raise error(422, "processing", "The JSON Patch may not change the resourceType")
+        if patched.get("id") != rid:
+            raise error(422, "processing", "The JSON Patch may not change the id")
+        return self.update_in(tx, resource_type, rid, patched, method="PATCH")
+
+    def delete_in(
+        self, tx: WriteTransaction, resource_type: str, rid: str, now: float | None = None
+    ) -> StoredResource | None:
+        """Delete; returns the deletion version, or None when there was nothing to delete."""
+        current = tx.read(resource_type, rid) if is_valid_id(rid) else None
+        if current is None or current.deleted:
+            return None
+        now = now or time.time()
+        tx.delete(resource_type, rid, current.version + 1, now)
+        return StoredResource(resource_type, rid, current.version + 1, now, True, None, "DELETE")
+
+    def conditional_delete_in(
+        self, tx: WriteTransaction, resource_type: str, items: list[tuple[str, str]]
+    ) -> list[StoredResource]:
+        if not items:
+            raise error(400, "invalid", "A conditional delete needs search parameters")
+        ids = self.conditional_ids(tx, resource_type, items)
+        if len(ids) > 1:
+            raise error(
+                412,
+                "multiple-matches",
+                f"The conditional delete matched several {resource_type} resources; this server "
+                "deletes one at a time",
+            )
+        deleted = [self.delete_in(tx, resource_type, rid) for rid in ids]
+        return [d for d in deleted if d is not None]
+
+    # -- one-shot wrappers (each its own transaction) ----------------------------------------
+
+    def create(self, resource_type: str, body: Any, if_none_exist=None) -> WriteResult:
+        self.check_type(resource_type)
+        with self.storage.transaction() as tx:
+            return self.create_in(tx, resource_type, body, if_none_exist)
+
+    def update(self, resource_type: str, rid: str, body: Any, if_match=None) -> WriteResult:
+        self.check_type(resource_type)
+        with self.storage.transaction() as tx:
+            return self.update_in(tx, resource_type, rid, body, if_match)
+
+    def conditional_update(self, resource_type, items, body, if_match=None) -> WriteResult:
+        self.check_type(resource_type)
+        with self.storage.transaction() as tx:
+            return self.conditional_update_in(tx, resource_type, items, body, if_match)
+
+    def patch(self, resource_type, rid, operations, if_match=None) -> WriteResult:
+        self.check_type(resource_type)
+        with self.storage.transaction() as tx:
+            return self.patch_in(tx, resource_type, rid, operations, if_match)
+
+    def delete(self, resource_type: str, rid: str) -> StoredResource | None:
+        self.check_type(resource_type)
+        with self.storage.transaction() as tx:
+            return self.delete_in(tx, resource_type, rid)
+
+    def conditional_delete(self, resource_type, items) -> list[StoredResource]:
+        self.check_type(resource_type)
+        with self.storage.transaction() as tx:
+            return self.conditional_delete_in(tx, resource_type, items)
+
+
+def parse_etag(value: str) -> str:
+    """`W/"3"` or `"3"` or `3` -> `3`."""
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"')

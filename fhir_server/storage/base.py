@@ -1,0 +1,110 @@
+"""The storage contract every backend implements.
+
+The service layer decides versions, ids and index entries; a backend only stores and finds.
+Writes happen inside `Storage.transaction()`: everything written in one `with` block
+commits together or not at all, and writers are serialised so that a read-check-write
+inside a transaction (If-Match, conditional create) cannot lose an update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any, Protocol
+
+from fhir_server.search.types import IndexEntry
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResource:
+    """One version of a resource as stored (json is None for a deletion)."""
+
+    resource_type: str
+    id: str
+    version: int
+    last_updated: float  # epoch seconds, UTC
+    deleted: bool
+    json: bytes | None
+    method: str = "PUT"  # the interaction that made this version: POST, PUT, PATCH, DELETE
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    @property
+    def last_modified(self) -> str:
+        """HTTP-date for the Last-Modified header."""
+        return format_datetime(datetime.fromtimestamp(self.last_updated, UTC), usegmt=True)
+
+    @property
+    def instant(self) -> str:
+        return instant(self.last_updated)
+
+    @property
+    def location(self) -> str:
+        return f"{self.resource_type}/{self.id}/_history/{self.version}"
+
+
+def instant(epoch: float) -> str:
+    """FHIR instant with millisecond precision: 2024-03-05T10:00:00.123Z."""
+    dt = datetime.fromtimestamp(epoch, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    entries: list[StoredResource]
+    next_cursor: str | None
+
+
+class WriteTransaction(Protocol):
+    def read(self, resource_type: str, id: str) -> StoredResource | None: ...
+
+    def put(
+        self,
+        resource_type: str,
+        id: str,
+        version: int,
+        last_updated: float,
+        json: bytes,
+        index: Sequence[IndexEntry],
+        method: str,
+    ) -> None:
+        """Store a new current version (create when version is 1 and no row exists)."""
+
+    def delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
+        """Store a deletion as a new version; index entries go, history stays."""
+
+    def search_ids(self, query: Any, limit: int) -> list[str]:
+        """Ids of current resources matching a parsed query (for conditional interactions)."""
+
+
+class Storage(Protocol):
+    def transaction(self) -> AbstractContextManager[WriteTransaction]: ...
+
+    def read(self, resource_type: str, id: str) -> StoredResource | None:
+        """The current version, deleted or not; None if the id never existed."""
+
+    def vread(self, resource_type: str, id: str, version: int) -> StoredResource | None: ...
+
+    def history(
+        self,
+        resource_type: str | None,
+        id: str | None,
+        since: float | None,
+        at: float | None,
+        count: int,
+        cursor: str | None,
+    ) -> HistoryPage:
+        """Versions newest first; at instance, type (id None) or system (both None) level."""
+
+    def search(self, query: Any, count: int, cursor: str | None) -> Any: ...
+
+    def count(self, resource_type: str | None = None) -> int: ...
+
+    def iter_current(self, resource_type: str) -> Iterator[StoredResource]: ...
+
+    def close(self) -> None: ...

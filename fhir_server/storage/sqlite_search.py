@@ -1,0 +1,618 @@
+"""Parsed FHIR searches compiled to SQL over the SQLite index tables.
+
+Each AND criterion becomes `pk IN (SELECT pk FROM idx_<kind> WHERE pid=? AND (...OR...))`
+on the searched resources; chains and `_has` nest the same construction through
+`idx_reference`. Every value is a bound parameter: nothing from a request is ever
+interpolated into SQL text.
+
+Paging is keyset-based: the cursor holds the sort values and pk of the last row of the page,
+so rows inserted or updated meanwhile neither shift nor repeat the pages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from fhir_server.search.errors import SearchError, UnsupportedModifier
+from fhir_server.search.query import ChainClause, Clause, HasClause, SearchQuery
+from fhir_server.search.result_params import Include, SortKey
+from fhir_server.search.values import (
+    CompositeValue,
+    DateValue,
+    MissingValue,
+    NumberValue,
+    OfTypeValue,
+    QuantityValue,
+    ReferenceValue,
+    StringValue,
+    TokenValue,
+    UriValue,
+)
+from fhir_server.storage.base import StoredResource
+from fhir_server.storage.cursor import CursorError
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from fhir_server.storage.sqlite import SqliteStorage
+
+TABLE_BY_TYPE = {
+    "token": "idx_token",
+    "string": "idx_string",
+    "date": "idx_date",
+    "number": "idx_number",
+    "quantity": "idx_quantity",
+    "reference": "idx_reference",
+    "uri": "idx_uri",
+    "composite": "idx_composite",
+}
+# Parameters answered from the resources table itself rather than from index rows.
+DIRECT_PARAMS = ("_id", "_lastUpdated")
+STRING_MAX = "\U0010ffff"
+MAX_INCLUDE_DEPTH = 4
+MAX_INCLUDED = 5000
+
+
+@dataclass
+class SearchPage:
+    matches: list[StoredResource]
+    included: list[StoredResource] = field(default_factory=list)
+    total: int | None = None
+    next_cursor: str | None = None
+    previous_cursor: str | None = None
+
+
+class _Compiler:
+    """Builds one SQL condition with its arguments; aliases are unique per query."""
+
+    def __init__(self, storage: SqliteStorage, expander: Any = None, canonical: Any = None) -> None:
+        self.storage = storage
+        self.expander = expander
+        self.canonical = canonical
+        self._aliases = itertools.count()
+
+    def alias(self) -> str:
+        return f"t{next(self._aliases)}"
+
+    def pid(self, rtype: str, code: str) -> int:
+        # An unknown pid means no resource ever had this parameter: -1 matches no row.
+        pid = self.storage.pid(rtype, code)
+        return -1 if pid is None else pid
+
+    # -- criteria --------------------------------------------------------------------------
+
+    def criterion(self, crit: Any, rtype: str, alias: str) -> tuple[str, list[Any]]:
+        if isinstance(crit, Clause):
+            return self.clause(crit, rtype, alias)
+        if isinstance(crit, ChainClause):
+            return self.chain(crit, rtype, alias)
+        if isinstance(crit, HasClause):
+            return self.has(crit, rtype, alias)
+        raise SearchError(f"unsupported search criterion {crit!r}")
+
+    def chain(self, crit: ChainClause, rtype: str, alias: str) -> tuple[str, list[Any]]:
+        ors, args = [], []
+        x, t = self.alias(), self.alias()
+        for target in crit.target_types:
+            inner_sql, inner_args = self.criterion(crit.inner, target, t)
+            ors.append(f"({t}.type=? AND {inner_sql})")
+            args += [target, *inner_args]
+        if not ors:
+            return "0", []
+        sql = (
+            f"{alias}.pk IN (SELECT {x}.pk FROM idx_reference {x} JOIN resources {t} "
+            f"ON {t}.type={x}.ttype AND {t}.id={x}.tid "
+            f"WHERE {x}.pid=? AND {t}.deleted=0 AND ({' OR '.join(ors)}))"
+        )
+        return sql, [self.pid(rtype, crit.param.code), *args]
+
+    def has(self, crit: HasClause, rtype: str, alias: str) -> tuple[str, list[Any]]:
+        x, s = self.alias(), self.alias()
+        inner_sql, inner_args = self.criterion(crit.inner, crit.resource_type, s)
+        sql = (
+            f"{alias}.id IN (SELECT {x}.tid FROM idx_reference {x} JOIN resources {s} "
+            f"ON {s}.pk={x}.pk WHERE {x}.pid=? AND {x}.ttype=? AND {s}.deleted=0 "
+            f"AND {inner_sql})"
+        )
+        return sql, [self.pid(crit.resource_type, crit.ref_param.code), rtype, *inner_args]
+
+    def clause(self, clause: Clause, rtype: str, alias: str) -> tuple[str, list[Any]]:
+        param = clause.param
+        if param.code in DIRECT_PARAMS:
+            return self.direct(clause, alias)
+        table = TABLE_BY_TYPE.get(param.type)
+        if table is None:
+            raise SearchError(f"parameter {param.code!r} of type {param.type} is not searchable")
+        pid = self.pid(rtype, param.code)
+        if clause.modifier == "missing":
+            missing = any(isinstance(v, MissingValue) and v.missing for v in clause.values)
+            op = "NOT IN" if missing else "IN"
+            return f"{alias}.pk {op} (SELECT pk FROM {table} WHERE pid=?)", [pid]
+        ors, args = [], []
+        for value in clause.values:
+            sql, value_args = self.value(param.type, clause.modifier, value)
+            ors.append(sql)
+            args += value_args
+        negate = clause.modifier in ("not", "not-in")
+        op = "NOT IN" if negate else "IN"
+        sql = f"{alias}.pk {op} (SELECT pk FROM {table} WHERE pid=? AND ({' OR '.join(ors)}))"
+        return sql, [pid, *args]
+
+    def direct(self, clause: Clause, alias: str) -> tuple[str, list[Any]]:
+        ors, args = [], []
+        for value in clause.values:
+            if isinstance(value, MissingValue):
+                ors.append("0" if value.missing else "1")
+            elif clause.param.code == "_id":
+                if not isinstance(value, TokenValue) or value.code is None:
+                    raise SearchError("_id takes a resource id", "_id")
+                ors.append(f"{alias}.id=?")
+                args.append(value.code)
+            elif isinstance(value, DateValue):
+                sql, date_args = date_condition(value, f"{alias}.last_updated", f"({alias}.last_updated+0.001)")
+                ors.append(sql)
+                args += date_args
+            else:
+                raise SearchError(f"unsupported value for {clause.param.code}", clause.param.code)
+        negate = clause.modifier == "not"
+        body = " OR ".join(ors)
+        return (f"NOT ({body})" if negate else f"({body})"), args
+
+    # -- values ----------------------------------------------------------------------------
+
+    def value(self, ptype: str, modifier: str | None, value: Any) -> tuple[str, list[Any]]:
+        if ptype == "token":
+            return self.token(modifier, value)
+        if ptype == "string":
+            return string_condition(modifier, value, "value", "exact")
+        if ptype == "date":
+            return date_condition(value, "low", "high")
+        if ptype == "number":
+            return number_condition(value, "value")
+        if ptype == "quantity":
+            return self.quantity(value, "value", "system", "code", "unit", "cvalue", "cunit")
+        if ptype == "reference":
+            return reference_condition(value)
+        if ptype == "uri":
+            return uri_condition(modifier, value)
+        if ptype == "composite":
+            return self.composite(value)
+        raise SearchError(f"{ptype} search is not supported")
+
+    def token(self, modifier: str | None, value: Any) -> tuple[str, list[Any]]:
+        if modifier == "text":
+            return string_condition("contains", value, "text", "text")
+        if modifier in ("in", "not-in", "below", "above"):
+            return self.expanded_token(modifier, value)
+        if isinstance(value, OfTypeValue):
+            raise UnsupportedModifier(":of-type is not supported by this server", "identifier")
+        return token_condition(value, "system", "code")
+
+    def expanded_token(self, modifier: str, value: Any) -> tuple[str, list[Any]]:
+        if self.expander is None:
+            raise UnsupportedModifier(
+                f"token :{modifier} needs the terminology service, which is not configured"
+            )
+        if modifier in ("in", "not-in"):
+            pairs = sorted(self.expander.value_set_codes(value.value))
+        elif modifier == "below":
+            pairs = [(value.system, c) for c in sorted(self.expander.descendants(value.system, value.code))]
+        else:
+            pairs = [(value.system, c) for c in sorted(self.expander.ancestors(value.system, value.code))]
+        if not pairs:
+            return "0", []
+        ors, args = [], []
+        for system, codes in itertools.groupby(pairs, key=lambda p: p[0]):
+            code_list = [c for _, c in codes]
+            ors.append(f"(system=? AND code IN ({','.join('?' * len(code_list))}))")
+            args += [system, *code_list]
+        return "(" + " OR ".join(ors) + ")", args
+
+    def quantity(
+        self, value: QuantityValue, v: str, system: str, code: str, unit: str, cv: str, cu: str
+    ) -> tuple[str, list[Any]]:
+        if value.code and self.canonical is not None:
+            converted = self.canonical(value, value.system, value.code)
+            if converted is not None:
+                canonical_value, canonical_unit = converted
+                sql, args = number_condition(canonical_value, cv)
+                return f"({cu}=? AND {sql})", [canonical_unit, *args]
+        sql, args = number_condition(value, v)
+        conditions, extra = [sql], list(args)
+        if value.system and value.code:
+            conditions.append(f"{system}=? AND {code}=?")
+            extra += [value.system, value.code]
+        elif value.code:
+            conditions.append(f"({code}=? OR {unit}=?)")
+            extra += [value.code, value.code]
+        elif value.system:
+            conditions.append(f"{system}=?")
+            extra.append(value.system)
+        return "(" + " AND ".join(conditions) + ")", extra
+
+    def composite(self, value: CompositeValue) -> tuple[str, list[Any]]:
+        if len(value.parts) != 2 or not isinstance(value.parts[0], TokenValue):
+            raise SearchError("only two-part composites starting with a token are supported")
+        first, second = value.parts
+        sql_a, args_a = token_condition(first, "a_system", "a_code")
+        if isinstance(second, TokenValue):
+            sql_b, args_b = token_condition(second, "b_system", "b_code")
+        elif isinstance(second, QuantityValue):
+            sql_b, args_b = self.quantity(
+                second, "b_value", "b_system", "b_code", "b_code", "b_cvalue", "b_cunit"
+            )
+        elif isinstance(second, DateValue):
+            sql_b, args_b = date_condition(second, "b_low", "b_high")
+        elif isinstance(second, StringValue):
+            sql_b, args_b = string_condition(None, second, "b_text", "b_text")
+        elif isinstance(second, NumberValue):
+            sql_b, args_b = number_condition(second, "b_value")
+        else:
+            raise SearchError("unsupported composite component")
+        return f"({sql_a} AND {sql_b})", [*args_a, *args_b]
+
+
+# -- value conditions (pure functions of a value and column names) -------------------------
+
+
+def token_condition(value: TokenValue, system: str, code: str) -> tuple[str, list[Any]]:
+    if value.code is None:
+        if value.system is None:
+            return "1", []
+        return f"{system}=?", [value.system]
+    if not value.system_given:
+        return f"{code}=?", [value.code]
+    if value.system is None:
+        return f"({code}=? AND {system} IS NULL)", [value.code]
+    return f"({code}=? AND {system}=?)", [value.code, value.system]
+
+
+def string_condition(
+    modifier: str | None, value: StringValue, column: str, exact_column: str
+) -> tuple[str, list[Any]]:
+    if modifier == "exact":
+        return f"{exact_column}=?", [value.value]
+    if modifier in ("contains", "text"):
+        escaped = value.normalised.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return f"{column} LIKE ? ESCAPE '\\'", [f"%{escaped}%"]
+    # Default string search: starts with, on the normalised form (index range scan).
+    return f"({column}>=? AND {column}<?)", [value.normalised, value.normalised + STRING_MAX]
+
+
+def date_condition(value: DateValue, low: str, high: str) -> tuple[str, list[Any]]:
+    lo, hi = value.low, value.high
+    prefix = value.prefix
+    if prefix == "eq":
+        return f"({low}>=? AND {high}<=?)", [lo, hi]
+    if prefix == "ne":
+        return f"NOT ({low}>=? AND {high}<=?)", [lo, hi]
+    if prefix == "gt":
+        return f"{high}>?", [hi]
+    if prefix == "lt":
+        return f"{low}<?", [lo]
+    if prefix == "ge":
+        return f"{high}>?", [lo]
+    if prefix == "le":
+        return f"{low}<?", [hi]
+    if prefix == "sa":
+        return f"{low}>=?", [hi]
+    if prefix == "eb":
+        return f"{high}<=?", [lo]
+    if prefix == "ap":
+        now = time.time()
+        margin_low = abs(now - lo) * 0.1
+        margin_high = abs(now - hi) * 0.1
+        return f"({low}<? AND {high}>?)", [hi + margin_high, lo - margin_low]
+    raise SearchError(f"unknown prefix {prefix!r}")
+
+
+def number_condition(value: Any, column: str) -> tuple[str, list[Any]]:
+    """Number and quantity comparisons (`value` a NumberValue or QuantityValue or Decimal)."""
+    if isinstance(value, Decimal | float | int):
+        exact = float(value)
+        return f"({column}>=? AND {column}<=?)", [exact * (1 - 1e-9), exact * (1 + 1e-9)]
+    prefix = value.prefix
+    v, lo, hi = float(value.value), float(value.low), float(value.high)
+    if prefix == "eq":
+        return f"({column}>=? AND {column}<?)", [lo, hi]
+    if prefix == "ne":
+        return f"NOT ({column}>=? AND {column}<?)", [lo, hi]
+    if prefix in ("gt", "sa"):
+        return f"{column}>?", [v]
+    if prefix in ("lt", "eb"):
+        return f"{column}<?", [v]
+    if prefix == "ge":
+        return f"{column}>=?", [v]
+    if prefix == "le":
+        return f"{column}<=?", [v]
+    if prefix == "ap":
+        margin = abs(v) * 0.1
+        return f"({column}>=? AND {column}<=?)", [v - margin, v + margin]
+    raise SearchError(f"unknown prefix {prefix!r}")
+
+
+def reference_condition(value: ReferenceValue) -> tuple[str, list[Any]]:
+    if value.identifier_value is not None or value.identifier_system is not None:
+        conditions, args = [], []
+        if value.identifier_value is not None:
+            conditions.append("ivalue=?")
+            args.append(value.identifier_value)
+        if value.identifier_system is not None:
+            conditions.append("isystem=?")
+            args.append(value.identifier_system)
+        return "(" + " AND ".join(conditions) + ")", args
+    if value.url is not None:
+        return "url=?", [value.url]
+    if value.type is not None:
+        return "(tid=? AND ttype=?)", [value.id, value.type]
+    return "tid=?", [value.id]
+
+
+def uri_condition(modifier: str | None, value: UriValue) -> tuple[str, list[Any]]:
+    if modifier == "below":
+        return "(value>=? AND value<?)", [value.value, value.value + STRING_MAX]
+    if modifier == "above":
+        return "(substr(?, 1, length(value))=value)", [value.value]
+    return "value=?", [value.value]
+
+
+# -- sorting ---------------------------------------------------------------------------------
+
+SORT_COLUMNS = {
+    "token": ("idx_token", "code", "code"),
+    "string": ("idx_string", "value", "value"),
+    "date": ("idx_date", "low", "high"),
+    "number": ("idx_number", "value", "value"),
+    "quantity": ("idx_quantity", "value", "value"),
+    "reference": ("idx_reference", "tid", "tid"),
+    "uri": ("idx_uri", "value", "value"),
+}
+
+
+def sort_expression(compiler: _Compiler, key: SortKey, rtype: str, alias: str) -> tuple[str, list]:
+    """An SQL expression per row; missing values sort last in both directions."""
+    if key.code == "_id":
+        return f"{alias}.id", []
+    if key.code == "_lastUpdated":
+        return f"{alias}.last_updated", []
+    assert key.param is not None
+    table, asc_col, desc_col = SORT_COLUMNS.get(key.param.type, (None, None, None))
+    if table is None:
+        raise SearchError(f"cannot sort on {key.param.type} parameter {key.code!r}", "_sort")
+    column, agg = (desc_col, "max") if key.descending else (asc_col, "min")
+    pid = compiler.pid(rtype, key.code)
+    return f"(SELECT {agg}({column}) FROM {table} WHERE pk={alias}.pk AND pid=?)", [pid]
+
+
+def _keyset_condition(
+    exprs: list[tuple[str, list, bool]], values: list[Any], last_pk: int, reverse: bool
+) -> tuple[str, list[Any]]:
+    """Rows strictly after (or before, when paging back) the position (values, pk)."""
+    ors, args = [], []
+    prefix_sql, prefix_args = [], []
+    keys = [*exprs, ("r.pk", [], False)]
+    positions = [*values, last_pk]
+    for (expr, expr_args, descending), position in zip(keys, positions, strict=True):
+        if position is None:
+            # Missing values sort last: after one, only other missing ones can follow.
+            cmp_sql, cmp_args = (f"{expr} IS NOT NULL", list(expr_args)) if reverse else ("0", [])
+            eq_sql, eq_args = f"{expr} IS NULL", list(expr_args)
+        else:
+            # Forward on an ascending key (or backward on a descending one) wants larger values.
+            op = ">" if descending == reverse else "<"
+            if reverse:
+                cmp_sql, cmp_args = f"({expr} {op} ?)", [*expr_args, position]
+            else:
+                cmp_sql = f"({expr} {op} ? OR {expr} IS NULL)"
+                cmp_args = [*expr_args, position, *expr_args]
+            eq_sql, eq_args = f"{expr} = ?", [*expr_args, position]
+        ors.append("(" + " AND ".join([*prefix_sql, cmp_sql]) + ")")
+        args += [*prefix_args, *cmp_args]
+        prefix_sql.append(eq_sql)
+        prefix_args += eq_args
+    return "(" + " OR ".join(ors) + ")", args
+
+
+# -- running a search ------------------------------------------------------------------------
+
+
+def _where(
+    compiler: _Compiler, query: SearchQuery, alias: str = "r"
+) -> tuple[str, list[Any]]:
+    conditions, args = [f"{alias}.deleted=0"], []
+    if query.resource_type is not None:
+        conditions.append(f"{alias}.type=?")
+        args.append(query.resource_type)
+        rtype = query.resource_type
+    else:
+        if query.resource_types:
+            conditions.append(f"{alias}.type IN ({','.join('?' * len(query.resource_types))})")
+            args += list(query.resource_types)
+        rtype = "Resource"
+    for crit in query.clauses:
+        sql, crit_args = compiler.criterion(crit, rtype, alias)
+        conditions.append(sql)
+        args += crit_args
+    return " AND ".join(conditions), args
+
+
+def matching_ids(storage: SqliteStorage, conn: sqlite3.Connection, query: SearchQuery, limit: int) -> list[str]:
+    compiler = _Compiler(storage, storage.expander, storage.canonical_query)
+    where, args = _where(compiler, query)
+    rows = conn.execute(f"SELECT r.id FROM resources r WHERE {where} LIMIT ?", [*args, limit])
+    return [row[0] for row in rows]
+
+
+def run_search(
+    storage: SqliteStorage,
+    conn: sqlite3.Connection,
+    query: SearchQuery,
+    count: int,
+    cursor: str | None,
+) -> SearchPage:
+    compiler = _Compiler(storage, storage.expander, storage.canonical_query)
+    where, args = _where(compiler, query)
+    result = query.result
+    rtype = query.resource_type or "Resource"
+    sort = [
+        (*sort_expression(compiler, key, rtype, "r"), key.descending) for key in result.sort
+    ]
+    total = None
+    if result.total == "accurate" or result.summary == "count":
+        total = conn.execute(f"SELECT count(*) FROM resources r WHERE {where}", args).fetchone()[0]
+    if result.summary == "count":
+        return SearchPage([], total=total)
+
+    reverse = False
+    page_where, page_args = where, list(args)
+    if cursor:
+        try:
+            state = storage.cursors.decode(cursor)
+            direction, values, last_pk = state["d"], state["v"], int(state["pk"])
+            if direction not in ("n", "p") or len(values) != len(sort):
+                raise ValueError
+        except (CursorError, KeyError, TypeError, ValueError):
+            raise CursorError("The paging cursor is invalid or belongs to another search") from None
+        reverse = direction == "p"
+        cond, cond_args = _keyset_condition(sort, values, last_pk, reverse)
+        page_where += f" AND {cond}"
+        page_args += cond_args
+
+    select_args = [a for _, expr_args, _ in sort for a in expr_args]
+    order = []
+    for i, (_, _, descending) in enumerate(sort):
+        # Missing values sort last in reading order (so first when reading backwards).
+        desc = descending != reverse
+        order.append(f"s{i} IS NULL {'DESC' if reverse else 'ASC'}, s{i} {'DESC' if desc else 'ASC'}")
+    order.append(f"r.pk {'DESC' if reverse else 'ASC'}")
+    columns = "".join(f", {expr} AS s{i}" for i, (expr, _, _) in enumerate(sort))
+    sql = (
+        f"SELECT r.pk{columns} FROM resources r WHERE {page_where} "
+        f"ORDER BY {', '.join(order)} LIMIT ?"
+    )
+    rows = conn.execute(sql, [*select_args, *page_args, count + 1]).fetchall()
+    has_more = len(rows) > count
+    rows = rows[:count]
+    if reverse:
+        rows.reverse()
+    matches = storage.read_many([row[0] for row in rows])
+
+    def position(row: tuple, direction: str) -> str:
+        return storage.cursors.encode({"d": direction, "v": list(row[1:]), "pk": row[0]})
+
+    next_cursor = previous_cursor = None
+    if rows:
+        if (has_more and not reverse) or (reverse and cursor):
+            next_cursor = position(rows[-1], "n")
+        if (cursor and not reverse) or (reverse and has_more):
+            previous_cursor = position(rows[0], "p")
+    if total is None and not cursor and not has_more:
+        total = len(matches)
+    included = _includes(storage, conn, compiler, query, matches)
+    return SearchPage(matches, included, total, next_cursor, previous_cursor)
+
+
+def _includes(
+    storage: SqliteStorage,
+    conn: sqlite3.Connection,
+    compiler: _Compiler,
+    query: SearchQuery,
+    matches: list[StoredResource],
+) -> list[StoredResource]:
+    result = query.result
+    if not matches or not (result.include or result.revinclude):
+        return []
+    seen = {(m.resource_type, m.id) for m in matches}
+    included: list[StoredResource] = []
+    frontier = list(matches)
+    for depth in range(MAX_INCLUDE_DEPTH):
+        found: list[StoredResource] = []
+        for inc in result.include:
+            if depth == 0 or inc.iterate:
+                found += _forward(storage, conn, compiler, inc, frontier)
+        for inc in result.revinclude:
+            if depth == 0 or inc.iterate:
+                found += _reverse(storage, conn, compiler, inc, frontier)
+        fresh = []
+        for res in found:
+            key = (res.resource_type, res.id)
+            if key not in seen and not res.deleted:
+                seen.add(key)
+                fresh.append(res)
+        included += fresh
+        if not fresh or len(included) >= MAX_INCLUDED:
+            break
+        frontier = fresh
+    return included[:MAX_INCLUDED]
+
+
+def _include_pids(compiler: _Compiler, inc: Include, source_types: Sequence[str]) -> list[int]:
+    pids = []
+    for rtype in source_types:
+        if inc.source_type not in ("*", rtype):
+            continue
+        if inc.param_code == "*" or inc.source_type == "*":
+            pids += [
+                pid for (t, _), pid in compiler.storage._pids.items() if t == rtype
+            ]
+        else:
+            pid = compiler.storage.pid(rtype, inc.param_code)
+            if pid is not None:
+                pids.append(pid)
+    return pids
+
+
+def _forward(storage, conn, compiler, inc: Include, frontier: list[StoredResource]) -> list[StoredResource]:
+    types = sorted({r.resource_type for r in frontier})
+    pids = _include_pids(compiler, inc, types)
+    if not pids:
+        return []
+    pks = _pks_of(conn, frontier)
+    sql = (
+        "SELECT DISTINCT t.pk FROM idx_reference x JOIN resources t ON t.type=x.ttype AND "
+        f"t.id=x.tid WHERE x.pk IN ({','.join('?' * len(pks))}) AND x.pid IN "
+        f"({','.join('?' * len(pids))}) AND t.deleted=0"
+    )
+    args: list[Any] = [*pks, *pids]
+    if inc.target_type:
+        sql += " AND t.type=?"
+        args.append(inc.target_type)
+    return storage.read_many([row[0] for row in conn.execute(sql, args)])
+
+
+def _reverse(storage, conn, compiler, inc: Include, frontier: list[StoredResource]) -> list[StoredResource]:
+    if inc.source_type == "*":
+        return []
+    pids = _include_pids(compiler, inc, [inc.source_type])
+    if not pids:
+        return []
+    ors, args = [], []
+    for res in frontier:
+        ors.append("(x.ttype=? AND x.tid=?)")
+        args += [res.resource_type, res.id]
+    sql = (
+        "SELECT DISTINCT s.pk FROM idx_reference x JOIN resources s ON s.pk=x.pk "
+        f"WHERE x.pid IN ({','.join('?' * len(pids))}) AND ({' OR '.join(ors)}) AND s.deleted=0 "
+        "LIMIT ?"
+    )
+    rows = conn.execute(sql, [*pids, *args, MAX_INCLUDED])
+    return storage.read_many([row[0] for row in rows])
+
+
+def _pks_of(conn: sqlite3.Connection, resources: list[StoredResource]) -> list[int]:
+    pks = []
+    for res in resources:
+        row = conn.execute(
+            "SELECT pk FROM resources WHERE type=? AND id=?", (res.resource_type, res.id)
+        ).fetchone()
+        if row:
+            pks.append(row[0])
+    return pks
+
+
+QueryCanonicalizer = Callable[[QuantityValue, str | None, str], tuple[float, str] | None]
