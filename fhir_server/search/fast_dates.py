@@ -1,11 +1,11 @@
 """Fast FHIR date -> [low, high) epoch-second period for index extraction.
 
 `dates.parse_date_period` (shared with the query parser) is the reference definition; this
-module computes the same periods with integer calendar arithmetic instead of datetime and
-timedelta objects, because ingest parses several dates per resource (effective, meta.lastUpdated)
-and every microsecond counts there. Fractional seconds are delegated to the shared parser so
-that the float rounding is identical on both sides. tests/test_search_extract_dates.py checks
-that both agree. Returns None for anything invalid instead of raising: extraction skips it.
+module computes the same periods with integer calendar arithmetic instead of datetime,
+timedelta and Decimal objects, because ingest parses several dates per resource (effective,
+meta.lastUpdated) and every microsecond counts there. tests/test_search_extract_dates.py checks
+that both agree, fractional seconds included. Returns None for anything invalid instead of
+raising: extraction skips it.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import re
 from datetime import date
 
-from fhir_server.search.dates import InvalidDate
-from fhir_server.search.dates import parse_date_period as _reference_parse
 from fhir_server.search.types import DATE_MAX
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
@@ -36,12 +34,6 @@ def date_period(value: str) -> tuple[float, float] | None:
     year_text, month_text, day_text, hour_text, minute_text, second_text, fraction, zone = (
         match.groups()
     )
-    if fraction is not None:
-        try:
-            period = _reference_parse(value)
-        except InvalidDate:
-            return None
-        return period.low, period.high
     year = int(year_text)
     try:
         if month_text is None:
@@ -76,6 +68,13 @@ def date_period(value: str) -> tuple[float, float] | None:
             return None
         offset = zone_hours * 3600 + zone_minutes * 60
         low = low - offset if zone[0] == "+" else low + offset  # UTC = local - offset
+    if fraction is not None:
+        # The shared parser adds the fraction in exact decimal arithmetic and rounds once to a
+        # float; building the exact decimal as text and letting float() round it (correctly
+        # rounded) gives the very same floats, without Decimal's cost.
+        digits = fraction[1:]
+        scaled = int(low) * 10 ** len(digits) + int(digits)
+        return float(f"{scaled}e-{len(digits)}"), float(f"{scaled + 1}e-{len(digits)}")
     return low, low + width
 
 
