@@ -20,8 +20,11 @@ from functools import cache
 from importlib import resources
 from typing import Any, get_args
 
+from antlr4 import CommonTokenStream, InputStream, Token
+from antlr4.error.ErrorListener import ErrorListener
 from fhirpathpy.models import models as _fhirpath_models
-from fhirpathpy.parser import parse as _parse_fhirpath
+from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
+from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
 from fhir_server.search.fhirpath_split import root_name, split_union
 from fhir_server.search.types import Component, ParamType, SearchParam
@@ -266,8 +269,8 @@ def _validate(definition: Any) -> None:
         raise ValueError(f"SearchParameter '{code}': expression (FHIRPath) is required")
     if isinstance(expression, str) and expression.strip():
         try:
-            _parse_fhirpath(expression)
-        except Exception as error:  # fhirpathpy raises plain Exceptions on syntax errors
+            check_fhirpath_syntax(expression)
+        except SyntaxError as error:
             raise ValueError(
                 f"SearchParameter '{code}': expression is not valid FHIRPath: {expression!r} "
                 f"({error})"
@@ -293,3 +296,26 @@ def _validate(definition: Any) -> None:
     url = definition.get("url", "")
     if not isinstance(url, str):
         raise ValueError(f"SearchParameter '{code}': url must be a string")
+
+
+class _RaisingErrorListener(ErrorListener):
+    def syntaxError(self, recognizer, offendingSymbol, line, column, msg, e):  # noqa: N802,N803
+        raise SyntaxError(f"column {column}: {msg}")
+
+
+def check_fhirpath_syntax(expression: str) -> None:
+    """Raise SyntaxError unless `expression` is one complete FHIRPath expression.
+
+    fhirpathpy's own parse() silently recovers from syntax errors, so the FHIRPath grammar it
+    ships is run here with a listener that raises, and must consume the whole text."""
+    listener = _RaisingErrorListener()
+    lexer = FHIRPathLexer(InputStream(expression))
+    lexer.removeErrorListeners()
+    lexer.addErrorListener(listener)
+    tokens = CommonTokenStream(lexer)
+    parser = FHIRPathParser(tokens)
+    parser.removeErrorListeners()
+    parser.addErrorListener(listener)
+    parser.expression()
+    if tokens.LA(1) != Token.EOF:
+        raise SyntaxError(f"unexpected text after the expression: {tokens.LT(1).text!r}")
