@@ -363,6 +363,13 @@ def _convert_items(
     """Convert each (value, type) with `convert`, reusing the entries already made for the same
     element by another parameter of the same kind during this extraction (re-labelled)."""
     for value, value_type in items:
+        if (
+            value_type is not None
+            and type(value) is not dict
+            and value_type[:1].isupper()
+            and not value_type.startswith("System.")
+        ):
+            continue  # a primitive where the model says complex type (`"code": "x"`): malformed
         key = (id(value), value_type, kind)
         cached = memo.get(key)
         if cached is None:
