@@ -1,0 +1,109 @@
+"""Index extraction speed: µs per resource for typical diabetes resources.
+
+Prints a table (not a pass/fail test). Usage: python bench/extract.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+from fhir_server.search.extract import IndexExtractor
+from fhir_server.search.registry import SearchParamRegistry
+
+GLUCOSE_OBSERVATION = {
+    "resourceType": "Observation",
+    "id": "glucose-1",
+    "meta": {
+        "lastUpdated": "2024-03-05T08:00:01.123Z",
+        "profile": ["https://diatabase.org/fhir/StructureDefinition/BloodGlucose"],
+        "source": "urn:device:meter-42",
+    },
+    "identifier": [{"system": "urn:device:meter-42:readings", "value": "000123"}],
+    "status": "final",
+    "category": [
+        {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                    "code": "laboratory",
+                }
+            ]
+        }
+    ],
+    "code": {
+        "coding": [
+            {
+                "system": "http://loinc.org",
+                "code": "2339-0",
+                "display": "Glucose [Mass/volume] in Blood",
+            }
+        ]
+    },
+    "subject": {"reference": "Patient/p1"},
+    "effectiveDateTime": "2024-03-05T08:00:00+01:00",
+    "issued": "2024-03-05T08:00:01.123Z",
+    "device": {"reference": "Device/meter-42"},
+    "valueQuantity": {
+        "value": 112,
+        "unit": "mg/dL",
+        "system": "http://unitsofmeasure.org",
+        "code": "mg/dL",
+    },
+}
+
+PATIENT = {
+    "resourceType": "Patient",
+    "id": "p1",
+    "meta": {"lastUpdated": "2024-03-05T08:00:01Z"},
+    "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "279035121518989"}],
+    "active": True,
+    "name": [{"use": "official", "family": "Lefèvre", "given": ["Hélène", "Marie"]}],
+    "telecom": [{"system": "phone", "value": "+33 6 12 34 56 78", "use": "mobile"}],
+    "gender": "female",
+    "birthDate": "1979-05-21",
+    "address": [
+        {"line": ["12 rue de la Paix"], "city": "Lyon", "postalCode": "69002", "country": "FR"}
+    ],
+    "generalPractitioner": [{"reference": "Practitioner/gp1"}],
+}
+
+
+def glucose_canonicalize(value, system, code, resource):
+    # a stand-in for the terminology UCUM converter: mg/dL -> mmol/L for glucose
+    if system == "http://unitsofmeasure.org" and code == "mg/dL":
+        return [(value / 18.016, "mmol/L")]
+    if system == "http://unitsofmeasure.org" and code == "mmol/L":
+        return [(value, "mmol/L")]
+    return []
+
+
+def measure(extractor: IndexExtractor, resource: dict, rounds: int) -> tuple[float, int]:
+    copies = [copy.deepcopy(resource) for _ in range(min(rounds, 1000))]
+    entries = len(extractor.extract(resource))  # warm-up compiles the type
+    start = time.perf_counter()
+    for index in range(rounds):
+        extractor.extract(copies[index % len(copies)])
+    return (time.perf_counter() - start) / rounds * 1e6, entries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5000)
+    arguments = parser.parse_args()
+    registry = SearchParamRegistry.default()
+    extractor = IndexExtractor(registry, canonicalize=glucose_canonicalize)
+    rows = [
+        ("glucose Observation", GLUCOSE_OBSERVATION),
+        ("Patient", PATIENT),
+    ]
+    print(f"{'resource':<24}{'params':>8}{'entries':>9}{'µs/resource':>13}{'resources/s':>13}")
+    for name, resource in rows:
+        micros, entries = measure(extractor, resource, arguments.rounds)
+        params = len(registry.for_type(resource["resourceType"]))
+        print(f"{name:<24}{params:>8}{entries:>9}{micros:>13.1f}{1e6 / micros:>13.0f}")
+
+
+if __name__ == "__main__":
+    main()
