@@ -9,7 +9,7 @@ the terminology service, which another issue builds).
 from __future__ import annotations
 
 import pytest
-from search_query_double import REGISTRY
+from tests.search_query_double import REGISTRY
 
 from fhir_server.search.compartment import (
     compartment_clause,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from search_query_double import REGISTRY
+from tests.search_query_double import REGISTRY
 
 from fhir_server.search.errors import SearchError
 from fhir_server.search.escaping import escape

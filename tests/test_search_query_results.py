@@ -8,7 +8,7 @@ Uses a hand-made registry: a test double of the registry being written in parall
 from __future__ import annotations
 
 import pytest
-from search_query_double import REGISTRY
+from tests.search_query_double import REGISTRY
 
 from fhir_server.search.errors import SearchError
 from fhir_server.search.query import parse_search, parse_system_search

@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from search_query_double import REGISTRY
+from tests.search_query_double import REGISTRY
 
 from fhir_server.search.dates import parse_date_period
 from fhir_server.search.errors import SearchError
