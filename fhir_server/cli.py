@@ -32,7 +32,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env(db_url=args.db, base_url=args.base_url)
     app = create_app(settings)
-    print(f"Diatabase FHIR R4 server on http://{args.host}:{args.port}/ (database {settings.db_url})")
+    print(
+        f"Diatabase FHIR R4 server on http://{args.host}:{args.port}/ (database {settings.db_url})"
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

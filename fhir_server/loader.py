@@ -76,7 +76,9 @@ class Loader:
         self._flush(pending)
         return self.report
 
-    def load_resources(self, resources: Iterable[dict[str, Any]], where: str = "input") -> LoadReport:
+    def load_resources(
+        self, resources: Iterable[dict[str, Any]], where: str = "input"
+    ) -> LoadReport:
         pending: list[tuple[str, dict[str, Any]]] = []
         for resource in resources:
             pending.append((where, resource))

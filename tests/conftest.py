@@ -64,7 +64,9 @@ def database_url(tmp_path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    settings = Settings(db_url=database_url(tmp_path_factory.mktemp("db")), max_body_bytes=2_000_000)
+    settings = Settings(
+        db_url=database_url(tmp_path_factory.mktemp("db")), max_body_bytes=2_000_000
+    )
     with RunningServer(settings) as running:
         yield running
 

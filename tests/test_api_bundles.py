@@ -29,7 +29,9 @@ def patient(identifier: str, family: str = "Martin") -> dict:
 
 
 def count(client: httpx.Client, rtype: str, **params: str) -> int:
-    return client.get(f"/{rtype}", params={**params, "_total": "accurate", "_count": 1}).json()["total"]
+    return client.get(f"/{rtype}", params={**params, "_total": "accurate", "_count": 1}).json()[
+        "total"
+    ]
 
 
 def test_transaction_resolves_fullurls_and_returns_response_per_entry(client: httpx.Client) -> None:
@@ -39,8 +41,16 @@ def test_transaction_resolves_fullurls_and_returns_response_per_entry(client: ht
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
-            {"fullUrl": urn(), "resource": glucose(patient=p), "request": {"method": "POST", "url": "Observation"}},
-            {"fullUrl": p, "resource": patient(ident), "request": {"method": "POST", "url": "Patient"}},
+            {
+                "fullUrl": urn(),
+                "resource": glucose(patient=p),
+                "request": {"method": "POST", "url": "Observation"},
+            },
+            {
+                "fullUrl": p,
+                "resource": patient(ident),
+                "request": {"method": "POST", "url": "Patient"},
+            },
         ],
     }
     response = client.post("/", json=bundle)
@@ -64,7 +74,11 @@ def test_transaction_is_atomic_when_last_entry_is_invalid(client: httpx.Client) 
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
-            {"fullUrl": urn(), "resource": patient(ident), "request": {"method": "POST", "url": "Patient"}},
+            {
+                "fullUrl": urn(),
+                "resource": patient(ident),
+                "request": {"method": "POST", "url": "Patient"},
+            },
             {"resource": glucose(), "request": {"method": "POST", "url": "Observation"}},
             {"resource": bad, "request": {"method": "POST", "url": "Observation"}},
         ],
@@ -85,8 +99,14 @@ def test_transaction_rolls_back_updates_and_deletes_too(client: httpx.Client) ->
         "type": "transaction",
         "entry": [
             {"request": {"method": "DELETE", "url": f"Observation/{victim}"}},
-            {"resource": glucose(9.9, id=rid), "request": {"method": "PUT", "url": f"Observation/{rid}"}},
-            {"resource": glucose(), "request": {"method": "PUT", "url": "Observation/has-no-id-in-body"}},
+            {
+                "resource": glucose(9.9, id=rid),
+                "request": {"method": "PUT", "url": f"Observation/{rid}"},
+            },
+            {
+                "resource": glucose(),
+                "request": {"method": "PUT", "url": "Observation/has-no-id-in-body"},
+            },
         ],
     }
     assert_outcome(client.post("/", json=bundle), 400)
@@ -101,9 +121,22 @@ def test_transaction_processing_order_delete_post_put_get(client: httpx.Client) 
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
-            {"request": {"method": "GET", "url": f"Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|{ident}"}},
-            {"resource": {**patient(ident, "New"), "id": existing}, "request": {"method": "PUT", "url": f"Patient/{existing}"}},
-            {"request": {"method": "DELETE", "url": f"Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|{ident}"}},
+            {
+                "request": {
+                    "method": "GET",
+                    "url": f"Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|{ident}",
+                }
+            },
+            {
+                "resource": {**patient(ident, "New"), "id": existing},
+                "request": {"method": "PUT", "url": f"Patient/{existing}"},
+            },
+            {
+                "request": {
+                    "method": "DELETE",
+                    "url": f"Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|{ident}",
+                }
+            },
         ],
     }
     response = client.post("/", json=bundle)
@@ -114,7 +147,11 @@ def test_transaction_processing_order_delete_post_put_get(client: httpx.Client) 
     assert entries[1]["response"]["status"] == "201 Created"
     search = entries[0]["resource"]
     assert search["type"] == "searchset"
-    assert [e["resource"]["name"][0]["family"] for e in search["entry"] if e["search"]["mode"] == "match"] == ["New"]
+    assert [
+        e["resource"]["name"][0]["family"]
+        for e in search["entry"]
+        if e["search"]["mode"] == "match"
+    ] == ["New"]
 
 
 def test_transaction_conditional_create_and_conditional_references(client: httpx.Client) -> None:
@@ -127,7 +164,11 @@ def test_transaction_conditional_create_and_conditional_references(client: httpx
             {
                 "fullUrl": urn(),
                 "resource": patient(ident),
-                "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={system}|{ident}"},
+                "request": {
+                    "method": "POST",
+                    "url": "Patient",
+                    "ifNoneExist": f"identifier={system}|{ident}",
+                },
             },
             {
                 "resource": glucose(patient=f"Patient?identifier={system}|{ident}"),
@@ -141,7 +182,9 @@ def test_transaction_conditional_create_and_conditional_references(client: httpx
     assert second["entry"][0]["response"]["status"] == "200 OK"
     patient_ref = first["entry"][0]["response"]["location"].rsplit("/_history", 1)[0]
     assert second["entry"][0]["response"]["location"].startswith(patient_ref)
-    obs = client.get("/" + second["entry"][1]["response"]["location"].rsplit("/_history", 1)[0]).json()
+    obs = client.get(
+        "/" + second["entry"][1]["response"]["location"].rsplit("/_history", 1)[0]
+    ).json()
     assert obs["subject"]["reference"] == patient_ref
     unresolvable = {
         "resourceType": "Bundle",
@@ -165,7 +208,10 @@ def test_transaction_conditional_update_and_patch_entry(client: httpx.Client) ->
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
-            {"resource": patient(ident, "Durand"), "request": {"method": "PUT", "url": f"Patient?identifier={system}|{ident}"}},
+            {
+                "resource": patient(ident, "Durand"),
+                "request": {"method": "PUT", "url": f"Patient?identifier={system}|{ident}"},
+            },
             {
                 "resource": {
                     "resourceType": "Binary",
@@ -191,7 +237,10 @@ def test_batch_entries_are_independent(client: httpx.Client) -> None:
         "type": "batch",
         "entry": [
             {"resource": glucose(2.2), "request": {"method": "POST", "url": "Observation"}},
-            {"resource": glucose(status="nope"), "request": {"method": "POST", "url": "Observation"}},
+            {
+                "resource": glucose(status="nope"),
+                "request": {"method": "POST", "url": "Observation"},
+            },
             {"request": {"method": "GET", "url": f"Observation/{rid}"}},
             {"request": {"method": "GET", "url": "Observation/missing-one"}},
             {"request": {"method": "POST"}},
@@ -218,12 +267,24 @@ def test_bundle_errors(client: httpx.Client) -> None:
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
-            {"fullUrl": dup, "resource": glucose(), "request": {"method": "POST", "url": "Observation"}},
-            {"fullUrl": dup, "resource": glucose(), "request": {"method": "POST", "url": "Observation"}},
+            {
+                "fullUrl": dup,
+                "resource": glucose(),
+                "request": {"method": "POST", "url": "Observation"},
+            },
+            {
+                "fullUrl": dup,
+                "resource": glucose(),
+                "request": {"method": "POST", "url": "Observation"},
+            },
         ],
     }
     assert_outcome(client.post("/", json=bundle), 400)
-    bad_method = {"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "FETCH", "url": "Patient"}}]}
+    bad_method = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"request": {"method": "FETCH", "url": "Patient"}}],
+    }
     assert_outcome(client.post("/", json=bad_method), 400)
 
 
@@ -243,7 +304,11 @@ def test_example_patient_story_loads_twice_without_duplicates(client: httpx.Clie
     assert patients["entry"][0]["resource"]["meta"]["versionId"] == "1"
     observations = client.get("/Observation", params={"subject": f"Patient/{pid}"}).json()
     assert observations["total"] == 5
-    values = sorted(json.dumps(e["resource"]["valueQuantity"]["value"]) for e in observations["entry"])
+    values = sorted(
+        json.dumps(e["resource"]["valueQuantity"]["value"]) for e in observations["entry"]
+    )
     assert "7.9" in values or "7.90" in values
-    raw = client.get("/Observation", params={"subject": f"Patient/{pid}", "code": "15074-8"}).content
+    raw = client.get(
+        "/Observation", params={"subject": f"Patient/{pid}", "code": "15074-8"}
+    ).content
     assert b'"value":7.90' in raw

@@ -270,7 +270,9 @@ def test_type_and_system_history_with_paging(client: httpx.Client) -> None:
     assert next_url.startswith("http://")
     second = client.get(next_url).json()
     assert len(second["entry"]) == 2
-    assert {e["fullUrl"] for e in first["entry"]}.isdisjoint({e["fullUrl"] for e in second["entry"]})
+    assert {e["fullUrl"] for e in first["entry"]}.isdisjoint(
+        {e["fullUrl"] for e in second["entry"]}
+    )
     stamp = first["entry"][0]["resource"]["meta"]["lastUpdated"]
     since = client.get("/_history", params={"_since": stamp}).json()
     assert since["entry"] and all(e["response"]["lastModified"] >= stamp for e in since["entry"])
@@ -288,11 +290,14 @@ def test_history_at(client: httpx.Client) -> None:
 
 def test_search_by_id_identifier_subject_and_paging_links(client: httpx.Client) -> None:
     patient = f"Patient/s-{uuid.uuid4().hex[:8]}"
-    ids = [client.post("/Observation", json=glucose(float(i), patient=patient)).json()["id"] for i in range(7)]
+    ids = [
+        client.post("/Observation", json=glucose(float(i), patient=patient)).json()["id"]
+        for i in range(7)
+    ]
     page = client.get("/Observation", params={"subject": patient, "_count": 3}).json()
     assert page["type"] == "searchset"
     seen = [e["resource"]["id"] for e in page["entry"]]
-    while (nxt := next((lnk["url"] for lnk in page["link"] if lnk["relation"] == "next"), None)):
+    while nxt := next((lnk["url"] for lnk in page["link"] if lnk["relation"] == "next"), None):
         assert nxt.startswith("http://127.0.0.1")
         page = client.get(nxt).json()
         seen += [e["resource"]["id"] for e in page["entry"] if e["search"]["mode"] == "match"]
@@ -310,7 +315,9 @@ def test_search_reports_unknown_parameters(client: httpx.Client) -> None:
     outcome = [e for e in body["entry"] if e["search"]["mode"] == "outcome"]
     assert outcome and "foo" in outcome[0]["resource"]["issue"][0]["diagnostics"]
     assert "foo" not in body["link"][0]["url"]
-    strict = client.get("/Observation", params={"foo": "bar"}, headers={"Prefer": "handling=strict"})
+    strict = client.get(
+        "/Observation", params={"foo": "bar"}, headers={"Prefer": "handling=strict"}
+    )
     assert_outcome(strict, 400)
 
 

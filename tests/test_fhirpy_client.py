@@ -13,7 +13,10 @@ def test_fhirpy_create_read_update_search_page_delete(server: RunningServer) -> 
     client = SyncFHIRClient(server.url)
     family = f"Fhirpy{uuid.uuid4().hex[:8]}"
     patient = client.resource(
-        "Patient", name=[{"family": family, "given": ["Zoé"]}], gender="female", birthDate="1970-02-03"
+        "Patient",
+        name=[{"family": family, "given": ["Zoé"]}],
+        gender="female",
+        birthDate="1970-02-03",
     )
     patient.save()
     assert patient.id
@@ -33,7 +36,12 @@ def test_fhirpy_create_read_update_search_page_delete(server: RunningServer) -> 
             status="final",
             code={"coding": [{"system": "http://loinc.org", "code": "2339-0"}]},
             subject={"reference": f"Patient/{patient.id}"},
-            valueQuantity={"value": 100 + i, "unit": "mg/dL", "system": "http://unitsofmeasure.org", "code": "mg/dL"},
+            valueQuantity={
+                "value": 100 + i,
+                "unit": "mg/dL",
+                "system": "http://unitsofmeasure.org",
+                "code": "mg/dL",
+            },
         ).save()
     search = client.resources("Observation").search(subject=f"Patient/{patient.id}").limit(5)
     first_page = search.fetch()

@@ -9,7 +9,18 @@ from fhir_server.model import jsonio
 
 @pytest.mark.parametrize(
     "literal",
-    ["5.40", "1e2", "1.5E-3", "66.899999999999991", "0.00001", "100", "100.0", "-0.0", "6.3", "0.1"],
+    [
+        "5.40",
+        "1e2",
+        "1.5E-3",
+        "66.899999999999991",
+        "0.00001",
+        "100",
+        "100.0",
+        "-0.0",
+        "6.3",
+        "0.1",
+    ],
 )
 def test_number_literals_are_written_back_verbatim(literal: str) -> None:
     raw = f'{{"value":{literal}}}'.encode()

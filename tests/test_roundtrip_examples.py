@@ -26,7 +26,11 @@ def exact(raw: bytes | str) -> object:
 
 def without_server_meta(resource: dict) -> dict:
     out = dict(resource)
-    meta = {k: v for k, v in (out.pop("meta", None) or {}).items() if k not in ("versionId", "lastUpdated")}
+    meta = {
+        k: v
+        for k, v in (out.pop("meta", None) or {}).items()
+        if k not in ("versionId", "lastUpdated")
+    }
     if meta:
         out["meta"] = meta
     return out

@@ -11,7 +11,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from tests.search_query_double import REGISTRY
 
 from fhir_server.search.errors import SearchError
 from fhir_server.search.query import (
@@ -33,6 +32,7 @@ from fhir_server.search.values import (
     TokenValue,
     UriValue,
 )
+from tests.search_query_double import REGISTRY
 
 
 def only_clause(resource_type: str, key: str, value: str):

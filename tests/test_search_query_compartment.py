@@ -9,7 +9,6 @@ the terminology service, which another issue builds).
 from __future__ import annotations
 
 import pytest
-from tests.search_query_double import REGISTRY
 
 from fhir_server.search.compartment import (
     compartment_clause,
@@ -21,6 +20,7 @@ from fhir_server.search.errors import SearchError, UnsupportedModifier
 from fhir_server.search.expansion import expand_token_clause, needs_expansion
 from fhir_server.search.query import parse_search
 from fhir_server.search.values import ReferenceValue, TokenValue
+from tests.search_query_double import REGISTRY
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.search_query_double import REGISTRY
 
 from fhir_server.search.errors import SearchError
 from fhir_server.search.escaping import escape
 from fhir_server.search.query import parse_search, parse_system_search
+from tests.search_query_double import REGISTRY
 
 KEYS = [
     "name",

@@ -8,11 +8,11 @@ Uses a hand-made registry: a test double of the registry being written in parall
 from __future__ import annotations
 
 import pytest
-from tests.search_query_double import REGISTRY
 
 from fhir_server.search.errors import SearchError
 from fhir_server.search.query import parse_search, parse_system_search
 from fhir_server.search.result_params import DEFAULT_COUNT, MAX_COUNT, Include
+from tests.search_query_double import REGISTRY
 
 
 def result(resource_type: str, *items: tuple[str, str]):

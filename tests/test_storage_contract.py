@@ -78,7 +78,15 @@ def test_transaction_rolls_back_everything(storage: Storage) -> None:
 
 def test_transaction_sees_its_own_writes(storage: Storage, service: FhirService) -> None:
     with storage.transaction() as tx:
-        tx.put("Patient", "own", 1, 4000.0, b"{}", [TokenEntry("identifier", "urn:s", "v1", None)], "POST")
+        tx.put(
+            "Patient",
+            "own",
+            1,
+            4000.0,
+            b"{}",
+            [TokenEntry("identifier", "urn:s", "v1", None)],
+            "POST",
+        )
         assert tx.read("Patient", "own") is not None
         assert tx.search_ids(query(service, "Patient", identifier="urn:s|v1"), 2) == ["own"]
 
@@ -104,9 +112,25 @@ def test_history_at_gives_version_current_then(storage: Storage) -> None:
     assert [e.version for e in at.entries] == [1]
 
 
-def test_index_entries_replace_on_update_and_go_on_delete(storage: Storage, service: FhirService) -> None:
-    put(storage, "Observation", "x", 1, 7000.0, [ReferenceEntry("subject", "Patient", "p1", None, None, None)])
-    put(storage, "Observation", "x", 2, 7001.0, [ReferenceEntry("subject", "Patient", "p2", None, None, None)])
+def test_index_entries_replace_on_update_and_go_on_delete(
+    storage: Storage, service: FhirService
+) -> None:
+    put(
+        storage,
+        "Observation",
+        "x",
+        1,
+        7000.0,
+        [ReferenceEntry("subject", "Patient", "p1", None, None, None)],
+    )
+    put(
+        storage,
+        "Observation",
+        "x",
+        2,
+        7001.0,
+        [ReferenceEntry("subject", "Patient", "p2", None, None, None)],
+    )
     with storage.transaction() as tx:
         assert tx.search_ids(query(service, "Observation", subject="Patient/p1"), 5) == []
         assert tx.search_ids(query(service, "Observation", subject="Patient/p2"), 5) == ["x"]

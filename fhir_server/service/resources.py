@@ -129,9 +129,7 @@ class ResourceService:
         if stored is None:
             raise error(404, "not-found", f"{resource_type}/{rid} is not known")
         if stored.deleted:
-            raise error(
-                410, "deleted", f"{resource_type}/{rid} was deleted", ETag=stored.etag
-            )
+            raise error(410, "deleted", f"{resource_type}/{rid} was deleted", ETag=stored.etag)
         return stored
 
     def vread(self, resource_type: str, rid: str, version: str) -> StoredResource:
@@ -179,7 +177,9 @@ class ResourceService:
         now = now or now_millis()
         json, index = self.prepare(resource, rid, 1, now)
         tx.put(resource_type, rid, 1, now, json, index, "POST")
-        return WriteResult(201, StoredResource(resource_type, rid, 1, now, False, json, "POST"), True)
+        return WriteResult(
+            201, StoredResource(resource_type, rid, 1, now, False, json, "POST"), True
+        )
 
     def update_in(
         self,
@@ -213,7 +213,11 @@ class ResourceService:
     ) -> WriteResult:
         current = tx.read(resource_type, rid)
         self._check_version(current, if_match, resource_type, rid)
-        if current is not None and current.json is not None and _same_content(current.json, resource):
+        if (
+            current is not None
+            and current.json is not None
+            and _same_content(current.json, resource)
+        ):
             # A re-sent message (HL7 feeds do this all the time) must not grow the history.
             return WriteResult(200, current, created=False)
         version = current.version + 1 if current else 1
