@@ -49,7 +49,7 @@ def params_for(profile: PatientProfile) -> GlucoseParams:
     c = profile.control
     if profile.diabetes_type == 1:
         return GlucoseParams(
-            basal=190 - 95 * c, meal_rise=120 - 50 * c, noise_sd=30 - 10 * c,
+            basal=185 - 95 * c, meal_rise=120 - 55 * c, noise_sd=30 - 10 * c,
             drift_sd=42 - 20 * c, dawn_rise=20, hypos_per_day=0.35 + 0.45 * c,
             exercise_per_day=0.3, missed_bolus_per_day=0.5 * (1 - c),
         )

@@ -134,7 +134,8 @@ def _type2_treatments(
 ) -> tuple[Treatment, ...]:
     """Metformin first, then add-ons every few years, basal then bolus insulin when advanced."""
     duration_days = max((end - diagnosis).days, 1)
-    start = diagnosis + timedelta(days=rng.randrange(0, 90))
+    start = diagnosis + timedelta(days=rng.randrange(0, min(90, duration_days)))
+    course = max((end - start).days, 1)  # add-ons and insulin come after metformin
     treatments = [Treatment("metformin", start, None)]
     # How many add-on steps: more with duration; insulin users have had most of them.
     steps = int(duration_days / 365.25 / rng.uniform(3, 7))
@@ -154,17 +155,17 @@ def _type2_treatments(
             (d, w) for d, w in options if d not in add_ons and not (glp1 and d == "sitagliptin")
         ]
         add_ons.append(rng.choices([d for d, _ in remaining], [w for _, w in remaining])[0])
-    step_days = duration_days // (len(add_ons) + 2) if add_ons else duration_days
+    step_days = course // (len(add_ons) + 2) if add_ons else course
     ended: dict[str, date] = {}
     started: dict[str, date] = {}
     for k, drug in enumerate(add_ons, start=1):
-        when = diagnosis + timedelta(days=k * step_days + rng.randrange(60))
+        when = start + timedelta(days=k * step_days + rng.randrange(min(60, step_days + 1)))
         started[drug] = when
         # A GLP-1 agonist replaces a DPP-4 inhibitor (same pathway, not combined).
         if drug in ("liraglutide", "semaglutide") and "sitagliptin" in started:
             ended["sitagliptin"] = when
     if needs_insulin:
-        insulin_start = diagnosis + timedelta(days=int(duration_days * rng.uniform(0.6, 0.9)))
+        insulin_start = start + timedelta(days=int(course * rng.uniform(0.6, 0.9)))
         started["glargine"] = insulin_start
         if "gliclazide" in started:  # the sulfonylurea is stopped when insulin starts
             ended["gliclazide"] = insulin_start
@@ -199,7 +200,7 @@ def sample_patient(seed: int, index: int, end: date) -> tuple[PatientProfile, ra
     diagnosis = _diagnosis_date(rng, birth, end, diabetes_type)
     uses_cgm = diabetes_type == 1 or rng.random() < T2_CGM_SHARE
     # A skewed control level: most patients moderately controlled, some poorly.
-    control = rng.betavariate(2.2, 1.6)
+    control = rng.betavariate(2.2, 1.8)
     complications = _complications(rng, diabetes_type, diagnosis, end)
     egfr_low = "nephropathy" in complications and rng.random() < 0.25
     if diabetes_type == 1:
