@@ -35,16 +35,18 @@ class SensorSession:
     phase: int  # seconds after the 5-minute grid at which this sensor reads (0..299)
     gaps: list[tuple[int, int]] = field(default_factory=list)  # [start, end) signal losses
 
-    def reading_slots(self, n_slots: int) -> Iterator[int]:
-        """Slots with a reading inside the window [0, n_slots)."""
+    def reading_runs(self, n_slots: int) -> Iterator[tuple[int, int]]:
+        """Runs [first, stop) of consecutive slots with a reading, inside [0, n_slots)."""
         pos = max(self.start + self.warmup, 0)
         stop = min(self.end, n_slots)
         for g0, g1 in self.gaps:
             if g1 <= pos:
                 continue
-            yield from range(pos, min(g0, stop))
+            if min(g0, stop) > pos:
+                yield pos, min(g0, stop)
             pos = max(pos, g1)
-        yield from range(pos, stop)
+        if stop > pos:
+            yield pos, stop
 
 
 _SERIAL_CHARS = string.ascii_uppercase + string.digits
@@ -132,17 +134,21 @@ class CGMRenderer:
         for k in range(SLOTS_PER_DAY):
             h, rem = divmod(k * 300 + session.phase, 3600)
             times.append(f"{h:02d}:{rem // 60:02d}:{rem % 60:02d}Z")
-        dates = self.dates
         out: list[str] = []
         append = out.append
-        for slot in session.reading_slots(len(curve)):
-            day, k = divmod(slot, SLOTS_PER_DAY)
-            value = int(curve[slot] + 0.5)
-            stamp = f"{head}{slot}{mid}{dates[day]}{times[k]}"
-            if value < SENSOR_LOW:
-                append(stamp + low)
-            elif value > SENSOR_HIGH:
-                append(stamp + high)
-            else:
-                append(f"{stamp}{before_value}{value}{after_value}")
+        for first, stop in session.reading_runs(len(curve)):
+            day, k = divmod(first, SLOTS_PER_DAY)
+            date_mid = mid + self.dates[day]
+            for slot in range(first, stop):
+                value = int(curve[slot] + 0.5)
+                if SENSOR_LOW <= value <= SENSOR_HIGH:
+                    append(f"{head}{slot}{date_mid}{times[k]}{before_value}{value}{after_value}")
+                else:
+                    end = low if value < SENSOR_LOW else high
+                    append(f"{head}{slot}{date_mid}{times[k]}{end}")
+                k += 1
+                if k == SLOTS_PER_DAY:  # next UTC day
+                    k, day = 0, day + 1
+                    if day < len(self.dates):
+                        date_mid = mid + self.dates[day]
         return out
