@@ -9,8 +9,9 @@ from statistics import mean
 import pytest
 
 from fhir_server.synthetic import DEFAULT_END_DATE, gmi_percent, profile_of
+from fhir_server.synthetic.codes import DRUGS
 from fhir_server.synthetic.generator import _PatientBuilder
-from fhir_server.synthetic.population import COMPLICATION_RATES
+from fhir_server.synthetic.population import COMPLICATION_RATES, DRUG_AVAILABLE_FROM
 from tests.synthetic_sample import by_type, loinc_of, patient_of, sample
 
 INSULINS = {"A10AE04", "A10AB04", "A10AB05"}
@@ -97,7 +98,6 @@ def test_type_shares_ages_and_sexes_on_a_larger_population() -> None:
 
 def test_medications_are_consistent_with_type_and_stage() -> None:
     profiles = [profile_of(4, i) for i in range(1500)]
-    from fhir_server.synthetic.codes import DRUGS
 
     for p in profiles:
         atc = {DRUGS[t.drug][0]: t for t in p.treatments}
@@ -113,7 +113,7 @@ def test_medications_are_consistent_with_type_and_stage() -> None:
             if p.uses_cgm:
                 assert active & INSULINS
         for t in p.treatments:
-            assert t.start <= DEFAULT_END_DATE
+            assert DRUG_AVAILABLE_FROM[t.drug] <= t.start <= DEFAULT_END_DATE
             assert t.end is None or t.start <= t.end
 
 

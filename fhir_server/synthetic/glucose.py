@@ -58,7 +58,7 @@ def params_for(profile: PatientProfile) -> GlucoseParams:
         )
     if profile.on_insulin:
         return GlucoseParams(
-            basal=200 - 85 * c, meal_rise=75 - 30 * c, noise_sd=15 - 5 * c,
+            basal=190 - 80 * c, meal_rise=75 - 30 * c, noise_sd=15 - 5 * c,
             drift_sd=30 - 15 * c, dawn_rise=18, hypos_per_day=0.05 + 0.15 * c,
             exercise_per_day=0.2, missed_bolus_per_day=0.3 * (1 - c),
         )

@@ -129,6 +129,20 @@ def _complications(
     return found
 
 
+# First marketing in France/EU (approximate year): no one takes a drug before it exists.
+DRUG_AVAILABLE_FROM: Final[dict[str, date]] = {
+    "metformin": date(1959, 1, 1), "gliclazide": date(1972, 1, 1),
+    "sitagliptin": date(2007, 6, 1), "liraglutide": date(2009, 7, 1),
+    "semaglutide": date(2018, 2, 1), "empagliflozin": date(2014, 5, 1),
+    "dapagliflozin": date(2012, 11, 1), "glargine": date(2000, 6, 1),
+    "aspart": date(1999, 9, 1), "lispro": date(1996, 4, 1),
+}
+
+
+def _available(drug: str, when: date, end: date) -> date:
+    return min(max(when, DRUG_AVAILABLE_FROM[drug]), end)
+
+
 def _type2_treatments(
     rng: random.Random, diagnosis: date, end: date, needs_insulin: bool, egfr_low: bool
 ) -> tuple[Treatment, ...]:
@@ -160,18 +174,21 @@ def _type2_treatments(
     started: dict[str, date] = {}
     for k, drug in enumerate(add_ons, start=1):
         when = start + timedelta(days=k * step_days + rng.randrange(min(60, step_days + 1)))
+        when = _available(drug, when, end)
         started[drug] = when
         # A GLP-1 agonist replaces a DPP-4 inhibitor (same pathway, not combined).
         if drug in ("liraglutide", "semaglutide") and "sitagliptin" in started:
             ended["sitagliptin"] = when
     if needs_insulin:
         insulin_start = start + timedelta(days=int(course * rng.uniform(0.6, 0.9)))
+        insulin_start = _available("glargine", insulin_start, end)
         started["glargine"] = insulin_start
         if "gliclazide" in started:  # the sulfonylurea is stopped when insulin starts
             ended["gliclazide"] = insulin_start
         if rng.random() < 0.35:  # basal-bolus for the most advanced
             bolus_start = insulin_start + timedelta(days=(end - insulin_start).days // 2)
-            started[rng.choice(["aspart", "lispro"])] = bolus_start
+            bolus = rng.choice(["aspart", "lispro"])
+            started[bolus] = _available(bolus, bolus_start, end)
     if egfr_low:
         # Metformin is stopped when renal function falls (eGFR < 30 in the SmPC).
         ended["metformin"] = end - timedelta(days=rng.randrange(30, 400))
@@ -182,9 +199,10 @@ def _type2_treatments(
     return tuple(treatments)
 
 
-def _type1_treatments(rng: random.Random, diagnosis: date) -> tuple[Treatment, ...]:
+def _type1_treatments(rng: random.Random, diagnosis: date, end: date) -> tuple[Treatment, ...]:
     # Basal-bolus with analogue insulins since the patient's diagnosis (or their launch).
     start = max(diagnosis, date(2003, 1, 1)) + timedelta(days=rng.randrange(30))
+    start = min(start, end)
     return (
         Treatment("glargine", start, None),
         Treatment(rng.choice(["aspart", "lispro"]), start, None),
@@ -204,7 +222,7 @@ def sample_patient(seed: int, index: int, end: date) -> tuple[PatientProfile, ra
     complications = _complications(rng, diabetes_type, diagnosis, end)
     egfr_low = "nephropathy" in complications and rng.random() < 0.25
     if diabetes_type == 1:
-        treatments = _type1_treatments(rng, diagnosis)
+        treatments = _type1_treatments(rng, diagnosis, end)
     else:
         # CGM is reimbursed for insulin-treated patients; some SMBG patients use insulin too.
         needs_insulin = uses_cgm or rng.random() < 0.08
@@ -213,7 +231,7 @@ def sample_patient(seed: int, index: int, end: date) -> tuple[PatientProfile, ra
     smbg_per_day = rng.choice((3, 4)) if on_insulin else rng.choices((1, 2, 3), (50, 35, 15))[0]
     smbg_unit = "mmol/L" if rng.random() < MMOL_METER_SHARE else "mg/dL"
     height = rng.gauss(1.73, 0.07) if sex == "male" else rng.gauss(1.61, 0.065)
-    bmi = rng.gauss(25, 4) if diabetes_type == 1 else rng.gauss(30.5, 5.5)
+    bmi = rng.gauss(25, 4) if diabetes_type == 1 else max(rng.gauss(30.5, 5.5), 21.0)
     profile = PatientProfile(
         index=index,
         diabetes_type=diabetes_type,
