@@ -18,7 +18,7 @@ import orjson
 
 from . import codes
 from . import resources as build
-from .cgm import SLOTS_PER_DAY, CGMRenderer, plan_sessions
+from .cgm import SLOTS_PER_DAY, CGMRenderer, SensorSession, plan_sessions
 from .france import Identity, ins_key, make_identity
 from .glucose import params_for, paris_utc_offset_hours, simulate
 from .population import CGM_MODELS, METER_MODELS, PatientProfile, sample_patient
@@ -37,7 +37,16 @@ Resource = build.Resource
 @dataclass(slots=True)
 class PatientOutput:
     resources: list[Resource]  # every resource but the CGM readings, referenced ones first
-    cgm_lines: list[str]  # NDJSON lines of the CGM readings (Observation)
+    curve: list[float]  # the modelled glucose (mg/dL) the CGM readings are taken from
+    sessions: list[SensorSession]  # CGM sensors (empty for SMBG patients)
+    renderer: CGMRenderer | None
+
+    def cgm_chunks(self) -> Iterator[list[str]]:
+        """NDJSON lines of the CGM readings, one sensor at a time (a year is ~60 MB)."""
+        if self.renderer is None:
+            return
+        for session in self.sessions:
+            yield self.renderer.lines(session, self.curve)
 
 
 def gmi_percent(mean_mgdl: float) -> float:
@@ -101,7 +110,8 @@ class _PatientBuilder:
         step = 5 if p.uses_cgm else SMBG_STEP_MINUTES
         curve = simulate(rng, params_for(p), self.first_day, self.days, step)
         out: list[Resource] = [build.patient(self.pid, p, self.identity)]
-        cgm_lines: list[str] = []
+        sessions: list[SensorSession] = []
+        renderer = None
         meter_id = None
         if p.uses_cgm:
             model = rng.choices(CGM_MODELS, weights=[m[4] for m in CGM_MODELS])[0]
@@ -113,7 +123,6 @@ class _PatientBuilder:
                     s.device_id, self.pid, s.manufacturer, s.model, s.serial,
                     "Continuous glucose monitoring sensor", active=s.end >= n_slots,
                 ))
-                cgm_lines.extend(renderer.lines(s, curve))
         else:
             meter_id = f"dev-{self.seed}-{self.index}-m"
             manufacturer, model_name = rng.choice(METER_MODELS)
@@ -130,7 +139,7 @@ class _PatientBuilder:
         out.extend(self._encounters_and_labs(curve, step))
         if meter_id:
             out.extend(self._smbg(curve, meter_id))
-        return PatientOutput(out, cgm_lines)
+        return PatientOutput(out, curve, sessions, renderer)
 
     def _conditions(self) -> list[Resource]:
         p = self.profile
@@ -313,8 +322,9 @@ def generate(
     for out in iter_patients(patients, days, seed, end_date):
         yield from out.resources
         loads = orjson.loads
-        for line in out.cgm_lines:
-            yield loads(line)
+        for chunk in out.cgm_chunks():
+            for line in chunk:
+                yield loads(line)
 
 
 def write_ndjson(
@@ -342,9 +352,10 @@ def write_ndjson(
                 rt = resource["resourceType"]
                 handle(rt).write(dumps(resource, option=newline))
                 counts[rt] += 1
-            if out.cgm_lines:
-                handle("Observation").write("".join(out.cgm_lines).encode())
-                counts["Observation"] += len(out.cgm_lines)
+            for chunk in out.cgm_chunks():
+                if chunk:
+                    handle("Observation").write("".join(chunk).encode())
+                    counts["Observation"] += len(chunk)
     finally:
         for fh in files.values():
             fh.close()
