@@ -149,6 +149,7 @@ def _type2_treatments(
     """Metformin first, then add-ons every few years, basal then bolus insulin when advanced."""
     duration_days = max((end - diagnosis).days, 1)
     start = diagnosis + timedelta(days=rng.randrange(0, min(90, duration_days)))
+    start = _available("metformin", start, end)
     course = max((end - start).days, 1)  # add-ons and insulin come after metformin
     treatments = [Treatment("metformin", start, None)]
     # How many add-on steps: more with duration; insulin users have had most of them.
