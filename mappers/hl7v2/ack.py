@@ -90,8 +90,10 @@ def _err_segment(code: str, text: str, error: MappingError | None, delims: Delim
         location = error.segment + comp + "1"
         if error.field is not None:
             location += comp + str(error.field)
-    condition = "200" if code in ("AR", "CR") else "207"
-    label = "Unsupported message type" if condition == "200" else "Application internal error"
+    unsupported = error is not None and error.segment == "MSH" and error.field == 9
+    condition, label = (
+        ("200", "Unsupported message type") if unsupported else ("207", "Application error")
+    )
     err = [
         "ERR",
         "",  # ERR-1 (error code and location, before 2.5)

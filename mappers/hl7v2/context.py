@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import tzinfo
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
@@ -26,7 +27,7 @@ class MappingContext:
     encounter_ref: str | None = None
     _used_searches: dict[str, str] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def sender_system(self) -> str:
         """A URI naming the sender (MSH-4, else MSH-3): the system of its local identifiers.
 
@@ -40,15 +41,19 @@ class MappingContext:
                 return system
         return "urn:id:unknown-sender"
 
-    @property
+    @cached_property
     def message_system(self) -> str:
         """Scope for identifiers built from the message control id (last resort keys)."""
         return self.sender_system + ("/" if "://" in self.sender_system else ":") + "msg"
 
-    def meta(self, profile: str | None = None) -> dict:
+    @cached_property
+    def _source(self) -> str:
         source = self.sender_system
         control = self.message.control_id
-        meta: dict = {"source": f"{source}#{quote(control, safe='')}" if control else source}
+        return f"{source}#{quote(control, safe='')}" if control else source
+
+    def meta(self, profile: str | None = None) -> dict:
+        meta: dict = {"source": self._source}
         if profile:
             meta["profile"] = [profile]
         return meta

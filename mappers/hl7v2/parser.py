@@ -192,7 +192,10 @@ class Value:
 
     def c(self, index: int, sub: int = 1) -> str:
         """Subcomponent `sub` of component `index`, unescaped; '' when absent."""
-        value = self.raw(index)
+        comps = self.components
+        if index > len(comps) or index < 1:
+            return ""
+        value = comps[index - 1]
         if not value:
             return ""
         sep = self.delims.subcomponent
@@ -227,13 +230,14 @@ _EMPTY_DELIMS = Delimiters()
 class Segment:
     """One segment; `fields[n]` is the raw text of SEG-n (fields[0] is the segment id)."""
 
-    __slots__ = ("name", "fields", "delims", "index")
+    __slots__ = ("name", "fields", "delims", "index", "_values")
 
     def __init__(self, name: str, fields: list[str], delims: Delimiters, index: int):
         self.name = name
         self.fields = fields
         self.delims = delims
         self.index = index  # position in the message, for error locations
+        self._values: dict[int, Value] = {}
 
     def field(self, n: int) -> str:
         fields = self.fields
@@ -250,17 +254,19 @@ class Segment:
         return [Value(p, self.delims) for p in parts if p]
 
     def value(self, n: int) -> Value:
-        """The first repetition of SEG-n (an empty Value when absent)."""
-        raw = self.field(n)
-        rep = self.delims.repetition
-        if rep and rep in raw:
-            raw = raw.split(rep, 1)[0]
-        return Value(raw, self.delims)
+        """The first repetition of SEG-n (an empty Value when absent); read once."""
+        found = self._values.get(n)
+        if found is None:
+            raw = self.fields[n] if n < len(self.fields) else ""
+            rep = self.delims.repetition
+            if rep and rep in raw:
+                raw = raw.split(rep, 1)[0]
+            found = self._values[n] = Value(raw, self.delims)
+        return found
 
     def text(self, n: int, component: int = 1, sub: int = 1) -> str:
         """Shorthand for `value(n).c(component, sub)`."""
-        raw = self.field(n)
-        if not raw:
+        if n >= len(self.fields) or not self.fields[n]:
             return ""
         return self.value(n).c(component, sub)
 
