@@ -94,6 +94,7 @@ class _Walker:
         self.pending_orc: Segment | None = None
         self.last_resource: dict | None = None  # where the next NTE belongs
         self.patients: dict[str, str] = {}
+        self.specimens: dict[str, str] = {}
 
     def visit(self, segment: Segment) -> None:
         handler = getattr(self, f"_on_{segment.name.lower()}", None)
@@ -181,7 +182,11 @@ class _Walker:
 
     def _on_spm(self, spm: Segment) -> None:
         specimen, key = map_specimen(spm, self.group, self.ctx)
-        ref = self.ctx.upsert(specimen, key)
+        seen = f"{key.get('system')}|{key['value']}"
+        if seen in self.specimens:  # the same specimen under two OBRs: one entry
+            ref = self.specimens[seen]
+        else:
+            ref = self.specimens[seen] = self.ctx.upsert(specimen, key)
         if self.group is not None:
             self.group.specimen_refs.append({"reference": ref})
             # OBXs before the SPM in this group were about this specimen too.

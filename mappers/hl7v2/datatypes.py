@@ -16,6 +16,11 @@ from mappers.hl7v2.parser import Value
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+# The identifier types of HL7 table 0203 that senders use in CX-5.
+V2_0203_CODES = frozenset(
+    "AN BA BR BRN DL DN EI EN FILL JHN LN MA MB MC MCN MR NH NI NIIP NPI PEN PI PLAC PN PPN "
+    "PRN PT RRI SB SN SR SS TAX U UPIN VN VS WC WCN XX".split()
+)
 INS_OID = "1.2.250.1.213.1.4.8"
 INS_TEST_OID = "1.2.250.1.213.1.4.10"
 INS_SYSTEM = f"urn:oid:{INS_OID}"
@@ -210,8 +215,10 @@ def identifier(value: Value, fallback_system: str | None = None) -> dict | None:
         system = hd_system(facility) if facility else None
     result: dict = {}
     type_code = value.c(5).upper()
-    if type_code:
+    if type_code in V2_0203_CODES:
         result["type"] = {"coding": [{"system": V2_0203, "code": type_code}]}
+    elif type_code:  # a local type (INS, ...): not a v2-0203 code, keep it as text
+        result["type"] = {"text": type_code}
     system = system or fallback_system
     if system:
         result["system"] = system
