@@ -17,10 +17,11 @@ LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 # The identifier types of HL7 table 0203 that senders use in CX-5.
-V2_0203_CODES = frozenset(
-    "AN BA BR BRN DL DN EI EN FILL JHN LN MA MB MC MCN MR NH NI NIIP NPI PEN PI PLAC PN PPN "
-    "PRN PT RRI SB SN SR SS TAX U UPIN VN VS WC WCN XX".split()
-)
+V2_0203_CODES = frozenset({
+    "AN", "BA", "BR", "BRN", "DL", "DN", "EI", "EN", "FILL", "JHN", "LN", "MA", "MB", "MC",
+    "MCN", "MR", "NH", "NI", "NIIP", "NPI", "PEN", "PI", "PLAC", "PN", "PPN", "PRN", "PT",
+    "RRI", "SB", "SN", "SR", "SS", "TAX", "U", "UPIN", "VN", "VS", "WC", "WCN", "XX",
+})
 INS_OID = "1.2.250.1.213.1.4.8"
 INS_TEST_OID = "1.2.250.1.213.1.4.10"
 INS_SYSTEM = f"urn:oid:{INS_OID}"
