@@ -44,6 +44,8 @@ class Listener:
         async def stop() -> None:
             self.server.close()
             await self.server.wait_closed()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            await asyncio.gather(*others, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=5)
         self.loop.call_soon_threadsafe(self.loop.stop)
