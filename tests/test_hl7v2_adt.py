@@ -158,3 +158,14 @@ def test_message_header_is_optional() -> None:
     assert header["resource"]["eventCoding"]["code"] == "A01"
     assert header["resource"]["source"]["endpoint"] == "urn:oid:1.2.250.1.999.9"
     assert "ifNoneExist" not in header["request"]
+
+
+def test_adt_obx_hang_on_the_visit_number_across_messages() -> None:
+    def with_obx(trigger: str, control: str) -> str:
+        return adt(trigger, control=control) + "\rOBX|1|NM|29463-7^Body weight^LN||72|kg|||||F"
+
+    first = by_type(to_bundle(with_obx("A01", "1")), "Observation")
+    again = by_type(to_bundle(with_obx("A08", "2")), "Observation")
+    assert first[0]["request"] == again[0]["request"]
+    assert first[0]["request"]["url"].endswith("urn:oid:1.2.250.1.999.9.2|V2024-99-1")
+    assert first[0]["resource"]["valueQuantity"]["code"] == "kg"

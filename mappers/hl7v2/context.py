@@ -25,6 +25,7 @@ class MappingContext:
     patient_ref: str | None = None
     patient_key: str | None = None  # the identifier value other business ids derive from
     encounter_ref: str | None = None
+    encounter_key: dict | None = None  # the visit number of the current Encounter
     _used_searches: dict[str, str] = field(default_factory=dict)
 
     @cached_property

@@ -113,6 +113,7 @@ class _Walker:
         patient, key = map_patient(pid, pd1, ctx)
         ctx.patient_key = key["value"]
         ctx.encounter_ref = None
+        ctx.encounter_key = None
         seen = f"{key.get('system')}|{key['value']}"
         if seen in self.patients:  # the same patient twice in one message: one entry
             ctx.patient_ref = self.patients[seen]
@@ -130,6 +131,7 @@ class _Walker:
         mapped = map_encounter(pv1, self.ctx)
         if mapped:
             self.ctx.encounter_ref = self._write(*mapped, upsert=self.is_adt)
+            self.ctx.encounter_key = {k: v for k, v in mapped[1].items() if k != "type"}
 
     def _on_dg1(self, dg1: Segment) -> None:
         mapped = map_condition(dg1, self.ctx)

@@ -120,12 +120,20 @@ def close_report(group: OrderGroup) -> None:
 
 
 def observation_key(obx: Segment, group: OrderGroup | None, ctx: MappingContext) -> dict:
-    """Filler order number + OBX set id (position in the group when OBX-1 is empty)."""
+    """Filler order number + OBX set id (position in the group when OBX-1 is empty).
+
+    OBX outside an order (ADT) hang on the visit number, else on the patient and the
+    observation time, so that an A08 repeating them does not duplicate them; only an OBX
+    with none of these falls back on the message control id.
+    """
     set_id = obx.text(1) or str(group.obx_count if group else obx.index)
+    observed = obx.text(14)
     if group and group.filler:
         base = group.filler
-    elif ctx.encounter_ref and ctx.patient_key:
-        base = {"system": ctx.sender_system, "value": f"{ctx.patient_key}:visit"}
+    elif ctx.encounter_key:
+        base = ctx.encounter_key
+    elif ctx.patient_key and observed:
+        base = {"system": ctx.sender_system, "value": f"{ctx.patient_key}:{observed}"}
     else:
         base = {"system": ctx.message_system, "value": ctx.message.control_id}
     ident = {"value": f"{base['value']}-{set_id}"}
