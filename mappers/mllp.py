@@ -7,6 +7,15 @@ A broken frame costs only itself: bytes outside a frame are skipped, a frame cut
 new <VT> or grown past the size limit is answered AR when it still has an MSH, otherwise
 dropped; the connection stays open. Storage is not this module's business: the handler
 (`(raw message) -> (ack code, error text)`) decides what receiving means.
+
+Wiring a store (what `diatabase mllp --port 2575` is meant to do):
+
+    async def store(bundle: dict) -> None:        # raise to answer AE
+        await asyncio.to_thread(storage_transaction, bundle)
+
+    server = await serve_mllp("0.0.0.0", 2575, bundle_handler(store))
+    async with server:
+        await server.serve_forever()
 """
 
 from __future__ import annotations
@@ -140,6 +149,9 @@ async def _answer(frame_: Frame, handle: Handler) -> bytes | None:
     except Exception as error:  # the handler's failure must not end the connection
         log.exception("MLLP handler failed")
         return _ack_bytes(build_ack(text, "AE", f"{type(error).__name__}: {error}"), charset)
+    if code not in ("AA", "AE", "AR"):
+        log.error("MLLP handler returned %r, not AA/AE/AR", code)
+        code, error_text = "AE", f"receiver returned an invalid outcome {code!r}"
     return _ack_bytes(build_ack(text, code, error_text), charset)
 
 
@@ -148,11 +160,15 @@ async def _serve_connection(
     writer: asyncio.StreamWriter,
     handle: Handler,
     max_frame: int,
+    idle_timeout: float | None,
 ) -> None:
     deframer = Deframer(max_frame)
     try:
         while True:
-            data = await reader.read(65536)
+            try:
+                data = await asyncio.wait_for(reader.read(65536), idle_timeout)
+            except TimeoutError:
+                break  # an idle sender: free the connection, it can reconnect
             if not data:
                 break
             for frame_ in deframer.feed(data):
@@ -174,15 +190,18 @@ async def serve_mllp(
     handle: Handler,
     *,
     max_frame: int = DEFAULT_MAX_FRAME,
+    idle_timeout: float | None = None,
 ) -> asyncio.Server:
     """Start listening (port 0 picks a free port: see `server.sockets[0].getsockname()`).
 
     `handle(message)` returns `(code, error_text)` with code AA, AE or AR; an exception it
-    raises becomes an AE. Use `async with server: await server.serve_forever()` to run.
+    raises becomes an AE. `max_frame` bounds one message (bytes); `idle_timeout`
+    (seconds, None = never) closes connections that stay silent that long.
+    Use `async with server: await server.serve_forever()` to run.
     """
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _serve_connection(reader, writer, handle, max_frame)
+        await _serve_connection(reader, writer, handle, max_frame, idle_timeout)
 
     return await asyncio.start_server(on_connect, host, port)
 

@@ -181,3 +181,18 @@ def test_deframer_size_limit_keeps_the_head() -> None:
     assert not cut.complete and cut.data.startswith(b"MSH|")
     [good] = deframer.feed(frame("MSH|ok"))
     assert good.complete and good.data == b"MSH|ok"
+
+
+def test_invalid_handler_outcome_and_idle_timeout() -> None:
+    async def confused(raw: str) -> tuple[str, str | None]:
+        return "OK", None
+
+    running = Listener(confused, idle_timeout=0.3)
+    try:
+        with MllpClient("127.0.0.1", running.port) as client:
+            assert msa(client.send(message("Q1")))[1] == "AE"
+            # silent past the idle timeout: the listener hangs up
+            with pytest.raises(ConnectionError):
+                client.receive()
+    finally:
+        running.close()

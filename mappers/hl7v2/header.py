@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mappers.hl7v2.context import MappingContext, Resource
+from mappers.hl7v2.datatypes import hd_system
 
 _EVENT_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0003"
 
@@ -21,7 +22,7 @@ def map_message_header(ctx: MappingContext) -> Resource:
     version = ctx.message.version
     if version:
         header["source"]["version"] = version
-    receiver = msh.text(5) or msh.text(6)
+    receiver = hd_system(msh.value(6)) or hd_system(msh.value(5))
     if receiver:
-        header["destination"] = [{"name": receiver, "endpoint": f"urn:id:{receiver}"}]
+        header["destination"] = [{"name": msh.text(5) or msh.text(6), "endpoint": receiver}]
     return header

@@ -9,7 +9,7 @@ import re
 from mappers.hl7v2.context import MappingContext
 from mappers.hl7v2.datatypes import codeable_concept, number
 from mappers.hl7v2.parser import Segment, Value
-from mappers.units import quantity, to_ucum
+from mappers.units import quantity
 
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 _DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
@@ -217,7 +217,3 @@ def interpretations(obx: Segment) -> list[dict]:
 
 def status(obx: Segment) -> str:
     return _STATUS.get(obx.text(11).upper(), "unknown")
-
-
-def ucum_code(unit: str) -> str | None:
-    return to_ucum(unit)
