@@ -36,8 +36,8 @@ from mappers.hl7v2.results import (
     map_specimen,
     note_text,
     order_group,
-    presented_form,
 )
+from mappers.hl7v2.values import attachment
 
 SUPPORTED_TYPES = ("ADT", "ORU", "ORM", "OML", "OUL", "VXU")
 # Message types whose OBR is a result report (elsewhere it is an order: no report).
@@ -165,7 +165,7 @@ class _Walker:
         if group is not None:
             group.obx_count += 1
         if obx.text(2).upper() == "ED" and group is not None and group.report is not None:
-            form = presented_form(obx)
+            form = attachment(obx)
             if form:
                 group.report.setdefault("presentedForm", []).append(form)
             return

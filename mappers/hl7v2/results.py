@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from mappers.hl7v2.context import MappingContext, Resource
 from mappers.hl7v2.datatypes import (
-    LOINC,
     V2_0203,
     codeable_concept,
     entity_identifier,
@@ -14,7 +13,6 @@ from mappers.hl7v2.datatypes import (
 )
 from mappers.hl7v2.parser import Segment
 from mappers.hl7v2.values import (
-    attachment,
     interpretations,
     reference_range,
     status,
@@ -46,7 +44,8 @@ class OrderGroup:
 
     obr: Segment | None
     orc: Segment | None
-    filler: dict | None
+    filler: dict | None  # the group's business key: filler number, else placer number
+    key_type: str = "FILL"
     report: Resource | None = None
     result_refs: list[dict] = field(default_factory=list)
     specimen_refs: list[dict] = field(default_factory=list)
@@ -62,11 +61,12 @@ def order_group(obr: Segment | None, orc: Segment | None, ctx: MappingContext) -
             continue
         filler = filler or entity_identifier(segment.value(filler_field), ctx.sender_system)
         placer = placer or entity_identifier(segment.value(placer_field), ctx.sender_system)
-    key = filler or placer
+    key, key_type = (filler, "FILL") if filler else (placer, "PLAC")
     if key is None and obr is not None:
         control = ctx.message.control_id
         key = {"system": ctx.message_system, "value": f"{control}-OBR{obr.index}"}
-    return OrderGroup(obr=obr, orc=orc, filler=key)
+        key_type = ""
+    return OrderGroup(obr=obr, orc=orc, filler=key, key_type=key_type)
 
 
 def map_report(group: OrderGroup, ctx: MappingContext) -> Resource:
@@ -80,10 +80,12 @@ def map_report(group: OrderGroup, ctx: MappingContext) -> Resource:
         "status": _REPORT_STATUS.get(obr.text(25).upper(), "unknown"),
         "code": codeable_concept(obr.value(4)) or {"text": "unspecified"},
     }
-    if group.filler:
+    if group.filler and group.key_type:
         report["identifier"].append(
-            {**group.filler, "type": {"coding": [{"system": V2_0203, "code": "FILL"}]}}
+            {**group.filler, "type": {"coding": [{"system": V2_0203, "code": group.key_type}]}}
         )
+    elif group.filler:
+        report["identifier"].append(dict(group.filler))
     placer = entity_identifier(obr.value(2), ctx.sender_system)
     if placer and placer != group.filler:
         report["identifier"].append(
@@ -258,23 +260,3 @@ def map_specimen(spm: Segment, group: OrderGroup | None, ctx: MappingContext):
         specimen["receivedTime"] = received
     return specimen, key
 
-
-def presented_form(obx: Segment) -> dict | None:
-    return attachment(obx)
-
-
-__all__ = [
-    "GLUCOSE_CODES",
-    "HBA1C_CODES",
-    "LOINC",
-    "OrderGroup",
-    "add_note",
-    "close_report",
-    "diabetes_profile",
-    "map_observation",
-    "map_report",
-    "map_specimen",
-    "note_text",
-    "order_group",
-    "presented_form",
-]
