@@ -169,3 +169,14 @@ def test_adt_obx_hang_on_the_visit_number_across_messages() -> None:
     assert first[0]["request"] == again[0]["request"]
     assert first[0]["request"]["url"].endswith("urn:oid:1.2.250.1.999.9.2|V2024-99-1")
     assert first[0]["resource"]["valueQuantity"]["code"] == "kg"
+
+
+def test_repeated_segments_for_the_same_thing_make_one_entry() -> None:
+    message = adt("A08")
+    pv1 = next(s for s in message.split("\r") if s.startswith("PV1"))
+    dg1 = next(s for s in message.split("\r") if s.startswith("DG1"))
+    bundle = to_bundle("\r".join([message, pv1, dg1]))
+    assert len(by_type(bundle, "Encounter")) == 1
+    assert len(by_type(bundle, "Condition")) == 1
+    urls = [e["request"]["url"] for e in bundle["entry"]]
+    assert len(urls) == len(set(urls))

@@ -93,7 +93,7 @@ class _Walker:
         self.group: OrderGroup | None = None
         self.pending_orc: Segment | None = None
         self.last_resource: dict | None = None  # where the next NTE belongs
-        self.patients: dict[str, str] = {}
+        self.written: dict[str, str] = {}  # business key -> fullUrl
         self.specimens: dict[str, str] = {}
 
     def visit(self, segment: Segment) -> None:
@@ -102,9 +102,17 @@ class _Walker:
             handler(segment)
 
     def _write(self, resource: dict, key: dict, upsert: bool) -> str:
-        if upsert:
-            return self.ctx.upsert(resource, key)
-        return self.ctx.create_if_none(resource, key)
+        """Add an entry, or return the one already made for this business key.
+
+        A second PV1, NK1, DG1 or AL1 naming the same visit, person, diagnosis or allergen
+        is the same resource: one transaction entry must not be written twice.
+        """
+        seen = f"{resource['resourceType']}|{key.get('system')}|{key['value']}"
+        if seen in self.written:
+            return self.written[seen]
+        write = self.ctx.upsert if upsert else self.ctx.create_if_none
+        self.written[seen] = ref = write(resource, key)
+        return ref
 
     def _on_pid(self, pid: Segment) -> None:
         self.close_group()
@@ -114,12 +122,7 @@ class _Walker:
         ctx.patient_key = key["value"]
         ctx.encounter_ref = None
         ctx.encounter_key = None
-        seen = f"{key.get('system')}|{key['value']}"
-        if seen in self.patients:  # the same patient twice in one message: one entry
-            ctx.patient_ref = self.patients[seen]
-            return
         ctx.patient_ref = self._write(patient, key, upsert=self.is_adt)
-        self.patients[seen] = ctx.patient_ref
         self.last_resource = None
 
     def _on_nk1(self, nk1: Segment) -> None:
