@@ -180,3 +180,11 @@ def test_repeated_segments_for_the_same_thing_make_one_entry() -> None:
     assert len(by_type(bundle, "Condition")) == 1
     urls = [e["request"]["url"] for e in bundle["entry"]]
     assert len(urls) == len(set(urls))
+
+
+def test_adt_without_pid_is_a_clean_error() -> None:
+    from mappers.hl7v2 import MappingError
+
+    with pytest.raises(MappingError) as caught:
+        to_bundle("MSH|^~\\&|A|F|||20240101||ADT^A01|1|P|2.5\rEVN||20240101")
+    assert caught.value.segment == "PID"

@@ -74,6 +74,8 @@ def _map(message: Message, tz: tzinfo, with_header: bool) -> dict[str, Any]:
         )
     ctx = MappingContext(message=message, tz=tz)
     is_adt = message_type == "ADT"
+    if is_adt and message.first("PID") is None:
+        raise MappingError("ADT message without a PID segment", segment="PID")
     if with_header:
         ctx.builder.create(map_message_header(ctx))
     walker = _Walker(ctx, is_adt=is_adt, reports=message_type in _REPORTING_TYPES)
