@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from mappers.hl7v2 import to_bundle
+from mappers.hl7v2 import MappingError, to_bundle
 from mappers.hl7v2.datatypes import INS_SYSTEM, INS_TEST_SYSTEM
 
 INS_AUTHORITY = "ASIP-SANTE-INS-NIR-TEST&1.2.250.1.213.1.4.10&ISO"
@@ -183,8 +183,6 @@ def test_repeated_segments_for_the_same_thing_make_one_entry() -> None:
 
 
 def test_adt_without_pid_is_a_clean_error() -> None:
-    from mappers.hl7v2 import MappingError
-
     with pytest.raises(MappingError) as caught:
         to_bundle("MSH|^~\\&|A|F|||20240101||ADT^A01|1|P|2.5\rEVN||20240101")
     assert caught.value.segment == "PID"
