@@ -164,3 +164,24 @@ def test_fields_agree_with_hl7apy(path: Path) -> None:
         if "\\" in their_text:
             continue  # hl7apy re-escapes on output: compared in test_escape_sequences
         assert mine.field(number).split(mine.delims.repetition or "\0")[0] == their_text
+
+
+def test_hex_escapes_are_read_in_the_message_charset() -> None:
+    latin = "MSH|^~\\&|A|F|||20240101||ORU^R01|1|P|2.4|||||FRA|8859/1\rNTE|1||caf\\XE9\\"
+    utf8 = "MSH|^~\\&|A|F|||20240101||ORU^R01|1|P|2.5\rNTE|1||caf\\XC3A9\\"
+    assert parse(latin).first("NTE").text(3) == "café"
+    assert parse(utf8).first("NTE").text(3) == "café"
+
+
+def test_mappers_import_no_server_and_no_storage() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mappers.hl7v2, mappers.mllp, mappers.units;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('fhir_server', 'terminology')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True)
+    assert result.returncode == 0, result.stdout

@@ -371,6 +371,8 @@ def parse(data: str | bytes) -> Message:
         lines.pop(0)
     if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 8:
         raise MappingError("message does not start with an MSH segment", segment="MSH")
+    if isinstance(data, str):  # already text: MSH-18 still says how to read \X..\ bytes
+        charset = _declared_charset(lines[0].encode("latin-1", "replace")) or charset
     delims = delimiters_from_msh(lines[0], charset)
     sep = delims.field
     segments: list[Segment] = []
