@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--base-url", default=None, help="public base URL, if behind a proxy")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="server processes (use the machine's cores)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     load = sub.add_parser("load", help="store FHIR JSON / NDJSON files or folders")

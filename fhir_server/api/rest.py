@@ -101,7 +101,7 @@ def build_router() -> APIRouter:
     @router.post("/")
     async def transaction_or_batch(request: Request) -> Response:
         check_accept(request)
-        bundle = await read_body(request, _max_body(request))
+        bundle, raw = await read_body(request, _max_body(request), with_raw=True)
         svc = _service(request)
         base = _base(request)
         return_resources = "return=representation" in request.headers.get("prefer", "")
@@ -109,7 +109,9 @@ def build_router() -> APIRouter:
         def get(url: str, items: list[tuple[str, str]]) -> tuple[int, Any]:
             return svc.get_for_bundle(url, items, base)
 
-        response = await run_in_threadpool(svc.bundles(base).process, bundle, get, return_resources)
+        response = await run_in_threadpool(
+            svc.bundles(base).process, bundle, get, return_resources, raw
+        )
         return fhir_response(response, 200, None, pretty(request))
 
     @router.get("/_history")
