@@ -10,8 +10,8 @@ failure rolls everything back. A batch runs each entry on its own.
 from __future__ import annotations
 
 import base64
-import re
 import binascii
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
