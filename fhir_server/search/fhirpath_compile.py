@@ -104,8 +104,10 @@ def reference_type(reference: Any) -> str | None:
     if not isinstance(reference, dict):
         return None
     text = reference.get("reference")
-    if isinstance(text, str) and text and not text.startswith("#") and "/" in text:
-        parts = _HISTORY_SUFFIX.sub("", text).split("/")
+    if isinstance(text, str) and "/" in text and not text.startswith("#"):
+        if "/_history/" in text:
+            text = _HISTORY_SUFFIX.sub("", text)
+        parts = text.rsplit("/", 2)
         if len(parts) >= 2 and parts[-2][:1].isupper():
             return parts[-2]
     declared = reference.get("type")
