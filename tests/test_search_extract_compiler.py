@@ -17,7 +17,7 @@ from fhir_server.search.fhirpath_compile import (
     first_keys,
     reference_type,
 )
-from fhir_server.search.fhirpath_split import root_name, split_union, strip_outer_parens
+from fhir_server.search.fhirpath_split import root_name, split_union
 from fhir_server.search.registry import SearchParamRegistry
 
 DATA = Path(__file__).parent / "data" / "fhir"
@@ -163,8 +163,6 @@ def test_split_helpers():
         "(C.d | E.f)",
         "G.where(x='|')",
     ]
-    assert strip_outer_parens("((A.b as Quantity))") == "A.b as Quantity"
-    assert strip_outer_parens("(A.b) | (C.d)") == "(A.b) | (C.d)"
     assert root_name("(Observation.value as Quantity).text") == "Observation"
 
 
