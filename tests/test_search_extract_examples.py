@@ -19,7 +19,7 @@ from fhir_server.search.types import (
     TokenEntry,
 )
 
-DATA = Path(__file__).parent / "data" / "fhir"
+DATA = Path(__file__).parent / "data" / "fhir" / "r4-examples"
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"

@@ -10,7 +10,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from search_query_double import REGISTRY
 
 from fhir_server.search.dates import parse_date_period
 from fhir_server.search.errors import SearchError
@@ -27,6 +26,7 @@ from fhir_server.search.values import (
     TokenValue,
     UriValue,
 )
+from tests.search_query_double import REGISTRY
 
 
 def one_value(resource_type: str, key: str, value: str):

@@ -48,7 +48,9 @@ async def read_body(request: Request, max_bytes: int, allowed: tuple[str, ...] =
     """The request body parsed as JSON, after checking its type and size."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if "xml" in content_type:
-        raise error(415, "not-supported", "XML is not supported: send FHIR JSON (application/fhir+json)")
+        raise error(
+            415, "not-supported", "XML is not supported: send FHIR JSON (application/fhir+json)"
+        )
     if content_type and content_type not in allowed:
         raise error(
             415,

@@ -50,7 +50,8 @@ def _write_response(request: Request, result: WriteResult) -> Response:
         return fhir_response(None, result.status, headers)
     if "return=OperationOutcome" in prefer:
         verb = "created" if result.created else ("updated" if result.status == 200 else "found")
-        message = f"{result.stored.resource_type}/{result.stored.id} {verb} (version {result.stored.version})"
+        stored = result.stored
+        message = f"{stored.resource_type}/{stored.id} {verb} (version {stored.version})"
         return fhir_response(info_outcome(message), result.status, headers)
     return fhir_response(result.stored.json, result.status, headers, pretty(request))
 
@@ -135,7 +136,9 @@ def build_router() -> APIRouter:
         svc.resources.check_type(resource_type)
         content_type = request.headers.get("content-type", "").split(";")[0].strip()
         if content_type and content_type != "application/x-www-form-urlencoded":
-            raise error(415, "not-supported", "POST _search takes application/x-www-form-urlencoded")
+            raise error(
+                415, "not-supported", "POST _search takes application/x-www-form-urlencoded"
+            )
         form = await request.form()
         items = query_items(request) + [(k, str(v)) for k, v in form.multi_items()]
         strict = "handling=strict" in request.headers.get("prefer", "")
@@ -183,7 +186,9 @@ def build_router() -> APIRouter:
             svc.resources.conditional_delete, resource_type, _conditional_items(request)
         )
         message = (
-            f"Deleted {deleted[0].resource_type}/{deleted[0].id}" if deleted else "No resource matched"
+            f"Deleted {deleted[0].resource_type}/{deleted[0].id}"
+            if deleted
+            else "No resource matched"
         )
         return fhir_response(info_outcome(message), 200)
 
@@ -305,7 +310,9 @@ def _history_entry(stored: StoredResource, base: str) -> dict[str, Any]:
     method = "DELETE" if stored.deleted else ("POST" if stored.method == "POST" else "PUT")
     url = f"{stored.resource_type}/{stored.id}" if method != "POST" else stored.resource_type
     entry["request"] = {"method": method, "url": url}
-    status = "204 No Content" if stored.deleted else ("201 Created" if stored.version == 1 else "200 OK")
+    status = (
+        "204 No Content" if stored.deleted else ("201 Created" if stored.version == 1 else "200 OK")
+    )
     entry["response"] = {
         "status": status,
         "etag": stored.etag,

@@ -16,7 +16,10 @@ from typing import Any
 import orjson
 
 # A number literal that float repr would not reproduce. False positives only cost speed.
-_LOSSY_NUMBER = re.compile(rb"\d\.\d*0(?![\d.])|\d[eE][+-]?\d+[,}\]\s]|\d{16,}|-0[,}\]\s]")
+# Floats keep 15 significant digits; repr switches to exponents below 1e-4 and above 1e16.
+_LOSSY_NUMBER = re.compile(
+    rb"\d\.\d*0(?![\d.])|\d[eE][+-]?\d+[,}\]\s]|[\d.]{16,}|\.0000|-0[,}\]\s]"
+)
 
 
 class FhirDecimal(float):
@@ -53,8 +56,8 @@ def loads(data: bytes | str) -> Any:
         raise JsonError("The body is not valid JSON: nested too deeply") from None
 
 
-def dumps(value: Any, pretty: bool = False) -> bytes:
-    option = orjson.OPT_INDENT_2 if pretty else 0
+def dumps(value: Any, pretty: bool = False, sort_keys: bool = False) -> bytes:
+    option = (orjson.OPT_INDENT_2 if pretty else 0) | (orjson.OPT_SORT_KEYS if sort_keys else 0)
     return orjson.dumps(value, default=_default, option=option)
 
 

@@ -82,7 +82,9 @@ def parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
     path = [p for p in parts.path.split("/") if p]
     query = parse_qsl(parts.query, keep_blank_values=True)
     if not path or not is_resource_type(path[0]):
-        if method in ("GET", "HEAD") and (not path or path[0].startswith("$") or path[0] == "_history"):
+        if method in ("GET", "HEAD") and (
+            not path or path[0].startswith("$") or path[0] == "_history"
+        ):
             path = path or [""]
         else:
             raise _entry_error(index, f"request.url '{url}' does not name a resource type")
@@ -154,7 +156,10 @@ class BundleProcessor:
             responses = self._batch(entries, get)
         if not return_resources:
             for response in responses:
-                response.pop("_resource", None)
+                if not response.pop("_read", False):
+                    response.pop("_resource", None)
+        for response in responses:
+            response.pop("_read", None)
         return {
             "resourceType": "Bundle",
             "id": str(uuid.uuid4()),
@@ -269,7 +274,9 @@ class BundleProcessor:
                 continue
             rtype, _, query = value.partition("?")
             if not is_resource_type(rtype):
-                raise error(400, "invalid", f"Conditional reference '{value}' names no resource type")
+                raise error(
+                    400, "invalid", f"Conditional reference '{value}' names no resource type"
+                )
             ids = self.resources.conditional_ids(
                 tx, rtype, parse_qsl(query, keep_blank_values=True)
             )
@@ -295,7 +302,9 @@ class BundleProcessor:
             if found:
                 existing = tx.read(req.resource_type, found)
                 assert existing is not None
-                return self._with_resource(_write_response(WriteResult(200, existing, False)), existing)
+                return self._with_resource(
+                    _write_response(WriteResult(200, existing, False)), existing
+                )
             result = svc.create_in(tx, req.resource_type, req.resource, rid=req.assigned_id)
         elif req.method == "PUT":
             if req.id:
@@ -304,11 +313,15 @@ class BundleProcessor:
                 body = req.resource
                 if isinstance(body, dict):
                     body = {**body, "id": req.assigned_id}
-                result = svc.update_in(tx, req.resource_type, str(req.assigned_id), body, req.if_match)
+                result = svc.update_in(
+                    tx, req.resource_type, str(req.assigned_id), body, req.if_match
+                )
         else:  # PATCH
             if not req.id:
                 raise error(400, "invalid", "PATCH in a Bundle needs Type/id in request.url")
-            result = svc.patch_in(tx, req.resource_type, req.id, _patch_operations(req), req.if_match)
+            result = svc.patch_in(
+                tx, req.resource_type, req.id, _patch_operations(req), req.if_match
+            )
         return self._with_resource(_write_response(result), result.stored)
 
     @staticmethod
@@ -321,8 +334,11 @@ class BundleProcessor:
         try:
             status, body = get(req.url.split("?")[0], req.query)
         except FhirError as exc:
-            return {"status": STATUS_TEXT.get(exc.status, str(exc.status)), "outcome": exc.to_outcome()}
-        response: dict[str, Any] = {"status": STATUS_TEXT.get(status, str(status))}
+            return {
+                "status": STATUS_TEXT.get(exc.status, str(exc.status)),
+                "outcome": exc.to_outcome(),
+            }
+        response: dict[str, Any] = {"status": STATUS_TEXT.get(status, str(status)), "_read": True}
         if body is not None:
             response["_resource"] = body
         return response

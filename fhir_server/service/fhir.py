@@ -64,7 +64,9 @@ class FhirService:
         if len(parts) == 4 and parts[2] == "_history":
             stored = self.resources.vread(parts[0], parts[1], parts[3])
             return 200, stored.json and _fragment(stored.json)
-        raise FhirError(400, error(400, "not-supported", f"GET {url} is not supported in a Bundle").issues)
+        raise FhirError(
+            400, error(400, "not-supported", f"GET {url} is not supported in a Bundle").issues
+        )
 
 
 def _fragment(raw: bytes) -> Any:

@@ -8,7 +8,6 @@ another writer.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,13 @@ from fhir_server.model.outcome import FhirError, Issue, error
 from fhir_server.model.resource_types import is_resource_type, is_valid_id
 from fhir_server.model.validation import validate_structure
 from fhir_server.search.types import IndexEntry
-from fhir_server.storage.base import Storage, StoredResource, WriteTransaction, instant
+from fhir_server.storage.base import (
+    Storage,
+    StoredResource,
+    WriteTransaction,
+    instant,
+    now_millis,
+)
 
 Validator = Callable[[dict[str, Any]], list[Issue]]
 
@@ -124,9 +129,7 @@ class ResourceService:
         if stored is None:
             raise error(404, "not-found", f"{resource_type}/{rid} is not known")
         if stored.deleted:
-            raise error(
-                410, "deleted", f"{resource_type}/{rid} was deleted", ETag=stored.etag
-            )
+            raise error(410, "deleted", f"{resource_type}/{rid} was deleted", ETag=stored.etag)
         return stored
 
     def vread(self, resource_type: str, rid: str, version: str) -> StoredResource:
@@ -171,10 +174,12 @@ class ResourceService:
                 assert existing is not None
                 return WriteResult(200, existing, created=False)
         rid = rid or str(uuid.uuid4())
-        now = now or time.time()
+        now = now or now_millis()
         json, index = self.prepare(resource, rid, 1, now)
         tx.put(resource_type, rid, 1, now, json, index, "POST")
-        return WriteResult(201, StoredResource(resource_type, rid, 1, now, False, json, "POST"), True)
+        return WriteResult(
+            201, StoredResource(resource_type, rid, 1, now, False, json, "POST"), True
+        )
 
     def update_in(
         self,
@@ -208,8 +213,15 @@ class ResourceService:
     ) -> WriteResult:
         current = tx.read(resource_type, rid)
         self._check_version(current, if_match, resource_type, rid)
+        if (
+            current is not None
+            and current.json is not None
+            and _same_content(current.json, resource)
+        ):
+            # A re-sent message (HL7 feeds do this all the time) must not grow the history.
+            return WriteResult(200, current, created=False)
         version = current.version + 1 if current else 1
-        now = time.time()
+        now = now_millis()
         json, index = self.prepare(resource, rid, version, now)
         tx.put(resource_type, rid, version, now, json, index, method)
         created = current is None or current.deleted
@@ -312,7 +324,7 @@ class ResourceService:
         current = tx.read(resource_type, rid) if is_valid_id(rid) else None
         if current is None or current.deleted:
             return None
-        now = now or time.time()
+        now = now or now_millis()
         tx.delete(resource_type, rid, current.version + 1, now)
         return StoredResource(resource_type, rid, current.version + 1, now, True, None, "DELETE")
 
@@ -371,3 +383,19 @@ def parse_etag(value: str) -> str:
     if value.startswith("W/"):
         value = value[2:]
     return value.strip('"')
+
+
+def _without_server_meta(resource: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in resource.items() if k != "meta"}
+    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in SERVER_META}
+    if meta:
+        out["meta"] = meta
+    return out
+
+
+def _same_content(stored_json: bytes, resource: dict[str, Any]) -> bool:
+    """True when a write would store what is already there (server meta aside)."""
+    stored = jsonio.loads(stored_json)
+    return jsonio.dumps(_without_server_meta(stored), sort_keys=True) == jsonio.dumps(
+        _without_server_meta(resource), sort_keys=True
+    )

@@ -51,7 +51,9 @@ class SearchService:
             all_items = understood + extra
             return path + (f"?{urlencode(all_items)}" if all_items else "")
 
-        links = [{"relation": "self", "url": url([("_cursor", result.cursor)] if result.cursor else [])}]
+        links = [
+            {"relation": "self", "url": url([("_cursor", result.cursor)] if result.cursor else [])}
+        ]
         links.append({"relation": "first", "url": url([])})
         if page.previous_cursor:
             links.append({"relation": "previous", "url": url([("_cursor", page.previous_cursor)])})

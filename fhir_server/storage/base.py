@@ -8,6 +8,7 @@ inside a transaction (If-Match, conditional create) cannot lose an update.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -50,8 +51,15 @@ class StoredResource:
 
 def instant(epoch: float) -> str:
     """FHIR instant with millisecond precision: 2024-03-05T10:00:00.123Z."""
-    dt = datetime.fromtimestamp(epoch, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    millis = round(epoch * 1000)
+    dt = datetime.fromtimestamp(millis // 1000, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis % 1000:03d}Z"
+
+
+def now_millis() -> float:
+    """The current time as epoch seconds rounded to the millisecond that meta shows, so that
+    `_at` / `_since` with a client's copy of meta.lastUpdated compare exactly."""
+    return round(time.time() * 1000) / 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +218,9 @@ class SqliteStorage:
             return bytes(row[0])
         key = secrets.token_bytes(32)
         self._writer.execute("INSERT OR IGNORE INTO meta VALUES ('cursor_key', ?)", (key,))
-        return bytes(self._writer.execute("SELECT value FROM meta WHERE key='cursor_key'").fetchone()[0])
+        return bytes(
+            self._writer.execute("SELECT value FROM meta WHERE key='cursor_key'").fetchone()[0]
+        )
 
     def close(self) -> None:
         self._writer.close()
@@ -244,14 +246,20 @@ class SqliteStorage:
     def _row(row: tuple) -> StoredResource:
         rtype, rid, version, last_updated, deleted, method, json = row
         return StoredResource(
-            rtype, rid, version, last_updated, bool(deleted), None if json is None else bytes(json), method
+            rtype,
+            rid,
+            version,
+            last_updated,
+            bool(deleted),
+            None if json is None else bytes(json),
+            method,
         )
 
     def _read(self, conn: sqlite3.Connection, rtype: str, rid: str) -> StoredResource | None:
         row = conn.execute(
             "SELECT h.type, h.id, h.version, h.last_updated, h.deleted, h.method, h.json "
-            "FROM resources r JOIN history h ON h.type=r.type AND h.id=r.id AND h.version=r.version "
-            "WHERE r.type=? AND r.id=?",
+            "FROM resources r JOIN history h "
+            "ON h.type=r.type AND h.id=r.id AND h.version=r.version WHERE r.type=? AND r.id=?",
             (rtype, rid),
         ).fetchone()
         return self._row(row) if row else None
@@ -260,11 +268,15 @@ class SqliteStorage:
         return self._read(self._reader(), resource_type, id)
 
     def vread(self, resource_type: str, id: str, version: int) -> StoredResource | None:
-        row = self._reader().execute(
-            "SELECT type, id, version, last_updated, deleted, method, json FROM history "
-            "WHERE type=? AND id=? AND version=?",
-            (resource_type, id, version),
-        ).fetchone()
+        row = (
+            self._reader()
+            .execute(
+                "SELECT type, id, version, last_updated, deleted, method, json FROM history "
+                "WHERE type=? AND id=? AND version=?",
+                (resource_type, id, version),
+            )
+            .fetchone()
+        )
         return self._row(row) if row else None
 
     def read_many(self, pks: Sequence[int]) -> list[StoredResource]:
@@ -336,7 +348,10 @@ class SqliteStorage:
         if resource_type is None:
             sql, args = "SELECT count(*) FROM resources WHERE deleted=0", ()
         else:
-            sql, args = "SELECT count(*) FROM resources WHERE type=? AND deleted=0", (resource_type,)
+            sql, args = (
+                "SELECT count(*) FROM resources WHERE type=? AND deleted=0",
+                (resource_type,),
+            )
         return self._reader().execute(sql, args).fetchone()[0]
 
     def iter_current(self, resource_type: str) -> Iterator[StoredResource]:
@@ -371,7 +386,9 @@ class SqliteStorage:
                 # pids created in the rolled back transaction no longer exist.
                 self._pids = {
                     (rtype, code): pid
-                    for pid, rtype, code in conn.execute("SELECT pid, rtype, code FROM search_params")
+                    for pid, rtype, code in conn.execute(
+                        "SELECT pid, rtype, code FROM search_params"
+                    )
                 }
                 raise
             conn.execute("COMMIT")
@@ -379,10 +396,8 @@ class SqliteStorage:
     def file_size(self) -> int:
         total = 0
         for suffix in ("", "-wal"):
-            try:
+            with suppress(OSError):
                 total += os.path.getsize(self.path + suffix)
-            except OSError:
-                pass
         return total
 
 

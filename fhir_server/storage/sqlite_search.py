@@ -154,7 +154,9 @@ class _Compiler:
                 ors.append(f"{alias}.id=?")
                 args.append(value.code)
             elif isinstance(value, DateValue):
-                sql, date_args = date_condition(value, f"{alias}.last_updated", f"({alias}.last_updated+0.001)")
+                sql, date_args = date_condition(
+                    value, f"{alias}.last_updated", f"({alias}.last_updated+0.001)"
+                )
                 ors.append(sql)
                 args += date_args
             else:
@@ -201,9 +203,14 @@ class _Compiler:
         if modifier in ("in", "not-in"):
             pairs = sorted(self.expander.value_set_codes(value.value))
         elif modifier == "below":
-            pairs = [(value.system, c) for c in sorted(self.expander.descendants(value.system, value.code))]
+            pairs = [
+                (value.system, c)
+                for c in sorted(self.expander.descendants(value.system, value.code))
+            ]
         else:
-            pairs = [(value.system, c) for c in sorted(self.expander.ancestors(value.system, value.code))]
+            pairs = [
+                (value.system, c) for c in sorted(self.expander.ancestors(value.system, value.code))
+            ]
         if not pairs:
             return "0", []
         ors, args = [], []
@@ -421,9 +428,7 @@ def _keyset_condition(
 # -- running a search ------------------------------------------------------------------------
 
 
-def _where(
-    compiler: _Compiler, query: SearchQuery, alias: str = "r"
-) -> tuple[str, list[Any]]:
+def _where(compiler: _Compiler, query: SearchQuery, alias: str = "r") -> tuple[str, list[Any]]:
     conditions, args = [f"{alias}.deleted=0"], []
     if query.resource_type is not None:
         conditions.append(f"{alias}.type=?")
@@ -441,7 +446,9 @@ def _where(
     return " AND ".join(conditions), args
 
 
-def matching_ids(storage: SqliteStorage, conn: sqlite3.Connection, query: SearchQuery, limit: int) -> list[str]:
+def matching_ids(
+    storage: SqliteStorage, conn: sqlite3.Connection, query: SearchQuery, limit: int
+) -> list[str]:
     compiler = _Compiler(storage, storage.expander, storage.canonical_query)
     where, args = _where(compiler, query)
     rows = conn.execute(f"SELECT r.id FROM resources r WHERE {where} LIMIT ?", [*args, limit])
@@ -459,13 +466,11 @@ def run_search(
     where, args = _where(compiler, query)
     result = query.result
     rtype = query.resource_type or "Resource"
-    sort = [
-        (*sort_expression(compiler, key, rtype, "r"), key.descending) for key in result.sort
-    ]
+    sort = [(*sort_expression(compiler, key, rtype, "r"), key.descending) for key in result.sort]
     total = None
-    if result.total == "accurate" or result.summary == "count":
+    if result.total == "accurate" or result.summary == "count" or count == 0:
         total = conn.execute(f"SELECT count(*) FROM resources r WHERE {where}", args).fetchone()[0]
-    if result.summary == "count":
+    if result.summary == "count" or count == 0:
         return SearchPage([], total=total)
 
     reverse = False
@@ -488,7 +493,9 @@ def run_search(
     for i, (_, _, descending) in enumerate(sort):
         # Missing values sort last in reading order (so first when reading backwards).
         desc = descending != reverse
-        order.append(f"s{i} IS NULL {'DESC' if reverse else 'ASC'}, s{i} {'DESC' if desc else 'ASC'}")
+        order.append(
+            f"s{i} IS NULL {'DESC' if reverse else 'ASC'}, s{i} {'DESC' if desc else 'ASC'}"
+        )
     order.append(f"r.pk {'DESC' if reverse else 'ASC'}")
     columns = "".join(f", {expr} AS s{i}" for i, (expr, _, _) in enumerate(sort))
     sql = (
@@ -557,9 +564,7 @@ def _include_pids(compiler: _Compiler, inc: Include, source_types: Sequence[str]
         if inc.source_type not in ("*", rtype):
             continue
         if inc.param_code == "*" or inc.source_type == "*":
-            pids += [
-                pid for (t, _), pid in compiler.storage._pids.items() if t == rtype
-            ]
+            pids += [pid for (t, _), pid in compiler.storage._pids.items() if t == rtype]
         else:
             pid = compiler.storage.pid(rtype, inc.param_code)
             if pid is not None:
@@ -567,7 +572,9 @@ def _include_pids(compiler: _Compiler, inc: Include, source_types: Sequence[str]
     return pids
 
 
-def _forward(storage, conn, compiler, inc: Include, frontier: list[StoredResource]) -> list[StoredResource]:
+def _forward(
+    storage, conn, compiler, inc: Include, frontier: list[StoredResource]
+) -> list[StoredResource]:
     types = sorted({r.resource_type for r in frontier})
     pids = _include_pids(compiler, inc, types)
     if not pids:
@@ -585,7 +592,9 @@ def _forward(storage, conn, compiler, inc: Include, frontier: list[StoredResourc
     return storage.read_many([row[0] for row in conn.execute(sql, args)])
 
 
-def _reverse(storage, conn, compiler, inc: Include, frontier: list[StoredResource]) -> list[StoredResource]:
+def _reverse(
+    storage, conn, compiler, inc: Include, frontier: list[StoredResource]
+) -> list[StoredResource]:
     if inc.source_type == "*":
         return []
     pids = _include_pids(compiler, inc, [inc.source_type])

@@ -1,0 +1,145 @@
+"""FreeStyle Libre exports (LibreView web, LibreLink app, and the older reader software).
+
+Shape: an optional preamble (one line `Glucose Data,Generated on,...`, or two lines for the
+reader software: `Patient report,...` then the patient's name), then a header such as
+`Device,Serial Number,Device Timestamp,Record Type,Historic Glucose mg/dL,...` (LibreView)
+or `Meter Timestamp,Record Type,Historic Glucose(mg/dL),...` (reader software, no serial).
+
+Record types and what becomes of them:
+- 0 historic glucose (every 15 min) and 1 scan glucose -> CGMSensorReading (99504-3 mg/dL,
+  105272-9 mmol/L). The value is taken from the record type's own column, else from the
+  other one (the reader-software sample has type-1 rows with the value under Historic).
+- 2 strip glucose (the built-in meter) -> BloodGlucose (41653-7 mg/dL, 14743-9 mmol/L).
+- 3 ketone (strip, mmol/L) -> an Observation 53060-9 (3-hydroxybutyrate), no profile.
+- 4 insulin, 5 food (carbohydrates), 6 notes / time changes -> skipped with the reason:
+  they are not observations of a measured value (insulin doses belong in
+  MedicationAdministration, which is out of this mapper's scope).
+The device's measuring range is 40-500 mg/dL (2.2-27.8 mmol/L); `LO`/`HI` become `<`/`>`.
+"""
+
+from __future__ import annotations
+
+from .common import Collector, Options, Reading
+from .resources import CGM, KETONE, METER, MG_DL, DeviceInfo, loinc_code, patient_key, unit_in
+from .table import Table
+from .timestamps import parse_timestamp
+from .values import OUT_OF_RANGE_WORDS, parse_number
+
+NAME = "freestyle-libre"
+_LIMITS = {MG_DL: {"<": 40, ">": 500}, "mmol/L": {"<": 2.2, ">": 27.8}}
+_SKIPPED_TYPES = {
+    "4": "insulin entry (not a measured value)",
+    "5": "food entry (not a measured value)",
+    "6": "note or time-change entry",
+}
+
+
+def is_header(cells: list[str]) -> bool:
+    lowered = [c.lower() for c in cells]
+    return (
+        "record type" in lowered
+        and ("device timestamp" in lowered or "meter timestamp" in lowered)
+        and any(c.startswith("historic glucose") for c in lowered)
+    )
+
+
+def _cell(cells: list[str], index: int | None) -> str:
+    if index is None or index >= len(cells):
+        return ""
+    return cells[index].strip()
+
+
+def _value(text: str, unit: str, limits: bool = True) -> tuple[int | float, str | None]:
+    word = OUT_OF_RANGE_WORDS.get(text.strip().lower())
+    if word and limits and unit in _LIMITS:
+        return _LIMITS[unit][word], word
+    return parse_number(text), None
+
+
+def map_rows(table: Table, options: Options, out: Collector) -> None:
+    col = table.column
+    time_col = col("Device Timestamp", "Meter Timestamp")
+    type_col = col("Record Type")
+    historic_col = col("Historic Glucose", prefix=True)
+    scan_col = col("Scan Glucose", prefix=True)
+    strip_col = col("Strip Glucose", prefix=True)
+    ketone_col = col("Ketone", prefix=True)
+    device_col = col("Device")
+    serial_col = col("Serial Number")
+    unit = unit_in(table.header[historic_col]) if historic_col is not None else None
+    unit = unit or MG_DL
+    strip_unit = (unit_in(table.header[strip_col]) if strip_col is not None else None) or unit
+    patient = options.patient or ""
+
+    dayfirst = options.dayfirst_for([_cell(cells, time_col) for _, cells in table.rows])
+    devices: dict[tuple[str, str], DeviceInfo] = {}
+
+    def device_of(cells: list[str]) -> DeviceInfo:
+        name = _cell(cells, device_col) or "FreeStyle Libre"
+        serial = _cell(cells, serial_col)
+        found = devices.get((name, serial))
+        if found is None:
+            found = DeviceInfo(
+                vendor="abbott",
+                serial=serial or None,
+                name=name,
+                manufacturer="Abbott",
+                kind="Continuous glucose monitoring system",
+                key=f"{NAME}:{patient_key(patient)}",
+            )
+            devices[(name, serial)] = found
+        return found
+
+    for row, cells in table.rows:
+        record_type = _cell(cells, type_col)
+        if record_type in _SKIPPED_TYPES:
+            out.skip(row, f"record type {record_type}: {_SKIPPED_TYPES[record_type]}")
+            continue
+        if record_type not in ("0", "1", "2", "3"):
+            out.reject(row, f"unknown record type {record_type[:20]!r}")
+            continue
+        try:
+            stamp = parse_timestamp(_cell(cells, time_col), dayfirst=dayfirst, zone=options.zone)
+        except ValueError as exc:
+            out.reject(row, f"bad timestamp: {exc}")
+            continue
+        if record_type in ("0", "1"):
+            historic = record_type == "0"
+            own, other = (historic_col, scan_col) if historic else (scan_col, historic_col)
+            text = _cell(cells, own) or _cell(cells, other)
+            analyte, value_unit = CGM[unit], unit
+            kind = "historic" if historic else "scan"
+        elif record_type == "2":
+            text, analyte, value_unit = _cell(cells, strip_col), METER[strip_unit], strip_unit
+            kind = "strip"
+        else:
+            text, analyte, value_unit = _cell(cells, ketone_col), KETONE, "mmol/L"
+            kind = "ketone"
+        if not text:
+            out.reject(row, f"record type {record_type} without a value")
+            continue
+        try:
+            value, comparator = _value(text, value_unit, limits=record_type != "3")
+        except ValueError as exc:
+            out.reject(row, str(exc))
+            continue
+        quantity = {"value": value}
+        if comparator:
+            quantity["comparator"] = comparator
+        quantity.update(
+            {"unit": analyte.unit, "system": "http://unitsofmeasure.org", "code": analyte.unit}
+        )
+        out.add(
+            Reading(
+                row=row,
+                stamp=stamp,
+                code=loinc_code(analyte),
+                code_key=analyte.code,
+                profile=analyte.profile,
+                category=analyte.category,
+                value={"valueQuantity": quantity},
+                subject=patient,
+                kind=kind,
+                device=device_of(cells),
+            )
+        )

@@ -1,0 +1,1 @@
+"""Declarative mappings shipped with Diatabase (JSON), also named formats of `to_bundle`."""
