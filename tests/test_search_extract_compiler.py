@@ -21,6 +21,7 @@ from fhir_server.search.fhirpath_split import root_name, split_union
 from fhir_server.search.registry import SearchParamRegistry
 
 DATA = Path(__file__).parent / "data" / "fhir"
+SYNTHEA = DATA / "synthea" / "Louis_Maggio_2e275d4b-855a-4eb2-9021-5410aa8acd4f.json"
 
 OBSERVATION = {
     "resourceType": "Observation",
@@ -167,11 +168,18 @@ def test_split_helpers():
 
 
 def _resources() -> list[dict]:
-    bundle = json.loads((DATA / "synthea-Louis_Maggio-subset.json").read_text(encoding="utf-8"))
-    resources = [entry["resource"] for entry in bundle["entry"]]
-    for path in sorted(DATA.glob("*-*.json")):
-        if not path.name.startswith("synthea"):
-            resources.append(json.loads(path.read_text(encoding="utf-8")))
+    """The official examples, plus the first three resources of each type of a Synthea
+    patient (enough variety, and keeps fhirpathpy's share of the run short)."""
+    bundle = json.loads(SYNTHEA.read_text(encoding="utf-8"))
+    per_type: dict[str, int] = {}
+    resources = []
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        per_type[resource["resourceType"]] = per_type.get(resource["resourceType"], 0) + 1
+        if per_type[resource["resourceType"]] <= 3:
+            resources.append(resource)
+    for path in sorted((DATA / "r4-examples").glob("*.json")):
+        resources.append(json.loads(path.read_text(encoding="utf-8")))
     return resources
 
 
