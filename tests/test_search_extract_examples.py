@@ -222,3 +222,36 @@ def test_every_example_extracts_only_known_params(extractor, name):
         assert {entry.param for entry in entries} <= set(known)
         assert TokenEntry("_id", None, item["id"], None) in entries
         assert len(entries) == len(set(entries))  # no duplicates
+
+
+def test_imaging_study_example(extractor):
+    entries = extractor.extract(load("ImagingStudy-example"))
+    dicom = "http://dicom.nema.org/resources/ontology/DCM"
+    assert by_param(entries, "modality", "started", "series", "instance", "patient") == [
+        ReferenceEntry("patient", "Patient", "dicom", None, None, None),
+        TokenEntry("instance", None, "2.16.124.113543.6003.189642796.63084.16748.2599092903", None),
+        TokenEntry("modality", dicom, "CT", None),
+        TokenEntry("series", None, "2.16.124.113543.6003.2588828330.45298.17418.2723805630", None),
+        DateEntry("started", 1293868880.0, 1293868881.0),  # 2011-01-01T11:01:20+03:00
+    ]
+
+
+def test_medication_statement_and_request_examples(extractor):
+    statement = extractor.extract(load("MedicationStatement-example001"))
+    assert by_param(statement, "effective", "source", "category") == [
+        TokenEntry(
+            "category",
+            "http://terminology.hl7.org/CodeSystem/medication-statement-category",
+            "inpatient",
+            "inpatient",
+        ),
+        DateEntry("effective", 1421971200.0, 1422057600.0),  # 2015-01-23
+        ReferenceEntry("source", "Patient", "pat1", None, None, None),
+    ]
+    request = extractor.extract(load("MedicationRequest-medrx0301"))
+    # medicationReference points at a contained Medication ("#med0302"): not indexed
+    assert by_param(request, "medication", "code") == []
+    assert by_param(request, "authoredon", "intent") == [
+        DateEntry("authoredon", 1421280000.0, 1421366400.0),
+        TokenEntry("intent", None, "order", None),
+    ]
