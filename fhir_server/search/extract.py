@@ -22,7 +22,14 @@ from itertools import product
 from typing import Any
 
 from fhir_server.search.fast_dates import date_period as parse_date_period
-from fhir_server.search.fhirpath_compile import Evaluator, compile_expression, first_keys
+from fhir_server.search.fhirpath_compile import (
+    Evaluator,
+    UnsupportedExpression,
+    compile_expression,
+    compile_fast,
+    first_keys,
+)
+from fhir_server.search.fhirpath_split import split_union
 from fhir_server.search.registry import SearchParamRegistry
 from fhir_server.search.text import normalise
 from fhir_server.search.types import (
@@ -93,8 +100,9 @@ class _CompiledParam:
         self.convert = convert
         self.components = components  # composite: ((component code, expression, converter),..)
         self.first_keys = first_keys(evaluate)
-        # composite on the resource itself: each component needs one of these keys present
-        self.required: tuple[frozenset[str], ...] | None = None
+        # composites: alternatives (one per branch of the base expression), each a tuple of key
+        # sets that must all meet the resource's keys for that branch to give anything
+        self.required: tuple[tuple[frozenset[str], ...], ...] | None = None
 
 
 class IndexExtractor:
@@ -162,8 +170,11 @@ class IndexExtractor:
             if keys is not None and keys.isdisjoint(present):
                 continue  # the resource has none of the elements this parameter reads
             required = param.required
-            if required is not None and any(keys.isdisjoint(present) for keys in required):
-                continue
+            if required is not None and not any(
+                all(not keys.isdisjoint(present) for keys in alternative)
+                for alternative in required
+            ):
+                continue  # a composite whose parts cannot all be there
             try:
                 items = param.evaluate(resource, resource_type, resource)
                 if not items:
@@ -197,8 +208,10 @@ class IndexExtractor:
                 if components is None:
                     continue
                 composite = _CompiledParam(param.code, param.type, evaluate, None, components)
-                if known and param.expression.strip() in (resource_type, "Resource"):
-                    composite.required = self._required_keys(components, resource_type)
+                if known:
+                    composite.required = self._composite_requirements(
+                        param.expression, components, resource_type
+                    )
                 compiled.append(composite)
             else:
                 convert = self._converters.get(param.type)
@@ -207,16 +220,32 @@ class IndexExtractor:
         self._compiled[resource_type] = compiled
         return compiled
 
-    def _required_keys(
-        self, components: tuple, resource_type: str
-    ) -> tuple[frozenset[str], ...] | None:
-        required = []
-        for _, _, expression, _ in components:
-            keys = first_keys(self._component_evaluator(expression, resource_type))
-            if keys is None:
-                return None
-            required.append(keys)
-        return tuple(required)
+    def _composite_requirements(
+        self, expression: str, components: tuple, resource_type: str
+    ) -> tuple[tuple[frozenset[str], ...], ...] | None:
+        """What a composite needs in the resource, per branch of its base expression: on the
+        resource itself (`Observation`), a key for every component; on an element
+        (`Observation.component`), that element's key. None when it cannot be told."""
+        alternatives = []
+        for branch in split_union(expression):
+            if branch in (resource_type, "Resource"):
+                needed = []
+                for _, _, component_expression, _ in components:
+                    evaluator = self._component_evaluator(component_expression, resource_type)
+                    keys = first_keys(evaluator)
+                    if keys is None:
+                        return None
+                    needed.append(keys)
+                alternatives.append(tuple(needed))
+            else:
+                try:
+                    keys = first_keys(compile_fast(branch, resource_type))
+                except UnsupportedExpression:
+                    return None
+                if keys is None:
+                    return None
+                alternatives.append((keys,))
+        return tuple(alternatives)
 
     def _compile_components(self, param: SearchParam, resource_type: str) -> tuple | None:
         parts = []
