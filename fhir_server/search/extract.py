@@ -170,11 +170,18 @@ class IndexExtractor:
             if keys is not None and keys.isdisjoint(present):
                 continue  # the resource has none of the elements this parameter reads
             required = param.required
-            if required is not None and not any(
-                all(not keys.isdisjoint(present) for keys in alternative)
-                for alternative in required
-            ):
-                continue  # a composite whose parts cannot all be there
+            if required is not None:
+                # plain loops: this runs for every composite of every resource
+                possible = False
+                for alternative in required:
+                    for keys in alternative:
+                        if keys.isdisjoint(present):
+                            break
+                    else:
+                        possible = True
+                        break
+                if not possible:
+                    continue  # a composite whose parts cannot all be there
             try:
                 items = param.evaluate(resource, resource_type, resource)
                 if not items:
