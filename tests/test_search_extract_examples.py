@@ -93,6 +93,16 @@ def test_blood_pressure_components(extractor):
     assert by_param(entries, "component-code-value-quantity") == [
         CompositeEntry("component-code-value-quantity", (code, systolic_value)) for code in systolic
     ] + [CompositeEntry("component-code-value-quantity", (diastolic, diastolic_value))]
+    # combo-* reads `Observation | Observation.component`: here only the components qualify
+    combo = by_param(entries, "combo-code-value-quantity")
+    assert [(entry.parts[0].code, entry.parts[1].value) for entry in combo] == [
+        ("8480-6", 107.0),
+        ("271649006", 107.0),
+        ("bp-s", 107.0),
+        ("8462-4", 60.0),
+    ]
+    assert {entry.parts[0].param for entry in combo} == {"combo-code"}
+    assert {entry.parts[1].param for entry in combo} == {"combo-value-quantity"}
     # the panel itself has no value: no code-value-quantity, but its code is indexed
     assert by_param(entries, "code-value-quantity") == []
     assert by_param(entries, "code") == [
