@@ -43,12 +43,9 @@ def cmd_load(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from fhir_server.loader import Loader
-    from fhir_server.service.fhir import FhirService
-    from fhir_server.storage import open_storage
 
-    settings = Settings.from_env(db_url=args.db)
     files = _files(args.files)
-    service = FhirService(open_storage(settings.db_url), settings)
+    settings, service = _open_service(args.db)
     with tqdm(unit=" resources", disable=args.quiet or not sys.stderr.isatty()) as bar:
         loader = Loader(service, on_progress=bar.update)
         report = loader.load_files(files)
@@ -58,6 +55,36 @@ def cmd_load(args: argparse.Namespace) -> int:
         f"{report.updated} updated, {len(report.failed)} rejected"
     )
     for failure in report.failed[:50]:
+        print(f"  rejected: {failure}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _open_service(db: str | None):
+    from fhir_server.service.fhir import FhirService
+    from fhir_server.storage import open_storage
+
+    settings = Settings.from_env(db_url=db)
+    return settings, FhirService(open_storage(settings.db_url), settings)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from fhir_server.loader import Loader
+    from fhir_server.synthetic.cli import run_generate
+
+    if not args.load:
+        run_generate(args)
+        return 0
+    settings, service = _open_service(args.db)
+    loader = Loader(service)
+
+    def load(resources) -> None:
+        loader.load_resources(resources, where="generate")
+
+    run_generate(args, load=load)
+    service.storage.close()
+    report = loader.report
+    print(f"Stored in {settings.db_url}: {report.created} created, {report.updated} updated")
+    for failure in report.failed[:20]:
         print(f"  rejected: {failure}", file=sys.stderr)
     return 1 if report.failed else 0
 
@@ -79,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--db", default=None, help=f"database URL (default {DEFAULT_DB})")
     load.add_argument("--quiet", action="store_true")
     load.set_defaults(func=cmd_load)
+
+    from fhir_server.synthetic.cli import add_commands as add_generate
+    from terminology.cli import add_commands as add_terminology
+
+    generate = add_generate(sub)
+    generate.add_argument("--db", default=None, help="database URL for --load")
+    generate.set_defaults(func=cmd_generate)
+    add_terminology(sub)
     return parser
 
 

@@ -31,12 +31,17 @@ class TransactionBuilder:
 
     entries: list[dict[str, Any]] = field(default_factory=list)
 
-    def _full_url(self) -> str:
+    def _full_url(self, condition: str | None = None) -> str:
+        # A conditional entry's fullUrl derives from its condition, so that the same source
+        # gives the very same Bundle (and a resource the same placeholder) every time.
+        if condition:
+            return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, condition)}"
         return f"urn:uuid:{uuid.uuid4()}"
 
     def create(self, resource: Resource, if_none_exist: str | None = None) -> str:
         """Add a POST (conditional on `if_none_exist` when given); returns its fullUrl."""
-        full_url = self._full_url()
+        condition = f"{resource['resourceType']}?{if_none_exist}" if if_none_exist else None
+        full_url = self._full_url(condition)
         request: dict[str, Any] = {"method": "POST", "url": resource["resourceType"]}
         if if_none_exist:
             request["ifNoneExist"] = if_none_exist
@@ -45,8 +50,8 @@ class TransactionBuilder:
 
     def upsert(self, resource: Resource, search: str) -> str:
         """Add a conditional update `PUT Type?search`: creates or updates the one match."""
-        full_url = self._full_url()
         url = f"{resource['resourceType']}?{search}"
+        full_url = self._full_url(url)
         self.entries.append(
             {"fullUrl": full_url, "resource": resource, "request": {"method": "PUT", "url": url}}
         )

@@ -1,0 +1,220 @@
+"""One HL7 v2 message to one FHIR transaction Bundle.
+
+The message is walked segment by segment instead of through the message structures of
+each version: the same walk serves ADT, ORU, ORM/OML/OUL and VXU of 2.2 to 2.8, and a
+segment out of place costs nothing worse than a lost link. Unknown and Z segments are
+ignored (they carry site-specific meaning we cannot map); they never fail a message.
+
+Write semantics (idempotence):
+- ADT: Patient, Encounter, RelatedPerson, Condition, AllergyIntolerance are conditional
+  updates (`PUT Type?identifier=...`), so A08/A31 update the Patient of A01/A04/A28.
+- other messages: the Patient and Encounter are conditional creates (a lab must not
+  overwrite the registration data of the hospital), while the results they carry
+  (DiagnosticReport, Observation, Specimen) are conditional updates, so that a corrected
+  or final result replaces the preliminary one.
+"""
+
+from __future__ import annotations
+
+from datetime import tzinfo
+from typing import Any
+
+from mappers.hl7v2.clinical import map_allergy, map_condition
+from mappers.hl7v2.context import MappingContext
+from mappers.hl7v2.datatypes import resolve_timezone
+from mappers.hl7v2.encounter import map_encounter
+from mappers.hl7v2.errors import MappingError
+from mappers.hl7v2.header import map_message_header
+from mappers.hl7v2.parser import Message, Segment, parse
+from mappers.hl7v2.patient import map_patient, map_related_person
+from mappers.hl7v2.results import (
+    OrderGroup,
+    add_note,
+    close_report,
+    map_observation,
+    map_report,
+    map_specimen,
+    note_text,
+    order_group,
+)
+from mappers.hl7v2.values import attachment
+
+SUPPORTED_TYPES = ("ADT", "ORU", "ORM", "OML", "OUL", "VXU")
+# Message types whose OBR is a result report (elsewhere it is an order: no report).
+_REPORTING_TYPES = ("ORU", "OUL")
+
+
+def to_bundle(
+    message: str | bytes,
+    *,
+    timezone: str | tzinfo | None = None,
+    message_header: bool = False,
+) -> dict[str, Any]:
+    """Map one message to a transaction Bundle; raises MappingError for unmappable input.
+
+    `timezone` is the sender's zone for times sent without an offset (default UTC).
+    `message_header` adds a MessageHeader entry (an unconditional create: one per receipt).
+    """
+    try:
+        parsed = message if isinstance(message, Message) else parse(message)
+        return _map(parsed, resolve_timezone(timezone), message_header)
+    except MappingError:
+        raise
+    except (ValueError, LookupError, TypeError, AttributeError, IndexError) as error:
+        # Mapping code assumes shapes real feeds sometimes break; the caller needs a clean
+        # rejection (an AE ACK), not a stack trace.
+        raise MappingError(f"cannot map message: {error}") from error
+
+
+def _map(message: Message, tz: tzinfo, with_header: bool) -> dict[str, Any]:
+    message_type = message.message_type
+    if message_type not in SUPPORTED_TYPES:
+        raise MappingError(
+            f"unsupported message type {message_type or '(empty)'}", segment="MSH", field=9
+        )
+    ctx = MappingContext(message=message, tz=tz)
+    is_adt = message_type == "ADT"
+    if is_adt and message.first("PID") is None:
+        raise MappingError("ADT message without a PID segment", segment="PID")
+    if with_header:
+        ctx.builder.create(map_message_header(ctx))
+    walker = _Walker(ctx, is_adt=is_adt, reports=message_type in _REPORTING_TYPES)
+    for segment in message.segments[1:]:
+        walker.visit(segment)
+    walker.close_group()
+    return ctx.builder.bundle()
+
+
+class _Walker:
+    """State of the segment walk: current patient, order group and last resource."""
+
+    def __init__(self, ctx: MappingContext, *, is_adt: bool, reports: bool):
+        self.ctx = ctx
+        self.is_adt = is_adt
+        self.reports = reports
+        self.group: OrderGroup | None = None
+        self.pending_orc: Segment | None = None
+        self.last_resource: dict | None = None  # where the next NTE belongs
+        self.written: dict[str, str] = {}  # business key -> fullUrl
+        self.specimens: dict[str, str] = {}
+
+    def visit(self, segment: Segment) -> None:
+        handler = getattr(self, f"_on_{segment.name.lower()}", None)
+        if handler is not None:
+            handler(segment)
+
+    def _write(self, resource: dict, key: dict, upsert: bool) -> str:
+        """Add an entry, or return the one already made for this business key.
+
+        A second PV1, NK1, DG1 or AL1 naming the same visit, person, diagnosis or allergen
+        is the same resource: one transaction entry must not be written twice.
+        """
+        seen = f"{resource['resourceType']}|{key.get('system')}|{key['value']}"
+        if seen in self.written:
+            return self.written[seen]
+        write = self.ctx.upsert if upsert else self.ctx.create_if_none
+        self.written[seen] = ref = write(resource, key)
+        return ref
+
+    def _on_pid(self, pid: Segment) -> None:
+        self.close_group()
+        ctx = self.ctx
+        pd1 = _following(ctx.message, pid, "PD1")
+        patient, key = map_patient(pid, pd1, ctx)
+        ctx.patient_key = key["value"]
+        ctx.encounter_ref = None
+        ctx.encounter_key = None
+        ctx.patient_ref = self._write(patient, key, upsert=self.is_adt)
+        self.last_resource = None
+
+    def _on_nk1(self, nk1: Segment) -> None:
+        mapped = map_related_person(nk1, self.ctx)
+        if mapped:
+            self._write(*mapped, upsert=self.is_adt)
+
+    def _on_pv1(self, pv1: Segment) -> None:
+        mapped = map_encounter(pv1, self.ctx)
+        if mapped:
+            self.ctx.encounter_ref = self._write(*mapped, upsert=self.is_adt)
+            self.ctx.encounter_key = {k: v for k, v in mapped[1].items() if k != "type"}
+
+    def _on_dg1(self, dg1: Segment) -> None:
+        mapped = map_condition(dg1, self.ctx)
+        if mapped:
+            self._write(*mapped, upsert=True)
+
+    def _on_al1(self, al1: Segment) -> None:
+        mapped = map_allergy(al1, self.ctx)
+        if mapped:
+            self._write(*mapped, upsert=True)
+
+    def _on_orc(self, orc: Segment) -> None:
+        self.close_group()
+        self.pending_orc = orc
+
+    def _on_obr(self, obr: Segment) -> None:
+        self.close_group()
+        group = order_group(obr, self.pending_orc, self.ctx)
+        self.pending_orc = None
+        if self.reports:
+            report = map_report(group, self.ctx)
+            group.report = report
+            ident = report["identifier"][0] if report["identifier"] else group.filler
+            if ident:
+                self.ctx.upsert(report, {k: v for k, v in ident.items() if k != "type"})
+        self.group = group
+        self.last_resource = None
+
+    def _on_obx(self, obx: Segment) -> None:
+        group = self.group
+        if group is not None:
+            group.obx_count += 1
+        if obx.text(2).upper() == "ED" and group is not None and group.report is not None:
+            form = attachment(obx)
+            if form:
+                group.report.setdefault("presentedForm", []).append(form)
+            return
+        observation, key = map_observation(obx, group, self.ctx)
+        ref = self.ctx.upsert(observation, key)
+        if group is not None:
+            group.result_refs.append({"reference": ref})
+        self.last_resource = observation
+
+    def _on_nte(self, nte: Segment) -> None:
+        text = note_text(nte)
+        if self.last_resource is not None:
+            add_note(self.last_resource, text)
+        elif self.group is not None and text:
+            self.group.notes.append(text)
+
+    def _on_spm(self, spm: Segment) -> None:
+        specimen, key = map_specimen(spm, self.group, self.ctx)
+        seen = f"{key.get('system')}|{key['value']}"
+        if seen in self.specimens:  # the same specimen under two OBRs: one entry
+            ref = self.specimens[seen]
+        else:
+            ref = self.specimens[seen] = self.ctx.upsert(specimen, key)
+        if self.group is not None:
+            self.group.specimen_refs.append({"reference": ref})
+            # OBXs before the SPM in this group were about this specimen too.
+            for entry in self.ctx.builder.entries:
+                resource = entry["resource"]
+                if (resource["resourceType"] == "Observation"
+                        and {"reference": entry["fullUrl"]} in self.group.result_refs
+                        and "specimen" not in resource):
+                    resource["specimen"] = {"reference": ref}
+        self.last_resource = None
+
+    def close_group(self) -> None:
+        if self.group is not None:
+            close_report(self.group)
+        self.group = None
+
+
+def _following(message: Message, segment: Segment, name: str) -> Segment | None:
+    """The segment `name` right after `segment` (PD1 after PID), if there is one."""
+    position = segment.index  # 1-based index among the kept segments
+    segments = message.segments
+    if position < len(segments) and segments[position].name == name:
+        return segments[position]
+    return None
