@@ -29,7 +29,11 @@ class FhirService:
         self.storage = storage
         self.settings = settings
         self.registry = registry or SearchParamRegistry.default()
-        self.extractor = IndexExtractor(self.registry, canonicalize=canonicalize)
+        # Absolute references to our own base index like relative ones.
+        local_bases = (settings.base_url,) if settings.base_url else ()
+        self.extractor = IndexExtractor(
+            self.registry, canonicalize=canonicalize, local_bases=local_bases
+        )
         self.resources = ResourceService(
             storage, self.extractor.extract, self._parse_conditional, validators
         )
