@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -158,8 +159,6 @@ def build_router() -> APIRouter:
         if_none_exist = request.headers.get("if-none-exist")
         items = None
         if if_none_exist:
-            from urllib.parse import parse_qsl
-
             items = parse_qsl(if_none_exist.split("?", 1)[-1], keep_blank_values=True)
         result = await run_in_threadpool(svc.resources.create, resource_type, body, items)
         return _write_response(request, result)

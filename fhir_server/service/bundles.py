@@ -56,6 +56,7 @@ class EntryRequest:
     if_match: str | None
     if_none_exist: list[tuple[str, str]] | None
     assigned_id: str | None = None
+    found_id: str | None = None  # a conditional create that matched: no write, just this id
     response: dict[str, Any] = field(default_factory=dict)
 
 
@@ -241,9 +242,7 @@ class BundleProcessor:
                             req,
                         )
                     req.assigned_id = ids[0] if ids else str(uuid.uuid4())
-                    if ids:
-                        req.if_none_exist = None  # found: the entry resolves to it, no write
-                        req.response = {"_found": ids[0]}
+                    req.found_id = ids[0] if ids else None
                 else:
                     req.assigned_id = str(uuid.uuid4())
             elif req.method == "PUT" and req.id:
@@ -307,14 +306,13 @@ class BundleProcessor:
         svc.check_type(req.resource_type)
         if req.method == "DELETE":
             if req.id:
-                deleted = svc.delete_in(tx, req.resource_type, req.id)
-                return {"status": STATUS_TEXT[204 if deleted else 204]}
-            svc.conditional_delete_in(tx, req.resource_type, req.query)
+                svc.delete_in(tx, req.resource_type, req.id)
+            else:
+                svc.conditional_delete_in(tx, req.resource_type, req.query)
             return {"status": STATUS_TEXT[204]}
         if req.method == "POST":
-            found = req.response.get("_found") if req.response else None
-            if found:
-                existing = tx.read(req.resource_type, found)
+            if req.found_id:
+                existing = tx.read(req.resource_type, req.found_id)
                 assert existing is not None
                 return self._with_resource(
                     _write_response(WriteResult(200, existing, False)), existing
