@@ -82,19 +82,11 @@ def plan_sessions(
                 gaps.append((g0, g0 + rng.randint(3, 48)))
         prefix = "0M" if manufacturer.startswith("Abbott") else "DX"
         serial = prefix + "".join(rng.choice(_SERIAL_CHARS) for _ in range(9))
-        sessions.append(
-            SensorSession(
-                device_id=f"dev-{seed}-{index}-{k}",
-                serial=serial,
-                manufacturer=manufacturer,
-                model=name,
-                start=start,
-                end=end,
-                warmup=warmup,
-                phase=rng.randrange(300),
-                gaps=gaps,
-            )
-        )
+        sessions.append(SensorSession(
+            device_id=f"dev-{seed}-{index}-{k}", serial=serial, manufacturer=manufacturer,
+            model=name, start=start, end=end, warmup=warmup, phase=rng.randrange(300),
+            gaps=gaps,
+        ))
         k += 1
         delay = rng.randint(0, 6) if rng.random() < 0.85 else rng.randint(24, 432)
         start = end + delay

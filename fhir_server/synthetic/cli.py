@@ -34,9 +34,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     parser.add_argument("--days", type=int, required=True, help="days of data per patient")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument(
-        "--end-date",
-        type=date.fromisoformat,
-        default=None,
+        "--end-date", type=date.fromisoformat, default=None,
         help=f"last day of the window (default {DEFAULT_END_DATE.isoformat()})",
     )
     target = parser.add_mutually_exclusive_group(required=True)

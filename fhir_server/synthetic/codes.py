@@ -46,9 +46,7 @@ UACR: Final = ("9318-7", "Albumin/Creatinine [Mass Ratio] in Urine", "mg/g")
 CHOLESTEROL: Final = ("2093-3", "Cholesterol [Mass/volume] in Serum or Plasma", "mg/dL")
 HDL: Final = ("2085-9", "Cholesterol in HDL [Mass/volume] in Serum or Plasma", "mg/dL")
 LDL: Final = (
-    "13457-7",
-    "Cholesterol in LDL [Mass/volume] in Serum or Plasma by calculation",
-    "mg/dL",
+    "13457-7", "Cholesterol in LDL [Mass/volume] in Serum or Plasma by calculation", "mg/dL"
 )
 TRIGLYCERIDES: Final = ("2571-8", "Triglyceride [Mass/volume] in Serum or Plasma", "mg/dL")
 WEIGHT: Final = ("29463-7", "Body weight", "kg")
@@ -68,8 +66,7 @@ DIABETES_CODES: Final[dict[tuple[int, str], tuple[str, str]]] = {
     (1, "retinopathy"): ("E10.3", "Type 1 diabetes mellitus with ophthalmic complications"),
     (1, "neuropathy"): ("E10.4", "Type 1 diabetes mellitus with neurological complications"),
     (1, "foot_ulcer"): (
-        "E10.5",
-        "Type 1 diabetes mellitus with peripheral circulatory complications",
+        "E10.5", "Type 1 diabetes mellitus with peripheral circulatory complications"
     ),
     (1, "multiple"): ("E10.7", "Type 1 diabetes mellitus with multiple complications"),
     (2, "none"): ("E11.9", "Type 2 diabetes mellitus without complications"),
@@ -77,8 +74,7 @@ DIABETES_CODES: Final[dict[tuple[int, str], tuple[str, str]]] = {
     (2, "retinopathy"): ("E11.3", "Type 2 diabetes mellitus with ophthalmic complications"),
     (2, "neuropathy"): ("E11.4", "Type 2 diabetes mellitus with neurological complications"),
     (2, "foot_ulcer"): (
-        "E11.5",
-        "Type 2 diabetes mellitus with peripheral circulatory complications",
+        "E11.5", "Type 2 diabetes mellitus with peripheral circulatory complications"
     ),
     (2, "multiple"): ("E11.7", "Type 2 diabetes mellitus with multiple complications"),
 }
@@ -97,23 +93,15 @@ DRUGS: Final[dict[str, tuple[str, str, str, str]]] = {
     "gliclazide": ("A10BB09", "gliclazide", "Gliclazide 60 mg LM", "1 comprimé le matin"),
     "sitagliptin": ("A10BH01", "sitagliptin", "Sitagliptine 100 mg", "1 comprimé par jour"),
     "liraglutide": (
-        "A10BJ02",
-        "liraglutide",
-        "Liraglutide 6 mg/ml stylo",
-        "1,2 mg par jour en sous-cutané",
+        "A10BJ02", "liraglutide", "Liraglutide 6 mg/ml stylo", "1,2 mg par jour en sous-cutané"
     ),
     "semaglutide": (
-        "A10BJ06",
-        "semaglutide",
-        "Sémaglutide 1 mg stylo",
-        "1 mg par semaine en sous-cutané",
+        "A10BJ06", "semaglutide", "Sémaglutide 1 mg stylo", "1 mg par semaine en sous-cutané"
     ),
     "empagliflozin": ("A10BK03", "empagliflozin", "Empagliflozine 10 mg", "1 comprimé par jour"),
     "dapagliflozin": ("A10BK01", "dapagliflozin", "Dapagliflozine 10 mg", "1 comprimé par jour"),
     "glargine": (
-        "A10AE04",
-        "insulin glargine",
-        "Insuline glargine 100 U/ml",
+        "A10AE04", "insulin glargine", "Insuline glargine 100 U/ml",
         "injection le soir, dose adaptée",
     ),
     "aspart": ("A10AB05", "insulin aspart", "Insuline asparte 100 U/ml", "avant chaque repas"),

@@ -119,32 +119,18 @@ class _PatientBuilder:
             sessions = plan_sessions(rng, self.seed, self.index, n_slots, model)
             renderer = CGMRenderer(self.seed, self.index, self.pid, self.first_day, self.days)
             for s in sessions:
-                out.append(
-                    build.device(
-                        s.device_id,
-                        self.pid,
-                        s.manufacturer,
-                        s.model,
-                        s.serial,
-                        "Continuous glucose monitoring sensor",
-                        active=s.end >= n_slots,
-                    )
-                )
+                out.append(build.device(
+                    s.device_id, self.pid, s.manufacturer, s.model, s.serial,
+                    "Continuous glucose monitoring sensor", active=s.end >= n_slots,
+                ))
         else:
             meter_id = f"dev-{self.seed}-{self.index}-m"
             manufacturer, model_name = rng.choice(METER_MODELS)
             serial = "".join(rng.choice("0123456789ABCDEFGHJKLMNPRSTUVWXYZ") for _ in range(10))
-            out.append(
-                build.device(
-                    meter_id,
-                    self.pid,
-                    manufacturer,
-                    model_name,
-                    serial,
-                    "Blood glucose meter",
-                    active=True,
-                )
-            )
+            out.append(build.device(
+                meter_id, self.pid, manufacturer, model_name, serial, "Blood glucose meter",
+                active=True,
+            ))
         out.extend(self._conditions())
         out.extend(
             build.medication_statement(f"med-{self.seed}-{self.index}-{k}", self.pid, self.cid, t)
@@ -164,11 +150,9 @@ class _PatientBuilder:
                 healed = onset + timedelta(days=self.rng.randint(30, 180))
                 if healed > self.end_day:
                     healed = None
-            out.append(
-                build.complication_condition(
-                    f"cond-{self.seed}-{self.index}-{k}", self.pid, kind, onset, healed
-                )
-            )
+            out.append(build.complication_condition(
+                f"cond-{self.seed}-{self.index}-{k}", self.pid, kind, onset, healed
+            ))
         return out
 
     def _hospital_stays(self) -> list[Resource]:
@@ -192,17 +176,10 @@ class _PatientBuilder:
             day = self.first_day + timedelta(days=d)
             start = _local(day, rng.uniform(8, 20))
             end = _local(day + timedelta(days=length), rng.uniform(10, 16))
-            stays.append(
-                build.encounter(
-                    f"hosp-{self.seed}-{self.index}-{len(stays)}",
-                    self.pid,
-                    self.cid,
-                    True,
-                    start,
-                    end,
-                    rng.choice(reasons),
-                )
-            )
+            stays.append(build.encounter(
+                f"hosp-{self.seed}-{self.index}-{len(stays)}", self.pid, self.cid, True,
+                start, end, rng.choice(reasons),
+            ))
             free_from = d + length + 1
         return stays
 
@@ -230,85 +207,42 @@ class _PatientBuilder:
             day = self.first_day + timedelta(days=d)
             start = _local(day, rng.uniform(8.5, 17.5)).replace(microsecond=0)
             eid = f"enc-{self.seed}-{self.index}-{k}"
-            out.append(
-                build.encounter(
-                    eid,
-                    self.pid,
-                    self.cid,
-                    False,
-                    start,
-                    start + timedelta(minutes=rng.choice((20, 30, 45))),
-                    "Suivi du diabète",
-                )
-            )
+            out.append(build.encounter(
+                eid, self.pid, self.cid, False, start,
+                start + timedelta(minutes=rng.choice((20, 30, 45))), "Suivi du diabète",
+            ))
             when = build.iso_utc(start)
             # HbA1c reflects the mean glucose of the last 90 days (what the window holds).
             midnight_utc = datetime(day.year, day.month, day.day)
             slot = d * per_day + int((start - midnight_utc).total_seconds() // 60 // step)
-            window = curve[max(0, slot - 90 * per_day) : slot + 1]
+            window = curve[max(0, slot - 90 * per_day): slot + 1]
             noise = min(max(rng.gauss(0, 0.1), -0.2), 0.2)
             hba1c = round(gmi_percent(sum(window) / len(window)) + noise, 1)
-            out.append(
-                build.observation(
-                    self._obs_id("obs"),
-                    self.pid,
-                    codes.HBA1C,
-                    hba1c,
-                    when,
-                    profile=codes.PROFILE_HBA1C,
-                    encounter_id=eid,
-                )
-            )
+            out.append(build.observation(
+                self._obs_id("obs"), self.pid, codes.HBA1C, hba1c, when,
+                profile=codes.PROFILE_HBA1C, encounter_id=eid,
+            ))
             weight = round(p.height_m**2 * (p.bmi + rng.gauss(0, 0.4)), 1)
-            out.append(
-                build.observation(
-                    self._obs_id("obs"),
-                    self.pid,
-                    codes.WEIGHT,
-                    weight,
-                    when,
-                    category=build.VITAL,
-                    encounter_id=eid,
-                )
-            )
-            out.append(
-                build.observation(
-                    self._obs_id("obs"),
-                    self.pid,
-                    codes.BMI,
-                    round(weight / p.height_m**2, 1),
-                    when,
-                    category=build.VITAL,
-                    encounter_id=eid,
-                )
-            )
-            out.append(
-                build.blood_pressure(
-                    self._obs_id("obs"),
-                    self.pid,
-                    round(sbp + rng.gauss(0, 6)),
-                    round(dbp + rng.gauss(0, 4)),
-                    when,
-                    eid,
-                )
-            )
+            out.append(build.observation(
+                self._obs_id("obs"), self.pid, codes.WEIGHT, weight, when,
+                category=build.VITAL, encounter_id=eid,
+            ))
+            out.append(build.observation(
+                self._obs_id("obs"), self.pid, codes.BMI, round(weight / p.height_m**2, 1),
+                when, category=build.VITAL, encounter_id=eid,
+            ))
+            out.append(build.blood_pressure(
+                self._obs_id("obs"), self.pid, round(sbp + rng.gauss(0, 6)),
+                round(dbp + rng.gauss(0, 4)), when, eid,
+            ))
             if k % 4 == 0:  # yearly check-up
-                out.extend(
-                    self._yearly_labs(when, eid, egfr_base, age, female, uacr_median, tc, tg, hdl)
-                )
+                out.extend(self._yearly_labs(when, eid, egfr_base, age, female, uacr_median,
+                                             tc, tg, hdl))
         return out
 
     def _yearly_labs(
-        self,
-        when: str,
-        eid: str,
-        egfr_base: float,
-        age: float,
-        female: bool,
-        uacr_median: float,
-        tc: float,
-        tg: float,
-        hdl: float,
+        self, when: str, eid: str, egfr_base: float, age: float, female: bool,
+        uacr_median: float, tc: float, tg: float, hdl: float,
     ) -> list[Resource]:
         rng = self.rng
         target = min(max(egfr_base + rng.gauss(0, 3), 5), 140)
@@ -320,12 +254,8 @@ class _PatientBuilder:
         ldl_v = max(round(tc + rng.gauss(0, 8) - hdl_v - tg_v / 5), 30)
         tc_v = round(ldl_v + hdl_v + tg_v / 5)  # Friedewald, so the four values agree
         values = (
-            (codes.CREATININE, creatinine),
-            (codes.EGFR, egfr),
-            (codes.UACR, uacr),
-            (codes.CHOLESTEROL, tc_v),
-            (codes.HDL, hdl_v),
-            (codes.LDL, ldl_v),
+            (codes.CREATININE, creatinine), (codes.EGFR, egfr), (codes.UACR, uacr),
+            (codes.CHOLESTEROL, tc_v), (codes.HDL, hdl_v), (codes.LDL, ldl_v),
             (codes.TRIGLYCERIDES, tg_v),
         )
         return [
@@ -348,9 +278,8 @@ class _PatientBuilder:
                 moment = _local(day, hour + rng.uniform(-0.5, 0.5))
                 moment = moment.replace(microsecond=0)
                 offset_min = (moment - datetime(day.year, day.month, day.day)).total_seconds() / 60
-                slot = min(
-                    max(d * per_day + int(offset_min // SMBG_STEP_MINUTES), 0), len(curve) - 1
-                )
+                slot = min(max(d * per_day + int(offset_min // SMBG_STEP_MINUTES), 0),
+                           len(curve) - 1)
                 # Meter accuracy: ISO 15197 allows +-15 %; a 5 % sd is typical.
                 mgdl = round(curve[slot] * (1 + rng.gauss(0, 0.05)))
                 comparator = None
@@ -359,18 +288,11 @@ class _PatientBuilder:
                 elif mgdl > METER_HIGH:
                     mgdl, comparator = METER_HIGH, ">"
                 value: float | int = round(mgdl / codes.MGDL_PER_MMOL, 1) if mmol else mgdl
-                out.append(
-                    build.observation(
-                        self._obs_id("bg"),
-                        self.pid,
-                        loinc,
-                        value,
-                        build.iso_utc(moment),
-                        profile=codes.PROFILE_BLOOD_GLUCOSE,
-                        device_id=meter_id,
-                        comparator=comparator,
-                    )
-                )
+                out.append(build.observation(
+                    self._obs_id("bg"), self.pid, loinc, value, build.iso_utc(moment),
+                    profile=codes.PROFILE_BLOOD_GLUCOSE, device_id=meter_id,
+                    comparator=comparator,
+                ))
         return out
 
 
@@ -446,11 +368,6 @@ def profile_of(seed: int, index: int, end_date: date | None = None) -> PatientPr
 
 
 __all__ = [
-    "DEFAULT_END_DATE",
-    "PatientOutput",
-    "generate",
-    "gmi_percent",
-    "iter_patients",
-    "profile_of",
-    "write_ndjson",
+    "DEFAULT_END_DATE", "PatientOutput", "generate", "gmi_percent", "iter_patients",
+    "profile_of", "write_ndjson",
 ]

@@ -52,36 +52,21 @@ def params_for(profile: PatientProfile) -> GlucoseParams:
     c = profile.control
     if profile.diabetes_type == 1:
         return GlucoseParams(
-            basal=185 - 95 * c,
-            meal_rise=120 - 55 * c,
-            noise_sd=30 - 10 * c,
-            drift_sd=42 - 20 * c,
-            dawn_rise=20,
-            hypos_per_day=0.35 + 0.45 * c,
-            exercise_per_day=0.3,
-            missed_bolus_per_day=0.5 * (1 - c),
+            basal=185 - 95 * c, meal_rise=120 - 55 * c, noise_sd=30 - 10 * c,
+            drift_sd=42 - 20 * c, dawn_rise=20, hypos_per_day=0.35 + 0.45 * c,
+            exercise_per_day=0.3, missed_bolus_per_day=0.5 * (1 - c),
         )
     if profile.on_insulin:
         return GlucoseParams(
-            basal=190 - 80 * c,
-            meal_rise=75 - 30 * c,
-            noise_sd=15 - 5 * c,
-            drift_sd=30 - 15 * c,
-            dawn_rise=18,
-            hypos_per_day=0.05 + 0.15 * c,
-            exercise_per_day=0.2,
-            missed_bolus_per_day=0.3 * (1 - c),
+            basal=190 - 80 * c, meal_rise=75 - 30 * c, noise_sd=15 - 5 * c,
+            drift_sd=30 - 15 * c, dawn_rise=18, hypos_per_day=0.05 + 0.15 * c,
+            exercise_per_day=0.2, missed_bolus_per_day=0.3 * (1 - c),
         )
     sulfonylurea = any(t.drug == "gliclazide" and t.end is None for t in profile.treatments)
     return GlucoseParams(
-        basal=170 - 65 * c,
-        meal_rise=65 - 25 * c,
-        noise_sd=11 - 4 * c,
-        drift_sd=20 - 10 * c,
-        dawn_rise=15,
-        hypos_per_day=0.04 if sulfonylurea else 0.005,
-        exercise_per_day=0.2,
-        missed_bolus_per_day=0.0,
+        basal=170 - 65 * c, meal_rise=65 - 25 * c, noise_sd=11 - 4 * c,
+        drift_sd=20 - 10 * c, dawn_rise=15, hypos_per_day=0.04 if sulfonylurea else 0.005,
+        exercise_per_day=0.2, missed_bolus_per_day=0.0,
     )
 
 
@@ -98,7 +83,9 @@ def paris_utc_offset_hours(day: date) -> int:
 @lru_cache(maxsize=16)
 def _shape(step: int, peak_minutes: float, length_minutes: int) -> tuple[float, ...]:
     tp = peak_minutes
-    return tuple((t / tp) * math.exp(1 - t / tp) for t in range(0, length_minutes, step))
+    return tuple(
+        (t / tp) * math.exp(1 - t / tp) for t in range(0, length_minutes, step)
+    )
 
 
 @lru_cache(maxsize=16)
@@ -152,11 +139,8 @@ def simulate(
         def slot(local_hour: float, day0: int = day0, off: int = off) -> int:
             return day0 + int((local_hour - off) * 60 // step)
 
-        meals = [
-            (rng.gauss(7.6, 0.5), 0.8),
-            (rng.gauss(12.7, 0.4), 1.0),
-            (rng.gauss(19.8, 0.6), 1.1),
-        ]
+        meals = [(rng.gauss(7.6, 0.5), 0.8), (rng.gauss(12.7, 0.4), 1.0),
+                 (rng.gauss(19.8, 0.6), 1.1)]
         if r() < 0.1:
             meals.pop(0)  # skipped breakfast
         if r() < 0.35:

@@ -131,16 +131,11 @@ def _complications(
 
 # First marketing in France/EU (approximate year): no one takes a drug before it exists.
 DRUG_AVAILABLE_FROM: Final[dict[str, date]] = {
-    "metformin": date(1959, 1, 1),
-    "gliclazide": date(1972, 1, 1),
-    "sitagliptin": date(2007, 6, 1),
-    "liraglutide": date(2009, 7, 1),
-    "semaglutide": date(2018, 2, 1),
-    "empagliflozin": date(2014, 5, 1),
-    "dapagliflozin": date(2012, 11, 1),
-    "glargine": date(2000, 6, 1),
-    "aspart": date(1999, 9, 1),
-    "lispro": date(1996, 4, 1),
+    "metformin": date(1959, 1, 1), "gliclazide": date(1972, 1, 1),
+    "sitagliptin": date(2007, 6, 1), "liraglutide": date(2009, 7, 1),
+    "semaglutide": date(2018, 2, 1), "empagliflozin": date(2014, 5, 1),
+    "dapagliflozin": date(2012, 11, 1), "glargine": date(2000, 6, 1),
+    "aspart": date(1999, 9, 1), "lispro": date(1996, 4, 1),
 }
 
 

@@ -54,17 +54,15 @@ def patient(pid: str, profile: PatientProfile, who: Identity) -> Resource:
         "name": [{"use": "official", "family": who.family, "given": list(who.given)}],
         "gender": profile.sex,
         "birthDate": profile.birth_date.isoformat(),
-        "address": [
-            {
-                "use": "home",
-                "type": "physical",
-                "line": [who.line],
-                "city": who.city,
-                "district": who.departement.name,
-                "postalCode": who.postal_code,
-                "country": "FR",
-            }
-        ],
+        "address": [{
+            "use": "home",
+            "type": "physical",
+            "line": [who.line],
+            "city": who.city,
+            "district": who.departement.name,
+            "postalCode": who.postal_code,
+            "country": "FR",
+        }],
     }
 
 
@@ -89,17 +87,10 @@ def _condition_status(status: str) -> dict[str, Any]:
         "verificationStatus": {
             "coding": [{"system": codes.CONDITION_VERIFICATION, "code": "confirmed"}]
         },
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": codes.CONDITION_CATEGORY,
-                        "code": "problem-list-item",
-                        "display": "Problem List Item",
-                    }
-                ]
-            }
-        ],
+        "category": [{"coding": [{
+            "system": codes.CONDITION_CATEGORY, "code": "problem-list-item",
+            "display": "Problem List Item",
+        }]}],
     }
 
 
@@ -149,8 +140,7 @@ def medication_statement(msid: str, pid: str, cid: str, treatment: Treatment) ->
         "meta": {"profile": [codes.PROFILE_MEDICATION]},
         "status": "completed" if treatment.end else "active",
         "medicationCodeableConcept": {
-            "coding": [_coding(codes.ATC, atc, name)],
-            "text": product,
+            "coding": [_coding(codes.ATC, atc, name)], "text": product,
         },
         "subject": ref("Patient", pid),
         "effectivePeriod": period,
