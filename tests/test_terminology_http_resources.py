@@ -134,3 +134,28 @@ def test_untouched_old_shipped_copy_is_refreshed_and_edited_copy_kept(tmp_path: 
         assert refreshed["meta"]["source"] == shipped["meta"]["source"]
         kept = client.get("/ValueSet/drugs-used-in-diabetes").json()
         assert kept["description"] == "our local drug list"
+
+
+def test_deleted_value_set_and_concept_map_are_no_longer_used(client: httpx.Client) -> None:
+    url = f"https://hospital.example.org/fhir/ValueSet/{uuid.uuid4().hex}"
+    kept_url = f"https://hospital.example.org/fhir/ValueSet/{uuid.uuid4().hex}"
+    include = {"include": [{"system": ICD10, "concept": [{"code": "E11.9"}]}]}
+    doomed = client.post("/ValueSet", json={"resourceType": "ValueSet", "url": url,
+                                            "status": "active", "compose": include})
+    client.post("/ValueSet", json={"resourceType": "ValueSet", "url": kept_url,
+                                   "status": "active", "compose": include})
+    map_url = f"https://hospital.example.org/fhir/ConceptMap/{uuid.uuid4().hex}"
+    concept_map = client.post("/ConceptMap", json={
+        "resourceType": "ConceptMap", "url": map_url, "status": "active",
+        "group": [{"source": ICD10, "target": ATC, "element": [
+            {"code": "E11.9", "target": [{"code": "A10BA02", "equivalence": "relatedto"}]}]}]})
+    assert client.get("/ValueSet/$expand", params={"url": url}).status_code == 200
+    assert client.delete(f"/ValueSet/{doomed.json()['id']}").status_code in (200, 204)
+    assert client.delete(f"/ConceptMap/{concept_map.json()['id']}").status_code in (200, 204)
+    assert client.get("/ValueSet/$expand", params={"url": url}).status_code == 404
+    assert client.get("/Condition", params={"code:in": url}).status_code == 400
+    assert client.get("/ConceptMap/$translate", params={
+        "url": map_url, "system": ICD10, "code": "E11.9"}).status_code == 404
+    # the others are still there after the rebuild
+    assert client.get("/ValueSet/$expand", params={"url": kept_url}).status_code == 200
+    assert client.get("/ValueSet/$expand", params={"url": VS_GLUCOSE}).status_code == 200

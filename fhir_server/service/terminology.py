@@ -5,7 +5,8 @@
 - the token expander and canonical-unit hooks that storage uses for `:below`, `:above`,
   `:in`, `:not-in` and quantity searches across units;
 - the shipped CodeSystems, ValueSets and ConceptMaps stored as resources at start, and
-  ValueSets / ConceptMaps written through the API registered into the service on commit.
+  ValueSets / ConceptMaps written through the API registered into the service on commit
+  (a deletion rebuilds the service from the shipped and the still stored resources).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class ServerTerminology:
     def __init__(self, data_dir: str | None = None) -> None:
         self.data_dir = data_dir
         self._service: TerminologyService | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         units = UnitTable()
         self._units = units
         self._canonicalizer: QuantityCanonicalizer | None = None
@@ -176,10 +177,33 @@ class ServerTerminology:
             return False
         return True
 
-    def committed(self, written: Iterable[tuple[str, bytes | None]]) -> None:
-        for resource_type, raw in written:
-            if raw is not None:
+    def committed(self, written: Iterable[tuple[str, bytes | None]], storage: Any) -> None:
+        """After a commit: register what was written; a deletion rebuilds the service from
+        the shipped resources and what storage still holds (deletions are rare)."""
+        written = list(written)
+        with self._lock:
+            if any(raw is None for _, raw in written):
+                self.reload(storage)
+                return
+            for resource_type, raw in written:
                 self.register(resource_type, jsonio.loads(raw))
+
+    def reload(self, storage: Any) -> None:
+        """A fresh service: shipped resources, then every stored ValueSet and ConceptMap."""
+        with self._lock:
+            fresh = new_terminology_service(self.data_dir)
+            previous, self._service = self._service, fresh
+            try:
+                self._register_stored(storage)
+            except Exception:
+                self._service = previous
+                raise
+
+    def _register_stored(self, storage: Any) -> None:
+        for resource_type in sorted(REGISTERED_TYPES):
+            for stored in storage.iter_current(resource_type):
+                if stored.json is not None:
+                    self.register(resource_type, jsonio.loads(stored.json))
 
     def seed(self, resources: Any) -> None:
         """Store the shipped terminology resources that are absent (or untouched copies of
@@ -193,10 +217,8 @@ class ServerTerminology:
                 continue
             body = {**resource, "id": rid, "meta": {"source": SHIPPED_SOURCE + digest}}
             resources.update(resource_type, rid, body)
-        for resource_type in sorted(REGISTERED_TYPES):
-            for stored in storage.iter_current(resource_type):
-                if stored.json is not None:
-                    self.register(resource_type, jsonio.loads(stored.json))
+        with self._lock:
+            self._register_stored(storage)
 
     def observe(self, storage: Any) -> ObservedStorage:
         return ObservedStorage(storage, REGISTERED_TYPES, self.committed)
@@ -222,7 +244,7 @@ class ObservedStorage:
         self,
         storage: Any,
         types: frozenset[str],
-        on_commit: Callable[[list[tuple[str, bytes | None]]], None],
+        on_commit: Callable[[list[tuple[str, bytes | None]], Any], None],
     ) -> None:
         self._storage = storage
         self._types = types
@@ -238,7 +260,7 @@ class ObservedStorage:
             yield _ObservedTransaction(tx, self._types, written)
         if written:
             try:
-                self._on_commit(written)
+                self._on_commit(written, self._storage)
             except Exception:  # the write is committed; a hook failure must not undo it
                 log.exception("terminology registration after commit failed")
 
