@@ -166,6 +166,5 @@ def build_terminology_router() -> APIRouter:
         if op.instance:
             paths.append((f"/{op.resource_type}/{{rid}}/${op.name}", True))
         for path, instance in paths:
-            router.add_api_route(path, _handler(op, instance), methods=["GET", "POST"],
-                                 include_in_schema=True)
+            router.add_route(path, _handler(op, instance), methods=["GET", "POST"])
     return router

@@ -26,26 +26,32 @@ from terminology.uris import LOINC
 
 MASS_CONCENTRATION = "mass-concentration"
 SUBSTANCE_CONCENTRATION = "substance-concentration"
-_GLUCOSE_MOLAR_MASS = Fraction(str(GLUCOSE_MOLAR_MASS))
+_GLUCOSE_MOLAR_MASS = Decimal(str(GLUCOSE_MOLAR_MASS))
 
 
-def _unit_factor(code: str) -> tuple[Fraction, str, str] | None:
+def _decimal(fraction: Fraction) -> Decimal:
+    # The table's factors are decimal numbers (0.01, 0.001...): exact as Decimals. Decimal
+    # arithmetic is C code, several times faster than Fraction on this hot path.
+    return Decimal(fraction.numerator) / Decimal(fraction.denominator)
+
+
+def _unit_factor(code: str) -> tuple[Decimal, str, str] | None:
     """(factor to the canonical unit, canonical unit, kind) of a UCUM code, None if unknown."""
     try:
         definition = unit_def(code)
     except UnitConversionError:
         return None
     target = CANONICAL[definition.kind]
-    return definition.factor / UNITS[target].factor, target, definition.kind
+    return _decimal(definition.factor / UNITS[target].factor), target, definition.kind
 
 
 class UnitTable:
     """Unit look-ups memoised per spelling (a hot path of every Observation write)."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[Fraction, str, str] | None] = {}
+        self._cache: dict[str, tuple[Decimal, str, str] | None] = {}
 
-    def factor(self, system: str | None, code: str | None) -> tuple[Fraction, str, str] | None:
+    def factor(self, system: str | None, code: str | None) -> tuple[Decimal, str, str] | None:
         # A unit code without a system is taken as UCUM, as search values `5.4||mg/dL` are.
         if not code or system not in (UCUM_SYSTEM, None):
             return None
@@ -82,8 +88,9 @@ class QuantityCanonicalizer:
         if found is None:
             return []
         factor, unit, kind = found
-        # Exact decimal arithmetic: 10 mmol/L and 180.156 mg/dL of glucose meet exactly.
-        amount = Fraction(str(value)) * factor
+        # Decimal arithmetic: 10 mmol/L and 180.156 mg/dL of glucose meet exactly, and the
+        # search side (CanonicalQuery) computes the same way.
+        amount = (value if type(value) is Decimal else Decimal(str(value))) * factor
         forms = [(float(amount), unit)]
         if kind in (MASS_CONCENTRATION, SUBSTANCE_CONCENTRATION) and self.is_glucose(resource):
             if kind == MASS_CONCENTRATION:
@@ -107,8 +114,7 @@ class CanonicalQuery:
         if found is None:
             return None
         factor, unit, _kind = found
-        scale = Decimal(factor.numerator) / Decimal(factor.denominator)
         scaled = replace(
-            value, value=value.value * scale, low=value.low * scale, high=value.high * scale
+            value, value=value.value * factor, low=value.low * factor, high=value.high * factor
         )
         return scaled, unit
