@@ -327,3 +327,52 @@ def test_operations_are_in_the_capability_statement(client: httpx.Client) -> Non
     assert listed["CodeSystem"] >= {"lookup", "validate-code", "subsumes"}
     assert listed["ValueSet"] >= {"expand", "validate-code"}
     assert listed["ConceptMap"] >= {"translate"}
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status"),
+    [
+        ("/ValueSet/$expand", {"url": f"{ICD10}?fhir_vs", "count": "99999999999999999999"}, 400),
+        ("/ValueSet/$expand", {"url": f"{ICD10}?fhir_vs", "filter": "x" * 3000}, 200),
+        ("/ValueSet/$expand", {"url": f"{ICD10}?fhir_vs=unsupported"}, 400),
+        ("/ValueSet/$expand", {"url": VS_DRUGS, "count": "1.5"}, 400),
+        ("/ValueSet/$validate-code", {"url": VS_DRUGS}, 400),
+        ("/ConceptMap/$translate", {"system": ICD10}, 400),
+        ("/ConceptMap/$translate", {"system": ICD10, "code": "E11", "reverse": "maybe"}, 400),
+        ("/CodeSystem/$subsumes", {"system": "http://example.org/x", "codeA": "A",
+                                   "codeB": "B"}, 404),
+        ("/CodeSystem/$lookup", {"system": ICD10, "code": "E11", "version": "1999"}, 404),
+        ("/ValueSet/no-such-id/$expand", {}, 404),
+    ],
+)
+def test_odd_get_inputs_never_give_a_500(
+    client: httpx.Client, path: str, params: dict, status: int
+) -> None:
+    response = client.get(path, params=params)
+    assert response.status_code == status, response.text
+    expected = "OperationOutcome" if status >= 400 else ("ValueSet", "Parameters")
+    assert response.json()["resourceType"] in expected
+
+
+@pytest.mark.parametrize(
+    "compose",
+    [
+        {"include": "x"},
+        {"include": [5]},
+        {"include": [{}]},
+        {"include": [{"system": ICD10, "filter": "x"}]},
+        {"include": [{"system": ICD10, "filter": [{"op": "is-a"}]}]},
+        {"include": [{"system": ICD10, "filter": [{"property": "concept", "op": "regex",
+                                                    "value": "("}]}]},
+        {"include": [{"system": "http://example.org/unknown"}]},
+        {"include": [{"valueSet": ["http://example.org/ValueSet/unknown"]}]},
+        "x",
+    ],
+)
+def test_malformed_inline_value_sets_are_refused_cleanly(
+    client: httpx.Client, compose: object
+) -> None:
+    response = post_parameters(client, "/ValueSet/$expand", {
+        "name": "valueSet", "resource": {"resourceType": "ValueSet", "compose": compose}})
+    assert response.status_code in (400, 404), response.text
+    assert response.json()["resourceType"] == "OperationOutcome"

@@ -30,6 +30,8 @@ log = logging.getLogger("diatabase.terminology")
 DEFINITION = "http://hl7.org/fhir/OperationDefinition/{}"
 # Query parameters that shape the response rather than feed the operation.
 RESULT_PARAMS = frozenset({"_format", "_pretty"})
+INTEGER_INPUTS = ("count", "offset")
+FHIR_INTEGER_MAX = 2**31 - 1
 
 # Runs an operation: (service, inputs, canonical URL of the instance or None) -> resource.
 Runner = Callable[[TerminologyService, dict[str, Any], str | None], dict]
@@ -99,11 +101,23 @@ def _query_inputs(request: Request) -> dict[str, Any]:
 
 async def _inputs(request: Request) -> dict[str, Any]:
     if request.method == "GET":
-        return _query_inputs(request)
-    body = await read_body(request, request.app.state.settings.max_body_bytes)
-    inputs = parse_parameters(body)
-    # Query parameters of a POST still count, as for searches (the body wins).
-    return {**_query_inputs(request), **inputs}
+        inputs = _query_inputs(request)
+    else:
+        body = await read_body(request, request.app.state.settings.max_body_bytes)
+        # Query parameters of a POST still count, as for searches (the body wins).
+        inputs = {**_query_inputs(request), **parse_parameters(body)}
+    _check_integers(inputs)
+    return inputs
+
+
+def _check_integers(inputs: dict[str, Any]) -> None:
+    """FHIR integers are 32-bit: a larger count or offset is refused, not echoed back."""
+    for name in INTEGER_INPUTS:
+        value = inputs.get(name)
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value > FHIR_INTEGER_MAX:
+            raise TerminologyError(f"parameter '{name}' is larger than a FHIR integer allows")
 
 
 def _instance_url(svc: FhirService, resource_type: str, rid: str) -> str:
