@@ -8,6 +8,7 @@ connections (an HTTP library would cost more CPU than the server on a small mach
 Each figure is the median of `--runs` runs.
 
     python bench/terminology.py [--seconds 2] [--clients 8] [--runs 3] [--expand 200]
+                                [--workers 1] [--extract 5000]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
+# The repository root first: this file's own name would otherwise shadow the package.
 sys.path.insert(0, str(ROOT))
 
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
@@ -36,14 +38,14 @@ FILTERS = ["diabete", "type 2 diabetes", "E11", "insuffisance", "tuberculosis", 
 # -- server --------------------------------------------------------------------------------
 
 
-def serve(port: int, db: str) -> None:
+def serve(port: int, db: str, workers: int) -> None:
     import uvicorn
 
-    from fhir_server.app import create_app
-    from fhir_server.settings import Settings
-
-    app = create_app(Settings(db_url=f"sqlite:///{db}"))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    # The app factory reads its settings from the environment, so that every worker
+    # process builds the same app.
+    os.environ["DIATABASE_DB"] = f"sqlite:///{db}"
+    uvicorn.run("fhir_server.app:create_app", factory=True, host="127.0.0.1", port=port,
+                workers=workers, log_level="warning", access_log=False)
 
 
 def free_port() -> int:
@@ -52,10 +54,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(db: str) -> tuple[subprocess.Popen, int]:
+def start_server(db: str, workers: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port), "--db", db], cwd=ROOT
+        [sys.executable, __file__, "--serve", str(port), "--db", db, "--workers", str(workers)],
+        cwd=ROOT,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -185,11 +188,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--expand", type=int, default=200, help="$expand requests per run")
     parser.add_argument("--extract", type=int, default=5000, help="Observations to extract")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.db)
+        serve(args.serve, args.db, args.workers)
         return
 
     from terminology import TerminologyService
@@ -199,7 +203,7 @@ def main() -> None:
     sample = [rng.choice(codes) for _ in range(500)]
 
     with tempfile.TemporaryDirectory() as tmp:
-        process, port = start_server(os.path.join(tmp, "bench.db"))
+        process, port = start_server(os.path.join(tmp, "bench.db"), args.workers)
         try:
             validate = [request_bytes(port, "/CodeSystem/$validate-code",
                                       {"url": ICD10, "code": c}) for c in sample]
@@ -243,8 +247,8 @@ def main() -> None:
     print("-" * (width + 40))
     for name, result, detail in rows:
         print(f"{name:<{width}}  {result:>18}  {detail}")
-    print(f"(median of {args.runs} runs; {os.cpu_count()} CPUs; "
-          f"uvicorn HTTP: {http_implementation()})")
+    print(f"(median of {args.runs} runs; {os.cpu_count()} CPUs; {args.workers} server "
+          f"worker(s); uvicorn HTTP: {http_implementation()})")
 
 
 def http_implementation() -> str:
