@@ -159,3 +159,26 @@ def test_deleted_value_set_and_concept_map_are_no_longer_used(client: httpx.Clie
     # the others are still there after the rebuild
     assert client.get("/ValueSet/$expand", params={"url": kept_url}).status_code == 200
     assert client.get("/ValueSet/$expand", params={"url": VS_GLUCOSE}).status_code == 200
+
+
+def test_value_set_stored_by_another_process_is_taken_on_first_use(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    url = f"https://hospital.example.org/fhir/ValueSet/{uuid.uuid4().hex}"
+    with _start(db) as server, httpx.Client(base_url=server.url) as client:
+        condition = client.post("/Condition", json={
+            "resourceType": "Condition", "subject": {"reference": "Patient/other-process"},
+            "code": {"coding": [{"system": ICD10, "code": "E11.9"}]}})
+        assert client.get("/ValueSet/$expand", params={"url": url}).status_code == 404
+        # as a second worker or `diatabase import` would: straight into the database
+        _store(db, {"resourceType": "ValueSet", "id": "from-elsewhere", "url": url,
+                    "status": "active", "compose": {"include": [
+                        {"system": ICD10, "concept": [{"code": "E11.9"}]}]}})
+        other = url + "-search"
+        _store(db, {"resourceType": "ValueSet", "id": "from-elsewhere-2", "url": other,
+                    "status": "active", "compose": {"include": [
+                        {"system": ICD10, "concept": [{"code": "E11.9"}]}]}})
+        expanded = client.get("/ValueSet/$expand", params={"url": url})
+        assert expanded.status_code == 200, expanded.text
+        found = client.get("/Condition", params={"code:in": other})
+        assert found.status_code == 200, found.text
+        assert [e["resource"]["id"] for e in found.json()["entry"]] == [condition.json()["id"]]

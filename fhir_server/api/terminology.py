@@ -142,7 +142,16 @@ def _instance_url(svc: FhirService, resource_type: str, rid: str) -> str:
 
 def _run(op: Operation, svc: FhirService, inputs: dict[str, Any], url: str | None) -> dict:
     try:
-        return op.run(svc.terminology.service, inputs, url)
+        try:
+            return op.run(svc.terminology.service, inputs, url)
+        except TerminologyError as exc:
+            # A ValueSet / ConceptMap stored by another process is taken on first use.
+            wanted = url or inputs.get("url")
+            if exc.status != 404 or not isinstance(wanted, str):
+                raise
+            if not svc.terminology.refresh(op.resource_type, wanted):
+                raise
+            return op.run(svc.terminology.service, inputs, url)
     except TerminologyError:
         raise
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:

@@ -64,8 +64,13 @@ class SearchExpander:
     """The TokenExpander storage asks for :below, :above, :in and :not-in; terminology
     errors become SearchErrors (a 400 naming the problem, never a 500)."""
 
-    def __init__(self, service: Callable[[], TerminologyService]) -> None:
+    def __init__(
+        self,
+        service: Callable[[], TerminologyService],
+        refresh: Callable[[str, str], bool] = lambda _type, _url: False,
+    ) -> None:
         self._service = service
+        self._refresh = refresh
 
     def descendants(self, system: str | None, code: str | None) -> set[str]:
         system, code = _system_code(system, code, "below")
@@ -78,7 +83,12 @@ class SearchExpander:
     def value_set_codes(self, url: str) -> frozenset[tuple[str, str]]:
         if not isinstance(url, str) or not url:
             raise SearchError(":in and :not-in take a ValueSet URL")
-        return self._call(lambda tx: tx.value_set_codes(url))
+        try:
+            return self._service().value_set_codes(url)
+        except TerminologyError as exc:
+            if exc.status == 404 and self._refresh("ValueSet", url):
+                return self._call(lambda tx: tx.value_set_codes(url))
+            raise SearchError(exc.message) from None
 
     def _call(self, work: Callable[[TerminologyService], Any]) -> Any:
         try:
@@ -117,7 +127,8 @@ class ServerTerminology:
         units = UnitTable()
         self._units = units
         self._canonicalizer: QuantityCanonicalizer | None = None
-        self.expander = SearchExpander(lambda: self.service)
+        self._storage: Any = None
+        self.expander = SearchExpander(lambda: self.service, self.refresh)
         self.canonical_query = CanonicalQuery(units)
 
     @property
@@ -140,6 +151,7 @@ class ServerTerminology:
 
     def attach(self, storage: Any) -> None:
         """Give a storage backend the hooks its search compiler looks for."""
+        self._storage = storage
         storage.expander = self.expander
         storage.canonical_query = self.canonical_query
 
@@ -176,6 +188,17 @@ class ServerTerminology:
             log.warning("%s %s not registered: %s", resource_type, resource.get("url"), exc)
             return False
         return True
+
+    def refresh(self, resource_type: str, url: str) -> bool:
+        """Register the stored ValueSet / ConceptMap with this url, if there is one: it may
+        have been written by another process (a second worker, `diatabase import`)."""
+        if self._storage is None or resource_type not in REGISTERED_TYPES:
+            return False
+        for stored in self._storage.iter_current(resource_type):
+            resource = jsonio.loads(stored.json) if stored.json else None
+            if isinstance(resource, dict) and resource.get("url") == url:
+                return self.register(resource_type, resource)
+        return False
 
     def committed(self, written: Iterable[tuple[str, bytes | None]], storage: Any) -> None:
         """After a commit: register what was written; a deletion rebuilds the service from
