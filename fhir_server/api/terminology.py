@@ -127,37 +127,38 @@ def _instance_url(svc: FhirService, resource_type: str, rid: str) -> str:
     if not isinstance(url, str) or not url:
         raise error(422, "processing", f"{resource_type}/{rid} has no url to operate on")
     # A stored ValueSet or ConceptMap the service has not taken yet (written by another
-    # process, or through storage directly) is registered now.
-    if resource_type in ("ValueSet", "ConceptMap"):
-        known = {
-            "ValueSet": lambda: svc.terminology.service.value_set(url),
-            "ConceptMap": lambda: svc.terminology.service.concept_map(url),
-        }[resource_type]
-        try:
-            known()
-        except TerminologyError:
-            svc.terminology.register(resource_type, resource)
+    # process) is registered now.
+    if not svc.terminology.knows(resource_type, url):
+        svc.terminology.register(resource_type, resource)
     return url
 
 
-def _run(op: Operation, svc: FhirService, inputs: dict[str, Any], url: str | None) -> dict:
+def _call(op: Operation, svc: FhirService, inputs: dict[str, Any], url: str | None) -> dict:
     try:
-        try:
-            return op.run(svc.terminology.service, inputs, url)
-        except TerminologyError as exc:
-            # A ValueSet / ConceptMap stored by another process is taken on first use.
-            wanted = url or inputs.get("url")
-            if exc.status != 404 or not isinstance(wanted, str):
-                raise
-            if not svc.terminology.refresh(op.resource_type, wanted):
-                raise
-            return op.run(svc.terminology.service, inputs, url)
+        return op.run(svc.terminology.service, inputs, url)
     except TerminologyError:
         raise
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
         # Inputs of the wrong shape the library did not anticipate: the client's fault.
         log.warning("malformed $%s input: %r", op.name, exc)
         raise TerminologyError(f"malformed input for ${op.name}: {exc}") from None
+
+
+async def _answer(op: Operation, svc: FhirService, inputs: dict[str, Any],
+                  url: str | None) -> dict:
+    try:
+        if op.inline:
+            return _call(op, svc, inputs, url)
+        return await run_in_threadpool(_call, op, svc, inputs, url)
+    except TerminologyError as exc:
+        # A ValueSet / ConceptMap stored by another process (a second worker, an import)
+        # is looked for in storage and taken on first use.
+        wanted = url or inputs.get("url")
+        if exc.status != 404 or not isinstance(wanted, str):
+            raise
+        if not await run_in_threadpool(svc.terminology.refresh, op.resource_type, wanted):
+            raise
+        return await run_in_threadpool(_call, op, svc, inputs, url)
 
 
 def _handler(op: Operation, instance: bool) -> Callable[..., Any]:
@@ -170,10 +171,7 @@ def _handler(op: Operation, instance: bool) -> Callable[..., Any]:
             if instance:
                 rid = request.path_params["rid"]
                 url = await run_in_threadpool(_instance_url, svc, op.resource_type, rid)
-            if op.inline:
-                result = _run(op, svc, inputs, url)
-            else:
-                result = await run_in_threadpool(_run, op, svc, inputs, url)
+            result = await _answer(op, svc, inputs, url)
         except TerminologyError as exc:
             return fhir_response(exc.to_operation_outcome(), exc.status)
         return fhir_response(result, 200, None, pretty(request))

@@ -189,6 +189,18 @@ class ServerTerminology:
             return False
         return True
 
+    def knows(self, resource_type: str, url: str) -> bool:
+        """Whether a ValueSet / ConceptMap with this url is registered (other types: True,
+        there is nothing to register)."""
+        lookups = {"ValueSet": self.service.value_set, "ConceptMap": self.service.concept_map}
+        if resource_type not in lookups:
+            return True
+        try:
+            lookups[resource_type](url)
+        except TerminologyError:
+            return False
+        return True
+
     def refresh(self, resource_type: str, url: str) -> bool:
         """Register the stored ValueSet / ConceptMap with this url, if there is one: it may
         have been written by another process (a second worker, `diatabase import`)."""
