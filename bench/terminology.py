@@ -7,7 +7,7 @@ clients do not share its interpreter; the clients are plain asyncio keep-alive H
 connections (an HTTP library would cost more CPU than the server on a small machine).
 Each figure is the median of `--runs` runs.
 
-    python bench/terminology.py [--seconds 2] [--clients 8] [--runs 3] [--expand 200]
+    python bench/terminology.py [--seconds 1.5] [--clients 8] [--runs 3] [--expand 200]
                                 [--workers 1] [--extract 5000]
 """
 
@@ -183,7 +183,7 @@ def extraction_us(n: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=2.0, help="per throughput run")
+    parser.add_argument("--seconds", type=float, default=1.5, help="per throughput run")
     parser.add_argument("--clients", type=int, default=8, help="concurrent connections")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--expand", type=int, default=200, help="$expand requests per run")
