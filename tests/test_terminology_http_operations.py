@@ -376,3 +376,13 @@ def test_malformed_inline_value_sets_are_refused_cleanly(
         "name": "valueSet", "resource": {"resourceType": "ValueSet", "compose": compose}})
     assert response.status_code in (400, 404), response.text
     assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_accept_language_gives_the_display_language(client: httpx.Client) -> None:
+    params = {"system": ICD10, "code": "E11.9"}
+    french = client.get("/CodeSystem/$lookup", params=params,
+                        headers={"accept-language": "fr-FR,fr;q=0.9,en;q=0.5"})
+    assert one(french.json(), "display") == "Diabète sucré de type 2, sans complication"
+    english = client.get("/CodeSystem/$lookup", params={**params, "displayLanguage": "en"},
+                         headers={"accept-language": "fr-FR"})
+    assert one(english.json(), "display") == "Type 2 diabetes mellitus without complications"

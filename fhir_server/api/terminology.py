@@ -107,7 +107,21 @@ async def _inputs(request: Request) -> dict[str, Any]:
         # Query parameters of a POST still count, as for searches (the body wins).
         inputs = {**_query_inputs(request), **parse_parameters(body)}
     _check_integers(inputs)
+    if "displayLanguage" not in inputs:
+        # R4: without displayLanguage, the Accept-Language header says which one.
+        language = _accepted_language(request.headers.get("accept-language", ""))
+        if language:
+            inputs["displayLanguage"] = language
     return inputs
+
+
+def _accepted_language(header: str) -> str | None:
+    """The first language of an Accept-Language header (`fr-FR,fr;q=0.9` -> `fr`)."""
+    for item in header.split(","):
+        tag = item.split(";")[0].strip().split("-")[0].lower()
+        if tag and tag != "*":
+            return tag
+    return None
 
 
 def _check_integers(inputs: dict[str, Any]) -> None:
