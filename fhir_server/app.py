@@ -9,11 +9,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhir_server.api.http import fhir_response
 from fhir_server.api.metadata import build_metadata_router
 from fhir_server.api.rest import build_router
+from fhir_server.api.terminology import build_terminology_router, register_operations
 from fhir_server.model.outcome import FhirError, Issue, outcome
 from fhir_server.search.errors import SearchError
 from fhir_server.service.fhir import FhirService
@@ -33,6 +35,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
+        await run_in_threadpool(_seed_terminology, service)
         yield
         service.storage.close()
 
@@ -46,6 +49,8 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     )
     app.state.settings = settings
     app.state.fhir = service
+    app.state.operations = {}
+    register_operations(app.state.operations)
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError) -> Response:
@@ -83,5 +88,16 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         return fhir_response(body, 500)
 
     app.include_router(build_metadata_router())
+    # Before the generic /{type}/{id} routes, which would take `$lookup` for an id.
+    app.include_router(build_terminology_router())
     app.include_router(build_router())
     return app
+
+
+def _seed_terminology(service: FhirService) -> None:
+    """Shipped CodeSystems, ValueSets and ConceptMaps stored if absent, stored ValueSets and
+    ConceptMaps registered; a failure is logged and the server still serves its data."""
+    try:
+        service.terminology.seed(service.resources)
+    except Exception:
+        log.exception("terminology resources could not be stored or registered at start")

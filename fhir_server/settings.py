@@ -23,6 +23,8 @@ class Settings:
     max_count: int = 1000
     # Extra validators are added by the profiles and terminology parts of the server.
     require_profiles: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # Full terminology tables written by `diatabase terminology load` (None: shipped subsets).
+    terminology_dir: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -32,6 +34,7 @@ class Settings:
             "max_body_bytes": _env_int("DIATABASE_MAX_BODY_BYTES", 50 * 1024 * 1024),
             "default_count": _env_int("DIATABASE_DEFAULT_COUNT", 50),
             "max_count": _env_int("DIATABASE_MAX_COUNT", 1000),
+            "terminology_dir": os.environ.get("DIATABASE_TERMINOLOGY_DIR") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from fhir_server.search.registry import SearchParamRegistry
 from fhir_server.service.bundles import BundleProcessor
 from fhir_server.service.resources import ResourceService, Validator
 from fhir_server.service.search import SearchService
+from fhir_server.service.terminology import ServerTerminology
 from fhir_server.settings import Settings
 from fhir_server.storage.base import Storage
 
@@ -26,17 +27,34 @@ class FhirService:
         registry: SearchParamRegistry | None = None,
         validators: Sequence[Validator] = (),
         canonicalize: Any = None,
+        terminology: ServerTerminology | None = None,
     ) -> None:
         self.storage = storage
         self.settings = settings
         self.registry = registry or SearchParamRegistry.default()
+<<<<<<< HEAD
         # Absolute references to our own base index like relative ones.
         local_bases = (settings.base_url,) if settings.base_url else ()
         self.extractor = IndexExtractor(
             self.registry, canonicalize=canonicalize, local_bases=local_bases
         )
+=======
+        # Terminology hooks: :below/:above/:in/:not-in and cross-unit quantity search in
+        # storage, canonical UCUM forms at extraction, and ValueSets / ConceptMaps written
+        # through the API registered into the terminology service once committed.
+        self.terminology = terminology or ServerTerminology(
+            getattr(settings, "terminology_dir", None)
+        )
+        self.terminology.attach(storage)
+        if canonicalize is None:
+            canonicalize = self.terminology.canonicalize
+        self.extractor = IndexExtractor(self.registry, canonicalize=canonicalize)
+>>>>>>> termserver
         self.resources = ResourceService(
-            storage, self.extractor.extract, self._parse_conditional, validators
+            self.terminology.observe(storage),
+            self.extractor.extract,
+            self._parse_conditional,
+            validators,
         )
         self.search = SearchService(storage, self.registry, settings)
 
