@@ -32,13 +32,6 @@ class FhirService:
         self.storage = storage
         self.settings = settings
         self.registry = registry or SearchParamRegistry.default()
-<<<<<<< HEAD
-        # Absolute references to our own base index like relative ones.
-        local_bases = (settings.base_url,) if settings.base_url else ()
-        self.extractor = IndexExtractor(
-            self.registry, canonicalize=canonicalize, local_bases=local_bases
-        )
-=======
         # Terminology hooks: :below/:above/:in/:not-in and cross-unit quantity search in
         # storage, canonical UCUM forms at extraction, and ValueSets / ConceptMaps written
         # through the API registered into the terminology service once committed.
@@ -48,8 +41,11 @@ class FhirService:
         self.terminology.attach(storage)
         if canonicalize is None:
             canonicalize = self.terminology.canonicalize
-        self.extractor = IndexExtractor(self.registry, canonicalize=canonicalize)
->>>>>>> termserver
+        # Absolute references to our own base index like relative ones.
+        local_bases = (settings.base_url,) if settings.base_url else ()
+        self.extractor = IndexExtractor(
+            self.registry, canonicalize=canonicalize, local_bases=local_bases
+        )
         self.resources = ResourceService(
             self.terminology.observe(storage),
             self.extractor.extract,
