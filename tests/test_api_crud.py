@@ -375,3 +375,19 @@ def test_capability_statement(client: httpx.Client) -> None:
     assert params["subject"] == "reference"
     assert params["_id"] == "token"
     assert {"transaction", "batch", "history-system"} <= {i["code"] for i in rest["interaction"]}
+
+
+def test_resources_declaring_fhir_4_0_1_are_accepted(client: httpx.Client) -> None:
+    """The vendored schema stops at 4.0.0; R4's 4.0.1 must still be a valid fhirVersion."""
+    capability = {
+        "resourceType": "CapabilityStatement",
+        "status": "draft",
+        "date": "2024-01-01",
+        "kind": "instance",
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+    }
+    assert client.post("/CapabilityStatement", json=capability).status_code == 201
+    assert_outcome(
+        client.post("/CapabilityStatement", json={**capability, "fhirVersion": "9.9.9"}), 400
+    )

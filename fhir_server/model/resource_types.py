@@ -14,9 +14,28 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 @cache
 def fhir_schema() -> dict[str, Any]:
-    """The official FHIR R4 JSON Schema (fhir.schema.json), loaded once."""
+    """The official FHIR R4 JSON Schema (fhir.schema.json), loaded once.
+
+    The published schema was generated for 4.0.0, so its FHIRVersion enums stop there; R4's
+    technical correction 4.0.1 (what this server speaks) is added in memory, the file itself
+    stays unmodified.
+    """
     data = resources.files("fhir_server.model").joinpath("data/fhir.schema.json.gz").read_bytes()
-    return json.loads(gzip.decompress(data))
+    schema = json.loads(gzip.decompress(data))
+    _allow_fhir_401(schema)
+    return schema
+
+
+def _allow_fhir_401(node: Any) -> None:
+    if isinstance(node, dict):
+        enum = node.get("enum")
+        if isinstance(enum, list) and "4.0.0" in enum and "4.0.1" not in enum:
+            enum.append("4.0.1")
+        for value in node.values():
+            _allow_fhir_401(value)
+    elif isinstance(node, list):
+        for value in node:
+            _allow_fhir_401(value)
 
 
 @cache
