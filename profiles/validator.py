@@ -251,6 +251,8 @@ class _Run:
                     self.check_choice(child, keys, parent[1])
                 if nodes:
                     self.check_values(child, nodes)
+                elif child.slices:
+                    self.check_slices(child, nodes, where)
 
     def check_choice(self, rule: ElementRule, keys: list[str], parent_expression: str) -> None:
         allowed = " or ".join(rule.types)
@@ -267,8 +269,8 @@ class _Run:
     def check_values(self, rule: ElementRule, nodes: list[Node]) -> None:
         for node in nodes:
             self.check_value(rule, node)
-        if rule.slices:
-            self.check_slices(rule, nodes)
+        if rule.slices and nodes:
+            self.check_slices(rule, nodes, nodes[0][1].rsplit("[", 1)[0])
         if rule.children:
             self.check_children(rule, nodes)
 
@@ -398,7 +400,7 @@ class _Run:
 
     # -- slicing --------------------------------------------------------------------------
 
-    def check_slices(self, rule: ElementRule, nodes: list[Node]) -> None:
+    def check_slices(self, rule: ElementRule, nodes: list[Node], parent: str) -> None:
         matched: dict[str, list[Node]] = {name: [] for name in rule.slices}
         unmatched: list[Node] = []
         for node in nodes:
@@ -407,7 +409,6 @@ class _Run:
                 unmatched.append(node)
             else:
                 matched[name].append(node)
-        parent = nodes[0][1].rsplit("[", 1)[0] if nodes else rule.element_id
         for name, piece in rule.slices.items():
             label = f"{parent} (slice {name})"
             self.check_cardinality(piece, len(matched[name]), parent, label)
