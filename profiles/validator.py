@@ -198,7 +198,9 @@ class _Run:
     # -- walking ---------------------------------------------------------------------------
 
     def collect(self, rule: ElementRule, parent: Node) -> tuple[list[Node], list[str]]:
-        """The values of `rule` under `parent`, and (for choices) the JSON keys found."""
+        """The values of `rule` under `parent`, and (for choices) the JSON keys found.
+        Values of a choice type the profile does not allow are left out (the type error is
+        reported once, by check_choice)."""
         value, expression = parent
         if not isinstance(value, dict):
             return [], []
@@ -212,6 +214,8 @@ class _Run:
             keys = [rule.name] if rule.name in value else []
         nodes: list[Node] = []
         for key in keys:
+            if rule.choice_keys and key not in rule.choice_keys:
+                continue
             found = value[key]
             path = f"{expression}.{key}"
             if isinstance(found, list):
@@ -246,7 +250,8 @@ class _Run:
                 where = f"{parent[1]}.{child.name}"
                 if child.is_choice and len(keys) == 1:
                     where = f"{parent[1]}.{keys[0]}"
-                self.check_cardinality(child, len(nodes), where, where)
+                count = len(keys) if child.is_choice else len(nodes)
+                self.check_cardinality(child, count, where, where)
                 if child.choice_keys:
                     self.check_choice(child, keys, parent[1])
                 if nodes:
@@ -371,11 +376,17 @@ class _Run:
 
     def check_ranges(self, rule: ElementRule, quantity: dict, expression: str) -> None:
         number = quantity.get("value")
-        unit = quantity.get("code") or quantity.get("unit")
         if not isinstance(number, int | float) or isinstance(number, bool):
             return
-        if not isinstance(unit, str):
-            return
+        unit = quantity.get("code")
+        if isinstance(unit, str):
+            if not ucum.is_valid_unit(unit):
+                return  # a wrong unit code is reported by the unit / binding checks
+        else:
+            display = quantity.get("unit")  # no code: the human unit, if it is a known one
+            unit = ucum.normalize_unit(display) if isinstance(display, str) else None
+            if unit is None or not ucum.is_valid_unit(unit):
+                return
         for plausible in rule.ranges:
             factor = plausible.factor(unit)
             if factor is None:
