@@ -35,15 +35,19 @@ class Invariant:
     fast: Any  # compiled closure, or None when only fhirpathpy can evaluate it
     slow: Any = None  # fhirpathpy's compiled function, made on first need
 
-    def evaluate(self, context: Any, root: dict) -> list:
+    def evaluate(self, context: Any, root: dict) -> list | None:
+        """The FHIRPath result, or None when the expression could not be evaluated."""
         if self.fast is not None:
             try:
                 return self.fast(context, root)
             except Unsupported:
                 pass  # data the fast path does not handle: let fhirpathpy decide
-        if self.slow is None:
-            self.slow = fhirpathpy.compile(self.expression, R4_MODEL)
-        return self.slow(context, {"resource": root, "rootResource": root})
+        try:
+            if self.slow is None:
+                self.slow = fhirpathpy.compile(self.expression, R4_MODEL)
+            return self.slow(context, {"resource": root, "rootResource": root})
+        except Exception:  # noqa: BLE001 - a library failure must not fail the write
+            return None
 
 
 @dataclass(slots=True)

@@ -316,7 +316,14 @@ class _Run:
                 self.check_ranges(rule, value, expression)
         for invariant in rule.invariants:
             result = invariant.evaluate(value, self.resource)
-            if result == [False]:
+            if result is None:
+                self.add(
+                    "warning",
+                    "invariant",
+                    expression,
+                    f"rule {invariant.key} could not be evaluated here ({invariant.expression})",
+                )
+            elif result == [False]:
                 code = "invariant"
                 self.add(
                     invariant.severity,
