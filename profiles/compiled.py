@@ -16,7 +16,7 @@ import fhirpathpy
 from fhirpathpy.models import models
 
 from profiles.definitions import PLAUSIBLE_RANGE_URL
-from profiles.fhirpath_fast import Unsupported, compile_fhirpath
+from profiles.fhirpath_fast import CHOICE_SUFFIXES, Unsupported, compile_fhirpath
 from terminology import ucum
 
 R4_MODEL = models["r4"]
@@ -95,14 +95,12 @@ class ElementRule:
     slices: dict[str, ElementRule] = field(default_factory=dict)
     children: dict[str, ElementRule] = field(default_factory=dict)
     checks_unit: bool = False  # a Quantity whose unit the validator checks against UCUM
-
-    @property
-    def is_choice(self) -> bool:
-        return self.name.endswith("[x]")
-
-    @property
-    def base_name(self) -> str:
-        return self.name[:-3] if self.is_choice else self.name
+    # Precomputed by _finish, so the hot path reads plain attributes:
+    is_choice: bool = False
+    base_name: str = ""
+    all_choice_keys: frozenset[str] = frozenset()  # every R4 spelling of the choice
+    checks_cardinality: bool = False
+    checks_values: bool = False  # anything for check_value to do
 
 
 @dataclass(slots=True)
@@ -219,10 +217,24 @@ def _plausible_range(extension: dict, where: str) -> PlausibleRange:
 
 
 def _finish(rule: ElementRule) -> None:
-    if rule.is_choice and rule.types:
-        rule.choice_keys = {rule.base_name + t[0].upper() + t[1:]: t for t in rule.types}
+    rule.is_choice = rule.name.endswith("[x]")
+    rule.base_name = rule.name[:-3] if rule.is_choice else rule.name
+    if rule.is_choice:
+        rule.all_choice_keys = frozenset(rule.base_name + t for t in CHOICE_SUFFIXES)
+        if rule.types:
+            rule.choice_keys = {rule.base_name + t[0].upper() + t[1:]: t for t in rule.types}
     code_child = rule.children.get("code")
     rule.checks_unit = "Quantity" in rule.types and not (code_child and code_child.binding)
+    rule.checks_cardinality = rule.min > 0 or rule.max is not None
+    rule.checks_values = bool(
+        rule.has_fixed
+        or rule.has_pattern
+        or rule.target_types
+        or rule.binding
+        or rule.invariants
+        or rule.ranges
+        or rule.checks_unit
+    )
     for child in rule.children.values():
         _finish(child)
     for piece in rule.slices.values():

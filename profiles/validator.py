@@ -206,10 +206,8 @@ class _Run:
             return [], []
         keys: list[str]
         if rule.is_choice:
-            base = rule.base_name
-            keys = [
-                k for k in value if k.startswith(base) and k[len(base) : len(base) + 1].isupper()
-            ]
+            choices = rule.all_choice_keys
+            keys = [k for k in value if k in choices]
         else:
             keys = [rule.name] if rule.name in value else []
         nodes: list[Node] = []
@@ -247,17 +245,24 @@ class _Run:
                 if not isinstance(parent[0], dict):
                     continue
                 nodes, keys = self.collect(child, parent)
-                where = f"{parent[1]}.{child.name}"
-                if child.is_choice and len(keys) == 1:
-                    where = f"{parent[1]}.{keys[0]}"
-                count = len(keys) if child.is_choice else len(nodes)
-                self.check_cardinality(child, count, where, where)
-                if child.choice_keys:
+                if child.checks_cardinality:
+                    count = len(keys) if child.is_choice else len(nodes)
+                    if count < child.min or (child.max is not None and count > child.max):
+                        where = self.where(child, parent, keys)
+                        self.check_cardinality(child, count, where, where)
+                if child.choice_keys and keys:
                     self.check_choice(child, keys, parent[1])
                 if nodes:
                     self.check_values(child, nodes)
                 elif child.slices:
-                    self.check_slices(child, nodes, where)
+                    self.check_slices(child, nodes, self.where(child, parent, keys))
+
+    @staticmethod
+    def where(rule: ElementRule, parent: Node, keys: list[str]) -> str:
+        """The FHIRPath of an element that may be absent (`Observation.effective[x]`)."""
+        if rule.is_choice and len(keys) == 1:
+            return f"{parent[1]}.{keys[0]}"
+        return f"{parent[1]}.{rule.name}"
 
     def check_choice(self, rule: ElementRule, keys: list[str], parent_expression: str) -> None:
         allowed = " or ".join(rule.types)
@@ -272,8 +277,9 @@ class _Run:
                 )
 
     def check_values(self, rule: ElementRule, nodes: list[Node]) -> None:
-        for node in nodes:
-            self.check_value(rule, node)
+        if rule.checks_values:
+            for node in nodes:
+                self.check_value(rule, node)
         if rule.slices and nodes:
             self.check_slices(rule, nodes, nodes[0][1].rsplit("[", 1)[0])
         if rule.children:
@@ -430,8 +436,9 @@ class _Run:
         for name, piece in rule.slices.items():
             label = f"{parent} (slice {name})"
             self.check_cardinality(piece, len(matched[name]), parent, label)
-            for node in matched[name]:
-                self.check_value(piece, node)
+            if piece.checks_values:
+                for node in matched[name]:
+                    self.check_value(piece, node)
             if piece.children and matched[name]:
                 self.check_children(piece, matched[name])
         if rule.slicing and rule.slicing.rules == "closed":
