@@ -131,3 +131,11 @@ def test_unknown_foreign_profile_can_be_rejected(
         assert [(i.severity, i.code) for i in warnings] == [("warning", "not-supported")]
     finally:
         lenient.storage.close()
+
+
+def test_rule_with_an_unknown_profile_fails_at_start(
+    tmp_path: Path, terminology: TerminologyService
+) -> None:
+    with pytest.raises(RuleError, match="BloodGlucos, which is not loaded"):
+        service(tmp_path, terminology,
+                require_profiles=(("Observation", "https://diatabase.org/fhir/x/BloodGlucos"),))

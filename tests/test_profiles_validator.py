@@ -17,6 +17,8 @@ from profiles import (
     ProfileIssue,
     ProfileValidator,
 )
+from profiles.compiled import ProfileDefinitionError
+from profiles.validator import validate_definitions
 from terminology import TerminologyService
 from tests.profile_examples import (
     INS_SYSTEM,
@@ -408,3 +410,38 @@ def test_generic_rules_on_a_custom_profile() -> None:
     device.update(status="active", identifier=[{"system": "urn:example:serial", "value": "1"}])
     del device["note"]
     assert [i.severity for i in validator.validate(device)] == ["warning"]
+
+
+def test_invariant_outside_the_subset_falls_back_to_fhirpathpy() -> None:
+    definition = copy.deepcopy(CUSTOM)
+    definition["differential"]["element"] = [
+        {"id": "Device", "path": "Device", "constraint": [
+            # `iif` is outside the compiled subset: fhirpathpy evaluates it
+            {"key": "dev-1", "severity": "error", "human": "A device needs a serial number",
+             "expression": "iif(serialNumber.exists(), true, false)"},
+            # fhirpathpy cannot evaluate `$this` at the top: a warning, not a crash
+            {"key": "dev-2", "severity": "error", "human": "unevaluable",
+             "expression": "$this.descendants().exists()"},
+        ]},
+    ]
+    validator = ProfileValidator(TerminologyService(), [definition])
+    device = {"resourceType": "Device", "meta": {"profile": [CUSTOM["url"]]}}
+    found = {(i.severity, i.code, i.expression, i.message.split(":")[1].strip()[:14])
+             for i in validator.validate(device)}
+    assert found == {
+        ("error", "invariant", "Device", "A device needs"),
+        ("warning", "invariant", "Device", "rule dev-2 cou"),
+    }
+    device["serialNumber"] = "SN-1"
+    assert [i.severity for i in validator.validate(device)] == ["warning"]
+
+
+def test_unusable_definitions_are_named() -> None:
+    broken = copy.deepcopy(CUSTOM)
+    broken["differential"]["element"].append({"id": "Observation.code", "path": "Observation.code"})
+    assert validate_definitions([CUSTOM]) == []
+    problems = validate_definitions([broken, {"resourceType": "Patient"}])
+    assert len(problems) == 2
+    assert "Observation.code is not on Device" in problems[0]
+    with pytest.raises(ProfileDefinitionError):
+        ProfileValidator(TerminologyService(), [broken])

@@ -22,6 +22,7 @@ from profiles import (
     ProfileIssue,
     ProfileValidator,
     RequiredProfiles,
+    RuleError,
     load_search_parameters,
 )
 from terminology import TerminologyService
@@ -51,6 +52,10 @@ class FhirService:
         self.required_profiles = RequiredProfiles.from_pairs(
             settings.require_profiles, self.terminology
         )
+        for rule in self.required_profiles.rules:
+            if not self.profiles.knows(rule.profile):
+                # fail at start, not on every write
+                raise RuleError(f"a profile rule requires {rule.profile}, which is not loaded")
         if settings.validate_profiles:
             validators = [*validators, self.check_profiles]
         self.resources = ResourceService(
