@@ -82,6 +82,8 @@ class ProfileValidator:
         self, resource: dict, profiles: Sequence[str] | None = None
     ) -> list[ProfileIssue]:
         """Every problem of `resource` against `profiles` (default: its meta.profile)."""
+        if not isinstance(resource, dict):
+            return [ProfileIssue("error", "structure", "Resource", "A resource is a JSON object")]
         if profiles is None:
             profiles = self.claimed_profiles(resource)
         issues: list[ProfileIssue] = []
@@ -129,8 +131,9 @@ class ProfileValidator:
 
 def _describe(value: Any) -> str:
     if isinstance(value, dict):
-        if "coding" in value:
-            return ", ".join(_describe(c) for c in value.get("coding") or ()) or "no coding"
+        codings = value.get("coding")
+        if isinstance(codings, list):
+            return ", ".join(_describe(c) for c in codings) or "no coding"
         if "code" in value or "system" in value:
             return f"{value.get('system', '(no system)')}#{value.get('code', '(no code)')}"
     return repr(value)
@@ -150,6 +153,14 @@ def _contains_pattern(value: Any, pattern: Any) -> bool:
         values = value if isinstance(value, list) else [value]
         return all(any(_contains_pattern(v, p) for v in values) for p in pattern)
     return value == pattern
+
+
+def _pair(coding: Any) -> tuple[str, str] | None:
+    """(system, code) of a Coding (or Quantity), None unless both are strings."""
+    if not isinstance(coding, dict):
+        return None
+    system, code = coding.get("system"), coding.get("code")
+    return (system, code) if isinstance(system, str) and isinstance(code, str) else None
 
 
 def _reference_type(reference: dict, root: dict) -> str | None:
@@ -353,15 +364,10 @@ class _Run:
         if isinstance(value, str):
             ok = value in bare
         elif isinstance(value, dict) and "coding" in value:
-            ok = any(
-                (c.get("system"), c.get("code")) in pairs
-                for c in value.get("coding") or ()
-                if isinstance(c, dict)
-            )
-        elif isinstance(value, dict):
-            ok = (value.get("system"), value.get("code")) in pairs
+            codings = value.get("coding")
+            ok = isinstance(codings, list) and any(_pair(c) in pairs for c in codings)
         else:
-            ok = False
+            ok = _pair(value) in pairs
         if ok:
             return
         severity = "error" if strength == "required" else "warning"
