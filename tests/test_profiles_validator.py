@@ -445,3 +445,15 @@ def test_unusable_definitions_are_named() -> None:
     assert "Observation.code is not on Device" in problems[0]
     with pytest.raises(ProfileDefinitionError):
         ProfileValidator(TerminologyService(), [broken])
+
+
+def test_unit_that_does_not_match_the_code_kind_is_a_warning(validator: ProfileValidator) -> None:
+    """2339-0 is Glucose [Mass/volume]: in mmol/L the value is accepted, with a warning."""
+    molar_unit = glucose(6.3, "mmol/L", "2339-0")
+    found = validator.validate(molar_unit)
+    assert [(i.severity, i.code, i.expression) for i in found] == [
+        ("warning", "invariant", "Observation")
+    ]
+    assert "bg-3" in found[0].message
+    mass_unit = glucose(113, "mg/dL", "15074-8")
+    assert ["bg-4" in i.message for i in validator.validate(mass_unit)] == [True]
