@@ -77,6 +77,9 @@ def test_unit_consistency_over_http(client: httpx.Client) -> None:
         ("error", "processing", "Observation"),
         ("error", "business-rule", "Observation.valueQuantity.value"),
     }
+    assert body["issue"][0]["diagnostics"].startswith(
+        "The Observation does not conform to BloodGlucose: 1 problem"
+    )
     assert any("1800 mg/dL" in i["diagnostics"] for i in body["issue"])
     assert stored_count(client, "Observation", value) == 0
 
@@ -205,6 +208,12 @@ def test_validate_instance_level(client: httpx.Client) -> None:
     found = issue_pairs(stored.json())
     assert ("error", "code-invalid", "Observation.code.coding[0]") in found
     assert ("error", "required", "Observation.subject") in found
+    as_get = client.get(f"/Observation/{rid}/$validate", params={"profile": BLOOD_GLUCOSE})
+    assert as_get.status_code == 200
+    assert issue_pairs(as_get.json()) == found
+    assert client.get(f"/Observation/{rid}/$validate").json()["issue"][0]["diagnostics"] == (
+        "No problems found"
+    )
     deletable = client.post(f"/Observation/{rid}/$validate", params={"mode": "delete"})
     assert deletable.json()["issue"][0]["severity"] == "information"
     wrong_id = dict(glucose(), id="someone-else")

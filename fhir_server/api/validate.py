@@ -1,6 +1,7 @@
 """`$validate` (R4 Resource-validate) at type and instance level.
 
-`POST /{type}/$validate` and `POST /{type}/{id}/$validate`; the body is the resource, or a
+`POST /{type}/$validate`, `POST /{type}/{id}/$validate` and `GET /{type}/{id}/$validate`
+(the stored resource); the body is the resource, or a
 Parameters resource with `resource`, `profile` and `mode` (create | update | delete).
 `profile` and `mode` may also be given in the query. The answer is always 200 with an
 OperationOutcome (an `information` issue when nothing is wrong): what a write of that
@@ -71,16 +72,19 @@ def _answer(request: Request, issues: list[Issue]) -> Response:
 def build_validate_router() -> APIRouter:
     router = APIRouter()
 
-    async def validate(request: Request, resource_type: str, rid: str | None) -> Response:
+    async def validate(
+        request: Request, resource_type: str, rid: str | None, with_body: bool = True
+    ) -> Response:
         check_accept(request)
         svc: FhirService = request.app.state.fhir
         svc.resources.check_type(resource_type)
-        try:
-            body = await read_body(request, request.app.state.settings.max_body_bytes)
-        except FhirError as exc:
-            if exc.status != 400 or exc.issues[0].code != "required":
-                raise
-            body = None  # instance level: validate the stored resource
+        body = None  # instance level without a body: validate the stored resource
+        if with_body:
+            try:
+                body = await read_body(request, request.app.state.settings.max_body_bytes)
+            except FhirError as exc:
+                if exc.status != 400 or exc.issues[0].code != "required":
+                    raise
         resource, profiles, mode = _inputs(request, body)
         if mode == "delete":
             if rid is None:
@@ -126,5 +130,10 @@ def build_validate_router() -> APIRouter:
     @router.post("/{resource_type}/{rid}/$validate")
     async def validate_instance(request: Request, resource_type: str, rid: str) -> Response:
         return await validate(request, resource_type, rid)
+
+    @router.get("/{resource_type}/{rid}/$validate")
+    async def validate_stored(request: Request, resource_type: str, rid: str) -> Response:
+        """GET form (R4 allows it when no resource is passed): profile and mode in the query."""
+        return await validate(request, resource_type, rid, with_body=False)
 
     return router

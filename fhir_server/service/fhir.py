@@ -101,7 +101,7 @@ class FhirService:
                     )
                 ]
             )
-        return profile_issues(resource, found)
+        return profile_issues(resource, found, wanted)
 
     def validate_resource(self, resource: Any, profiles: Sequence[str] = ()) -> list[Issue]:
         """$validate: structure, claimed and required profiles, plus `profiles`."""
@@ -150,17 +150,20 @@ class FhirService:
         )
 
 
-def profile_issues(resource: dict[str, Any], found: list[ProfileIssue]) -> list[Issue]:
+def profile_issues(
+    resource: dict[str, Any], found: list[ProfileIssue], profiles: Sequence[str]
+) -> list[Issue]:
     """ProfileIssues as server Issues; a summary issue (code `processing`) comes first when
     there are errors, so a well-formed resource that breaks a profile is a 422."""
     issues = [Issue(i.severity, i.code, i.message, (i.expression,)) for i in found]
     errors = [i for i in found if i.severity in ("error", "fatal")]
     if errors:
         resource_type = resource.get("resourceType", "resource")
+        names = ", ".join(p.split("|")[0].rsplit("/", 1)[-1] for p in profiles)
         summary = Issue(
             "error",
             "processing",
-            f"The {resource_type} does not conform to its profiles: {len(errors)} "
+            f"The {resource_type} does not conform to {names}: {len(errors)} "
             f"problem{'s' if len(errors) > 1 else ''} (listed below)",
             (resource_type,),
         )
