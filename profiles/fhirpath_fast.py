@@ -175,8 +175,21 @@ def _literal(node: dict) -> Compiled:
         return lambda items, env: []
     else:
         raise Unsupported(kind)
-    constant = [value]
-    return lambda items, env: constant
+    return _constant([value])
+
+
+def _constant(values: Collection) -> Compiled:
+    """A closure that returns a fixed collection, marked so that operators can fold it."""
+
+    def constant(items: Collection, env: Env) -> Collection:
+        return values
+
+    constant.values = values  # type: ignore[attr-defined]
+    return constant
+
+
+def _constant_values(compiled: Compiled) -> Collection | None:
+    return getattr(compiled, "values", None)
 
 
 def _external_constant(node: dict) -> Compiled:
@@ -190,7 +203,7 @@ def _external_constant(node: dict) -> Compiled:
 
 
 def _parenthesized(node: dict) -> Compiled:
-    return _compile(node["children"][0])
+    return _compile(node["children"][0])  # a folded constant stays one
 
 
 def _binary(node: dict) -> tuple[Compiled, Compiled, str]:
@@ -203,6 +216,17 @@ def _equality(node: dict) -> Compiled:
     if op not in ("=", "!="):
         raise Unsupported(op)
     negate = op == "!="
+    fixed = _constant_values(right)
+    if fixed is not None and len(fixed) == 1:
+        expected = fixed[0]
+
+        def equality_to_constant(items: Collection, env: Env) -> Collection:
+            a = left(items, env)
+            if not a:
+                return []
+            return [(len(a) == 1 and _equal(a[0], expected)) != negate]
+
+        return equality_to_constant
 
     def equality(items: Collection, env: Env) -> Collection:
         a, b = left(items, env), right(items, env)
@@ -240,6 +264,18 @@ def _membership(node: dict) -> Compiled:
     left, right, op = _binary(node)
     if op == "contains":
         left, right = right, left
+    fixed = _constant_values(right)
+    if fixed is not None and all(isinstance(v, str) for v in fixed):
+        strings = frozenset(fixed)
+
+        def membership_in_strings(items: Collection, env: Env) -> Collection:
+            a = left(items, env)
+            if not a:
+                return []
+            value = _singleton(a)
+            return [isinstance(value, str) and value in strings]
+
+        return membership_in_strings
 
     def membership(items: Collection, env: Env) -> Collection:
         a = left(items, env)
@@ -251,15 +287,22 @@ def _membership(node: dict) -> Compiled:
     return membership
 
 
+def _union_of(values: Collection) -> Collection:
+    out: Collection = []
+    for value in values:
+        if not any(_equal(value, seen) for seen in out):
+            out.append(value)
+    return out
+
+
 def _union(node: dict) -> Compiled:
     left, right, _ = _binary(node)
+    a, b = _constant_values(left), _constant_values(right)
+    if a is not None and b is not None:
+        return _constant(_union_of(a + b))  # ('<' | '>') is folded once
 
     def union(items: Collection, env: Env) -> Collection:
-        out: Collection = []
-        for value in left(items, env) + right(items, env):
-            if not any(_equal(value, seen) for seen in out):
-                out.append(value)
-        return out
+        return _union_of(left(items, env) + right(items, env))
 
     return union
 
