@@ -89,6 +89,9 @@ class ElementRule:
     pattern: Any = None
     has_pattern: bool = False
     binding: tuple[str, str] | None = None  # (strength, valueSet url)
+    max_length: int | None = None
+    min_value: Any = None  # a number, or a Quantity dict (minValueQuantity)
+    max_value: Any = None
     invariants: list[Invariant] = field(default_factory=list)
     ranges: list[PlausibleRange] = field(default_factory=list)
     slicing: Slicing | None = None
@@ -129,7 +132,11 @@ def compile_profile(definition: dict) -> CompiledProfile:
 
 
 def _place(root: ElementRule, element: dict, resource_type: str) -> ElementRule:
-    element_id = element.get("id") or element.get("path")
+    element_id = element.get("id")
+    if element_id is None and isinstance(element.get("path"), str):
+        # no id (older tooling): the path, with the slice name if the element starts a slice
+        slice_name = element.get("sliceName")
+        element_id = element["path"] + (f":{slice_name}" if slice_name else "")
     if not isinstance(element_id, str):
         raise ProfileDefinitionError("an ElementDefinition needs an id or a path")
     segments = element_id.split(".")
@@ -170,6 +177,12 @@ def _fill(rule: ElementRule, element: dict) -> None:
             rule.fixed, rule.has_fixed = value, True
         elif key.startswith("pattern"):
             rule.pattern, rule.has_pattern = value, True
+        elif key.startswith("minValue"):
+            rule.min_value = value
+        elif key.startswith("maxValue"):
+            rule.max_value = value
+    if isinstance(element.get("maxLength"), int):
+        rule.max_length = element["maxLength"]
     binding = element.get("binding")
     if binding and binding.get("valueSet") and binding.get("strength") in (
         "required",
@@ -234,6 +247,9 @@ def _finish(rule: ElementRule) -> None:
         or rule.invariants
         or rule.ranges
         or rule.checks_unit
+        or rule.max_length is not None
+        or rule.min_value is not None
+        or rule.max_value is not None
     )
     for child in rule.children.values():
         _finish(child)

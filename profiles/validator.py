@@ -326,6 +326,15 @@ class _Run:
                 )
         if rule.binding is not None:
             self.check_binding(rule.binding, value, expression)
+        if rule.max_length is not None and isinstance(value, str) and len(value) > rule.max_length:
+            self.add(
+                "error",
+                "value",
+                expression,
+                f"{expression} is {len(value)} characters long (at most {rule.max_length})",
+            )
+        if rule.min_value is not None or rule.max_value is not None:
+            self.check_bounds(rule, value, expression)
         if isinstance(value, dict) and "value" in value:
             if rule.checks_unit:
                 self.check_unit(value, expression)
@@ -348,6 +357,34 @@ class _Run:
                     expression,
                     f"{invariant.human} (rule {invariant.key}: {invariant.expression})",
                 )
+
+    def check_bounds(self, rule: ElementRule, value: Any, expression: str) -> None:
+        """minValue[x] / maxValue[x] on numbers, dates (ISO strings compare in order) and
+        Quantities in the bound's unit (converted through UCUM when needed)."""
+        for bound, is_min in ((rule.min_value, True), (rule.max_value, False)):
+            if bound is None:
+                continue
+            actual, limit, unit = value, bound, ""
+            if isinstance(bound, dict):
+                if not isinstance(value, dict):
+                    continue
+                unit = bound.get("code", "")
+                actual, limit = value.get("value"), bound.get("value")
+                if value.get("code") != unit:
+                    try:
+                        actual = ucum.convert(actual, value.get("code", ""), unit)
+                    except (ucum.UnitConversionError, TypeError, ValueError):
+                        continue  # not comparable: the unit checks report wrong units
+            comparable = (
+                isinstance(actual, int | float) and isinstance(limit, int | float)
+            ) or (isinstance(actual, str) and isinstance(limit, str))
+            if not comparable or isinstance(actual, bool):
+                continue
+            if (actual < limit) if is_min else (actual > limit):
+                word = "at least" if is_min else "at most"
+                shown = f"{limit} {unit}".strip()
+                self.add("error", "value", expression,
+                         f"{expression} must be {word} {shown} (found {actual})")
 
     def check_binding(self, binding: tuple[str, str], value: Any, expression: str) -> None:
         strength, url = binding

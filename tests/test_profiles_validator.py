@@ -457,3 +457,42 @@ def test_unit_that_does_not_match_the_code_kind_is_a_warning(validator: ProfileV
     assert "bg-3" in found[0].message
     mass_unit = glucose(113, "mg/dL", "15074-8")
     assert ["bg-4" in i.message for i in validator.validate(mass_unit)] == [True]
+
+
+def test_lengths_and_bounds_on_a_custom_profile() -> None:
+    definition = {
+        "resourceType": "StructureDefinition",
+        "url": "https://example.org/StructureDefinition/Bounded",
+        "name": "Bounded",
+        "status": "draft",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Observation",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Observation",
+        "derivation": "constraint",
+        "differential": {"element": [
+            # no ids (older tooling): placed by path
+            {"path": "Observation.code.text", "maxLength": 10},
+            {"path": "Observation.effective[x]", "minValueDateTime": "2000-01-01"},
+            {"path": "Observation.value[x]", "maxValueQuantity": {
+                "value": 500, "system": "http://unitsofmeasure.org", "code": "mg/dL"}},
+        ]},
+    }
+    validator = ProfileValidator(TerminologyService(), [definition])
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "blood glucose"},
+        "effectiveDateTime": "1999-12-31T23:00:00Z",
+        "valueQuantity": {"value": 6, "system": "http://unitsofmeasure.org", "code": "g/L"},
+    }
+    found = validator.validate(observation, [definition["url"]])
+    assert pairs(found) == {
+        ("value", "Observation.code.text"),
+        ("value", "Observation.effectiveDateTime"),
+        ("value", "Observation.valueQuantity"),
+    }
+    assert any("at most 500 mg/dL (found 600" in i.message for i in found)
+    observation.update(code={"text": "glucose"}, effectiveDateTime="2024-01-01")
+    observation["valueQuantity"]["value"] = 4.5
+    assert validator.validate(observation, [definition["url"]]) == []
