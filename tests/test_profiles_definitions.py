@@ -64,3 +64,25 @@ def test_search_parameters_load_into_a_registry() -> None:
         assert parameter["url"] == f"{CANONICAL_BASE}/SearchParameter/{parameter['id']}"
         assert registry.add(parameter)
     assert registry.get("Patient", "ins").type == "token"
+
+
+def test_package_never_imports_fhir_server() -> None:
+    """`profiles` is a library the server uses (DESIGN.md): no import of fhir_server."""
+    import ast
+    from pathlib import Path
+
+    import profiles
+
+    package = Path(profiles.__file__).parent
+    sources = sorted(package.rglob("*.py"))
+    assert len(sources) >= 5
+    for source in sources:
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not any(n.split(".")[0] == "fhir_server" for n in names), source
