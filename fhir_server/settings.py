@@ -53,4 +53,9 @@ class Settings:
             "unknown_profiles": os.environ.get("DIATABASE_UNKNOWN_PROFILES", "warn"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["unknown_profiles"] not in ("warn", "reject"):
+            raise ValueError(
+                f"DIATABASE_UNKNOWN_PROFILES must be 'warn' or 'reject', "
+                f"not {values['unknown_profiles']!r}"
+            )
         return cls(**values)  # type: ignore[arg-type]

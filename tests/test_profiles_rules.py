@@ -91,6 +91,9 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     defaults = Settings.from_env()
     assert (defaults.require_profiles, defaults.validate_profiles) == ((), True)
     assert defaults.unknown_profiles == "warn"
+    monkeypatch.setenv("DIATABASE_UNKNOWN_PROFILES", "rejct")
+    with pytest.raises(ValueError, match="'warn' or 'reject'"):
+        Settings.from_env()
 
 
 def service(tmp_path: Path, terminology: TerminologyService, **settings: object) -> FhirService:
