@@ -142,3 +142,17 @@ def test_rule_with_an_unknown_profile_fails_at_start(
     with pytest.raises(RuleError, match="BloodGlucos, which is not loaded"):
         service(tmp_path, terminology,
                 require_profiles=(("Observation", "https://diatabase.org/fhir/x/BloodGlucos"),))
+
+
+def test_publishing_twice_adds_no_version(tmp_path: Path, terminology: TerminologyService) -> None:
+    from fhir_server.app import publish_conformance_resources
+
+    svc = service(tmp_path, terminology)
+    try:
+        publish_conformance_resources(svc)
+        publish_conformance_resources(svc)
+        stored = svc.resources.read("StructureDefinition", "BloodGlucose")
+        assert stored.version == 1
+        assert svc.resources.read("SearchParameter", "Patient-ins").version == 1
+    finally:
+        svc.storage.close()
