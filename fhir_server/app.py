@@ -16,12 +16,14 @@ from fhir_server.api.http import fhir_response
 from fhir_server.api.metadata import build_metadata_router
 from fhir_server.api.rest import build_router
 from fhir_server.api.terminology import build_terminology_router, register_operations
+from fhir_server.api.validate import build_validate_router, register_validate_operation
 from fhir_server.model.outcome import FhirError, Issue, outcome
 from fhir_server.search.errors import SearchError
 from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
 from fhir_server.storage import open_storage
 from fhir_server.storage.cursor import CursorError
+from profiles import load_search_parameters
 
 log = logging.getLogger("diatabase")
 
@@ -87,9 +89,13 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         body = outcome([Issue("fatal", "exception", "Internal server error; see the server log")])
         return fhir_response(body, 500)
 
+    publish_conformance_resources(service)
+    register_validate_operation(app)
     app.include_router(build_metadata_router())
-    # Before the generic /{type}/{id} routes, which would take `$lookup` for an id.
+    # Before the generic /{type}/{id} routes, which would take `$lookup` or `$validate`
+    # for an id: FastAPI matches in order.
     app.include_router(build_terminology_router())
+    app.include_router(build_validate_router())
     app.include_router(build_router())
     return app
 
@@ -101,3 +107,11 @@ def _seed_terminology(service: FhirService) -> None:
         service.terminology.seed(service.resources)
     except Exception:
         log.exception("terminology resources could not be stored or registered at start")
+
+
+def publish_conformance_resources(service: FhirService) -> None:
+    """Store the profiles and their SearchParameters (with their own ids) so that they read
+    and search like any resource. A PUT of unchanged content adds no version."""
+    resources = [*service.profiles.structure_definitions, *load_search_parameters()]
+    for resource in resources:
+        service.resources.update(resource["resourceType"], resource["id"], resource)

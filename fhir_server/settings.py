@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from profiles.rules import rules_from_setting
+
 DEFAULT_DB = "sqlite:///./diatabase.db"
 
 
@@ -21,8 +23,19 @@ class Settings:
     max_body_bytes: int = 50 * 1024 * 1024
     default_count: int = 50
     max_count: int = 1000
-    # Extra validators are added by the profiles and terminology parts of the server.
+    # Operator rules (criteria, profile url): every resource matching the criteria must
+    # conform to the profile, e.g. ("Observation?code:in=https://diatabase.org/fhir/ValueSet/
+    # glucose-codes", "https://diatabase.org/fhir/StructureDefinition/BloodGlucose").
+    # DIATABASE_REQUIRE_PROFILES: the JSON list itself, or the path of a JSON file
+    # ([{"criteria": ..., "profile": ...}], see profiles/README.md).
     require_profiles: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # Check meta.profile claims and required profiles on every write (DIATABASE_VALIDATE_
+    # PROFILES=0 turns it off, e.g. for a trusted bulk load; $validate still checks them).
+    validate_profiles: bool = True
+    # A claimed profile the server does not hold: "warn" (accept, with a warning in
+    # $validate) or "reject" (DIATABASE_UNKNOWN_PROFILES). Unknown profiles under the
+    # project's own canonical base are always rejected.
+    unknown_profiles: str = "warn"
     # Full terminology tables written by `diatabase terminology load` (None: shipped subsets).
     terminology_dir: str | None = None
 
@@ -34,7 +47,18 @@ class Settings:
             "max_body_bytes": _env_int("DIATABASE_MAX_BODY_BYTES", 50 * 1024 * 1024),
             "default_count": _env_int("DIATABASE_DEFAULT_COUNT", 50),
             "max_count": _env_int("DIATABASE_MAX_COUNT", 1000),
+            "require_profiles": rules_from_setting(
+                os.environ.get("DIATABASE_REQUIRE_PROFILES", "")
+            ),
+            "validate_profiles": os.environ.get("DIATABASE_VALIDATE_PROFILES", "1").lower()
+            not in ("0", "false", "no", "off"),
+            "unknown_profiles": os.environ.get("DIATABASE_UNKNOWN_PROFILES", "warn"),
             "terminology_dir": os.environ.get("DIATABASE_TERMINOLOGY_DIR") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["unknown_profiles"] not in ("warn", "reject"):
+            raise ValueError(
+                f"DIATABASE_UNKNOWN_PROFILES must be 'warn' or 'reject', "
+                f"not {values['unknown_profiles']!r}"
+            )
         return cls(**values)  # type: ignore[arg-type]

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from fhir_server.model import jsonio
 from fhir_server.model.jsonio import fragment
-from fhir_server.model.outcome import error
+from fhir_server.model.outcome import Issue, error
+from fhir_server.model.validation import validate_structure
 from fhir_server.search.errors import SearchError
 from fhir_server.search.extract import IndexExtractor
 from fhir_server.search.query import parse_search
@@ -17,6 +19,14 @@ from fhir_server.service.search import SearchService
 from fhir_server.service.terminology import ServerTerminology
 from fhir_server.settings import Settings
 from fhir_server.storage.base import Storage
+from profiles import (
+    CANONICAL_BASE,
+    ProfileIssue,
+    ProfileValidator,
+    RequiredProfiles,
+    RuleError,
+    load_search_parameters,
+)
 
 
 class FhirService:
@@ -28,10 +38,13 @@ class FhirService:
         validators: Sequence[Validator] = (),
         canonicalize: Any = None,
         terminology: ServerTerminology | None = None,
+        profiles: ProfileValidator | None = None,
     ) -> None:
         self.storage = storage
         self.settings = settings
         self.registry = registry or SearchParamRegistry.default()
+        for search_parameter in load_search_parameters():
+            self.registry.add(search_parameter)
         # Terminology hooks: :below/:above/:in/:not-in and cross-unit quantity search in
         # storage, canonical UCUM forms at extraction, and ValueSets / ConceptMaps written
         # through the API registered into the terminology service once committed.
@@ -46,6 +59,20 @@ class FhirService:
         self.extractor = IndexExtractor(
             self.registry, canonicalize=canonicalize, local_bases=local_bases
         )
+        # Profiles: what a resource claims in meta.profile, and what the operator's rules
+        # require of it, must conform before anything is stored.
+        live_terminology = _LiveTerminology(self.terminology)
+        self.profiles = profiles or ProfileValidator(live_terminology)  # type: ignore[arg-type]
+        self.required_profiles = RequiredProfiles.from_pairs(
+            settings.require_profiles,
+            live_terminology,  # type: ignore[arg-type]
+        )
+        for rule in self.required_profiles.rules:
+            if not self.profiles.knows(rule.profile):
+                # fail at start, not on every write
+                raise RuleError(f"a profile rule requires {rule.profile}, which is not loaded")
+        if settings.validate_profiles:
+            validators = [*validators, self.check_profiles]
         self.resources = ResourceService(
             self.terminology.observe(storage),
             self.extractor.extract,
@@ -53,6 +80,59 @@ class FhirService:
             validators,
         )
         self.search = SearchService(storage, self.registry, settings)
+
+    # -- profiles --------------------------------------------------------------------------
+
+    def profiles_for(self, resource: dict[str, Any]) -> list[str]:
+        """The profiles `resource` must conform to: those it claims, then those required."""
+        claimed = ProfileValidator.claimed_profiles(resource)
+        required = self.required_profiles.profiles_for(resource) if self.required_profiles else []
+        return list(dict.fromkeys([*claimed, *required]))
+
+    def check_profiles(self, resource: dict[str, Any]) -> list[Issue]:
+        """The validator run on every write (after the base structure check)."""
+        wanted = self.profiles_for(resource)
+        if not wanted:
+            return []
+        return self._profile_check(resource, wanted)
+
+    def _profile_check(self, resource: dict[str, Any], wanted: list[str]) -> list[Issue]:
+        # A profile the server does not hold cannot be checked. Claims of foreign profiles
+        # (US Core, vitalsigns, ...) are common in real data: a warning unless the operator
+        # says reject; an unknown profile under our own canonical base is surely a typo.
+        known = [p for p in wanted if self.profiles.knows(p)]
+        found = self.profiles.validate(resource, known) if known else []
+        for url in wanted:
+            if url in known:
+                continue
+            ours = url.startswith(f"{CANONICAL_BASE}/")
+            reject = ours or self.settings.unknown_profiles == "reject"
+            found.extend(
+                self.profiles.validate(resource, [url])
+                if reject
+                else [
+                    ProfileIssue(
+                        "warning",
+                        "not-supported",
+                        f"{resource.get('resourceType')}.meta.profile",
+                        f"The profile {url} is not known to this server: not checked",
+                    )
+                ]
+            )
+        return profile_issues(resource, found, wanted)
+
+    def validate_resource(self, resource: Any, profiles: Sequence[str] = ()) -> list[Issue]:
+        """$validate: structure, claimed and required profiles, plus `profiles`."""
+        issues = self.resources.validate(resource)
+        if not isinstance(resource, dict):
+            return issues
+        checked = jsonio.plain(resource)  # validators take builtin floats
+        if not self.settings.validate_profiles and not issues:
+            issues = self.check_profiles(checked)
+        extra = [p for p in profiles if p not in self.profiles_for(checked)]
+        if extra and not validate_structure(checked):
+            issues.extend(self._profile_check(checked, extra))
+        return issues
 
     def _parse_conditional(self, resource_type: str, items: list[tuple[str, str]]) -> Any:
         """Conditional interactions must never ignore a criterion: parse strictly."""
@@ -84,3 +164,35 @@ class FhirService:
             stored = self.resources.vread(parts[0], parts[1], parts[3])
             return 200, fragment(stored.json) if stored.json else None
         raise error(400, "not-supported", f"GET {url} is not supported in a Bundle")
+
+
+def profile_issues(
+    resource: dict[str, Any], found: list[ProfileIssue], profiles: Sequence[str]
+) -> list[Issue]:
+    """ProfileIssues as server Issues; a summary issue (code `processing`) comes first when
+    there are errors, so a well-formed resource that breaks a profile is a 422."""
+    issues = [Issue(i.severity, i.code, i.message, (i.expression,)) for i in found]
+    errors = [i for i in found if i.severity in ("error", "fatal")]
+    if errors:
+        resource_type = resource.get("resourceType", "resource")
+        names = ", ".join(p.split("|")[0].rsplit("/", 1)[-1] for p in profiles)
+        summary = Issue(
+            "error",
+            "processing",
+            f"The {resource_type} does not conform to {names}: {len(errors)} "
+            f"problem{'s' if len(errors) > 1 else ''} (listed below)",
+            (resource_type,),
+        )
+        issues.insert(0, summary)
+    return issues
+
+
+class _LiveTerminology:
+    """The terminology service as it is now: the server rebuilds it when an operator
+    deletes a ValueSet, and the profile validator must see the current one."""
+
+    def __init__(self, server_terminology: ServerTerminology) -> None:
+        self._server = server_terminology
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server.service, name)

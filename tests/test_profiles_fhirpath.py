@@ -1,0 +1,132 @@
+"""The compiled FHIRPath subset must agree with fhirpathpy on every shipped invariant, and
+refuse (Unsupported) what it does not implement rather than guess."""
+
+from __future__ import annotations
+
+import copy
+
+import fhirpathpy
+import pytest
+from fhirpathpy.models import models
+
+from profiles import load_structure_definitions
+from profiles.fhirpath_fast import Unsupported, compile_fhirpath
+from tests.profile_examples import (
+    VALID_CORSICAN_INS,
+    VALID_INS,
+    cgm_reading,
+    f001_glucose,
+    glucose,
+    hba1c,
+)
+
+R4 = models["r4"]
+
+
+def shipped_invariants() -> list[tuple[str, str, str]]:
+    """(key, element path, expression) of every invariant in the shipped profiles."""
+    found = []
+    for definition in load_structure_definitions():
+        for element in definition["differential"]["element"]:
+            for constraint in element.get("constraint", ()):
+                found.append((constraint["key"], element["path"], constraint["expression"]))
+    return found
+
+
+def observations() -> list[dict]:
+    base = [glucose(), glucose(180, "mg/dL", "2339-0"), cgm_reading(), hba1c(),
+            hba1c(53, "mmol/mol", "59261-8"), f001_glucose()]
+    variants = []
+    for resource in base:
+        variants.append(resource)
+        absent = copy.deepcopy(resource)
+        del absent["valueQuantity"]
+        variants.append(absent)
+        for comparator in ("<", ">", "<=", "ad"):
+            changed = copy.deepcopy(resource)
+            changed["valueQuantity"]["comparator"] = comparator
+            variants.append(changed)
+        for unit in ("mg/dL", "mmol/L", "%", "mmol/mol"):
+            changed = copy.deepcopy(resource)
+            changed["valueQuantity"]["code"] = unit
+            variants.append(changed)
+        for code in ("99504-3", "105272-9", "4548-4", "17856-6", "59261-8", "2339-0"):
+            changed = copy.deepcopy(resource)
+            changed["code"]["coding"][0]["code"] = code
+            variants.append(changed)
+        dated = copy.deepcopy(resource)
+        dated.pop("effectivePeriod", None)
+        dated["effectiveDateTime"] = "2024-03-05"
+        variants.append(dated)
+        two = copy.deepcopy(resource)
+        two["code"]["coding"].append({"system": "http://loinc.org", "code": "99504-3"})
+        variants.append(two)
+    return variants
+
+
+INS_VALUES = [VALID_INS, VALID_CORSICAN_INS, VALID_INS[:-2] + "41", "18412751234",
+              "2840519123456xx", "284052B12345632", "99999999999999999"]
+
+
+@pytest.mark.parametrize(("key", "path", "expression"), shipped_invariants(),
+                         ids=[k for k, _, _ in shipped_invariants()])
+def test_compiled_invariant_agrees_with_fhirpathpy(key: str, path: str, expression: str) -> None:
+    fast = compile_fhirpath(expression)  # every shipped invariant must compile
+    slow = fhirpathpy.compile(expression, R4)
+    if path.count(".") == 0:
+        contexts = [(r, r) for r in observations()]
+    else:
+        contexts = [(value, {"resourceType": "Patient"}) for value in INS_VALUES]
+        if path.endswith(".code"):
+            contexts = [(r["code"], r) for r in observations()]
+    assert len(contexts) > 5
+    for context, root in contexts:
+        expected = slow(context, {"resource": root})
+        assert fast(context, root) == expected, (key, context)
+
+
+@pytest.mark.parametrize(
+    ("expression", "context", "expected"),
+    [
+        ("a.exists() or b.exists()", {"b": 1}, [True]),
+        ("a.empty()", {}, [True]),
+        ("a implies b", {"a": True}, []),
+        ("a implies b", {"a": False}, [True]),
+        ("a and b", {"a": True}, []),
+        ("a xor b", {"a": True, "b": False}, [True]),
+        ("a.count() <= 1", {"a": [1, 2]}, [False]),
+        ("a in ('x' | 'y')", {"a": "y"}, [True]),
+        ("('x' | 'y') contains a", {"a": "z"}, [False]),
+        ("a.where(s = 'u').all(c != 'k')", {"a": [{"s": "u", "c": "k"}, {"s": "v"}]}, [False]),
+        ("a.first().startsWith('ab')", {"a": ["abc", "x"]}, [True]),
+        ("a.length() = 3 and a.substring(1) = 'bc'", {"a": "abc"}, [True]),
+        ("(7 mod 3) + (7 div 2) * 2 - 1", {}, [6]),
+        ("a.toInteger() = 42", {"a": "042"}, [True]),
+        ("valueQuantity.value > 5", {"valueQuantity": {"value": 6.3}}, [True]),
+        ("value.exists()", {"resourceType": "Observation", "valueQuantity": {"value": 1}},
+         [True]),
+        ("Observation.status = 'final'",
+         {"resourceType": "Observation", "status": "final"}, [True]),
+        ("%resource.status.exists()", {"status": "x"}, [True]),
+    ],
+)
+def test_subset_semantics(expression: str, context: dict, expected: list) -> None:
+    assert compile_fhirpath(expression)(context, context) == expected
+    assert fhirpathpy.evaluate(context, expression, {"resource": context}, R4) == expected
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["a.descendants()", "a.ofType(Quantity)", "a / 2", "a.matches(b)", "%ucum", "a is Quantity"],
+)
+def test_outside_the_subset_is_refused(expression: str) -> None:
+    with pytest.raises(Unsupported):
+        compile_fhirpath(expression)
+
+
+def test_runtime_data_outside_the_subset_is_refused() -> None:
+    """Decimal arithmetic is left to fhirpathpy rather than done in binary floats."""
+    run = compile_fhirpath("a + 1")
+    assert run({"a": 2}, {}) == [3]
+    with pytest.raises(Unsupported):
+        run({"a": 2.5}, {})
