@@ -151,9 +151,7 @@ class MongoStorage:
     def resource_types(self) -> list[str]:
         """Resource types that have a collection in this database."""
         return sorted(
-            name
-            for name in self.db.list_collection_names()
-            if _RESOURCE_COLLECTION.fullmatch(name)
+            name for name in self.db.list_collection_names() if _RESOURCE_COLLECTION.fullmatch(name)
         )
 
     def ensure_indexes(self, resource_types: Sequence[str]) -> None:
@@ -405,9 +403,7 @@ class MongoTransaction:
     def read(self, resource_type: str, id: str) -> StoredResource | None:
         if self._pending is not None and self._pending[:2] == (resource_type, id):
             rtype, rid, version, last_updated, json, _, method = self._pending
-            return StoredResource(
-                rtype, rid, version, last_updated, json is None, json, method
-            )
+            return StoredResource(rtype, rid, version, last_updated, json is None, json, method)
         return self.storage._read(resource_type, id, self.session)
 
     def search_ids(self, query: Any, limit: int) -> list[str]:

@@ -181,9 +181,7 @@ class Translator:
     # -- chains and _has: two steps ----------------------------------------------------------
 
     def _ids(self, rtype: str, condition: dict[str, Any], what: str) -> list[str]:
-        cursor = self.storage.collection(rtype).find(
-            condition, {"_id": 1}, session=self.session
-        )
+        cursor = self.storage.collection(rtype).find(condition, {"_id": 1}, session=self.session)
         ids = [doc["_id"] for doc in cursor.limit(MAX_SUBQUERY_IDS + 1)]
         if len(ids) > MAX_SUBQUERY_IDS:
             raise SearchError(
