@@ -21,8 +21,10 @@ before pymongo sees the URL: `txmode`, how `Storage.transaction()` is made atomi
   interactions and batch Bundles work.
 - `single-writer`: FOR TESTS AND SINGLE-PROCESS DEVELOPMENT ONLY (mongomock, a standalone
   dev server). Writes apply at once and an undo log rolls them back if the transaction
-  fails; other readers may see a transaction half-way and a crash mid-way leaves it
-  half-done. mongomock (which has no sessions) needs it to run the storage contract suite.
+  fails. Reads take the writers' lock too, so that readers in this process never see a
+  transaction half-way (mongomock is not safe for a read racing a write either); another
+  process could, and a crash mid-way leaves a transaction half-done. mongomock (which has
+  no sessions) needs this mode to run the storage contract suite.
 
 Writers are serialised per resource: a version is written only over the version it
 follows (a conditional replace on `v`) and the history `_id` "Type/id/version" is unique,
@@ -38,7 +40,7 @@ import re
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -63,6 +65,7 @@ from fhir_server.storage.mongo_indexes import HISTORY, HISTORY_INDEXES, META, RE
 
 TX_MODES = ("auto", "multi-document", "standalone", "single-writer")
 DEFAULT_DATABASE = "diatabase"
+ITER_BATCH = 1000
 _RESOURCE_COLLECTION = re.compile(r"[A-Z][A-Za-z]{1,63}")
 
 
@@ -107,6 +110,9 @@ class MongoStorage:
         self.meta = self.db[META]
         self.txmode = self._detect_mode() if txmode == "auto" else txmode
         self._write_lock = threading.RLock()
+        self._reading: AbstractContextManager[Any] = (
+            self._write_lock if self.txmode == "single-writer" else nullcontext()
+        )
         self._indexed: set[str] = set()
         self._index_lock = threading.Lock()
         self.ensure_indexes(self.resource_types())
@@ -190,13 +196,27 @@ class MongoStorage:
         return stored(rtype, doc) if doc else None
 
     def read(self, resource_type: str, id: str) -> StoredResource | None:
-        return self._read(resource_type, id)
+        with self._reading:
+            return self._read(resource_type, id)
 
     def vread(self, resource_type: str, id: str, version: int) -> StoredResource | None:
-        doc = self.history_collection.find_one({"_id": history_id(resource_type, id, version)})
+        with self._reading:
+            doc = self.history_collection.find_one({"_id": history_id(resource_type, id, version)})
         return stored_history(doc) if doc else None
 
     def history(
+        self,
+        resource_type: str | None,
+        id: str | None,
+        since: float | None,
+        at: float | None,
+        count: int,
+        cursor: str | None,
+    ) -> HistoryPage:
+        with self._reading:
+            return self._history(resource_type, id, since, at, count, cursor)
+
+    def _history(
         self,
         resource_type: str | None,
         id: str | None,
@@ -250,24 +270,40 @@ class MongoStorage:
         return HistoryPage(entries, next_cursor)
 
     def count(self, resource_type: str | None = None) -> int:
-        types = [resource_type] if resource_type is not None else self.resource_types()
-        return sum(
-            self.db[rtype].count_documents({"del": False})
-            for rtype in types
-            if _RESOURCE_COLLECTION.fullmatch(rtype)
-        )
+        with self._reading:
+            types = [resource_type] if resource_type is not None else self.resource_types()
+            return sum(
+                self.db[rtype].count_documents({"del": False})
+                for rtype in types
+                if _RESOURCE_COLLECTION.fullmatch(rtype)
+            )
 
     def iter_current(self, resource_type: str) -> Iterator[StoredResource]:
         if not _RESOURCE_COLLECTION.fullmatch(resource_type):
             return
-        docs = self.db[resource_type].find({"del": False}, {"idx": 0, "srt": 0}).sort("seq", 1)
-        for doc in docs:
-            yield stored(resource_type, doc)
+        # Paged by seq so that single-writer mode need not hold its lock between pages.
+        after: Any = None
+        while True:
+            condition: dict[str, Any] = {"del": False}
+            if after is not None:
+                condition["seq"] = {"$gt": after}
+            with self._reading:
+                docs = list(
+                    self.db[resource_type]
+                    .find(condition, {"idx": 0, "srt": 0})
+                    .sort("seq", 1)
+                    .limit(ITER_BATCH)
+                )
+            yield from (stored(resource_type, doc) for doc in docs)
+            if len(docs) < ITER_BATCH:
+                return
+            after = docs[-1]["seq"]
 
     def search(self, query: Any, count: int, cursor: str | None) -> Any:
         from fhir_server.storage.mongo_search import run_search
 
-        return run_search(self, query, count, cursor)
+        with self._reading:
+            return run_search(self, query, count, cursor)
 
     # -- writes ------------------------------------------------------------------------------
 
