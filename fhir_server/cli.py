@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -31,11 +32,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fhir_server.app import create_app
 
     settings = Settings.from_env(db_url=args.db, base_url=args.base_url)
-    app = create_app(settings)
-    print(
-        f"Diatabase FHIR R4 server on http://{args.host}:{args.port}/ (database {settings.db_url})"
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    where = f"http://{args.host}:{args.port}/"
+    print(f"Diatabase FHIR R4 server on {where} (database {settings.db_url})", flush=True)
+    if args.workers > 1:
+        # Worker processes build their own app from the environment; SQLite serialises
+        # their writes (WAL, BEGIN IMMEDIATE) while parsing and validation run in parallel.
+        os.environ["DIATABASE_DB"] = settings.db_url
+        if settings.base_url:
+            os.environ["DIATABASE_BASE_URL"] = settings.base_url
+        create_app(settings).state.fhir.storage.close()  # create the schema once, up front
+        uvicorn.run(
+            "fhir_server.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+        )
+        return 0
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
@@ -99,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--base-url", default=None, help="public base URL, if behind a proxy")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="server processes (use the machine's cores)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     load = sub.add_parser("load", help="store FHIR JSON / NDJSON files or folders")

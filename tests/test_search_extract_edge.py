@@ -458,7 +458,7 @@ def test_numbers(extractor):
 # -- custom parameters, odd data, unknown types ----------------------------------------------
 
 
-def test_custom_extension_parameter_is_extracted_after_invalidate():
+def test_custom_extension_parameter_is_extracted_once_added():
     registry = SearchParamRegistry.default()
     extractor = IndexExtractor(registry)
     url = "https://diatabase.org/fhir/StructureDefinition/glucose-context"
@@ -482,7 +482,6 @@ def test_custom_extension_parameter_is_extracted_after_invalidate():
             "expression": f"Observation.extension('{url}').value",
         }
     )
-    extractor.invalidate()
     assert entries_of(extractor, resource, "glucose-context") == [
         TokenEntry("glucose-context", "urn:ctx", "pre", None)
     ]

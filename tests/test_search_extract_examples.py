@@ -93,6 +93,16 @@ def test_blood_pressure_components(extractor):
     assert by_param(entries, "component-code-value-quantity") == [
         CompositeEntry("component-code-value-quantity", (code, systolic_value)) for code in systolic
     ] + [CompositeEntry("component-code-value-quantity", (diastolic, diastolic_value))]
+    # combo-* reads `Observation | Observation.component`: here only the components qualify
+    combo = by_param(entries, "combo-code-value-quantity")
+    assert [(entry.parts[0].code, entry.parts[1].value) for entry in combo] == [
+        ("8480-6", 107.0),
+        ("271649006", 107.0),
+        ("bp-s", 107.0),
+        ("8462-4", 60.0),
+    ]
+    assert {entry.parts[0].param for entry in combo} == {"combo-code"}
+    assert {entry.parts[1].param for entry in combo} == {"combo-value-quantity"}
     # the panel itself has no value: no code-value-quantity, but its code is indexed
     assert by_param(entries, "code-value-quantity") == []
     assert by_param(entries, "code") == [
@@ -222,3 +232,36 @@ def test_every_example_extracts_only_known_params(extractor, name):
         assert {entry.param for entry in entries} <= set(known)
         assert TokenEntry("_id", None, item["id"], None) in entries
         assert len(entries) == len(set(entries))  # no duplicates
+
+
+def test_imaging_study_example(extractor):
+    entries = extractor.extract(load("ImagingStudy-example"))
+    dicom = "http://dicom.nema.org/resources/ontology/DCM"
+    assert by_param(entries, "modality", "started", "series", "instance", "patient") == [
+        ReferenceEntry("patient", "Patient", "dicom", None, None, None),
+        TokenEntry("instance", None, "2.16.124.113543.6003.189642796.63084.16748.2599092903", None),
+        TokenEntry("modality", dicom, "CT", None),
+        TokenEntry("series", None, "2.16.124.113543.6003.2588828330.45298.17418.2723805630", None),
+        DateEntry("started", 1293868880.0, 1293868881.0),  # 2011-01-01T11:01:20+03:00
+    ]
+
+
+def test_medication_statement_and_request_examples(extractor):
+    statement = extractor.extract(load("MedicationStatement-example001"))
+    assert by_param(statement, "effective", "source", "category") == [
+        TokenEntry(
+            "category",
+            "http://terminology.hl7.org/CodeSystem/medication-statement-category",
+            "inpatient",
+            "inpatient",
+        ),
+        DateEntry("effective", 1421971200.0, 1422057600.0),  # 2015-01-23
+        ReferenceEntry("source", "Patient", "pat1", None, None, None),
+    ]
+    request = extractor.extract(load("MedicationRequest-medrx0301"))
+    # medicationReference points at a contained Medication ("#med0302"): not indexed
+    assert by_param(request, "medication", "code") == []
+    assert by_param(request, "authoredon", "intent") == [
+        DateEntry("authoredon", 1421280000.0, 1421366400.0),
+        TokenEntry("intent", None, "order", None),
+    ]

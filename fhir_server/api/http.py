@@ -44,8 +44,14 @@ def check_accept(request: Request) -> None:
     )
 
 
-async def read_body(request: Request, max_bytes: int, allowed: tuple[str, ...] = JSON_TYPES) -> Any:
-    """The request body parsed as JSON, after checking its type and size."""
+async def read_body(
+    request: Request,
+    max_bytes: int,
+    allowed: tuple[str, ...] = JSON_TYPES,
+    with_raw: bool = False,
+) -> Any:
+    """The request body parsed as JSON, after checking its type and size (with the raw
+    bytes too when `with_raw`)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if "xml" in content_type:
         raise error(
@@ -70,9 +76,10 @@ async def read_body(request: Request, max_bytes: int, allowed: tuple[str, ...] =
     if not raw.strip():
         raise error(400, "required", "The request has no body")
     try:
-        return jsonio.loads(raw)
+        parsed = jsonio.loads(raw)
     except jsonio.JsonError as exc:
         raise error(400, "structure", str(exc)) from None
+    return (parsed, raw) if with_raw else parsed
 
 
 def base_url(request: Request, configured: str) -> str:

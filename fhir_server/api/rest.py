@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -101,7 +102,7 @@ def build_router() -> APIRouter:
     @router.post("/")
     async def transaction_or_batch(request: Request) -> Response:
         check_accept(request)
-        bundle = await read_body(request, _max_body(request))
+        bundle, raw = await read_body(request, _max_body(request), with_raw=True)
         svc = _service(request)
         base = _base(request)
         return_resources = "return=representation" in request.headers.get("prefer", "")
@@ -109,7 +110,9 @@ def build_router() -> APIRouter:
         def get(url: str, items: list[tuple[str, str]]) -> tuple[int, Any]:
             return svc.get_for_bundle(url, items, base)
 
-        response = await run_in_threadpool(svc.bundles(base).process, bundle, get, return_resources)
+        response = await run_in_threadpool(
+            svc.bundles(base).process, bundle, get, return_resources, raw
+        )
         return fhir_response(response, 200, None, pretty(request))
 
     @router.get("/_history")
@@ -156,8 +159,6 @@ def build_router() -> APIRouter:
         if_none_exist = request.headers.get("if-none-exist")
         items = None
         if if_none_exist:
-            from urllib.parse import parse_qsl
-
             items = parse_qsl(if_none_exist.split("?", 1)[-1], keep_blank_values=True)
         result = await run_in_threadpool(svc.resources.create, resource_type, body, items)
         return _write_response(request, result)

@@ -66,17 +66,6 @@ def plain(value: Any) -> Any:
     return orjson.loads(dumps(value))
 
 
-def has_exact_decimals(value: Any) -> bool:
-    """True when the document holds FhirDecimal values somewhere (slow path was taken)."""
-    if isinstance(value, FhirDecimal):
-        return True
-    if isinstance(value, dict):
-        return any(has_exact_decimals(v) for v in value.values())
-    if isinstance(value, list):
-        return any(has_exact_decimals(v) for v in value)
-    return False
-
-
 def fragment(raw: bytes) -> orjson.Fragment:
     """Embed already-serialised JSON (a stored resource) into a larger document."""
     return orjson.Fragment(raw)

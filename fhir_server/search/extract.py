@@ -22,7 +22,14 @@ from itertools import product
 from typing import Any
 
 from fhir_server.search.fast_dates import date_period as parse_date_period
-from fhir_server.search.fhirpath_compile import Evaluator, compile_expression, first_keys
+from fhir_server.search.fhirpath_compile import (
+    Evaluator,
+    UnsupportedExpression,
+    compile_expression,
+    compile_fast,
+    first_keys,
+)
+from fhir_server.search.fhirpath_split import split_union
 from fhir_server.search.registry import SearchParamRegistry
 from fhir_server.search.text import normalise
 from fhir_server.search.types import (
@@ -63,12 +70,21 @@ _STRING_PRIMITIVES = frozenset(
     ("string", "markdown", "code", "id", "uri", "url", "canonical", "oid", "uuid", "System.String")
 )
 _DATE_PRIMITIVES = frozenset(("date", "dateTime", "instant"))
+# Element types whose JSON value is not an object (the R4 model's primitive type names)
+_PRIMITIVE_TYPES = frozenset(
+    (
+        "base64Binary", "boolean", "canonical", "code", "date", "dateTime", "decimal", "id",
+        "instant", "integer", "markdown", "oid", "positiveInt", "string", "time",
+        "unsignedInt", "uri", "url", "uuid", "xhtml", "System.String", "System.Boolean",
+        "System.Integer", "System.Decimal", "System.Date", "System.DateTime", "System.Time",
+    )
+)  # fmt: skip
 
 
 class _CompiledParam:
     """One parameter of one resource type, ready to run: evaluator + converter."""
 
-    __slots__ = ("code", "kind", "evaluate", "convert", "components", "first_keys")
+    __slots__ = ("code", "kind", "evaluate", "convert", "components", "first_keys", "required")
 
     def __init__(
         self,
@@ -84,6 +100,9 @@ class _CompiledParam:
         self.convert = convert
         self.components = components  # composite: ((component code, expression, converter),..)
         self.first_keys = first_keys(evaluate)
+        # composites: alternatives (one per branch of the base expression), each a tuple of key
+        # sets that must all meet the resource's keys for that branch to give anything
+        self.required: tuple[tuple[frozenset[str], ...], ...] | None = None
 
 
 class IndexExtractor:
@@ -106,6 +125,7 @@ class IndexExtractor:
         self.local_bases = tuple(base.rstrip("/") for base in local_bases)
         self._compiled: dict[str, list[_CompiledParam]] = {}
         self._known_types = frozenset(registry.types())
+        self._registry_version = registry.version
         self._component_evaluators: dict[tuple[str, str | None], Evaluator] = {}
         self._converters: dict[str, Converter] = {
             "token": _convert_token,
@@ -118,10 +138,11 @@ class IndexExtractor:
         }
 
     def invalidate(self) -> None:
-        """Forget compiled parameters (call after adding a custom SearchParameter)."""
+        """Forget compiled parameters; done automatically when the registry changes (`add`)."""
         self._compiled.clear()
         self._component_evaluators.clear()
         self._known_types = frozenset(self.registry.types())
+        self._registry_version = self.registry.version
 
     def extract(self, resource: dict) -> list[IndexEntry]:
         """Every index entry of `resource`, without duplicates within a parameter."""
@@ -130,6 +151,8 @@ class IndexExtractor:
         resource_type = resource.get("resourceType")
         if not isinstance(resource_type, str):
             return []
+        if self._registry_version != self.registry.version:
+            self.invalidate()  # a custom SearchParameter was added since the last compile
         compiled = self._compiled.get(resource_type)
         if compiled is None:
             if resource_type not in self._known_types:
@@ -146,6 +169,19 @@ class IndexExtractor:
             keys = param.first_keys
             if keys is not None and keys.isdisjoint(present):
                 continue  # the resource has none of the elements this parameter reads
+            required = param.required
+            if required is not None:
+                # plain loops: this runs for every composite of every resource
+                possible = False
+                for alternative in required:
+                    for keys in alternative:
+                        if keys.isdisjoint(present):
+                            break
+                    else:
+                        possible = True
+                        break
+                if not possible:
+                    continue  # a composite whose parts cannot all be there
             try:
                 items = param.evaluate(resource, resource_type, resource)
                 if not items:
@@ -178,13 +214,45 @@ class IndexExtractor:
                 components = self._compile_components(param, resource_type)
                 if components is None:
                     continue
-                compiled.append(_CompiledParam(param.code, param.type, evaluate, None, components))
+                composite = _CompiledParam(param.code, param.type, evaluate, None, components)
+                if known:
+                    composite.required = self._composite_requirements(
+                        param.expression, components, resource_type
+                    )
+                compiled.append(composite)
             else:
                 convert = self._converters.get(param.type)
                 if convert is not None:
                     compiled.append(_CompiledParam(param.code, param.type, evaluate, convert))
         self._compiled[resource_type] = compiled
         return compiled
+
+    def _composite_requirements(
+        self, expression: str, components: tuple, resource_type: str
+    ) -> tuple[tuple[frozenset[str], ...], ...] | None:
+        """What a composite needs in the resource, per branch of its base expression: on the
+        resource itself (`Observation`), a key for every component; on an element
+        (`Observation.component`), that element's key. None when it cannot be told."""
+        alternatives = []
+        for branch in split_union(expression):
+            if branch in (resource_type, "Resource"):
+                needed = []
+                for _, _, component_expression, _ in components:
+                    evaluator = self._component_evaluator(component_expression, resource_type)
+                    keys = first_keys(evaluator)
+                    if keys is None:
+                        return None
+                    needed.append(keys)
+                alternatives.append(tuple(needed))
+            else:
+                try:
+                    keys = first_keys(compile_fast(branch, resource_type))
+                except UnsupportedExpression:
+                    return None
+                if keys is None:
+                    return None
+                alternatives.append((keys,))
+        return tuple(alternatives)
 
     def _compile_components(self, param: SearchParam, resource_type: str) -> tuple | None:
         parts = []
@@ -363,14 +431,12 @@ def _convert_items(
     """Convert each (value, type) with `convert`, reusing the entries already made for the same
     element by another parameter of the same kind during this extraction (re-labelled)."""
     for value, value_type in items:
-        if (
-            value_type is not None
-            and type(value) is not dict
-            and value_type[:1].isupper()
-            and not value_type.startswith("System.")
-        ):
-            continue  # a primitive where the model says complex type (`"code": "x"`): malformed
-        key = (id(value), value_type, kind)
+        if type(value) is not dict:
+            if value_type is not None and value_type not in _PRIMITIVE_TYPES:
+                continue  # a primitive where the model says complex type (`"code": "x"`)
+            convert(code, value, value_type, resource, out)  # cheap: no memo
+            continue
+        key = (id(value), kind)  # one dict sits at one place in the resource: one type
         cached = memo.get(key)
         if cached is None:
             made: list = []

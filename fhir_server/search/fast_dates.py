@@ -11,7 +11,9 @@ raising: extraction skips it.
 from __future__ import annotations
 
 import re
+from calendar import monthrange
 from datetime import date
+from functools import lru_cache
 
 from fhir_server.search.types import DATE_MAX
 
@@ -79,4 +81,15 @@ def date_period(value: str) -> tuple[float, float] | None:
 
 
 def _epoch_days(year: int, month: int, day: int) -> int:
-    return date(year, month, day).toordinal() - _EPOCH_ORDINAL
+    """Days from 1970-01-01; ValueError for a day that does not exist."""
+    first, length = _month_start(year, month)
+    if not 1 <= day <= length:
+        raise ValueError(f"day {day} out of range")
+    return first + day - 1
+
+
+@lru_cache(maxsize=4096)  # readings cluster in a few months: skip the date object
+def _month_start(year: int, month: int) -> tuple[int, int]:
+    first = date(year, month, 1)
+    length = monthrange(year, month)[1]
+    return first.toordinal() - _EPOCH_ORDINAL, length

@@ -104,8 +104,10 @@ def reference_type(reference: Any) -> str | None:
     if not isinstance(reference, dict):
         return None
     text = reference.get("reference")
-    if isinstance(text, str) and text and not text.startswith("#") and "/" in text:
-        parts = _HISTORY_SUFFIX.sub("", text).split("/")
+    if isinstance(text, str) and "/" in text and not text.startswith("#"):
+        if "/_history/" in text:
+            text = _HISTORY_SUFFIX.sub("", text)
+        parts = text.rsplit("/", 2)
         if len(parts) >= 2 and parts[-2][:1].isupper():
             return parts[-2]
     declared = reference.get("type")
@@ -497,6 +499,13 @@ def _chain_functions(steps: list) -> Evaluator:
         return steps[0][1]  # `(A | B)` alone: the group is the evaluator
     if steps and all(step[0] == "field" for step in steps):
         return _field_chain([step[1] for step in steps], steps[-1][2])
+    if (
+        len(steps) > 1
+        and all(step[0] == "field" for step in steps[:-1])
+        and steps[-1][0] in ("where_eq", "where_resolve_is")
+    ):
+        # `Observation.subject.where(resolve() is Patient)`, `telecom.where(system='phone')`
+        return _filtered(_field_chain([step[1] for step in steps[:-1]], steps[-2][2]), steps[-1])
     functions = [_step_function(step) for step in steps]
 
     def evaluate(node: Any, node_type: str | None, resource: dict) -> list[Item]:
@@ -628,6 +637,31 @@ def _field_chain(names: list[str], result_type: str | None) -> Evaluator:
         return out
 
     return evaluate
+
+
+def _filtered(evaluator: Evaluator, where: tuple) -> Evaluator:
+    """A field chain whose results are filtered by a trailing where()."""
+    if where[0] == "where_resolve_is":
+        wanted = where[1]
+
+        def evaluate_resolve(node: Any, node_type: str | None, resource: dict) -> list[Item]:
+            return [
+                item
+                for item in evaluator(node, node_type, resource)
+                if reference_type(item[0]) == wanted
+            ]
+
+        return evaluate_resolve
+    field_name, literal = where[1], where[2]
+
+    def evaluate_equal(node: Any, node_type: str | None, resource: dict) -> list[Item]:
+        return [
+            item
+            for item in evaluator(node, node_type, resource)
+            if type(item[0]) is dict and item[0].get(field_name) == literal
+        ]
+
+    return evaluate_equal
 
 
 def _field_step(name: str, child_type: str | None) -> Callable[[list[Item], dict], list[Item]]:

@@ -38,15 +38,6 @@ def split_union(expression: str) -> list[str]:
     return [branch.strip() for branch in branches if branch.strip()]
 
 
-def strip_outer_parens(expression: str) -> str:
-    """`(Observation.value as Quantity)` -> `Observation.value as Quantity`, repeatedly, but only
-    when the opening parenthesis closes at the very end."""
-    text = expression.strip()
-    while text.startswith("(") and _matching_paren(text, 0) == len(text) - 1:
-        text = text[1:-1].strip()
-    return text
-
-
 def root_name(expression: str) -> str:
     """The leading identifier of a branch (its resource type for a definition's expression):
     `(Observation.value as Quantity).text` -> `Observation`."""
@@ -57,26 +48,3 @@ def root_name(expression: str) -> str:
     while end < len(text) and (text[end].isalnum() or text[end] == "_"):
         end += 1
     return text[:end]
-
-
-def _matching_paren(text: str, open_index: int) -> int:
-    depth = 0
-    quote: str | None = None
-    index = open_index
-    while index < len(text):
-        char = text[index]
-        if quote:
-            if char == "\\":
-                index += 1
-            elif char == quote:
-                quote = None
-        elif char in "'`\"":
-            quote = char
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth == 0:
-                return index
-        index += 1
-    return -1

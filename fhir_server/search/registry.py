@@ -56,6 +56,8 @@ class SearchParamRegistry:
         self._by_url: dict[str, dict[str, SearchParam]] = {}
         self._merged: dict[str, dict[str, SearchParam]] = {}
         self._extra_types: set[str] = set()
+        # bumped on every change, so that an IndexExtractor recompiles after `add`
+        self.version = 0
         for param in params or ():
             self._put(param)
 
@@ -95,6 +97,7 @@ class SearchParamRegistry:
         if param.url:
             self._by_url.setdefault(param.url, {})[param.resource_type] = param
         self._merged.clear()  # a Resource-level change affects every type
+        self.version += 1
 
     # -- queries ------------------------------------------------------------------------------
 

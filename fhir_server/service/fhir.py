@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fhir_server.model.outcome import FhirError, error
+from fhir_server.model.jsonio import fragment
+from fhir_server.model.outcome import error
 from fhir_server.search.errors import SearchError
 from fhir_server.search.extract import IndexExtractor
 from fhir_server.search.query import parse_search
@@ -29,7 +30,11 @@ class FhirService:
         self.storage = storage
         self.settings = settings
         self.registry = registry or SearchParamRegistry.default()
-        self.extractor = IndexExtractor(self.registry, canonicalize=canonicalize)
+        # Absolute references to our own base index like relative ones.
+        local_bases = (settings.base_url,) if settings.base_url else ()
+        self.extractor = IndexExtractor(
+            self.registry, canonicalize=canonicalize, local_bases=local_bases
+        )
         self.resources = ResourceService(
             storage, self.extractor.extract, self._parse_conditional, validators
         )
@@ -60,16 +65,8 @@ class FhirService:
             return 200, self.search_bundle(parts[0], items, base_url, strict=False)
         if len(parts) == 2:
             stored = self.resources.read(parts[0], parts[1])
-            return 200, stored.json and _fragment(stored.json)
+            return 200, fragment(stored.json) if stored.json else None
         if len(parts) == 4 and parts[2] == "_history":
             stored = self.resources.vread(parts[0], parts[1], parts[3])
-            return 200, stored.json and _fragment(stored.json)
-        raise FhirError(
-            400, error(400, "not-supported", f"GET {url} is not supported in a Bundle").issues
-        )
-
-
-def _fragment(raw: bytes) -> Any:
-    from fhir_server.model.jsonio import fragment
-
-    return fragment(raw)
+            return 200, fragment(stored.json) if stored.json else None
+        raise error(400, "not-supported", f"GET {url} is not supported in a Bundle")

@@ -69,11 +69,13 @@ class ResourceService:
 
     def validate(self, resource: Any) -> list[Issue]:
         """Structure, then every configured validator (profiles); all problems at once."""
-        if isinstance(resource, dict) and jsonio.has_exact_decimals(resource):
-            checked = jsonio.plain(resource)
-        else:
+        try:
             checked = resource
-        issues = validate_structure(checked)
+            issues = validate_structure(checked)
+        except ValueError:
+            # jsonschema-rs takes builtin types only: exact decimals go through as floats.
+            checked = jsonio.plain(resource)
+            issues = validate_structure(checked)
         if not issues:
             for validator in self.validators:
                 issues.extend(validator(checked))

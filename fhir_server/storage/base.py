@@ -89,6 +89,10 @@ class WriteTransaction(Protocol):
     def search_ids(self, query: Any, limit: int) -> list[str]:
         """Ids of current resources matching a parsed query (for conditional interactions)."""
 
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested scope inside the transaction: an exception raised inside it undoes only
+        the scope's writes (a batch Bundle runs each entry in one, and commits once)."""
+
 
 class Storage(Protocol):
     def transaction(self) -> AbstractContextManager[WriteTransaction]: ...

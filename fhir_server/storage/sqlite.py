@@ -228,16 +228,22 @@ class SqliteStorage:
     # -- search parameter ids ------------------------------------------------------------
 
     def pid(self, rtype: str, code: str, create: bool = False) -> int | None:
+        """The number of a (type, parameter) pair. Another process on the same file (a
+        second worker, `diatabase load`) may have created it, so a miss asks the database."""
         pid = self._pids.get((rtype, code))
-        if pid is None and create:
-            # Only ever called from a write transaction, under the write lock.
-            self._writer.execute(
+        if pid is not None:
+            return pid
+        # With create, we are inside a write transaction, under the write lock.
+        conn = self._writer if create else self._reader()
+        if create:
+            conn.execute(
                 "INSERT OR IGNORE INTO search_params (rtype, code) VALUES (?, ?)", (rtype, code)
             )
-            pid = self._writer.execute(
-                "SELECT pid FROM search_params WHERE rtype=? AND code=?", (rtype, code)
-            ).fetchone()[0]
-            self._pids[(rtype, code)] = pid
+        row = conn.execute(
+            "SELECT pid FROM search_params WHERE rtype=? AND code=?", (rtype, code)
+        ).fetchone()
+        if row is not None:
+            self._pids[(rtype, code)] = pid = row[0]
         return pid
 
     # -- reads ---------------------------------------------------------------------------
@@ -380,7 +386,9 @@ class SqliteStorage:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
-                yield SqliteTransaction(self, conn)
+                tx = SqliteTransaction(self, conn)
+                yield tx
+                tx.flush()
             except BaseException:
                 conn.execute("ROLLBACK")
                 # pids created in the rolled back transaction no longer exist.
@@ -393,6 +401,13 @@ class SqliteStorage:
                 raise
             conn.execute("COMMIT")
 
+    def reload_pids(self, conn: sqlite3.Connection) -> None:
+        """After a rollback: pids created by the undone writes no longer exist."""
+        self._pids = {
+            (rtype, code): pid
+            for pid, rtype, code in conn.execute("SELECT pid, rtype, code FROM search_params")
+        }
+
     def file_size(self) -> int:
         total = 0
         for suffix in ("", "-wal"):
@@ -402,20 +417,52 @@ class SqliteStorage:
 
 
 class SqliteTransaction:
+    """Index rows are buffered and written table by table with one executemany each when
+    the transaction needs them (a search inside it) or commits: a batch of 1,000 resources
+    costs eight executemany calls instead of thousands."""
+
     def __init__(self, storage: SqliteStorage, conn: sqlite3.Connection) -> None:
         self.storage = storage
         self.conn = conn
+        self._rows: dict[str, list[tuple]] = {table: [] for table in INDEX_TABLES}
+        self._pending_pks: set[int] = set()
 
     def read(self, resource_type: str, id: str) -> StoredResource | None:
         return self.storage._read(self.conn, resource_type, id)
 
+    def flush(self) -> None:
+        for table, values in self._rows.items():
+            if values:
+                marks = ",".join("?" * len(values[0]))
+                self.conn.executemany(f"INSERT INTO {table} VALUES ({marks})", values)
+                values.clear()
+        self._pending_pks.clear()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested scope: an error inside undoes only what the scope wrote."""
+        marks = {table: len(values) for table, values in self._rows.items()}
+        self.conn.execute("SAVEPOINT entry")
+        try:
+            yield
+        except BaseException:
+            for table, values in self._rows.items():
+                del values[marks[table] :]
+            self.conn.execute("ROLLBACK TO entry")
+            self.conn.execute("RELEASE entry")
+            self.storage.reload_pids(self.conn)
+            raise
+        self.conn.execute("RELEASE entry")
+
     def search_ids(self, query: Any, limit: int) -> list[str]:
         from fhir_server.storage.sqlite_search import matching_ids
 
+        self.flush()
         return matching_ids(self.storage, self.conn, query, limit)
 
     def _index(self, pk: int, rtype: str, entries: Sequence[IndexEntry]) -> None:
-        rows: dict[str, list[tuple]] = {}
+        rows = self._rows
+        self._pending_pks.add(pk)
         pid_of = self.storage.pid
         for entry in entries:
             if entry.param in DIRECT_PARAMS:
@@ -423,28 +470,28 @@ class SqliteTransaction:
             pid = pid_of(rtype, entry.param, create=True)
             kind = type(entry)
             if kind is TokenEntry:
-                rows.setdefault("idx_token", []).append((pk, pid, *entry[1:]))
+                rows["idx_token"].append((pk, pid, *entry[1:]))
             elif kind is ReferenceEntry:
-                rows.setdefault("idx_reference", []).append((pk, pid, *entry[1:]))
+                rows["idx_reference"].append((pk, pid, *entry[1:]))
             elif kind is DateEntry:
-                rows.setdefault("idx_date", []).append((pk, pid, *entry[1:]))
+                rows["idx_date"].append((pk, pid, *entry[1:]))
             elif kind is StringEntry:
-                rows.setdefault("idx_string", []).append((pk, pid, *entry[1:]))
+                rows["idx_string"].append((pk, pid, *entry[1:]))
             elif kind is QuantityEntry:
-                rows.setdefault("idx_quantity", []).append((pk, pid, *entry[1:]))
+                rows["idx_quantity"].append((pk, pid, *entry[1:]))
             elif kind is NumberEntry:
-                rows.setdefault("idx_number", []).append((pk, pid, *entry[1:]))
+                rows["idx_number"].append((pk, pid, *entry[1:]))
             elif kind is UriEntry:
-                rows.setdefault("idx_uri", []).append((pk, pid, *entry[1:]))
+                rows["idx_uri"].append((pk, pid, *entry[1:]))
             elif kind is CompositeEntry:
                 row = _composite_row(pk, pid, entry)
                 if row is not None:
-                    rows.setdefault("idx_composite", []).append(row)
-        for table, values in rows.items():
-            marks = ",".join("?" * len(values[0]))
-            self.conn.executemany(f"INSERT INTO {table} VALUES ({marks})", values)
+                    rows["idx_composite"].append(row)
 
     def _clear_index(self, pk: int) -> None:
+        if pk in self._pending_pks:  # written earlier in this transaction, not yet flushed
+            for table, values in self._rows.items():
+                self._rows[table] = [row for row in values if row[0] != pk]
         for table in INDEX_TABLES:
             self.conn.execute(f"DELETE FROM {table} WHERE pk=?", (pk,))
 
