@@ -229,7 +229,7 @@ BOUNDARY_SEARCHES = [
     for number in ("100", "100.0", "99.5")
 ] + [
     f"date={prefix}{when}"
-    for prefix in ("", "gt", "ge", "lt", "le", "ne", "sa", "eb")
+    for prefix in ("", "gt", "ge", "lt", "le", "ne", "sa", "eb", "ap")
     for when in ("2024", "2024-01-01", "2024-01-01T00:00:00Z", "2023-12-31T23:59:59Z")
 ]
 

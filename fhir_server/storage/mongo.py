@@ -325,7 +325,7 @@ class MongoStorage:
                 read_preference=ReadPreference.PRIMARY,
             )
             try:
-                yield MongoTransaction(self, session=session)
+                yield MongoTransaction(self, session=session, undo=[])
             except BaseException as exc:
                 if session.in_transaction:
                     session.abort_transaction()
@@ -480,18 +480,47 @@ class MongoTransaction:
             write, self._pending = self._pending, None
             self.storage.apply_put(*write)
 
-    def rollback(self) -> None:
-        """single-writer: undo the applied writes, newest first."""
-        storage = self.storage
-        for step in reversed(self.undo or []):
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested scope whose writes an exception undoes (a batch Bundle's entry).
+
+        With an undo log (multi-document, single-writer), the scope's writes are undone
+        inside the transaction. On a standalone server each scope may write one resource,
+        applied when the scope ends: batch entries are independent, so a batch works there,
+        entry by entry. A MongoDB error inside a multi-document transaction aborts the
+        whole transaction (MongoDB has no savepoints): it is not caught here."""
+        if self.buffered:
+            if self._pending is not None:
+                raise standalone_refusal()
+            try:
+                yield
+            except BaseException:
+                self._pending = None
+                raise
+            self.flush()
+            return
+        mark = len(self.undo or [])
+        try:
+            yield
+        except PyMongoError:
+            raise
+        except BaseException:
+            self.rollback(mark)
+            raise
+
+    def rollback(self, mark: int = 0) -> None:
+        """Undo the writes logged after `mark`, newest first (in the session, if any)."""
+        if not self.undo:
+            return
+        storage, session = self.storage, self.session
+        while len(self.undo) > mark:
+            step = self.undo.pop()
             if step[0] == "history":
-                storage.history_collection.delete_one({"_id": step[1]})
+                storage.history_collection.delete_one({"_id": step[1]}, session=session)
             else:
                 _, rtype, rid, previous = step
                 col = storage.collection(rtype)
                 if previous is None:
-                    col.delete_one({"_id": rid})
+                    col.delete_one({"_id": rid}, session=session)
                 else:
-                    col.replace_one({"_id": rid}, previous)
-        if self.undo is not None:
-            self.undo.clear()
+                    col.replace_one({"_id": rid}, previous, session=session)

@@ -33,7 +33,7 @@ from bson import ObjectId
 from fhir_server.search.errors import SearchError, UnsupportedModifier
 from fhir_server.search.expansion import expand_token_clause, needs_expansion
 from fhir_server.search.query import ChainClause, Clause, HasClause, SearchQuery
-from fhir_server.search.ranges import RangePredicate, date_predicate, number_predicate
+from fhir_server.search.ranges import Bound, RangePredicate, date_predicate, number_predicate
 from fhir_server.search.result_params import Include, SortKey
 from fhir_server.search.values import (
     CompositeValue,
@@ -104,8 +104,29 @@ def range_condition(predicate: RangePredicate, fields: dict[str, str]) -> dict[s
     return {"$nor": [body]} if predicate.negate else body
 
 
+def sqlite_date_predicate(value: DateValue, now: float) -> RangePredicate:
+    """The date prefixes as the SQLite backend evaluates them (sqlite_search.date_condition).
+
+    ranges.date_predicate states most of them identically; for `ge`, `le` and `ap` the SQLite
+    backend (and the FHIR R4 text: "the range above/below the search value overlaps the
+    target") is wider: ge is `tH > sL`, le is `tL < sH`, and ap widens each end by 10% of
+    its own distance to now. Until ranges.py and SQLite agree, this backend follows SQLite,
+    so that both answer every search alike."""
+    low, high = value.low, value.high
+    if value.prefix == "ge":
+        return RangePredicate(((Bound("high", ">", low),),))
+    if value.prefix == "le":
+        return RangePredicate(((Bound("low", "<", high),),))
+    if value.prefix == "ap":
+        widened_high = high + abs(now - high) * 0.1
+        widened_low = low - abs(now - low) * 0.1
+        return RangePredicate(((Bound("low", "<", widened_high), Bound("high", ">", widened_low)),))
+    return date_predicate(value, now)
+
+
 def date_condition(value: DateValue, low: str, high: str) -> dict[str, Any]:
-    return range_condition(date_predicate(value, time.time()), {"low": low, "high": high})
+    predicate = sqlite_date_predicate(value, time.time())
+    return range_condition(predicate, {"low": low, "high": high})
 
 
 def number_condition(value: Any, column: str) -> dict[str, Any]:
@@ -176,6 +197,10 @@ class Translator:
             return self.chain(crit)
         if isinstance(crit, HasClause):
             return self.has(crit, rtype)
+        alternatives = getattr(crit, "alternatives", None)
+        if alternatives is not None:
+            # A compartment criterion (`GET Patient/1/Observation`): its clauses are ORed.
+            return any_of([self.criterion(alternative, rtype) for alternative in alternatives])
         raise SearchError(f"unsupported search criterion {crit!r}")
 
     # -- chains and _has: two steps ----------------------------------------------------------
