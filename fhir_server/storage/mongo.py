@@ -100,6 +100,22 @@ def split_url(url: str) -> tuple[str, str, dict[str, str]]:
     return parts.scheme, urlunsplit(parts._replace(query=urlencode(theirs))), ours
 
 
+def client_settings(url: str) -> tuple[str, dict[str, Any], str, str]:
+    """(URL for pymongo, extra MongoClient arguments, database name, txmode) for a URL.
+
+    Every standard option of the URL (maxPoolSize, serverSelectionTimeoutMS, tls...,
+    readPreference, w...) goes to pymongo as it is; `w` defaults to majority."""
+    scheme, client_url, ours = split_url(url)
+    database = urlsplit(url).path.lstrip("/") or DEFAULT_DATABASE
+    kwargs: dict[str, Any] = {"appname": "diatabase"}
+    if scheme != "mongomock":
+        from pymongo.uri_parser import parse_uri
+
+        if "w" not in parse_uri(client_url)["options"]:
+            kwargs["w"] = "majority"
+    return client_url, kwargs, database, ours.get("txmode", "auto")
+
+
 class MongoStorage:
     def __init__(self, client: Any, database: str, txmode: str = "auto") -> None:
         if txmode not in TX_MODES:
@@ -124,21 +140,12 @@ class MongoStorage:
 
     @classmethod
     def from_url(cls, url: str) -> MongoStorage:
-        scheme, client_url, ours = split_url(url)
-        txmode = ours.get("txmode", "auto")
-        database = urlsplit(url).path.lstrip("/") or DEFAULT_DATABASE
-        if scheme == "mongomock":
+        client_url, kwargs, database, txmode = client_settings(url)
+        if url.startswith("mongomock:"):
             import mongomock  # test dependency: an in-memory imitation of a standalone server
 
             return cls(mongomock.MongoClient(), database, txmode)
-        from pymongo.uri_parser import parse_uri
-
-        options = parse_uri(client_url)["options"]
-        kwargs: dict[str, Any] = {"appname": "diatabase"}
-        if "w" not in options:
-            kwargs["w"] = "majority"
-        client: MongoClient = MongoClient(client_url, **kwargs)
-        return cls(client, database, txmode)
+        return cls(MongoClient(client_url, **kwargs), database, txmode)
 
     # -- set-up ------------------------------------------------------------------------------
 
