@@ -8,6 +8,10 @@ the floor that shows what the server's layers cost.
 
     python bench/ingest.py                    # 3 runs x 20 bundles x 1,000 observations
     python bench/ingest.py --bundles 5 --runs 1 --clients 2     # a quick check
+    python bench/ingest.py --db mongodb://localhost:27017/bench   # on MongoDB instead
+
+With `--db`, the server uses that database (it should be empty: the runs add to it) and the
+floor is a plain `insert_many` of the same documents into a scratch collection of it.
 """
 
 from __future__ import annotations
@@ -82,8 +86,12 @@ def make_bundles(count: int, size: int, seed: int) -> list[bytes]:
     return bundles
 
 
+def backend_name(db_url: str | None) -> str:
+    return "sqlite" if db_url is None else db_url.split(":", 1)[0].replace("mongodb+srv", "mongodb")
+
+
 class Server:
-    def __init__(self, db: Path, workers: int) -> None:
+    def __init__(self, db: str, workers: int) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [
@@ -92,7 +100,7 @@ class Server:
                 "fhir_server.cli",
                 "serve",
                 "--db",
-                f"sqlite:///{db}",
+                db,
                 "--port",
                 str(self.port),
                 "--log-level",
@@ -132,9 +140,11 @@ class Server:
         self.proc.wait(timeout=30)
 
 
-def run_http(bundles: list[bytes], clients: int, size: int, workers: int) -> dict:
+def run_http(
+    bundles: list[bytes], clients: int, size: int, workers: int, db_url: str | None
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(Path(tmp) / "bench.db", workers)
+        server = Server(db_url or f"sqlite:///{Path(tmp) / 'bench.db'}", workers)
         try:
             with httpx.Client(base_url=server.url, timeout=300) as warm:
                 # Create the patients and warm the per-type validators before timing.
@@ -210,6 +220,37 @@ def run_floor(bundles: list[bytes]) -> float:
     return len(docs) / elapsed
 
 
+def run_mongo_floor(bundles: list[bytes], db_url: str) -> float:
+    """Plain insert_many of the same documents, 1,000 a call, into a scratch collection."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from fhir_server.storage.mongo import client_settings
+
+    client_url, kwargs, database, _ = client_settings(db_url)
+    if db_url.startswith("mongomock:"):
+        import mongomock
+
+        client = mongomock.MongoClient()
+    else:
+        import pymongo
+
+        client = pymongo.MongoClient(client_url, **kwargs)
+    docs = [
+        {"_id": str(uuid.uuid4()), "json": orjson.dumps(entry["resource"])}
+        for body in bundles
+        for entry in orjson.loads(body)["entry"]
+    ]
+    scratch = client[database][f"bench_floor_{uuid.uuid4().hex[:8]}"]
+    try:
+        started = time.perf_counter()
+        for i in range(0, len(docs), 1000):
+            scratch.insert_many(docs[i : i + 1000], ordered=False)
+        elapsed = time.perf_counter() - started
+    finally:
+        scratch.drop()
+        client.close()
+    return len(docs) / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundles", type=int, default=20, help="bundles per run")
@@ -217,17 +258,24 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="server worker processes")
+    parser.add_argument(
+        "--db",
+        default=None,
+        help="database URL for the server (default: a fresh SQLite file per run), "
+        "e.g. mongodb://localhost:27017/bench",
+    )
     args = parser.parse_args()
+    backend = backend_name(args.db)
 
     results = []
     floors = []
     for run in range(args.runs):
         bundles = make_bundles(args.bundles, args.size, seed=run)
-        results.append(run_http(bundles, args.clients, args.size, args.workers))
-        floors.append(run_floor(bundles))
+        results.append(run_http(bundles, args.clients, args.size, args.workers, args.db))
+        floors.append(run_floor(bundles) if args.db is None else run_mongo_floor(bundles, args.db))
     rates = [r["rate"] for r in results]
     print(
-        f"backend: sqlite   bundles/run: {args.bundles} x {args.size} observations   "
+        f"backend: {backend}   bundles/run: {args.bundles} x {args.size} observations   "
         f"clients: {args.clients}   workers: {args.workers}   runs: {args.runs}   "
         f"cores: {os.cpu_count()}"
     )
@@ -243,7 +291,8 @@ def main() -> None:
         f"{'latency per bundle p99 (s)':<44}{statistics.median(r['p99'] for r in results):>14.3f}"
     )
     print(f"{'server peak RSS (MB)':<44}{max(r['rss'] for r in results):>14.0f}")
-    print(f"{'floor: sqlite executemany, docs/s (median)':<44}{statistics.median(floors):>14,.0f}")
+    floor = "sqlite executemany" if args.db is None else f"{backend} insert_many"
+    print(f"{f'floor: {floor}, docs/s (median)':<44}{statistics.median(floors):>14,.0f}")
 
 
 if __name__ == "__main__":
