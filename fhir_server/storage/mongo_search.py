@@ -577,12 +577,14 @@ def _includes(
 
 
 def _fetch(storage: MongoStorage, targets: dict[str, set[str]]) -> list[tuple[str, dict]]:
+    """The current resources named, in creation order across types (as SQLite's pk order)."""
     found = []
     for rtype in sorted(targets):
         docs = storage.collection(rtype).find(
             {"_id": {"$in": sorted(targets[rtype])}, "del": False}, PAGE_PROJECTION
         )
-        found += [(rtype, doc) for doc in docs.sort("seq", 1)]
+        found += [(rtype, doc) for doc in docs]
+    found.sort(key=lambda row: row[1]["seq"])
     return found
 
 
