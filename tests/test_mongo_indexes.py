@@ -20,7 +20,7 @@ from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
 from fhir_server.storage import open_storage
 from fhir_server.storage.mongo_indexes import RESOURCE_INDEXES
-from fhir_server.storage.mongo_search import Translator
+from fhir_server.storage.mongo_search import Translator, mongo_sort
 from tests import storage_backends
 from tests.test_api_crud import glucose
 
@@ -136,7 +136,8 @@ def plan_stages(plan: Any) -> Iterator[str]:
 @pytest.mark.parametrize(("rtype", "text"), INDEXED_SEARCHES)
 def test_explain_shows_an_index_scan(service, rtype, text) -> None:
     condition = filter_for(service, rtype, text)
-    plan = service.storage.collection(rtype).find(condition).explain()["queryPlanner"]
+    cursor = service.storage.collection(rtype).find(condition).sort(mongo_sort([], False))
+    plan = cursor.explain()["queryPlanner"]
     stages = set(plan_stages(plan["winningPlan"]))
     assert "COLLSCAN" not in stages, (condition, plan["winningPlan"])
     assert stages & {"IXSCAN", "IDHACK", "EXPRESS_IXSCAN", "EXPRESS_IDHACK"}, stages

@@ -336,8 +336,9 @@ class MongoStorage:
             except BaseException as exc:
                 if session.in_transaction:
                     session.abort_transaction()
-                if isinstance(exc, PyMongoError) and exc.has_error_label(
-                    "TransientTransactionError"
+                if isinstance(exc, DuplicateKeyError) or (
+                    isinstance(exc, PyMongoError)
+                    and exc.has_error_label("TransientTransactionError")
                 ):
                     raise _write_conflict() from None
                 raise
@@ -391,6 +392,8 @@ class MongoStorage:
         try:
             self.history_collection.insert_one(hist, session=session)
         except DuplicateKeyError:
+            if session is not None:
+                raise  # the server aborted the transaction; _multi_document answers 409
             raise conflict(rtype, rid) from None
         if undo is not None:
             undo.append(("history", hist["_id"]))
@@ -401,14 +404,24 @@ class MongoStorage:
                 guard = {"_id": rid, "v": previous["v"], "pc": previous.get("pc")}
                 if col.replace_one(guard, doc, session=session).matched_count != 1:
                     raise conflict(rtype, rid)
-        except (DuplicateKeyError, FhirError):
-            if session is None:
-                self.history_collection.delete_one({"_id": hist["_id"]})
-                if undo is not None:
-                    undo.pop()
+        except DuplicateKeyError:
+            if session is not None:
+                raise
+            self._forget(hist["_id"], undo)
             raise conflict(rtype, rid) from None
+        except FhirError:
+            # In a transaction the history entry stays in the undo log (or goes with the
+            # abort); without one it goes now.
+            if session is None:
+                self._forget(hist["_id"], undo)
+            raise
         if undo is not None:
             undo.append(("current", rtype, rid, previous))
+
+    def _forget(self, history_key: str, undo: list | None) -> None:
+        self.history_collection.delete_one({"_id": history_key})
+        if undo and undo[-1] == ("history", history_key):
+            undo.pop()
 
 
 def _write_conflict() -> FhirError:
