@@ -256,3 +256,60 @@ def test_prefixes_at_the_boundaries_match_sqlite(boundary_services, text) -> Non
     assert answer(mongo, "Observation", items_of(text)) == answer(
         sqlite, "Observation", items_of(text)
     )
+
+
+# -- random searches (fixed seed) ------------------------------------------------------------
+
+RANDOM_PARTS = {
+    "Observation": [
+        ("code", ["8302-2", "http://loinc.org|29463-7", "72514-3,4548-4", "http://loinc.org|"]),
+        ("date", ["{p}2013", "{p}2016-05", "{p}2019-03-08T19:28:31+00:00", "{p}2021"]),
+        ("value-quantity", ["{p}80", "{p}5.6", "{p}170|http://unitsofmeasure.org|cm"]),
+        ("subject", [f"Patient/{PATIENT}", "Patient/example", PATIENT]),
+        ("status", ["final", "amended"]),
+        ("category", ["vital-signs", "laboratory"]),
+        ("code:missing", ["false"]),
+        ("encounter:missing", ["true", "false"]),
+    ],
+    "Condition": [
+        ("clinical-status", ["active", "resolved"]),
+        ("onset-date", ["{p}2000", "{p}2015-01-01"]),
+        ("subject", [f"Patient/{PATIENT}"]),
+    ],
+    "Encounter": [
+        ("date", ["{p}2010", "{p}2018-06-01"]),
+        ("class", ["AMB", "EMER"]),
+        ("type", ["http://snomed.info/sct|185345009"]),
+    ],
+}
+SORTS = {
+    "Observation": ["", "date", "-date", "code,-value-quantity", "-_id", "value-quantity,date"],
+    "Condition": ["", "onset-date", "-code"],
+    "Encounter": ["", "-date", "class,date"],
+}
+PREFIXES = ("", "gt", "ge", "lt", "le", "ne", "sa", "eb")
+
+
+def random_searches(count: int, seed: int = 7) -> list[tuple[str, str]]:
+    import random
+
+    rng = random.Random(seed)
+    searches = []
+    for _ in range(count):
+        rtype = rng.choice(sorted(RANDOM_PARTS))
+        parts = rng.sample(RANDOM_PARTS[rtype], k=rng.randint(1, 3))
+        items = [
+            f"{name}={rng.choice(values).format(p=rng.choice(PREFIXES))}" for name, values in parts
+        ]
+        sort = rng.choice(SORTS[rtype])
+        if sort:
+            items.append(f"_sort={sort}")
+        items.append(f"_count={rng.choice([2, 5, 50])}")
+        searches.append((rtype, "&".join(items)))
+    return searches
+
+
+@pytest.mark.parametrize(("rtype", "text"), random_searches(60))
+def test_random_searches_match_sqlite(services, rtype, text) -> None:
+    sqlite, mongo = services
+    assert answer(mongo, rtype, items_of(text)) == answer(sqlite, rtype, items_of(text))
