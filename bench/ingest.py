@@ -6,12 +6,12 @@ resources/s (median of the runs), p50/p99 latency per Bundle and the server's pe
 in the same run, the rate of a plain `executemany` of the same JSON documents into SQLite:
 the floor that shows what the server's layers cost.
 
-    python bench/ingest.py                    # 3 runs x 20 bundles x 1,000 observations
-    python bench/ingest.py --bundles 5 --runs 1 --clients 2     # a quick check
-    python bench/ingest.py --db mongodb://localhost:27017/bench   # on MongoDB instead
+    python -m bench.ingest                    # medium: 3 runs x 20 bundles x 1,000 observations
+    python -m bench.ingest --size small       # a quick check
+    python -m bench.ingest --db mongodb://localhost:27017/bench   # on MongoDB instead
 
-With `--db`, the server uses that database (it should be empty: the runs add to it) and the
-floor is a plain `insert_many` of the same documents into a scratch collection of it.
+With a MongoDB `--db`, the floor is a plain `insert_many` of the same documents into a
+scratch collection of that database.
 """
 
 from __future__ import annotations
@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,13 +30,10 @@ from pathlib import Path
 import httpx
 import orjson
 
+from bench.common import Result, percentile, print_table, serve
+
 PATIENTS = 100
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+BUNDLE_SIZE = 1000
 
 
 def observation(rng: random.Random, patient: int, when: float) -> dict:
@@ -86,116 +80,54 @@ def make_bundles(count: int, size: int, seed: int) -> list[bytes]:
     return bundles
 
 
-def backend_name(db_url: str | None) -> str:
-    return "sqlite" if db_url is None else db_url.split(":", 1)[0].replace("mongodb+srv", "mongodb")
+def run_http(bundles: list[bytes], clients: int, size: int, workers: int, db_url: str) -> dict:
+    with serve(db_url, workers) as server:
+        with httpx.Client(base_url=server.url, timeout=300) as warm:
+            # Create the patients and warm the per-type validators before timing.
+            for p in range(PATIENTS):
+                warm.put(
+                    f"/Patient/bench-{p}", json={"resourceType": "Patient", "id": f"bench-{p}"}
+                )
+        queue = list(bundles)
+        lock = threading.Lock()
+        latencies: list[float] = []
+        errors: list[str] = []
 
-
-class Server:
-    def __init__(self, db: str, workers: int) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fhir_server.cli",
-                "serve",
-                "--db",
-                db,
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-                "--workers",
-                str(workers),
-            ],
-            stdout=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{self.url}/metadata", timeout=5)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("server did not start") from None
-                time.sleep(0.1)
-
-    def peak_rss_mb(self) -> float:
-        """Peak RSS of the server process and its workers, added up."""
-        pids = [self.proc.pid]
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        if children.exists():
-            pids += [int(p) for p in children.read_text().split()]
-        total = 0.0
-        for pid in pids:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1]) / 1024
-        return total
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-
-
-def run_http(
-    bundles: list[bytes], clients: int, size: int, workers: int, db_url: str | None
-) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        server = Server(db_url or f"sqlite:///{Path(tmp) / 'bench.db'}", workers)
-        try:
-            with httpx.Client(base_url=server.url, timeout=300) as warm:
-                # Create the patients and warm the per-type validators before timing.
-                for p in range(PATIENTS):
-                    warm.put(
-                        f"/Patient/bench-{p}", json={"resourceType": "Patient", "id": f"bench-{p}"}
+        def client() -> None:
+            with httpx.Client(base_url=server.url, timeout=300) as http:
+                while True:
+                    with lock:
+                        if not queue:
+                            return
+                        body = queue.pop()
+                    t0 = time.perf_counter()
+                    response = http.post(
+                        "/", content=body, headers={"content-type": "application/fhir+json"}
                     )
-            queue = list(bundles)
-            lock = threading.Lock()
-            latencies: list[float] = []
-            errors: list[str] = []
+                    latencies.append(time.perf_counter() - t0)
+                    if response.status_code != 200:
+                        errors.append(response.text[:200])
+                    elif any(
+                        not e["response"]["status"].startswith("201")
+                        for e in response.json()["entry"]
+                    ):
+                        errors.append("an entry was not created")
 
-            def client() -> None:
-                with httpx.Client(base_url=server.url, timeout=300) as http:
-                    while True:
-                        with lock:
-                            if not queue:
-                                return
-                            body = queue.pop()
-                        t0 = time.perf_counter()
-                        response = http.post(
-                            "/", content=body, headers={"content-type": "application/fhir+json"}
-                        )
-                        latencies.append(time.perf_counter() - t0)
-                        if response.status_code != 200:
-                            errors.append(response.text[:200])
-                        elif any(
-                            not e["response"]["status"].startswith("201")
-                            for e in response.json()["entry"]
-                        ):
-                            errors.append("an entry was not created")
-
-            threads = [threading.Thread(target=client) for _ in range(clients)]
-            started = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            elapsed = time.perf_counter() - started
-            if errors:
-                raise RuntimeError(f"ingest failed: {errors[:3]}")
-            return {
-                "rate": len(bundles) * size / elapsed,
-                "p50": statistics.median(latencies),
-                "p99": statistics.quantiles(latencies, n=100)[98]
-                if len(latencies) > 1
-                else latencies[0],
-                "rss": server.peak_rss_mb(),
-            }
-        finally:
-            server.stop()
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+        if errors:
+            raise RuntimeError(f"ingest failed: {errors[:3]}")
+        return {
+            "rate": len(bundles) * size / elapsed,
+            "p50": percentile(latencies, 50),
+            "p99": percentile(latencies, 99),
+            "rss": server.peak_rss_mb(),
+        }
 
 
 def run_floor(bundles: list[bytes]) -> float:
@@ -222,7 +154,6 @@ def run_floor(bundles: list[bytes]) -> float:
 
 def run_mongo_floor(bundles: list[bytes], db_url: str) -> float:
     """Plain insert_many of the same documents, 1,000 a call, into a scratch collection."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from fhir_server.storage.mongo import client_settings
 
     client_url, kwargs, database, _ = client_settings(db_url)
@@ -251,48 +182,56 @@ def run_mongo_floor(bundles: list[bytes], db_url: str) -> float:
     return len(docs) / elapsed
 
 
+SIZES = {  # bundles per run, runs, concurrent clients
+    "small": (3, 1, 2),
+    "medium": (20, 3, 4),
+    "large": (100, 3, 4),
+}
+
+
+def run(size: str = "medium", db: str | None = None, workers: int = 2) -> list[Result]:
+    """Ingest figures; `db` is a database URL for the server (default: a fresh SQLite file
+    per run). A given URL must point at an empty database."""
+    bundle_count, runs, clients = SIZES[size]
+    results, floors = [], []
+    for run_number in range(runs):
+        bundles = make_bundles(bundle_count, BUNDLE_SIZE, seed=run_number)
+        with tempfile.TemporaryDirectory() as tmp:
+            url = db or f"sqlite:///{Path(tmp) / 'bench.db'}"
+            results.append(run_http(bundles, clients, BUNDLE_SIZE, workers, url))
+        mongo = db is not None and db.startswith(("mongodb:", "mongodb+srv:", "mongomock:"))
+        floors.append(run_mongo_floor(bundles, db) if mongo else run_floor(bundles))
+    backend = (db or "sqlite").split(":", 1)[0].replace("mongodb+srv", "mongodb")
+    floor = f"{backend} insert_many" if backend.startswith("mongo") else "sqlite executemany"
+    rates = [r["rate"] for r in results]
+    workload = (
+        f"batch Bundles of {BUNDLE_SIZE:,} glucose Observations, {clients} clients, "
+        f"{workers} workers, {bundle_count * BUNDLE_SIZE:,} resources x {runs} runs "
+        f"(runs: {' / '.join(f'{r:,.0f}' for r in rates)})"
+    )
+    return [
+        Result(
+            "ingest",
+            workload,
+            statistics.median(rates),
+            "resources/s",
+            statistics.median(r["p50"] for r in results) * 1000,
+            statistics.median(r["p99"] for r in results) * 1000,
+            max(r["rss"] for r in results),
+            f"{floor} {statistics.median(floors):,.0f} docs/s",
+            backend,
+        )
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundles", type=int, default=20, help="bundles per run")
-    parser.add_argument("--size", type=int, default=1000, help="observations per bundle")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size", choices=sorted(SIZES), default="medium")
+    parser.add_argument("--db", default=None, help="server database URL (default: fresh SQLite)")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes")
-    parser.add_argument(
-        "--db",
-        default=None,
-        help="database URL for the server (default: a fresh SQLite file per run), "
-        "e.g. mongodb://localhost:27017/bench",
-    )
     args = parser.parse_args()
-    backend = backend_name(args.db)
-
-    results = []
-    floors = []
-    for run in range(args.runs):
-        bundles = make_bundles(args.bundles, args.size, seed=run)
-        results.append(run_http(bundles, args.clients, args.size, args.workers, args.db))
-        floors.append(run_floor(bundles) if args.db is None else run_mongo_floor(bundles, args.db))
-    rates = [r["rate"] for r in results]
-    print(
-        f"backend: {backend}   bundles/run: {args.bundles} x {args.size} observations   "
-        f"clients: {args.clients}   workers: {args.workers}   runs: {args.runs}   "
-        f"cores: {os.cpu_count()}"
-    )
-    print(f"{'measure':<44}{'value':>14}")
-    print(f"{'server ingest, resources/s (median)':<44}{statistics.median(rates):>14,.0f}")
-    print(
-        f"{'server ingest, resources/s (all runs)':<44}{' / '.join(f'{r:,.0f}' for r in rates):>14}"
-    )
-    print(
-        f"{'latency per bundle p50 (s)':<44}{statistics.median(r['p50'] for r in results):>14.3f}"
-    )
-    print(
-        f"{'latency per bundle p99 (s)':<44}{statistics.median(r['p99'] for r in results):>14.3f}"
-    )
-    print(f"{'server peak RSS (MB)':<44}{max(r['rss'] for r in results):>14.0f}")
-    floor = "sqlite executemany" if args.db is None else f"{backend} insert_many"
-    print(f"{f'floor: {floor}, docs/s (median)':<44}{statistics.median(floors):>14,.0f}")
+    results = run(args.size, args.db, args.workers)
+    print_table(results, f"backend: {results[0].backend}   cores: {os.cpu_count()}")
 
 
 if __name__ == "__main__":
