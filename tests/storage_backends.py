@@ -48,7 +48,11 @@ def real_mongodb_url(txmode: str | None = None) -> str:
 
     name = f"diatabase_test_{uuid.uuid4().hex[:12]}"
     parts = urlsplit(MONGODB_URI)
-    query = "&".join(q for q in (parts.query, f"txmode={txmode}" if txmode else "") if q)
+    options = [parts.query, f"txmode={txmode}" if txmode else ""]
+    if "@" in parts.netloc and "authsource=" not in parts.query.lower():
+        # The URI's path was also where its user authenticates: keep that when it changes.
+        options.append(f"authSource={parts.path.lstrip('/') or 'admin'}")
+    query = "&".join(q for q in options if q)
     url = urlunsplit(parts._replace(path=f"/{name}", query=query))
 
     def drop() -> None:
