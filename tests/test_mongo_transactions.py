@@ -234,3 +234,12 @@ def test_an_explicit_write_concern_in_the_url_wins() -> None:
     assert "w" not in kwargs and (database, txmode) == ("db", "auto")
     with pytest.raises(ValueError):
         open_storage("mongomock://localhost/db?txmode=sometimes")
+
+
+def test_other_options_pass_through_as_written() -> None:
+    url = (
+        "mongodb://h/db?tlsCAFile=/etc/ssl/ca%20x.pem&txmode=single-writer&readPreferenceTags=dc:ny"
+    )
+    client_url, kwargs, database, txmode = client_settings(url)
+    assert client_url == "mongodb://h/db?tlsCAFile=/etc/ssl/ca%20x.pem&readPreferenceTags=dc:ny"
+    assert (database, txmode, kwargs["w"]) == ("db", "single-writer", "majority")

@@ -42,7 +42,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit, urlunsplit
 
 from bson import Binary, ObjectId
 from pymongo import MongoClient, ReadPreference
@@ -88,16 +88,21 @@ def standalone_refusal() -> FhirError:
 
 
 def split_url(url: str) -> tuple[str, str, dict[str, str]]:
-    """(scheme, URL for pymongo without Diatabase's options, Diatabase's options)."""
+    """(scheme, URL for pymongo without Diatabase's options, Diatabase's options).
+
+    The other options are passed on exactly as written (no re-encoding)."""
     parts = urlsplit(url)
     ours: dict[str, str] = {}
-    theirs: list[tuple[str, str]] = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+    theirs: list[str] = []
+    for item in re.split(r"[&;]", parts.query):
+        if not item:
+            continue
+        key, _, value = item.partition("=")
         if key == "txmode":
-            ours[key] = value
+            ours[key] = unquote_plus(value)
         else:
-            theirs.append((key, value))
-    return parts.scheme, urlunsplit(parts._replace(query=urlencode(theirs))), ours
+            theirs.append(item)
+    return parts.scheme, urlunsplit(parts._replace(query="&".join(theirs))), ours
 
 
 def client_settings(url: str) -> tuple[str, dict[str, Any], str, str]:
@@ -106,13 +111,13 @@ def client_settings(url: str) -> tuple[str, dict[str, Any], str, str]:
     Every standard option of the URL (maxPoolSize, serverSelectionTimeoutMS, tls...,
     readPreference, w...) goes to pymongo as it is; `w` defaults to majority."""
     scheme, client_url, ours = split_url(url)
-    database = urlsplit(url).path.lstrip("/") or DEFAULT_DATABASE
+    database = unquote_plus(urlsplit(url).path.lstrip("/")) or DEFAULT_DATABASE
     kwargs: dict[str, Any] = {"appname": "diatabase"}
-    if scheme != "mongomock":
-        from pymongo.uri_parser import parse_uri
-
-        if "w" not in parse_uri(client_url)["options"]:
-            kwargs["w"] = "majority"
+    given = {key.lower() for key, _ in parse_qsl(urlsplit(client_url).query)}
+    if scheme != "mongomock" and "w" not in given:
+        kwargs["w"] = "majority"
+    if "appname" in given:
+        del kwargs["appname"]
     return client_url, kwargs, database, ours.get("txmode", "auto")
 
 
