@@ -8,6 +8,10 @@ the floor that shows what the server's layers cost.
 
     python -m bench.ingest                    # medium: 3 runs x 20 bundles x 1,000 observations
     python -m bench.ingest --size small       # a quick check
+    python -m bench.ingest --db mongodb://localhost:27017/bench   # on MongoDB instead
+
+With a MongoDB `--db`, the floor is a plain `insert_many` of the same documents into a
+scratch collection of that database.
 """
 
 from __future__ import annotations
@@ -148,6 +152,36 @@ def run_floor(bundles: list[bytes]) -> float:
     return len(docs) / elapsed
 
 
+def run_mongo_floor(bundles: list[bytes], db_url: str) -> float:
+    """Plain insert_many of the same documents, 1,000 a call, into a scratch collection."""
+    from fhir_server.storage.mongo import client_settings
+
+    client_url, kwargs, database, _ = client_settings(db_url)
+    if db_url.startswith("mongomock:"):
+        import mongomock
+
+        client = mongomock.MongoClient()
+    else:
+        import pymongo
+
+        client = pymongo.MongoClient(client_url, **kwargs)
+    docs = [
+        {"_id": str(uuid.uuid4()), "json": orjson.dumps(entry["resource"])}
+        for body in bundles
+        for entry in orjson.loads(body)["entry"]
+    ]
+    scratch = client[database][f"bench_floor_{uuid.uuid4().hex[:8]}"]
+    try:
+        started = time.perf_counter()
+        for i in range(0, len(docs), 1000):
+            scratch.insert_many(docs[i : i + 1000], ordered=False)
+        elapsed = time.perf_counter() - started
+    finally:
+        scratch.drop()
+        client.close()
+    return len(docs) / elapsed
+
+
 SIZES = {  # bundles per run, runs, concurrent clients
     "small": (3, 1, 2),
     "medium": (20, 3, 4),
@@ -165,8 +199,10 @@ def run(size: str = "medium", db: str | None = None, workers: int = 2) -> list[R
         with tempfile.TemporaryDirectory() as tmp:
             url = db or f"sqlite:///{Path(tmp) / 'bench.db'}"
             results.append(run_http(bundles, clients, BUNDLE_SIZE, workers, url))
-        floors.append(run_floor(bundles))
-    backend = (db or "sqlite").split(":", 1)[0]
+        mongo = db is not None and db.startswith(("mongodb:", "mongodb+srv:", "mongomock:"))
+        floors.append(run_mongo_floor(bundles, db) if mongo else run_floor(bundles))
+    backend = (db or "sqlite").split(":", 1)[0].replace("mongodb+srv", "mongodb")
+    floor = f"{backend} insert_many" if backend.startswith("mongo") else "sqlite executemany"
     rates = [r["rate"] for r in results]
     workload = (
         f"batch Bundles of {BUNDLE_SIZE:,} glucose Observations, {clients} clients, "
@@ -182,7 +218,7 @@ def run(size: str = "medium", db: str | None = None, workers: int = 2) -> list[R
             statistics.median(r["p50"] for r in results) * 1000,
             statistics.median(r["p99"] for r in results) * 1000,
             max(r["rss"] for r in results),
-            f"sqlite executemany {statistics.median(floors):,.0f} docs/s",
+            f"{floor} {statistics.median(floors):,.0f} docs/s",
             backend,
         )
     ]

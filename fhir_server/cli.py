@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--quiet", action="store_true")
     load.set_defaults(func=cmd_load)
 
+    from fhir_server.storage.mongo_admin import add_commands as add_mongo
     from fhir_server.synthetic.cli import add_commands as add_generate
     from terminology.cli import add_commands as add_terminology
 
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--db", default=None, help="database URL for --load")
     generate.set_defaults(func=cmd_generate)
     add_terminology(sub)
+    add_mongo(sub)
     return parser
 
 

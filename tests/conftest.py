@@ -1,11 +1,18 @@
 """Shared fixtures: a real Diatabase server (uvicorn on 127.0.0.1, a free port) per backend.
 
-`fhir_server_url` starts one server per test module on a fresh database, so that tests in
-a module share it (they use their own identifiers) and modules never see each other's data.
+`server` starts one server per test module on a fresh database, so that tests in a module
+share it (they use their own identifiers) and modules never see each other's data.
+
+The backend is SQLite unless the environment says otherwise:
+- `MONGODB_URI=mongodb://host:27017`: the MongoDB backend on that real server (a fresh
+  database per module, dropped at exit);
+- `DIATABASE_TEST_BACKEND=mongomock`: the MongoDB backend on mongomock, in memory (this is
+  how tests/test_mongo_http.py runs the HTTP suites on the MongoDB backend in CI).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -59,6 +66,13 @@ class RunningServer:
 
 
 def database_url(tmp_path: Path) -> str:
+    from tests import storage_backends
+
+    if storage_backends.MONGODB_URI:
+        txmode = None if storage_backends.real_mongodb_supports_transactions() else "single-writer"
+        return storage_backends.real_mongodb_url(txmode)
+    if os.environ.get("DIATABASE_TEST_BACKEND", "sqlite") == "mongomock":
+        return storage_backends.mongomock_url()
     return f"sqlite:///{tmp_path / 'diatabase.db'}"
 
 
