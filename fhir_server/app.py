@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fhir_server.api.convert import CONVERT_OPERATION, build_convert_router
 from fhir_server.api.http import fhir_response
 from fhir_server.api.metadata import build_metadata_router
 from fhir_server.api.rest import build_router
@@ -46,6 +47,9 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     )
     app.state.settings = settings
     app.state.fhir = service
+    # Operations for the CapabilityStatement: resource type (or "*" for system level) ->
+    # [(name, OperationDefinition url)].
+    app.state.operations = {"*": [CONVERT_OPERATION]}
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError) -> Response:
@@ -83,5 +87,6 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         return fhir_response(body, 500)
 
     app.include_router(build_metadata_router())
+    app.include_router(build_convert_router())  # before the generic /{resource_type} routes
     app.include_router(build_router())
     return app
