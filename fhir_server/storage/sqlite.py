@@ -229,6 +229,14 @@ class SqliteStorage:
 
     def pid(self, rtype: str, code: str, create: bool = False) -> int | None:
         pid = self._pids.get((rtype, code))
+        if pid is None and not create:
+            # Another process (`diatabase import` beside a running server) may have added
+            # the parameter since this one cached the table: look before saying "none".
+            row = self._reader().execute(
+                "SELECT pid FROM search_params WHERE rtype=? AND code=?", (rtype, code)
+            ).fetchone()
+            if row is not None:
+                pid = self._pids[(rtype, code)] = row[0]
         if pid is None and create:
             # Only ever called from a write transaction, under the write lock.
             self._writer.execute(
