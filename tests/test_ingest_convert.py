@@ -6,8 +6,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.uid import generate_uid
 
+from fhir_server.api.convert import convert_body
+from fhir_server.service.ingest import ConversionError
 from tests.test_api_crud import assert_outcome
 from tests.test_dicom_mapping import fundus
 
@@ -199,3 +203,32 @@ def test_capability_statement_lists_convert(client: httpx.Client) -> None:
     assert {"name": "convert",
             "definition": "http://hl7.org/fhir/OperationDefinition/Resource-convert"} in rest[
         "operation"]
+
+
+FUZZ_PREFIXES = {
+    "x-application/hl7-v2+er7": [b"", b"MSH|^~\\&|", GLUCOSE_ORU[:200], b"FHS|^~\\&|\rMSH|"],
+    "text/csv": [b"", LIBRE_HEADER.encode() + b"\n", libre_export()[:300]],
+    "application/dicom": [b"", b"\0" * 128 + b"DICM"],
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    content_type=st.sampled_from(sorted(FUZZ_PREFIXES)),
+    prefix_index=st.integers(min_value=0, max_value=3),
+    tail=st.binary(max_size=300),
+)
+def test_any_body_gives_a_conversion_or_a_clean_error(
+    content_type: str, prefix_index: int, tail: bytes
+) -> None:
+    """What the endpoint runs, fed junk: a FHIR answer or a ConversionError (-> 4xx), so that
+    no input reaches the 500 handler."""
+    prefixes = FUZZ_PREFIXES[content_type]
+    body = prefixes[prefix_index % len(prefixes)] + tail
+    params = {"patient": "Patient/fuzz", "timezone": None, "format": None, "dayfirst": None}
+    try:
+        answer = convert_body(content_type, body, params)
+    except ConversionError as exc:
+        assert exc.status in (400, 422) and str(exc)
+    else:
+        assert answer["resourceType"] in ("Bundle", "Parameters")

@@ -118,7 +118,8 @@ def hl7v2_answer(result: Conversion) -> dict[str, Any]:
     }
 
 
-def _convert(content_type: str, raw: bytes, params: dict[str, Any]) -> dict[str, Any]:
+def convert_body(content_type: str, raw: bytes, params: dict[str, Any]) -> dict[str, Any]:
+    """The answer to a $convert body of `content_type`; ConversionError when it cannot be."""
     timezone = params.get("timezone")
     if content_type in HL7V2_TYPES:
         return hl7v2_answer(convert_hl7v2(raw, timezone=timezone))
@@ -158,7 +159,7 @@ def build_convert_router() -> APIRouter:
         }
         try:
             # Mapping is CPU work (a 90-day CGM export takes seconds): off the event loop.
-            body = await run_in_threadpool(_convert, content_type, raw, params)
+            body = await run_in_threadpool(convert_body, content_type, raw, params)
         except ConversionError as exc:
             code = "invalid" if exc.status == 400 else "processing"
             return fhir_response(outcome([Issue("error", code, str(exc))]), exc.status)
