@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -172,6 +173,23 @@ def test_unmappable_messages_get_ar_or_ae_and_the_connection_lives(
         assert segment(ack, "MSA")[1:3] == ["AE", "NOPID"]
         assert segment(ack, "ERR")[2] == "PID^1"
         assert segment(sender.send(oru("OK-1", "MLLP-OK")), "MSA")[1] == "AA"
+
+
+def test_concurrent_senders_are_all_stored(listener: Listener, client: httpx.Client) -> None:
+    def sender(worker: int) -> list[str]:
+        with MllpClient("127.0.0.1", listener.port) as connection:
+            return [
+                segment(connection.send(oru(f"W{worker}-{n}", f"MLLP-W{worker}", str(90 + n))),
+                        "MSA")[1]
+                for n in range(4)
+            ]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        acks = list(pool.map(sender, range(4)))
+    assert acks == [["AA"] * 4] * 4
+    for worker in range(4):
+        subject = f"Patient/{patient_id(client, f'MLLP-W{worker}')}"
+        assert total(client, "/Observation", subject=subject) == 4
 
 
 def test_the_mllp_command_stores_what_it_receives(
