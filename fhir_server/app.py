@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fhir_server.api.convert import CONVERT_OPERATION, build_convert_router
 from fhir_server.api.http import fhir_response
 from fhir_server.api.metadata import build_metadata_router
 from fhir_server.api.rest import build_router
@@ -51,7 +52,9 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     )
     app.state.settings = settings
     app.state.fhir = service
-    app.state.operations = {}
+    # Operations for the CapabilityStatement: resource type (or "*" for system level) ->
+    # [(name, OperationDefinition url)].
+    app.state.operations = {"*": [CONVERT_OPERATION]}
     register_operations(app.state.operations)
 
     @app.exception_handler(FhirError)
@@ -96,6 +99,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     # for an id: FastAPI matches in order.
     app.include_router(build_terminology_router())
     app.include_router(build_validate_router())
+    app.include_router(build_convert_router())  # before the generic /{resource_type} routes
     app.include_router(build_router())
     return app
 

@@ -104,6 +104,110 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from fhir_server.ingest import Importer, ImportOptions, expand, summary_table
+
+    try:
+        files = expand(args.files)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"diatabase: {exc}") from None
+    mapping = None
+    if args.mapping:
+        try:
+            mapping = json.loads(Path(args.mapping).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"diatabase: cannot read the mapping {args.mapping}: {exc}") from None
+    options = ImportOptions(
+        format=args.format,
+        patient=args.patient,
+        timezone=args.timezone,
+        dayfirst=args.dayfirst,
+        mapping=mapping,
+    )
+    settings, service = _open_service(args.db)
+    try:
+        quiet = args.quiet or not sys.stderr.isatty()
+        with tqdm(total=len(files), unit=" file", disable=quiet) as bar:
+            report = Importer(service, options, on_progress=bar.update).import_files(files)
+    finally:
+        service.storage.close()
+    print(f"Imported {len(files)} file(s) into {settings.db_url}")
+    print(summary_table(report))
+    return 1 if report.failed else 0
+
+
+def cmd_mllp(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from fhir_server.mllp_listener import run_listener
+    from fhir_server.service.ingest import ConversionError, zone_name
+
+    try:
+        zone_name(args.timezone)
+    except ConversionError as exc:
+        raise SystemExit(f"diatabase: {exc}") from None
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    settings, service = _open_service(args.db)
+    print(f"Storing into {settings.db_url}", flush=True)
+    try:
+        asyncio.run(run_listener(service, args.host, args.port, args.timezone))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.storage.close()
+    return 0
+
+
+def _source_formats() -> list[str]:
+    from fhir_server.ingest import SOURCE_FORMATS
+    from mappers.device_csv import FORMATS
+
+    return [*SOURCE_FORMATS, *(f for f in FORMATS if f != "mapping")]
+
+
+def _add_ingest_commands(sub: argparse._SubParsersAction) -> None:
+    imp = sub.add_parser(
+        "import",
+        help="map HL7 v2, CSV (device / lab exports) and DICOM files and store them",
+        description="Map and store: one transaction per HL7 v2 message, per CSV file, and "
+        "for all the DICOM files together. Re-importing creates nothing new.",
+    )
+    imp.add_argument("files", nargs="+", help="files or folders")
+    imp.add_argument(
+        "--format", default="auto", choices=_source_formats(),
+        help="source format (default: recognised from each file's content)",
+    )
+    imp.add_argument("--patient", default=None,
+                     help="reference of the Patient a device export belongs to "
+                     "(Patient/123 or Patient?identifier=system|value)")
+    imp.add_argument("--timezone", default=None,
+                     help="IANA zone of times given without an offset (default UTC)")
+    imp.add_argument("--mapping", default=None,
+                     help="a declarative CSV mapping (JSON file) for other exports")
+    order = imp.add_mutually_exclusive_group()
+    order.add_argument("--dayfirst", dest="dayfirst", action="store_true", default=None,
+                       help="CSV dates are day-first (when the file cannot tell)")
+    order.add_argument("--monthfirst", dest="dayfirst", action="store_false",
+                       help="CSV dates are month-first")
+    imp.add_argument("--db", default=None, help=f"database URL (default {DEFAULT_DB})")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(func=cmd_import)
+
+    mllp = sub.add_parser("mllp", help="receive HL7 v2 over MLLP and store it (ACK per message)")
+    mllp.add_argument("--host", default="127.0.0.1")
+    mllp.add_argument("--port", type=int, default=2575)
+    mllp.add_argument("--db", default=None, help=f"database URL (default {DEFAULT_DB})")
+    mllp.add_argument("--timezone", default=None,
+                      help="IANA zone of the senders' times without an offset (default UTC)")
+    mllp.add_argument("--log-level", default="info")
+    mllp.set_defaults(func=cmd_mllp)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diatabase", description="Diatabase FHIR R4 server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--db", default=None, help=f"database URL (default {DEFAULT_DB})")
     load.add_argument("--quiet", action="store_true")
     load.set_defaults(func=cmd_load)
+    _add_ingest_commands(sub)
 
     from fhir_server.storage.mongo_admin import add_commands as add_mongo
     from fhir_server.synthetic.cli import add_commands as add_generate

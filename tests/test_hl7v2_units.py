@@ -81,3 +81,14 @@ def test_range_with_its_own_unit_and_text_only_ranges() -> None:
     [reversed_range] = reference_range("9-3", "")
     assert "low" not in reversed_range and reversed_range["text"] == "9-3"
     assert reference_range("", "") is None
+
+
+def test_no_diabetes_profile_without_a_unit_or_for_other_codes() -> None:
+    """A unitless heart rate once matched 'no unit == no expected unit' and claimed BloodGlucose."""
+    from mappers.hl7v2.results import diabetes_profile
+
+    heart_rate = {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}
+    assert diabetes_profile(heart_rate, {"value": 72}) is None
+    glucose = {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}
+    assert diabetes_profile(glucose, {"value": 5.4}) is None
+    assert diabetes_profile(glucose, {"value": 99, "code": "mg/dL"}).endswith("/BloodGlucose")

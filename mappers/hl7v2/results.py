@@ -201,6 +201,8 @@ def diabetes_profile(code: dict, value_quantity: dict | None) -> str | None:
     if loinc is None or not value_quantity:
         return None
     ucum = value_quantity.get("code") or to_ucum(value_quantity.get("unit"))
+    if ucum is None:
+        return None
     if GLUCOSE_CODES.get(loinc) == ucum:
         return PROFILE_BASE + "BloodGlucose"
     if HBA1C_CODES.get(loinc) == ucum:
