@@ -296,7 +296,8 @@ def _parse_path(
     param = registry.get(resource_type, code)
     if param is None:
         return None
-    if param.type not in SUPPORTED_TYPES:
+    if param.type not in SUPPORTED_TYPES or not param.expression:
+        # No expression (e.g. _text, _content): nothing was indexed, so it cannot be answered.
         raise _UnsupportedParameter(
             f"{param.type} parameter {code!r} is not supported by this server", expression
         )
