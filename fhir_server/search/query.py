@@ -127,7 +127,23 @@ class HasClause:
         return f"_has:{self.resource_type}:{self.ref_param.code}:{self.inner.key}"
 
 
-Criterion = Clause | ChainClause | HasClause
+@dataclass(frozen=True, slots=True)
+class CompartmentClause:
+    """Membership of a compartment (`GET /Patient/123/Observation`): the resource matches
+    when ANY of `alternatives` does (one reference clause per parameter the
+    CompartmentDefinition lists, plus `_id` for the compartment's own resource). It comes
+    from the URL path, not from the query, so it stays out of the self link's items."""
+
+    compartment_type: str
+    compartment_id: str
+    alternatives: tuple[Clause, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.compartment_type}/{self.compartment_id}"
+
+
+Criterion = Clause | ChainClause | HasClause | CompartmentClause
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +176,7 @@ class SearchQuery:
             sorted(
                 (clause.key, ",".join(value.to_param() for value in leaf_clause(clause).values))
                 for clause in self.clauses
+                if not isinstance(clause, CompartmentClause)
             )
         )
         items.extend(self.result.self_link_items())

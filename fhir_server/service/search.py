@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from functools import cache
+from importlib import resources
 from typing import Any
 from urllib.parse import urlencode
 
 from fhir_server.model import jsonio
+from fhir_server.search.compartment import compartment_criterion
+from fhir_server.search.errors import SearchError
 from fhir_server.search.query import SearchQuery, parse_search, parse_system_search
 from fhir_server.search.registry import SearchParamRegistry
 from fhir_server.settings import Settings
@@ -19,6 +25,34 @@ SUBSETTED = {
 # Kept by _elements and _summary whatever is asked (FHIR: mandatory and modifier elements
 # may not be dropped; these are the ones every resource has).
 ALWAYS_KEPT = ("resourceType", "id", "meta")
+SUMMARY_FILE = "summary-elements-r4-4.0.1.json"
+
+
+@cache
+def summary_elements() -> dict[str, tuple[str, ...]]:
+    """Resource type -> its top-level elements flagged isSummary in the R4 StructureDefinitions
+    (vendored extract, see search/data/SOURCES.md); choice elements keep their `[x]`."""
+    raw = resources.files("fhir_server.search").joinpath("data", SUMMARY_FILE).read_text("utf-8")
+    return {rtype: tuple(names) for rtype, names in json.loads(raw).items()}
+
+
+def summary_keys(resource_type: str, resource: dict[str, Any]) -> set[str]:
+    """The JSON keys of `resource` that `_summary=true` keeps."""
+    names = summary_elements().get(resource_type, ())
+    plain = {n for n in names if not n.endswith("[x]")}
+    choices = tuple(n[:-3] for n in names if n.endswith("[x]"))
+    keep = set(ALWAYS_KEPT)
+    for key in resource:
+        bare = key.removeprefix("_")  # a primitive's extension twin (`_birthDate`)
+        if bare in plain or (
+            bare.startswith(choices) and any(_is_choice_of(bare, c) for c in choices)
+        ):
+            keep.add(key)
+    return keep
+
+
+def _is_choice_of(key: str, stem: str) -> bool:
+    return key.startswith(stem) and len(key) > len(stem) and key[len(stem)].isupper()
 
 
 class SearchService:
@@ -28,11 +62,24 @@ class SearchService:
         self.settings = settings
 
     def parse(
-        self, resource_type: str | None, items: list[tuple[str, str]], strict: bool
+        self,
+        resource_type: str | None,
+        items: list[tuple[str, str]],
+        strict: bool,
+        compartment: tuple[str, str] | None = None,
     ) -> SearchQuery:
         if resource_type is None:
-            return parse_system_search(items, self.registry, strict=strict)
-        return parse_search(resource_type, items, self.registry, strict=strict)
+            query = parse_system_search(items, self.registry, strict=strict)
+        else:
+            query = parse_search(resource_type, items, self.registry, strict=strict)
+        if query.result.contained in ("true", "both"):
+            # Contained resources are not indexed on their own: answering would mean
+            # silently returning nothing, so say it is not supported.
+            raise SearchError("_contained=true|both is not supported by this server", "_contained")
+        if compartment is not None and resource_type is not None:
+            criterion = compartment_criterion(*compartment, resource_type, self.registry)
+            query = dataclasses.replace(query, clauses=(criterion, *query.clauses))
+        return query
 
     def bundle(
         self,
@@ -40,11 +87,16 @@ class SearchService:
         items: list[tuple[str, str]],
         base_url: str,
         strict: bool,
+        compartment: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
-        query = self.parse(resource_type, items, strict)
+        """A searchset Bundle; `compartment` = (type, id) for `GET /Patient/123/Observation`."""
+        query = self.parse(resource_type, items, strict, compartment)
         result = query.result
         page = self.storage.search(query, result.count, result.cursor)
-        path = f"{base_url}/{resource_type}" if resource_type else base_url
+        if compartment is not None:
+            path = f"{base_url}/{compartment[0]}/{compartment[1]}/{resource_type}"
+        else:
+            path = f"{base_url}/{resource_type}" if resource_type else base_url
         understood = query.self_link_items()
 
         def url(extra: list[tuple[str, str]]) -> str:
@@ -64,6 +116,12 @@ class SearchService:
         if page.total is not None:
             bundle["total"] = page.total
         bundle["link"] = links
+        if result.summary == "count":
+            bundle["entry"] = []
+            outcome = self._outcome(query)
+            if outcome is not None:
+                bundle["entry"].append({"resource": outcome, "search": {"mode": "outcome"}})
+            return bundle
         entries = [self._entry(r, base_url, "match", result) for r in page.matches]
         entries += [self._entry(r, base_url, "include", result) for r in page.included]
         outcome = self._outcome(query)
@@ -93,18 +151,21 @@ class SearchService:
         assert stored.json is not None
         return {
             "fullUrl": f"{base}/{stored.resource_type}/{stored.id}",
-            "resource": self._shape(stored.json, result),
+            "resource": self._shape(stored.resource_type, stored.json, result),
             "search": {"mode": mode},
         }
 
     @staticmethod
-    def _shape(raw: bytes, result: Any) -> Any:
-        """Apply _summary=text|data and _elements; otherwise embed the stored JSON as is."""
+    def _shape(resource_type: str, raw: bytes, result: Any) -> Any:
+        """Apply _summary=true|text|data and _elements; otherwise embed the stored JSON."""
         summary, elements = result.summary, result.elements
-        if summary not in ("text", "data") and not elements:
+        if summary not in ("true", "text", "data") and not elements:
             return jsonio.fragment(raw)
         resource = jsonio.loads(raw)
-        if summary == "data":
+        if summary == "true":
+            keep_summary = summary_keys(resource_type, resource)
+            resource = {k: v for k, v in resource.items() if k in keep_summary}
+        elif summary == "data":
             resource.pop("text", None)
         elif summary == "text":
             keep = (*ALWAYS_KEPT, "text", "status")

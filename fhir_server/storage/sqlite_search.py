@@ -19,7 +19,13 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from fhir_server.search.errors import SearchError, UnsupportedModifier
-from fhir_server.search.query import ChainClause, Clause, HasClause, SearchQuery
+from fhir_server.search.query import (
+    ChainClause,
+    Clause,
+    CompartmentClause,
+    HasClause,
+    SearchQuery,
+)
 from fhir_server.search.result_params import Include, SortKey
 from fhir_server.search.values import (
     CompositeValue,
@@ -93,6 +99,13 @@ class _Compiler:
             return self.chain(crit, rtype, alias)
         if isinstance(crit, HasClause):
             return self.has(crit, rtype, alias)
+        if isinstance(crit, CompartmentClause):
+            ors, args = [], []
+            for alternative in crit.alternatives:
+                sql, alt_args = self.clause(alternative, rtype, alias)
+                ors.append(sql)
+                args += alt_args
+            return "(" + " OR ".join(ors) + ")", args
         raise SearchError(f"unsupported search criterion {crit!r}")
 
     def chain(self, crit: ChainClause, rtype: str, alias: str) -> tuple[str, list[Any]]:
@@ -392,8 +405,13 @@ def sort_expression(compiler: _Compiler, key: SortKey, rtype: str, alias: str) -
     if table is None:
         raise SearchError(f"cannot sort on {key.param.type} parameter {key.code!r}", "_sort")
     column, agg = (desc_col, "max") if key.descending else (asc_col, "min")
-    pid = compiler.pid(rtype, key.code)
-    return f"(SELECT {agg}({column}) FROM {table} WHERE pk={alias}.pk AND pid=?)", [pid]
+    if rtype != "Resource":
+        pid = compiler.pid(rtype, key.code)
+        return f"(SELECT {agg}({column}) FROM {table} WHERE pk={alias}.pk AND pid=?)", [pid]
+    # System-level search: the parameter's pid differs per type; any of them will do.
+    pids = [pid for (_, code), pid in compiler.storage._pids.items() if code == key.code] or [-1]
+    marks = ",".join("?" * len(pids))
+    return f"(SELECT {agg}({column}) FROM {table} WHERE pk={alias}.pk AND pid IN ({marks}))", pids
 
 
 def _keyset_condition(
@@ -429,20 +447,36 @@ def _keyset_condition(
 
 
 def _where(compiler: _Compiler, query: SearchQuery, alias: str = "r") -> tuple[str, list[Any]]:
+    """The WHERE condition of a search. Index rows are keyed by (type, parameter) pids, so
+    a system-level search compiles its criteria once per searched type and ORs them."""
     conditions, args = [f"{alias}.deleted=0"], []
     if query.resource_type is not None:
         conditions.append(f"{alias}.type=?")
         args.append(query.resource_type)
-        rtype = query.resource_type
-    else:
-        if query.resource_types:
-            conditions.append(f"{alias}.type IN ({','.join('?' * len(query.resource_types))})")
-            args += list(query.resource_types)
-        rtype = "Resource"
-    for crit in query.clauses:
-        sql, crit_args = compiler.criterion(crit, rtype, alias)
-        conditions.append(sql)
-        args += crit_args
+        for crit in query.clauses:
+            sql, crit_args = compiler.criterion(crit, query.resource_type, alias)
+            conditions.append(sql)
+            args += crit_args
+        return " AND ".join(conditions), args
+    types = list(query.resource_types)
+    if not query.clauses:
+        if types:
+            conditions.append(f"{alias}.type IN ({','.join('?' * len(types))})")
+            args += types
+        return " AND ".join(conditions), args
+    if not types:
+        # Every type that was ever indexed (a type without index rows cannot match a filter).
+        types = sorted({rtype for rtype, _ in compiler.storage._pids})
+    per_type = []
+    for rtype in types:
+        parts, part_args = [f"{alias}.type=?"], [rtype]
+        for crit in query.clauses:
+            sql, crit_args = compiler.criterion(crit, rtype, alias)
+            parts.append(sql)
+            part_args += crit_args
+        per_type.append("(" + " AND ".join(parts) + ")")
+        args += part_args
+    conditions.append("(" + " OR ".join(per_type or ["0"]) + ")")
     return " AND ".join(conditions), args
 
 
@@ -589,6 +623,7 @@ def _forward(
     if inc.target_type:
         sql += " AND t.type=?"
         args.append(inc.target_type)
+    sql += " ORDER BY t.pk"
     return storage.read_many([row[0] for row in conn.execute(sql, args)])
 
 
@@ -607,7 +642,7 @@ def _reverse(
     sql = (
         "SELECT DISTINCT s.pk FROM idx_reference x JOIN resources s ON s.pk=x.pk "
         f"WHERE x.pid IN ({','.join('?' * len(pids))}) AND ({' OR '.join(ors)}) AND s.deleted=0 "
-        "LIMIT ?"
+        "ORDER BY s.pk LIMIT ?"
     )
     rows = conn.execute(sql, [*pids, *args, MAX_INCLUDED])
     return storage.read_many([row[0] for row in rows])
