@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, database_url
 from fhir_server.settings import Settings
+from tests.conftest import RunningServer, database_url
 
 DATA = Path(__file__).parent / "data" / "search" / "conformance_resources.json"
 INS = "urn:oid:1.2.250.1.213.1.4.8"
@@ -294,7 +294,7 @@ QUERIES: list[tuple[str, str]] = [
     ("Condition?_sort=-onset-date", "c5 c1 c3 c2 c4"),
     ("Condition?_sort=clinical-status,-onset-date", "c1 c2 c4 c3 c5"),
     ("RiskAssessment?_sort=-probability", "ra2 ra1"),
-    (f"Observation?_sort=-_profile,date&code=2339-0,4548-4", "o3 o1 o6 o7 o9"),
+    ("Observation?_sort=-_profile,date&code=2339-0,4548-4", "o3 o1 o6 o7 o9"),
     # -- _count / _summary / system level / compartments / POST are below --------------------
     ("Observation?_count=4", "o1 o2 o3 o4"),
     ("Observation?_sort=-date&_count=2", "o9 o5"),
