@@ -76,8 +76,15 @@ class SearchPage:
 class _Compiler:
     """Builds one SQL condition with its arguments; aliases are unique per query."""
 
-    def __init__(self, storage: SqliteStorage, expander: Any = None, canonical: Any = None) -> None:
+    def __init__(
+        self,
+        storage: SqliteStorage,
+        conn: sqlite3.Connection,
+        expander: Any = None,
+        canonical: Any = None,
+    ) -> None:
         self.storage = storage
+        self.conn = conn
         self.expander = expander
         self.canonical = canonical
         self._aliases = itertools.count()
@@ -134,7 +141,11 @@ class _Compiler:
         )
         return sql, [self.pid(crit.resource_type, crit.ref_param.code), rtype, *inner_args]
 
-    def clause(self, clause: Clause, rtype: str, alias: str) -> tuple[str, list[Any]]:
+    def clause(
+        self, clause: Clause, rtype: str, alias: str, probe: bool = False
+    ) -> tuple[str, list[Any]]:
+        """`alias.pk IN (rows of the index)`, or with `probe` a correlated EXISTS that looks
+        up the row's own index entries (cheap per row, never materialises a large set)."""
         param = clause.param
         if param.code in DIRECT_PARAMS:
             return self.direct(clause, alias)
@@ -144,17 +155,25 @@ class _Compiler:
         pid = self.pid(rtype, param.code)
         if clause.modifier == "missing":
             missing = any(isinstance(v, MissingValue) and v.missing for v in clause.values)
-            op = "NOT IN" if missing else "IN"
-            return f"{alias}.pk {op} (SELECT pk FROM {table} WHERE pid=?)", [pid]
+            body, args = "", [pid]
+        else:
+            missing = clause.modifier in ("not", "not-in")
+            body, args = self.clause_body(clause)
+            args = [pid, *args]
+        if probe:
+            op = "NOT EXISTS" if missing else "EXISTS"
+            return f"{op} (SELECT 1 FROM {table} WHERE pk={alias}.pk AND pid=?{body})", args
+        op = "NOT IN" if missing else "IN"
+        return f"{alias}.pk {op} (SELECT pk FROM {table} WHERE pid=?{body})", args
+
+    def clause_body(self, clause: Clause) -> tuple[str, list[Any]]:
+        """` AND (value OR value ...)` on one index row, for a clause without :missing."""
         ors, args = [], []
         for value in clause.values:
-            sql, value_args = self.value(param.type, clause.modifier, value)
+            sql, value_args = self.value(clause.param.type, clause.modifier, value)
             ors.append(sql)
             args += value_args
-        negate = clause.modifier in ("not", "not-in")
-        op = "NOT IN" if negate else "IN"
-        sql = f"{alias}.pk {op} (SELECT pk FROM {table} WHERE pid=? AND ({' OR '.join(ors)}))"
-        return sql, [pid, *args]
+        return f" AND ({' OR '.join(ors)})", args
 
     def direct(self, clause: Clause, alias: str) -> tuple[str, list[Any]]:
         ors, args = [], []
@@ -453,8 +472,8 @@ def _where(compiler: _Compiler, query: SearchQuery, alias: str = "r") -> tuple[s
     if query.resource_type is not None:
         conditions.append(f"{alias}.type=?")
         args.append(query.resource_type)
-        for crit in query.clauses:
-            sql, crit_args = compiler.criterion(crit, query.resource_type, alias)
+        sql, crit_args = _type_criteria(compiler, query.resource_type, query.clauses, alias)
+        if sql:
             conditions.append(sql)
             args += crit_args
         return " AND ".join(conditions), args
@@ -469,21 +488,165 @@ def _where(compiler: _Compiler, query: SearchQuery, alias: str = "r") -> tuple[s
         types = sorted({rtype for rtype, _ in compiler.storage._pids})
     per_type = []
     for rtype in types:
-        parts, part_args = [f"{alias}.type=?"], [rtype]
-        for crit in query.clauses:
-            sql, crit_args = compiler.criterion(crit, rtype, alias)
-            parts.append(sql)
-            part_args += crit_args
-        per_type.append("(" + " AND ".join(parts) + ")")
-        args += part_args
+        sql, part_args = _type_criteria(compiler, rtype, query.clauses, alias)
+        per_type.append(f"({alias}.type=? AND {sql})")
+        args += [rtype, *part_args]
     conditions.append("(" + " OR ".join(per_type or ["0"]) + ")")
     return " AND ".join(conditions), args
+
+
+# A driving index set larger than this is not worth materialising: scanning resources in
+# pk order and probing each one's index rows finds a page sooner.
+DRIVER_LIMIT = 20000
+PLAIN_DATE_PREFIXES = frozenset({"eq", "gt", "ge", "lt", "le", "sa", "eb"})
+
+
+def _type_criteria(
+    compiler: _Compiler, rtype: str, clauses: Sequence[Any], alias: str
+) -> tuple[str, list[Any]]:
+    """ANDed criteria on one type, planned: the most selective positive clause (estimated by
+    counting its index rows up to DRIVER_LIMIT) becomes `pk IN (...)`, the access path;
+    every clause is also checked per row by a correlated probe. Without a selective clause,
+    rows are scanned in pk order and probed (a page needs only its first matches)."""
+    if not clauses:
+        return "", []
+    parts, args = [], []
+    for crit in clauses:
+        if isinstance(crit, Clause):
+            sql, crit_args = compiler.clause(crit, rtype, alias, probe=True)
+        else:
+            sql, crit_args = compiler.criterion(crit, rtype, alias)
+        parts.append(sql)
+        args += crit_args
+    driver = _choose_driver(compiler, rtype, clauses)
+    if driver is not None:
+        parts.insert(0, f"{alias}.pk IN ({driver[0]})")
+        args = [*driver[1], *args]
+    return " AND ".join(parts), args
+
+
+def _choose_driver(
+    compiler: _Compiler, rtype: str, clauses: Sequence[Any]
+) -> tuple[str, list[Any]] | None:
+    if any(isinstance(c, Clause) and c.param.code == "_id" and c.modifier is None for c in clauses):
+        return None  # the unique (type, id) index is the access path
+    candidates = [
+        _driver_sql(compiler, rtype, c)
+        for c in clauses
+        if isinstance(c, Clause)
+        and c.param.code not in DIRECT_PARAMS
+        and c.modifier not in ("missing", "not", "not-in")
+        and c.param.type in TABLE_BY_TYPE
+    ]
+    candidates += _owner_date_drivers(compiler, rtype, clauses)
+    best, best_count = None, DRIVER_LIMIT
+    conn = compiler.conn
+    for sql, args in candidates:
+        count = conn.execute(f"SELECT count(*) FROM ({sql} LIMIT {DRIVER_LIMIT})", args).fetchone()[
+            0
+        ]
+        if count < best_count:
+            best, best_count = (sql, args), count
+    return best
+
+
+def _driver_sql(compiler: _Compiler, rtype: str, clause: Clause) -> tuple[str, list[Any]]:
+    table = TABLE_BY_TYPE[clause.param.type]
+    body, args = compiler.clause_body(clause)
+    return f"SELECT pk FROM {table} WHERE pid=?{body}", [
+        compiler.pid(rtype, clause.param.code),
+        *args,
+    ]
+
+
+def _owner_date_drivers(
+    compiler: _Compiler, rtype: str, clauses: Sequence[Any]
+) -> list[tuple[str, list[Any]]]:
+    """With `patient=X` in the query, date clauses run on the (owner, pid, low) index: one
+    patient's rows only. `ge`/`gt`/`eq`/`sa` bound `low` from below through the widest
+    stored period, and all date clauses on one parameter are combined into one range
+    (`ge X & lt Y`) when no resource ever had several values for it."""
+    owner = _owner_id(clauses)
+    if owner is None:
+        return []
+    by_param: dict[str, list[Clause]] = {}
+    for c in clauses:
+        if (
+            isinstance(c, Clause)
+            and c.param.type == "date"
+            and c.modifier is None
+            and c.param.code not in DIRECT_PARAMS
+            and all(isinstance(v, DateValue) and v.prefix in PLAIN_DATE_PREFIXES for v in c.values)
+        ):
+            by_param.setdefault(c.param.code, []).append(c)
+    drivers = []
+    for code, date_clauses in by_param.items():
+        pid = compiler.pid(rtype, code)
+        span_info = compiler.storage.date_span(compiler.conn, pid)
+        if span_info is None:
+            continue
+        span, multi = span_info
+        groups = [[c] for c in date_clauses] if multi else [date_clauses]
+        for group in groups:
+            conditions, args = [], []
+            for c in group:
+                ors = []
+                for value in c.values:
+                    sql, value_args = date_condition(value, "low", "high")
+                    floor = _low_floor(value, span)
+                    if floor is not None:
+                        sql = f"({sql} AND low>?)"
+                        value_args = [*value_args, floor]
+                    ors.append(sql)
+                    args += value_args
+                conditions.append("(" + " OR ".join(ors) + ")")
+            drivers.append(
+                (
+                    "SELECT pk FROM idx_date WHERE owner=? AND pid=? AND "
+                    + " AND ".join(conditions),
+                    [owner, pid, *args],
+                )
+            )
+    return drivers
+
+
+def _low_floor(value: DateValue, span: float) -> float | None:
+    """A lower bound on `low` implied by the prefix (high > h means low > h - span)."""
+    if value.prefix == "gt":
+        return value.high - span - 1e-6
+    if value.prefix == "ge":
+        return value.low - span - 1e-6
+    return None
+
+
+def _owner_id(clauses: Sequence[Any]) -> str | None:
+    """The id of a plain `patient=X` (or `patient=Patient/X`) clause, if any: date rows carry
+    the target id of their resource's `patient` reference as `owner`."""
+    for c in clauses:
+        if (
+            isinstance(c, Clause)
+            and c.param.code == "patient"
+            and c.param.type == "reference"
+            and c.modifier in (None, "Patient")
+            and len(c.values) == 1
+        ):
+            value = c.values[0]
+            if (
+                isinstance(value, ReferenceValue)
+                and value.id
+                and value.url is None
+                and value.identifier_value is None
+                and value.identifier_system is None
+                and value.type in (None, "Patient")
+            ):
+                return value.id
+    return None
 
 
 def matching_ids(
     storage: SqliteStorage, conn: sqlite3.Connection, query: SearchQuery, limit: int
 ) -> list[str]:
-    compiler = _Compiler(storage, storage.expander, storage.canonical_query)
+    compiler = _Compiler(storage, conn, storage.expander, storage.canonical_query)
     where, args = _where(compiler, query)
     rows = conn.execute(f"SELECT r.id FROM resources r WHERE {where} LIMIT ?", [*args, limit])
     return [row[0] for row in rows]
@@ -496,7 +659,7 @@ def run_search(
     count: int,
     cursor: str | None,
 ) -> SearchPage:
-    compiler = _Compiler(storage, storage.expander, storage.canonical_query)
+    compiler = _Compiler(storage, conn, storage.expander, storage.canonical_query)
     where, args = _where(compiler, query)
     result = query.result
     rtype = query.resource_type or "Resource"
