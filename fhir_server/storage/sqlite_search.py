@@ -538,16 +538,37 @@ def _choose_driver(
         and c.modifier not in ("missing", "not", "not-in")
         and c.param.type in TABLE_BY_TYPE
     ]
-    candidates += _owner_date_drivers(compiler, rtype, clauses)
+    # Likely-small sets first: once one is small, the others are counted only that far.
+    candidates = _owner_date_drivers(compiler, rtype, clauses) + candidates
     best, best_count = None, DRIVER_LIMIT
     conn = compiler.conn
     for sql, args in candidates:
-        count = conn.execute(f"SELECT count(*) FROM ({sql} LIMIT {DRIVER_LIMIT})", args).fetchone()[
-            0
-        ]
-        if count < best_count:
-            best, best_count = (sql, args), count
+        count = conn.execute(f"SELECT count(*) FROM ({sql} LIMIT ?)", [*args, best_count])
+        found = count.fetchone()[0]
+        if found < best_count:
+            best, best_count = (sql, args), found
+            if found == 0:
+                break
     return best
+
+
+def fast_count(compiler: _Compiler, query: SearchQuery) -> int | None:
+    """The number of matches of a type-level search with one positive clause, counted on
+    the index alone: index rows exist only for current, non-deleted resources of the
+    parameter's own type, so no join is needed (DISTINCT: one resource may match twice)."""
+    if query.resource_type is None or len(query.clauses) != 1:
+        return None
+    clause = query.clauses[0]
+    if (
+        not isinstance(clause, Clause)
+        or clause.param.code in DIRECT_PARAMS
+        or clause.modifier in ("missing", "not", "not-in")
+        or clause.param.type not in TABLE_BY_TYPE
+    ):
+        return None
+    sql, args = _driver_sql(compiler, query.resource_type, clause)
+    distinct = sql.replace("SELECT pk", "SELECT DISTINCT pk", 1)
+    return compiler.conn.execute(f"SELECT count(*) FROM ({distinct})", args).fetchone()[0]
 
 
 def _driver_sql(compiler: _Compiler, rtype: str, clause: Clause) -> tuple[str, list[Any]]:
@@ -666,7 +687,10 @@ def run_search(
     sort = [(*sort_expression(compiler, key, rtype, "r"), key.descending) for key in result.sort]
     total = None
     if result.total == "accurate" or result.summary == "count" or count == 0:
-        total = conn.execute(f"SELECT count(*) FROM resources r WHERE {where}", args).fetchone()[0]
+        total = fast_count(compiler, query)
+        if total is None:
+            row = conn.execute(f"SELECT count(*) FROM resources r WHERE {where}", args).fetchone()
+            total = row[0]
     if result.summary == "count" or count == 0:
         return SearchPage([], total=total)
 
