@@ -53,8 +53,24 @@ UCUM = "http://unitsofmeasure.org"
 START = 1_704_067_200.0  # 2024-01-01T00:00:00Z: first reading
 STEP = 300.0  # CGM: one reading every 5 minutes
 CHUNK = 5_000
-FAMILIES = ["Martin", "Bernard", "Thomas", "Petit", "Robert", "Richard", "Durand", "Dubois",
-            "Moreau", "Laurent", "Simon", "Michel", "Lefèvre", "Leroy", "Roux", "David"]
+FAMILIES = [
+    "Martin",
+    "Bernard",
+    "Thomas",
+    "Petit",
+    "Robert",
+    "Richard",
+    "Durand",
+    "Dubois",
+    "Moreau",
+    "Laurent",
+    "Simon",
+    "Michel",
+    "Lefèvre",
+    "Leroy",
+    "Roux",
+    "David",
+]
 GIVEN = ["Hélène", "Éloïse", "Jean", "Marc", "Anaïs", "Loïc", "Chloé", "Noël", "Zoé", "Paul"]
 LABS = [("4548-4", "%", 7.2), ("2339-0", "mg/dL", 140.0), ("2345-7", "mg/dL", 120.0)]
 
@@ -150,8 +166,13 @@ def build(path: Path, patients: int, readings: int) -> dict:
                 resource["meta"] = {"versionId": "1", "lastUpdated": instant(now)}
                 entries = extractor.extract(resource)
                 tx.put(
-                    resource["resourceType"], resource["id"], 1, now,
-                    orjson.dumps(resource), entries, "PUT",
+                    resource["resourceType"],
+                    resource["id"],
+                    1,
+                    now,
+                    orjson.dumps(resource),
+                    entries,
+                    "PUT",
                 )
         batch.clear()
 
@@ -283,10 +304,14 @@ def main() -> None:
         print(f"using cached {path}")
     size = path.stat().st_size
     observations = patients * (readings + 10)
-    print(f"ingest (index extraction + SQLite, in-process): {meta['rate']:,.0f} resources/s "
-          f"({meta['resources']:,} in {meta['seconds']:.0f} s)")
-    print(f"database: {size / 1e6:,.0f} MB, {size / meta['resources']:,.0f} bytes/resource; "
-          f"{observations:,} Observations")
+    print(
+        f"ingest (index extraction + SQLite, in-process): {meta['rate']:,.0f} resources/s "
+        f"({meta['resources']:,} in {meta['seconds']:.0f} s)"
+    )
+    print(
+        f"database: {size / 1e6:,.0f} MB, {size / meta['resources']:,.0f} bytes/resource; "
+        f"{observations:,} Observations"
+    )
 
     process, url = start_server(path)
     try:
@@ -302,12 +327,14 @@ def main() -> None:
         kinds = {
             "(a) patient+code+date, _count=100": (query_a, None),
             "(b) Condition code + _include subject": (
-                lambda rng: f"/Condition?code={ICD10}|E11.9&_include=Condition:subject", None),
-            "(c) Patient?name=": (
-                lambda rng: f"/Patient?name={rng.choice(FAMILIES)[:4]}", None),
+                lambda rng: f"/Condition?code={ICD10}|E11.9&_include=Condition:subject",
+                None,
+            ),
+            "(c) Patient?name=": (lambda rng: f"/Patient?name={rng.choice(FAMILIES)[:4]}", None),
             "(d) _summary=count over one code": (
                 lambda rng: f"/Observation?code={LOINC}|99504-3&_summary=count",
-                lambda bundle: bundle["total"]),
+                lambda bundle: bundle["total"],
+            ),
         }
         print(f"\n{args.clients} concurrent clients, {args.requests} requests per query")
         print(f"{'query':42} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}  note")
@@ -318,11 +345,14 @@ def main() -> None:
             if check:
                 matches = result["extra"][0]
                 note = f"{matches:,} matches, {matches / (result['p50'] / 1000):,.0f} matches/s"
-            print(f"{name:42} {result['p50']:8.1f} {result['p99']:8.1f} {result['rps']:8.0f}  "
-                  f"{note}")
+            print(
+                f"{name:42} {result['p50']:8.1f} {result['p99']:8.1f} {result['rps']:8.0f}  {note}"
+            )
         walk = walk_patient(url, patients, args.clients, args.clients * 2)
-        print(f"{'(e) all of one patient, _count=1000':42} {walk['walk_ms_p50']:8.0f} "
-              f"{'':>8} {'':>8}  ms per walk of {walk['resources']:,} Observations")
+        print(
+            f"{'(e) all of one patient, _count=1000':42} {walk['walk_ms_p50']:8.0f} "
+            f"{'':>8} {'':>8}  ms per walk of {walk['resources']:,} Observations"
+        )
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -74,6 +74,8 @@ MODIFIERS_BY_TYPE: dict[str, frozenset[str]] = {
     "reference": frozenset({"identifier"}),
     "uri": frozenset({"below", "above"}),
 }
+# Each OR value becomes an SQL condition: a bound keeps every query plan small.
+MAX_OR_VALUES = 100
 SUPPORTED_TYPES = frozenset(
     {"number", "date", "string", "token", "reference", "composite", "quantity", "uri"}
 )
@@ -428,7 +430,12 @@ def _parse_clause(
 ) -> Clause:
     _check_modifier(param, modifier, expression)
     values: list[Value] = []
-    for text in split_escaped(raw, ","):
+    texts = split_escaped(raw, ",")
+    if len(texts) > MAX_OR_VALUES:
+        raise SearchError(
+            f"at most {MAX_OR_VALUES} comma-separated values per parameter", expression
+        )
+    for text in texts:
         if text == "":
             raise SearchError(f"empty value in the list {raw!r}", expression)
         try:
