@@ -574,6 +574,15 @@ def fast_count(compiler: _Compiler, query: SearchQuery) -> int | None:
 def _driver_sql(compiler: _Compiler, rtype: str, clause: Clause) -> tuple[str, list[Any]]:
     table = TABLE_BY_TYPE[clause.param.type]
     body, args = compiler.clause_body(clause)
+    pid = compiler.pid(rtype, clause.param.code)
+    if clause.param.type == "date":
+        # `high > X` alone cannot use the (pid, low) index: bound low too (see _low_floor).
+        span_info = compiler.storage.date_span(compiler.conn, pid)
+        floors = [_low_floor(v, span_info[0]) if span_info else None for v in clause.values]
+        if floors and all(f is not None for f in floors):
+            body += " AND low>?"
+            args = [*args, min(f for f in floors if f is not None)]
+        return f"SELECT pk FROM {table} WHERE pid=?{body}", [pid, *args]
     return f"SELECT pk FROM {table} WHERE pid=?{body}", [
         compiler.pid(rtype, clause.param.code),
         *args,
