@@ -158,7 +158,9 @@ def resources(patients: int, readings: int):
             yield reading(i, n, rng)
 
 
-def patched(template: list, rid: str, low: float, value: float) -> list:
+def patched(
+    template: list, rid: str, low: float, value: float, updated: tuple[float, float]
+) -> list:
     """A CGM reading's index entries from another reading's: only the id, the instant
     and the value differ (checked against the real extractor every CHECK_EVERY readings)."""
     out = []
@@ -166,6 +168,8 @@ def patched(template: list, rid: str, low: float, value: float) -> list:
         kind = type(entry)
         if kind is TokenEntry and entry.param == "_id":
             entry = entry._replace(code=rid)
+        elif kind is DateEntry and entry.param == "_lastUpdated":
+            entry = entry._replace(low=updated[0], high=updated[1])
         elif kind is DateEntry:
             entry = entry._replace(low=low, high=low + 1.0)
         elif kind is QuantityEntry:
@@ -202,8 +206,13 @@ def build(path: Path, patients: int, readings: int, fast: bool) -> dict:
         is_reading = resource["id"].startswith("g")
         if fast and is_reading and subject in templates:
             low = fast_dates.date_period(resource["effectiveDateTime"])
+            updated = fast_dates.date_period(resource["meta"]["lastUpdated"])
             entries = patched(
-                templates[subject], resource["id"], low[0], resource["valueQuantity"]["value"]
+                templates[subject],
+                resource["id"],
+                low[0],
+                resource["valueQuantity"]["value"],
+                updated,
             )
             patched_count += 1
             if patched_count % CHECK_EVERY == 0:
