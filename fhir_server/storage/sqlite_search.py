@@ -162,7 +162,9 @@ class _Compiler:
             args = [pid, *args]
         if probe:
             op = "NOT EXISTS" if missing else "EXISTS"
-            return f"{op} (SELECT 1 FROM {table} WHERE pk={alias}.pk AND pid=?{body})", args
+            # `+pid`: look up by pk (idx_*_pk). Without statistics SQLite may otherwise
+            # walk the (pid, value) index for every row, which is quadratic.
+            return f"{op} (SELECT 1 FROM {table} WHERE pk={alias}.pk AND +pid=?{body})", args
         op = "NOT IN" if missing else "IN"
         return f"{alias}.pk {op} (SELECT pk FROM {table} WHERE pid=?{body})", args
 
@@ -426,11 +428,12 @@ def sort_expression(compiler: _Compiler, key: SortKey, rtype: str, alias: str) -
     column, agg = (desc_col, "max") if key.descending else (asc_col, "min")
     if rtype != "Resource":
         pid = compiler.pid(rtype, key.code)
-        return f"(SELECT {agg}({column}) FROM {table} WHERE pk={alias}.pk AND pid=?)", [pid]
+        return f"(SELECT {agg}({column}) FROM {table} WHERE pk={alias}.pk AND +pid=?)", [pid]
     # System-level search: the parameter's pid differs per type; any of them will do.
     pids = [pid for (_, code), pid in compiler.storage._pids.items() if code == key.code] or [-1]
     marks = ",".join("?" * len(pids))
-    return f"(SELECT {agg}({column}) FROM {table} WHERE pk={alias}.pk AND pid IN ({marks}))", pids
+    sql = f"(SELECT {agg}({column}) FROM {table} WHERE pk={alias}.pk AND +pid IN ({marks}))"
+    return sql, pids
 
 
 def _keyset_condition(
