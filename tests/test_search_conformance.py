@@ -480,3 +480,27 @@ def test_unknown_parameter_is_reported_and_left_out_of_self_link(conformance_ser
         "/Patient?gender=male&colour=red", headers={"Prefer": "handling=strict"}
     )
     assert strict.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("Patient/p1/$everything", "p1 e1 c1 o1 o2 o3 o10 ms1 mr1 ra1"),
+        ("Patient/p2/$everything", "p2 e2 c2 o4 o5 ms2 ra2"),
+        ("Patient/p2/$everything?_type=Observation,Patient", "p2 o4 o5"),
+        ("Patient/nobody/$everything", ""),
+    ],
+)
+def test_everything(conformance_server: httpx.Client, path: str, expected: str) -> None:
+    bundle = get_bundle(conformance_server, path)
+    assert entry_ids(bundle, "match") == expected.split()
+
+
+def test_everything_pages(conformance_server: httpx.Client) -> None:
+    bundle = get_bundle(conformance_server, "Patient/p1/$everything?_count=4")
+    seen = entry_ids(bundle, "match")
+    while link := next((x["url"] for x in bundle["link"] if x["relation"] == "next"), None):
+        assert "/Patient/p1/$everything?" in link
+        bundle = conformance_server.get(link).json()
+        seen += entry_ids(bundle, "match")
+    assert seen == ["p1", "e1", "c1", "o1", "o2", "o3", "o10", "ms1", "mr1", "ra1"]

@@ -276,6 +276,17 @@ def build_router() -> APIRouter:
         check_accept(request)
         svc = _service(request)
         svc.resources.check_type(compartment_type)
+        strict = "handling=strict" in request.headers.get("prefer", "")
+        if resource_type == "$everything":
+            bundle = await run_in_threadpool(
+                svc.search.everything,
+                compartment_type,
+                compartment_id,
+                query_items(request),
+                _base(request),
+                strict,
+            )
+            return fhir_response(bundle, 200, None, pretty(request))
         if resource_type != "*":
             svc.resources.check_type(resource_type)
         else:

@@ -131,14 +131,17 @@ class HasClause:
 
 @dataclass(frozen=True, slots=True)
 class CompartmentClause:
-    """Membership of a compartment (`GET /Patient/123/Observation`): the resource matches
-    when ANY of `alternatives` does (one reference clause per parameter the
-    CompartmentDefinition lists, plus `_id` for the compartment's own resource). It comes
+    """Membership of a compartment (`GET /Patient/123/Observation`, `$everything`): the
+    resource matches when ANY of `alternatives` (or `by_type[its type]`) does (one
+    reference clause per parameter the CompartmentDefinition lists, plus `_id` for the
+    compartment's own resource). It comes
     from the URL path, not from the query, so it stays out of the self link's items."""
 
     compartment_type: str
     compartment_id: str
     alternatives: tuple[Clause, ...]
+    # For a search over several types (`$everything`): the alternatives of each type.
+    by_type: dict[str, tuple[Clause, ...]] | None = None
 
     @property
     def key(self) -> str:

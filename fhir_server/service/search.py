@@ -10,9 +10,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fhir_server.model import jsonio
-from fhir_server.search.compartment import compartment_criterion
+from fhir_server.search.compartment import compartment_criterion, compartment_resource_types
 from fhir_server.search.errors import SearchError
-from fhir_server.search.query import SearchQuery, parse_search, parse_system_search
+from fhir_server.search.query import (
+    CompartmentClause,
+    SearchQuery,
+    parse_search,
+    parse_system_search,
+)
 from fhir_server.search.registry import SearchParamRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.base import Storage, StoredResource
@@ -91,13 +96,55 @@ class SearchService:
     ) -> dict[str, Any]:
         """A searchset Bundle; `compartment` = (type, id) for `GET /Patient/123/Observation`."""
         query = self.parse(resource_type, items, strict, compartment)
-        result = query.result
-        page = self.storage.search(query, result.count, result.cursor)
         if compartment is not None:
             path = f"{base_url}/{compartment[0]}/{compartment[1]}/{resource_type}"
         else:
             path = f"{base_url}/{resource_type}" if resource_type else base_url
-        understood = query.self_link_items()
+        return self._render(query, path, base_url, query.self_link_items())
+
+    def everything(
+        self,
+        compartment_type: str,
+        compartment_id: str,
+        items: list[tuple[str, str]],
+        base_url: str,
+        strict: bool,
+    ) -> dict[str, Any]:
+        """`GET /Patient/123/$everything`: the compartment's resource and every resource in
+        its compartment, paged like any search (`_count`, `_type` to narrow the types)."""
+        allowed = (compartment_type, *compartment_resource_types(compartment_type))
+        wanted = [name for key, value in items if key == "_type" for name in value.split(",")]
+        types = [t for t in allowed if not wanted or t in wanted]
+        if not types:
+            raise SearchError("_type names no type of this compartment", "_type")
+        kept = [(k, v) for k, v in items if k in ("_count", "_cursor", "_summary", "_elements")]
+        query = parse_system_search([("_type", ",".join(types)), *kept], self.registry, strict)
+        by_type = {}
+        for rtype in types:
+            try:
+                alternatives = compartment_criterion(
+                    compartment_type, compartment_id, rtype, self.registry
+                ).alternatives
+            except SearchError:
+                continue  # listed in the definition with no usable parameter here
+            by_type[rtype] = alternatives
+        criterion = CompartmentClause(compartment_type, compartment_id, (), by_type)
+        query = dataclasses.replace(query, clauses=(criterion,), resource_types=tuple(by_type))
+        path = f"{base_url}/{compartment_type}/{compartment_id}/$everything"
+        understood = [(k, v) for k, v in query.self_link_items() if k != "_type"]
+        if wanted:
+            understood.insert(0, ("_type", ",".join(types)))
+        return self._render(query, path, base_url, understood)
+
+    def _render(
+        self,
+        query: SearchQuery,
+        path: str,
+        base_url: str,
+        understood: list[tuple[str, str]],
+    ) -> dict[str, Any]:
+        result = query.result
+        page = self.storage.search(query, result.count, result.cursor)
 
         def url(extra: list[tuple[str, str]]) -> str:
             all_items = understood + extra

@@ -108,7 +108,12 @@ class _Compiler:
             return self.has(crit, rtype, alias)
         if isinstance(crit, CompartmentClause):
             ors, args = [], []
-            for alternative in crit.alternatives:
+            alternatives = crit.alternatives
+            if crit.by_type is not None:
+                alternatives = crit.by_type.get(rtype, ())
+            if not alternatives:
+                return "0", []
+            for alternative in alternatives:
                 sql, alt_args = self.clause(alternative, rtype, alias)
                 ors.append(sql)
                 args += alt_args
