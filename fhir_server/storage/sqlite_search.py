@@ -1,9 +1,26 @@
 """Parsed FHIR searches compiled to SQL over the SQLite index tables.
 
-Each AND criterion becomes `pk IN (SELECT pk FROM idx_<kind> WHERE pid=? AND (...OR...))`
-on the searched resources; chains and `_has` nest the same construction through
-`idx_reference`. Every value is a bound parameter: nothing from a request is ever
-interpolated into SQL text.
+Semantics (the same on every backend; prefixes are stated in search/ranges.py):
+- AND between parameters (and repeated ones), OR between comma-separated values; a value
+  matches when ONE index row of the resource satisfies it (several dates, codings, names).
+- `:not` / `:not-in` match resources with no matching row (missing values included);
+  `ne` matches resources having a row that is not equal (missing values excluded).
+- `:missing=true` = no index row for the parameter; `:text` on tokens is a contains match
+  on the normalised display/text; string default = starts-with on the normalised form.
+- Chains and `_has` nest through idx_reference; `CompartmentClause` ORs its alternatives
+  (per type in `by_type` for `$everything`).
+- Default order is insertion (pk); `_sort` keys use min (ascending) or max (descending) of
+  the row values, missing values last in both directions, pk breaks ties.
+
+Planning (SQLite only): each type-level criterion is checked per candidate row by a
+correlated probe on the index table's pk index; the access path is the most selective
+positive clause, chosen by counting its index rows up to DRIVER_LIMIT, as `pk IN (...)`,
+or, when none is selective, a scan in pk order (a page only needs its first matches). With
+`patient=X`, date clauses can drive from the (owner, pid, low) index: one patient's rows
+only, `ge`/`gt` bounded on `low` through the widest stored period of that parameter. A
+one-clause `_summary=count` is counted on the index alone.
+
+Every value is a bound parameter: nothing from a request is ever interpolated into SQL text.
 
 Paging is keyset-based: the cursor holds the sort values and pk of the last row of the page,
 so rows inserted or updated meanwhile neither shift nor repeat the pages.
