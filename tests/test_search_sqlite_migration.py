@@ -68,22 +68,34 @@ def downgrade_to_schema_1(path: Path) -> None:
     conn.close()
 
 
-@pytest.mark.parametrize(("query", "expected"), QUERIES)
-def test_new_and_migrated_databases_answer_alike(tmp_path: Path, query, expected):
+@pytest.fixture(scope="module")
+def storages(tmp_path_factory: pytest.TempPathFactory):
+    tmp_path = tmp_path_factory.mktemp("migration")
     fresh = SqliteStorage(str(tmp_path / "fresh.db"))
     write(fresh)
-    assert search(fresh, query) == expected
-    fresh.close()
-
     old_path = tmp_path / "old.db"
     old = SqliteStorage(str(old_path))
     write(old)
     old.close()
     downgrade_to_schema_1(old_path)
     migrated = SqliteStorage(str(old_path))
+    yield fresh, migrated
+    fresh.close()
+    migrated.close()
+
+
+def test_the_migration_sets_owners_and_version(storages):
+    _, migrated = storages
     version = migrated._writer.execute("PRAGMA user_version").fetchone()[0]
     assert version == SCHEMA_VERSION == 2
     owners = migrated._writer.execute("SELECT count(*) FROM idx_date WHERE owner='p1'")
     assert owners.fetchone()[0] >= 3
+    spans = dict(migrated._writer.execute("SELECT pid, span FROM date_spans"))
+    assert max(spans.values()) >= 62 * 86400  # the two-month effectivePeriod
+
+
+@pytest.mark.parametrize(("query", "expected"), QUERIES)
+def test_new_and_migrated_databases_answer_alike(storages, query, expected):
+    fresh, migrated = storages
+    assert search(fresh, query) == expected
     assert search(migrated, query) == expected
-    migrated.close()
