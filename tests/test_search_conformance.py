@@ -285,6 +285,8 @@ QUERIES: list[tuple[str, str]] = [
     ("MedicationStatement?_id=ms2&_include=MedicationStatement:medication", "ms2 | m1"),
     ("Observation?_id=o9&_include=Observation:subject", "o9"),
     ("Observation?patient=p1&_include=Observation:patient", "o1 o2 o3 o10 | p1"),
+    ("Patient?_id=p2&_revinclude=*", "p2 | d1 e2 c2 o4 o5 ms2 ra2"),
+    ("Organization?_id=org1&_revinclude=*", "org1 | org2 p1 e1"),
     # -- _sort -----------------------------------------------------------------------------
     ("Patient?_sort=birthdate", "p3 p1 p2 p4 p5"),
     ("Patient?_sort=-birthdate", "p4 p2 p1 p3 p5"),

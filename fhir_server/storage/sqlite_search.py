@@ -852,17 +852,21 @@ def _reverse(
     storage, conn, compiler, inc: Include, frontier: list[StoredResource]
 ) -> list[StoredResource]:
     if inc.source_type == "*":
-        return []
-    pids = _include_pids(compiler, inc, [inc.source_type])
-    if not pids:
-        return []
+        # `_revinclude=*`: every resource referring to the frontier, through any parameter
+        # (idx_reference holds reference parameters only, so no pid filter is needed).
+        pid_sql, pids = "1", []
+    else:
+        pids = _include_pids(compiler, inc, [inc.source_type])
+        if not pids:
+            return []
+        pid_sql = f"x.pid IN ({','.join('?' * len(pids))})"
     ors, args = [], []
     for res in frontier:
         ors.append("(x.ttype=? AND x.tid=?)")
         args += [res.resource_type, res.id]
     sql = (
         "SELECT DISTINCT s.pk FROM idx_reference x JOIN resources s ON s.pk=x.pk "
-        f"WHERE x.pid IN ({','.join('?' * len(pids))}) AND ({' OR '.join(ors)}) AND s.deleted=0 "
+        f"WHERE {pid_sql} AND ({' OR '.join(ors)}) AND s.deleted=0 "
         "ORDER BY s.pk LIMIT ?"
     )
     rows = conn.execute(sql, [*pids, *args, MAX_INCLUDED])
