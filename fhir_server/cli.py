@@ -30,6 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from fhir_server.app import create_app
+    from fhir_server.storage import open_storage
 
     settings = Settings.from_env(db_url=args.db, base_url=args.base_url)
     where = f"http://{args.host}:{args.port}/"
@@ -40,7 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["DIATABASE_DB"] = settings.db_url
         if settings.base_url:
             os.environ["DIATABASE_BASE_URL"] = settings.base_url
-        create_app(settings).state.fhir.storage.close()  # create the schema once, up front
+        open_storage(settings.db_url).close()  # create or migrate the schema once, up front
         uvicorn.run(
             "fhir_server.app:create_app",
             factory=True,
