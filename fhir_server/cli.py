@@ -29,11 +29,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from fhir_server.app import create_app
+    from fhir_server.deid.keys import DeidConfigError
 
-    settings = Settings.from_env(db_url=args.db, base_url=args.base_url)
-    app = create_app(settings)
+    settings = Settings.from_env(
+        db_url=args.db,
+        base_url=args.base_url,
+        deid_recipients=args.deid_recipients,
+        deid_only=args.deid_only or None,
+    )
+    try:
+        app = create_app(settings)
+    except DeidConfigError as exc:
+        raise SystemExit(f"diatabase: {exc}") from None
+    mode = " (de-identified facade only)" if settings.deid_only else ""
     print(
-        f"Diatabase FHIR R4 server on http://{args.host}:{args.port}/ (database {settings.db_url})"
+        f"Diatabase FHIR R4 server{mode} on http://{args.host}:{args.port}/ "
+        f"(database {settings.db_url})"
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
@@ -72,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--base-url", default=None, help="public base URL, if behind a proxy")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--deid-recipients",
+        default=None,
+        metavar="FILE",
+        help="recipients JSON file: serve the pseudonymized facade at /deid/ "
+        "(master secret from DIATABASE_DEID_SECRET)",
+    )
+    serve.add_argument(
+        "--deid-only",
+        action="store_true",
+        help="serve only the de-identified facade (/deid/ and its /metadata)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     load = sub.add_parser("load", help="store FHIR JSON / NDJSON files or folders")
@@ -79,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--db", default=None, help=f"database URL (default {DEFAULT_DB})")
     load.add_argument("--quiet", action="store_true")
     load.set_defaults(func=cmd_load)
+
+    from fhir_server.deid.cli import add_deid_commands
+
+    add_deid_commands(sub)
     return parser
 
 
