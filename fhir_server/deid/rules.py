@@ -107,8 +107,10 @@ def load_rules(source: str | Path | dict[str, Any] | None = None) -> Rules:
     except OSError as exc:
         raise DeidConfigError(f"cannot read the rules file {path}: {exc}") from None
     if path.suffix in (".yaml", ".yml"):
-        import yaml
-
+        try:
+            import yaml
+        except ImportError:
+            raise DeidConfigError("YAML rules need PyYAML installed; or write JSON") from None
         config = yaml.safe_load(raw)
     else:
         try:
