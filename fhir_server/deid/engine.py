@@ -48,8 +48,11 @@ EXTENSION_KEYS = ("extension", "modifierExtension")
 # A JSON number value (after `:`, `,` or `[`, before `,`, `}`, `]`): few per resource.
 _NUMBER_VALUE = re.compile(rb"[:,\[](-?\d[\d.eE+-]*)(?=[,}\]])")
 _SIMPLE_REFERENCE = re.compile(rb'\{"reference":"([^"\\]*)"\}')
-_QUOTED_DATE = re.compile(
-    rb'"(\d{4}-\d{2}(?:-\d{2}(?:T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})?)?)?)"'
+_MISSING = object()
+_CACHE_LIMIT = 200_000
+_SIMPLE_REFERENCE_OR_DATE = re.compile(
+    rb'\{"reference":"([^"\\]*)"\}'
+    rb'|"(\d{4}-\d{2}(?:-\d{2}(?:T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})?)?)?)"'
 )
 
 
@@ -73,7 +76,11 @@ class Deidentifier:
         self._shift_on = bool(self._days or rules.watermark)
         # Keys the plain walk must look at: one set lookup per key instead of three.
         extension_keys = EXTENSION_KEYS if self._allow is not None else ()
-        self._fast_types: dict[str, bool] = {}
+        self._fast_strips: dict[str, Any] = {}
+        self._references_rewritten = 0
+        self._reference_cache: dict[str, str | None] = {}
+        self._date_cache: dict[tuple[str, int], str] = {}
+        self._fast_pattern = _SIMPLE_REFERENCE_OR_DATE if self._shift_on else _SIMPLE_REFERENCE
         structural = "|".join(re.escape(key) for key in (*self._redact, *extension_keys))
         structural = "|".join(("contained", structural)) if structural else "contained"
         self._structural = re.compile(f'"({structural})"'.encode())
@@ -131,28 +138,49 @@ class Deidentifier:
     def _transform_bytes(self, raw: bytes) -> bytes:
         resource = _loads(raw)
         rtype = resource.get("resourceType", "")
-        trie = self._trie(rtype)
-        if (
-            not self._fast_types[rtype]
-            or self._structural.search(raw) is not None
-            or raw.count(b'"reference"') != len(_SIMPLE_REFERENCE.findall(raw))
-        ):
+        self._trie(rtype)
+        strip = self._fast_strips.get(rtype)
+        if strip is None or self._structural.search(raw) is not None:
             return jsonio.dumps(self._transform(resource))
         rid = resource.get("id")
-        self._current = (rtype, rid or "", self.shift_days(self._patient_of(resource, rtype, rid)))
-        if trie:
-            self._apply_paths(resource, trie, rtype)
+        patient = self._patient_fast(resource, rtype, rid)
+        self._current = (rtype, rid or "", self.shift_days(patient))
+        strip(resource)
         self._finish(resource, rtype, rid)
-        out = jsonio.dumps(resource)
-        if self._shift_on:
-            out = _QUOTED_DATE.sub(self._shift_match, out)
-        return _SIMPLE_REFERENCE.sub(self._reference_match, out)
+        self._references_rewritten = 0
+        out = self._fast_pattern.sub(self._fast_match, jsonio.dumps(resource))
+        if self._references_rewritten != raw.count(b'"reference"'):
+            # A reference in another shape (with a display, a type...): the full walk.
+            return jsonio.dumps(self._transform(_loads(raw)))
+        return out
+
+    def _fast_match(self, match: re.Match[bytes]) -> bytes:
+        ref = match.group(1)
+        if ref is None:
+            return b'"' + self._shift(match.group(2).decode()).encode() + b'"'
+        self._references_rewritten += 1
+        if ref.startswith(b"#"):
+            return match.group(0)
+        new = self.reference(ref.decode())
+        return b"{}" if new is None else b'{"reference":"' + new.encode() + b'"}'
+
+    @staticmethod
+    def _patient_fast(resource: dict[str, Any], rtype: str, rid: str | None) -> str:
+        if rtype != "Patient":
+            for key in PATIENT_LINKS:
+                link = resource.get(key)
+                if type(link) is dict:
+                    ref = link.get("reference")
+                    if type(ref) is str and ref.startswith("Patient/") and "/" not in ref[8:]:
+                        return ref[8:]
+        return Deidentifier._patient_of(resource, rtype, rid)
 
     def _trie(self, rtype: str) -> dict[str, PathNode]:
         trie = self._tries.get(rtype)
         if trie is None:
             trie = self.rules.trie(rtype)
-            self._fast_types[rtype] = _only_redactions(trie)
+            if _only_redactions(trie):
+                self._fast_strips[rtype] = _compile_redactions(trie)
             self._tries[rtype] = trie
         return trie
 
@@ -182,11 +210,17 @@ class Deidentifier:
 
     def reference(self, text: str) -> str | None:
         """`Type/pseudonym` for a `Type/id` (absolute or versioned too); None otherwise."""
+        cached = self._reference_cache.get(text, _MISSING)
+        if cached is not _MISSING:
+            return cached  # type: ignore[return-value]
         match = _RELATIVE_REF.fullmatch(text)
-        if match is None:
-            return None
-        rtype, rid = match.groups()
-        return f"{rtype}/{self.pseudonyms.pseudonym(rtype, rid)}"
+        result = None
+        if match is not None:
+            rtype, rid = match.groups()
+            result = f"{rtype}/{self.pseudonyms.pseudonym(rtype, rid)}"
+        if len(self._reference_cache) < _CACHE_LIMIT:
+            self._reference_cache[text] = result
+        return result
 
     # -- date shift -----------------------------------------------------------------------
 
@@ -209,12 +243,16 @@ class Deidentifier:
         days = self._current[2]
         if (not days and not self.rules.watermark) or _DATE.fullmatch(text) is None:
             return text
-        year, month = int(text[0:4]), int(text[5:7])
         if len(text) == 7:
-            shifted = date(year, month, 15) + timedelta(days=days)
+            shifted = date(int(text[0:4]), int(text[5:7]), 15) + timedelta(days=days)
             return shifted.isoformat()[:7]
-        day = date(year, month, int(text[8:10])) + timedelta(days=days)
-        head = day.isoformat()
+        key = (text[:10], days)
+        head = self._date_cache.get(key)
+        if head is None:
+            day = date(int(text[0:4]), int(text[5:7]), int(text[8:10])) + timedelta(days=days)
+            head = day.isoformat()
+            if len(self._date_cache) < _CACHE_LIMIT:
+                self._date_cache[key] = head
         if len(text) == 10:
             return head
         rest = text[10:]  # Thh:mm:ss[.fff][zone]
@@ -393,15 +431,41 @@ def _loads(raw: bytes) -> Any:
     same contract as jsonio.loads, without its false positives on timestamps such as
     `00:00:00.000Z`, which would send almost every stored resource down the slow path."""
     for number in _NUMBER_VALUE.findall(raw):
-        if (
-            len(number) > 15
-            or number == b"-0"
-            or b"e" in number
-            or b"E" in number
-            or (b"." in number and number.endswith(b"0"))
-        ):
+        if b"." in number or b"e" in number or b"E" in number or len(number) > 15:
+            if repr(float(number)).encode() != number:
+                return jsonio.loads(raw)
+        elif number == b"-0":
             return jsonio.loads(raw)
     return orjson.loads(raw)
+
+
+def _compile_redactions(trie: dict[str, PathNode]) -> Any:
+    """A function deleting the redacted paths of a type (the fast path's path rules)."""
+    root = [name for name, node in trie.items() if node.rule is not None]
+    nested = [(name, node.children) for name, node in trie.items() if node.rule is None]
+
+    def strip(resource: dict[str, Any]) -> None:
+        for name in root:
+            resource.pop(name, None)
+        for name, children in nested:
+            value = resource.get(name)
+            if value is not None:
+                _strip_nested(value, children)
+
+    return strip
+
+
+def _strip_nested(value: Any, trie: dict[str, PathNode]) -> None:
+    for item in value if type(value) is list else (value,):
+        if type(item) is not dict:
+            continue
+        for name, node in trie.items():
+            if name not in item:
+                continue
+            if node.rule is not None:
+                del item[name]
+            else:
+                _strip_nested(item[name], node.children)
 
 
 def _only_redactions(trie: dict[str, PathNode]) -> bool:

@@ -16,6 +16,8 @@ and `:identifier` on references. Sorting is refused on the same parameters.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
@@ -58,9 +60,35 @@ class FacadeAnswer:
     entity: str | None = None  # the real resource concerned (for the audit trail only)
 
 
+class TransformCache:
+    """Pseudonymized JSON by (recipient, type, id, version): a version never changes, so
+    an entry is never stale; a restart (new rules or keys) starts empty. Bounded LRU."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._entries: OrderedDict[tuple[str, str, str, int], bytes] = OrderedDict()
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def transform(self, engine: Deidentifier, stored: StoredResource) -> bytes:
+        assert stored.json is not None
+        key = (engine.keys.recipient_id, stored.resource_type, stored.id, stored.version)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                return hit
+        body = engine.transform_bytes(stored.json)
+        with self._lock:
+            self._entries[key] = body
+            if len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return body
+
+
 class DeidFacade:
-    def __init__(self, service: FhirService) -> None:
+    def __init__(self, service: FhirService, cache_entries: int = 100_000) -> None:
         self.service = service
+        self.cache = TransformCache(cache_entries)
 
     # -- read -----------------------------------------------------------------------------
 
@@ -71,7 +99,7 @@ class DeidFacade:
         if stored is None or stored.deleted or stored.json is None:
             raise error(404, "not-found", f"{rtype}/{pseudonym} is not known")
         try:
-            body = engine.transform_bytes(stored.json)
+            body = self.cache.transform(engine, stored)
         except Suppressed:
             raise error(404, "not-found", f"{rtype}/{pseudonym} is not known") from None
         return FacadeAnswer(jsonio.fragment(body), 1, f"{rtype}/{real}")
@@ -202,7 +230,7 @@ class DeidFacade:
             if stored.json is None:
                 continue
             try:
-                body = engine.transform_bytes(stored.json)
+                body = self.cache.transform(engine, stored)
             except Suppressed:
                 continue
             pseudonym = engine.pseudonyms.pseudonym(stored.resource_type, stored.id)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import uuid
 
 from cryptography.exceptions import InvalidTag
@@ -120,11 +121,11 @@ class Pseudonymizer:
         return _text(digest)
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _uuid_bytes(rid: str) -> bytes | None:
-    if len(rid) != 36 or rid[8] != "-":
+    """The 16 bytes of a canonical lowercase UUID (what str(uuid) writes), else None."""
+    if len(rid) != 36 or _CANONICAL_UUID.fullmatch(rid) is None:
         return None
-    try:
-        parsed = uuid.UUID(rid)
-    except ValueError:
-        return None
-    return parsed.bytes if str(parsed) == rid else None
+    return bytes.fromhex(rid.replace("-", ""))
