@@ -269,3 +269,18 @@ def test_yaml_rules_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
     )
     rules = load_rules(path)
     assert rules.path_rules[0].path == ("name",) and not rules.shift_dates
+
+
+def test_dates_the_calendar_lacks_are_still_shifted() -> None:
+    out = engine(watermark=False).transform(
+        {
+            "resourceType": "Observation",
+            "id": "o4",
+            "subject": {"reference": "Patient/p9"},
+            "effectiveDateTime": "2024-02-30T10:00:00Z",
+            "issued": "2024-02",
+        }
+    )
+    assert out["effectiveDateTime"] != "2024-02-30T10:00:00Z"
+    assert out["effectiveDateTime"].endswith("T10:00:00Z")
+    assert len(out["issued"]) == 7 and out["issued"] != "2024-02"

@@ -385,3 +385,35 @@ def test_facade_metadata_lists_only_what_it_serves(http: httpx.Client) -> None:
         assert {i["code"] for i in resource["interaction"]} == {"read", "search-type"}
         names = {p["name"] for p in resource["searchParam"]}
         assert not names & {"name", "identifier", "birthdate", "date", "_lastUpdated"}
+
+
+def test_post_search_works_like_get(http: httpx.Client) -> None:
+    patient = all_pages(http, "/deid/Patient?_count=1", auth("alpha"))[0]
+    get = all_pages(
+        http, f"/deid/Observation?subject=Patient/{patient['id']}&_count=500", auth("alpha")
+    )
+    posted = http.post(
+        "/deid/Observation/_search",
+        data={"subject": f"Patient/{patient['id']}", "_count": "500"},
+        headers=auth("alpha"),
+    )
+    assert posted.status_code == 200
+    assert sorted(e["resource"]["id"] for e in posted.json()["entry"]) == sorted(
+        r["id"] for r in get
+    )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "Patient?_revinclude=AuditEvent:entity",
+        "Patient?_has:AuditEvent:entity:outcome=0",
+        "Observation?_include=Observation:subject:Bundle",
+    ],
+)
+def test_hidden_types_cannot_be_reached_sideways(http: httpx.Client, query: str) -> None:
+    response = http.get(f"/deid/{query}", headers=auth("alpha"))
+    assert response.status_code in (400,), response.text[:300]
+    assert "AuditEvent" not in {
+        e.get("resource", {}).get("resourceType") for e in response.json().get("entry", [])
+    }

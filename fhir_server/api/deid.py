@@ -21,7 +21,7 @@ from fhir_server.deid.context import DeidContext
 from fhir_server.deid.facade import DENIED_CODES, DENIED_PARAM_TYPES, FacadeAnswer, served_types
 from fhir_server.deid.recipients import Recipient
 from fhir_server.deid.signing import MANIFEST
-from fhir_server.model.outcome import FhirError, error
+from fhir_server.model.outcome import error
 
 PREFIX = "/deid"
 MANIFEST_EXTENSION = "https://diatabase.org/fhir/StructureDefinition/deid-export-manifest"
@@ -60,9 +60,10 @@ async def _answer(
     deid = _deid(request)
     try:
         answer: FacadeAnswer = await run_in_threadpool(call, *args)
-    except FhirError as exc:
+    except Exception:
+        # Refused (4xx) or failed: audited either way, then answered by the app's handlers.
         deid.audit.record(recipient.id, interaction, _what(request), 0, REFUSED)
-        raise exc
+        raise
     deid.audit.record(recipient.id, interaction, _what(request), answer.count, entity=answer.entity)
     return fhir_response(answer.body, 200, None, pretty(request))
 

@@ -244,13 +244,11 @@ class Deidentifier:
         if (not days and not self.rules.watermark) or _DATE.fullmatch(text) is None:
             return text
         if len(text) == 7:
-            shifted = date(int(text[0:4]), int(text[5:7]), 15) + timedelta(days=days)
-            return shifted.isoformat()[:7]
+            return _shift_day(text[:7] + "-15", days).isoformat()[:7]
         key = (text[:10], days)
         head = self._date_cache.get(key)
         if head is None:
-            day = date(int(text[0:4]), int(text[5:7]), int(text[8:10])) + timedelta(days=days)
-            head = day.isoformat()
+            head = _shift_day(text, days).isoformat()
             if len(self._date_cache) < _CACHE_LIMIT:
                 self._date_cache[key] = head
         if len(text) == 10:
@@ -437,6 +435,25 @@ def _loads(raw: bytes) -> Any:
         elif number == b"-0":
             return jsonio.loads(raw)
     return orjson.loads(raw)
+
+
+def _shift_day(text: str, days: int) -> date:
+    """The date of `YYYY-MM-DD...` moved by `days`. A day the month does not have (the
+    schema's pattern lets 2024-02-30 through) counts from the month's last day rather than
+    failing or leaving the date unshifted."""
+    year, month, day = int(text[0:4]), int(text[5:7]), int(text[8:10])
+    if not 1 <= month <= 12:
+        month = min(max(month, 1), 12)
+    try:
+        start = date(year, month, max(day, 1))
+    except ValueError:
+        start = date(year, month, 28)
+        while True:
+            try:
+                start = date(year, month, start.day + 1)
+            except ValueError:
+                break
+    return start + timedelta(days=days)
 
 
 def _compile_redactions(trie: dict[str, PathNode]) -> Any:

@@ -227,7 +227,7 @@ class DeidFacade:
     ) -> list[dict[str, Any]]:
         entries = []
         for stored in resources:
-            if stored.json is None:
+            if stored.json is None or stored.resource_type in HIDDEN_TYPES:
                 continue
             try:
                 body = self.cache.transform(engine, stored)
@@ -273,8 +273,23 @@ def _denied(code: str, param_type: str) -> bool:
     return code in DENIED_CODES or param_type in DENIED_PARAM_TYPES
 
 
+def _hidden_types_in(criterion: Any) -> bool:
+    while not isinstance(criterion, Clause):
+        if isinstance(criterion, HasClause) and criterion.resource_type in HIDDEN_TYPES:
+            return True
+        if isinstance(criterion, ChainClause) and set(criterion.target_types) & HIDDEN_TYPES:
+            return True
+        criterion = criterion.inner
+    return False
+
+
 def _check_query(query: SearchQuery) -> None:
+    for include in (*query.result.include, *query.result.revinclude):
+        if include.source_type in HIDDEN_TYPES or include.target_type in HIDDEN_TYPES:
+            raise error(400, "not-supported", f"{include.key}={include.to_param()}: not served")
     for criterion in query.clauses:
+        if _hidden_types_in(criterion):
+            raise error(400, "not-supported", f"{criterion.key}: not served", criterion.key)
         clause = _leaf(criterion)
         param = clause.param
         refused = _denied(param.code, param.type)
