@@ -220,12 +220,15 @@ def main() -> None:
         timed(http, "/metadata", {})
         # Cold: a different patient each run, so the facade's transform cache cannot help.
         clinical, deid = [], []
-        for pid in patient_ids[:runs]:
+        for run, pid in enumerate(patient_ids[:runs]):
             pseudonym = names.pseudonym("Patient", pid)
-            clinical.append(timed(http, f"/Observation?subject=Patient/{pid}&_count=100", {}))
-            deid.append(
-                timed(http, f"/deid/Observation?subject=Patient/{pseudonym}&_count=100", key)
-            )
+            pair = [
+                (clinical, f"/Observation?subject=Patient/{pid}&_count=100", {}),
+                (deid, f"/deid/Observation?subject=Patient/{pseudonym}&_count=100", key),
+            ]
+            # Alternate which goes first: the second benefits from SQLite's page cache.
+            for times, url, headers in pair if run % 2 else pair[::-1]:
+                times.append(timed(http, url, headers))
         rows.append(("subject=P&_count=100 (cold)", clinical, deid))
         pid = patient_ids[0]
         pseudonym = names.pseudonym("Patient", pid)

@@ -284,3 +284,14 @@ def test_dates_the_calendar_lacks_are_still_shifted() -> None:
     assert out["effectiveDateTime"] != "2024-02-30T10:00:00Z"
     assert out["effectiveDateTime"].endswith("T10:00:00Z")
     assert len(out["issued"]) == 7 and out["issued"] != "2024-02"
+
+
+def test_display_only_references_lose_their_display() -> None:
+    raw = (
+        b'{"resourceType":"Claim","id":"c1","patient":{"reference":"Patient/p1"},'
+        b'"insurer":{"display":"Dr Jane Doe"},"type":{"coding":[{"system":"s","code":"x",'
+        b'"display":"kept"}]}}'
+    )
+    out = engine().transform_bytes(raw)
+    assert b"Jane Doe" not in out and b'"display":"kept"' in out
+    assert orjson.loads(out)["insurer"] == {}

@@ -1,7 +1,8 @@
 """AuditEvent for every facade access: who (recipient), what, when, how many resources.
 
 Events are written to storage by one background thread, in batches (one transaction per
-batch), so that auditing adds no write to the latency of a facade request. `flush()`
+batch, gathered over `linger_seconds`), so that auditing adds no write to the latency of a
+facade request. An event is stored within about `linger_seconds` of its request. `flush()`
 waits until everything queued so far is stored (tests, shutdown).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 from fhir_server.service.fhir import FhirService
@@ -57,8 +59,11 @@ def audit_event(
 
 
 class AuditLog:
-    def __init__(self, service: FhirService) -> None:
+    def __init__(self, service: FhirService, linger_seconds: float = 0.2) -> None:
         self._service = service
+        # Waiting a little before writing gathers the events of a burst of requests into
+        # one transaction, instead of one write competing with every next request.
+        self._linger = linger_seconds
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="deid-audit", daemon=True)
         self._thread.start()
@@ -84,7 +89,9 @@ class AuditLog:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
-            while len(batch) < 200:
+            if batch[0] is not _STOP and self._linger:
+                time.sleep(self._linger)
+            while len(batch) < 1000:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:

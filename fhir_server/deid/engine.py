@@ -49,6 +49,8 @@ EXTENSION_KEYS = ("extension", "modifierExtension")
 _NUMBER_VALUE = re.compile(rb"[:,\[](-?\d[\d.eE+-]*)(?=[,}\]])")
 _SIMPLE_REFERENCE = re.compile(rb'\{"reference":"([^"\\]*)"\}')
 _MISSING = object()
+# An object whose first member is a display: a display-only (or display-first) Reference.
+_DISPLAY_ONLY = re.compile(rb'\{"display":')
 _CACHE_LIMIT = 200_000
 _SIMPLE_REFERENCE_OR_DATE = re.compile(
     rb'\{"reference":"([^"\\]*)"\}'
@@ -140,7 +142,11 @@ class Deidentifier:
         rtype = resource.get("resourceType", "")
         self._trie(rtype)
         strip = self._fast_strips.get(rtype)
-        if strip is None or self._structural.search(raw) is not None:
+        if (
+            strip is None
+            or self._structural.search(raw) is not None
+            or _DISPLAY_ONLY.search(raw) is not None
+        ):
             return jsonio.dumps(self._transform(resource))
         rid = resource.get("id")
         patient = self._patient_fast(resource, rtype, rid)
@@ -371,6 +377,10 @@ class Deidentifier:
         ref = node.get("reference")
         if type(ref) is str:
             self._rewrite_reference(target, ref)
+        elif "display" in node and "code" not in node and "system" not in node:
+            # A Reference with only a display (`{"display": "Dr Jane Doe"}`): a Coding
+            # always has a code or a system, so this is free text naming someone.
+            del target["display"]
         special = self._special
         shift = self._shift_on
         for key, value in list(node.items()):
