@@ -26,6 +26,7 @@ from fhir_server.service.fhir import FhirService
 from fhir_server.storage.base import instant
 
 FORMAT = "diatabase-deid-export/1"
+CHUNK = 1000  # lines written, hashed and reported as progress together
 _PATIENT_LINKS = (b'"subject"', b'"patient"', b'"beneficiary"')
 
 
@@ -83,17 +84,20 @@ def run_export(
                 lines = (orjson.dumps(p) for pid, p in patients.items() if pid not in excluded)
             else:
                 lines = _lines(service, engine, rtype, excluded, progress, skipped)
+            chunk: list[bytes] = []
             for line in lines:
                 if line is None:
                     suppressed_rules += 1
                     continue
-                if should_stop is not None and should_stop():
-                    raise ExportCancelled()
-                data = line + b"\n"
-                handle.write(data)
-                digest.update(data)
-                written += 1
-                size += len(data)
+                chunk.append(line)
+                if len(chunk) == CHUNK:
+                    if should_stop is not None and should_stop():
+                        raise ExportCancelled()
+                    size += _write(handle, digest, chunk)
+                    written += len(chunk)
+                    chunk = []
+            size += _write(handle, digest, chunk)
+            written += len(chunk)
         if written == 0:
             path.unlink()
             continue
@@ -133,8 +137,12 @@ def _lines(
     skipped: list[int],
 ) -> Iterator[bytes | None]:
     transform = engine.transform_bytes
+    pending = 0
     for stored in service.storage.iter_current(rtype):
-        progress(1)
+        pending += 1
+        if pending == CHUNK:
+            progress(pending)
+            pending = 0
         raw = stored.json
         if raw is None:
             continue
@@ -146,6 +154,17 @@ def _lines(
             yield transform(raw)
         except Suppressed:
             yield None
+    progress(pending)
+
+
+def _write(handle: Any, digest: Any, lines: list[bytes]) -> int:
+    """Write lines as NDJSON in one call (and hash them): per-line calls cost more."""
+    if not lines:
+        return 0
+    data = b"\n".join(lines) + b"\n"
+    handle.write(data)
+    digest.update(data)
+    return len(data)
 
 
 def _patient_of(raw: bytes) -> str | None:
