@@ -432,3 +432,35 @@ def test_hidden_types_cannot_be_reached_sideways(http: httpx.Client, query: str)
     assert "AuditEvent" not in {
         e.get("resource", {}).get("resourceType") for e in response.json().get("entry", [])
     }
+
+
+def test_a_resource_with_an_unknown_modifier_extension_is_never_served(
+    http: httpx.Client,
+) -> None:
+    body = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://example.org/codes", "code": "modext"}]},
+        "modifierExtension": [{"url": "http://example.org/refuted", "valueBoolean": True}],
+    }
+    created = http.post("/Observation", json=body)
+    assert created.status_code == 201, created.text[:300]
+    real = created.json()["id"]
+    pseudonym = next(
+        e["resource"]["id"]
+        for e in http.get("/deid/Observation?code=99504-3&_count=1", headers=auth("alpha")).json()[
+            "entry"
+        ]
+    )
+    assert pseudonym  # the facade works for the others
+    assert len(all_pages(http, "/Observation?code=modext", {})) == 1
+    assert all_pages(http, "/deid/Observation?code=modext", auth("alpha")) == []
+    from fhir_server.deid.keys import RecipientKeys
+    from fhir_server.deid.pseudonyms import Pseudonymizer
+
+    keys = RecipientKeys.derive(SECRET.encode(), "alpha")
+    its_pseudonym = Pseudonymizer(keys.pseudonym, keys.hashed_pseudonym).pseudonym(
+        "Observation", real
+    )
+    response = http.get(f"/deid/Observation/{its_pseudonym}", headers=auth("alpha"))
+    assert response.status_code == 404
