@@ -64,7 +64,7 @@ class TransformCache:
     """Pseudonymized JSON by (recipient, type, id, version): a version never changes, so
     an entry is never stale; a restart (new rules or keys) starts empty. Bounded LRU."""
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 50_000) -> None:
         self._entries: OrderedDict[tuple[str, str, str, int], bytes] = OrderedDict()
         self._max = max_entries
         self._lock = threading.Lock()
@@ -86,7 +86,7 @@ class TransformCache:
 
 
 class DeidFacade:
-    def __init__(self, service: FhirService, cache_entries: int = 100_000) -> None:
+    def __init__(self, service: FhirService, cache_entries: int = 50_000) -> None:
         self.service = service
         self.cache = TransformCache(cache_entries)
 
