@@ -295,3 +295,14 @@ def test_display_only_references_lose_their_display() -> None:
     out = engine().transform_bytes(raw)
     assert b"Jane Doe" not in out and b'"display":"kept"' in out
     assert orjson.loads(out)["insurer"] == {}
+
+
+@pytest.mark.parametrize(
+    "literal", [b"7.40", b"1e5", b"0.00001", b"12345678.123456789", b"150.3", b"3"]
+)
+def test_decimal_literals_leave_exactly_as_stored(literal: bytes) -> None:
+    raw = (
+        b'{"resourceType":"Observation","id":"d1","subject":{"reference":"Patient/p1"},'
+        b'"valueQuantity":{"value":' + literal + b',"unit":"%"}}'
+    )
+    assert b'"value":' + literal + b"," in engine().transform_bytes(raw)
