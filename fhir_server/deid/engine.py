@@ -77,6 +77,7 @@ class Deidentifier:
         self._fast_strips: dict[str, Any] = {}
         self._references_rewritten = 0
         self._reference_cache: dict[str, str | None] = {}
+        self._reference_bytes: dict[bytes, bytes] = {}
         self._date_cache: dict[tuple[str, int], str] = {}
         self._fast_pattern = _SIMPLE_REFERENCE_OR_DATE if self._shift_on else _SIMPLE_REFERENCE
         # Elements only the full walk handles, and display-first objects (display-only
@@ -154,17 +155,27 @@ class Deidentifier:
         return out
 
     def _needs_walk(self, raw: bytes) -> bool:
-        return any(key in raw for key in self._structural)
+        # A plain loop: a generator in any() costs a frame per key on the hot path.
+        for key in self._structural:  # noqa: SIM110
+            if key in raw:
+                return True
+        return False
 
     def _fast_match(self, match: re.Match[bytes]) -> bytes:
         ref = match.group(1)
         if ref is None:
             return b'"' + self._shift(match.group(2).decode()).encode() + b'"'
         self._references_rewritten += 1
+        cached = self._reference_bytes.get(ref)
+        if cached is not None:
+            return cached
         if ref.startswith(b"#"):
             return match.group(0)
         new = self.reference(ref.decode())
-        return b"{}" if new is None else b'{"reference":"' + new.encode() + b'"}'
+        result = b"{}" if new is None else b'{"reference":"' + new.encode() + b'"}'
+        if len(self._reference_bytes) < _CACHE_LIMIT:
+            self._reference_bytes[ref] = result
+        return result
 
     @staticmethod
     def _patient_fast(resource: dict[str, Any], rtype: str, rid: str | None) -> str:
