@@ -130,7 +130,7 @@ class Deidentifier:
         The fast path (most clinical resources: only redacting path rules, no identifier,
         extension or free-text element, every reference a bare `{"reference": ...}`)
         applies the path rules to the parsed resource, then rewrites references and dates
-        with two regular expressions over the serialized bytes instead of walking the tree.
+        with one regular expression over the serialized bytes instead of walking the tree.
         Anything else takes the full walk; both give the same output."""
         with self._lock:
             return self._transform_bytes(raw)
