@@ -464,3 +464,18 @@ def test_a_resource_with_an_unknown_modifier_extension_is_never_served(
     )
     response = http.get(f"/deid/Observation/{its_pseudonym}", headers=auth("alpha"))
     assert response.status_code == 404
+
+
+def test_concurrent_recipients_get_consistent_answers(http: httpx.Client) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ids(recipient: str) -> list[str]:
+        with httpx.Client(base_url=str(http.base_url), timeout=60) as own:
+            found = all_pages(own, "/deid/Observation?code=99504-3&_count=40", auth(recipient))
+        return sorted(r["id"] for r in found)
+
+    expected = {r: ids(r) for r in ("alpha", "beta")}
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(ids, ["alpha", "beta"] * 3))
+    assert results == [expected["alpha"], expected["beta"]] * 3
+    assert not set(expected["alpha"]) & set(expected["beta"])
