@@ -285,7 +285,11 @@ class Translator:
             conditions = self.expanded(clause)
         else:
             conditions = [self.value(kind, clause.modifier, value) for value in clause.values]
-        matches = [{path: {"$elemMatch": both({"p": param.code}, c)}} for c in conditions]
+        # An entry condition that is an OR of its own (a quantity through its canonical form
+        # or its raw value) becomes one $elemMatch per branch, each an index range scan:
+        # some entry matches (A or B) exactly when some entry matches A or some matches B.
+        branches = [b for c in conditions for b in (c["$or"] if list(c) == ["$or"] else [c])]
+        matches = [{path: {"$elemMatch": both({"p": param.code}, b)}} for b in branches]
         if clause.modifier in ("not", "not-in"):
             return {"$nor": matches} if matches else {}
         return any_of(matches)
