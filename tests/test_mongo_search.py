@@ -158,6 +158,11 @@ SEARCHES: list[tuple[str | None, str]] = [
     ("Organization", "_revinclude=*&_count=3"),
     ("Encounter", "_id=" + ENCOUNTER + "&_revinclude=*&_include=*"),
     (None, "_type=Patient,Practitioner&_id=example&_revinclude=*"),
+    (None, "_type=Patient,Practitioner&_sort=-name&_count=2"),
+    (None, "_type=Observation,Condition&_sort=code,_id&_count=25"),
+    (None, "_type=Observation,Encounter&_sort=-date&_count=30&_total=accurate"),
+    (None, "_type=Patient,Condition&_summary=count"),
+    (None, "_type=Patient,Observation&_lastUpdated:missing=false&_count=40"),
 ]
 
 

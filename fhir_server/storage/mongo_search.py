@@ -15,7 +15,12 @@ search/ranges.py, which states them once for every backend.
   `seq` (creation order); paging is keyset-based, the signed cursor holding the last row's
   sort values and seq, so concurrent writes never shift or repeat pages.
 - A system-level search queries each type's collection with the same sort and cursor and
-  merges the pages.
+  merges the pages. A `CompartmentClause` ORs its alternatives (for `$everything`, those of
+  each collection's type, from `by_type`).
+- Quantities with a unit that has a canonical form match entries through it, and entries
+  without one (no UCUM code stored) on their raw value and code or unit text.
+- `_revinclude=*` looks in every type's collection for entries referring to the matches;
+  includes are returned in creation order across types (SQLite's pk order).
 """
 
 from __future__ import annotations
