@@ -44,7 +44,7 @@ from fhir_server.search.query import (
     HasClause,
     SearchQuery,
 )
-from fhir_server.search.ranges import Bound, RangePredicate, date_predicate, number_predicate
+from fhir_server.search.ranges import RangePredicate, date_predicate, number_predicate
 from fhir_server.search.result_params import Include, SortKey
 from fhir_server.search.values import (
     CompositeValue,
@@ -115,28 +115,8 @@ def range_condition(predicate: RangePredicate, fields: dict[str, str]) -> dict[s
     return {"$nor": [body]} if predicate.negate else body
 
 
-def sqlite_date_predicate(value: DateValue, now: float) -> RangePredicate:
-    """The date prefixes as the SQLite backend evaluates them (sqlite_search.date_condition).
-
-    ranges.date_predicate states most of them identically; for `ge`, `le` and `ap` the SQLite
-    backend (and the FHIR R4 text: "the range above/below the search value overlaps the
-    target") is wider: ge is `tH > sL`, le is `tL < sH`, and ap widens each end by 10% of
-    its own distance to now. Until ranges.py and SQLite agree, this backend follows SQLite,
-    so that both answer every search alike."""
-    low, high = value.low, value.high
-    if value.prefix == "ge":
-        return RangePredicate(((Bound("high", ">", low),),))
-    if value.prefix == "le":
-        return RangePredicate(((Bound("low", "<", high),),))
-    if value.prefix == "ap":
-        widened_high = high + abs(now - high) * 0.1
-        widened_low = low - abs(now - low) * 0.1
-        return RangePredicate(((Bound("low", "<", widened_high), Bound("high", ">", widened_low)),))
-    return date_predicate(value, now)
-
-
 def date_condition(value: DateValue, low: str, high: str) -> dict[str, Any]:
-    predicate = sqlite_date_predicate(value, time.time())
+    predicate = date_predicate(value, time.time())
     return range_condition(predicate, {"low": low, "high": high})
 
 
