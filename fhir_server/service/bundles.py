@@ -22,7 +22,7 @@ from fhir_server.model import jsonio
 from fhir_server.model.outcome import FhirError, Issue, error, outcome
 from fhir_server.model.references import rewrite_strings
 from fhir_server.model.resource_types import is_resource_type
-from fhir_server.service.resources import ResourceService, WriteResult
+from fhir_server.service.resources import PreparedCreate, ResourceService, WriteResult
 from fhir_server.storage.base import StoredResource, WriteTransaction
 
 # `"reference": "Type?query"` somewhere in a body: only then are references searched.
@@ -434,23 +434,45 @@ class BundleProcessor:
                 responses[i] = {"status": STATUS_TEXT.get(exc.status), "outcome": exc.to_outcome()}
         ordered = sorted(parsed, key=lambda r: (METHOD_ORDER[r.method], r.index))
         writes = [r for r in ordered if r.method not in ("GET", "HEAD")]
+        # Plain creates depend on nothing stored: validate, index and serialise them before
+        # taking the write lock, which is then held only for the writes themselves.
+        prepared: dict[int, PreparedCreate] = {}
+        for req in writes:
+            if req.method == "POST" and not req.if_none_exist and not self._conditional_references:
+                try:
+                    prepared[req.index] = self.resources.prepare_create(
+                        req.resource_type, req.resource
+                    )
+                except FhirError as exc:
+                    responses[req.index] = self._failure(exc, req)
+        writes = [r for r in writes if r.index in prepared or not responses[r.index]]
         if writes:
             # One commit for the whole batch; each entry in its own savepoint, so that a
             # failing entry undoes only itself.
             with self.resources.storage.transaction() as tx:
                 for req in writes:
+                    ready = prepared.get(req.index)
+                    if ready is not None:
+                        result = self.resources.put_prepared(tx, ready)
+                        responses[req.index] = self._with_resource(
+                            _write_response(result), result.stored
+                        )
+                        continue
                     try:
                         with tx.savepoint():
                             responses[req.index] = self._batch_write(tx, req)
                     except FhirError as exc:
-                        responses[req.index] = {
-                            "status": STATUS_TEXT.get(exc.status, str(exc.status)),
-                            "outcome": outcome(self._locate(exc, req).issues),
-                        }
+                        responses[req.index] = self._failure(exc, req)
         for req in ordered:
             if req.method in ("GET", "HEAD"):
                 responses[req.index] = self._execute_get(req, get)
         return responses
+
+    def _failure(self, exc: FhirError, req: EntryRequest) -> dict[str, Any]:
+        return {
+            "status": STATUS_TEXT.get(exc.status, str(exc.status)),
+            "outcome": outcome(self._locate(exc, req).issues),
+        }
 
     def _batch_write(self, tx: WriteTransaction, req: EntryRequest) -> dict[str, Any]:
         svc = self.resources

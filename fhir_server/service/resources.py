@@ -34,6 +34,23 @@ Validator = Callable[[dict[str, Any]], list[Issue]]
 SERVER_META = ("versionId", "lastUpdated")
 
 
+# meta.lastUpdated of a create prepared before its transaction (the epoch): the real instant
+# is written over it inside the transaction, so that history and `_since` follow commit
+# order. It is the first instant in the JSON (meta comes right after the id), and
+# `_lastUpdated` is never taken from the index, which saw the epoch.
+PENDING_INSTANT = instant(0.0).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCreate:
+    """A create validated, indexed and serialised, waiting only for its transaction."""
+
+    resource_type: str
+    rid: str
+    json: bytes  # meta.lastUpdated is PENDING_INSTANT until stored
+    index: Sequence[IndexEntry]
+
+
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     """What a write did: `status` 200 (updated / found) or 201 (created)."""
@@ -180,13 +197,28 @@ class ResourceService:
                 existing = tx.read(resource_type, ids[0])
                 assert existing is not None
                 return WriteResult(200, existing, created=False)
+        return self.put_prepared(tx, self._prepared_create(resource, rid), now)
+
+    def prepare_create(self, resource_type: str, body: Any) -> PreparedCreate:
+        """The work of a plain create that needs no transaction: validation, index
+        extraction and serialisation. Done outside the write lock, it lets several server
+        processes share one database's writes (a batch of device readings)."""
+        self.check_type(resource_type)
+        return self._prepared_create(self._check_body(resource_type, body), None)
+
+    def _prepared_create(self, resource: dict[str, Any], rid: str | None) -> PreparedCreate:
         rid = rid or str(uuid.uuid4())
+        json, index = self.prepare(resource, rid, 1, 0.0)
+        return PreparedCreate(resource["resourceType"], rid, json, index)
+
+    def put_prepared(
+        self, tx: WriteTransaction, prepared: PreparedCreate, now: float | None = None
+    ) -> WriteResult:
         now = now or now_millis()
-        json, index = self.prepare(resource, rid, 1, now)
-        tx.put(resource_type, rid, 1, now, json, index, "POST")
-        return WriteResult(
-            201, StoredResource(resource_type, rid, 1, now, False, json, "POST"), True
-        )
+        json = prepared.json.replace(PENDING_INSTANT, instant(now).encode(), 1)
+        rtype, rid = prepared.resource_type, prepared.rid
+        tx.put(rtype, rid, 1, now, json, prepared.index, "POST")
+        return WriteResult(201, StoredResource(rtype, rid, 1, now, False, json, "POST"), True)
 
     def update_in(
         self,
