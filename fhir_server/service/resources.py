@@ -387,6 +387,10 @@ class ResourceService:
 
     def create(self, resource_type: str, body: Any, if_none_exist=None) -> WriteResult:
         self.check_type(resource_type)
+        if not if_none_exist:  # nothing to look up: do the work before taking the lock
+            prepared = self.prepare_create(resource_type, body)
+            with self.storage.transaction() as tx:
+                return self.put_prepared(tx, prepared)
         with self.storage.transaction() as tx:
             return self.create_in(tx, resource_type, body, if_none_exist)
 
