@@ -506,9 +506,9 @@ def _where(compiler: _Compiler, query: SearchQuery, alias: str = "r") -> tuple[s
     a system-level search compiles its criteria once per searched type and ORs them."""
     conditions, args = [f"{alias}.deleted=0"], []
     if query.resource_type is not None:
-        conditions.append(f"{alias}.type=?")
-        args.append(query.resource_type)
         sql, crit_args = _type_criteria(compiler, query.resource_type, query.clauses, alias)
+        conditions.append(_type_condition(alias, sql))
+        args.append(query.resource_type)
         if sql:
             conditions.append(sql)
             args += crit_args
@@ -525,10 +525,17 @@ def _where(compiler: _Compiler, query: SearchQuery, alias: str = "r") -> tuple[s
     per_type = []
     for rtype in types:
         sql, part_args = _type_criteria(compiler, rtype, query.clauses, alias)
-        per_type.append(f"({alias}.type=? AND {sql})")
+        per_type.append(f"({_type_condition(alias, sql)} AND {sql})")
         args += [rtype, *part_args]
     conditions.append("(" + " OR ".join(per_type or ["0"]) + ")")
     return " AND ".join(conditions), args
+
+
+def _type_condition(alias: str, criteria: str) -> str:
+    """`type=?`, kept away from the (type, last_updated) index when a driving pk set leads:
+    otherwise SQLite may walk every resource of the type and probe the set for each."""
+    driven = criteria.startswith(f"{alias}.pk IN (")
+    return f"+{alias}.type=?" if driven else f"{alias}.type=?"
 
 
 # A driving index set larger than this is not worth materialising: scanning resources in
