@@ -35,11 +35,14 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     settings = settings or Settings.from_env()
     if service is None:
         service = FhirService(open_storage(settings.db_url), settings)
+    deid = _build_deid(service, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         await run_in_threadpool(_seed_terminology, service)
         yield
+        if deid is not None:
+            deid.close()
         service.storage.close()
 
     app = FastAPI(
@@ -56,6 +59,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     # [(name, OperationDefinition url)].
     app.state.operations = {"*": [CONVERT_OPERATION]}
     register_operations(app.state.operations)
+    app.state.deid = deid
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError) -> Response:
@@ -92,6 +96,14 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         body = outcome([Issue("fatal", "exception", "Internal server error; see the server log")])
         return fhir_response(body, 500)
 
+    if deid is not None:
+        from fhir_server.api.deid import build_deid_metadata_router, build_deid_router
+
+        app.include_router(build_deid_router())
+    if settings.deid_only:
+        # Research-only deployment: no identifying route at all; /metadata tells the truth.
+        app.include_router(build_deid_metadata_router("/metadata"))
+        return app
     publish_conformance_resources(service)
     register_validate_operation(app)
     app.include_router(build_metadata_router())
@@ -119,3 +131,17 @@ def publish_conformance_resources(service: FhirService) -> None:
     resources = [*service.profiles.structure_definitions, *load_search_parameters()]
     for resource in resources:
         service.resources.update(resource["resourceType"], resource["id"], resource)
+
+
+def _build_deid(service: FhirService, settings: Settings) -> Any:
+    """The de-identification facade when a recipients file is configured (required by
+    --deid-only); None otherwise."""
+    if not settings.deid_recipients:
+        if settings.deid_only:
+            from fhir_server.deid.keys import DeidConfigError
+
+            raise DeidConfigError("--deid-only needs a recipients file (--deid-recipients)")
+        return None
+    from fhir_server.deid.context import build_deid
+
+    return build_deid(service, settings)

@@ -30,17 +30,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from fhir_server.app import create_app
+    from fhir_server.deid.keys import DeidConfigError
+    from fhir_server.storage import open_storage
 
-    settings = Settings.from_env(db_url=args.db, base_url=args.base_url)
+    settings = Settings.from_env(
+        db_url=args.db,
+        base_url=args.base_url,
+        deid_recipients=args.deid_recipients,
+        deid_only=args.deid_only or None,
+    )
+    mode = " (de-identified facade only)" if settings.deid_only else ""
     where = f"http://{args.host}:{args.port}/"
-    print(f"Diatabase FHIR R4 server on {where} (database {settings.db_url})", flush=True)
     if args.workers > 1:
         # Worker processes build their own app from the environment; SQLite serialises
         # their writes (WAL, BEGIN IMMEDIATE) while parsing and validation run in parallel.
         os.environ["DIATABASE_DB"] = settings.db_url
         if settings.base_url:
             os.environ["DIATABASE_BASE_URL"] = settings.base_url
-        create_app(settings).state.fhir.storage.close()  # create the schema once, up front
+        if settings.deid_recipients:
+            os.environ["DIATABASE_DEID_RECIPIENTS"] = settings.deid_recipients
+        if settings.deid_only:
+            os.environ["DIATABASE_DEID_ONLY"] = "1"
+        open_storage(settings.db_url).close()  # create or migrate the schema once, up front
+        print(f"Diatabase FHIR R4 server{mode} on {where} (database {settings.db_url})")
         uvicorn.run(
             "fhir_server.app:create_app",
             factory=True,
@@ -50,7 +62,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
         )
         return 0
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        app = create_app(settings)
+    except DeidConfigError as exc:
+        raise SystemExit(f"diatabase: {exc}") from None
+    print(f"Diatabase FHIR R4 server{mode} on {where} (database {settings.db_url})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
@@ -221,6 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, default=1, help="server processes (use the machine's cores)"
     )
+    serve.add_argument(
+        "--deid-recipients",
+        default=None,
+        metavar="FILE",
+        help="recipients JSON file: serve the pseudonymized facade at /deid/ "
+        "(master secret from DIATABASE_DEID_SECRET)",
+    )
+    serve.add_argument(
+        "--deid-only",
+        action="store_true",
+        help="serve only the de-identified facade (/deid/ and its /metadata)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     load = sub.add_parser("load", help="store FHIR JSON / NDJSON files or folders")
@@ -239,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(func=cmd_generate)
     add_terminology(sub)
     add_mongo(sub)
+
+    from fhir_server.deid.cli import add_deid_commands
+
+    add_deid_commands(sub)
     return parser
 
 

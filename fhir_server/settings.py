@@ -38,6 +38,13 @@ class Settings:
     unknown_profiles: str = "warn"
     # Full terminology tables written by `diatabase terminology load` (None: shipped subsets).
     terminology_dir: str | None = None
+    # De-identification facade (/deid/): on when a recipients file is given. The master
+    # secret comes from DIATABASE_DEID_SECRET only (never a CLI flag, never printed).
+    deid_secret: str = field(default="", repr=False)
+    deid_recipients: str = ""
+    deid_rules: str = ""
+    deid_only: bool = False
+    deid_export_dir: str = ""
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -54,6 +61,11 @@ class Settings:
             not in ("0", "false", "no", "off"),
             "unknown_profiles": os.environ.get("DIATABASE_UNKNOWN_PROFILES", "warn"),
             "terminology_dir": os.environ.get("DIATABASE_TERMINOLOGY_DIR") or None,
+            "deid_secret": os.environ.get("DIATABASE_DEID_SECRET", ""),
+            "deid_recipients": os.environ.get("DIATABASE_DEID_RECIPIENTS", ""),
+            "deid_rules": os.environ.get("DIATABASE_DEID_RULES", ""),
+            "deid_export_dir": os.environ.get("DIATABASE_DEID_EXPORT_DIR", ""),
+            "deid_only": os.environ.get("DIATABASE_DEID_ONLY", "").lower() in ("1", "true", "yes"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["unknown_profiles"] not in ("warn", "reject"):

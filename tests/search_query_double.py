@@ -1,10 +1,9 @@
 """A hand-made search parameter registry for the query parser tests.
 
-This is a TEST DOUBLE of `fhir_server.search.registry.SearchParamRegistry`, which another
-helper is writing at the same time as the parser: it answers `get(resource_type, code)`
-from a few dozen SearchParam entries copied by hand (codes, types and targets) from the R4
-SearchParameter definitions, plus one custom parameter used to test ambiguous chains.
-When the real registry lands, these tests can switch to it without other changes.
+A TEST DOUBLE of `fhir_server.search.registry.SearchParamRegistry`: it answers
+`get(resource_type, code)` from a few dozen hand-made SearchParam entries. The parser tests
+run against the real registry (search_registry_real.py); this double is kept only where a
+test needs a parameter R4 does not define (a reference parameter without declared target).
 """
 
 from __future__ import annotations

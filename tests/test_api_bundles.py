@@ -312,3 +312,41 @@ def test_example_patient_story_loads_twice_without_duplicates(client: httpx.Clie
         "/Observation", params={"subject": f"Patient/{pid}", "code": "15074-8"}
     ).content
     assert b'"value":7.90' in raw
+
+
+def test_many_conditional_creates_in_one_transaction(client: httpx.Client) -> None:
+    """Conditional creates are resolved in batches: existing ones found, others created."""
+    run = uuid.uuid4().hex[:8]
+    system = f"urn:bulk:{run}"
+
+    def entry(i: int) -> dict:
+        obs = glucose(float(i), identifier=[{"system": system, "value": f"r{i}"}])
+        return {
+            "resource": obs,
+            "request": {
+                "method": "POST",
+                "url": "Observation",
+                "ifNoneExist": f"identifier={system}|r{i}",
+            },
+        }
+
+    existing = {
+        i: client.post("/Observation", json=entry(i)["resource"]).json()["id"] for i in (3, 120)
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [entry(i) for i in range(150)],
+    }
+    response = client.post("/", json=bundle)
+    assert response.status_code == 200, response.text[:500]
+    entries = response.json()["entry"]
+    statuses = [e["response"]["status"] for e in entries]
+    assert statuses.count("200 OK") == 2 and statuses.count("201 Created") == 148
+    for i, rid in existing.items():
+        assert statuses[i] == "200 OK"
+        assert entries[i]["response"]["location"].startswith(f"Observation/{rid}/")
+    again = client.post("/", json=bundle).json()["entry"]
+    assert all(e["response"]["status"] == "200 OK" for e in again)
+    total = client.get("/Observation", params={"identifier": f"{system}|r7", "_total": "accurate"})
+    assert total.json()["total"] == 1

@@ -1,9 +1,8 @@
 """Compartment clauses from the vendored R4 CompartmentDefinitions, and the TokenExpander
 hook for token :below/:above/:in/:not-in.
 
-Uses a hand-made registry (a test double of the registry being written in parallel, see
-search_query_double.py) and a small in-memory TokenExpander written here (a test double of
-the terminology service, which another issue builds).
+Runs against the real registry (search_registry_real.py) and a small in-memory TokenExpander
+written here (a test double of the terminology service, which another issue builds).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from fhir_server.search.errors import SearchError, UnsupportedModifier
 from fhir_server.search.expansion import expand_token_clause, needs_expansion
 from fhir_server.search.query import parse_search
 from fhir_server.search.values import ReferenceValue, TokenValue
-from tests.search_query_double import REGISTRY
+from tests.search_registry_real import REGISTRY
 
 
 @pytest.mark.parametrize(

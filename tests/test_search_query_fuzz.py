@@ -2,8 +2,7 @@
 (a 400), never anything else (a 500); and what it understood survives a round trip through
 the self link.
 
-Uses a hand-made registry: a test double of the registry being written in parallel
-(see search_query_double.py).
+Runs against the real registry (search_registry_real.py).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 from fhir_server.search.errors import SearchError
 from fhir_server.search.escaping import escape
 from fhir_server.search.query import parse_search, parse_system_search
-from tests.search_query_double import REGISTRY
+from tests.search_registry_real import REGISTRY
 
 KEYS = [
     "name",

@@ -1,8 +1,7 @@
 """Result parameters: _sort, _count limits, _total, _summary, _elements, _include and
 _revinclude (iterate, *), _contained, _format, _pretty and the paging cursor.
 
-Uses a hand-made registry: a test double of the registry being written in parallel
-(see search_query_double.py).
+Runs against the real registry (search_registry_real.py).
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import pytest
 from fhir_server.search.errors import SearchError
 from fhir_server.search.query import parse_search, parse_system_search
 from fhir_server.search.result_params import DEFAULT_COUNT, MAX_COUNT, Include
-from tests.search_query_double import REGISTRY
+from tests.search_registry_real import REGISTRY
 
 
 def result(resource_type: str, *items: tuple[str, str]):

@@ -1,8 +1,7 @@
 """Value parsing for each search parameter type: prefixes, implicit precision, date periods
 with exact epoch bounds, quantity, token, string, reference, escaping, injection strings.
 
-Parsed through `parse_search` with a hand-made registry (a test double of the registry
-being written in parallel: see search_query_double.py).
+Parsed through `parse_search` with the real registry (search_registry_real.py).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from fhir_server.search.values import (
     TokenValue,
     UriValue,
 )
-from tests.search_query_double import REGISTRY
+from tests.search_registry_real import REGISTRY
 
 
 def one_value(resource_type: str, key: str, value: str):
@@ -278,7 +277,7 @@ def test_string_normalisation(text, normalised):
     ("key", "text", "expected"),
     [
         ("subject", "123", ReferenceValue(id="123")),
-        ("patient", "123", ReferenceValue(type="Patient", id="123")),  # single target
+        ("patient", "123", ReferenceValue(id="123")),  # R4: targets Patient and Group
         ("subject", "Patient/123", ReferenceValue(type="Patient", id="123")),
         (
             "subject",
@@ -401,5 +400,6 @@ def test_injection_strings_are_refused_where_a_number_or_date_is_required(text):
 def test_injection_strings_as_reference_ids_are_plain_data(text):
     if "/" in text:
         pytest.skip("has a slash: not an id")
-    query = parse_search("Observation", [("encounter", escape(text))], REGISTRY)
+    # Condition.encounter targets Encounter only, so a bare id gets that type.
+    query = parse_search("Condition", [("encounter", escape(text))], REGISTRY)
     assert query.clauses[0].values == (ReferenceValue(type="Encounter", id=text),)

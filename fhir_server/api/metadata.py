@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from fhir_server import __version__
 from fhir_server.api.http import base_url, check_accept, fhir_response, pretty
 from fhir_server.model.resource_types import resource_types
+from fhir_server.search.support import is_supported
 
 TYPE_INTERACTIONS = (
     "read",
@@ -50,9 +51,10 @@ def capability_statement(request: Request) -> dict[str, Any]:
                     "name": code,
                     **({"definition": p.url} if p.url else {}),
                     "type": p.type,
-                    **({"documentation": p.description} if p.description else {}),
+                    "documentation": p.description or f"{p.type} search on {p.expression}",
                 }
                 for code, p in sorted(params.items())
+                if is_supported(p, service.registry, rtype)
             ],
         }
         type_operations = operations.get(rtype, [])
@@ -67,6 +69,7 @@ def capability_statement(request: Request) -> dict[str, Any]:
             {"code": "transaction"},
             {"code": "batch"},
             {"code": "history-system"},
+            {"code": "search-system"},
         ],
     }
     system_operations = operations.get("*", [])

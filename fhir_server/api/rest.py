@@ -23,6 +23,7 @@ from fhir_server.api.http import (
 )
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import error, info_outcome
+from fhir_server.model.resource_types import is_resource_type
 from fhir_server.service.fhir import FhirService
 from fhir_server.service.resources import WriteResult, parse_etag
 from fhir_server.storage.base import StoredResource, instant
@@ -114,6 +115,22 @@ def build_router() -> APIRouter:
             svc.bundles(base).process, bundle, get, return_resources, raw
         )
         return fhir_response(response, 200, None, pretty(request))
+
+    @router.get("/")
+    async def system_search(request: Request) -> Response:
+        """`GET [base]?_type=Patient,Observation&...`: search across types."""
+        check_accept(request)
+        svc = _service(request)
+        items = query_items(request)
+        for key, value in items:
+            unknown = (
+                [n for n in value.split(",") if not is_resource_type(n)] if key == "_type" else []
+            )
+            if unknown:
+                raise error(400, "invalid", f"_type: unknown resource type {unknown[0]!r}", "_type")
+        strict = "handling=strict" in request.headers.get("prefer", "")
+        bundle = await run_in_threadpool(svc.search_bundle, None, items, _base(request), strict)
+        return fhir_response(bundle, 200, None, pretty(request))
 
     @router.get("/_history")
     async def system_history(request: Request) -> Response:
@@ -250,6 +267,41 @@ def build_router() -> APIRouter:
         if svc.storage.read(resource_type, rid) is None:
             raise error(404, "not-found", f"{resource_type}/{rid} is not known")
         return await _history(request, resource_type, rid)
+
+    @router.get("/{compartment_type}/{compartment_id}/{resource_type}")
+    async def compartment_search(
+        request: Request, compartment_type: str, compartment_id: str, resource_type: str
+    ) -> Response:
+        """`GET /Patient/123/Observation?code=...`: a search within a compartment (the
+        CompartmentDefinition's reference parameters), whether or not Patient/123 exists."""
+        check_accept(request)
+        svc = _service(request)
+        svc.resources.check_type(compartment_type)
+        strict = "handling=strict" in request.headers.get("prefer", "")
+        if resource_type == "$everything":
+            bundle = await run_in_threadpool(
+                svc.search.everything,
+                compartment_type,
+                compartment_id,
+                query_items(request),
+                _base(request),
+                strict,
+            )
+            return fhir_response(bundle, 200, None, pretty(request))
+        if resource_type != "*":
+            svc.resources.check_type(resource_type)
+        else:
+            raise error(400, "not-supported", "compartment search needs a resource type")
+        strict = "handling=strict" in request.headers.get("prefer", "")
+        bundle = await run_in_threadpool(
+            svc.search.bundle,
+            resource_type,
+            query_items(request),
+            _base(request),
+            strict,
+            (compartment_type, compartment_id),
+        )
+        return fhir_response(bundle, 200, None, pretty(request))
 
     @router.get("/{resource_type}/{rid}/_history/{vid}")
     async def vread(request: Request, resource_type: str, rid: str, vid: str) -> Response:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fhir_server.search.errors import SearchError
 from fhir_server.search.lookup import ParamLookup
-from fhir_server.search.query import Clause
+from fhir_server.search.query import Clause, CompartmentClause
 from fhir_server.search.values import ReferenceValue, TokenValue
 
 _DATA = Path(__file__).parent / "data"
@@ -86,6 +86,14 @@ def compartment_clause(
     if not clauses:
         raise SearchError(f"{resource_type} is not in the {compartment_type} compartment")
     return clauses
+
+
+def compartment_criterion(
+    compartment_type: str, compartment_id: str, resource_type: str, registry: ParamLookup
+) -> CompartmentClause:
+    """One criterion (to AND with the query's own) for a compartment search."""
+    alternatives = compartment_clause(compartment_type, compartment_id, resource_type, registry)
+    return CompartmentClause(compartment_type, compartment_id, tuple(alternatives))
 
 
 def _compartment(compartment_type: str) -> dict[str, tuple[str, ...]]:

@@ -12,6 +12,8 @@ ESCAPABLE = ",|$\\"
 
 def split_escaped(text: str, separator: str) -> list[str]:
     """Split on unescaped `separator`, leaving escape sequences in the parts."""
+    if "\\" not in text:
+        return text.split(separator)  # nothing escaped: the common case, at C speed
     parts: list[str] = []
     current: list[str] = []
     index = 0
@@ -33,6 +35,8 @@ def split_escaped(text: str, separator: str) -> list[str]:
 
 def unescape(text: str) -> str:
     """Remove the escaping backslash from ``\\,`` ``\\|`` ``\\$`` ``\\\\``."""
+    if "\\" not in text:
+        return text
     out: list[str] = []
     index = 0
     while index < len(text):
@@ -48,4 +52,6 @@ def unescape(text: str) -> str:
 
 def escape(text: str) -> str:
     """Escape a plain value so that it survives `split_escaped` + `unescape` unchanged."""
+    if not any(char in text for char in ESCAPABLE):
+        return text
     return "".join("\\" + char if char in ESCAPABLE else char for char in text)

@@ -74,6 +74,8 @@ MODIFIERS_BY_TYPE: dict[str, frozenset[str]] = {
     "reference": frozenset({"identifier"}),
     "uri": frozenset({"below", "above"}),
 }
+# Each OR value becomes an SQL condition: a bound keeps every query plan small.
+MAX_OR_VALUES = 100
 SUPPORTED_TYPES = frozenset(
     {"number", "date", "string", "token", "reference", "composite", "quantity", "uri"}
 )
@@ -127,7 +129,26 @@ class HasClause:
         return f"_has:{self.resource_type}:{self.ref_param.code}:{self.inner.key}"
 
 
-Criterion = Clause | ChainClause | HasClause
+@dataclass(frozen=True, slots=True)
+class CompartmentClause:
+    """Membership of a compartment (`GET /Patient/123/Observation`, `$everything`): the
+    resource matches when ANY of `alternatives` (or `by_type[its type]`) does (one
+    reference clause per parameter the CompartmentDefinition lists, plus `_id` for the
+    compartment's own resource). It comes
+    from the URL path, not from the query, so it stays out of the self link's items."""
+
+    compartment_type: str
+    compartment_id: str
+    alternatives: tuple[Clause, ...]
+    # For a search over several types (`$everything`): the alternatives of each type.
+    by_type: dict[str, tuple[Clause, ...]] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.compartment_type}/{self.compartment_id}"
+
+
+Criterion = Clause | ChainClause | HasClause | CompartmentClause
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +181,7 @@ class SearchQuery:
             sorted(
                 (clause.key, ",".join(value.to_param() for value in leaf_clause(clause).values))
                 for clause in self.clauses
+                if not isinstance(clause, CompartmentClause)
             )
         )
         items.extend(self.result.self_link_items())
@@ -296,7 +318,8 @@ def _parse_path(
     param = registry.get(resource_type, code)
     if param is None:
         return None
-    if param.type not in SUPPORTED_TYPES:
+    if param.type not in SUPPORTED_TYPES or not param.expression:
+        # No expression (e.g. _text, _content): nothing was indexed, so it cannot be answered.
         raise _UnsupportedParameter(
             f"{param.type} parameter {code!r} is not supported by this server", expression
         )
@@ -410,7 +433,12 @@ def _parse_clause(
 ) -> Clause:
     _check_modifier(param, modifier, expression)
     values: list[Value] = []
-    for text in split_escaped(raw, ","):
+    texts = split_escaped(raw, ",")
+    if len(texts) > MAX_OR_VALUES:
+        raise SearchError(
+            f"at most {MAX_OR_VALUES} comma-separated values per parameter", expression
+        )
+    for text in texts:
         if text == "":
             raise SearchError(f"empty value in the list {raw!r}", expression)
         try:

@@ -12,6 +12,7 @@ back (`to_param`) in a canonical form, used for the Bundle self link.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -220,9 +221,13 @@ def _decimal(text: str) -> Decimal:
     if not _NUMBER.fullmatch(text):
         raise SearchError(f"not a number: {text!r}")
     try:
-        return Decimal(text)
+        number = Decimal(text)
     except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
         raise SearchError(f"not a number: {text!r}") from None
+    # Stored values are doubles: a number beyond their range (1e99999) cannot be compared.
+    if not math.isfinite(float(number)) or abs(number.adjusted()) > 300:
+        raise SearchError(f"number out of range: {text!r}")
+    return number
 
 
 def precision_range(value: Decimal) -> tuple[Decimal, Decimal]:

@@ -112,6 +112,17 @@ def parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
     )
 
 
+def _single_identifier(req: EntryRequest) -> str | None:
+    """`system|value` when a POST's ifNoneExist is exactly one plain identifier token."""
+    if req.method != "POST" or not req.if_none_exist or len(req.if_none_exist) != 1:
+        return None
+    name, token = req.if_none_exist[0]
+    if name != "identifier" or token.count("|") != 1 or any(c in token for c in ",\\$"):
+        return None
+    system, _, value = token.partition("|")
+    return token if system and value else None
+
+
 def _patch_operations(req: EntryRequest) -> Any:
     """In a Bundle a JSON Patch travels as a Binary resource holding the patch document."""
     resource = req.resource
@@ -140,6 +151,8 @@ class BundleProcessor:
         self.resources = resources
         self.base_url = base_url
         self._conditional_references = True
+        # Conditional references already resolved in this Bundle, per target type.
+        self._resolved: dict[str, dict[str, str]] = {}
 
     def process(
         self,
@@ -152,6 +165,7 @@ class BundleProcessor:
         the search for conditional references when the text has none (a large speed-up
         for device uploads of thousands of entries)."""
         self._conditional_references = raw is None or bool(CONDITIONAL_REFERENCE.search(raw))
+        self._resolved: dict[str, dict[str, str]] = {}
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise error(400, "invalid", "POST / takes a Bundle of type transaction or batch")
         kind = bundle.get("type")
@@ -229,13 +243,58 @@ class BundleProcessor:
         ]
         return FhirError(exc.status, issues)
 
+    def _identifier_matches(
+        self, tx: WriteTransaction, requests: list[EntryRequest]
+    ) -> dict[tuple[str, str, str], list[str]]:
+        """For conditional creates on one `identifier=system|value` (what every mapper and
+        device upload sends), the matching ids of all of them in a few searches of 100
+        values each instead of one search per entry: a 90-day CGM import has 26,000."""
+        wanted: dict[str, set[str]] = {}
+        for req in requests:
+            token = _single_identifier(req)
+            if token is not None:
+                wanted.setdefault(req.resource_type, set()).add(token)
+        found: dict[tuple[str, str, str], list[str]] = {}
+        for rtype, tokens in wanted.items():
+            if len(tokens) < 2:
+                continue  # one entry: the ordinary conditional search is as cheap
+            for key in tokens:
+                system, _, value = key.partition("|")
+                found[(rtype, system, value)] = []
+            ordered = sorted(tokens)
+            for start in range(0, len(ordered), 100):
+                chunk = ordered[start : start + 100]
+                query = [("identifier", ",".join(chunk))]
+                for rid in self.resources.conditional_ids(tx, rtype, query, limit=None):
+                    stored = tx.read(rtype, rid)
+                    if stored is None or stored.json is None:
+                        continue
+                    for ident in jsonio.loads(stored.json).get("identifier") or []:
+                        if not isinstance(ident, dict):
+                            continue
+                        hit = found.get((rtype, ident.get("system"), ident.get("value")))
+                        if hit is not None and rid not in hit:
+                            hit.append(rid)
+        return found
+
     def _assign_ids(self, tx: WriteTransaction, requests: list[EntryRequest]) -> dict[str, str]:
         """Decide the id of every created or updated entry before anything is written."""
         mapping: dict[str, str] = {}
+        prefetched = self._identifier_matches(tx, requests)
         for req in requests:
             if req.method == "POST":
                 if req.if_none_exist:
-                    ids = self.resources.conditional_ids(tx, req.resource_type, req.if_none_exist)
+                    token = _single_identifier(req)
+                    key = None
+                    if token is not None:
+                        system, _, value = token.partition("|")
+                        key = (req.resource_type, system, value)
+                    if key in prefetched:
+                        ids = prefetched[key]
+                    else:
+                        ids = self.resources.conditional_ids(
+                            tx, req.resource_type, req.if_none_exist
+                        )
                     if len(ids) > 1:
                         raise self._locate(
                             error(412, "multiple-matches", "ifNoneExist matched several resources"),
@@ -290,6 +349,10 @@ class BundleProcessor:
                 raise error(
                     400, "invalid", f"Conditional reference '{value}' names no resource type"
                 )
+            cached = self._resolved.get(rtype, {}).get(value)
+            if cached is not None:
+                ref["reference"] = cached
+                continue
             ids = self.resources.conditional_ids(
                 tx, rtype, parse_qsl(query, keep_blank_values=True)
             )
@@ -300,10 +363,13 @@ class BundleProcessor:
                     f"Conditional reference '{value}' matched {len(ids)} resources (needs 1)",
                 )
             ref["reference"] = f"{rtype}/{ids[0]}"
+            # Reused for the other entries until a write to that type could change the answer.
+            self._resolved.setdefault(rtype, {})[value] = ref["reference"]
 
     def _execute_write(self, tx: WriteTransaction, req: EntryRequest) -> dict[str, Any]:
         svc = self.resources
         svc.check_type(req.resource_type)
+        self._resolved.pop(req.resource_type, None)
         if req.method == "DELETE":
             if req.id:
                 svc.delete_in(tx, req.resource_type, req.id)

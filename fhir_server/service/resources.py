@@ -148,10 +148,15 @@ class ResourceService:
     # -- writes inside a transaction -------------------------------------------------------
 
     def conditional_ids(
-        self, tx: WriteTransaction, resource_type: str, items: list[tuple[str, str]]
+        self,
+        tx: WriteTransaction,
+        resource_type: str,
+        items: list[tuple[str, str]],
+        limit: int | None = 2,
     ) -> list[str]:
+        """Ids matching conditional criteria; two are enough to tell 'several' (None: all)."""
         query = self.parse_conditional(resource_type, items)
-        return tx.search_ids(query, limit=2)
+        return tx.search_ids(query, limit=limit if limit is not None else 1_000_000)
 
     def create_in(
         self,

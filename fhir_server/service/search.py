@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from functools import cache
+from importlib import resources
 from typing import Any
 from urllib.parse import urlencode
 
 from fhir_server.model import jsonio
-from fhir_server.search.query import SearchQuery, parse_search, parse_system_search
+from fhir_server.search.compartment import compartment_criterion, compartment_resource_types
+from fhir_server.search.errors import SearchError
+from fhir_server.search.query import (
+    CompartmentClause,
+    SearchQuery,
+    parse_search,
+    parse_system_search,
+)
 from fhir_server.search.registry import SearchParamRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.base import Storage, StoredResource
@@ -19,6 +30,34 @@ SUBSETTED = {
 # Kept by _elements and _summary whatever is asked (FHIR: mandatory and modifier elements
 # may not be dropped; these are the ones every resource has).
 ALWAYS_KEPT = ("resourceType", "id", "meta")
+SUMMARY_FILE = "summary-elements-r4-4.0.1.json"
+
+
+@cache
+def summary_elements() -> dict[str, tuple[str, ...]]:
+    """Resource type -> its top-level elements flagged isSummary in the R4 StructureDefinitions
+    (vendored extract, see search/data/SOURCES.md); choice elements keep their `[x]`."""
+    raw = resources.files("fhir_server.search").joinpath("data", SUMMARY_FILE).read_text("utf-8")
+    return {rtype: tuple(names) for rtype, names in json.loads(raw).items()}
+
+
+def summary_keys(resource_type: str, resource: dict[str, Any]) -> set[str]:
+    """The JSON keys of `resource` that `_summary=true` keeps."""
+    names = summary_elements().get(resource_type, ())
+    plain = {n for n in names if not n.endswith("[x]")}
+    choices = tuple(n[:-3] for n in names if n.endswith("[x]"))
+    keep = set(ALWAYS_KEPT)
+    for key in resource:
+        bare = key.removeprefix("_")  # a primitive's extension twin (`_birthDate`)
+        if bare in plain or (
+            bare.startswith(choices) and any(_is_choice_of(bare, c) for c in choices)
+        ):
+            keep.add(key)
+    return keep
+
+
+def _is_choice_of(key: str, stem: str) -> bool:
+    return key.startswith(stem) and len(key) > len(stem) and key[len(stem)].isupper()
 
 
 class SearchService:
@@ -28,11 +67,24 @@ class SearchService:
         self.settings = settings
 
     def parse(
-        self, resource_type: str | None, items: list[tuple[str, str]], strict: bool
+        self,
+        resource_type: str | None,
+        items: list[tuple[str, str]],
+        strict: bool,
+        compartment: tuple[str, str] | None = None,
     ) -> SearchQuery:
         if resource_type is None:
-            return parse_system_search(items, self.registry, strict=strict)
-        return parse_search(resource_type, items, self.registry, strict=strict)
+            query = parse_system_search(items, self.registry, strict=strict)
+        else:
+            query = parse_search(resource_type, items, self.registry, strict=strict)
+        if query.result.contained in ("true", "both"):
+            # Contained resources are not indexed on their own: answering would mean
+            # silently returning nothing, so say it is not supported.
+            raise SearchError("_contained=true|both is not supported by this server", "_contained")
+        if compartment is not None and resource_type is not None:
+            criterion = compartment_criterion(*compartment, resource_type, self.registry)
+            query = dataclasses.replace(query, clauses=(criterion, *query.clauses))
+        return query
 
     def bundle(
         self,
@@ -40,12 +92,59 @@ class SearchService:
         items: list[tuple[str, str]],
         base_url: str,
         strict: bool,
+        compartment: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
-        query = self.parse(resource_type, items, strict)
+        """A searchset Bundle; `compartment` = (type, id) for `GET /Patient/123/Observation`."""
+        query = self.parse(resource_type, items, strict, compartment)
+        if compartment is not None:
+            path = f"{base_url}/{compartment[0]}/{compartment[1]}/{resource_type}"
+        else:
+            path = f"{base_url}/{resource_type}" if resource_type else base_url
+        return self._render(query, path, base_url, query.self_link_items())
+
+    def everything(
+        self,
+        compartment_type: str,
+        compartment_id: str,
+        items: list[tuple[str, str]],
+        base_url: str,
+        strict: bool,
+    ) -> dict[str, Any]:
+        """`GET /Patient/123/$everything`: the compartment's resource and every resource in
+        its compartment, paged like any search (`_count`, `_type` to narrow the types)."""
+        allowed = (compartment_type, *compartment_resource_types(compartment_type))
+        wanted = [name for key, value in items if key == "_type" for name in value.split(",")]
+        types = [t for t in allowed if not wanted or t in wanted]
+        if not types:
+            raise SearchError("_type names no type of this compartment", "_type")
+        kept = [(k, v) for k, v in items if k in ("_count", "_cursor", "_summary", "_elements")]
+        query = parse_system_search([("_type", ",".join(types)), *kept], self.registry, strict)
+        by_type = {}
+        for rtype in types:
+            try:
+                alternatives = compartment_criterion(
+                    compartment_type, compartment_id, rtype, self.registry
+                ).alternatives
+            except SearchError:
+                continue  # listed in the definition with no usable parameter here
+            by_type[rtype] = alternatives
+        criterion = CompartmentClause(compartment_type, compartment_id, (), by_type)
+        query = dataclasses.replace(query, clauses=(criterion,), resource_types=tuple(by_type))
+        path = f"{base_url}/{compartment_type}/{compartment_id}/$everything"
+        understood = [(k, v) for k, v in query.self_link_items() if k != "_type"]
+        if wanted:
+            understood.insert(0, ("_type", ",".join(types)))
+        return self._render(query, path, base_url, understood)
+
+    def _render(
+        self,
+        query: SearchQuery,
+        path: str,
+        base_url: str,
+        understood: list[tuple[str, str]],
+    ) -> dict[str, Any]:
         result = query.result
         page = self.storage.search(query, result.count, result.cursor)
-        path = f"{base_url}/{resource_type}" if resource_type else base_url
-        understood = query.self_link_items()
 
         def url(extra: list[tuple[str, str]]) -> str:
             all_items = understood + extra
@@ -64,6 +163,12 @@ class SearchService:
         if page.total is not None:
             bundle["total"] = page.total
         bundle["link"] = links
+        if result.summary == "count":
+            bundle["entry"] = []
+            outcome = self._outcome(query)
+            if outcome is not None:
+                bundle["entry"].append({"resource": outcome, "search": {"mode": "outcome"}})
+            return bundle
         entries = [self._entry(r, base_url, "match", result) for r in page.matches]
         entries += [self._entry(r, base_url, "include", result) for r in page.included]
         outcome = self._outcome(query)
@@ -93,18 +198,21 @@ class SearchService:
         assert stored.json is not None
         return {
             "fullUrl": f"{base}/{stored.resource_type}/{stored.id}",
-            "resource": self._shape(stored.json, result),
+            "resource": self._shape(stored.resource_type, stored.json, result),
             "search": {"mode": mode},
         }
 
     @staticmethod
-    def _shape(raw: bytes, result: Any) -> Any:
-        """Apply _summary=text|data and _elements; otherwise embed the stored JSON as is."""
+    def _shape(resource_type: str, raw: bytes, result: Any) -> Any:
+        """Apply _summary=true|text|data and _elements; otherwise embed the stored JSON."""
         summary, elements = result.summary, result.elements
-        if summary not in ("text", "data") and not elements:
+        if summary not in ("true", "text", "data") and not elements:
             return jsonio.fragment(raw)
         resource = jsonio.loads(raw)
-        if summary == "data":
+        if summary == "true":
+            keep_summary = summary_keys(resource_type, resource)
+            resource = {k: v for k, v in resource.items() if k in keep_summary}
+        elif summary == "data":
             resource.pop("text", None)
         elif summary == "text":
             keep = (*ALWAYS_KEPT, "text", "status")

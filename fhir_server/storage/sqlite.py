@@ -36,7 +36,7 @@ from fhir_server.search.types import (
 from fhir_server.storage.base import HistoryPage, StoredResource
 from fhir_server.storage.cursor import CursorCodec, CursorError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DIRECT_PARAMS = frozenset({"_id", "_lastUpdated"})
 
 SCHEMA = """
@@ -75,9 +75,14 @@ CREATE INDEX IF NOT EXISTS idx_token_pk ON idx_token (pk);
 CREATE TABLE IF NOT EXISTS idx_string (pk INTEGER, pid INTEGER, value TEXT, exact TEXT);
 CREATE INDEX IF NOT EXISTS idx_string_value ON idx_string (pid, value, pk);
 CREATE INDEX IF NOT EXISTS idx_string_pk ON idx_string (pk);
-CREATE TABLE IF NOT EXISTS idx_date (pk INTEGER, pid INTEGER, low REAL, high REAL);
+CREATE TABLE IF NOT EXISTS idx_date (pk INTEGER, pid INTEGER, low REAL, high REAL, owner TEXT);
 CREATE INDEX IF NOT EXISTS idx_date_low ON idx_date (pid, low, high, pk);
 CREATE INDEX IF NOT EXISTS idx_date_pk ON idx_date (pk);
+CREATE INDEX IF NOT EXISTS idx_date_owner ON idx_date (owner, pid, low, high, pk)
+    WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS date_spans (
+    pid INTEGER PRIMARY KEY, span REAL NOT NULL, multi INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idx_number (pk INTEGER, pid INTEGER, value REAL);
 CREATE INDEX IF NOT EXISTS idx_number_value ON idx_number (pid, value, pk);
 CREATE INDEX IF NOT EXISTS idx_number_pk ON idx_number (pk);
@@ -108,6 +113,31 @@ CREATE TABLE IF NOT EXISTS idx_composite (
 CREATE INDEX IF NOT EXISTS idx_composite_code ON idx_composite (pid, a_code, pk);
 CREATE INDEX IF NOT EXISTS idx_composite_pk ON idx_composite (pk);
 """
+
+# Version 1 -> 2: date rows carry the id their resource's `patient` reference points to
+# (`owner`), so that "this patient's readings in this period" is one index range;
+# `date_spans` keeps, per parameter, the widest stored period (which turns `ge X` into a
+# bounded range on `low`: low > X - span) and whether any resource ever had several values
+# (if never, `ge X & lt Y` can be answered from one row). Backfilled from the index rows.
+MIGRATE_1_TO_2 = """
+ALTER TABLE idx_date ADD COLUMN owner TEXT;
+CREATE TEMP TABLE owners AS
+    SELECT DISTINCT x.pk, x.tid FROM idx_reference x JOIN search_params sp ON sp.pid = x.pid
+    WHERE sp.code = 'patient' AND x.tid IS NOT NULL;
+INSERT INTO idx_date (pk, pid, low, high, owner)
+    SELECT d.pk, d.pid, d.low, d.high, o.tid FROM idx_date d JOIN owners o ON o.pk = d.pk;
+DELETE FROM idx_date WHERE owner IS NULL AND pk IN (SELECT pk FROM owners);
+DROP TABLE owners;
+CREATE TABLE IF NOT EXISTS date_spans (
+    pid INTEGER PRIMARY KEY, span REAL NOT NULL, multi INTEGER NOT NULL
+);
+INSERT OR REPLACE INTO date_spans
+    SELECT pid, max(span), max(n > 1) FROM (
+        SELECT pid, max(high - low) AS span, count(DISTINCT low || '/' || high) AS n
+        FROM idx_date GROUP BY pid, pk
+    ) GROUP BY pid;
+"""
+OWNER_PARAM = "patient"
 
 INDEX_TABLES = (
     "idx_token",
@@ -166,10 +196,24 @@ class SqliteStorage:
             )
         }
         self.cursors = CursorCodec(self._cursor_key())
+        # Widest stored date period per pid, as written by this process (a floor of the table:
+        # only used to skip redundant upserts; searches read the table itself).
+        self._date_spans: dict[int, tuple[float, int]] = self._load_date_spans(self._writer)
         # Set by the service when terminology is available: token :below/:above/:in, and
         # the canonical unit of a quantity search value.
         self.expander: Any = None
         self.canonical_query: Any = None
+
+    @staticmethod
+    def _load_date_spans(conn: sqlite3.Connection) -> dict[int, tuple[float, int]]:
+        rows = conn.execute("SELECT pid, span, multi FROM date_spans")
+        return {pid: (span, multi) for pid, span, multi in rows}
+
+    def date_span(self, conn: sqlite3.Connection, pid: int) -> tuple[float, bool] | None:
+        """(widest stored period, whether any resource had several values) for a date
+        parameter, read from the table (another process may have written since)."""
+        row = conn.execute("SELECT span, multi FROM date_spans WHERE pid=?", (pid,)).fetchone()
+        return (row[0], bool(row[1])) if row else None
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStorage:
@@ -210,7 +254,10 @@ class SqliteStorage:
                 f"{SCHEMA_VERSION}. Upgrade Diatabase to open it."
             )
         if version < SCHEMA_VERSION:
-            conn.executescript("BEGIN;" + SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+            migration = MIGRATE_1_TO_2 if version == 1 else ""
+            conn.executescript(
+                "BEGIN;" + migration + SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+            )
 
     def _cursor_key(self) -> bytes:
         row = self._writer.execute("SELECT value FROM meta WHERE key='cursor_key'").fetchone()
@@ -391,22 +438,19 @@ class SqliteStorage:
                 tx.flush()
             except BaseException:
                 conn.execute("ROLLBACK")
-                # pids created in the rolled back transaction no longer exist.
-                self._pids = {
-                    (rtype, code): pid
-                    for pid, rtype, code in conn.execute(
-                        "SELECT pid, rtype, code FROM search_params"
-                    )
-                }
+                self.reload_after_rollback(conn)
                 raise
             conn.execute("COMMIT")
 
-    def reload_pids(self, conn: sqlite3.Connection) -> None:
-        """After a rollback: pids created by the undone writes no longer exist."""
+    def reload_after_rollback(self, conn: sqlite3.Connection) -> None:
+        """The caches of what the undone writes created (pids, widened date spans) must
+        not outlive them: a span cached wider than stored would stop later writes from
+        recording theirs."""
         self._pids = {
             (rtype, code): pid
             for pid, rtype, code in conn.execute("SELECT pid, rtype, code FROM search_params")
         }
+        self._date_spans = self._load_date_spans(conn)
 
     def file_size(self) -> int:
         total = 0
@@ -450,7 +494,7 @@ class SqliteTransaction:
                 del values[marks[table] :]
             self.conn.execute("ROLLBACK TO entry")
             self.conn.execute("RELEASE entry")
-            self.storage.reload_pids(self.conn)
+            self.storage.reload_after_rollback(self.conn)
             raise
         self.conn.execute("RELEASE entry")
 
@@ -464,6 +508,17 @@ class SqliteTransaction:
         rows = self._rows
         self._pending_pks.add(pk)
         pid_of = self.storage.pid
+        # One date row per target id of the resource's `patient` reference(s) (almost always
+        # one), or one with no owner: the owner index must find every resource that
+        # `patient=X` matches, whatever the target type.
+        owners: list[str | None] = [
+            e.target_id
+            for e in entries
+            if type(e) is ReferenceEntry and e.param == OWNER_PARAM and e.target_id is not None
+        ] or [None]
+        if len(owners) > 1:
+            owners = list(dict.fromkeys(owners))
+        spans: dict[int, tuple[float, int]] = {}
         for entry in entries:
             if entry.param in DIRECT_PARAMS:
                 continue  # answered from the resources table itself
@@ -474,7 +529,11 @@ class SqliteTransaction:
             elif kind is ReferenceEntry:
                 rows["idx_reference"].append((pk, pid, *entry[1:]))
             elif kind is DateEntry:
-                rows["idx_date"].append((pk, pid, *entry[1:]))
+                date_rows = rows["idx_date"]
+                for owner in owners:
+                    date_rows.append((pk, pid, entry.low, entry.high, owner))
+                span, count = spans.get(pid, (0.0, 0))
+                spans[pid] = (max(span, entry.high - entry.low), count + 1)
             elif kind is StringEntry:
                 rows["idx_string"].append((pk, pid, *entry[1:]))
             elif kind is QuantityEntry:
@@ -487,6 +546,17 @@ class SqliteTransaction:
                 row = _composite_row(pk, pid, entry)
                 if row is not None:
                     rows["idx_composite"].append(row)
+        known = self.storage._date_spans
+        for pid, (span, count) in spans.items():
+            multi = int(count > 1)
+            old_span, old_multi = known.get(pid, (-1.0, 0))
+            if span > old_span or multi > old_multi:
+                self.conn.execute(
+                    "INSERT INTO date_spans VALUES (?, ?, ?) ON CONFLICT (pid) DO UPDATE "
+                    "SET span = max(span, excluded.span), multi = max(multi, excluded.multi)",
+                    (pid, span, multi),
+                )
+                known[pid] = (max(span, old_span), max(multi, old_multi))
 
     def _clear_index(self, pk: int) -> None:
         if pk in self._pending_pks:  # written earlier in this transaction, not yet flushed

@@ -1,9 +1,26 @@
 """Parsed FHIR searches compiled to SQL over the SQLite index tables.
 
-Each AND criterion becomes `pk IN (SELECT pk FROM idx_<kind> WHERE pid=? AND (...OR...))`
-on the searched resources; chains and `_has` nest the same construction through
-`idx_reference`. Every value is a bound parameter: nothing from a request is ever
-interpolated into SQL text.
+Semantics (the same on every backend; prefixes are stated in search/ranges.py):
+- AND between parameters (and repeated ones), OR between comma-separated values; a value
+  matches when ONE index row of the resource satisfies it (several dates, codings, names).
+- `:not` / `:not-in` match resources with no matching row (missing values included);
+  `ne` matches resources having a row that is not equal (missing values excluded).
+- `:missing=true` = no index row for the parameter; `:text` on tokens is a contains match
+  on the normalised display/text; string default = starts-with on the normalised form.
+- Chains and `_has` nest through idx_reference; `CompartmentClause` ORs its alternatives
+  (per type in `by_type` for `$everything`).
+- Default order is insertion (pk); `_sort` keys use min (ascending) or max (descending) of
+  the row values, missing values last in both directions, pk breaks ties.
+
+Planning (SQLite only): each type-level criterion is checked per candidate row by a
+correlated probe on the index table's pk index; the access path is the most selective
+positive clause, chosen by counting its index rows up to DRIVER_LIMIT, as `pk IN (...)`,
+or, when none is selective, a scan in pk order (a page only needs its first matches). With
+`patient=X`, date clauses can drive from the (owner, pid, low) index: one patient's rows
+only, `ge`/`gt` bounded on `low` through the widest stored period of that parameter. A
+one-clause `_summary=count` is counted on the index alone.
+
+Every value is a bound parameter: nothing from a request is ever interpolated into SQL text.
 
 Paging is keyset-based: the cursor holds the sort values and pk of the last row of the page,
 so rows inserted or updated meanwhile neither shift nor repeat the pages.
@@ -19,7 +36,13 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from fhir_server.search.errors import SearchError, UnsupportedModifier
-from fhir_server.search.query import ChainClause, Clause, HasClause, SearchQuery
+from fhir_server.search.query import (
+    ChainClause,
+    Clause,
+    CompartmentClause,
+    HasClause,
+    SearchQuery,
+)
 from fhir_server.search.result_params import Include, SortKey
 from fhir_server.search.values import (
     CompositeValue,
@@ -70,8 +93,15 @@ class SearchPage:
 class _Compiler:
     """Builds one SQL condition with its arguments; aliases are unique per query."""
 
-    def __init__(self, storage: SqliteStorage, expander: Any = None, canonical: Any = None) -> None:
+    def __init__(
+        self,
+        storage: SqliteStorage,
+        conn: sqlite3.Connection,
+        expander: Any = None,
+        canonical: Any = None,
+    ) -> None:
         self.storage = storage
+        self.conn = conn
         self.expander = expander
         self.canonical = canonical
         self._aliases = itertools.count()
@@ -93,6 +123,18 @@ class _Compiler:
             return self.chain(crit, rtype, alias)
         if isinstance(crit, HasClause):
             return self.has(crit, rtype, alias)
+        if isinstance(crit, CompartmentClause):
+            ors, args = [], []
+            alternatives = crit.alternatives
+            if crit.by_type is not None:
+                alternatives = crit.by_type.get(rtype, ())
+            if not alternatives:
+                return "0", []
+            for alternative in alternatives:
+                sql, alt_args = self.clause(alternative, rtype, alias)
+                ors.append(sql)
+                args += alt_args
+            return "(" + " OR ".join(ors) + ")", args
         raise SearchError(f"unsupported search criterion {crit!r}")
 
     def chain(self, crit: ChainClause, rtype: str, alias: str) -> tuple[str, list[Any]]:
@@ -121,7 +163,11 @@ class _Compiler:
         )
         return sql, [self.pid(crit.resource_type, crit.ref_param.code), rtype, *inner_args]
 
-    def clause(self, clause: Clause, rtype: str, alias: str) -> tuple[str, list[Any]]:
+    def clause(
+        self, clause: Clause, rtype: str, alias: str, probe: bool = False
+    ) -> tuple[str, list[Any]]:
+        """`alias.pk IN (rows of the index)`, or with `probe` a correlated EXISTS that looks
+        up the row's own index entries (cheap per row, never materialises a large set)."""
         param = clause.param
         if param.code in DIRECT_PARAMS:
             return self.direct(clause, alias)
@@ -131,17 +177,27 @@ class _Compiler:
         pid = self.pid(rtype, param.code)
         if clause.modifier == "missing":
             missing = any(isinstance(v, MissingValue) and v.missing for v in clause.values)
-            op = "NOT IN" if missing else "IN"
-            return f"{alias}.pk {op} (SELECT pk FROM {table} WHERE pid=?)", [pid]
+            body, args = "", [pid]
+        else:
+            missing = clause.modifier in ("not", "not-in")
+            body, args = self.clause_body(clause)
+            args = [pid, *args]
+        if probe:
+            op = "NOT EXISTS" if missing else "EXISTS"
+            # `+pid`: look up by pk (idx_*_pk). Without statistics SQLite may otherwise
+            # walk the (pid, value) index for every row, which is quadratic.
+            return f"{op} (SELECT 1 FROM {table} WHERE pk={alias}.pk AND +pid=?{body})", args
+        op = "NOT IN" if missing else "IN"
+        return f"{alias}.pk {op} (SELECT pk FROM {table} WHERE pid=?{body})", args
+
+    def clause_body(self, clause: Clause) -> tuple[str, list[Any]]:
+        """` AND (value OR value ...)` on one index row, for a clause without :missing."""
         ors, args = [], []
         for value in clause.values:
-            sql, value_args = self.value(param.type, clause.modifier, value)
+            sql, value_args = self.value(clause.param.type, clause.modifier, value)
             ors.append(sql)
             args += value_args
-        negate = clause.modifier in ("not", "not-in")
-        op = "NOT IN" if negate else "IN"
-        sql = f"{alias}.pk {op} (SELECT pk FROM {table} WHERE pid=? AND ({' OR '.join(ors)}))"
-        return sql, [pid, *args]
+        return f" AND ({' OR '.join(ors)})", args
 
     def direct(self, clause: Clause, alias: str) -> tuple[str, list[Any]]:
         ors, args = [], []
@@ -223,24 +279,19 @@ class _Compiler:
     def quantity(
         self, value: QuantityValue, v: str, system: str, code: str, unit: str, cv: str, cu: str
     ) -> tuple[str, list[Any]]:
+        raw_sql, raw_args = _raw_quantity_condition(value, v, system, code, unit)
         if value.code and self.canonical is not None:
             converted = self.canonical(value, value.system, value.code)
             if converted is not None:
+                # Any unit of the same dimension, through the canonical form; and rows that
+                # have none (no UCUM code stored, only a unit text) on their own value and unit.
                 canonical_value, canonical_unit = converted
                 sql, args = number_condition(canonical_value, cv)
-                return f"({cu}=? AND {sql})", [canonical_unit, *args]
-        sql, args = number_condition(value, v)
-        conditions, extra = [sql], list(args)
-        if value.system and value.code:
-            conditions.append(f"{system}=? AND {code}=?")
-            extra += [value.system, value.code]
-        elif value.code:
-            conditions.append(f"({code}=? OR {unit}=?)")
-            extra += [value.code, value.code]
-        elif value.system:
-            conditions.append(f"{system}=?")
-            extra.append(value.system)
-        return "(" + " AND ".join(conditions) + ")", extra
+                return (
+                    f"(({cu}=? AND {sql}) OR ({cu} IS NULL AND {raw_sql}))",
+                    [canonical_unit, *args, *raw_args],
+                )
+        return raw_sql, raw_args
 
     def composite(self, value: CompositeValue) -> tuple[str, list[Any]]:
         if len(value.parts) != 2 or not isinstance(value.parts[0], TokenValue):
@@ -265,6 +316,24 @@ class _Compiler:
 
 
 # -- value conditions (pure functions of a value and column names) -------------------------
+
+
+def _raw_quantity_condition(
+    value: QuantityValue, v: str, system: str, code: str, unit: str
+) -> tuple[str, list[Any]]:
+    """The value compared as stored, with the system and code (or unit text) as given."""
+    sql, args = number_condition(value, v)
+    conditions, extra = [sql], list(args)
+    if value.system and value.code:
+        conditions.append(f"{system}=? AND {code}=?")
+        extra += [value.system, value.code]
+    elif value.code:
+        conditions.append(f"({code}=? OR {unit}=?)")
+        extra += [value.code, value.code]
+    elif value.system:
+        conditions.append(f"{system}=?")
+        extra.append(value.system)
+    return "(" + " AND ".join(conditions) + ")", extra
 
 
 def token_condition(value: TokenValue, system: str, code: str) -> tuple[str, list[Any]]:
@@ -392,8 +461,14 @@ def sort_expression(compiler: _Compiler, key: SortKey, rtype: str, alias: str) -
     if table is None:
         raise SearchError(f"cannot sort on {key.param.type} parameter {key.code!r}", "_sort")
     column, agg = (desc_col, "max") if key.descending else (asc_col, "min")
-    pid = compiler.pid(rtype, key.code)
-    return f"(SELECT {agg}({column}) FROM {table} WHERE pk={alias}.pk AND pid=?)", [pid]
+    if rtype != "Resource":
+        pid = compiler.pid(rtype, key.code)
+        return f"(SELECT {agg}({column}) FROM {table} WHERE pk={alias}.pk AND +pid=?)", [pid]
+    # System-level search: the parameter's pid differs per type; any of them will do.
+    pids = [pid for (_, code), pid in compiler.storage._pids.items() if code == key.code] or [-1]
+    marks = ",".join("?" * len(pids))
+    sql = f"(SELECT {agg}({column}) FROM {table} WHERE pk={alias}.pk AND +pid IN ({marks}))"
+    return sql, pids
 
 
 def _keyset_condition(
@@ -429,27 +504,217 @@ def _keyset_condition(
 
 
 def _where(compiler: _Compiler, query: SearchQuery, alias: str = "r") -> tuple[str, list[Any]]:
+    """The WHERE condition of a search. Index rows are keyed by (type, parameter) pids, so
+    a system-level search compiles its criteria once per searched type and ORs them."""
     conditions, args = [f"{alias}.deleted=0"], []
     if query.resource_type is not None:
         conditions.append(f"{alias}.type=?")
         args.append(query.resource_type)
-        rtype = query.resource_type
-    else:
-        if query.resource_types:
-            conditions.append(f"{alias}.type IN ({','.join('?' * len(query.resource_types))})")
-            args += list(query.resource_types)
-        rtype = "Resource"
-    for crit in query.clauses:
-        sql, crit_args = compiler.criterion(crit, rtype, alias)
-        conditions.append(sql)
-        args += crit_args
+        sql, crit_args = _type_criteria(compiler, query.resource_type, query.clauses, alias)
+        if sql:
+            conditions.append(sql)
+            args += crit_args
+        return " AND ".join(conditions), args
+    types = list(query.resource_types)
+    if not query.clauses:
+        if types:
+            conditions.append(f"{alias}.type IN ({','.join('?' * len(types))})")
+            args += types
+        return " AND ".join(conditions), args
+    if not types:
+        # Every type that was ever indexed (a type without index rows cannot match a filter).
+        types = sorted({rtype for rtype, _ in compiler.storage._pids})
+    per_type = []
+    for rtype in types:
+        sql, part_args = _type_criteria(compiler, rtype, query.clauses, alias)
+        per_type.append(f"({alias}.type=? AND {sql})")
+        args += [rtype, *part_args]
+    conditions.append("(" + " OR ".join(per_type or ["0"]) + ")")
     return " AND ".join(conditions), args
+
+
+# A driving index set larger than this is not worth materialising: scanning resources in
+# pk order and probing each one's index rows finds a page sooner.
+DRIVER_LIMIT = 20000
+PLAIN_DATE_PREFIXES = frozenset({"eq", "gt", "ge", "lt", "le", "sa", "eb"})
+
+
+def _type_criteria(
+    compiler: _Compiler, rtype: str, clauses: Sequence[Any], alias: str
+) -> tuple[str, list[Any]]:
+    """ANDed criteria on one type, planned: the most selective positive clause (estimated by
+    counting its index rows up to DRIVER_LIMIT) becomes `pk IN (...)`, the access path;
+    every clause is also checked per row by a correlated probe. Without a selective clause,
+    rows are scanned in pk order and probed (a page needs only its first matches)."""
+    if not clauses:
+        return "", []
+    parts, args = [], []
+    for crit in clauses:
+        if isinstance(crit, Clause):
+            sql, crit_args = compiler.clause(crit, rtype, alias, probe=True)
+        else:
+            sql, crit_args = compiler.criterion(crit, rtype, alias)
+        parts.append(sql)
+        args += crit_args
+    driver = _choose_driver(compiler, rtype, clauses)
+    if driver is not None:
+        parts.insert(0, f"{alias}.pk IN ({driver[0]})")
+        args = [*driver[1], *args]
+    return " AND ".join(parts), args
+
+
+def _choose_driver(
+    compiler: _Compiler, rtype: str, clauses: Sequence[Any]
+) -> tuple[str, list[Any]] | None:
+    if any(isinstance(c, Clause) and c.param.code == "_id" and c.modifier is None for c in clauses):
+        return None  # the unique (type, id) index is the access path
+    candidates = [
+        _driver_sql(compiler, rtype, c)
+        for c in clauses
+        if isinstance(c, Clause)
+        and c.param.code not in DIRECT_PARAMS
+        and c.modifier not in ("missing", "not", "not-in")
+        and c.param.type in TABLE_BY_TYPE
+    ]
+    # Likely-small sets first: once one is small, the others are counted only that far.
+    candidates = _owner_date_drivers(compiler, rtype, clauses) + candidates
+    best, best_count = None, DRIVER_LIMIT
+    conn = compiler.conn
+    for sql, args in candidates:
+        count = conn.execute(f"SELECT count(*) FROM ({sql} LIMIT ?)", [*args, best_count])
+        found = count.fetchone()[0]
+        if found < best_count:
+            best, best_count = (sql, args), found
+            if found == 0:
+                break
+    return best
+
+
+def fast_count(compiler: _Compiler, query: SearchQuery) -> int | None:
+    """The number of matches of a type-level search with one positive clause, counted on
+    the index alone: index rows exist only for current, non-deleted resources of the
+    parameter's own type, so no join is needed (DISTINCT: one resource may match twice)."""
+    if query.resource_type is None or len(query.clauses) != 1:
+        return None
+    clause = query.clauses[0]
+    if (
+        not isinstance(clause, Clause)
+        or clause.param.code in DIRECT_PARAMS
+        or clause.modifier in ("missing", "not", "not-in")
+        or clause.param.type not in TABLE_BY_TYPE
+    ):
+        return None
+    sql, args = _driver_sql(compiler, query.resource_type, clause)
+    distinct = sql.replace("SELECT pk", "SELECT DISTINCT pk", 1)
+    return compiler.conn.execute(f"SELECT count(*) FROM ({distinct})", args).fetchone()[0]
+
+
+def _driver_sql(compiler: _Compiler, rtype: str, clause: Clause) -> tuple[str, list[Any]]:
+    table = TABLE_BY_TYPE[clause.param.type]
+    body, args = compiler.clause_body(clause)
+    pid = compiler.pid(rtype, clause.param.code)
+    if clause.param.type == "date":
+        # `high > X` alone cannot use the (pid, low) index: bound low too (see _low_floor).
+        span_info = compiler.storage.date_span(compiler.conn, pid)
+        floors = [_low_floor(v, span_info[0]) if span_info else None for v in clause.values]
+        if floors and all(f is not None for f in floors):
+            body += " AND low>?"
+            args = [*args, min(f for f in floors if f is not None)]
+        return f"SELECT pk FROM {table} WHERE pid=?{body}", [pid, *args]
+    return f"SELECT pk FROM {table} WHERE pid=?{body}", [
+        compiler.pid(rtype, clause.param.code),
+        *args,
+    ]
+
+
+def _owner_date_drivers(
+    compiler: _Compiler, rtype: str, clauses: Sequence[Any]
+) -> list[tuple[str, list[Any]]]:
+    """With `patient=X` in the query, date clauses run on the (owner, pid, low) index: one
+    patient's rows only. `ge`/`gt`/`eq`/`sa` bound `low` from below through the widest
+    stored period, and all date clauses on one parameter are combined into one range
+    (`ge X & lt Y`) when no resource ever had several values for it."""
+    owner = _owner_id(clauses)
+    if owner is None:
+        return []
+    by_param: dict[str, list[Clause]] = {}
+    for c in clauses:
+        if (
+            isinstance(c, Clause)
+            and c.param.type == "date"
+            and c.modifier is None
+            and c.param.code not in DIRECT_PARAMS
+            and all(isinstance(v, DateValue) and v.prefix in PLAIN_DATE_PREFIXES for v in c.values)
+        ):
+            by_param.setdefault(c.param.code, []).append(c)
+    drivers = []
+    for code, date_clauses in by_param.items():
+        pid = compiler.pid(rtype, code)
+        span_info = compiler.storage.date_span(compiler.conn, pid)
+        if span_info is None:
+            continue
+        span, multi = span_info
+        groups = [[c] for c in date_clauses] if multi else [date_clauses]
+        for group in groups:
+            conditions, args = [], []
+            for c in group:
+                ors = []
+                for value in c.values:
+                    sql, value_args = date_condition(value, "low", "high")
+                    floor = _low_floor(value, span)
+                    if floor is not None:
+                        sql = f"({sql} AND low>?)"
+                        value_args = [*value_args, floor]
+                    ors.append(sql)
+                    args += value_args
+                conditions.append("(" + " OR ".join(ors) + ")")
+            drivers.append(
+                (
+                    "SELECT pk FROM idx_date WHERE owner=? AND pid=? AND "
+                    + " AND ".join(conditions),
+                    [owner, pid, *args],
+                )
+            )
+    return drivers
+
+
+def _low_floor(value: DateValue, span: float) -> float | None:
+    """A lower bound on `low` implied by the prefix (high > h means low > h - span)."""
+    if value.prefix == "gt":
+        return value.high - span - 1e-6
+    if value.prefix == "ge":
+        return value.low - span - 1e-6
+    return None
+
+
+def _owner_id(clauses: Sequence[Any]) -> str | None:
+    """The id of a plain `patient=X` (or `patient=Patient/X`) clause, if any: date rows carry
+    the target id of their resource's `patient` reference as `owner`."""
+    for c in clauses:
+        if (
+            isinstance(c, Clause)
+            and c.param.code == "patient"
+            and c.param.type == "reference"
+            and c.modifier in (None, "Patient")
+            and len(c.values) == 1
+        ):
+            value = c.values[0]
+            if (
+                isinstance(value, ReferenceValue)
+                and value.id
+                and value.url is None
+                and value.identifier_value is None
+                and value.identifier_system is None
+                and value.type in (None, "Patient")
+            ):
+                return value.id
+    return None
 
 
 def matching_ids(
     storage: SqliteStorage, conn: sqlite3.Connection, query: SearchQuery, limit: int
 ) -> list[str]:
-    compiler = _Compiler(storage, storage.expander, storage.canonical_query)
+    compiler = _Compiler(storage, conn, storage.expander, storage.canonical_query)
     where, args = _where(compiler, query)
     rows = conn.execute(f"SELECT r.id FROM resources r WHERE {where} LIMIT ?", [*args, limit])
     return [row[0] for row in rows]
@@ -462,14 +727,17 @@ def run_search(
     count: int,
     cursor: str | None,
 ) -> SearchPage:
-    compiler = _Compiler(storage, storage.expander, storage.canonical_query)
+    compiler = _Compiler(storage, conn, storage.expander, storage.canonical_query)
     where, args = _where(compiler, query)
     result = query.result
     rtype = query.resource_type or "Resource"
     sort = [(*sort_expression(compiler, key, rtype, "r"), key.descending) for key in result.sort]
     total = None
     if result.total == "accurate" or result.summary == "count" or count == 0:
-        total = conn.execute(f"SELECT count(*) FROM resources r WHERE {where}", args).fetchone()[0]
+        total = fast_count(compiler, query)
+        if total is None:
+            row = conn.execute(f"SELECT count(*) FROM resources r WHERE {where}", args).fetchone()
+            total = row[0]
     if result.summary == "count" or count == 0:
         return SearchPage([], total=total)
 
@@ -589,6 +857,7 @@ def _forward(
     if inc.target_type:
         sql += " AND t.type=?"
         args.append(inc.target_type)
+    sql += " ORDER BY t.pk"
     return storage.read_many([row[0] for row in conn.execute(sql, args)])
 
 
@@ -596,18 +865,22 @@ def _reverse(
     storage, conn, compiler, inc: Include, frontier: list[StoredResource]
 ) -> list[StoredResource]:
     if inc.source_type == "*":
-        return []
-    pids = _include_pids(compiler, inc, [inc.source_type])
-    if not pids:
-        return []
+        # `_revinclude=*`: every resource referring to the frontier, through any parameter
+        # (idx_reference holds reference parameters only, so no pid filter is needed).
+        pid_sql, pids = "1", []
+    else:
+        pids = _include_pids(compiler, inc, [inc.source_type])
+        if not pids:
+            return []
+        pid_sql = f"x.pid IN ({','.join('?' * len(pids))})"
     ors, args = [], []
     for res in frontier:
         ors.append("(x.ttype=? AND x.tid=?)")
         args += [res.resource_type, res.id]
     sql = (
         "SELECT DISTINCT s.pk FROM idx_reference x JOIN resources s ON s.pk=x.pk "
-        f"WHERE x.pid IN ({','.join('?' * len(pids))}) AND ({' OR '.join(ors)}) AND s.deleted=0 "
-        "LIMIT ?"
+        f"WHERE {pid_sql} AND ({' OR '.join(ors)}) AND s.deleted=0 "
+        "ORDER BY s.pk LIMIT ?"
     )
     rows = conn.execute(sql, [*pids, *args, MAX_INCLUDED])
     return storage.read_many([row[0] for row in rows])

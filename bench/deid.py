@@ -1,0 +1,286 @@
+"""De-identification speed: export throughput and facade search overhead, in one run.
+
+    python bench/deid.py                      # quick: 20,000 resources
+    python bench/deid.py --resources 500000   # the figure the issue asks for
+
+Builds a fresh SQLite database of synthetic diabetes patients (CGM readings every 5
+minutes, a device, a condition, an HbA1c each), then measures
+
+1. the pseudonymizing engine alone (stored JSON in memory -> pseudonymized JSON),
+2. a whole export (`run_export`: storage read + engine + NDJSON + hashes + signature),
+3. search latency over HTTP (uvicorn, one process): the same searches on the clinical
+   API and on /deid/ (median and p90 of repeated runs, alternated), and the overhead.
+
+Prints a table; not a pass/fail test. Single-threaded: figures are per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from fhir_server.app import create_app
+from fhir_server.deid.export import run_export
+from fhir_server.deid.keys import signing_key
+from fhir_server.deid.recipients import Recipients
+from fhir_server.loader import Loader
+from fhir_server.service.fhir import FhirService
+from fhir_server.settings import Settings
+from fhir_server.storage import open_storage
+
+SECRET = "bench-master-secret-0123456789"
+API_KEY = "bench-key"
+
+
+def synthetic(total: int, seed: int = 1) -> tuple[list[dict[str, Any]], list[str]]:
+    rnd = random.Random(seed)
+    per_patient = 504
+    patients = max(10, total // per_patient)
+    readings = max(1, total // patients - 4)
+    resources, patient_ids = [], []
+    for n in range(patients):
+        pid, did = (
+            str(uuid.UUID(int=rnd.getrandbits(128))),
+            str(uuid.UUID(int=rnd.getrandbits(128))),
+        )
+        patient_ids.append(pid)
+        resources.append(
+            {
+                "resourceType": "Patient",
+                "id": pid,
+                "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": f"{n:015d}"}],
+                "name": [{"family": f"Family{n}", "given": [f"Given{n}"]}],
+                "telecom": [{"system": "phone", "value": f"+33 6 00 00 {n % 100:02d} 00"}],
+                "gender": "female" if n % 2 else "male",
+                "birthDate": f"19{40 + n % 60}-0{1 + n % 9}-1{n % 10}",
+                "address": [{"line": [f"{n} rue X"], "city": "Lyon", "postalCode": "69003"}],
+            }
+        )
+        resources.append(
+            {
+                "resourceType": "Device",
+                "id": did,
+                "serialNumber": f"SN{n:08d}",
+                "patient": {"reference": f"Patient/{pid}"},
+            }
+        )
+        resources.append(
+            {
+                "resourceType": "Condition",
+                "id": str(uuid.UUID(int=rnd.getrandbits(128))),
+                "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9"}]},
+                "subject": {"reference": f"Patient/{pid}"},
+                "onsetDateTime": "2015-06-01T09:30:00+02:00",
+            }
+        )
+        resources.append(
+            {
+                "resourceType": "Observation",
+                "id": str(uuid.UUID(int=rnd.getrandbits(128))),
+                "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+                "subject": {"reference": f"Patient/{pid}"},
+                "effectiveDateTime": "2024-02-20",
+                "valueQuantity": {
+                    "value": 7.4,
+                    "unit": "%",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "%",
+                },
+            }
+        )
+        start = datetime(2024, 3, 1, tzinfo=UTC) + timedelta(seconds=rnd.randint(0, 86_400))
+        for k in range(readings):
+            resources.append(
+                {
+                    "resourceType": "Observation",
+                    "id": str(uuid.UUID(int=rnd.getrandbits(128))),
+                    "status": "final",
+                    "category": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                    "code": "laboratory",
+                                }
+                            ]
+                        }
+                    ],
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "99504-3"}]},
+                    "subject": {"reference": f"Patient/{pid}"},
+                    "device": {"reference": f"Device/{did}"},
+                    "effectiveDateTime": (start + timedelta(minutes=5 * k)).isoformat(),
+                    "valueQuantity": {
+                        "value": round(rnd.uniform(60, 250), 1),
+                        "unit": "mg/dL",
+                        "system": "http://unitsofmeasure.org",
+                        "code": "mg/dL",
+                    },
+                }
+            )
+    return resources, patient_ids
+
+
+class Server:
+    def __init__(self, settings: Settings) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        config = uvicorn.Config(create_app(settings), port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def timed(http: httpx.Client, url: str, headers: dict[str, str]) -> float:
+    start = time.perf_counter()
+    response = http.get(url, headers=headers)
+    elapsed = time.perf_counter() - start
+    assert response.status_code == 200, response.text[:300]
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--resources", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=30, help="runs of each search")
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="diatabase-bench-deid-"))
+    db_url = f"sqlite:///{folder / 'bench.db'}"
+    recipients_file = folder / "recipients.json"
+    recipients_file.write_text(
+        json.dumps(
+            [{"id": "bench", "api_key_sha256": hashlib.sha256(API_KEY.encode()).hexdigest()}]
+        )
+    )
+    settings = Settings(
+        db_url=db_url, deid_secret=SECRET, deid_recipients=str(recipients_file), max_count=1000
+    )
+
+    resources, patient_ids = synthetic(args.resources)
+    service = FhirService(open_storage(db_url), settings)
+    started = time.perf_counter()
+    report = Loader(service).load_resources(resources)
+    load_seconds = time.perf_counter() - started
+    assert not report.failed, report.failed[:3]
+    total = len(resources)
+    del resources
+
+    recipients = Recipients.load(recipients_file, SECRET.encode())
+    raws = [s.json for s in service.storage.iter_current("Observation")][:100_000]
+    engine = recipients.fresh_engine("bench")
+    started = time.process_time()
+    for raw in raws:
+        engine.transform_bytes(raw)
+    engine_rate = len(raws) / (time.process_time() - started)
+    del raws
+
+    started, cpu = time.perf_counter(), time.process_time()
+    manifest = run_export(
+        service, recipients.fresh_engine("bench"), folder / "export", signing_key(SECRET.encode())
+    )
+    export_seconds = time.perf_counter() - started
+    export_cpu = time.process_time() - cpu
+    exported = sum(item["count"] for item in manifest["output"])
+    service.storage.close()
+
+    names = recipients.engine("bench").pseudonyms
+    runs = min(args.repeat, len(patient_ids))
+    rows = []
+    with (
+        Server(settings) as server,
+        httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as http,
+    ):
+        key = {"Authorization": f"Bearer {API_KEY}"}
+        timed(http, "/metadata", {})
+        # Cold: a different patient each run, so the facade's transform cache cannot help.
+        clinical, deid = [], []
+        for run, pid in enumerate(patient_ids[:runs]):
+            pseudonym = names.pseudonym("Patient", pid)
+            pair = [
+                (clinical, f"/Observation?subject=Patient/{pid}&_count=100", {}),
+                (deid, f"/deid/Observation?subject=Patient/{pseudonym}&_count=100", key),
+            ]
+            # Alternate which goes first: the second benefits from SQLite's page cache.
+            for times, url, headers in pair if run % 2 else pair[::-1]:
+                times.append(timed(http, url, headers))
+        rows.append(("subject=P&_count=100 (cold)", clinical, deid))
+        pid = patient_ids[0]
+        pseudonym = names.pseudonym("Patient", pid)
+        warm = [
+            (
+                "subject=P&_count=100 (repeated)",
+                f"/Observation?subject=Patient/{pid}&_count=100",
+                f"/deid/Observation?subject=Patient/{pseudonym}&_count=100",
+            ),
+            (
+                "code=99504-3&_count=50 (repeated)",
+                "/Observation?code=99504-3&_count=50",
+                "/deid/Observation?code=99504-3&_count=50",
+            ),
+            ("Patient read (repeated)", f"/Patient/{pid}", f"/deid/Patient/{pseudonym}"),
+        ]
+        for label, clinical_url, deid_url in warm:
+            timed(http, clinical_url, {})
+            timed(http, deid_url, key)
+            clinical, deid = [], []
+            for _ in range(args.repeat):
+                clinical.append(timed(http, clinical_url, {}))
+                deid.append(timed(http, deid_url, key))
+            rows.append((label, clinical, deid))
+
+    print(
+        f"\nDiatabase de-identification benchmark: {total:,} resources stored "
+        f"(loaded in {load_seconds:.1f} s), one core\n"
+    )
+    print(f"{'measure':<44} {'value':>14}")
+    print(f"{'engine alone, CPU (Observation, resources/s)':<44} {engine_rate:>14,.0f}")
+    print(f"{'export: resources written':<44} {exported:>14,}")
+    print(f"{'export: seconds':<44} {export_seconds:>14.2f}")
+    print(f"{'export: resources/s, wall clock':<44} {exported / export_seconds:>14,.0f}")
+    print(f"{'export: resources/s per CPU second':<44} {exported / export_cpu:>14,.0f}")
+    kanon = manifest["kAnonymity"]
+    print(
+        f"{'export: patients released / suppressed':<44} "
+        f"{kanon['released']:>9} / {kanon['suppressed']:<3}"
+    )
+    print()
+    print(f"{'search (median / p90 ms)':<36} {'clinical':>15} {'facade':>15} {'overhead':>9}")
+    for label, clinical, deid in rows:
+        c50, d50 = statistics.median(clinical) * 1000, statistics.median(deid) * 1000
+        c90 = statistics.quantiles(clinical, n=10)[-1] * 1000
+        d90 = statistics.quantiles(deid, n=10)[-1] * 1000
+        print(
+            f"{label:<36} {c50:>7.2f} / {c90:>5.2f} {d50:>7.2f} / {d90:>5.2f} "
+            f"{(d50 / c50 - 1) * 100:>8.0f}%"
+        )
+    print(f"\n(database and export in {folder}; delete it when done)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,504 @@
+"""Search latency and throughput on a CGM-sized SQLite database, over HTTP.
+
+Builds (once, cached under bench/out/ by size) a database of P patients, each with R CGM
+readings (LOINC 99504-3, every 5 minutes) plus a few lab results and 1-2 Conditions,
+written in-process through the storage layer with the real index extractor (no HTTP), then
+starts a real server (a subprocess, so that clients and server do not share a GIL) and
+measures, with several concurrent HTTP clients:
+
+  (a) Observation?patient=X&code=http://loinc.org|99504-3&date=ge..&date=lt..&_count=100
+  (b) Condition?code=...&_include=Condition:subject
+  (c) Patient?name=...
+  (d) Observation?code=http://loinc.org|99504-3&_summary=count (matches counted per second)
+  (e) paging through all of one patient's Observations (_count=1000, following `next`)
+
+Prints ingest speed (indexing on), database size per resource, and p50/p99 latency and
+requests/s per query. Not a pass/fail test.
+
+    python bench/search.py                  # --size small: 20 x 500 readings, < 1 minute
+    python bench/search.py --size 100k      # 100 patients x 1,000 readings
+    python bench/search.py --size 1m        # 100 patients x 10,000 readings (slow build)
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fhir_server.search import fast_dates  # noqa: E402
+from fhir_server.search.extract import IndexExtractor  # noqa: E402
+from fhir_server.search.registry import SearchParamRegistry  # noqa: E402
+from fhir_server.search.types import (  # noqa: E402
+    CompositeEntry,
+    DateEntry,
+    QuantityEntry,
+    TokenEntry,
+)
+from fhir_server.storage.base import instant  # noqa: E402
+from fhir_server.storage.sqlite import SqliteStorage  # noqa: E402
+
+OUT = Path(__file__).parent / "out"
+SIZES = {"small": (20, 500), "100k": (100, 1_000), "1m": (100, 10_000)}
+LOINC = "http://loinc.org"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+UCUM = "http://unitsofmeasure.org"
+START = 1_704_067_200.0  # 2024-01-01T00:00:00Z: first reading
+STEP = 300.0  # CGM: one reading every 5 minutes
+CHUNK = 5_000
+FAMILIES = [
+    "Martin",
+    "Bernard",
+    "Thomas",
+    "Petit",
+    "Robert",
+    "Richard",
+    "Durand",
+    "Dubois",
+    "Moreau",
+    "Laurent",
+    "Simon",
+    "Michel",
+    "Lefèvre",
+    "Leroy",
+    "Roux",
+    "David",
+]
+GIVEN = ["Hélène", "Éloïse", "Jean", "Marc", "Anaïs", "Loïc", "Chloé", "Noël", "Zoé", "Paul"]
+LABS = [("4548-4", "%", 7.2), ("2339-0", "mg/dL", 140.0), ("2345-7", "mg/dL", 120.0)]
+
+
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def patient(i: int) -> dict:
+    return {
+        "resourceType": "Patient",
+        "id": f"p{i}",
+        "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": f"{1_000_000 + i}"}],
+        "name": [{"family": FAMILIES[i % len(FAMILIES)], "given": [GIVEN[i % len(GIVEN)]]}],
+        "gender": "female" if i % 2 else "male",
+        "birthDate": f"{1940 + i % 60}-0{1 + i % 9}-1{i % 10}",
+    }
+
+
+def conditions(i: int) -> list[dict]:
+    codes = ["E11.9"] if i % 3 else ["E10.9", "E11.65"]
+    return [
+        {
+            "resourceType": "Condition",
+            "id": f"c{i}-{n}",
+            "clinicalStatus": {"coding": [{"code": "active"}]},
+            "code": {"coding": [{"system": ICD10, "code": code}]},
+            "subject": {"reference": f"Patient/p{i}"},
+            "onsetDateTime": f"{2000 + i % 20}",
+        }
+        for n, code in enumerate(codes)
+    ]
+
+
+def reading(i: int, n: int, rng: random.Random) -> dict:
+    return {
+        "resourceType": "Observation",
+        "id": f"g{i}-{n}",
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "99504-3"}]},
+        "subject": {"reference": f"Patient/p{i}"},
+        "device": {"reference": f"Device/cgm{i}"},
+        "effectiveDateTime": iso(START + n * STEP),
+        "valueQuantity": {
+            "value": round(rng.gauss(140, 40), 0),
+            "unit": "mg/dL",
+            "system": UCUM,
+            "code": "mg/dL",
+        },
+    }
+
+
+def lab(i: int, n: int, readings: int) -> dict:
+    code, unit, value = LABS[n % len(LABS)]
+    return {
+        "resourceType": "Observation",
+        "id": f"l{i}-{n}",
+        "status": "final",
+        "category": [{"coding": [{"code": "laboratory"}]}],
+        "code": {"coding": [{"system": LOINC, "code": code}]},
+        "subject": {"reference": f"Patient/p{i}"},
+        "effectiveDateTime": iso(START + (n + 0.5) * readings * STEP / 10),
+        "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
+    }
+
+
+def resources(patients: int, readings: int):
+    rng = random.Random(42)
+    for i in range(patients):
+        yield patient(i)
+        yield from conditions(i)
+    for i in range(patients):
+        for n in range(10):
+            yield lab(i, n, readings)
+        for n in range(readings):
+            yield reading(i, n, rng)
+
+
+def patched(
+    template: list, rid: str, low: float, value: float, updated: tuple[float, float]
+) -> list:
+    """A CGM reading's index entries from another reading's: only the id, the instant
+    and the value differ (checked against the real extractor every CHECK_EVERY readings)."""
+    out = []
+    for entry in template:
+        kind = type(entry)
+        if kind is TokenEntry and entry.param == "_id":
+            entry = entry._replace(code=rid)
+        elif kind is DateEntry and entry.param == "_lastUpdated":
+            entry = entry._replace(low=updated[0], high=updated[1])
+        elif kind is DateEntry:
+            entry = entry._replace(low=low, high=low + 1.0)
+        elif kind is QuantityEntry:
+            entry = entry._replace(value=value)
+        elif kind is CompositeEntry:
+            parts = tuple(
+                p._replace(value=value) if type(p) is QuantityEntry else p for p in entry.parts
+            )
+            entry = entry._replace(parts=parts)
+        out.append(entry)
+    return out
+
+
+CHECK_EVERY = 997
+
+
+def build(path: Path, patients: int, readings: int, fast: bool) -> dict:
+    """Write everything through SqliteStorage transactions with index entries from the real
+    extractor; with `fast`, CGM readings reuse their patient's first reading's entries,
+    patched (and verified against the extractor on a sample)."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    storage = SqliteStorage(str(path))
+    extractor = IndexExtractor(SearchParamRegistry.default())
+    started = time.perf_counter()
+    total = extracted = patched_count = 0
+    extract_seconds = 0.0
+    batch: list[dict] = []
+    templates: dict[str, list] = {}
+
+    def entries_of(resource: dict, now: float) -> list:
+        nonlocal extracted, extract_seconds, patched_count
+        subject = resource.get("subject", {}).get("reference", "")
+        is_reading = resource["id"].startswith("g")
+        if fast and is_reading and subject in templates:
+            low = fast_dates.date_period(resource["effectiveDateTime"])
+            updated = fast_dates.date_period(resource["meta"]["lastUpdated"])
+            entries = patched(
+                templates[subject],
+                resource["id"],
+                low[0],
+                resource["valueQuantity"]["value"],
+                updated,
+            )
+            patched_count += 1
+            if patched_count % CHECK_EVERY == 0:
+                assert entries == extractor.extract(resource), resource["id"]
+            return entries
+        t0 = time.perf_counter()
+        entries = extractor.extract(resource)
+        extract_seconds += time.perf_counter() - t0
+        extracted += 1
+        if is_reading:
+            templates[subject] = entries
+        return entries
+
+    def flush() -> None:
+        with storage.transaction() as tx:
+            for resource in batch:
+                now = time.time()
+                resource["meta"] = {"versionId": "1", "lastUpdated": instant(now)}
+                tx.put(
+                    resource["resourceType"],
+                    resource["id"],
+                    1,
+                    now,
+                    orjson.dumps(resource),
+                    entries_of(resource, now),
+                    "PUT",
+                )
+        batch.clear()
+
+    for resource in resources(patients, readings):
+        batch.append(resource)
+        total += 1
+        if len(batch) >= CHUNK:
+            flush()
+            if total % 50_000 < CHUNK:
+                rate = total / (time.perf_counter() - started)
+                print(f"  {total:>9,} resources, {rate:,.0f}/s", flush=True)
+    if batch:
+        flush()
+    seconds = time.perf_counter() - started
+    storage._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    storage._writer.execute("ANALYZE")
+    storage.close()
+    return {
+        "resources": total,
+        "seconds": seconds,
+        "rate": total / seconds,
+        "fast": fast,
+        "extract_rate": extracted / extract_seconds if extract_seconds else None,
+    }
+
+
+def measure_ingest(count: int) -> float:
+    """Resources/s for `count` fresh resources (patients, conditions, labs, readings) through
+    the real extractor and SqliteStorage.put, 500 per transaction, into a new database."""
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = SqliteStorage(str(Path(tmp) / "ingest.db"))
+        extractor = IndexExtractor(SearchParamRegistry.default())
+        items = list(itertools.islice(resources(20, count), count))
+        started = time.perf_counter()
+        for start in range(0, len(items), 500):
+            with storage.transaction() as tx:
+                for resource in items[start : start + 500]:
+                    now = time.time()
+                    resource["meta"] = {"versionId": "1", "lastUpdated": instant(now)}
+                    raw = orjson.dumps(resource)
+                    entries = extractor.extract(resource)
+                    tx.put(resource["resourceType"], resource["id"], 1, now, raw, entries, "PUT")
+        seconds = time.perf_counter() - started
+        storage.close()
+    return len(items) / seconds
+
+
+def in_process_a(path: Path, patients: int, readings: int, count: int = 200) -> tuple[float, float]:
+    """p50/p99 ms of query (a) through FhirService.search_bundle, without HTTP."""
+    from urllib.parse import parse_qsl
+
+    from fhir_server.service.fhir import FhirService
+    from fhir_server.settings import Settings
+    from fhir_server.storage import open_storage
+
+    service = FhirService(open_storage(f"sqlite:///{path}"), Settings())
+    rng = random.Random(1)
+    days = readings * STEP / 86400
+    times = []
+    for _ in range(count):
+        day = START + int(rng.random() * max(days - 1, 0)) * 86400
+        query = (
+            f"patient=p{rng.randrange(patients)}&code={LOINC}|99504-3"
+            f"&date=ge{iso(day)}&date=lt{iso(day + 86400)}&_count=100"
+        )
+        t0 = time.perf_counter()
+        service.search_bundle("Observation", parse_qsl(query), "http://bench", False)
+        times.append((time.perf_counter() - t0) * 1000)
+    service.storage.close()
+    times = sorted(times[count // 5 :])  # the first ones warm the page cache
+    return statistics.median(times), times[int(len(times) * 0.99)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    code = (
+        "import uvicorn\n"
+        "from fhir_server.app import create_app\n"
+        "from fhir_server.settings import Settings\n"
+        f"app = create_app(Settings(db_url={f'sqlite:///{path}'!r}))\n"
+        f"uvicorn.run(app, host='127.0.0.1', port={port}, log_level='warning')\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/metadata", timeout=5).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the server did not start")
+
+
+def run(url: str, make_path, requests: int, clients: int, check=None) -> dict:
+    """`requests` GETs of make_path(rng) spread over `clients` threads; latencies in ms."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    extra: list = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=url, timeout=120) as http:
+            for _ in range(requests // clients):
+                path = make_path(rng)
+                t0 = time.perf_counter()
+                response = http.get(path)
+                elapsed = (time.perf_counter() - t0) * 1000
+                if response.status_code != 200:
+                    raise RuntimeError(f"{path}: {response.status_code} {response.text[:300]}")
+                result = check(response.json()) if check else None
+                with lock:
+                    latencies.append(elapsed)
+                    if result is not None:
+                        extra.append(result)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(worker, range(clients)))
+    wall = time.perf_counter() - t0
+    latencies.sort()
+    return {
+        "n": len(latencies),
+        "p50": statistics.median(latencies),
+        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "rps": len(latencies) / wall,
+        "extra": extra,
+    }
+
+
+def walk_patient(url: str, patients: int, clients: int, walks: int) -> dict:
+    """(e): every Observation of one patient, page by page; time per complete walk."""
+    times, counts = [], []
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(timeout=120) as http:
+            for _ in range(max(1, walks // clients)):
+                link = f"{url}/Observation?patient=p{rng.randrange(patients)}&_count=1000"
+                t0 = time.perf_counter()
+                seen = 0
+                while link:
+                    bundle = http.get(link).json()
+                    seen += sum(1 for e in bundle["entry"] if e["search"]["mode"] == "match")
+                    link = next((x["url"] for x in bundle["link"] if x["relation"] == "next"), None)
+                with lock:
+                    times.append((time.perf_counter() - t0) * 1000)
+                    counts.append(seen)
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(worker, range(clients)))
+    return {"walk_ms_p50": statistics.median(times), "resources": counts[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=400, help="per query kind")
+    parser.add_argument("--rebuild", action="store_true", help="ignore the cached database")
+    parser.add_argument(
+        "--full-extract",
+        action="store_true",
+        help="run the extractor on every reading (default: on each patient's first, then "
+        "patch id/time/value, verified on a sample): slower build, same database",
+    )
+    args = parser.parse_args()
+    patients, readings = SIZES[args.size]
+    OUT.mkdir(exist_ok=True)
+    path = OUT / f"search-{args.size}.db"
+    meta_path = OUT / f"search-{args.size}.json"
+    if args.rebuild or not path.exists() or not meta_path.exists():
+        print(f"building {path} ({patients} patients x {readings} readings) ...", flush=True)
+        meta = build(path, patients, readings, fast=not args.full_extract)
+        meta_path.write_text(json.dumps(meta))
+    else:
+        meta = json.loads(meta_path.read_text())
+        print(f"using cached {path}")
+    size = path.stat().st_size
+    observations = patients * (readings + 10)
+    how = "patched CGM entries" if meta.get("fast") else "extractor on every resource"
+    print(
+        f"ingest (in-process, indexing on, {how}): {meta['rate']:,.0f} resources/s "
+        f"({meta['resources']:,} in {meta['seconds']:.0f} s)"
+    )
+    if meta.get("extract_rate"):
+        print(f"index extraction alone: {meta['extract_rate']:,.0f} resources/s")
+    rate = measure_ingest(5_000)
+    print(f"ingest, every resource extracted (5,000 into a new database): {rate:,.0f}/s")
+    print(
+        f"database: {size / 1e6:,.0f} MB, {size / meta['resources']:,.0f} bytes/resource; "
+        f"{observations:,} Observations"
+    )
+
+    p50, p99 = in_process_a(path, patients, readings)
+    print(f"(a) in-process (FhirService, no HTTP): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+
+    process, url = start_server(path)
+    try:
+        days = readings * STEP / 86400
+
+        def query_a(rng: random.Random) -> str:
+            day = START + int(rng.random() * max(days - 1, 0)) * 86400
+            return (
+                f"/Observation?patient=p{rng.randrange(patients)}&code={LOINC}|99504-3"
+                f"&date=ge{iso(day)}&date=lt{iso(day + 86400)}&_count=100"
+            )
+
+        kinds = {
+            "(a) patient+code+date, _count=100": (query_a, None),
+            "(b) Condition code + _include subject": (
+                lambda rng: f"/Condition?code={ICD10}|E11.9&_include=Condition:subject",
+                None,
+            ),
+            "(c) Patient?name=": (lambda rng: f"/Patient?name={rng.choice(FAMILIES)[:4]}", None),
+            "(d) _summary=count over one code": (
+                lambda rng: f"/Observation?code={LOINC}|99504-3&_summary=count",
+                lambda bundle: bundle["total"],
+            ),
+        }
+        n = args.clients
+        print(
+            f"\nlatency: 1 client, {args.requests // 2} requests; throughput: {n} clients, "
+            f"{args.requests} requests"
+        )
+        print(
+            f"{'query':40} {'p50 ms':>7} {'p99 ms':>7} | {f'{n}cl p50':>8} {f'{n}cl p99':>8} "
+            f"{'req/s':>6}  note"
+        )
+        for name, (make, check) in kinds.items():
+            run(url, make, n * 2, n, check)  # warm-up
+            single = run(url, make, args.requests // 2, 1, check)
+            result = run(url, make, args.requests, n, check)
+            note = ""
+            if check:
+                matches = single["extra"][0]
+                note = f"{matches:,} matches, {matches / (single['p50'] / 1000):,.0f} matches/s"
+            print(
+                f"{name:40} {single['p50']:7.1f} {single['p99']:7.1f} | {result['p50']:8.1f} "
+                f"{result['p99']:8.1f} {result['rps']:6.0f}  {note}"
+            )
+        walk = walk_patient(url, patients, 1, 3)
+        print(
+            f"{'(e) all of one patient, _count=1000':40} {walk['walk_ms_p50']:7.0f} ms per walk "
+            f"of {walk['resources']:,} Observations (1 client)"
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""`/deid/`: the pseudonymized, read-only FHIR API for research recipients.
+
+Every request needs `Authorization: Bearer <API key>` of a configured recipient (401
+otherwise, audited too). Everything served is pseudonymized for that recipient by
+`fhir_server.deid`; this module only does HTTP: routes, auth, audit calls, headers.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from fhir_server import __version__
+from fhir_server.api.http import base_url, check_accept, fhir_response, pretty, query_items
+from fhir_server.deid.audit import REFUSED
+from fhir_server.deid.context import DeidContext
+from fhir_server.deid.facade import DENIED_CODES, DENIED_PARAM_TYPES, FacadeAnswer, served_types
+from fhir_server.deid.recipients import Recipient
+from fhir_server.deid.signing import MANIFEST
+from fhir_server.model.outcome import error
+
+PREFIX = "/deid"
+MANIFEST_EXTENSION = "https://diatabase.org/fhir/StructureDefinition/deid-export-manifest"
+
+
+def _deid(request: Request) -> DeidContext:
+    return request.app.state.deid
+
+
+def _base(request: Request) -> str:
+    return base_url(request, request.app.state.settings.base_url) + PREFIX
+
+
+def _what(request: Request) -> str:
+    query = request.url.query
+    return f"{request.method} {request.url.path}" + (f"?{query}" if query else "")
+
+
+def _recipient(request: Request) -> Recipient:
+    deid = _deid(request)
+    recipient = deid.recipients.authenticate(request.headers.get("authorization"))
+    if recipient is None:
+        deid.audit.record(None, "operation", _what(request), 0, REFUSED)
+        raise error(
+            401,
+            "security",
+            "A recipient API key is required: Authorization: Bearer <key>",
+            **{"WWW-Authenticate": 'Bearer realm="diatabase-deid"'},
+        )
+    return recipient
+
+
+async def _answer(
+    request: Request, recipient: Recipient, interaction: str, call: Any, *args: Any
+) -> Response:
+    deid = _deid(request)
+    try:
+        answer: FacadeAnswer = await run_in_threadpool(call, *args)
+    except Exception:
+        # Refused (4xx) or failed: audited either way, then answered by the app's handlers.
+        deid.audit.record(recipient.id, interaction, _what(request), 0, REFUSED)
+        raise
+    deid.audit.record(recipient.id, interaction, _what(request), answer.count, entity=answer.entity)
+    return fhir_response(answer.body, 200, None, pretty(request))
+
+
+def facade_capability_statement(request: Request) -> dict[str, Any]:
+    """What the facade serves, truthfully: read and search of the served types, with only
+    the search parameters it accepts, $everything on Patient and $export."""
+    registry = request.app.state.fhir.registry
+    resources = []
+    for rtype in served_types():
+        params = [
+            {"name": code, "type": p.type}
+            for code, p in sorted(registry.for_type(rtype).items())
+            if code not in DENIED_CODES and p.type not in DENIED_PARAM_TYPES
+        ]
+        entry: dict[str, Any] = {
+            "type": rtype,
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": params,
+        }
+        if rtype == "Patient":
+            entry["operation"] = [
+                {
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                }
+            ]
+        resources.append(entry)
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "publisher": "Diatabase",
+        "kind": "instance",
+        "software": {"name": "Diatabase de-identification facade", "version": __version__},
+        "implementation": {
+            "description": "Pseudonymized, read-only FHIR API for research recipients",
+            "url": _base(request),
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "Every resource is pseudonymized for the calling recipient",
+                "security": {
+                    "description": "Authorization: Bearer <recipient API key>",
+                },
+                "resource": resources,
+                "operation": [
+                    {
+                        "name": "export",
+                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def build_deid_metadata_router(path: str) -> APIRouter:
+    router = APIRouter()
+
+    @router.get(path)
+    async def metadata(request: Request) -> Response:
+        check_accept(request)
+        return fhir_response(facade_capability_statement(request), 200, None, pretty(request))
+
+    return router
+
+
+def build_deid_router() -> APIRouter:
+    router = APIRouter(prefix=PREFIX)
+    router.include_router(build_deid_metadata_router("/metadata"))
+
+    @router.get("/$export")
+    async def export(request: Request) -> Response:
+        recipient = _recipient(request)
+        deid = _deid(request)
+        types = None
+        if request.query_params.get("_type"):
+            types = [t for t in request.query_params["_type"].split(",") if t]
+            unknown = set(types) - set(served_types())
+            if unknown:
+                raise error(400, "not-supported", f"_type: not served here: {sorted(unknown)}")
+        engine = deid.recipients.fresh_engine(recipient.id)
+        job = await run_in_threadpool(deid.jobs.start, engine, types)
+        deid.audit.record(recipient.id, "operation", _what(request), job.total)
+        status_url = f"{_base(request)}/$export-status/{job.id}"
+        return Response(status_code=202, headers={"Content-Location": status_url})
+
+    @router.get("/$export-status/{job_id}")
+    async def export_status(request: Request, job_id: str) -> Response:
+        recipient = _recipient(request)
+        job = _deid(request).jobs.get(job_id, recipient.id)
+        if job is None:
+            raise error(404, "not-found", "No such export job")
+        if job.error is not None:
+            raise error(500, "exception", job.error)
+        if job.manifest is None:
+            return Response(
+                status_code=202, headers={"X-Progress": f"{job.done}/{job.total} resources"}
+            )
+        base = f"{_base(request)}/$export-file/{job.id}"
+        body = {
+            "transactionTime": job.manifest["transactionTime"],
+            "request": f"{_base(request)}/$export",
+            "requiresAccessToken": True,
+            "output": [
+                {"type": item["type"], "url": f"{base}/{item['file']}", "count": item["count"]}
+                for item in job.manifest["output"]
+            ],
+            "error": [],
+            "extension": {MANIFEST_EXTENSION: f"{base}/{MANIFEST}"},
+            "manifest": job.manifest,
+        }
+        return fhir_response(body, 200, {"Content-Type": "application/json"})
+
+    @router.delete("/$export-status/{job_id}")
+    async def export_delete(request: Request, job_id: str) -> Response:
+        recipient = _recipient(request)
+        deleted = await run_in_threadpool(_deid(request).jobs.delete, job_id, recipient.id)
+        if not deleted:
+            raise error(404, "not-found", "No such export job")
+        return Response(status_code=202)
+
+    @router.get("/$export-file/{job_id}/{name}")
+    async def export_file(request: Request, job_id: str, name: str) -> Response:
+        recipient = _recipient(request)
+        deid = _deid(request)
+        job = deid.jobs.get(job_id, recipient.id)
+        if job is None or job.manifest is None:
+            raise error(404, "not-found", "No such export file")
+        listed = {item["file"] for item in job.manifest["output"]} | {MANIFEST}
+        if name not in listed:
+            raise error(404, "not-found", "No such export file")
+        deid.audit.record(recipient.id, "operation", _what(request), 0)
+        media = "application/json" if name == MANIFEST else "application/fhir+ndjson"
+        return FileResponse(job.folder / name, media_type=media)
+
+    @router.get("/Patient/{pseudonym}/$everything")
+    async def everything(request: Request, pseudonym: str) -> Response:
+        check_accept(request)
+        recipient = _recipient(request)
+        engine = _deid(request).recipients.engine(recipient.id)
+        facade = _deid(request).facade
+        return await _answer(
+            request, recipient, "operation", facade.everything, engine, pseudonym, _base(request)
+        )
+
+    @router.get("/{resource_type}")
+    async def search(request: Request, resource_type: str) -> Response:
+        check_accept(request)
+        recipient = _recipient(request)
+        engine = _deid(request).recipients.engine(recipient.id)
+        strict = "handling=strict" in request.headers.get("prefer", "")
+        facade = _deid(request).facade
+        return await _answer(
+            request,
+            recipient,
+            "search-type",
+            facade.search,
+            engine,
+            resource_type,
+            query_items(request),
+            _base(request),
+            strict,
+        )
+
+    @router.post("/{resource_type}/_search")
+    async def search_post(request: Request, resource_type: str) -> Response:
+        check_accept(request)
+        recipient = _recipient(request)
+        engine = _deid(request).recipients.engine(recipient.id)
+        form = await request.form()
+        items = query_items(request) + [(k, str(v)) for k, v in form.multi_items()]
+        strict = "handling=strict" in request.headers.get("prefer", "")
+        facade = _deid(request).facade
+        return await _answer(
+            request,
+            recipient,
+            "search-type",
+            facade.search,
+            engine,
+            resource_type,
+            items,
+            _base(request),
+            strict,
+        )
+
+    @router.get("/{resource_type}/{pseudonym}")
+    async def read(request: Request, resource_type: str, pseudonym: str) -> Response:
+        check_accept(request)
+        recipient = _recipient(request)
+        engine = _deid(request).recipients.engine(recipient.id)
+        facade = _deid(request).facade
+        return await _answer(
+            request, recipient, "read", facade.read, engine, resource_type, pseudonym
+        )
+
+    return router

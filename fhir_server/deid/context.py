@@ -1,0 +1,37 @@
+"""Everything the facade needs, built once from the settings (`create_app` keeps it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fhir_server.deid.audit import AuditLog
+from fhir_server.deid.facade import DeidFacade
+from fhir_server.deid.jobs import ExportJobs
+from fhir_server.deid.keys import DeidConfigError, master_secret, signing_key
+from fhir_server.deid.recipients import Recipients
+from fhir_server.service.fhir import FhirService
+from fhir_server.settings import Settings
+
+
+@dataclass
+class DeidContext:
+    recipients: Recipients
+    facade: DeidFacade
+    audit: AuditLog
+    jobs: ExportJobs
+
+    def close(self) -> None:
+        self.jobs.wait_all(timeout=10)
+        self.audit.flush()
+        self.audit.close()
+
+
+def build_deid(service: FhirService, settings: Settings) -> DeidContext:
+    if not settings.deid_recipients:
+        raise DeidConfigError("the de-identification facade needs a recipients file")
+    master = master_secret(settings.deid_secret or None)
+    recipients = Recipients.load(settings.deid_recipients, master, settings.deid_rules or None)
+    if not len(recipients):
+        raise DeidConfigError(f"{settings.deid_recipients} lists no recipient")
+    jobs = ExportJobs(service, signing_key(master), settings.deid_export_dir or None)
+    return DeidContext(recipients, DeidFacade(service), AuditLog(service), jobs)

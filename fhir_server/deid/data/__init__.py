@@ -1,0 +1,1 @@
+"""Data files of the de-identification package (the default rules profile)."""

@@ -1,0 +1,177 @@
+"""A whole pseudonymized extract for one recipient: NDJSON per type + a signed manifest.
+
+Order of work: every Patient is pseudonymized first and the k-anonymity check runs on the
+released quasi-identifiers (generalizing or suppressing, see kanonymity.py); then every
+other type is streamed from storage, pseudonymized, and written one line per resource,
+skipping the resources of suppressed patients. Files are hashed as they are written and
+the manifest (counts, hashes, k-anonymity report, rules hash) is signed with Ed25519.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fhir_server.deid.engine import Deidentifier, Suppressed
+from fhir_server.deid.facade import served_types
+from fhir_server.deid.kanonymity import enforce
+from fhir_server.deid.signing import MANIFEST, sign
+from fhir_server.service.fhir import FhirService
+from fhir_server.storage.base import instant
+
+FORMAT = "diatabase-deid-export/1"
+CHUNK = 1000  # lines written, hashed and reported as progress together
+_PATIENT_LINKS = (b'"subject"', b'"patient"', b'"beneficiary"')
+
+
+class ExportCancelled(Exception):
+    pass
+
+
+def planned_counts(service: FhirService, types: list[str] | None = None) -> dict[str, int]:
+    counts = {}
+    for rtype in types or served_types():
+        n = service.storage.count(rtype)
+        if n:
+            counts[rtype] = n
+    return counts
+
+
+def run_export(
+    service: FhirService,
+    engine: Deidentifier,
+    out_dir: str | Path,
+    signing_key: Ed25519PrivateKey,
+    types: list[str] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Write the extract into `out_dir` (created) and return the signed manifest."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    counts = planned_counts(service, types)
+    rules = engine.rules
+    suppressed_rules = 0
+    progress = on_progress or (lambda n: None)
+
+    patients: dict[str, dict[str, Any]] = {}
+    if "Patient" in counts:
+        for stored in service.storage.iter_current("Patient"):
+            if stored.json is None:
+                continue
+            try:
+                patients[stored.id] = orjson.loads(engine.transform_bytes(stored.json))
+            except Suppressed:
+                suppressed_rules += 1
+            progress(1)
+    report = enforce(patients, rules.k, rules.quasi_identifiers)
+    excluded = set(report.suppressed)
+
+    output = []
+    skipped = [len(excluded)]  # resources left out with their suppressed patient
+    for rtype, _ in sorted(counts.items()):
+        path = folder / f"{rtype}.ndjson"
+        digest, written, size = hashlib.sha256(), 0, 0
+        with path.open("wb") as handle:
+            if rtype == "Patient":
+                lines = (orjson.dumps(p) for pid, p in patients.items() if pid not in excluded)
+            else:
+                lines = _lines(service, engine, rtype, excluded, progress, skipped)
+            chunk: list[bytes] = []
+            for line in lines:
+                if line is None:
+                    suppressed_rules += 1
+                    continue
+                chunk.append(line)
+                if len(chunk) == CHUNK:
+                    if should_stop is not None and should_stop():
+                        raise ExportCancelled()
+                    size += _write(handle, digest, chunk)
+                    written += len(chunk)
+                    chunk = []
+            size += _write(handle, digest, chunk)
+            written += len(chunk)
+        if written == 0:
+            path.unlink()
+            continue
+        output.append(
+            {
+                "type": rtype,
+                "file": path.name,
+                "count": written,
+                "bytes": size,
+                "sha256": digest.hexdigest(),
+            }
+        )
+    manifest = {
+        "format": FORMAT,
+        "recipient": engine.keys.recipient_id,
+        "transactionTime": instant(started),
+        "rules": {"name": rules.name, "sha256": hashlib.sha256(rules.source).hexdigest()},
+        "output": output,
+        "kAnonymity": report.to_json(),
+        "suppressedResources": {
+            "byRules": suppressed_rules,
+            "ofSuppressedPatients": skipped[0],
+        },
+        "durationSeconds": round(time.time() - started, 3),
+    }
+    signed = sign(manifest, signing_key)
+    (folder / MANIFEST).write_bytes(orjson.dumps(signed, option=orjson.OPT_INDENT_2))
+    return signed
+
+
+def _lines(
+    service: FhirService,
+    engine: Deidentifier,
+    rtype: str,
+    excluded: set[str],
+    progress: Callable[[int], None],
+    skipped: list[int],
+) -> Iterator[bytes | None]:
+    transform = engine.transform_bytes
+    pending = 0
+    for stored in service.storage.iter_current(rtype):
+        pending += 1
+        if pending == CHUNK:
+            progress(pending)
+            pending = 0
+        raw = stored.json
+        if raw is None:
+            continue
+        linked = excluded and any(link in raw for link in _PATIENT_LINKS)
+        if linked and _patient_of(raw) in excluded:
+            skipped[0] += 1
+            continue
+        try:
+            yield transform(raw)
+        except Suppressed:
+            yield None
+    progress(pending)
+
+
+def _write(handle: Any, digest: Any, lines: list[bytes]) -> int:
+    """Write lines as NDJSON in one call (and hash them): per-line calls cost more."""
+    if not lines:
+        return 0
+    data = b"\n".join(lines) + b"\n"
+    handle.write(data)
+    digest.update(data)
+    return len(data)
+
+
+def _patient_of(raw: bytes) -> str | None:
+    resource = orjson.loads(raw)
+    for key in ("subject", "patient", "beneficiary"):
+        link = resource.get(key)
+        ref = link.get("reference") if isinstance(link, dict) else None
+        if isinstance(ref, str) and ref.startswith("Patient/"):
+            return ref.split("/")[1]
+    return None

@@ -1,0 +1,139 @@
+"""Name the recipient a leaked extract was made for.
+
+Two kinds of evidence, both needing only the leaked file and the master secret:
+
+- pseudonyms: every `Type/id` (resource ids and references) is tried against each
+  recipient's AES-SIV key. A success is cryptographic proof (the SIV tag authenticates:
+  a pseudonym of another key passes with probability 2^-128);
+- the watermark, when ids and references were stripped: the seconds of every timestamp
+  are compared with each recipient's keyed seconds (see watermark.py). The recipient
+  with the most matches is named only if the probability that a recipient who did not
+  receive the data matches that well, times the number of recipients, is below
+  `MAX_FALSE_ATTRIBUTION` (1e-9).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fhir_server.deid.keys import RecipientKeys
+from fhir_server.deid.pseudonyms import Pseudonymizer
+from fhir_server.deid.watermark import carriers, count_matches, log10_tail
+
+MAX_FALSE_ATTRIBUTION = 1e-9
+MAX_PSEUDONYMS_TRIED = 200
+_REFERENCE = re.compile(r'"reference"\s*:\s*"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})"')
+
+
+@dataclass
+class RecipientScore:
+    recipient: str
+    pseudonyms_decrypted: int
+    watermark_matches: int
+    log10_false_attribution: float
+
+
+@dataclass
+class TraceReport:
+    recipient: str | None
+    method: str | None  # "pseudonyms" | "watermark" | None
+    false_attribution_probability: float
+    carriers: int
+    pseudonyms_tried: int
+    scores: list[RecipientScore] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recipient": self.recipient,
+            "method": self.method,
+            "falseAttributionProbability": self.false_attribution_probability,
+            "timestampCarriers": self.carriers,
+            "pseudonymsTried": self.pseudonyms_tried,
+            "scores": [
+                {
+                    "recipient": s.recipient,
+                    "pseudonymsDecrypted": s.pseudonyms_decrypted,
+                    "watermarkMatches": s.watermark_matches,
+                    "log10FalseAttribution": s.log10_false_attribution,
+                }
+                for s in self.scores
+            ],
+        }
+
+
+def read_leak(path: str | Path) -> str:
+    """The text of a leak: an NDJSON file, a JSON Bundle or array, or a folder of them."""
+    path = Path(path)
+    if path.is_dir():
+        return "\n".join(p.read_text() for p in sorted(path.glob("*.ndjson")))
+    return path.read_text()
+
+
+def pseudonym_candidates(text: str) -> list[tuple[str, str]]:
+    found: dict[tuple[str, str], None] = {}
+    for line in _resources(text):
+        rtype, rid = line.get("resourceType"), line.get("id")
+        if isinstance(rtype, str) and isinstance(rid, str):
+            found[(rtype, rid)] = None
+    for match in _REFERENCE.finditer(text):
+        found[(match.group(1), match.group(2))] = None
+    return list(found)[:MAX_PSEUDONYMS_TRIED]
+
+
+def trace(text: str, recipients: list[RecipientKeys]) -> TraceReport:
+    candidates = pseudonym_candidates(text)
+    found = carriers(text)
+    n = len(found)
+    bonferroni = math.log10(max(1, len(recipients)))
+    scores = []
+    for keys in recipients:
+        pseudonyms = Pseudonymizer(keys.pseudonym, keys.hashed_pseudonym)
+        decrypted = sum(1 for t, p in candidates if pseudonyms.real_id(t, p) is not None)
+        matches = count_matches(keys.watermark, found)
+        log10_fa = min(0.0, log10_tail(n, matches) + bonferroni)
+        scores.append(RecipientScore(keys.recipient_id, decrypted, matches, log10_fa))
+    proven = [s for s in scores if s.pseudonyms_decrypted]
+    if len(proven) == 1:
+        return TraceReport(proven[0].recipient, "pseudonyms", 2.0**-128, n, len(candidates), scores)
+    best = min(scores, key=lambda s: s.log10_false_attribution, default=None)
+    if best is not None and 10**best.log10_false_attribution < MAX_FALSE_ATTRIBUTION:
+        return TraceReport(
+            best.recipient,
+            "watermark",
+            10**best.log10_false_attribution,
+            n,
+            len(candidates),
+            scores,
+        )
+    return TraceReport(None, None, 1.0, n, len(candidates), scores)
+
+
+def _resources(text: str) -> list[dict[str, Any]]:
+    stripped = text.strip()
+    if not stripped:
+        return []
+    try:
+        whole = orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict):
+        if whole.get("resourceType") == "Bundle":
+            return [e["resource"] for e in whole.get("entry", []) if "resource" in e]
+        return [whole]
+    if isinstance(whole, list):
+        return [r for r in whole if isinstance(r, dict)]
+    resources = []
+    for line in stripped.splitlines():
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(item, dict):
+            resources.append(item)
+    return resources
