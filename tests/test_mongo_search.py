@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -150,6 +151,18 @@ SEARCHES: list[tuple[str | None, str]] = [
     (None, "_type=Patient,Practitioner&_sort=_id&_count=3"),
     (None, "_type=Patient,Organization,Practitioner&_count=4"),
     (None, "_id=example,f001,pat1&_sort=-_id"),
+    (None, "_type=Patient,Observation&_lastUpdated=gt2000-01-01&_sort=-_id&_count=9"),
+    (None, "_type=Condition,Encounter&_sort=_id&_count=6&_total=accurate"),
+    ("Patient", "_id=" + PATIENT + "&_revinclude=*"),
+    ("Patient", "_id=example&_revinclude=*"),
+    ("Organization", "_revinclude=*&_count=3"),
+    ("Encounter", "_id=" + ENCOUNTER + "&_revinclude=*&_include=*"),
+    (None, "_type=Patient,Practitioner&_id=example&_revinclude=*"),
+    (None, "_type=Patient,Practitioner&_sort=-name&_count=2"),
+    (None, "_type=Observation,Condition&_sort=code,_id&_count=25"),
+    (None, "_type=Observation,Encounter&_sort=-date&_count=30&_total=accurate"),
+    (None, "_type=Patient,Condition&_summary=count"),
+    (None, "_type=Patient,Observation&_lastUpdated:missing=false&_count=40"),
 ]
 
 
@@ -162,6 +175,40 @@ def test_same_answer_as_sqlite(services, rtype, text) -> None:
     sqlite, mongo = services
     expected = answer(sqlite, rtype, items_of(text))
     assert answer(mongo, rtype, items_of(text)) == expected
+
+
+def everything(service: FhirService, patient: str, items: list[tuple[str, str]]) -> list:
+    """The match ids of every page of `Patient/{patient}/$everything`, following next links."""
+    pages = []
+    cursor: list[tuple[str, str]] = []
+    while len(pages) <= 50:
+        bundle = service.search.everything("Patient", patient, items + cursor, "", strict=True)
+        pages.append([e["fullUrl"] for e in bundle["entry"]])  # "/Type/id" (base "")
+        link = next((x["url"] for x in bundle["link"] if x["relation"] == "next"), None)
+        if link is None:
+            break
+        cursor = [("_cursor", parse_qs(urlsplit(link).query)["_cursor"][0])]
+    return pages
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "_count=7",
+        "_type=Observation,Patient&_count=11",
+        "_type=Encounter,Condition",
+        "_count=0",
+    ],
+)
+def test_everything_matches_sqlite(services, text) -> None:
+    """`$everything`: one search over the compartment's types, each with its own links."""
+    sqlite, mongo = services
+    items = items_of(text) if text else []
+    expected = everything(sqlite, PATIENT, items)
+    assert everything(mongo, PATIENT, items) == expected
+    if text != "_count=0":
+        assert sum(len(page) for page in expected) > 10
 
 
 def test_most_searches_find_something(services) -> None:
@@ -223,15 +270,42 @@ BOUNDARY_DATA = [
     ("b4", 150, "2024"),
     ("b5", 99.4999, "2024-06-30T12:00:00+02:00"),
 ]
-BOUNDARY_SEARCHES = [
-    f"value-quantity={prefix}{number}"
-    for prefix in ("", "gt", "ge", "lt", "le", "ne", "sa", "eb", "ap")
-    for number in ("100", "100.0", "99.5")
-] + [
-    f"date={prefix}{when}"
-    for prefix in ("", "gt", "ge", "lt", "le", "ne", "sa", "eb", "ap")
-    for when in ("2024", "2024-01-01", "2024-01-01T00:00:00Z", "2023-12-31T23:59:59Z")
+# Quantities in other units, or with only a unit text (no UCUM code, so no canonical form:
+# they are compared on their own value and unit text).
+UNIT_QUANTITIES = [
+    ("u1", {"value": 100, "unit": "mg/dL"}),
+    (
+        "u2",
+        {"value": 5.55, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+    ),
+    ("u3", {"value": 1, "unit": "g/L", "system": "http://unitsofmeasure.org", "code": "g/L"}),
+    ("u4", {"value": 100, "unit": "mg/dl", "system": "http://example.org/units", "code": "mgdl"}),
 ]
+BOUNDARY_SEARCHES = (
+    [
+        f"value-quantity={prefix}{number}"
+        for prefix in ("", "gt", "ge", "lt", "le", "ne", "sa", "eb", "ap")
+        for number in ("100", "100.0", "99.5")
+    ]
+    + [
+        f"date={prefix}{when}"
+        for prefix in ("", "gt", "ge", "lt", "le", "ne", "sa", "eb", "ap")
+        for when in ("2024", "2024-01-01", "2024-01-01T00:00:00Z", "2023-12-31T23:59:59Z")
+    ]
+    + [
+        f"value-quantity={prefix}{number}{unit}"
+        for prefix in ("", "gt", "le", "ne", "ap")
+        for number in ("100", "5.55")
+        for unit in (
+            "||mg/dL",
+            "|http://unitsofmeasure.org|mg/dL",
+            "|http://unitsofmeasure.org|mmol/L",
+            "||mgdl",
+            "|http://example.org/units|mgdl",
+            "|http://unitsofmeasure.org|",
+        )
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +318,9 @@ def boundary_services(tmp_path_factory: pytest.TempPathFactory):
     for service in stores:
         for rid, value, when in BOUNDARY_DATA:
             service.resources.update("Observation", rid, boundary_observation(rid, value, when))
+        for rid, quantity in UNIT_QUANTITIES:
+            resource = {**boundary_observation(rid, 0, "2024-02-01"), "valueQuantity": quantity}
+            service.resources.update("Observation", rid, resource)
     yield stores
     for service in stores:
         service.storage.close()

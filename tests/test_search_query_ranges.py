@@ -57,3 +57,17 @@ def test_quantity_predicate_uses_the_number():
     predicate = number_predicate(parse_quantity("gt10|http://unitsofmeasure.org|mmol/L"))
     assert predicate.any_of == ((Bound("value", ">", 10.0),),)
     assert predicate.matches(value=11.1) and not predicate.matches(value=10.0)
+
+
+def test_ge_and_le_match_stored_periods_that_overlap_the_value() -> None:
+    """A period from 20 Feb to 10 Mar overlaps March and starts before it: ge, le and lt
+    match (R4: "the range above/below the search value overlaps the target"); eq and gt
+    do not."""
+    low = parse_date_period("2024-02-20").low
+    high = parse_date_period("2024-03-10").high
+    matches = {
+        prefix: date_predicate(parse_date(f"{prefix}2024-03"), NOW).matches(low=low, high=high)
+        for prefix in PREFIXES
+    }
+    assert matches["ge"] and matches["le"] and matches["lt"]
+    assert not matches["eq"] and not matches["gt"]

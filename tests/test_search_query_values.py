@@ -189,11 +189,12 @@ def test_malformed_dates_raise(text):
     assert error.value.expression == "date"
 
 
-def test_date_approximate_bounds_widen_by_ten_percent_of_distance_to_now():
+def test_date_approximate_bounds_widen_each_end_by_ten_percent_of_its_distance_to_now():
     value = one_value("Observation", "date", "ap2024-01-01")
     now = 1704067200 + 86400 * 11  # eleven days later
     low, high = value.approximate_bounds(now)
-    assert (low, high) == (1704067200 - 86400 * 1.1, 1704153600 + 86400 * 1.1)
+    # each end by 10% of its own distance to now: 11 days below, 10 days above
+    assert (low, high) == (1704067200 - 86400 * 1.1, 1704153600 + 86400 * 1.0)
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from fhir_server.api.http import check_accept, fhir_response, pretty
+from fhir_server.api.http import check_accept, fhir_response, pretty, read_raw_body
 from fhir_server.model.outcome import Issue, error, outcome
 from fhir_server.service.ingest import (
     Conversion,
@@ -46,23 +46,6 @@ ISSUE_LINE = "http://hl7.org/fhir/StructureDefinition/operationoutcome-issue-lin
 HL7V2_TYPES = ("x-application/hl7-v2+er7", "application/hl7-v2+er7", "application/hl7-v2")
 CSV_TYPES = ("text/csv",)
 DICOM_TYPES = ("application/dicom",)
-
-
-async def read_raw_body(request: Request, max_bytes: int) -> bytes:
-    """The request body as bytes, refused (413) past `max_bytes` as `read_body` does for JSON."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise error(413, "too-costly", f"The body exceeds the limit of {max_bytes} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise error(413, "too-costly", f"The body exceeds the limit of {max_bytes} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        raise error(400, "required", "The request has no body")
-    return raw
 
 
 def _content_type(request: Request) -> str:

@@ -63,6 +63,17 @@ async def read_body(
             "not-supported",
             f"Content-Type '{content_type}' is not supported here; use {' or '.join(allowed)}",
         )
+    raw = await read_raw_body(request, max_bytes)
+    try:
+        parsed = jsonio.loads(raw)
+    except jsonio.JsonError as exc:
+        raise error(400, "structure", str(exc)) from None
+    return (parsed, raw) if with_raw else parsed
+
+
+async def read_raw_body(request: Request, max_bytes: int) -> bytes:
+    """The request body as bytes; 413 past `max_bytes` (checked while streaming, not only
+    from Content-Length), 400 when empty."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise error(413, "too-costly", f"The body exceeds the limit of {max_bytes} bytes")
@@ -75,11 +86,7 @@ async def read_body(
     raw = b"".join(chunks)
     if not raw.strip():
         raise error(400, "required", "The request has no body")
-    try:
-        parsed = jsonio.loads(raw)
-    except jsonio.JsonError as exc:
-        raise error(400, "structure", str(exc)) from None
-    return (parsed, raw) if with_raw else parsed
+    return raw
 
 
 def base_url(request: Request, configured: str) -> str:

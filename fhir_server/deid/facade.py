@@ -22,8 +22,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
-import orjson
-
 from fhir_server.deid.engine import Deidentifier, Suppressed
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import error
@@ -34,7 +32,7 @@ from fhir_server.search.query import ChainClause, Clause, HasClause, SearchQuery
 from fhir_server.search.result_params import ResultParams
 from fhir_server.search.values import CompositeValue, ReferenceValue, TokenValue
 from fhir_server.service.fhir import FhirService
-from fhir_server.service.search import ALWAYS_KEPT, SUBSETTED
+from fhir_server.service.search import shape_resource
 from fhir_server.storage.base import StoredResource
 
 # Never served: the audit trail itself, raw binaries, subscriptions (endpoints, secrets)
@@ -237,30 +235,11 @@ class DeidFacade:
             entries.append(
                 {
                     "fullUrl": f"{base}/{stored.resource_type}/{pseudonym}",
-                    "resource": _shape(body, result),
+                    "resource": shape_resource(stored.resource_type, body, result),
                     "search": {"mode": mode},
                 }
             )
         return entries
-
-
-def _shape(body: bytes, result: ResultParams) -> Any:
-    summary, elements = result.summary, result.elements
-    if summary not in ("text", "data") and not elements:
-        return jsonio.fragment(body)
-    resource = orjson.loads(body)
-    if summary == "data":
-        resource.pop("text", None)
-    elif summary == "text":
-        keep = (*ALWAYS_KEPT, "text", "status")
-        resource = {k: v for k, v in resource.items() if k in keep}
-    if elements:
-        wanted = {e.split(".")[0] for e in elements}
-        resource = {k: v for k, v in resource.items() if k in wanted or k in ALWAYS_KEPT}
-    meta = dict(resource.get("meta") or {})
-    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
-    resource["meta"] = meta
-    return resource
 
 
 def _leaf(criterion: Clause | ChainClause | HasClause) -> Clause:

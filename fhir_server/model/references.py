@@ -30,21 +30,26 @@ def rewrite_strings(node: Any, replace: Callable[[str], str | None]) -> Any:
     Used for fullUrl rewriting: the spec asks for `urn:uuid:` references to be rewritten
     anywhere (Reference.reference, canonical, uri and narrative links alike).
     """
-    if isinstance(node, dict):
+    # `type(...) is` rather than isinstance: this walks every element of every entry of
+    # large uploads, and parsed JSON holds exact builtin types (FhirDecimal is never a str).
+    kind = type(node)
+    if kind is dict:
         for key, value in node.items():
-            if isinstance(value, str):
+            value_kind = type(value)
+            if value_kind is str:
                 new = replace(value)
                 if new is not None:
                     node[key] = new
-            elif isinstance(value, dict | list):
+            elif value_kind is dict or value_kind is list:
                 rewrite_strings(value, replace)
-    elif isinstance(node, list):
+    elif kind is list:
         for i, value in enumerate(node):
-            if isinstance(value, str):
+            value_kind = type(value)
+            if value_kind is str:
                 new = replace(value)
                 if new is not None:
                     node[i] = new
-            elif isinstance(value, dict | list):
+            elif value_kind is dict or value_kind is list:
                 rewrite_strings(value, replace)
     return node
 

@@ -77,10 +77,12 @@ def date_predicate(value: DateValue, now: float) -> RangePredicate:
         return RangePredicate((after,))
     if prefix == "lt":
         return RangePredicate((before,))
+    # ge / le: the stored period overlaps [value, +inf) / (-inf, value], as R4 words it
+    # ("the range above the search value overlaps the target") and as HAPI answers it.
     if prefix == "ge":
-        return RangePredicate((after, within))
+        return RangePredicate(((Bound("high", ">", low),),))
     if prefix == "le":
-        return RangePredicate((before, within))
+        return RangePredicate(((Bound("low", "<", high),),))
     if prefix == "sa":
         return RangePredicate(((Bound("low", ">=", high),),))
     if prefix == "eb":

@@ -71,9 +71,8 @@ class DateValue:
         return _prefix_text(self.prefix) + self.text
 
     def approximate_bounds(self, now: float) -> tuple[float, float]:
-        """The `ap` range: widened by 10% of the distance between the value and now."""
-        margin = 0.1 * max(abs(now - self.low), abs(now - self.high))
-        return self.low - margin, self.high + margin
+        """The `ap` range: each end widened by 10% of its own distance to now."""
+        return self.low - 0.1 * abs(now - self.low), self.high + 0.1 * abs(now - self.high)
 
 
 @dataclass(frozen=True, slots=True)

@@ -322,13 +322,14 @@ class BundleProcessor:
         return mapping
 
     def _rewrite(self, req: EntryRequest, mapping: dict[str, str]) -> None:
-        base = self.base_url.rstrip("/") + "/"
+        # Without a base (bundles loaded from files), only fullUrls are rewritten.
+        base = self.base_url.rstrip("/") + "/" if self.base_url else None
 
         def replace(value: str) -> str | None:
             target = mapping.get(value)
             if target is not None:
                 return target
-            if value.startswith(base):  # references to our own base become relative
+            if base and value.startswith(base):  # references to our own base become relative
                 rest = value[len(base) :]
                 return rest if rest.count("/") in (1, 3) else None
             return None

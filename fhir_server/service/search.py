@@ -198,29 +198,29 @@ class SearchService:
         assert stored.json is not None
         return {
             "fullUrl": f"{base}/{stored.resource_type}/{stored.id}",
-            "resource": self._shape(stored.resource_type, stored.json, result),
+            "resource": shape_resource(stored.resource_type, stored.json, result),
             "search": {"mode": mode},
         }
 
-    @staticmethod
-    def _shape(resource_type: str, raw: bytes, result: Any) -> Any:
-        """Apply _summary=true|text|data and _elements; otherwise embed the stored JSON."""
-        summary, elements = result.summary, result.elements
-        if summary not in ("true", "text", "data") and not elements:
-            return jsonio.fragment(raw)
-        resource = jsonio.loads(raw)
-        if summary == "true":
-            keep_summary = summary_keys(resource_type, resource)
-            resource = {k: v for k, v in resource.items() if k in keep_summary}
-        elif summary == "data":
-            resource.pop("text", None)
-        elif summary == "text":
-            keep = (*ALWAYS_KEPT, "text", "status")
-            resource = {k: v for k, v in resource.items() if k in keep}
-        if elements:
-            wanted = {e.split(".")[0] for e in elements}
-            resource = {k: v for k, v in resource.items() if k in wanted or k in ALWAYS_KEPT}
-        meta = dict(resource.get("meta") or {})
-        meta["tag"] = [*meta.get("tag", []), SUBSETTED]
-        resource["meta"] = meta
-        return resource
+
+def shape_resource(resource_type: str, raw: bytes, result: Any) -> Any:
+    """Apply _summary=true|text|data and _elements; otherwise embed the stored JSON."""
+    summary, elements = result.summary, result.elements
+    if summary not in ("true", "text", "data") and not elements:
+        return jsonio.fragment(raw)
+    resource = jsonio.loads(raw)
+    if summary == "true":
+        keep_summary = summary_keys(resource_type, resource)
+        resource = {k: v for k, v in resource.items() if k in keep_summary}
+    elif summary == "data":
+        resource.pop("text", None)
+    elif summary == "text":
+        keep = (*ALWAYS_KEPT, "text", "status")
+        resource = {k: v for k, v in resource.items() if k in keep}
+    if elements:
+        wanted = {e.split(".")[0] for e in elements}
+        resource = {k: v for k, v in resource.items() if k in wanted or k in ALWAYS_KEPT}
+    meta = dict(resource.get("meta") or {})
+    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
+    resource["meta"] = meta
+    return resource

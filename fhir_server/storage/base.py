@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
 from fhir_server.search.types import IndexEntry
@@ -49,8 +50,10 @@ class StoredResource:
         return f"{self.resource_type}/{self.id}/_history/{self.version}"
 
 
+@lru_cache(maxsize=4096)
 def instant(epoch: float) -> str:
-    """FHIR instant with millisecond precision: 2024-03-05T10:00:00.123Z."""
+    """FHIR instant with millisecond precision: 2024-03-05T10:00:00.123Z. Cached: a write
+    formats the same instant for meta.lastUpdated and for its response."""
     millis = round(epoch * 1000)
     dt = datetime.fromtimestamp(millis // 1000, UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis % 1000:03d}Z"

@@ -15,7 +15,12 @@ search/ranges.py, which states them once for every backend.
   `seq` (creation order); paging is keyset-based, the signed cursor holding the last row's
   sort values and seq, so concurrent writes never shift or repeat pages.
 - A system-level search queries each type's collection with the same sort and cursor and
-  merges the pages.
+  merges the pages. A `CompartmentClause` ORs its alternatives (for `$everything`, those of
+  each collection's type, from `by_type`).
+- Quantities with a unit that has a canonical form match entries through it, and entries
+  without one (no UCUM code stored) on their raw value and code or unit text.
+- `_revinclude=*` looks in every type's collection for entries referring to the matches;
+  includes are returned in creation order across types (SQLite's pk order).
 """
 
 from __future__ import annotations
@@ -32,8 +37,14 @@ from bson import ObjectId
 
 from fhir_server.search.errors import SearchError, UnsupportedModifier
 from fhir_server.search.expansion import expand_token_clause, needs_expansion
-from fhir_server.search.query import ChainClause, Clause, HasClause, SearchQuery
-from fhir_server.search.ranges import Bound, RangePredicate, date_predicate, number_predicate
+from fhir_server.search.query import (
+    ChainClause,
+    Clause,
+    CompartmentClause,
+    HasClause,
+    SearchQuery,
+)
+from fhir_server.search.ranges import RangePredicate, date_predicate, number_predicate
 from fhir_server.search.result_params import Include, SortKey
 from fhir_server.search.values import (
     CompositeValue,
@@ -104,28 +115,8 @@ def range_condition(predicate: RangePredicate, fields: dict[str, str]) -> dict[s
     return {"$nor": [body]} if predicate.negate else body
 
 
-def sqlite_date_predicate(value: DateValue, now: float) -> RangePredicate:
-    """The date prefixes as the SQLite backend evaluates them (sqlite_search.date_condition).
-
-    ranges.date_predicate states most of them identically; for `ge`, `le` and `ap` the SQLite
-    backend (and the FHIR R4 text: "the range above/below the search value overlaps the
-    target") is wider: ge is `tH > sL`, le is `tL < sH`, and ap widens each end by 10% of
-    its own distance to now. Until ranges.py and SQLite agree, this backend follows SQLite,
-    so that both answer every search alike."""
-    low, high = value.low, value.high
-    if value.prefix == "ge":
-        return RangePredicate(((Bound("high", ">", low),),))
-    if value.prefix == "le":
-        return RangePredicate(((Bound("low", "<", high),),))
-    if value.prefix == "ap":
-        widened_high = high + abs(now - high) * 0.1
-        widened_low = low - abs(now - low) * 0.1
-        return RangePredicate(((Bound("low", "<", widened_high), Bound("high", ">", widened_low)),))
-    return date_predicate(value, now)
-
-
 def date_condition(value: DateValue, low: str, high: str) -> dict[str, Any]:
-    predicate = sqlite_date_predicate(value, time.time())
+    predicate = date_predicate(value, time.time())
     return range_condition(predicate, {"low": low, "high": high})
 
 
@@ -135,6 +126,20 @@ def number_condition(value: Any, column: str) -> dict[str, Any]:
         exact = float(value)
         return {column: {"$gte": exact * (1 - 1e-9), "$lte": exact * (1 + 1e-9)}}
     return range_condition(number_predicate(value), {"value": column})
+
+
+def raw_quantity_condition(
+    value: QuantityValue, v: str, system: str, code: str, unit: str
+) -> dict[str, Any]:
+    """The value compared as stored, with the system and code (or unit text) as given."""
+    unit_condition: dict[str, Any] = {}
+    if value.system and value.code:
+        unit_condition = {system: value.system, code: value.code}
+    elif value.code:
+        unit_condition = any_of([{code: value.code}, {unit: value.code}])
+    elif value.system:
+        unit_condition = {system: value.system}
+    return both(number_condition(value, v), unit_condition)
 
 
 def token_condition(value: TokenValue, system: str = "s", code: str = "c") -> dict[str, Any]:
@@ -197,9 +202,12 @@ class Translator:
             return self.chain(crit)
         if isinstance(crit, HasClause):
             return self.has(crit, rtype)
-        alternatives = getattr(crit, "alternatives", None)
-        if alternatives is not None:
-            # A compartment criterion (`GET Patient/1/Observation`): its clauses are ORed.
+        if isinstance(crit, CompartmentClause):
+            # Compartment membership (`GET Patient/1/Observation`, `$everything`): its
+            # clauses are ORed; a search over several types takes each type's own ones.
+            alternatives = crit.alternatives
+            if crit.by_type is not None:
+                alternatives = crit.by_type.get(rtype, ())
             return any_of([self.criterion(alternative, rtype) for alternative in alternatives])
         raise SearchError(f"unsupported search criterion {crit!r}")
 
@@ -262,7 +270,11 @@ class Translator:
             conditions = self.expanded(clause)
         else:
             conditions = [self.value(kind, clause.modifier, value) for value in clause.values]
-        matches = [{path: {"$elemMatch": both({"p": param.code}, c)}} for c in conditions]
+        # An entry condition that is an OR of its own (a quantity through its canonical form
+        # or its raw value) becomes one $elemMatch per branch, each an index range scan:
+        # some entry matches (A or B) exactly when some entry matches A or some matches B.
+        branches = [b for c in conditions for b in (c["$or"] if list(c) == ["$or"] else [c])]
+        matches = [{path: {"$elemMatch": both({"p": param.code}, b)}} for b in branches]
         if clause.modifier in ("not", "not-in"):
             return {"$nor": matches} if matches else {}
         return any_of(matches)
@@ -318,20 +330,20 @@ class Translator:
     def quantity(
         self, value: QuantityValue, v: str, system: str, code: str, unit: str, cv: str, cu: str
     ) -> dict[str, Any]:
+        raw = raw_quantity_condition(value, v, system, code, unit)
         canonical = self.storage.canonical_query
         if value.code and canonical is not None:
             converted = canonical(value, value.system, value.code)
             if converted is not None:
+                # Any unit of the same dimension, through the canonical form; and entries
+                # that have none (no UCUM code stored, only a unit text) on their own value
+                # and unit (`{cu: None}` matches the absent field, as SQL's IS NULL).
                 canonical_value, canonical_unit = converted
-                return both({cu: canonical_unit}, number_condition(canonical_value, cv))
-        unit_condition: dict[str, Any] = {}
-        if value.system and value.code:
-            unit_condition = {system: value.system, code: value.code}
-        elif value.code:
-            unit_condition = any_of([{code: value.code}, {unit: value.code}])
-        elif value.system:
-            unit_condition = {system: value.system}
-        return both(number_condition(value, v), unit_condition)
+                through_canonical = both(
+                    {cu: canonical_unit}, number_condition(canonical_value, cv)
+                )
+                return {"$or": [through_canonical, both({cu: None}, raw)]}
+        return raw
 
     def composite(self, value: CompositeValue) -> dict[str, Any]:
         if len(value.parts) != 2 or not isinstance(value.parts[0], TokenValue):
@@ -610,17 +622,24 @@ def _forward(
 def _reverse(
     storage: MongoStorage, inc: Include, frontier: list[tuple[str, dict[str, Any]]]
 ) -> list[tuple[str, dict[str, Any]]]:
-    if inc.source_type == "*":
-        return []
     by_type: dict[str, list[str]] = {}
     for rtype, doc in frontier:
         by_type.setdefault(rtype, []).append(doc["_id"])
     pointing = any_of([{"tt": t, "ti": {"$in": ids}} for t, ids in sorted(by_type.items())])
-    entry = pointing if inc.param_code == "*" else both({"p": inc.param_code}, pointing)
-    docs = (
-        storage.collection(inc.source_type)
-        .find({"del": False, "idx.reference": {"$elemMatch": entry}}, PAGE_PROJECTION)
-        .sort("seq", 1)
-        .limit(MAX_INCLUDED)
-    )
-    return [(inc.source_type, doc) for doc in docs]
+    every_param = inc.param_code == "*" or inc.source_type == "*"
+    entry = pointing if every_param else both({"p": inc.param_code}, pointing)
+    # `_revinclude=*`: every resource referring to the frontier, of any type, through any
+    # parameter; merged in creation order across types (SQLite's pk order).
+    source_types = storage.resource_types() if inc.source_type == "*" else [inc.source_type]
+    found: list[tuple[str, dict[str, Any]]] = []
+    for source_type in source_types:
+        docs = (
+            storage.collection(source_type)
+            .find({"del": False, "idx.reference": {"$elemMatch": entry}}, PAGE_PROJECTION)
+            .sort("seq", 1)
+            .limit(MAX_INCLUDED)
+        )
+        found += [(source_type, doc) for doc in docs]
+    if len(source_types) > 1:
+        found.sort(key=lambda row: row[1]["seq"])
+    return found[:MAX_INCLUDED]

@@ -380,10 +380,8 @@ def date_condition(value: DateValue, low: str, high: str) -> tuple[str, list[Any
     if prefix == "eb":
         return f"{high}<=?", [lo]
     if prefix == "ap":
-        now = time.time()
-        margin_low = abs(now - lo) * 0.1
-        margin_high = abs(now - hi) * 0.1
-        return f"({low}<? AND {high}>?)", [hi + margin_high, lo - margin_low]
+        approx_low, approx_high = value.approximate_bounds(time.time())
+        return f"({low}<? AND {high}>?)", [approx_high, approx_low]
     raise SearchError(f"unknown prefix {prefix!r}")
 
 
