@@ -30,5 +30,8 @@ test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2
 
+bench-small: install-test
+	$(BIN)/python -m bench.run --size small
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache diatabase.db diatabase.db-wal diatabase.db-shm

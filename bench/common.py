@@ -115,7 +115,13 @@ def serve(db_url: str, workers: int = 1, extra: Sequence[str] = ()) -> Iterator[
         yield ServerProcess(url, proc)
     finally:
         proc.terminate()
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # uvicorn waits for requests still running (a slow search on a big database):
+            # the figures are taken, so do not lose them to a slow shutdown.
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def print_table(results: Sequence[Result], title: str = "") -> None:

@@ -164,14 +164,7 @@ def timed(http: httpx.Client, url: str, headers: dict[str, str]) -> float:
     return elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--resources", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=30, help="runs of each search")
-    args = parser.parse_args()
-
-    folder = Path(tempfile.mkdtemp(prefix="diatabase-bench-deid-"))
-    db_url = f"sqlite:///{folder / 'bench.db'}"
+def deid_settings(folder: Path, db_url: str) -> tuple[Settings, Path]:
     recipients_file = folder / "recipients.json"
     recipients_file.write_text(
         json.dumps(
@@ -181,16 +174,13 @@ def main() -> None:
     settings = Settings(
         db_url=db_url, deid_secret=SECRET, deid_recipients=str(recipients_file), max_count=1000
     )
+    return settings, recipients_file
 
-    resources, patient_ids = synthetic(args.resources)
+
+def measure(folder: Path, db_url: str, patient_ids: list[str], repeat: int) -> dict[str, Any]:
+    """Engine, export and facade-search figures on the database at `db_url` (loaded)."""
+    settings, recipients_file = deid_settings(folder, db_url)
     service = FhirService(open_storage(db_url), settings)
-    started = time.perf_counter()
-    report = Loader(service).load_resources(resources)
-    load_seconds = time.perf_counter() - started
-    assert not report.failed, report.failed[:3]
-    total = len(resources)
-    del resources
-
     recipients = Recipients.load(recipients_file, SECRET.encode())
     raws = [s.json for s in service.storage.iter_current("Observation")][:100_000]
     engine = recipients.fresh_engine("bench")
@@ -210,7 +200,7 @@ def main() -> None:
     service.storage.close()
 
     names = recipients.engine("bench").pseudonyms
-    runs = min(args.repeat, len(patient_ids))
+    runs = min(repeat, len(patient_ids))
     rows = []
     with (
         Server(settings) as server,
@@ -249,10 +239,36 @@ def main() -> None:
             timed(http, clinical_url, {})
             timed(http, deid_url, key)
             clinical, deid = [], []
-            for _ in range(args.repeat):
+            for _ in range(repeat):
                 clinical.append(timed(http, clinical_url, {}))
                 deid.append(timed(http, deid_url, key))
             rows.append((label, clinical, deid))
+
+    return {"engine_rate": engine_rate, "exported": exported, "export_seconds": export_seconds,
+            "export_cpu": export_cpu, "kanon": manifest["kAnonymity"], "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--resources", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=30, help="runs of each search")
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="diatabase-bench-deid-"))
+    db_url = f"sqlite:///{folder / 'bench.db'}"
+    resources, patient_ids = synthetic(args.resources)
+    service = FhirService(open_storage(db_url), deid_settings(folder, db_url)[0])
+    started = time.perf_counter()
+    report = Loader(service).load_resources(resources)
+    load_seconds = time.perf_counter() - started
+    assert not report.failed, report.failed[:3]
+    total = len(resources)
+    del resources
+    service.storage.close()
+    figures = measure(folder, db_url, patient_ids, args.repeat)
+    engine_rate, exported = figures["engine_rate"], figures["exported"]
+    export_seconds, export_cpu = figures["export_seconds"], figures["export_cpu"]
+    rows = figures["rows"]
 
     print(
         f"\nDiatabase de-identification benchmark: {total:,} resources stored "
@@ -264,7 +280,7 @@ def main() -> None:
     print(f"{'export: seconds':<44} {export_seconds:>14.2f}")
     print(f"{'export: resources/s, wall clock':<44} {exported / export_seconds:>14,.0f}")
     print(f"{'export: resources/s per CPU second':<44} {exported / export_cpu:>14,.0f}")
-    kanon = manifest["kAnonymity"]
+    kanon = figures["kanon"]
     print(
         f"{'export: patients released / suppressed':<44} "
         f"{kanon['released']:>9} / {kanon['suppressed']:<3}"
@@ -280,6 +296,43 @@ def main() -> None:
             f"{(d50 / c50 - 1) * 100:>8.0f}%"
         )
     print(f"\n(database and export in {folder}; delete it when done)")
+
+
+REPORT_REPEAT = {"small": 5, "medium": 30, "large": 30}
+
+
+def run(size: str = "small", db: str | None = None) -> list:
+    """De-identification figures for bench/run.py, on the generated population of `size`
+    (bench/population.py, shared with read and export) instead of this module's own data."""
+    from bench.common import Result, own_peak_rss_mb, percentile
+    from bench.population import SEED, loaded
+
+    population = loaded(size, db)
+    patient_ids = [f"p-{SEED}-{n}" for n in range(population.patients)]
+    with tempfile.TemporaryDirectory(prefix="diatabase-bench-deid-") as tmp:
+        figures = measure(Path(tmp), population.db_url, patient_ids, REPORT_REPEAT[size])
+    kanon = figures["kanon"]
+    results = [
+        Result("deid engine", "pseudonymize stored Observation JSON in memory (CPU time)",
+               figures["engine_rate"], "resources/s", peak_rss_mb=own_peak_rss_mb()),
+        Result("deid export", f"run_export of {figures['exported']:,} resources: storage read, "
+               f"engine, NDJSON, hashes, signature; {kanon['released']} patients released, "
+               f"{kanon['suppressed']} suppressed; "
+               f"{figures['exported'] / figures['export_cpu']:,.0f} per CPU second",
+               figures["exported"] / figures["export_seconds"], "resources/s",
+               peak_rss_mb=own_peak_rss_mb()),
+    ]
+    for label, clinical, deid in figures["rows"]:
+        clinical_ms = [t * 1000 for t in clinical]
+        deid_ms = [t * 1000 for t in deid]
+        overhead = (percentile(deid_ms, 50) / percentile(clinical_ms, 50) - 1) * 100
+        results.append(Result(
+            "deid search", f"/deid/ facade {label}, 1 client, {len(deid_ms)} requests; "
+            f"clinical API p50 {percentile(clinical_ms, 50):.2f} ms, overhead {overhead:+.0f}%",
+            1000 / (sum(deid_ms) / len(deid_ms)), "req/s", percentile(deid_ms, 50),
+            percentile(deid_ms, 99), own_peak_rss_mb(),
+            f"clinical p50 {percentile(clinical_ms, 50):.2f} ms"))
+    return results
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import copy
 import statistics
 import time
 
+from bench.common import Result, own_peak_rss_mb
 from fhir_server.search.extract import IndexExtractor
 from fhir_server.search.registry import SearchParamRegistry
 
@@ -95,6 +96,21 @@ def measure(extractor: IndexExtractor, resource: dict, rounds: int) -> tuple[flo
             extractor.extract(copies[index % len(copies)])
         timings.append((time.process_time() - start) / batch * 1e6)
     return min(timings), statistics.median(timings), entries
+
+
+SIZES = {"small": 500, "medium": 5000, "large": 20000}  # rounds per resource
+
+
+def run(size: str = "small", db: str | None = None) -> list[Result]:
+    """Index extraction for the report (in-process; `db` is unused)."""
+    extractor = IndexExtractor(SearchParamRegistry.default(), canonicalize=glucose_canonicalize)
+    best, median, entries = measure(extractor, GLUCOSE_OBSERVATION, SIZES[size])
+    best_patient, median_patient, _ = measure(extractor, PATIENT, SIZES[size])
+    return [Result(
+        "extract",
+        f"index entries of a glucose Observation ({entries} entries), {SIZES[size]:,} rounds: "
+        f"{median:.1f} µs median, {best:.1f} µs best; Patient {median_patient:.1f} µs",
+        1e6 / median, "resources/s", peak_rss_mb=own_peak_rss_mb(), backend="-")]
 
 
 def main() -> None:

@@ -19,7 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import Result, own_peak_rss_mb  # noqa: E402
 from fhir_server.synthetic import write_ndjson  # noqa: E402
+
+SIZES = {"small": (5, 3, 1), "medium": (40, 14, 3), "large": (100, 30, 3)}  # patients, days, runs
 
 
 def measure(patients: int, days: int, runs: int) -> tuple[int, int, float, float]:
@@ -35,6 +38,17 @@ def measure(patients: int, days: int, runs: int) -> tuple[int, int, float, float
             wall.append(total / elapsed)
             cpu.append(total / elapsed_cpu)
     return total, size, statistics.median(wall), statistics.median(cpu)
+
+
+def run(size: str = "small", db: str | None = None) -> list[Result]:
+    """Generator throughput for the report (`db` is unused: NDJSON files only)."""
+    patients, days, runs = SIZES[size]
+    total, written, rate, cpu_rate = measure(patients, days, runs)
+    return [Result(
+        "generate",
+        f"{patients} patients x {days} days to NDJSON, {total:,} resources, "
+        f"{written / 1e6:,.1f} MB, median of {runs}; {cpu_rate:,.0f} per CPU second",
+        rate, "resources/s", peak_rss_mb=own_peak_rss_mb(), backend="ndjson")]
 
 
 def main() -> None:

@@ -150,6 +150,53 @@ def profile_import(folder: Path, path: Path) -> list[tuple[str, float]]:
     return rows
 
 
+SIZES = {"small": (30, 1, 1), "medium": (1000, 90, 3), "large": (5000, 90, 3)}
+# HL7 v2 messages, days of CGM export, runs
+
+
+def run(size: str = "small", db: str | None = None) -> list:
+    """Mapped data stored in SQLite, for the report (fresh SQLite files; `db` is unused:
+    the MLLP listener and the importer run in-process on their own databases)."""
+    from bench.common import Result, own_peak_rss_mb
+
+    count, days, runs = SIZES[size]
+    connections = 4
+    messages = [glucose_message(n) for n in range(count)]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        csv_path = folder / "libre-export.csv"
+        csv_path.write_bytes(generate_libre_export(days, 5).encode("utf-8"))
+
+        def mllp_run(run: int) -> tuple[float, float]:
+            service = fresh_service(folder, f"mllp-{run}.db")
+            try:
+                return mllp_with_storage(messages, service, connections), 0.0
+            finally:
+                service.storage.close()
+
+        readings = 0
+
+        def import_run(run: int) -> tuple[float, float]:
+            nonlocal readings
+            service = fresh_service(folder, f"import-{run}.db")
+            try:
+                seconds, cpu, readings = import_file(service, csv_path)
+            finally:
+                service.storage.close()
+            return seconds, cpu
+
+        mllp_rate, _ = median_of(runs, mllp_run)
+        seconds, cpu = median_of(runs, import_run)
+    return [
+        Result("hl7v2 mllp+sqlite", f"ORU^R01 over MLLP, each stored as one transaction "
+               f"before its ACK, {connections} connections, {count:,} messages of 7 resources",
+               mllp_rate, "msg/s", peak_rss_mb=own_peak_rss_mb()),
+        Result("csv import", f"FreeStyle Libre CSV, {days} days, {readings:,} readings imported "
+               f"as `diatabase import` does in {seconds:.2f} s ({cpu:.2f} s CPU)",
+               readings / seconds, "rows/s", peak_rss_mb=own_peak_rss_mb()),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1000)

@@ -53,6 +53,27 @@ def generate_libre_export(days: int, interval_minutes: int, seed: int = 1) -> st
     return "\n".join(lines) + "\n"
 
 
+SIZES = {"small": 2, "medium": 90, "large": 365}  # days of a 5-minute CGM export
+
+
+def run(size: str = "small", db: str | None = None) -> list:
+    """CSV mapping for the report (no storage; `db` is unused)."""
+    from bench.common import Result, own_peak_rss_mb
+
+    days, runs = SIZES[size], 1 if size == "small" else 3
+    data = generate_libre_export(days, 5).encode("utf-8")
+    timings = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        result = to_bundle(data, patient="Patient/bench", timezone="Europe/Paris")
+        timings.append(time.perf_counter() - began)
+    seconds = statistics.median(timings)
+    return [Result("csv map", f"FreeStyle Libre export, {days} days every 5 min, "
+                   f"{result.rows_read:,} rows to a Bundle in {seconds:.2f} s, median of {runs}",
+                   result.rows_read / seconds, "rows/s", peak_rss_mb=own_peak_rss_mb(),
+                   backend="-")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=90)

@@ -92,6 +92,26 @@ async def discard(bundle: dict) -> None:
     return None
 
 
+SIZES = {"small": 100, "medium": 2000, "large": 10000}  # messages
+
+
+def run(size: str = "small", db: str | None = None) -> list:
+    """HL7 v2 mapping for the report (no storage; `db` is unused)."""
+    from bench.common import Result, own_peak_rss_mb
+
+    count, connections = SIZES[size], 4
+    messages = [glucose_message(n) for n in range(count)]
+    mapped = statistics.median(in_process(messages) for _ in range(3))
+    over_mllp = through_mllp(messages, bundle_handler(discard), connections)
+    return [
+        Result("hl7v2 map", f"ORU^R01 (3 OBX) to a Bundle in-process, {count:,} messages, "
+               "median of 3", mapped, "msg/s", peak_rss_mb=own_peak_rss_mb(), backend="-"),
+        Result("hl7v2 mllp", f"ORU^R01 over MLLP, map + discard, {connections} connections, "
+               f"{count:,} messages", over_mllp, "msg/s", peak_rss_mb=own_peak_rss_mb(),
+               floor=f"in-process map {mapped:,.0f} msg/s", backend="-"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)

@@ -18,6 +18,9 @@ requests/s per query. Not a pass/fail test.
     python bench/search.py                  # --size small: 20 x 500 readings, < 1 minute
     python bench/search.py --size 100k      # 100 patients x 1,000 readings
     python bench/search.py --size 1m        # 100 patients x 10,000 readings (slow build)
+    python bench/search.py --size 10m       # 100 patients x a year of CGM
+
+`run(size, db)` gives bench/run.py the same figures as Result rows (small, 1m, 10m).
 """
 
 from __future__ import annotations
@@ -55,7 +58,12 @@ from fhir_server.storage.base import instant  # noqa: E402
 from fhir_server.storage.sqlite import SqliteStorage  # noqa: E402
 
 OUT = Path(__file__).parent / "out"
-SIZES = {"small": (20, 500), "100k": (100, 1_000), "1m": (100, 10_000)}
+SIZES = {
+    "small": (20, 500),
+    "100k": (100, 1_000),
+    "1m": (100, 10_000),
+    "10m": (100, 105_000),  # a year of CGM for 100 patients
+}
 LOINC = "http://loinc.org"
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
 UCUM = "http://unitsofmeasure.org"
@@ -342,7 +350,7 @@ def start_server(path: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the server did not start")
 
 
-def run(url: str, make_path, requests: int, clients: int, check=None) -> dict:
+def timed_gets(url: str, make_path, requests: int, clients: int, check=None) -> dict:
     """`requests` GETs of make_path(rng) spread over `clients` threads; latencies in ms."""
     latencies: list[float] = []
     lock = threading.Lock()
@@ -401,6 +409,72 @@ def walk_patient(url: str, patients: int, clients: int, walks: int) -> dict:
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(worker, range(clients)))
     return {"walk_ms_p50": statistics.median(times), "resources": counts[0]}
+
+
+REPORT_SIZES = {  # bench.run size -> this module's size, requests per query kind, clients
+    "small": ("small", 40, 4),
+    "medium": ("1m", 400, 4),
+    "large": ("10m", 400, 4),
+}
+
+
+def run(size: str = "small", db: str | None = None) -> list:
+    """Search figures for bench/run.py: the same build and queries as `main`, in a fresh
+    temporary database (SQLite only: `db` is unused, this bench writes through
+    SqliteStorage directly)."""
+    from bench.common import Result, peak_rss_mb
+
+    own_size, requests, clients = REPORT_SIZES[size]
+    patients, readings = SIZES[own_size]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "search.db"
+        meta = build(path, patients, readings, fast=True)
+        per_resource = path.stat().st_size / meta["resources"]
+        fresh = measure_ingest(1_000 if size == "small" else 5_000)
+        rows.append(Result(
+            "search build", f"{meta['resources']:,} CGM-heavy resources through SqliteStorage "
+            f"with patched index entries, {per_resource:,.0f} bytes/resource on disk",
+            meta["rate"], "resources/s",
+            floor=f"every resource extracted {fresh:,.0f}/s"))
+        p50, p99 = in_process_a(path, patients, readings, 50 if size == "small" else 200)
+        process, url = start_server(path)
+        try:
+            days = readings * STEP / 86400
+
+            def query_a(rng: random.Random) -> str:
+                day = START + int(rng.random() * max(days - 1, 0)) * 86400
+                return (
+                    f"/Observation?patient=p{rng.randrange(patients)}&code={LOINC}|99504-3"
+                    f"&date=ge{iso(day)}&date=lt{iso(day + 86400)}&_count=100"
+                )
+
+            kinds = {
+                "(a) patient+code+date, _count=100": query_a,
+                "(b) Condition code + _include subject":
+                    lambda rng: f"/Condition?code={ICD10}|E11.9&_include=Condition:subject",
+                "(c) Patient?name=": lambda rng: f"/Patient?name={rng.choice(FAMILIES)[:4]}",
+                "(d) _summary=count over one code":
+                    lambda rng: f"/Observation?code={LOINC}|99504-3&_summary=count",
+            }
+            for name, make in kinds.items():
+                timed_gets(url, make, clients * 2, clients)  # warm-up
+                result = timed_gets(url, make, requests, clients)
+                note = f"; in-process p50 {p50:.2f} ms, p99 {p99:.2f} ms" if name[1] == "a" else ""
+                rows.append(Result(
+                    f"search {name[:3]}", f"{name[4:]}, {requests} requests, {clients} clients, "
+                    f"{meta['resources']:,} resources{note}", result["rps"], "req/s",
+                    result["p50"], result["p99"], peak_rss_mb(process.pid)))
+            walk = walk_patient(url, patients, 1, 1 if size == "small" else 3)
+            rows.append(Result(
+                "search (e)", f"all {walk['resources']:,} Observations of one patient, "
+                "_count=1000, following next (ms per walk in p50)",
+                walk["resources"] / walk["walk_ms_p50"] * 1000, "resources/s",
+                walk["walk_ms_p50"], None, peak_rss_mb(process.pid)))
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    return rows
 
 
 def main() -> None:
@@ -479,9 +553,9 @@ def main() -> None:
             f"{'req/s':>6}  note"
         )
         for name, (make, check) in kinds.items():
-            run(url, make, n * 2, n, check)  # warm-up
-            single = run(url, make, args.requests // 2, 1, check)
-            result = run(url, make, args.requests, n, check)
+            timed_gets(url, make, n * 2, n, check)  # warm-up
+            single = timed_gets(url, make, args.requests // 2, 1, check)
+            result = timed_gets(url, make, args.requests, n, check)
             note = ""
             if check:
                 matches = single["extra"][0]

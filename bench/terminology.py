@@ -178,6 +178,56 @@ def extraction_us(n: int) -> tuple[float, float]:
     return spent[0] / n * 1e6, spent[1] / n * 1e6
 
 
+# -- report --------------------------------------------------------------------------------
+
+SIZES = {"small": (0.5, 1, 20), "medium": (1.5, 3, 200), "large": (3.0, 3, 400)}
+# seconds per throughput run, runs, $expand requests per run
+
+
+def run(size: str = "small", db: str | None = None) -> list:
+    """Terminology operations over HTTP for the report (a fresh SQLite server; `db` unused)."""
+    from bench.common import Result, peak_rss_mb
+    from terminology import TerminologyService
+
+    seconds, runs, expand_count = SIZES[size]
+    clients = 8
+    codes = [c.code for c in TerminologyService().system(ICD10)]
+    rng = random.Random(7)
+    sample = [rng.choice(codes) for _ in range(500)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        process, port = start_server(os.path.join(tmp, "bench.db"), 1)
+        try:
+            validate = [request_bytes(port, "/CodeSystem/$validate-code",
+                                      {"url": ICD10, "code": c}) for c in sample]
+            lookup = [request_bytes(port, "/CodeSystem/$lookup",
+                                    {"system": ICD10, "code": c, "displayLanguage": "fr"})
+                      for c in sample]
+            expand = [request_bytes(port, "/ValueSet/$expand",
+                                    {"url": f"{ICD10}?fhir_vs", "filter": FILTERS[i % 10],
+                                     "count": 20}) for i in range(expand_count)]
+            asyncio.run(latencies(port, expand[:10]))  # build the ICD-10 expansion index
+            for name, requests in (("$validate-code", validate), ("$lookup", lookup)):
+                asyncio.run(throughput(port, requests, clients, min(0.5, seconds)))  # warm-up
+                rates = [asyncio.run(throughput(port, requests, clients, seconds))
+                         for _ in range(runs)]
+                rows.append(Result(f"terminology {name}",
+                                   f"CodeSystem/{name} ICD-10 over HTTP GET, {clients} clients, "
+                                   f"median of {runs}", statistics.median(rates), "req/s",
+                                   peak_rss_mb=peak_rss_mb(process.pid), backend="-"))
+            timings = [t for _ in range(runs) for t in asyncio.run(latencies(port, expand))]
+            rows.append(Result("terminology $expand",
+                               f"ValueSet/$expand filter over all ICD-10, count=20, "
+                               f"{len(timings)} requests, 1 client",
+                               1000 / statistics.mean(timings), "req/s",
+                               percentile(timings, 0.5), percentile(timings, 0.99),
+                               peak_rss_mb(process.pid), backend="-"))
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    return rows
+
+
 # -- main ----------------------------------------------------------------------------------
 
 

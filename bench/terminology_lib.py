@@ -31,6 +31,41 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
+SIZES = {"small": 200, "medium": 2000, "large": 10000}  # calls per measure
+
+
+def run(size: str = "small", db: str | None = None) -> list:
+    """The terminology library for the report (in-process; `db` is unused)."""
+    from bench.common import Result, own_peak_rss_mb
+
+    n = SIZES[size]
+    started = time.perf_counter()
+    service = TerminologyService()
+    icd_codes = [c.code for c in service.system(ICD10)]
+    service.system(ATC)
+    load_ms = (time.perf_counter() - started) * 1000
+    rng = random.Random(7)
+    sample = [(ICD10, rng.choice(icd_codes)) for _ in range(n)]
+    validate = rate(service.validate_code, sample)
+    lookup = rate(service.lookup, sample)
+    url = ICD10 + "?fhir_vs"
+    service.expand(url, count=0)  # build the expansion index once
+    timings: list[float] = []
+    for index in range(n):
+        start = time.perf_counter()
+        service.expand(url, filter=FILTERS[index % len(FILTERS)], count=20)
+        timings.append((time.perf_counter() - start) * 1000)
+    return [
+        Result("terminology-lib validate_code",
+               f"ICD-10, {n:,} calls in-process (lookup {lookup:,.0f}/s; ICD-10 + CIM-10 + ATC "
+               f"loaded in {load_ms:,.0f} ms)", validate, "calls/s",
+               peak_rss_mb=own_peak_rss_mb(), backend="-"),
+        Result("terminology-lib expand", f"filtered expand over ICD-10, count=20, {n:,} calls",
+               1000 / statistics.mean(timings), "calls/s", percentile(timings, 0.5),
+               percentile(timings, 0.99), own_peak_rss_mb(), backend="-"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=2000, help="calls per measure")

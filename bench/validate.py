@@ -25,8 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import orjson  # noqa: E402
+
+from bench.common import Result, own_peak_rss_mb, percentile  # noqa: E402
 from fhir_server.model.validation import validate_structure  # noqa: E402
 from fhir_server.service.fhir import FhirService  # noqa: E402
+from fhir_server.service.terminology import ServerTerminology  # noqa: E402
 from fhir_server.settings import Settings  # noqa: E402
 from fhir_server.storage import open_storage  # noqa: E402
 from profiles import BLOOD_GLUCOSE, ProfileValidator  # noqa: E402
@@ -81,7 +85,7 @@ def transaction(size: int) -> dict:
     }
 
 
-def ingest_micros(terminology: TerminologyService, size: int, enforce: bool) -> float:
+def ingest_micros(terminology: ServerTerminology, size: int, enforce: bool) -> float:
     def run() -> float:
         with tempfile.TemporaryDirectory() as directory:
             db = f"sqlite:///{directory}/bench.db"
@@ -101,14 +105,74 @@ def ingest_micros(terminology: TerminologyService, size: int, enforce: bool) -> 
     return median_of_3(run)
 
 
+SIZES = {"small": (300, 2, 2), "medium": (5000, 20, 14), "large": (20000, 40, 30)}
+# glucose Observations validated; generated patients, days
+
+
+def latencies_ms(check: Callable[[dict], object], resources: list[dict]) -> list[float]:
+    timings = []
+    for resource in resources:
+        start = time.perf_counter()
+        check(resource)
+        timings.append((time.perf_counter() - start) * 1000)
+    return timings
+
+
+def orjson_parse_rate(documents: list[bytes]) -> float:
+    """The floor: parsing the same documents, which every write does before validating."""
+    def run() -> float:
+        start = time.process_time()
+        for document in documents:
+            orjson.loads(document)
+        return len(documents) / max(time.process_time() - start, 1e-9)
+
+    return median_of_3(run)
+
+
+def run(size: str = "small", db: str | None = None) -> list[Result]:
+    """Validation for the report: in-process on a scratch SQLite service (`db` is unused)."""
+    from fhir_server.synthetic import generate
+
+    rounds, patients, days = SIZES[size]
+    terminology = ServerTerminology(None)
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        url = f"sqlite:///{directory}/bench.db"
+        service = FhirService(open_storage(url), Settings(db_url=url,
+                              require_profiles=(GLUCOSE_RULE,)), terminology=terminology)
+        try:
+            check = service.resources.validate
+            glucoses = [glucose(i) for i in range(rounds)]
+            rate = per_second(check, glucoses)
+            timings = latencies_ms(check, glucoses)
+            floor = orjson_parse_rate([orjson.dumps(r) for r in glucoses])
+            rows.append(Result(
+                "validate", f"glucose Observation, R4 schema + BloodGlucose profile, "
+                f"{rounds:,} resources (CPU time)", rate, "resources/s",
+                percentile(timings, 50), percentile(timings, 99), own_peak_rss_mb(),
+                f"orjson parse {floor:,.0f} docs/s", "-"))
+            sample = [r for r in generate(patients, days, seed=3) if r.get("meta")]
+            rate = per_second(check, sample)
+            timings = latencies_ms(check, sample)
+            floor = orjson_parse_rate([orjson.dumps(r) for r in sample])
+            rows.append(Result(
+                "validate generated", f"{len(sample):,} generated resources claiming a "
+                f"diabetes profile ({patients} patients x {days} days), schema + profiles",
+                rate, "resources/s", percentile(timings, 50), percentile(timings, 99),
+                own_peak_rss_mb(), f"orjson parse {floor:,.0f} docs/s", "-"))
+        finally:
+            service.storage.close()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5000)
     parser.add_argument("--bundle", type=int, default=1000)
     arguments = parser.parse_args()
 
-    terminology = TerminologyService()
-    validator = ProfileValidator(terminology)
+    terminology = ServerTerminology(None)  # the server's terminology, as FhirService wants
+    validator = ProfileValidator(TerminologyService())
     with tempfile.TemporaryDirectory() as directory:
         db = f"sqlite:///{directory}/bench.db"
         service = FhirService(open_storage(db), Settings(db_url=db,

@@ -1,0 +1,81 @@
+"""Concurrent GET load on a running server, with a latency per request.
+
+Plain asyncio keep-alive HTTP/1.1 connections rather than an HTTP library: on a two-core
+machine the client must cost less CPU than the server it measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+@dataclass
+class LoadFigures:
+    requests: int
+    seconds: float
+    latencies_ms: list[float]
+    statuses: dict[int, int]
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def get_request(url: str, target: str) -> bytes:
+    """The bytes of `GET target` for the server at `url` (http://host:port)."""
+    host = urlsplit(url).netloc
+    return (f"GET {target} HTTP/1.1\r\nHost: {host}\r\n"
+            "Accept: application/fhir+json\r\n\r\n").encode()
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    request: bytes) -> int:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+async def _run(url: str, requests: list[bytes], clients: int) -> LoadFigures:
+    parts = urlsplit(url)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    next_index = 0
+
+    async def client() -> None:
+        nonlocal next_index
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        try:
+            while next_index < len(requests):
+                request = requests[next_index]
+                next_index += 1
+                started = time.perf_counter()
+                status = await _exchange(reader, writer, request)
+                latencies.append((time.perf_counter() - started) * 1000)
+                statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return LoadFigures(len(requests), time.perf_counter() - started, latencies, statuses)
+
+
+def run_gets(url: str, targets: list[str], clients: int) -> LoadFigures:
+    """Send every `GET target` once, over `clients` concurrent connections."""
+    return asyncio.run(_run(url, [get_request(url, t) for t in targets], clients))
+
+
+def expect_ok(figures: LoadFigures, what: str) -> None:
+    """A benchmark of failures measures nothing: refuse any answer but 200."""
+    wrong = {status: n for status, n in figures.statuses.items() if status != 200}
+    if wrong:
+        raise RuntimeError(f"{what}: answers other than 200: {wrong}")

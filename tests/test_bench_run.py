@@ -1,0 +1,70 @@
+"""`bench/run.py --size small` end to end: every benchmark runs and has its rows in the one
+table. Figures are not checked (speed is never asserted); that each benchmark still runs is."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.run import BENCHMARKS, available
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The first-column names each module's rows start with (a module added later without an
+# entry here is checked by its progress line only).
+ROW_NAMES = {
+    "deid": ["deid engine", "deid export", "deid search"],
+    "search": ["search build", "search (a)", "search (b)", "search (c)", "search (d)",
+               "search (e)"],
+    "generate": ["generate"],
+    "population": ["load", "search@"],
+    "read": ["read", "vread"],
+    "export": ["export"],
+    "ingest": ["ingest"],
+    "validate": ["validate", "validate generated"],
+    "extract": ["extract"],
+    "terminology": ["terminology $validate-code", "terminology $lookup", "terminology $expand"],
+    "terminology_lib": ["terminology-lib validate_code", "terminology-lib expand"],
+    "mappers": ["hl7v2 mllp+sqlite", "csv import"],
+    "mappers_hl7": ["hl7v2 map", "hl7v2 mllp"],
+    "mappers_csv": ["csv map"],
+}
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The table's rows (cells split on runs of 2+ spaces), header and rule excluded."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("benchmark "))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.strip():
+            break
+        rows.append(re.split(r"\s{2,}", line.strip()))
+    return rows
+
+
+def test_small_report_has_a_row_per_benchmark() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--size", "small"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = table_rows(completed.stdout)
+    names = [row[0] for row in rows]
+    assert not [row for row in rows if "FAILED" in " ".join(row)], completed.stderr[-3000:]
+    for module in available(BENCHMARKS):
+        progress = re.search(rf"^  {module}: (\d+) row\(s\)", completed.stderr, re.M)
+        assert progress and int(progress.group(1)) >= 1, f"no rows from bench.{module}"
+        for expected in ROW_NAMES.get(module, []):
+            assert any(n == expected or (expected.endswith("@") and n.startswith(expected))
+                       for n in names), f"bench.{module}: no '{expected}' row in {names}"
+    # Every row has a throughput figure (a number and a unit), whatever its value.
+    for row in rows:
+        assert re.match(r"^[\d,.]+ \S+/s$", row[2]), row
+    assert len(rows) == sum(
+        int(n) for n in re.findall(r"^  \w+: (\d+) row\(s\)", completed.stderr, re.M))
+    assert "not present" not in completed.stdout  # every module of bench.run.GROUPS is there
