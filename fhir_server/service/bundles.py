@@ -452,15 +452,15 @@ class BundleProcessor:
             with self.resources.storage.transaction() as tx:
                 for req in writes:
                     ready = prepared.get(req.index)
-                    if ready is not None:
-                        result = self.resources.put_prepared(tx, ready)
-                        responses[req.index] = self._with_resource(
-                            _write_response(result), result.stored
-                        )
-                        continue
                     try:
                         with tx.savepoint():
-                            responses[req.index] = self._batch_write(tx, req)
+                            if ready is not None:
+                                result = self.resources.put_prepared(tx, ready)
+                                responses[req.index] = self._with_resource(
+                                    _write_response(result), result.stored
+                                )
+                            else:
+                                responses[req.index] = self._batch_write(tx, req)
                     except FhirError as exc:
                         responses[req.index] = self._failure(exc, req)
         for req in ordered:
