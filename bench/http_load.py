@@ -31,7 +31,7 @@ def get_request(url: str, target: str) -> bytes:
             "Accept: application/fhir+json\r\n\r\n").encode()
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     request: bytes) -> int:
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
@@ -58,7 +58,7 @@ async def _run(url: str, requests: list[bytes], clients: int) -> LoadFigures:
                 request = requests[next_index]
                 next_index += 1
                 started = time.perf_counter()
-                status = await _exchange(reader, writer, request)
+                status = await exchange(reader, writer, request)
                 latencies.append((time.perf_counter() - started) * 1000)
                 statuses[status] = statuses.get(status, 0) + 1
         finally:

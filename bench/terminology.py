@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+from bench.http_load import exchange
+
 ROOT = Path(__file__).resolve().parent.parent
 # The repository root first: this file's own name would otherwise shadow the package.
 sys.path.insert(0, str(ROOT))
@@ -80,19 +82,6 @@ def request_bytes(port: int, path: str, params: dict[str, str | int]) -> bytes:
     target = f"{path}?{urlencode(params)}"
     return (f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             "Accept: application/fhir+json\r\n\r\n").encode()
-
-
-async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                   request: bytes) -> int:
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    await reader.readexactly(length)
-    return status
 
 
 async def throughput(port: int, requests: list[bytes], clients: int, seconds: float) -> float:
