@@ -326,18 +326,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(path: Path) -> tuple[subprocess.Popen, str]:
+def start_server(path: Path, workers: int = 1) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    code = (
-        "import uvicorn\n"
-        "from fhir_server.app import create_app\n"
-        "from fhir_server.settings import Settings\n"
-        f"app = create_app(Settings(db_url={f'sqlite:///{path}'!r}))\n"
-        f"uvicorn.run(app, host='127.0.0.1', port={port}, log_level='warning')\n"
-    )
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root)}
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env)
+    command = [
+        sys.executable,
+        "-m",
+        "fhir_server.cli",
+        "serve",
+        "--db",
+        f"sqlite:///{path}",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--workers",
+        str(workers),
+    ]
+    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -432,11 +439,16 @@ def run(size: str = "small", db: str | None = None) -> list:
         meta = build(path, patients, readings, fast=True)
         per_resource = path.stat().st_size / meta["resources"]
         fresh = measure_ingest(1_000 if size == "small" else 5_000)
-        rows.append(Result(
-            "search build", f"{meta['resources']:,} CGM-heavy resources through SqliteStorage "
-            f"with patched index entries, {per_resource:,.0f} bytes/resource on disk",
-            meta["rate"], "resources/s",
-            floor=f"every resource extracted {fresh:,.0f}/s"))
+        rows.append(
+            Result(
+                "search build",
+                f"{meta['resources']:,} CGM-heavy resources through SqliteStorage "
+                f"with patched index entries, {per_resource:,.0f} bytes/resource on disk",
+                meta["rate"],
+                "resources/s",
+                floor=f"every resource extracted {fresh:,.0f}/s",
+            )
+        )
         p50, p99 = in_process_a(path, patients, readings, 50 if size == "small" else 200)
         process, url = start_server(path)
         try:
@@ -451,26 +463,43 @@ def run(size: str = "small", db: str | None = None) -> list:
 
             kinds = {
                 "(a) patient+code+date, _count=100": query_a,
-                "(b) Condition code + _include subject":
-                    lambda rng: f"/Condition?code={ICD10}|E11.9&_include=Condition:subject",
+                "(b) Condition code + _include subject": lambda rng: (
+                    f"/Condition?code={ICD10}|E11.9&_include=Condition:subject"
+                ),
                 "(c) Patient?name=": lambda rng: f"/Patient?name={rng.choice(FAMILIES)[:4]}",
-                "(d) _summary=count over one code":
-                    lambda rng: f"/Observation?code={LOINC}|99504-3&_summary=count",
+                "(d) _summary=count over one code": lambda rng: (
+                    f"/Observation?code={LOINC}|99504-3&_summary=count"
+                ),
             }
             for name, make in kinds.items():
                 timed_gets(url, make, clients * 2, clients)  # warm-up
                 result = timed_gets(url, make, requests, clients)
                 note = f"; in-process p50 {p50:.2f} ms, p99 {p99:.2f} ms" if name[1] == "a" else ""
-                rows.append(Result(
-                    f"search {name[:3]}", f"{name[4:]}, {requests} requests, {clients} clients, "
-                    f"{meta['resources']:,} resources{note}", result["rps"], "req/s",
-                    result["p50"], result["p99"], peak_rss_mb(process.pid)))
+                rows.append(
+                    Result(
+                        f"search {name[:3]}",
+                        f"{name[4:]}, {requests} requests, {clients} clients, "
+                        f"{meta['resources']:,} resources{note}",
+                        result["rps"],
+                        "req/s",
+                        result["p50"],
+                        result["p99"],
+                        peak_rss_mb(process.pid),
+                    )
+                )
             walk = walk_patient(url, patients, 1, 1 if size == "small" else 3)
-            rows.append(Result(
-                "search (e)", f"all {walk['resources']:,} Observations of one patient, "
-                "_count=1000, following next (ms per walk in p50)",
-                walk["resources"] / walk["walk_ms_p50"] * 1000, "resources/s",
-                walk["walk_ms_p50"], None, peak_rss_mb(process.pid)))
+            rows.append(
+                Result(
+                    "search (e)",
+                    f"all {walk['resources']:,} Observations of one patient, "
+                    "_count=1000, following next (ms per walk in p50)",
+                    walk["resources"] / walk["walk_ms_p50"] * 1000,
+                    "resources/s",
+                    walk["walk_ms_p50"],
+                    None,
+                    peak_rss_mb(process.pid),
+                )
+            )
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -481,6 +510,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     parser.add_argument("--requests", type=int, default=400, help="per query kind")
     parser.add_argument("--rebuild", action="store_true", help="ignore the cached database")
     parser.add_argument(
@@ -520,7 +550,7 @@ def main() -> None:
     p50, p99 = in_process_a(path, patients, readings)
     print(f"(a) in-process (FhirService, no HTTP): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
 
-    process, url = start_server(path)
+    process, url = start_server(path, args.workers)
     try:
         days = readings * STEP / 86400
 
