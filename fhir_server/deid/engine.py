@@ -197,16 +197,6 @@ class Deidentifier:
             self._tries[rtype] = trie
         return trie
 
-    def _shift_match(self, match: re.Match[bytes]) -> bytes:
-        return b'"' + self._shift(match.group(1).decode()).encode() + b'"'
-
-    def _reference_match(self, match: re.Match[bytes]) -> bytes:
-        ref = match.group(1).decode()
-        if ref.startswith("#"):
-            return match.group(0)
-        new = self.reference(ref)
-        return b"{}" if new is None else b'{"reference":"' + new.encode() + b'"}'
-
     def shift_days(self, patient_key: str) -> int:
         if not self._days:
             return 0

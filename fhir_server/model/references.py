@@ -52,13 +52,3 @@ def rewrite_strings(node: Any, replace: Callable[[str], str | None]) -> Any:
             elif value_kind is dict or value_kind is list:
                 rewrite_strings(value, replace)
     return node
-
-
-def split_reference(reference: str) -> tuple[str, str] | None:
-    """`Patient/123` or `http://base/Patient/123/_history/2` -> ('Patient', '123')."""
-    parts = reference.split("?")[0].rstrip("/").split("/")
-    if "_history" in parts:
-        parts = parts[: parts.index("_history")]
-    if len(parts) >= 2 and parts[-2][:1].isupper():
-        return parts[-2], parts[-1]
-    return None

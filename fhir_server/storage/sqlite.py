@@ -13,12 +13,11 @@ transaction cannot lose an update, even against another process on the same file
 
 from __future__ import annotations
 
-import os
 import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -451,13 +450,6 @@ class SqliteStorage:
             for pid, rtype, code in conn.execute("SELECT pid, rtype, code FROM search_params")
         }
         self._date_spans = self._load_date_spans(conn)
-
-    def file_size(self) -> int:
-        total = 0
-        for suffix in ("", "-wal"):
-            with suppress(OSError):
-                total += os.path.getsize(self.path + suffix)
-        return total
 
 
 class SqliteTransaction:

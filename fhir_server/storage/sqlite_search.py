@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -900,6 +900,3 @@ def _pks_of(conn: sqlite3.Connection, resources: list[StoredResource]) -> list[i
         if row:
             pks.append(row[0])
     return pks
-
-
-QueryCanonicalizer = Callable[[QuantityValue, str | None, str], tuple[float, str] | None]
