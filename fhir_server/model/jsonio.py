@@ -15,10 +15,13 @@ from typing import Any
 
 import orjson
 
-# A number literal that float repr would not reproduce. False positives only cost speed.
-# Floats keep 15 significant digits; repr switches to exponents below 1e-4 and above 1e16.
+# A number literal that float repr would not reproduce: trailing fraction zeros, exponents,
+# more digits than a float keeps (15 significant; repr switches to exponents below 1e-4 and
+# above 1e16), negative zero. Only tokens in value position (after `:`, `[` or `,`, before
+# `,`, `}` or `]`) count, so that hex ids and uuids inside strings do not send every body
+# down the slow path. A string that happens to look like that only costs speed.
 _LOSSY_NUMBER = re.compile(
-    rb"\d\.\d*0(?![\d.])|\d[eE][+-]?\d+[,}\]\s]|[\d.]{16,}|\.0000|-0[,}\]\s]"
+    rb"[:\[,]\s*(?:-?(?:\d+\.\d*0|\d[\d.]{15,}|\d+(?:\.\d+)?[eE][+-]?\d+|0\.0000\d*)|-0)\s*[,}\]]"
 )
 
 

@@ -13,6 +13,8 @@ transaction cannot lose an update, even against another process on the same file
 
 from __future__ import annotations
 
+import fcntl
+import os
 import secrets
 import sqlite3
 import threading
@@ -179,6 +181,33 @@ def _composite_row(pk: int, pid: int, entry: CompositeEntry) -> tuple | None:
     return tuple(row)
 
 
+class ProcessWriteLock:
+    """An exclusive `flock` on `<database>.lock`, held around each write transaction.
+
+    SQLite makes a second writer (another `--workers` process, the CLI) retry with sleeps
+    of up to 100 ms while the first one commits: a worker can sleep long after the lock
+    is free. Waiting on a file lock instead wakes it the moment the other one commits.
+    """
+
+    def __init__(self, db_path: str) -> None:
+        self._fd: int | None = None
+        if db_path != ":memory:":
+            self._fd = os.open(f"{db_path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def __enter__(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class SqliteStorage:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -186,6 +215,7 @@ class SqliteStorage:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        self._process_lock = ProcessWriteLock(path)
         self._writer = self._connect()
         self._init_schema()
         self._pids: dict[tuple[str, str], int] = {
@@ -270,6 +300,7 @@ class SqliteStorage:
 
     def close(self) -> None:
         self._writer.close()
+        self._process_lock.close()
 
     # -- search parameter ids ------------------------------------------------------------
 
@@ -428,7 +459,7 @@ class SqliteStorage:
 
     @contextmanager
     def transaction(self) -> Iterator[SqliteTransaction]:
-        with self._write_lock:
+        with self._write_lock, self._process_lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
