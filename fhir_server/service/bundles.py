@@ -448,25 +448,39 @@ class BundleProcessor:
         writes = [r for r in writes if r.index in prepared or not responses[r.index]]
         if writes:
             # One commit for the whole batch; each entry in its own savepoint, so that a
-            # failing entry undoes only itself.
+            # failing entry undoes only itself. Runs of prepared creates (new ids, nothing
+            # left to fail but the storage itself) are stored with one call each.
             with self.resources.storage.transaction() as tx:
+                run: list[EntryRequest] = []
                 for req in writes:
-                    ready = prepared.get(req.index)
+                    if req.index in prepared:
+                        run.append(req)
+                        continue
+                    self._store_prepared(tx, run, prepared, responses)
+                    run = []
                     try:
                         with tx.savepoint():
-                            if ready is not None:
-                                result = self.resources.put_prepared(tx, ready)
-                                responses[req.index] = self._with_resource(
-                                    _write_response(result), result.stored
-                                )
-                            else:
-                                responses[req.index] = self._batch_write(tx, req)
+                            responses[req.index] = self._batch_write(tx, req)
                     except FhirError as exc:
                         responses[req.index] = self._failure(exc, req)
+                self._store_prepared(tx, run, prepared, responses)
         for req in ordered:
             if req.method in ("GET", "HEAD"):
                 responses[req.index] = self._execute_get(req, get)
         return responses
+
+    def _store_prepared(
+        self,
+        tx: WriteTransaction,
+        run: list[EntryRequest],
+        prepared: dict[int, PreparedCreate],
+        responses: list[dict[str, Any]],
+    ) -> None:
+        if not run:
+            return
+        results = self.resources.create_prepared_many(tx, [prepared[r.index] for r in run])
+        for req, result in zip(run, results, strict=True):
+            responses[req.index] = self._with_resource(_write_response(result), result.stored)
 
     def _failure(self, exc: FhirError, req: EntryRequest) -> dict[str, Any]:
         return {

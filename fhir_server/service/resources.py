@@ -21,6 +21,7 @@ from fhir_server.model.resource_types import is_resource_type, is_valid_id
 from fhir_server.model.validation import validate_structure
 from fhir_server.search.types import IndexEntry
 from fhir_server.storage.base import (
+    NewResource,
     Storage,
     StoredResource,
     WriteTransaction,
@@ -219,6 +220,26 @@ class ResourceService:
         rtype, rid = prepared.resource_type, prepared.rid
         tx.put(rtype, rid, 1, now, json, prepared.index, "POST")
         return WriteResult(201, StoredResource(rtype, rid, 1, now, False, json, "POST"), True)
+
+    def create_prepared_many(
+        self, tx: WriteTransaction, prepared: Sequence[PreparedCreate]
+    ) -> list[WriteResult]:
+        """Store several prepared creates at once (one timestamp, one storage call)."""
+        now = now_millis()
+        stamp = instant(now).encode()
+        creates = [
+            NewResource(
+                p.resource_type, p.rid, now, p.json.replace(PENDING_INSTANT, stamp, 1), p.index
+            )
+            for p in prepared
+        ]
+        tx.create_many(creates)
+        return [
+            WriteResult(
+                201, StoredResource(c.resource_type, c.id, 1, now, False, c.json, "POST"), True
+            )
+            for c in creates
+        ]
 
     def update_in(
         self,

@@ -315,6 +315,12 @@ class _ObservedTransaction:
         if resource_type in self._types:
             self._written.append((resource_type, json))
 
+    def create_many(self, creates: Any) -> None:
+        self._tx.create_many(creates)
+        self._written.extend(
+            (c.resource_type, c.json) for c in creates if c.resource_type in self._types
+        )
+
     def delete(self, resource_type: str, id: str, version: int,  # noqa: A002
                last_updated: float) -> None:
         self._tx.delete(resource_type, id, version, last_updated)

@@ -71,6 +71,17 @@ class HistoryPage:
     next_cursor: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class NewResource:
+    """A first version for `WriteTransaction.create_many`."""
+
+    resource_type: str
+    id: str
+    last_updated: float
+    json: bytes
+    index: Sequence[IndexEntry]
+
+
 class WriteTransaction(Protocol):
     def read(self, resource_type: str, id: str) -> StoredResource | None: ...
 
@@ -85,6 +96,10 @@ class WriteTransaction(Protocol):
         method: str,
     ) -> None:
         """Store a new current version (create when version is 1 and no row exists)."""
+
+    def create_many(self, creates: Sequence[NewResource]) -> None:
+        """Store first versions of resources whose ids the server has just made up (so no
+        row can exist): all of them or, on a storage error, none."""
 
     def delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
         """Store a deletion as a new version; index entries go, history stays."""

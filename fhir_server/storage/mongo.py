@@ -52,7 +52,7 @@ from pymongo.write_concern import WriteConcern
 
 from fhir_server.model.outcome import FhirError, error
 from fhir_server.search.types import IndexEntry
-from fhir_server.storage.base import HistoryPage, StoredResource
+from fhir_server.storage.base import HistoryPage, NewResource, StoredResource
 from fhir_server.storage.cursor import CursorCodec, CursorError
 from fhir_server.storage.mongo_docs import (
     current_doc,
@@ -487,6 +487,13 @@ class MongoTransaction:
         method: str,
     ) -> None:
         self._write((resource_type, id, version, last_updated, json, tuple(index), method))
+
+    def create_many(self, creates: Sequence[NewResource]) -> None:
+        # One scope per resource, as a batch entry: a standalone server writes them one
+        # by one (see `savepoint`), a transaction keeps its undo log.
+        for c in creates:
+            with self.savepoint():
+                self.put(c.resource_type, c.id, 1, c.last_updated, c.json, c.index, "POST")
 
     def delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
         self._write((resource_type, id, version, last_updated, None, (), "DELETE"))

@@ -34,7 +34,7 @@ from fhir_server.search.types import (
     TokenEntry,
     UriEntry,
 )
-from fhir_server.storage.base import HistoryPage, StoredResource
+from fhir_server.storage.base import HistoryPage, NewResource, StoredResource
 from fhir_server.storage.cursor import CursorCodec, CursorError
 
 SCHEMA_VERSION = 2
@@ -621,6 +621,25 @@ class SqliteTransaction:
             (resource_type, id, version, last_updated, method, json),
         )
         self._index(pk, resource_type, index)
+
+    def create_many(self, creates: Sequence[NewResource]) -> None:
+        # Primary keys given here rather than taken one insert at a time: the resource and
+        # history rows then go in with one executemany each (the write lock is held, so
+        # max(pk) + 1 is what SQLite would have chosen).
+        conn = self.conn
+        first = conn.execute("SELECT coalesce(max(pk), 0) + 1 FROM resources").fetchone()[0]
+        conn.executemany(
+            "INSERT INTO resources (pk, type, id, version, last_updated, deleted) "
+            "VALUES (?, ?, ?, 1, ?, 0)",
+            [(first + n, c.resource_type, c.id, c.last_updated) for n, c in enumerate(creates)],
+        )
+        conn.executemany(
+            "INSERT INTO history (type, id, version, last_updated, deleted, method, json) "
+            "VALUES (?, ?, 1, ?, 0, 'POST', ?)",
+            [(c.resource_type, c.id, c.last_updated, c.json) for c in creates],
+        )
+        for n, create in enumerate(creates):
+            self._index(first + n, create.resource_type, create.index)
 
     def delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
         conn = self.conn
