@@ -15,13 +15,14 @@ from typing import Any
 
 import orjson
 
-# A number literal that float repr would not reproduce: trailing fraction zeros, exponents,
+# A number literal that float repr would not reproduce: trailing fraction zeros (`5.40`,
+# `5.00`; `5.0` survives), exponents,
 # more digits than a float keeps (15 significant; repr switches to exponents below 1e-4 and
 # above 1e16), negative zero. Only tokens in value position (after `:`, `[` or `,`, before
 # `,`, `}` or `]`) count, so that hex ids and uuids inside strings do not send every body
 # down the slow path. A string that happens to look like that only costs speed.
 _LOSSY_NUMBER = re.compile(
-    rb"[:\[,]\s*(?:-?(?:\d+\.\d*0|\d[\d.]{15,}|\d+(?:\.\d+)?[eE][+-]?\d+|0\.0000\d*)|-0)\s*[,}\]]"
+    rb"[:\[,]\s*(?:-?(?:\d+\.\d+0|\d[\d.]{15,}|\d+(?:\.\d+)?[eE][+-]?\d+|0\.0000\d*)|-0)\s*[,}\]]"
 )
 
 

@@ -112,6 +112,9 @@ class IndexExtractor:
     (e.g. UCUM base units) as (value, unit) pairs; without it quantities have no canonical form.
     `local_bases` are this server's base URLs: an absolute reference under one of them is also
     indexed as a local Type/id reference.
+    With `share_rows` (for a backend whose search reads `registry.pid_codes`), a parameter
+    that is a union of others (`combo-code`) gets entries only for the branches no other
+    parameter covers (see `shared_rows`).
     """
 
     def __init__(
@@ -119,8 +122,10 @@ class IndexExtractor:
         registry: SearchParamRegistry,
         canonicalize: Canonicalize | None = None,
         local_bases: Iterable[str] = (),
+        share_rows: bool = False,
     ) -> None:
         self.registry = registry
+        self.share_rows = share_rows
         self.canonicalize = canonicalize
         self.local_bases = tuple(base.rstrip("/") for base in local_bases)
         self._compiled: dict[str, list[_CompiledParam]] = {}
@@ -209,7 +214,17 @@ class IndexExtractor:
         for param in params.values():
             if not param.expression or param.type == "special":
                 continue
-            evaluate = compile_expression(param.expression, resource_type if known else None)
+            expression = param.expression
+            shared = (
+                self.registry.shared_rows(resource_type, param.code)
+                if known and self.share_rows
+                else None
+            )
+            if shared is not None:
+                if shared.remainder is None:
+                    continue  # every branch is indexed under another parameter
+                expression = shared.remainder
+            evaluate = compile_expression(expression, resource_type if known else None)
             if param.type == "composite":
                 components = self._compile_components(param, resource_type)
                 if components is None:
@@ -217,7 +232,7 @@ class IndexExtractor:
                 composite = _CompiledParam(param.code, param.type, evaluate, None, components)
                 if known:
                     composite.required = self._composite_requirements(
-                        param.expression, components, resource_type
+                        expression, components, resource_type
                     )
                 compiled.append(composite)
             else:

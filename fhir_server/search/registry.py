@@ -27,6 +27,7 @@ from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
 from fhir_server.search.fhirpath_split import root_name, split_union
+from fhir_server.search.shared_rows import SharedRows, shared_rows
 from fhir_server.search.types import Component, ParamType, SearchParam
 
 DEFINITIONS_FILE = "search-parameters-r4-4.0.1.json.gz"
@@ -56,6 +57,7 @@ class SearchParamRegistry:
         self._by_url: dict[str, dict[str, SearchParam]] = {}
         self._merged: dict[str, dict[str, SearchParam]] = {}
         self._extra_types: set[str] = set()
+        self._shared: dict[tuple[str, str], SharedRows | None] = {}
         # bumped on every change, so that an IndexExtractor recompiles after `add`
         self.version = 0
         for param in params or ():
@@ -97,6 +99,7 @@ class SearchParamRegistry:
         if param.url:
             self._by_url.setdefault(param.url, {})[param.resource_type] = param
         self._merged.clear()  # a Resource-level change affects every type
+        self._shared.clear()
         self.version += 1
 
     # -- queries ------------------------------------------------------------------------------
@@ -130,6 +133,22 @@ class SearchParamRegistry:
             return per_type[resource_type]
         return next(iter(per_type.values()))
 
+    def shared_rows(self, resource_type: str, code: str) -> SharedRows | None:
+        """Which other parameters' index rows `code` reuses (see `shared_rows`)."""
+        key = (resource_type, code)
+        if key not in self._shared:
+            params = self.for_type(resource_type)
+            param = params.get(code)
+            self._shared[key] = (
+                None if param is None else shared_rows(param, params, _official_set())
+            )
+        return self._shared[key]
+
+    def pid_codes(self, resource_type: str, code: str) -> tuple[str, ...]:
+        """The parameter codes whose index rows answer a search on `code`."""
+        shared = self.shared_rows(resource_type, code)
+        return (code,) if shared is None else (code, *shared.bases)
+
     def types(self) -> list[str]:
         """Every resource type the server accepts: all R4 types plus bases of custom params."""
         return sorted(R4_RESOURCE_TYPES | self._extra_types)
@@ -137,6 +156,11 @@ class SearchParamRegistry:
     def own_params(self, resource_type: str) -> dict[str, SearchParam]:
         """The parameters defined for exactly this base (no Resource-level ones)."""
         return dict(self._by_type.get(resource_type, {}))
+
+
+@cache
+def _official_set() -> frozenset[SearchParam]:
+    return frozenset(_official_params())
 
 
 @cache

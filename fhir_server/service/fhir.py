@@ -56,8 +56,14 @@ class FhirService:
             canonicalize = self.terminology.canonicalize
         # Absolute references to our own base index like relative ones.
         local_bases = (settings.base_url,) if settings.base_url else ()
+        share_rows = getattr(storage, "shares_rows", False)
+        if share_rows:
+            storage.pid_codes = self.registry.pid_codes  # type: ignore[attr-defined]
         self.extractor = IndexExtractor(
-            self.registry, canonicalize=canonicalize, local_bases=local_bases
+            self.registry,
+            canonicalize=canonicalize,
+            local_bases=local_bases,
+            share_rows=share_rows,
         )
         # Profiles: what a resource claims in meta.profile, and what the operator's rules
         # require of it, must conform before anything is stored.

@@ -18,7 +18,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -232,6 +232,12 @@ class SqliteStorage:
         # the canonical unit of a quantity search value.
         self.expander: Any = None
         self.canonical_query: Any = None
+        # Set by the service with `shares_rows`: the parameters whose index rows answer a
+        # search on a parameter (`combo-code` -> code, component-code; see shared_rows).
+        self.pid_codes: Callable[[str, str], tuple[str, ...]] = lambda rtype, code: (code,)
+
+    # The index extractor may leave out rows that other parameters already hold.
+    shares_rows = True
 
     @staticmethod
     def _load_date_spans(conn: sqlite3.Connection) -> dict[int, tuple[float, int]]:

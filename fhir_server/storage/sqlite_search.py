@@ -114,6 +114,15 @@ class _Compiler:
         pid = self.storage.pid(rtype, code)
         return -1 if pid is None else pid
 
+    def pid_match(self, rtype: str, code: str, column: str = "pid") -> tuple[str, list[int]]:
+        """`pid=?`, or `pid IN (...)` for a parameter that shares other parameters' rows
+        (`combo-code` is answered by the rows of code, component-code and its own)."""
+        codes = self.storage.pid_codes(rtype, code)
+        if len(codes) == 1:
+            return f"{column}=?", [self.pid(rtype, code)]
+        pids = [self.pid(rtype, c) for c in codes]
+        return f"{column} IN ({','.join('?' * len(pids))})", pids
+
     # -- criteria --------------------------------------------------------------------------
 
     def criterion(self, crit: Any, rtype: str, alias: str) -> tuple[str, list[Any]]:
@@ -174,21 +183,22 @@ class _Compiler:
         table = TABLE_BY_TYPE.get(param.type)
         if table is None:
             raise SearchError(f"parameter {param.code!r} of type {param.type} is not searchable")
-        pid = self.pid(rtype, param.code)
         if clause.modifier == "missing":
             missing = any(isinstance(v, MissingValue) and v.missing for v in clause.values)
-            body, args = "", [pid]
+            body, args = "", []
         else:
             missing = clause.modifier in ("not", "not-in")
             body, args = self.clause_body(clause)
-            args = [pid, *args]
         if probe:
             op = "NOT EXISTS" if missing else "EXISTS"
             # `+pid`: look up by pk (idx_*_pk). Without statistics SQLite may otherwise
             # walk the (pid, value) index for every row, which is quadratic.
-            return f"{op} (SELECT 1 FROM {table} WHERE pk={alias}.pk AND +pid=?{body})", args
+            pid_sql, pids = self.pid_match(rtype, param.code, "+pid")
+            sql = f"{op} (SELECT 1 FROM {table} WHERE pk={alias}.pk AND {pid_sql}{body})"
+            return sql, [*pids, *args]
         op = "NOT IN" if missing else "IN"
-        return f"{alias}.pk {op} (SELECT pk FROM {table} WHERE pid=?{body})", args
+        pid_sql, pids = self.pid_match(rtype, param.code)
+        return f"{alias}.pk {op} (SELECT pk FROM {table} WHERE {pid_sql}{body})", [*pids, *args]
 
     def clause_body(self, clause: Clause) -> tuple[str, list[Any]]:
         """` AND (value OR value ...)` on one index row, for a clause without :missing."""
@@ -460,10 +470,13 @@ def sort_expression(compiler: _Compiler, key: SortKey, rtype: str, alias: str) -
         raise SearchError(f"cannot sort on {key.param.type} parameter {key.code!r}", "_sort")
     column, agg = (desc_col, "max") if key.descending else (asc_col, "min")
     if rtype != "Resource":
-        pid = compiler.pid(rtype, key.code)
-        return f"(SELECT {agg}({column}) FROM {table} WHERE pk={alias}.pk AND +pid=?)", [pid]
+        pid_sql, pids = compiler.pid_match(rtype, key.code, "+pid")
+        return f"(SELECT {agg}({column}) FROM {table} WHERE pk={alias}.pk AND {pid_sql})", pids
     # System-level search: the parameter's pid differs per type; any of them will do.
-    pids = [pid for (_, code), pid in compiler.storage._pids.items() if code == key.code] or [-1]
+    pid_codes = compiler.storage.pid_codes
+    pids = [
+        pid for (t, code), pid in compiler.storage._pids.items() if code in pid_codes(t, key.code)
+    ] or [-1]
     marks = ",".join("?" * len(pids))
     sql = f"(SELECT {agg}({column}) FROM {table} WHERE pk={alias}.pk AND +pid IN ({marks}))"
     return sql, pids
@@ -626,10 +639,8 @@ def _driver_sql(compiler: _Compiler, rtype: str, clause: Clause) -> tuple[str, l
             body += " AND low>?"
             args = [*args, min(f for f in floors if f is not None)]
         return f"SELECT pk FROM {table} WHERE pid=?{body}", [pid, *args]
-    return f"SELECT pk FROM {table} WHERE pid=?{body}", [
-        compiler.pid(rtype, clause.param.code),
-        *args,
-    ]
+    pid_sql, pids = compiler.pid_match(rtype, clause.param.code)
+    return f"SELECT pk FROM {table} WHERE {pid_sql}{body}", [*pids, *args]
 
 
 def _owner_date_drivers(
