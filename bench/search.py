@@ -47,7 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fhir_server.search import fast_dates  # noqa: E402
 from fhir_server.search.extract import IndexExtractor  # noqa: E402
-from fhir_server.search.registry import SearchParamRegistry  # noqa: E402
 from fhir_server.search.types import (  # noqa: E402
     CompositeEntry,
     DateEntry,
@@ -167,10 +166,22 @@ def resources(patients: int, readings: int):
 
 
 def patched(
-    template: list, rid: str, low: float, value: float, updated: tuple[float, float]
+    template: list,
+    rid: str,
+    low: float,
+    value: float,
+    updated: tuple[float, float],
+    canonical: dict[str | None, float],
 ) -> list:
-    """A CGM reading's index entries from another reading's: only the id, the instant
-    and the value differ (checked against the real extractor every CHECK_EVERY readings)."""
+    """A CGM reading's index entries from another reading's: only the id, the instants, the
+    value and its canonical forms (`canonical`: unit -> value, computed by the server's own
+    converter) differ (checked against the real extractor every CHECK_EVERY readings)."""
+
+    def quantity(entry: QuantityEntry) -> QuantityEntry:
+        return entry._replace(
+            value=value, canonical_value=canonical.get(entry.canonical_unit)
+        )
+
     out = []
     for entry in template:
         kind = type(entry)
@@ -181,17 +192,26 @@ def patched(
         elif kind is DateEntry:
             entry = entry._replace(low=low, high=low + 1.0)
         elif kind is QuantityEntry:
-            entry = entry._replace(value=value)
+            entry = quantity(entry)
         elif kind is CompositeEntry:
-            parts = tuple(
-                p._replace(value=value) if type(p) is QuantityEntry else p for p in entry.parts
-            )
+            parts = tuple(quantity(p) if type(p) is QuantityEntry else p for p in entry.parts)
             entry = entry._replace(parts=parts)
         out.append(entry)
     return out
 
 
 CHECK_EVERY = 997
+
+
+def server_extractor(storage: SqliteStorage) -> IndexExtractor:
+    """The extractor the server itself uses on this storage (canonical units, rows shared
+    between parameters), so that the database is the one the server would have written."""
+    from fhir_server.service.fhir import FhirService
+    from fhir_server.settings import Settings
+
+    extractor = FhirService(storage, Settings(db_url=f"sqlite:///{storage.path}")).extractor
+    extractor.extract(reading(0, 0, random.Random(0)))  # loads the unit tables: not timed
+    return extractor
 
 
 def build(path: Path, patients: int, readings: int, fast: bool) -> dict:
@@ -201,7 +221,7 @@ def build(path: Path, patients: int, readings: int, fast: bool) -> dict:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     storage = SqliteStorage(str(path))
-    extractor = IndexExtractor(SearchParamRegistry.default())
+    extractor = server_extractor(storage)
     started = time.perf_counter()
     total = extracted = patched_count = 0
     extract_seconds = 0.0
@@ -215,12 +235,15 @@ def build(path: Path, patients: int, readings: int, fast: bool) -> dict:
         if fast and is_reading and subject in templates:
             low = fast_dates.date_period(resource["effectiveDateTime"])
             updated = fast_dates.date_period(resource["meta"]["lastUpdated"])
+            quantity = resource["valueQuantity"]
+            forms = extractor.canonicalize(quantity["value"], UCUM, quantity["code"], resource)
             entries = patched(
                 templates[subject],
                 resource["id"],
                 low[0],
-                resource["valueQuantity"]["value"],
+                quantity["value"],
                 updated,
+                {unit: float(amount) for amount, unit in forms},
             )
             patched_count += 1
             if patched_count % CHECK_EVERY == 0:
@@ -278,7 +301,7 @@ def measure_ingest(count: int) -> float:
     the real extractor and SqliteStorage.put, 500 per transaction, into a new database."""
     with tempfile.TemporaryDirectory() as tmp:
         storage = SqliteStorage(str(Path(tmp) / "ingest.db"))
-        extractor = IndexExtractor(SearchParamRegistry.default())
+        extractor = server_extractor(storage)
         items = list(itertools.islice(resources(20, count), count))
         started = time.perf_counter()
         for start in range(0, len(items), 500):
