@@ -18,6 +18,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -181,6 +182,9 @@ def _composite_row(pk: int, pid: int, entry: CompositeEntry) -> tuple | None:
     return tuple(row)
 
 
+LOCK_TIMEOUT_SECONDS = 30.0  # as the connections' busy_timeout
+
+
 class ProcessWriteLock:
     """An exclusive `flock` on `<database>.lock`, held around each write transaction.
 
@@ -192,11 +196,27 @@ class ProcessWriteLock:
     def __init__(self, db_path: str) -> None:
         self._fd: int | None = None
         if db_path != ":memory:":
-            self._fd = os.open(f"{db_path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                self._fd = os.open(f"{db_path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                # A read-only folder: SQLite's own busy handling still keeps writers apart.
+                self._fd = None
 
     def __enter__(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        if self._fd is None:
+            return
+        # Polled every millisecond rather than blocking: a thread that already holds the
+        # lock through another storage object on the same file must get an error after
+        # the timeout, as with SQLite's own lock, not hang for ever.
+        deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise sqlite3.OperationalError("database is locked") from None
+                time.sleep(0.001)
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
