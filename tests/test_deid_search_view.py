@@ -370,3 +370,28 @@ def test_capability_statement_lists_view_parameters(http: httpx.Client) -> None:
         assert "de-identified" in params[name]["documentation"], name
     assert "documentation" not in params["gender"]
     assert not {"_text", "_content"} & set(params)
+
+
+def test_full_text_is_ignored_by_the_clinical_api_and_refused_by_the_facade(
+    http: httpx.Client,
+) -> None:
+    clinical = http.get("/Observation?_content=Dubois&_count=1").json()
+    outcome = clinical["entry"][-1]
+    assert outcome["search"]["mode"] == "outcome"  # ignored, with a warning: not for research
+    assert http.get("/deid/Observation?_content=Dubois", headers=AUTH).status_code == 400
+
+
+def test_an_accurate_total_too_costly_on_the_view_is_left_out_and_said_so(
+    http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fhir_server.deid import facade
+
+    # The server runs in this process: a lower scan bound stands for a large database.
+    monkeypatch.setattr(facade, "VIEW_TOTAL_SCAN", 10)
+    bundle = http.get(
+        f"/deid/Observation?code={CGM}&date=ge2000&_total=accurate&_count=5", headers=AUTH
+    ).json()
+    assert "total" not in bundle
+    outcome = bundle["entry"][-1]["resource"]
+    assert "_total" in outcome["issue"][0]["diagnostics"]
+    assert len(matches([bundle])) == 5
