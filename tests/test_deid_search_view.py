@@ -307,6 +307,23 @@ def test_includes_follow_only_the_kept_matches(
     assert ids(included) == sorted(pseudonym_of(engine, "Patient", i) for i in others)
 
 
+def test_includes_of_a_full_page_of_view_matches(
+    http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fhir_server.deid import facade
+
+    # Includes are looked up by id in batches (SQLite caps an OR chain near 1000 terms):
+    # small batches here, so that a page spans several of them.
+    monkeypatch.setattr(facade, "INCLUDE_BATCH", 7)
+    bundle = http.get(
+        f"/deid/Observation?code={CGM}&date=ge2000&_include=Observation:subject&_count=1000",
+        headers=AUTH,
+    ).json()
+    assert len(matches([bundle])) == PATIENTS * READINGS
+    included = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "include"]
+    assert len({r["id"] for r in included}) == len(included) == PATIENTS
+
+
 # -- chains and _has --------------------------------------------------------------------------
 
 

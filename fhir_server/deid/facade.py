@@ -68,6 +68,7 @@ HIDDEN_TYPES = frozenset({"AuditEvent", "Binary", "Subscription", "Bundle"})
 VIEW_PAGE_READS = 10
 VIEW_TOTAL_SCAN = 10_000
 VIEW_HAS_SCAN = 10_000
+INCLUDE_BATCH = 100  # the parser's own bound on OR values (SQLite limits expression depth)
 NO_MATCH = "!no-such-id"  # not a valid FHIR id: matches nothing
 CURSOR_PURPOSE = "cursor"
 EVERYTHING_LIMIT = 10_000
@@ -282,18 +283,24 @@ class DeidFacade:
                 return matched
 
     def _includes_of(self, kept: list[StoredResource], query: SearchQuery) -> list[StoredResource]:
-        """The _include / _revinclude resources of the kept matches only, by a storage
-        search on their ids (any backend does includes as part of a search)."""
+        """The _include / _revinclude resources of the kept matches only, by storage
+        searches on their ids (any backend does includes as part of a search), in batches
+        of INCLUDE_BATCH ids (each id is one OR term of the storage query)."""
         rtype = query.resource_type or ""
         id_param = self.service.registry.get(rtype, "_id")
         assert id_param is not None
-        ids = tuple(TokenValue(None, s.id, system_given=False) for s in kept)
-        by_id = SearchQuery(
-            rtype,
-            (Clause(id_param, None, ids),),
-            replace(query.result, sort=(), total=None, summary=None, cursor=None),
-        )
-        return self.service.storage.search(by_id, len(kept), None).included
+        result = replace(query.result, sort=(), total=None, summary=None, cursor=None)
+        seen = {(s.resource_type, s.id) for s in kept}
+        included: list[StoredResource] = []
+        for start in range(0, len(kept), INCLUDE_BATCH):
+            batch = kept[start : start + INCLUDE_BATCH]
+            ids = tuple(TokenValue(None, s.id, system_given=False) for s in batch)
+            by_id = SearchQuery(rtype, (Clause(id_param, None, ids),), result)
+            for found in self.service.storage.search(by_id, len(batch), None).included:
+                if (found.resource_type, found.id) not in seen:
+                    seen.add((found.resource_type, found.id))
+                    included.append(found)
+        return included
 
     # -- $everything ----------------------------------------------------------------------
 
