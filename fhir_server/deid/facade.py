@@ -388,7 +388,7 @@ class _ViewMatcher:
         self.engine = engine
         self.policy = policy
         self.now = time.time()
-        self._entries: dict[tuple[str, str, int], list[IndexEntry] | None] = {}
+        self._entries: dict[tuple[Any, ...], list[IndexEntry] | None] = {}
 
     def matches_all(self, criteria: list[Criterion], stored: StoredResource, rtype: str) -> bool:
         return all(self.matches(c, stored, rtype) for c in criteria)
@@ -396,7 +396,13 @@ class _ViewMatcher:
     def matches(self, criterion: Any, stored: StoredResource, rtype: str) -> bool:
         if stored.resource_type in HIDDEN_TYPES:
             return False
-        entries = self.view_entries(stored)
+        # The view's entries of the one parameter this resource is matched on (a chain
+        # reads its reference here, its inner criterion on the target; _has reads none).
+        if isinstance(criterion, HasClause):
+            codes: frozenset[str] = frozenset()
+        else:
+            codes = frozenset((criterion.param.code,))
+        entries = self.view_entries(stored, codes)
         if entries is None:
             return False  # never served (suppressed): matches nothing
         try:
@@ -408,8 +414,12 @@ class _ViewMatcher:
         except UnsupportedModifier as exc:
             raise error(400, "not-supported", exc.message, criterion.key) from None
 
-    def view_entries(self, stored: StoredResource) -> list[IndexEntry] | None:
-        key = (stored.resource_type, stored.id, stored.version)
+    def view_entries(
+        self, stored: StoredResource, codes: frozenset[str]
+    ) -> list[IndexEntry] | None:
+        """The index entries of `codes` in the de-identified `stored`; None when it is
+        never served (deleted, or suppressed by the rules)."""
+        key = (stored.resource_type, stored.id, stored.version, codes)
         if key not in self._entries:
             entries = None
             if stored.json is not None and not stored.deleted:
@@ -418,7 +428,8 @@ class _ViewMatcher:
                 except Suppressed:
                     body = None
                 if body is not None:
-                    entries = self.facade.service.extractor.extract(orjson.loads(body))
+                    resource = orjson.loads(body)
+                    entries = self.facade.service.extractor.extract(resource, codes)
             self._entries[key] = entries
         return self._entries[key]
 
