@@ -280,3 +280,14 @@ def test_widening_never_loses_a_candidate(
         return
     if date_predicate(value, NOW).matches(low=view_low, high=view_high):
         assert date_predicate(widened, NOW).matches(low=low, high=high)
+
+
+def test_extracting_only_some_parameters_gives_their_entries_of_a_full_extraction(
+    service: FhirService,
+) -> None:
+    for resource in PATIENTS + OBSERVATIONS:
+        full = service.extractor.extract(resource)
+        for codes in ({"date"}, {"identifier", "name"}, {"code-value-date"}, set()):
+            only = service.extractor.extract(resource, frozenset(codes))
+            assert only == [entry for entry in full if entry[0] in codes]
+    assert service.extractor.extract(PATIENTS[0], frozenset({"name"}))  # not vacuous
