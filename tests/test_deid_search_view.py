@@ -360,6 +360,7 @@ def test_chains_and_has_on_view_parameters(
         "Patient?_sort=birthdate",
         "Patient?_sort=family",
         "Patient?_sort=_id",
+        "Observation?_sort=subject",
         "Observation?_content=Dubois",
         "Observation?_text=Dubois",
     ],

@@ -26,9 +26,10 @@ Decisions for searches with view criteria:
   VIEW_TOTAL_SCAN candidates (beyond, no total and a warning): the storage count is of
   stored data and would itself be an oracle. Otherwise a total only when the whole answer
   is on the first page.
-- `_sort` on a view parameter (or `_id`) is refused with 400: an order computed on stored
-  dates reveals each patient's shift, and an order on shifted values needs the whole
-  result set in memory, which paging through a filter cannot bound.
+- `_sort` on a view parameter, `_id` or a reference is refused with 400: an order computed
+  on stored dates reveals each patient's shift (on stored ids, their order), and an order
+  on shifted values needs the whole result set in memory, which paging through a filter
+  cannot bound.
 - `_text` / `_content`: the server indexes no full text; the clinical API ignores them
   with a warning (serving everything), the facade refuses them (400).
 """
@@ -507,13 +508,15 @@ def _check_query(query: SearchQuery, policy: ViewPolicy) -> None:
             raise error(400, "not-supported", f"{criterion.key}: not served", criterion.key)
     rtype = query.resource_type or "Resource"
     for key in query.result.sort:
-        if key.code == "_id" or key.param is None or policy.is_view_param(key.param, rtype):
+        # `_id` and references sort on the stored ids: their order is not the recipient's.
+        by_real_id = key.code == "_id" or (key.param is not None and key.param.type == "reference")
+        if by_real_id or key.param is None or policy.is_view_param(key.param, rtype):
             raise error(
                 400,
                 "not-supported",
                 f"Sorting by {key.code} is not available on the de-identified API: its "
-                "values are shifted, generalized or removed per patient, and an order "
-                "computed on the stored values would reveal them",
+                "values are ids, or shifted, generalized or removed per patient, and an "
+                "order computed on the stored values would reveal them",
                 "_sort",
             )
 
