@@ -233,6 +233,13 @@ def measure(folder: Path, db_url: str, patient_ids: list[str], repeat: int) -> d
                 "/Observation?code=99504-3&_count=50",
                 "/deid/Observation?code=99504-3&_count=50",
             ),
+            (
+                # Checked on the de-identified view (post-filter): extraction and matching
+                # of every candidate's pseudonymized JSON; every reading matches.
+                "date=ge2000&_count=50 (repeated)",
+                "/Observation?code=99504-3&date=ge2000&_count=50",
+                "/deid/Observation?code=99504-3&date=ge2000&_count=50",
+            ),
             ("Patient read (repeated)", f"/Patient/{pid}", f"/deid/Patient/{pseudonym}"),
         ]
         for label, clinical_url, deid_url in warm:

@@ -18,12 +18,18 @@ from fhir_server import __version__
 from fhir_server.api.http import base_url, check_accept, fhir_response, pretty, query_items
 from fhir_server.deid.audit import REFUSED
 from fhir_server.deid.context import DeidContext
-from fhir_server.deid.facade import DENIED_CODES, DENIED_PARAM_TYPES, FacadeAnswer, served_types
+from fhir_server.deid.facade import FacadeAnswer, served_types
 from fhir_server.deid.recipients import Recipient
 from fhir_server.deid.signing import MANIFEST
+from fhir_server.deid.view_search import UNSUPPORTED_CODES, ViewPolicy
 from fhir_server.model.outcome import error
 
 PREFIX = "/deid"
+VIEW_DOCUMENTATION = (
+    "Evaluated on the de-identified resources (shifted dates, removed names and "
+    "identifiers), not on the stored data; not sortable; _total=accurate is computed "
+    "on the view up to 10000 candidates"
+)
 MANIFEST_EXTENSION = "https://diatabase.org/fhir/StructureDefinition/deid-export-manifest"
 
 
@@ -69,16 +75,22 @@ async def _answer(
 
 
 def facade_capability_statement(request: Request) -> dict[str, Any]:
-    """What the facade serves, truthfully: read and search of the served types, with only
-    the search parameters it accepts, $everything on Patient and $export."""
+    """What the facade serves, truthfully: read and search of the served types with every
+    search parameter the server indexes (those on data de-identification changes say they
+    are evaluated on the de-identified view), $everything on Patient and $export."""
     registry = request.app.state.fhir.registry
+    # Unauthenticated, so for every recipient: a parameter on the view for one is listed so.
+    policies = [ViewPolicy(recipient.rules) for recipient in _deid(request).recipients]
     resources = []
     for rtype in served_types():
-        params = [
-            {"name": code, "type": p.type}
-            for code, p in sorted(registry.for_type(rtype).items())
-            if code not in DENIED_CODES and p.type not in DENIED_PARAM_TYPES
-        ]
+        params = []
+        for code, p in sorted(registry.for_type(rtype).items()):
+            if code in UNSUPPORTED_CODES or not p.expression or p.type == "special":
+                continue
+            param: dict[str, Any] = {"name": code, "type": p.type}
+            if any(policy.is_view_param(p, rtype) for policy in policies):
+                param["documentation"] = VIEW_DOCUMENTATION
+            params.append(param)
         entry: dict[str, Any] = {
             "type": rtype,
             "interaction": [{"code": "read"}, {"code": "search-type"}],

@@ -30,7 +30,7 @@ import orjson
 from fhir_server.deid.keys import RecipientKeys
 from fhir_server.deid.pseudonyms import Pseudonymizer
 from fhir_server.deid.rules import PathNode, PathRule, Rules
-from fhir_server.deid.watermark import watermark_second
+from fhir_server.deid.watermark import keyed_seconds
 from fhir_server.model import jsonio
 
 PSEUDED = {
@@ -45,12 +45,15 @@ _RELATIVE_REF = re.compile(
     r"(?:https?://[^\s?#]+/)?([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?"
 )
 EXTENSION_KEYS = ("extension", "modifierExtension")
-_SIMPLE_REFERENCE = re.compile(rb'\{"reference":"([^"\\]*)"\}')
+# Both fast patterns start with a literal quote (the `{` before `"reference"` is checked by
+# a lookbehind and stays out of the match): the regex engine then jumps from quote to quote
+# instead of trying every alternative at every byte, a third less time on a reading.
+_SIMPLE_REFERENCE = re.compile(rb'"(?<=\{")reference":"([^"\\]*)"\}')
 _MISSING = object()
 _CACHE_LIMIT = 200_000
 _SIMPLE_REFERENCE_OR_DATE = re.compile(
-    rb'\{"reference":"([^"\\]*)"\}'
-    rb'|"(\d{4}-\d{2}(?:-\d{2}(?:T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})?)?)?)"'
+    rb'"(?:(?<=\{")reference":"([^"\\]*)"\}'
+    rb'|(\d{4}-\d{2}(?:-\d{2}(?:T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})?)?)?)")'
 )
 
 
@@ -72,6 +75,7 @@ class Deidentifier:
         # transform keeps per-resource state (patient shift) on self: one at a time.
         self._lock = threading.RLock()
         self._shift_on = bool(self._days or rules.watermark)
+        self._watermark_second = keyed_seconds(keys.watermark)
         # Keys the plain walk must look at: one set lookup per key instead of three.
         extension_keys = EXTENSION_KEYS if self._allow is not None else ()
         self._fast_strips: dict[str, Any] = {}
@@ -82,8 +86,13 @@ class Deidentifier:
         self._fast_pattern = _SIMPLE_REFERENCE_OR_DATE if self._shift_on else _SIMPLE_REFERENCE
         # Elements only the full walk handles, and display-first objects (display-only
         # References): `in` on bytes is a fast substring search, far cheaper than a regex.
-        walked = ("contained", *sorted(self._redact), *extension_keys)
-        self._structural = (*(f'"{key}"'.encode() for key in walked), b'{"display":')
+        walked = ("contained", *sorted(self._redact))
+        needles = [f'"{key}"'.encode() for key in walked]
+        if extension_keys:
+            # One scan for both: `xtension"` ends "extension" and "modifierExtension" (a
+            # key that merely ends like them only costs the full walk, same output).
+            needles.append(b'xtension"')
+        self._structural = (*needles, b'{"display":')
         self._special = frozenset({*self._redact, *extension_keys, "reference", "display"})
 
     # -- public ---------------------------------------------------------------------------
@@ -138,8 +147,10 @@ class Deidentifier:
     def _transform_bytes(self, raw: bytes) -> bytes:
         resource = _loads(raw)
         rtype = resource.get("resourceType", "")
-        self._trie(rtype)
         strip = self._fast_strips.get(rtype)
+        if strip is None and rtype not in self._tries:
+            self._trie(rtype)  # compiles the type's strip function on first sight
+            strip = self._fast_strips.get(rtype)
         if strip is None or self._needs_walk(raw):
             return jsonio.dumps(self._transform(resource))
         rid = resource.get("id")
@@ -164,7 +175,8 @@ class Deidentifier:
     def _fast_match(self, match: re.Match[bytes]) -> bytes:
         ref = match.group(1)
         if ref is None:
-            return b'"' + self._shift(match.group(2).decode()).encode() + b'"'
+            # The pattern's date group is _DATE's grammar: no need to check it again.
+            return b'"' + self._shift_date(match.group(2).decode()).encode() + b'"'
         self._references_rewritten += 1
         cached = self._reference_bytes.get(ref)
         if cached is not None:
@@ -172,7 +184,8 @@ class Deidentifier:
         if ref.startswith(b"#"):
             return match.group(0)
         new = self.reference(ref.decode())
-        result = b"{}" if new is None else b'{"reference":"' + new.encode() + b'"}'
+        # The match starts after the object's `{`: `}` alone leaves `{}`.
+        result = b"}" if new is None else b'"reference":"' + new.encode() + b'"}'
         if len(self._reference_bytes) < _CACHE_LIMIT:
             self._reference_bytes[ref] = result
         return result
@@ -243,8 +256,14 @@ class Deidentifier:
         return f"{rtype}/{rid}"
 
     def _shift(self, text: str) -> str:
+        if _DATE.fullmatch(text) is None:
+            return text
+        return self._shift_date(text)
+
+    def _shift_date(self, text: str) -> str:
+        """`_shift` of a text known to be a FHIR date, dateTime or instant."""
         days = self._current[2]
-        if (not days and not self.rules.watermark) or _DATE.fullmatch(text) is None:
+        if not days and not self.rules.watermark:
             return text
         if len(text) == 7:
             return _shift_day(text[:7] + "-15", days).isoformat()[:7]
@@ -260,10 +279,11 @@ class Deidentifier:
         if not self.rules.watermark:
             return head + rest
         zone_at = 9
-        while zone_at < len(rest) and (rest[zone_at] == "." or rest[zone_at].isdigit()):
-            zone_at += 1
+        if len(rest) > 9 and rest[9] == ".":  # a fraction of a second goes with the seconds
+            while zone_at < len(rest) and (rest[zone_at] == "." or rest[zone_at].isdigit()):
+                zone_at += 1
         minute, zone = rest[:6], rest[zone_at:]
-        second = watermark_second(self.keys.watermark, head + minute + zone)
+        second = self._watermark_second(head + minute + zone)
         return f"{head}{minute}:{second:02d}{zone}"
 
     # -- path rules -----------------------------------------------------------------------

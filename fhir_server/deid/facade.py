@@ -7,30 +7,56 @@ pseudonymized for the recipient who asked. Links are rebuilt from what the clien
 a self or next link never carries a real id, and storage cursors travel encrypted under
 the recipient's key.
 
-Search parameters that would let a client probe identifying or shifted data are refused
-(400) rather than answered: every `string` parameter (names, addresses, free text), every
-`date` parameter and `_lastUpdated` (dates leave shifted per patient, so a search on real
-dates would both mislead and reveal the shift), identifiers, telecom, `_text`/`_content`,
-and `:identifier` on references. Sorting is refused on the same parameters.
+A search answers as if it ran over the de-identified view, never over the stored data
+(else it would be a re-identification oracle: "which patient has this INS?", "which
+reading was really taken on 5 March?"). Criteria on data the view does not change run in
+storage; view criteria (view_search.py: dates, strings, identifiers, telecom, what the
+rules rewrite) run in storage only relaxed (dates widened by the largest de-identification
+change, the rest dropped), and each candidate is kept when its de-identified resource
+matches them (`_ViewMatcher`: the server's index extraction on the view, then
+search/memory_match.py). Chains follow the view's references; `_has` checks the referring
+resources' views.
+
+Decisions for searches with view criteria:
+- paging: a page reads underlying pages until `_count` matches are kept, storage has no
+  more, or VIEW_PAGE_READS reads were made, and its next link resumes after the last
+  candidate read (the same encrypted storage cursor): pages may be short or empty, nothing
+  is skipped or repeated. No previous link.
+- `_total=accurate` and `_summary=count` are counted on the view, scanning at most
+  VIEW_TOTAL_SCAN candidates (beyond, no total and a warning): the storage count is of
+  stored data and would itself be an oracle. Otherwise a total only when the whole answer
+  is on the first page.
+- `_sort` on a view parameter, `_id` or a reference is refused with 400: an order computed
+  on stored dates reveals each patient's shift (on stored ids, their order), and an order
+  on shifted values needs the whole result set in memory, which paging through a filter
+  cannot bound.
+- `_text` / `_content`: the server indexes no full text; the clinical API ignores them
+  with a warning (serving everything), the facade refuses them (400).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
+
 from fhir_server.deid.engine import Deidentifier, Suppressed
+from fhir_server.deid.view_search import UNSUPPORTED_CODES, ViewPolicy
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import error
 from fhir_server.model.resource_types import resource_types
 from fhir_server.search.compartment import compartment_clause, compartment_resource_types
-from fhir_server.search.errors import SearchError
-from fhir_server.search.query import ChainClause, Clause, HasClause, SearchQuery
+from fhir_server.search.errors import SearchError, UnsupportedModifier
+from fhir_server.search.memory_match import clause_matches
+from fhir_server.search.query import ChainClause, Clause, Criterion, HasClause, SearchQuery
 from fhir_server.search.result_params import ResultParams
-from fhir_server.search.values import CompositeValue, ReferenceValue, TokenValue
+from fhir_server.search.types import IndexEntry, ReferenceEntry
+from fhir_server.search.values import ReferenceValue, TokenValue
 from fhir_server.service.fhir import FhirService
 from fhir_server.service.search import shape_resource
 from fhir_server.storage.base import StoredResource
@@ -38,10 +64,12 @@ from fhir_server.storage.base import StoredResource
 # Never served: the audit trail itself, raw binaries, subscriptions (endpoints, secrets)
 # and Bundles (documents whose entries the per-type rules would not reach).
 HIDDEN_TYPES = frozenset({"AuditEvent", "Binary", "Subscription", "Bundle"})
-DENIED_PARAM_TYPES = frozenset({"string", "date"})
-DENIED_CODES = frozenset(
-    {"identifier", "telecom", "phone", "email", "_text", "_content", "_lastUpdated", "_source"}
-)
+# Underlying storage pages read for one page of a view search, and candidates checked for
+# a view `_total` or for one `_has` on a view parameter (see _search_view).
+VIEW_PAGE_READS = 10
+VIEW_TOTAL_SCAN = 10_000
+VIEW_HAS_SCAN = 10_000
+INCLUDE_BATCH = 100  # the parser's own bound on OR values (SQLite limits expression depth)
 NO_MATCH = "!no-such-id"  # not a valid FHIR id: matches nothing
 CURSOR_PURPOSE = "cursor"
 EVERYTHING_LIMIT = 10_000
@@ -49,6 +77,15 @@ EVERYTHING_LIMIT = 10_000
 
 def served_types() -> list[str]:
     return sorted(resource_types() - HIDDEN_TYPES)
+
+
+@dataclass
+class ViewPage:
+    matches: list[StoredResource]
+    included: list[StoredResource] = field(default_factory=list)
+    total: int | None = None
+    next_cursor: str | None = None
+    previous_cursor: str | None = None
 
 
 @dataclass
@@ -123,14 +160,25 @@ class DeidFacade:
             else:
                 plain_items.append((key, value))
         query = self.service.search.parse(rtype, plain_items, strict)
-        _check_query(query)
-        query = replace(
-            query,
-            clauses=tuple(_translate(c, rtype, engine) for c in query.clauses),
-            result=replace(query.result, cursor=cursor),
+        policy = ViewPolicy(engine.rules)
+        _check_query(query, policy)
+        in_view = [c for c in query.clauses if policy.needs_view(c, rtype)]
+        stored_clauses = []
+        for criterion in query.clauses:
+            if criterion in in_view:
+                criterion = policy.relax(criterion)
+                if criterion is None:
+                    continue
+            stored_clauses.append(_translate(criterion, rtype, engine))
+        storage_query = replace(
+            query, clauses=tuple(stored_clauses), result=replace(query.result, cursor=cursor)
         )
         count = min(query.result.count, self.service.settings.max_count)
-        page = self.service.storage.search(query, count, cursor)
+        if in_view:
+            view = _ViewMatcher(self, engine, policy)
+            page, warnings = self._search_view(view, in_view, storage_query, count, cursor)
+        else:
+            page, warnings = self.service.storage.search(storage_query, count, cursor), []
         path = f"{base}/{rtype}"
 
         def url(token: str | None) -> str:
@@ -149,9 +197,11 @@ class DeidFacade:
         if page.total is not None:
             bundle["total"] = page.total
         bundle["link"] = links
-        warnings = [
-            f"Search parameter {u.name} was ignored: {u.reason}" for u in query.unknown
-        ] + list(query.warnings)
+        warnings = (
+            [f"Search parameter {u.name} was ignored: {u.reason}" for u in query.unknown]
+            + list(query.warnings)
+            + warnings
+        )
         count = len(entries)
         if warnings:
             issues = [
@@ -165,6 +215,93 @@ class DeidFacade:
             )
         bundle["entry"] = entries
         return FacadeAnswer(bundle, count)
+
+    def _search_view(
+        self,
+        view: _ViewMatcher,
+        in_view: list[Criterion],
+        query: SearchQuery,
+        count: int,
+        cursor: str | None,
+    ) -> tuple[ViewPage, list[str]]:
+        """A page of the search as if run over the de-identified view: storage finds the
+        candidates (view criteria relaxed), each is kept when its view matches.
+
+        Underlying pages are read until `count` matches are kept, storage has no more,
+        or VIEW_PAGE_READS reads were made (so a rare match does not cost an unbounded
+        request); the next link resumes after the last candidate read, so no resource is
+        skipped or repeated. A page may hold fewer than `_count` matches, even none."""
+        result = query.result
+        rtype = query.resource_type or ""
+        # Storage must neither count (its total is of stored data) nor include (its
+        # includes would follow candidates that are not kept).
+        bare = replace(
+            query,
+            result=replace(result, include=(), revinclude=(), total=None, summary=None),
+        )
+        warnings: list[str] = []
+        total = None
+        if result.total == "accurate" or result.summary == "count" or count == 0:
+            total = self._view_total(view, in_view, bare, rtype)
+            if total is None:
+                warnings.append(
+                    f"_total: not computed: more than {VIEW_TOTAL_SCAN} candidates would have "
+                    "to be checked on the de-identified view"
+                )
+        if result.summary == "count" or count == 0:
+            return ViewPage([], total=total), warnings
+        kept: list[StoredResource] = []
+        position = cursor
+        for _ in range(VIEW_PAGE_READS):
+            page = self.service.storage.search(bare, count - len(kept), position)
+            kept += [s for s in page.matches if view.matches_all(in_view, s, rtype)]
+            position = page.next_cursor
+            if position is None or len(kept) >= count:
+                break
+        if total is None and cursor is None and position is None:
+            total = len(kept)
+        included: list[StoredResource] = []
+        if kept and (result.include or result.revinclude):
+            included = self._includes_of(kept, query)
+        # No previous link: walking candidates backwards through a filter is not offered.
+        return ViewPage(kept, included, total, position, None), warnings
+
+    def _view_total(
+        self, view: _ViewMatcher, in_view: list[Criterion], query: SearchQuery, rtype: str
+    ) -> int | None:
+        """How many resources match on the view (None beyond VIEW_TOTAL_SCAN candidates):
+        the storage count would be of the stored data, which is not what is served."""
+        matched = scanned = 0
+        position = None
+        while True:
+            page = self.service.storage.search(query, 1000, position)
+            scanned += len(page.matches)
+            if scanned > VIEW_TOTAL_SCAN:
+                return None
+            matched += sum(1 for s in page.matches if view.matches_all(in_view, s, rtype))
+            position = page.next_cursor
+            if position is None:
+                return matched
+
+    def _includes_of(self, kept: list[StoredResource], query: SearchQuery) -> list[StoredResource]:
+        """The _include / _revinclude resources of the kept matches only, by storage
+        searches on their ids (any backend does includes as part of a search), in batches
+        of INCLUDE_BATCH ids (each id is one OR term of the storage query)."""
+        rtype = query.resource_type or ""
+        id_param = self.service.registry.get(rtype, "_id")
+        assert id_param is not None
+        result = replace(query.result, sort=(), total=None, summary=None, cursor=None)
+        seen = {(s.resource_type, s.id) for s in kept}
+        included: list[StoredResource] = []
+        for start in range(0, len(kept), INCLUDE_BATCH):
+            batch = kept[start : start + INCLUDE_BATCH]
+            ids = tuple(TokenValue(None, s.id, system_given=False) for s in batch)
+            by_id = SearchQuery(rtype, (Clause(id_param, None, ids),), result)
+            for found in self.service.storage.search(by_id, len(batch), None).included:
+                if (found.resource_type, found.id) not in seen:
+                    seen.add((found.resource_type, found.id))
+                    included.append(found)
+        return included
 
     # -- $everything ----------------------------------------------------------------------
 
@@ -242,14 +379,103 @@ class DeidFacade:
         return entries
 
 
-def _leaf(criterion: Clause | ChainClause | HasClause) -> Clause:
-    while not isinstance(criterion, Clause):
-        criterion = criterion.inner
-    return criterion
+class _ViewMatcher:
+    """Evaluates view criteria on the de-identified view of stored resources, for one
+    request (one recipient's engine): the view's index entries are extracted with the
+    server's own extractor, then matched in memory (search/memory_match.py)."""
 
+    def __init__(self, facade: DeidFacade, engine: Deidentifier, policy: ViewPolicy) -> None:
+        self.facade = facade
+        self.engine = engine
+        self.policy = policy
+        self.now = time.time()
+        self._entries: dict[tuple[Any, ...], list[IndexEntry] | None] = {}
 
-def _denied(code: str, param_type: str) -> bool:
-    return code in DENIED_CODES or param_type in DENIED_PARAM_TYPES
+    def matches_all(self, criteria: list[Criterion], stored: StoredResource, rtype: str) -> bool:
+        return all(self.matches(c, stored, rtype) for c in criteria)
+
+    def matches(self, criterion: Any, stored: StoredResource, rtype: str) -> bool:
+        if stored.resource_type in HIDDEN_TYPES:
+            return False
+        # The view's entries of the one parameter this resource is matched on (a chain
+        # reads its reference here, its inner criterion on the target; _has reads none).
+        if isinstance(criterion, HasClause):
+            codes: frozenset[str] = frozenset()
+        else:
+            codes = frozenset((criterion.param.code,))
+        entries = self.view_entries(stored, codes)
+        if entries is None:
+            return False  # never served (suppressed): matches nothing
+        try:
+            if isinstance(criterion, ChainClause):
+                return self._chain_matches(criterion, entries)
+            if isinstance(criterion, HasClause):
+                return self._has_matches(criterion, stored)
+            return clause_matches(criterion, entries, self.now)
+        except UnsupportedModifier as exc:
+            raise error(400, "not-supported", exc.message, criterion.key) from None
+
+    def view_entries(
+        self, stored: StoredResource, codes: frozenset[str]
+    ) -> list[IndexEntry] | None:
+        """The index entries of `codes` in the de-identified `stored`; None when it is
+        never served (deleted, or suppressed by the rules)."""
+        key = (stored.resource_type, stored.id, stored.version, codes)
+        if key not in self._entries:
+            entries = None
+            if stored.json is not None and not stored.deleted:
+                try:
+                    body = self.facade.cache.transform(self.engine, stored)
+                except Suppressed:
+                    body = None
+                if body is not None:
+                    resource = orjson.loads(body)
+                    entries = self.facade.service.extractor.extract(resource, codes)
+            self._entries[key] = entries
+        return self._entries[key]
+
+    def _chain_matches(self, chain: ChainClause, entries: list[IndexEntry]) -> bool:
+        # The references the view holds (pseudonyms), followed to the stored targets.
+        storage = self.facade.service.storage
+        for entry in entries:
+            if not isinstance(entry, ReferenceEntry) or entry.param != chain.param.code:
+                continue
+            if entry.target_type not in chain.target_types or not entry.target_id:
+                continue
+            real = self.engine.pseudonyms.real_id(entry.target_type, entry.target_id)
+            target = storage.read(entry.target_type, real) if real else None
+            if target is not None and self.matches(chain.inner, target, entry.target_type):
+                return True
+        return False
+
+    def _has_matches(self, has: HasClause, stored: StoredResource) -> bool:
+        """Some resource of `has.resource_type` refers to `stored` and matches on its view.
+        Its candidates come from storage: the reference, plus the relaxed inner criterion."""
+        link = Clause(
+            has.ref_param, None, (ReferenceValue(type=stored.resource_type, id=stored.id),)
+        )
+        clauses: list[Any] = [link]
+        relaxed = self.policy.relax(has.inner)
+        if relaxed is not None:
+            clauses.append(_translate(relaxed, has.resource_type, self.engine))
+        query = SearchQuery(has.resource_type, tuple(clauses), ResultParams(count=1000))
+        position, scanned = None, 0
+        while True:
+            page = self.facade.service.storage.search(query, 1000, position)
+            for referrer in page.matches:
+                if self.matches(has.inner, referrer, has.resource_type):
+                    return True
+            scanned += len(page.matches)
+            position = page.next_cursor
+            if position is None:
+                return False
+            if scanned >= VIEW_HAS_SCAN:
+                raise error(
+                    400,
+                    "too-costly",
+                    f"{has.key}: more than {VIEW_HAS_SCAN} resources to check on the "
+                    "de-identified view for one candidate; narrow the search",
+                )
 
 
 def _hidden_types_in(criterion: Any) -> bool:
@@ -262,16 +488,16 @@ def _hidden_types_in(criterion: Any) -> bool:
     return False
 
 
-def _check_query(query: SearchQuery) -> None:
+def _check_query(query: SearchQuery, policy: ViewPolicy) -> None:
     for unknown in query.unknown:
-        # Refused even when the server cannot evaluate it (`_content`, `_text`): a research
-        # client asking for text or identifiers must be told no, not served everything.
+        # Not indexed by the server (`_content`, `_text`): the clinical API would ignore
+        # them with a warning, i.e. serve everything; a research client is told no.
         code = unknown.name.split(":", 1)[0].split(".", 1)[0]
-        if code in DENIED_CODES:
+        if code in UNSUPPORTED_CODES:
             raise error(
                 400,
                 "not-supported",
-                f"{unknown.name}: searching on identifying data is not offered here",
+                f"{unknown.name}: full-text search is not supported by this server",
                 unknown.name,
             )
     for include in (*query.result.include, *query.result.revinclude):
@@ -280,29 +506,18 @@ def _check_query(query: SearchQuery) -> None:
     for criterion in query.clauses:
         if _hidden_types_in(criterion):
             raise error(400, "not-supported", f"{criterion.key}: not served", criterion.key)
-        clause = _leaf(criterion)
-        param = clause.param
-        refused = _denied(param.code, param.type)
-        for value in clause.values:
-            if isinstance(value, ReferenceValue) and value.identifier_value is not None:
-                refused = True
-            if isinstance(value, CompositeValue):
-                refused = refused or any(
-                    type(part).__name__ in ("DateValue", "StringValue") for part in value.parts
-                )
-        if refused:
+    rtype = query.resource_type or "Resource"
+    for key in query.result.sort:
+        # `_id` and references sort on the stored ids: their order is not the recipient's.
+        by_real_id = key.code == "_id" or (key.param is not None and key.param.type == "reference")
+        if by_real_id or key.param is None or policy.is_view_param(key.param, rtype):
             raise error(
                 400,
                 "not-supported",
-                f"Search parameter {criterion.key} is not available on the de-identified "
-                "API (identifying, free-text or date parameter)",
-                criterion.key,
-            )
-    for key in query.result.sort:
-        param_type = key.param.type if key.param is not None else "date"
-        if _denied(key.code, param_type) or key.code == "_id":
-            raise error(
-                400, "not-supported", f"Sorting by {key.code} is not available here", "_sort"
+                f"Sorting by {key.code} is not available on the de-identified API: its "
+                "values are ids, or shifted, generalized or removed per patient, and an "
+                "order computed on the stored values would reveal them",
+                "_sort",
             )
 
 

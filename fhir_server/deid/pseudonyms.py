@@ -21,6 +21,7 @@ tracing, which recipient an id was made for.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import re
 import uuid
@@ -35,8 +36,12 @@ HASHED_PREFIX = "h."
 _CACHE_LIMIT = 200_000
 
 
+_TO_ID_ALPHABET = bytes.maketrans(b"+/", b"-.")
+
+
 def _text(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=").replace("_", ".")
+    # base64url with `.` for `_`: standard base64 and one translation, no padding.
+    return binascii.b2a_base64(raw, newline=False).translate(_TO_ID_ALPHABET).decode().rstrip("=")
 
 
 def _raw(text: str) -> bytes:

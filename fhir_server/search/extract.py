@@ -149,8 +149,10 @@ class IndexExtractor:
         self._known_types = frozenset(self.registry.types())
         self._registry_version = self.registry.version
 
-    def extract(self, resource: dict) -> list[IndexEntry]:
-        """Every index entry of `resource`, without duplicates within a parameter."""
+    def extract(self, resource: dict, only: frozenset[str] | None = None) -> list[IndexEntry]:
+        """Every index entry of `resource`, without duplicates within a parameter; with
+        `only`, the entries of those parameter codes alone (matching one resource against
+        a few clauses in memory, without extracting the other ~50 parameters)."""
         if not isinstance(resource, dict):
             return []
         resource_type = resource.get("resourceType")
@@ -167,6 +169,8 @@ class IndexExtractor:
                 compiled = self._compiled.get(_UNKNOWN_TYPE)
             if compiled is None:
                 compiled = self._compile_type(resource_type or _UNKNOWN_TYPE)
+        if only is not None:
+            compiled = [param for param in compiled if param.code in only]
         entries: list[IndexEntry] = []
         present = set(resource)
         memo: dict = {}  # the same element feeds several parameters (code, combo-code, ...)
