@@ -145,3 +145,18 @@ def test_only_official_parameters_share_rows() -> None:
     )
     # a custom union is indexed in full: a later custom parameter cannot change its rows
     assert registry.pid_codes("Observation", "any-code") == ("any-code",)
+
+
+def test_extract_only_gives_a_combo_parameter_its_whole_expression(
+    service: FhirService,
+) -> None:
+    """In-memory matching (the de-identification facade) asks for one parameter's entries:
+    it must get them all, not just the branches SQLite stores under that parameter."""
+    resource = {"resourceType": "Observation", "status": "final", **OBSERVATIONS["both"]}
+    stored = {entry[0] for entry in service.extractor.extract(resource)}
+    assert "combo-code" not in stored and "code" in stored
+    only = service.extractor.extract(resource, frozenset({"combo-code"}))
+    assert {(entry.param, entry.code) for entry in only} == {
+        ("combo-code", "2339-0"),
+        ("combo-code", "8480-6"),
+    }

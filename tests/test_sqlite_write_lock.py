@@ -76,9 +76,8 @@ def test_a_writer_that_cannot_get_the_lock_gets_an_error(
     first, second = SqliteStorage(path), SqliteStorage(path)
     with first.transaction() as tx:
         tx.put("Basic", "held", 1, time.time(), b"{}", (), "PUT")
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
-            with second.transaction():
-                pass
+        with pytest.raises(sqlite3.OperationalError, match="locked"), second.transaction():
+            pass
     with second.transaction() as tx:  # free again once the first commits
         tx.put("Basic", "after", 1, time.time(), b"{}", (), "PUT")
     assert second.read("Basic", "after") is not None

@@ -129,6 +129,8 @@ class IndexExtractor:
         self.canonicalize = canonicalize
         self.local_bases = tuple(base.rstrip("/") for base in local_bases)
         self._compiled: dict[str, list[_CompiledParam]] = {}
+        # with share_rows: every parameter from its whole expression, for `extract(only=)`
+        self._compiled_whole: dict[str, list[_CompiledParam]] = {}
         self._known_types = frozenset(registry.types())
         self._registry_version = registry.version
         self._component_evaluators: dict[tuple[str, str | None], Evaluator] = {}
@@ -145,14 +147,16 @@ class IndexExtractor:
     def invalidate(self) -> None:
         """Forget compiled parameters; done automatically when the registry changes (`add`)."""
         self._compiled.clear()
+        self._compiled_whole.clear()
         self._component_evaluators.clear()
         self._known_types = frozenset(self.registry.types())
         self._registry_version = self.registry.version
 
     def extract(self, resource: dict, only: frozenset[str] | None = None) -> list[IndexEntry]:
         """Every index entry of `resource`, without duplicates within a parameter; with
-        `only`, the entries of those parameter codes alone (matching one resource against
-        a few clauses in memory, without extracting the other ~50 parameters)."""
+        `only`, the entries of those parameter codes alone, each from its whole expression
+        even with `share_rows` (matching one resource against a few clauses in memory,
+        without extracting the other ~50 parameters)."""
         if not isinstance(resource, dict):
             return []
         resource_type = resource.get("resourceType")
@@ -160,15 +164,17 @@ class IndexExtractor:
             return []
         if self._registry_version != self.registry.version:
             self.invalidate()  # a custom SearchParameter was added since the last compile
-        compiled = self._compiled.get(resource_type)
+        share = self.share_rows and only is None
+        cache = self._compiled if share or not self.share_rows else self._compiled_whole
+        compiled = cache.get(resource_type)
         if compiled is None:
             if resource_type not in self._known_types:
                 # one shared compilation for every unknown type, so that junk type names
                 # cannot grow the cache
                 resource_type = None
-                compiled = self._compiled.get(_UNKNOWN_TYPE)
+                compiled = cache.get(_UNKNOWN_TYPE)
             if compiled is None:
-                compiled = self._compile_type(resource_type or _UNKNOWN_TYPE)
+                compiled = self._compile_type(resource_type or _UNKNOWN_TYPE, share, cache)
         if only is not None:
             compiled = [param for param in compiled if param.code in only]
         entries: list[IndexEntry] = []
@@ -211,7 +217,9 @@ class IndexExtractor:
 
     # -- compilation --------------------------------------------------------------------------
 
-    def _compile_type(self, resource_type: str) -> list[_CompiledParam]:
+    def _compile_type(
+        self, resource_type: str, share: bool, cache: dict[str, list[_CompiledParam]]
+    ) -> list[_CompiledParam]:
         known = resource_type != _UNKNOWN_TYPE
         params = self.registry.for_type(resource_type if known else "Resource")
         compiled: list[_CompiledParam] = []
@@ -221,7 +229,7 @@ class IndexExtractor:
             expression = param.expression
             shared = (
                 self.registry.shared_rows(resource_type, param.code)
-                if known and self.share_rows
+                if known and share
                 else None
             )
             if shared is not None:
@@ -243,7 +251,7 @@ class IndexExtractor:
                 convert = self._converters.get(param.type)
                 if convert is not None:
                     compiled.append(_CompiledParam(param.code, param.type, evaluate, convert))
-        self._compiled[resource_type] = compiled
+        cache[resource_type] = compiled
         return compiled
 
     def _composite_requirements(
