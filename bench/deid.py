@@ -1,7 +1,7 @@
 """De-identification speed: export throughput and facade search overhead, in one run.
 
-    python bench/deid.py                      # quick: 20,000 resources
-    python bench/deid.py --resources 500000   # the figure the issue asks for
+    python -m bench.deid                      # quick: 20,000 resources
+    python -m bench.deid --resources 500000   # the figure the issue asks for
 
 Builds a fresh SQLite database of synthetic diabetes patients (CGM readings every 5
 minutes, a device, a condition, an HbA1c each), then measures
