@@ -510,17 +510,24 @@ class SqliteStorage:
 
 
 class SqliteTransaction:
-    """Index rows are buffered and written table by table with one executemany each when
-    the transaction needs them (a search inside it) or commits: a batch of 1,000 resources
-    costs eight executemany calls instead of thousands."""
+    """Rows are buffered and written table by table with one executemany each when the
+    transaction needs them (a read or search inside it) or commits: a batch of 1,000
+    resources costs a dozen executemany calls instead of thousands. Creates (a new id the
+    server made up) are buffered whole, resource and history rows included, with primary
+    keys given here: max(pk) + 1 onwards, which is what SQLite would choose under the write
+    lock; any other write first flushes them, so that SQLite numbers its own rows after."""
 
     def __init__(self, storage: SqliteStorage, conn: sqlite3.Connection) -> None:
         self.storage = storage
         self.conn = conn
-        self._rows: dict[str, list[tuple]] = {table: [] for table in INDEX_TABLES}
+        self._rows: dict[str, list[tuple]] = {
+            table: [] for table in ("resources", "history", *INDEX_TABLES)
+        }
         self._pending_pks: set[int] = set()
+        self._next_pk: int | None = None
 
     def read(self, resource_type: str, id: str) -> StoredResource | None:
+        self._flush_creates()
         return self.storage._read(self.conn, resource_type, id)
 
     def flush(self) -> None:
@@ -530,6 +537,14 @@ class SqliteTransaction:
                 self.conn.executemany(f"INSERT INTO {table} VALUES ({marks})", values)
                 values.clear()
         self._pending_pks.clear()
+
+    def _flush_creates(self) -> None:
+        for table in ("resources", "history"):
+            values = self._rows[table]
+            if values:
+                marks = ",".join("?" * len(values[0]))
+                self.conn.executemany(f"INSERT INTO {table} VALUES ({marks})", values)
+                values.clear()
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -541,6 +556,9 @@ class SqliteTransaction:
         except BaseException:
             for table, values in self._rows.items():
                 del values[marks[table] :]
+            # numbering resumes after the creates still buffered, or from what is stored
+            kept = self._rows["resources"]
+            self._next_pk = kept[-1][0] + 1 if kept else None
             self.conn.execute("ROLLBACK TO entry")
             self.conn.execute("RELEASE entry")
             self.storage.reload_after_rollback(self.conn)
@@ -609,8 +627,8 @@ class SqliteTransaction:
 
     def _clear_index(self, pk: int) -> None:
         if pk in self._pending_pks:  # written earlier in this transaction, not yet flushed
-            for table, values in self._rows.items():
-                self._rows[table] = [row for row in values if row[0] != pk]
+            for table in INDEX_TABLES:
+                self._rows[table] = [row for row in self._rows[table] if row[0] != pk]
         for table in INDEX_TABLES:
             self.conn.execute(f"DELETE FROM {table} WHERE pk=?", (pk,))
 
@@ -624,6 +642,12 @@ class SqliteTransaction:
         index: Sequence[IndexEntry],
         method: str,
     ) -> None:
+        if method == "POST" and version == 1:
+            # A create: its id is new (the server made it up), nothing to look up.
+            self.create_many([NewResource(resource_type, id, last_updated, json, index)])
+            return
+        self._flush_creates()
+        self._next_pk = None  # SQLite numbers the row below
         conn = self.conn
         row = conn.execute(
             "SELECT pk FROM resources WHERE type=? AND id=?", (resource_type, id)
@@ -649,25 +673,19 @@ class SqliteTransaction:
         self._index(pk, resource_type, index)
 
     def create_many(self, creates: Sequence[NewResource]) -> None:
-        # Primary keys given here rather than taken one insert at a time: the resource and
-        # history rows then go in with one executemany each (the write lock is held, so
-        # max(pk) + 1 is what SQLite would have chosen).
-        conn = self.conn
-        first = conn.execute("SELECT coalesce(max(pk), 0) + 1 FROM resources").fetchone()[0]
-        conn.executemany(
-            "INSERT INTO resources (pk, type, id, version, last_updated, deleted) "
-            "VALUES (?, ?, ?, 1, ?, 0)",
-            [(first + n, c.resource_type, c.id, c.last_updated) for n, c in enumerate(creates)],
-        )
-        conn.executemany(
-            "INSERT INTO history (type, id, version, last_updated, deleted, method, json) "
-            "VALUES (?, ?, 1, ?, 0, 'POST', ?)",
-            [(c.resource_type, c.id, c.last_updated, c.json) for c in creates],
-        )
-        for n, create in enumerate(creates):
-            self._index(first + n, create.resource_type, create.index)
+        pk = self._next_pk
+        if pk is None:
+            pk = self.conn.execute("SELECT coalesce(max(pk), 0) + 1 FROM resources").fetchone()[0]
+        resources, history = self._rows["resources"], self._rows["history"]
+        for c in creates:
+            resources.append((pk, c.resource_type, c.id, 1, c.last_updated, 0))
+            history.append((c.resource_type, c.id, 1, c.last_updated, 0, "POST", c.json))
+            self._index(pk, c.resource_type, c.index)
+            pk += 1
+        self._next_pk = pk
 
     def delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
+        self._flush_creates()
         conn = self.conn
         row = conn.execute(
             "SELECT pk FROM resources WHERE type=? AND id=?", (resource_type, id)
