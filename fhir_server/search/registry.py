@@ -149,6 +149,21 @@ class SearchParamRegistry:
         shared = self.shared_rows(resource_type, code)
         return (code,) if shared is None else (code, *shared.bases)
 
+    def owner_codes(self, resource_type: str) -> tuple[str, ...]:
+        """`patient`, plus `subject` when this type's `patient` is its `subject` restricted
+        to patients (Observation, Condition, Encounter...): `subject=Patient/X` then
+        selects exactly the resources whose `patient` is X."""
+        patient = self.get(resource_type, "patient")
+        subject = self.get(resource_type, "subject")
+        if patient is None or subject is None or subject.expression != f"{resource_type}.subject":
+            return ("patient",)
+        if patient.expression in (
+            f"{resource_type}.subject.where(resolve() is Patient)",
+            f"{resource_type}.subject",
+        ):
+            return ("patient", "subject")
+        return ("patient",)
+
     def types(self) -> list[str]:
         """Every resource type the server accepts: all R4 types plus bases of custom params."""
         return sorted(R4_RESOURCE_TYPES | self._extra_types)

@@ -59,6 +59,8 @@ class FhirService:
         share_rows = getattr(storage, "shares_rows", False)
         if share_rows:
             storage.pid_codes = self.registry.pid_codes  # type: ignore[attr-defined]
+        if hasattr(storage, "owner_codes"):
+            storage.owner_codes = self.registry.owner_codes  # type: ignore[attr-defined]
         self.extractor = IndexExtractor(
             self.registry,
             canonicalize=canonicalize,

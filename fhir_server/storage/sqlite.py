@@ -255,6 +255,9 @@ class SqliteStorage:
         # Set by the service with `shares_rows`: the parameters whose index rows answer a
         # search on a parameter (`combo-code` -> code, component-code; see shared_rows).
         self.pid_codes: Callable[[str, str], tuple[str, ...]] = lambda rtype, code: (code,)
+        # ... and the reference parameters whose `Patient/X` names the owner of date rows
+        # (`patient`, and `subject` where `patient` is subject restricted to patients).
+        self.owner_codes: Callable[[str], tuple[str, ...]] = lambda rtype: (OWNER_PARAM,)
 
     # The index extractor may leave out rows that other parameters already hold.
     shares_rows = True

@@ -554,6 +554,7 @@ def _type_condition(alias: str, criteria: str) -> str:
 # A driving index set larger than this is not worth materialising: scanning resources in
 # pk order and probing each one's index rows finds a page sooner.
 DRIVER_LIMIT = 20000
+BROAD_DRIVER_FACTOR = 10  # with several clauses, a driving set up to 200,000 rows
 PLAIN_DATE_PREFIXES = frozenset({"eq", "gt", "ge", "lt", "le", "sa", "eb"})
 
 
@@ -596,8 +597,21 @@ def _choose_driver(
     ]
     # Likely-small sets first: once one is small, the others are counted only that far.
     candidates = _owner_date_drivers(compiler, rtype, clauses) + candidates
-    best, best_count = None, DRIVER_LIMIT
-    conn = compiler.conn
+    best = _smallest(compiler.conn, candidates, DRIVER_LIMIT)
+    if best is None and len(candidates) > 1:
+        # Several clauses, each too broad alone (one CGM patient's 27,000 readings, 3 % of
+        # the values below 54): together they may match few rows, and a scan in pk order
+        # would probe the whole type to find them (seconds at a million resources), so
+        # the smallest set still leads if it is not a large part of the type.
+        best = _smallest(compiler.conn, candidates, DRIVER_LIMIT * BROAD_DRIVER_FACTOR)
+    return best
+
+
+def _smallest(
+    conn: sqlite3.Connection, candidates: list[tuple[str, list[Any]]], limit: int
+) -> tuple[str, list[Any]] | None:
+    """The candidate with the fewest rows below `limit` (each counted only that far)."""
+    best, best_count = None, limit
     for sql, args in candidates:
         count = conn.execute(f"SELECT count(*) FROM ({sql} LIMIT ?)", [*args, best_count])
         found = count.fetchone()[0]
@@ -650,7 +664,7 @@ def _owner_date_drivers(
     patient's rows only. `ge`/`gt`/`eq`/`sa` bound `low` from below through the widest
     stored period, and all date clauses on one parameter are combined into one range
     (`ge X & lt Y`) when no resource ever had several values for it."""
-    owner = _owner_id(clauses)
+    owner = _owner_id(compiler, rtype, clauses)
     if owner is None:
         return []
     by_param: dict[str, list[Clause]] = {}
@@ -703,25 +717,32 @@ def _low_floor(value: DateValue, span: float) -> float | None:
     return None
 
 
-def _owner_id(clauses: Sequence[Any]) -> str | None:
+def _owner_id(compiler: _Compiler, rtype: str, clauses: Sequence[Any]) -> str | None:
     """The id of a plain `patient=X` (or `patient=Patient/X`) clause, if any: date rows carry
-    the target id of their resource's `patient` reference as `owner`."""
+    the target id of their resource's `patient` reference as `owner`. Where `patient` is
+    the resource's `subject` restricted to patients (Observation, Condition, ...; see
+    `SearchParamRegistry.owner_codes`), `subject=Patient/X` names the same owner."""
+    codes = compiler.storage.owner_codes(rtype)
     for c in clauses:
         if (
             isinstance(c, Clause)
-            and c.param.code == "patient"
+            and c.param.code in codes
             and c.param.type == "reference"
             and c.modifier in (None, "Patient")
             and len(c.values) == 1
         ):
             value = c.values[0]
+            typed = value.type if isinstance(value, ReferenceValue) else None
+            if c.modifier == "Patient":
+                typed = "Patient"
             if (
                 isinstance(value, ReferenceValue)
                 and value.id
                 and value.url is None
                 and value.identifier_value is None
                 and value.identifier_system is None
-                and value.type in (None, "Patient")
+                # `subject=X` alone may be a Group or a Device: only a patient is an owner
+                and (typed == "Patient" or (typed is None and c.param.code == "patient"))
             ):
                 return value.id
     return None
