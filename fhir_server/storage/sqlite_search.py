@@ -554,7 +554,7 @@ def _type_condition(alias: str, criteria: str) -> str:
 # A driving index set larger than this is not worth materialising: scanning resources in
 # pk order and probing each one's index rows finds a page sooner.
 DRIVER_LIMIT = 20000
-BROAD_DRIVER_FACTOR = 10  # with several clauses, a driving set up to 200,000 rows
+BROAD_DRIVER_FACTOR = 10  # failing that, a driving set of up to 200,000 rows
 PLAIN_DATE_PREFIXES = frozenset({"eq", "gt", "ge", "lt", "le", "sa", "eb"})
 
 
@@ -598,11 +598,12 @@ def _choose_driver(
     # Likely-small sets first: once one is small, the others are counted only that far.
     candidates = _owner_date_drivers(compiler, rtype, clauses) + candidates
     best = _smallest(compiler.conn, candidates, DRIVER_LIMIT)
-    if best is None and len(candidates) > 1:
-        # Several clauses, each too broad alone (one CGM patient's 27,000 readings, 3 % of
-        # the values below 54): together they may match few rows, and a scan in pk order
-        # would probe the whole type to find them (seconds at a million resources), so
-        # the smallest set still leads if it is not a large part of the type.
+    if best is None:
+        # Broader sets (one CGM patient's 27,000 readings, 3 % of the values below 54)
+        # still lead when not too large: a scan in pk order finds a page quickly only if
+        # the matches are spread out, and a patient's data arrives together, so the scan
+        # may probe almost the whole type first (seconds at a million resources). Reading
+        # a set of up to 200,000 pks is bounded; that scan is not.
         best = _smallest(compiler.conn, candidates, DRIVER_LIMIT * BROAD_DRIVER_FACTOR)
     return best
 
