@@ -204,7 +204,7 @@ def measure(folder: Path, db_url: str, patient_ids: list[str], repeat: int) -> d
     rows = []
     with (
         Server(settings) as server,
-        httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as http,
+        httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=120) as http,
     ):
         key = {"Authorization": f"Bearer {API_KEY}"}
         timed(http, "/metadata", {})
