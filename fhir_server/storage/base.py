@@ -95,7 +95,9 @@ class WriteTransaction(Protocol):
         index: Sequence[IndexEntry],
         method: str,
     ) -> None:
-        """Store a new current version (create when version is 1 and no row exists)."""
+        """Store a new current version (create when version is 1 and no row exists).
+        `method` "POST" with version 1 is a create whose id the server has just made up:
+        no row can exist, and a backend may skip looking for one."""
 
     def create_many(self, creates: Sequence[NewResource]) -> None:
         """Store first versions of resources whose ids the server has just made up (so no

@@ -19,7 +19,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -534,15 +534,14 @@ class SqliteTransaction:
         return self.storage._read(self.conn, resource_type, id)
 
     def flush(self) -> None:
-        for table, values in self._rows.items():
-            if values:
-                marks = ",".join("?" * len(values[0]))
-                self.conn.executemany(f"INSERT INTO {table} VALUES ({marks})", values)
-                values.clear()
+        self._write_rows(self._rows)
         self._pending_pks.clear()
 
     def _flush_creates(self) -> None:
-        for table in ("resources", "history"):
+        self._write_rows(("resources", "history"))
+
+    def _write_rows(self, tables: Iterable[str]) -> None:
+        for table in tables:
             values = self._rows[table]
             if values:
                 marks = ",".join("?" * len(values[0]))
