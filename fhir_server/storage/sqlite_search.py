@@ -191,10 +191,14 @@ class _Compiler:
             body, args = self.clause_body(clause)
         if probe:
             op = "NOT EXISTS" if missing else "EXISTS"
-            # `+pid`: look up by pk (idx_*_pk). Without statistics SQLite may otherwise
-            # walk the (pid, value) index for every row, which is quadratic.
+            # Looked up by pk (idx_*_pk), named: without statistics SQLite may otherwise
+            # walk another index for every row (the (pid, value) one, or for a reference
+            # the (ttype, tid) one: all of a patient's rows per probe), which is quadratic.
             pid_sql, pids = self.pid_match(rtype, param.code, "+pid")
-            sql = f"{op} (SELECT 1 FROM {table} WHERE pk={alias}.pk AND {pid_sql}{body})"
+            sql = (
+                f"{op} (SELECT 1 FROM {table} INDEXED BY {table}_pk "
+                f"WHERE pk={alias}.pk AND {pid_sql}{body})"
+            )
             return sql, [*pids, *args]
         op = "NOT IN" if missing else "IN"
         pid_sql, pids = self.pid_match(rtype, param.code)
