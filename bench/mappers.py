@@ -109,6 +109,24 @@ def import_file(service: FhirService, path: Path) -> tuple[float, float, int]:
     return elapsed, cpu, file_report.readings
 
 
+def median_import(folder: Path, csv_path: Path, runs: int) -> tuple[float, float, int]:
+    """Median wall and CPU seconds of `runs` imports of `csv_path`, each into a fresh
+    database, and the readings imported."""
+    readings = 0
+
+    def import_run(run: int) -> tuple[float, float]:
+        nonlocal readings
+        service = fresh_service(folder, f"import-{run}.db")
+        try:
+            seconds, cpu, readings = import_file(service, csv_path)
+        finally:
+            service.storage.close()
+        return seconds, cpu
+
+    seconds, cpu = median_of(runs, import_run)
+    return seconds, cpu, readings
+
+
 def median_of(runs: int, once: Callable[[int], tuple[float, float]]) -> tuple[float, float]:
     results = [once(run) for run in range(runs)]
     return (statistics.median(r[0] for r in results), statistics.median(r[1] for r in results))
@@ -174,19 +192,8 @@ def run(size: str = "small", db: str | None = None) -> list:
             finally:
                 service.storage.close()
 
-        readings = 0
-
-        def import_run(run: int) -> tuple[float, float]:
-            nonlocal readings
-            service = fresh_service(folder, f"import-{run}.db")
-            try:
-                seconds, cpu, readings = import_file(service, csv_path)
-            finally:
-                service.storage.close()
-            return seconds, cpu
-
         mllp_rate, _ = median_of(runs, mllp_run)
-        seconds, cpu = median_of(runs, import_run)
+        seconds, cpu, readings = median_import(folder, csv_path, runs)
     return [
         Result("hl7v2 mllp+sqlite", f"ORU^R01 over MLLP, each stored as one transaction "
                f"before its ACK, {connections} connections, {count:,} messages of 7 resources",
@@ -233,18 +240,7 @@ def main() -> None:
                      f"{rate:,.0f} msg/s", f"{args.messages} messages of 7 resources; "
                      f"{cpu_each * 1000:.1f} ms CPU each (senders included)"))
 
-        readings = 0
-
-        def import_run(run: int) -> tuple[float, float]:
-            nonlocal readings
-            service = fresh_service(folder, f"import-{run}.db")
-            try:
-                seconds, cpu, readings = import_file(service, csv_path)
-            finally:
-                service.storage.close()
-            return seconds, cpu
-
-        seconds, cpu = median_of(args.runs, import_run)
+        seconds, cpu, readings = median_import(folder, csv_path, args.runs)
         verdict = "meets < 10 s" if seconds < 10 else "MISSES the 10 s target"
         rows.append((f"Libre CSV, {args.days} days, imported into SQLite", f"{seconds:,.2f} s",
                      f"{readings:,} readings, {readings / seconds:,.0f} rows/s, {verdict}; "

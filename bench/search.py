@@ -317,6 +317,16 @@ def measure_ingest(count: int) -> float:
     return len(items) / seconds
 
 
+def query_a_params(rng: random.Random, patients: int, readings: int) -> str:
+    """Query (a): one random patient's CGM readings of one random day (no leading `?`)."""
+    days = readings * STEP / 86400
+    day = START + int(rng.random() * max(days - 1, 0)) * 86400
+    return (
+        f"patient=p{rng.randrange(patients)}&code={LOINC}|99504-3"
+        f"&date=ge{iso(day)}&date=lt{iso(day + 86400)}&_count=100"
+    )
+
+
 def in_process_a(path: Path, patients: int, readings: int, count: int = 200) -> tuple[float, float]:
     """p50/p99 ms of query (a) through FhirService.search_bundle, without HTTP."""
     from urllib.parse import parse_qsl
@@ -327,14 +337,9 @@ def in_process_a(path: Path, patients: int, readings: int, count: int = 200) -> 
 
     service = FhirService(open_storage(f"sqlite:///{path}"), Settings())
     rng = random.Random(1)
-    days = readings * STEP / 86400
     times = []
     for _ in range(count):
-        day = START + int(rng.random() * max(days - 1, 0)) * 86400
-        query = (
-            f"patient=p{rng.randrange(patients)}&code={LOINC}|99504-3"
-            f"&date=ge{iso(day)}&date=lt{iso(day + 86400)}&_count=100"
-        )
+        query = query_a_params(rng, patients, readings)
         t0 = time.perf_counter()
         service.search_bundle("Observation", parse_qsl(query), "http://bench", False)
         times.append((time.perf_counter() - t0) * 1000)
@@ -475,14 +480,9 @@ def run(size: str = "small", db: str | None = None) -> list:
         p50, p99 = in_process_a(path, patients, readings, 50 if size == "small" else 200)
         process, url = start_server(path)
         try:
-            days = readings * STEP / 86400
 
             def query_a(rng: random.Random) -> str:
-                day = START + int(rng.random() * max(days - 1, 0)) * 86400
-                return (
-                    f"/Observation?patient=p{rng.randrange(patients)}&code={LOINC}|99504-3"
-                    f"&date=ge{iso(day)}&date=lt{iso(day + 86400)}&_count=100"
-                )
+                return f"/Observation?{query_a_params(rng, patients, readings)}"
 
             kinds = {
                 "(a) patient+code+date, _count=100": query_a,
@@ -575,14 +575,9 @@ def main() -> None:
 
     process, url = start_server(path, args.workers)
     try:
-        days = readings * STEP / 86400
 
         def query_a(rng: random.Random) -> str:
-            day = START + int(rng.random() * max(days - 1, 0)) * 86400
-            return (
-                f"/Observation?patient=p{rng.randrange(patients)}&code={LOINC}|99504-3"
-                f"&date=ge{iso(day)}&date=lt{iso(day + 86400)}&_count=100"
-            )
+            return f"/Observation?{query_a_params(rng, patients, readings)}"
 
         kinds = {
             "(a) patient+code+date, _count=100": (query_a, None),

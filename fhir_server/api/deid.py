@@ -74,6 +74,29 @@ async def _answer(
     return fhir_response(answer.body, 200, None, pretty(request))
 
 
+async def _search(request: Request, resource_type: str, with_form: bool) -> Response:
+    """A type-level search, GET or POST `_search` (the form's parameters added)."""
+    check_accept(request)
+    recipient = _recipient(request)
+    engine = _deid(request).recipients.engine(recipient.id)
+    items = query_items(request)
+    if with_form:
+        form = await request.form()
+        items += [(k, str(v)) for k, v in form.multi_items()]
+    strict = "handling=strict" in request.headers.get("prefer", "")
+    return await _answer(
+        request,
+        recipient,
+        "search-type",
+        _deid(request).facade.search,
+        engine,
+        resource_type,
+        items,
+        _base(request),
+        strict,
+    )
+
+
 def facade_capability_statement(request: Request) -> dict[str, Any]:
     """What the facade serves, truthfully: read and search of the served types with every
     search parameter the server indexes (those on data de-identification changes say they
@@ -228,43 +251,11 @@ def build_deid_router() -> APIRouter:
 
     @router.get("/{resource_type}")
     async def search(request: Request, resource_type: str) -> Response:
-        check_accept(request)
-        recipient = _recipient(request)
-        engine = _deid(request).recipients.engine(recipient.id)
-        strict = "handling=strict" in request.headers.get("prefer", "")
-        facade = _deid(request).facade
-        return await _answer(
-            request,
-            recipient,
-            "search-type",
-            facade.search,
-            engine,
-            resource_type,
-            query_items(request),
-            _base(request),
-            strict,
-        )
+        return await _search(request, resource_type, with_form=False)
 
     @router.post("/{resource_type}/_search")
     async def search_post(request: Request, resource_type: str) -> Response:
-        check_accept(request)
-        recipient = _recipient(request)
-        engine = _deid(request).recipients.engine(recipient.id)
-        form = await request.form()
-        items = query_items(request) + [(k, str(v)) for k, v in form.multi_items()]
-        strict = "handling=strict" in request.headers.get("prefer", "")
-        facade = _deid(request).facade
-        return await _answer(
-            request,
-            recipient,
-            "search-type",
-            facade.search,
-            engine,
-            resource_type,
-            items,
-            _base(request),
-            strict,
-        )
+        return await _search(request, resource_type, with_form=True)
 
     @router.get("/{resource_type}/{pseudonym}")
     async def read(request: Request, resource_type: str, pseudonym: str) -> Response:

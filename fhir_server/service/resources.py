@@ -215,31 +215,19 @@ class ResourceService:
     def put_prepared(
         self, tx: WriteTransaction, prepared: PreparedCreate, now: float | None = None
     ) -> WriteResult:
-        now = now or now_millis()
-        json = prepared.json.replace(PENDING_INSTANT, instant(now).encode(), 1)
-        rtype, rid = prepared.resource_type, prepared.rid
-        tx.put(rtype, rid, 1, now, json, prepared.index, "POST")
-        return WriteResult(201, StoredResource(rtype, rid, 1, now, False, json, "POST"), True)
+        create = _stamped(prepared, now or now_millis())
+        c = create
+        tx.put(c.resource_type, c.id, 1, c.last_updated, c.json, c.index, "POST")
+        return _created(create)
 
     def create_prepared_many(
         self, tx: WriteTransaction, prepared: Sequence[PreparedCreate]
     ) -> list[WriteResult]:
         """Store several prepared creates at once (one timestamp, one storage call)."""
         now = now_millis()
-        stamp = instant(now).encode()
-        creates = [
-            NewResource(
-                p.resource_type, p.rid, now, p.json.replace(PENDING_INSTANT, stamp, 1), p.index
-            )
-            for p in prepared
-        ]
+        creates = [_stamped(p, now) for p in prepared]
         tx.create_many(creates)
-        return [
-            WriteResult(
-                201, StoredResource(c.resource_type, c.id, 1, now, False, c.json, "POST"), True
-            )
-            for c in creates
-        ]
+        return [_created(c) for c in creates]
 
     def update_in(
         self,
@@ -463,3 +451,16 @@ def _same_content(stored_json: bytes, resource: dict[str, Any]) -> bool:
     return jsonio.dumps(_without_server_meta(stored), sort_keys=True) == jsonio.dumps(
         _without_server_meta(resource), sort_keys=True
     )
+
+
+def _stamped(prepared: PreparedCreate, now: float) -> NewResource:
+    """A prepared create as a first version stored at `now` (meta.lastUpdated filled in)."""
+    json = prepared.json.replace(PENDING_INSTANT, instant(now).encode(), 1)
+    return NewResource(prepared.resource_type, prepared.rid, now, json, prepared.index)
+
+
+def _created(create: NewResource) -> WriteResult:
+    stored = StoredResource(
+        create.resource_type, create.id, 1, create.last_updated, False, create.json, "POST"
+    )
+    return WriteResult(201, stored, True)
