@@ -28,11 +28,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,6 +42,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import serve  # noqa: E402
 from fhir_server.search import fast_dates  # noqa: E402
 from fhir_server.search.extract import IndexExtractor  # noqa: E402
 from fhir_server.search.types import (  # noqa: E402
@@ -348,43 +346,6 @@ def in_process_a(path: Path, patients: int, readings: int, count: int = 200) -> 
     return statistics.median(times), times[int(len(times) * 0.99)]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(path: Path, workers: int = 1) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    command = [
-        sys.executable,
-        "-m",
-        "fhir_server.cli",
-        "serve",
-        "--db",
-        f"sqlite:///{path}",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--workers",
-        str(workers),
-    ]
-    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/metadata", timeout=5).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the server did not start")
-
-
 def timed_gets(url: str, make_path, requests: int, clients: int, check=None) -> dict:
     """`requests` GETs of make_path(rng) spread over `clients` threads; latencies in ms."""
     latencies: list[float] = []
@@ -457,7 +418,7 @@ def run(size: str = "small", db: str | None = None) -> list:
     """Search figures for bench/run.py: the same build and queries as `main`, in a fresh
     temporary database (SQLite only: `db` is unused, this bench writes through
     SqliteStorage directly)."""
-    from bench.common import Result, peak_rss_mb
+    from bench.common import Result
 
     own_size, requests, clients = REPORT_SIZES[size]
     patients, readings = SIZES[own_size]
@@ -478,8 +439,8 @@ def run(size: str = "small", db: str | None = None) -> list:
             )
         )
         p50, p99 = in_process_a(path, patients, readings, 50 if size == "small" else 200)
-        process, url = start_server(path)
-        try:
+        with serve(f"sqlite:///{path}") as server:
+            url = server.url
 
             def query_a(rng: random.Random) -> str:
                 return f"/Observation?{query_a_params(rng, patients, readings)}"
@@ -507,7 +468,7 @@ def run(size: str = "small", db: str | None = None) -> list:
                         "req/s",
                         result["p50"],
                         result["p99"],
-                        peak_rss_mb(process.pid),
+                        server.peak_rss_mb(),
                     )
                 )
             walk = walk_patient(url, patients, 1, 1 if size == "small" else 3)
@@ -520,12 +481,9 @@ def run(size: str = "small", db: str | None = None) -> list:
                     "resources/s",
                     walk["walk_ms_p50"],
                     None,
-                    peak_rss_mb(process.pid),
+                    server.peak_rss_mb(),
                 )
             )
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
     return rows
 
 
@@ -573,8 +531,8 @@ def main() -> None:
     p50, p99 = in_process_a(path, patients, readings)
     print(f"(a) in-process (FhirService, no HTTP): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
 
-    process, url = start_server(path, args.workers)
-    try:
+    with serve(f"sqlite:///{path}", args.workers) as server:
+        url = server.url
 
         def query_a(rng: random.Random) -> str:
             return f"/Observation?{query_a_params(rng, patients, readings)}"
@@ -617,9 +575,6 @@ def main() -> None:
             f"{'(e) all of one patient, _count=1000':40} {walk['walk_ms_p50']:7.0f} ms per walk "
             f"of {walk['resources']:,} Observations (1 client)"
         )
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 if __name__ == "__main__":
