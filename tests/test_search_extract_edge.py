@@ -528,3 +528,39 @@ def test_unknown_resource_type_gives_only_resource_level_params(extractor):
         DateEntry("_lastUpdated", JAN_2024, 1735689600.0),
         TokenEntry("_tag", "urn:tags", "x", None),
     ]
+
+
+# -- what the extractor remembers between resources -----------------------------------------
+
+
+def test_same_top_level_keys_on_different_types_use_each_types_parameters(extractor) -> None:
+    """Which parameters apply is remembered per type and key set: a Condition and an
+    Observation with the same keys each get what a fresh extractor gives them."""
+    fields = {"code": {"coding": [{"system": LOINC, "code": "2339-0"}]},
+              "subject": {"reference": "Patient/p1"}, "category": [{"text": "lab"}]}
+    condition = {"resourceType": "Condition", "id": "c1", **fields}
+    obs = {"resourceType": "Observation", "id": "c1", **fields}
+    expected = {}
+    for resource in (condition, obs):
+        fresh = IndexExtractor(SearchParamRegistry.default(), canonicalize=glucose_canonical)
+        expected[resource["resourceType"]] = sorted(map(repr, fresh.extract(resource)))
+    assert expected["Condition"] != expected["Observation"]
+    for _ in range(2):
+        for resource in (condition, obs):
+            got = sorted(map(repr, extractor.extract(resource)))
+            assert got == expected[resource["resourceType"]]
+
+
+def test_remembered_references_keep_each_parameter_and_base(extractor) -> None:
+    """The same reference text, parsed once, is labelled with each parameter that holds it;
+    a foreign absolute reference never becomes a local id."""
+    local = "https://diatabase.example/fhir/Patient/p7"
+    foreign = "https://other.example/fhir/Patient/p7"
+    for _ in range(2):
+        found = entries_of(extractor, observation(subject={"reference": local}),
+                           "subject", "patient")
+        assert {(e.param, e.target_type, e.target_id) for e in found} == {
+            ("subject", "Patient", "p7"), ("patient", "Patient", "p7")}
+        found = entries_of(extractor, observation(subject={"reference": foreign}), "subject")
+        assert [(e.target_type, e.target_id, e.url) for e in found] == [
+            ("Patient", None, foreign)]

@@ -78,3 +78,21 @@ def test_extractor_indexes_both_glucose_forms() -> None:
     assert {(e.canonical_value, e.canonical_unit) for e in entries} == {
         (2.0, "g/L"), (float(Decimal(2) / Decimal("180.156")), "mol/L")}
     assert all(e.value == 200 and e.code == "mg/dL" for e in entries)
+
+
+def test_remembered_forms_depend_on_the_analyte_and_the_number_type(
+    canonicalize: QuantityCanonicalizer,
+) -> None:
+    """Forms are remembered per value: the same 100 mg/dL is glucose in one Observation and
+    cholesterol in the next; 1, 1.0 and Decimal("1.0") give the same numbers."""
+    glucose, cholesterol = observation("2339-0"), observation("2093-3")
+    for _ in range(2):  # the second round answers from what the first remembered
+        assert canonicalize(100, UCUM, "mg/dL", glucose) == [
+            (1.0, "g/L"), (float(Decimal("1.0") / Decimal("180.156")), "mol/L")]
+        assert canonicalize(100, UCUM, "mg/dL", cholesterol) == [(1.0, "g/L")]
+        assert canonicalize(100, UCUM, "mg/L", cholesterol) == [(0.1, "g/L")]
+        assert canonicalize(1, UCUM, "g/L", cholesterol) == [(1.0, "g/L")]
+        assert canonicalize(Decimal("1.0"), UCUM, "g/L", cholesterol) == [(1.0, "g/L")]
+    forms = canonicalize(100, UCUM, "mg/dL", cholesterol)
+    forms.append((0.0, "mutated by a caller"))
+    assert canonicalize(100, UCUM, "mg/dL", cholesterol) == [(1.0, "g/L")]

@@ -134,6 +134,10 @@ class IndexExtractor:
         self._known_types = frozenset(registry.types())
         self._registry_version = registry.version
         self._component_evaluators: dict[tuple[str, str | None], Evaluator] = {}
+        # (id of a compiled list, top-level keys) -> (that list, its applicable parameters);
+        # the list is held so that its id cannot be reused while the entry lives
+        self._applicable: dict[tuple[int, frozenset[str]], tuple[list, list]] = {}
+        self._references: dict[str, tuple[str | None, str | None, str | None] | None] = {}
         self._converters: dict[str, Converter] = {
             "token": _convert_token,
             "string": _convert_string,
@@ -149,6 +153,7 @@ class IndexExtractor:
         self._compiled.clear()
         self._compiled_whole.clear()
         self._component_evaluators.clear()
+        self._applicable.clear()
         self._known_types = frozenset(self.registry.types())
         self._registry_version = self.registry.version
 
@@ -177,26 +182,12 @@ class IndexExtractor:
                 compiled = self._compile_type(resource_type or _UNKNOWN_TYPE, share, cache)
         if only is not None:
             compiled = [param for param in compiled if param.code in only]
+            applicable = _applicable(compiled, set(resource))
+        else:
+            applicable = self._applicable_for_keys(compiled, frozenset(resource))
         entries: list[IndexEntry] = []
-        present = set(resource)
         memo: dict = {}  # the same element feeds several parameters (code, combo-code, ...)
-        for param in compiled:
-            keys = param.first_keys
-            if keys is not None and keys.isdisjoint(present):
-                continue  # the resource has none of the elements this parameter reads
-            required = param.required
-            if required is not None:
-                # plain loops: this runs for every composite of every resource
-                possible = False
-                for alternative in required:
-                    for keys in alternative:
-                        if keys.isdisjoint(present):
-                            break
-                    else:
-                        possible = True
-                        break
-                if not possible:
-                    continue  # a composite whose parts cannot all be there
+        for param in applicable:
             try:
                 items = param.evaluate(resource, resource_type, resource)
                 if not items:
@@ -214,6 +205,21 @@ class IndexExtractor:
                 found = list(dict.fromkeys(found))
             entries.extend(found)
         return entries
+
+    def _applicable_for_keys(
+        self, compiled: list[_CompiledParam], present: frozenset[str]
+    ) -> list[_CompiledParam]:
+        # resources of one kind arrive with the same top-level keys (every CGM reading of an
+        # import): which parameters can give anything is decided once per key set
+        key = (id(compiled), present)
+        known = self._applicable.get(key)
+        if known is not None:
+            return known[1]
+        if len(self._applicable) >= _APPLICABLE_LIMIT:
+            self._applicable.clear()  # junk key sets cannot grow it without bound
+        applicable = _applicable(compiled, present)
+        self._applicable[key] = (compiled, applicable)
+        return applicable
 
     # -- compilation --------------------------------------------------------------------------
 
@@ -421,26 +427,53 @@ class IndexExtractor:
         )
 
     def _reference_from_string(self, code: str, text: str) -> ReferenceEntry | None:
+        # every reading of a patient names the same subject and device: parse each text once
+        try:
+            parts = self._references[text]
+        except KeyError:
+            parts = self._parse_reference(text)
+            if len(self._references) >= _REFERENCE_CACHE_LIMIT:
+                self._references.clear()
+            self._references[text] = parts
+        if parts is None:
+            return None
+        return ReferenceEntry(code, parts[0], parts[1], parts[2], None, None)
+
+    def _parse_reference(self, text: str) -> tuple[str | None, str | None, str | None] | None:
+        """(target type, local id, url) of a reference string; None when not indexed."""
         text = text.strip()
         if not text or text.startswith("#"):
             return None
         local = _LOCAL_REFERENCE.match(text)
         if local:
-            return ReferenceEntry(code, local.group(1), local.group(2), None, None, None)
+            return local.group(1), local.group(2), None
         absolute = _ABSOLUTE_REFERENCE.match(text)
         if absolute:
             # the id only means "our resource" when the base is ours; a foreign Patient/1 must
             # not match a search for the local Patient/1
             is_local = absolute.group("base") in self.local_bases
-            return ReferenceEntry(
-                code,
-                absolute.group("type"),
-                absolute.group("id") if is_local else None,
-                text,
-                None,
-                None,
-            )
-        return ReferenceEntry(code, None, None, text, None, None)
+            return absolute.group("type"), absolute.group("id") if is_local else None, text
+        return None, None, text
+
+
+_APPLICABLE_LIMIT = 4096
+_REFERENCE_CACHE_LIMIT = 65536
+
+
+def _applicable(compiled: list[_CompiledParam], present: set | frozenset) -> list[_CompiledParam]:
+    """The parameters of `compiled` that can give entries for a resource with these keys."""
+    found = []
+    for param in compiled:
+        keys = param.first_keys
+        if keys is not None and keys.isdisjoint(present):
+            continue  # the resource has none of the elements this parameter reads
+        required = param.required
+        if required is not None and not any(
+            all(not keys.isdisjoint(present) for keys in alternative) for alternative in required
+        ):
+            continue  # a composite whose parts cannot all be there
+        found.append(param)
+    return found
 
 
 # -- converters without configuration ---------------------------------------------------------

@@ -27,6 +27,7 @@ from terminology.uris import LOINC
 MASS_CONCENTRATION = "mass-concentration"
 SUBSTANCE_CONCENTRATION = "substance-concentration"
 _GLUCOSE_MOLAR_MASS = Decimal(str(GLUCOSE_MOLAR_MASS))
+_FORMS_CACHE_LIMIT = 65536
 
 
 def _decimal(fraction: Fraction) -> Decimal:
@@ -68,6 +69,7 @@ class QuantityCanonicalizer:
     def __init__(self, glucose_codes: Collection[str], units: UnitTable | None = None) -> None:
         self.glucose_codes = frozenset(glucose_codes)
         self.units = units or UnitTable()
+        self._forms: dict[tuple, tuple[tuple[float, str], ...]] = {}
 
     def is_glucose(self, resource: Any) -> bool:
         if not isinstance(resource, dict) or resource.get("resourceType") != "Observation":
@@ -88,17 +90,32 @@ class QuantityCanonicalizer:
         if found is None:
             return []
         factor, unit, kind = found
+        glucose = kind in (MASS_CONCENTRATION, SUBSTANCE_CONCENTRATION) and self.is_glucose(
+            resource
+        )
+        # a meter's readings repeat a few hundred values: each is converted once (the type is
+        # part of the key because 1 == 1.0 == True as dict keys)
+        key = (type(value), value, system, code, glucose)
+        try:
+            return list(self._forms[key])
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable value: not a number the caller will index anyway
+            return []
         # Decimal arithmetic: 10 mmol/L and 180.156 mg/dL of glucose meet exactly, and the
         # search side (CanonicalQuery) computes the same way.
         amount = (value if type(value) is Decimal else Decimal(str(value))) * factor
         forms = [(float(amount), unit)]
-        if kind in (MASS_CONCENTRATION, SUBSTANCE_CONCENTRATION) and self.is_glucose(resource):
+        if glucose:
             if kind == MASS_CONCENTRATION:
                 molar = amount / _GLUCOSE_MOLAR_MASS
                 forms.append((float(molar), CANONICAL[SUBSTANCE_CONCENTRATION]))
             else:
                 mass = amount * _GLUCOSE_MOLAR_MASS
                 forms.append((float(mass), CANONICAL[MASS_CONCENTRATION]))
+        if len(self._forms) >= _FORMS_CACHE_LIMIT:
+            self._forms.clear()
+        self._forms[key] = tuple(forms)
         return forms
 
 
