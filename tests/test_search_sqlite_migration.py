@@ -1,6 +1,7 @@
 """SQLite schema 1 -> 2 (date rows keyed by the resource's patient, widest period per
-parameter): a database written with schema 1 is migrated when opened and answers
-patient + date searches exactly as a new one does."""
+parameter) -> 3 (partial url and identifier indexes on reference rows): a database written
+with schema 1 is migrated when opened and answers patient + date and reference searches
+exactly as a new one does."""
 
 from __future__ import annotations
 
@@ -31,17 +32,23 @@ def observation(rid: str, patient: str, effective: dict) -> dict:
     }
 
 
+FOREIGN = "https://other.example/fhir/Patient/p9"
 RESOURCES = [
     observation("a", "p1", {"effectiveDateTime": "2024-01-01T10:00:00Z"}),
     observation("b", "p1", {"effectivePeriod": {"start": "2023-12-01", "end": "2024-02-01"}}),
     observation("c", "p2", {"effectiveDateTime": "2024-01-01T11:00:00Z"}),
     observation("d", "p1", {"effectiveDateTime": "2024-03-01T10:00:00Z"}),
+    {**observation("e", "p3", {}), "subject": {"reference": FOREIGN}},
+    {**observation("f", "p3", {}), "subject": {"identifier": {"system": "urn:s", "value": "9"}}},
 ]
 QUERIES = [
     ("patient=p1&date=ge2024-01-01&date=lt2024-01-02", ["a", "b"]),
     ("patient=p1&date=ge2024-02-15", ["d"]),
     ("patient=p2&date=2024-01-01", ["c"]),
     ("patient=Patient/p1&date=gt2024-01-31", ["b", "d"]),
+    (f"subject={FOREIGN}", ["e"]),
+    ("subject:identifier=urn:s|9", ["f"]),
+    ("subject:identifier=9", ["f"]),
 ]
 
 
@@ -63,7 +70,11 @@ def downgrade_to_schema_1(path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.executescript(
         "DROP INDEX idx_date_owner; ALTER TABLE idx_date DROP COLUMN owner; "
-        "DROP TABLE date_spans; PRAGMA user_version=1;"
+        "DROP TABLE date_spans; DROP INDEX idx_reference_url; "
+        "DROP INDEX idx_reference_identifier; "
+        "CREATE INDEX idx_reference_url ON idx_reference (pid, url, pk); "
+        "CREATE INDEX idx_reference_identifier ON idx_reference (pid, ivalue, isystem, pk); "
+        "PRAGMA user_version=1;"
     )
     conn.close()
 
@@ -87,7 +98,12 @@ def storages(tmp_path_factory: pytest.TempPathFactory):
 def test_the_migration_sets_owners_and_version(storages):
     _, migrated = storages
     version = migrated._writer.execute("PRAGMA user_version").fetchone()[0]
-    assert version == SCHEMA_VERSION == 2
+    assert version == SCHEMA_VERSION == 3
+    partial = migrated._writer.execute(
+        "SELECT name FROM sqlite_master WHERE name LIKE 'idx_reference_%' AND sql LIKE '%WHERE%'"
+    )
+    assert sorted(name for (name,) in partial) == [
+        "idx_reference_identifier", "idx_reference_url"]
     owners = migrated._writer.execute("SELECT count(*) FROM idx_date WHERE owner='p1'")
     assert owners.fetchone()[0] >= 3
     spans = dict(migrated._writer.execute("SELECT pid, span FROM date_spans"))
@@ -99,3 +115,13 @@ def test_new_and_migrated_databases_answer_alike(storages, query, expected):
     fresh, migrated = storages
     assert search(fresh, query) == expected
     assert search(migrated, query) == expected
+
+
+def test_reference_searches_use_the_partial_indexes(storages):
+    """`url=?` and `ivalue=?` imply NOT NULL: SQLite keeps using the (now partial) indexes."""
+    fresh, _ = storages
+    for column, index in (("url", "idx_reference_url"), ("ivalue", "idx_reference_identifier")):
+        plan = fresh._writer.execute(
+            f"EXPLAIN QUERY PLAN SELECT pk FROM idx_reference WHERE pid=1 AND {column}='x'"
+        ).fetchall()
+        assert any(index in row[-1] for row in plan), plan

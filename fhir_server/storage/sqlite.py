@@ -38,7 +38,7 @@ from fhir_server.search.types import (
 from fhir_server.storage.base import HistoryPage, NewResource, StoredResource
 from fhir_server.storage.cursor import CursorCodec, CursorError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DIRECT_PARAMS = frozenset({"_id", "_lastUpdated"})
 
 SCHEMA = """
@@ -100,8 +100,10 @@ CREATE TABLE IF NOT EXISTS idx_reference (
 );
 CREATE INDEX IF NOT EXISTS idx_reference_target ON idx_reference (pid, tid, ttype, pk);
 CREATE INDEX IF NOT EXISTS idx_reference_reverse ON idx_reference (ttype, tid, pid, pk);
-CREATE INDEX IF NOT EXISTS idx_reference_url ON idx_reference (pid, url, pk);
-CREATE INDEX IF NOT EXISTS idx_reference_identifier ON idx_reference (pid, ivalue, isystem, pk);
+CREATE INDEX IF NOT EXISTS idx_reference_url ON idx_reference (pid, url, pk)
+    WHERE url IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_reference_identifier ON idx_reference (pid, ivalue, isystem, pk)
+    WHERE ivalue IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_reference_pk ON idx_reference (pk);
 CREATE TABLE IF NOT EXISTS idx_uri (pk INTEGER, pid INTEGER, value TEXT);
 CREATE INDEX IF NOT EXISTS idx_uri_value ON idx_uri (pid, value, pk);
@@ -139,6 +141,15 @@ INSERT OR REPLACE INTO date_spans
         FROM idx_date GROUP BY pid, pk
     ) GROUP BY pid;
 """
+# Version 2 -> 3: the url and identifier indexes of reference rows only hold the rows that
+# have one. Most references are local (Patient/123): their NULLs cost two B-tree inserts per
+# row on every write and answered no query (`url=?` and `ivalue=?` imply NOT NULL, so SQLite
+# still uses the partial indexes). SCHEMA then recreates them partial.
+MIGRATE_2_TO_3 = """
+DROP INDEX IF EXISTS idx_reference_url;
+DROP INDEX IF EXISTS idx_reference_identifier;
+"""
+MIGRATIONS = {1: MIGRATE_1_TO_2 + MIGRATE_2_TO_3, 2: MIGRATE_2_TO_3}
 OWNER_PARAM = "patient"
 
 INDEX_TABLES = (
@@ -312,7 +323,7 @@ class SqliteStorage:
                 f"{SCHEMA_VERSION}. Upgrade Diatabase to open it."
             )
         if version < SCHEMA_VERSION:
-            migration = MIGRATE_1_TO_2 if version == 1 else ""
+            migration = MIGRATIONS.get(version, "")
             conn.executescript(
                 "BEGIN;" + migration + SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
             )
