@@ -37,6 +37,7 @@ from fhir_server.search.types import (
 )
 from fhir_server.storage.base import HistoryPage, NewResource, StoredResource
 from fhir_server.storage.cursor import CursorCodec, CursorError
+from fhir_server.storage.sqlite_checkpoint import BackgroundCheckpointer
 
 SCHEMA_VERSION = 3
 DIRECT_PARAMS = frozenset({"_id", "_lastUpdated"})
@@ -249,6 +250,10 @@ class SqliteStorage:
         self._process_lock = ProcessWriteLock(path)
         self._writer = self._connect()
         self._init_schema()
+        self._checkpointer: BackgroundCheckpointer | None = None
+        if path != ":memory:":
+            self._writer.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = BackgroundCheckpointer(self._connect)
         self._pids: dict[tuple[str, str], int] = {
             (rtype, code): pid
             for pid, rtype, code in self._writer.execute(
@@ -339,6 +344,8 @@ class SqliteStorage:
         )
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._writer.close()
         self._process_lock.close()
 
@@ -511,6 +518,8 @@ class SqliteStorage:
                 self.reload_after_rollback(conn)
                 raise
             conn.execute("COMMIT")
+            if self._checkpointer is not None:
+                self._checkpointer.committed()
 
     def reload_after_rollback(self, conn: sqlite3.Connection) -> None:
         """The caches of what the undone writes created (pids, widened date spans) must

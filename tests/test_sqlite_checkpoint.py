@@ -1,0 +1,58 @@
+"""WAL checkpoints run on the storage's own thread, not inside the writers' COMMIT: the
+log is still copied back into the database file and reused (it does not grow with the data
+written), every committed write is in the file after close, and close stops the thread."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from fhir_server.storage.sqlite import SqliteStorage
+
+BLOB = b'{"resourceType":"Basic","note":"' + b"x" * 4000 + b'"}'
+
+
+def _write(storage: SqliteStorage, prefix: str, transactions: int, per_transaction: int) -> None:
+    for n in range(transactions):
+        with storage.transaction() as tx:
+            for m in range(per_transaction):
+                tx.put("Basic", f"{prefix}-{n}-{m}", 1, time.time(), BLOB, (), "PUT")
+
+
+def _checkpointer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sqlite-checkpoint"]
+
+
+def test_the_log_is_checkpointed_and_reused_while_writing(tmp_path: Path) -> None:
+    path = tmp_path / "bulk.db"
+    storage = SqliteStorage(str(path))
+    assert storage._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    # ~48 MB of history JSON in 120 commits, with pauses so that the checkpointer can run
+    for round_ in range(12):
+        _write(storage, f"r{round_}", 10, 100)
+        time.sleep(0.3)
+    assert len(_checkpointer_threads()) >= 1
+    wal = Path(f"{path}-wal").stat().st_size
+    database = path.stat().st_size
+    # without checkpoints the log would hold all ~48 MB; the file holds them instead
+    assert database > 40_000_000
+    assert wal < 25_000_000, (wal, database)
+    storage.close()
+    assert not _checkpointer_threads()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM history").fetchone()[0] == 12_000
+    conn.close()
+
+
+def test_everything_committed_is_there_after_close(tmp_path: Path) -> None:
+    path = tmp_path / "close.db"
+    storage = SqliteStorage(str(path))
+    _write(storage, "a", 5, 50)
+    storage.close()  # right after the last commit: the thread may be mid-checkpoint
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+    reopened = SqliteStorage(str(path))
+    assert reopened.read("Basic", "a-4-49") is not None
+    assert reopened._writer.execute("SELECT count(*) FROM resources").fetchone()[0] == 250
+    reopened.close()
