@@ -12,7 +12,7 @@ import pytest
 
 from fhir_server.deid.engine import PSEUDED, Deidentifier, Suppressed
 from fhir_server.deid.keys import DeidConfigError, RecipientKeys, master_secret
-from fhir_server.deid.pseudonyms import Pseudonymizer
+from fhir_server.deid.pseudonyms import Pseudonymizer, _pack, _unpack
 from fhir_server.deid.rules import load_rules, parse_rules
 from fhir_server.model import jsonio
 from tests.deid_data import french_patients, secrets_of, synthea_bundles
@@ -63,6 +63,24 @@ def test_uuid_pseudonyms_have_43_characters_and_long_ids_are_keyed_hashes() -> N
     assert FHIR_ID.fullmatch(pseudonym) and pseudonym.startswith("h.")
     assert names.real_id("Patient", pseudonym) is None
     assert engine("beta").pseudonyms.pseudonym("Patient", long_id) != pseudonym
+
+
+@pytest.mark.parametrize(
+    ("rid", "packed"),
+    [
+        ("p-1-0-obs-12345", "0fa7ed7ed3ea1bb3ed76df8e40"),
+        ("A", "0100"),
+        ("example.with.dots-and-dashes", "1c7b16a6a657bfc22b61fdda2db3e6a777e75ab217ac"),
+        ("x" * 41, "29" + "c71c71" * 10 + "c4"),
+        ("abcdefghijklmnopqrst", "1469b71d79f8218a39259a7a29aabb2d00"),  # 16 bytes: padded
+    ],
+)
+def test_packing_of_ids_is_stable(rid: str, packed: str) -> None:
+    """Pseudonyms already handed to recipients must keep reading back: the plaintext
+    layout of non-UUID ids (length byte, 6 bits per character) never changes."""
+    assert _pack(rid).hex() == packed
+    assert _unpack(bytes.fromhex(packed)) == rid
+    assert _pack(rid + "!") is None and _pack("y" * 42) is None
 
 
 def test_made_up_pseudonyms_are_rejected() -> None:

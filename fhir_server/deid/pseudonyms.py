@@ -30,7 +30,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-."
-_CHAR_VALUE = {c: i for i, c in enumerate(ID_ALPHABET)}
 MAX_PACKED_ID = 41
 HASHED_PREFIX = "h."
 _CACHE_LIMIT = 200_000
@@ -49,14 +48,22 @@ def _raw(text: str) -> bytes:
     return base64.urlsafe_b64decode(padded)
 
 
+# ID_ALPHABET is base64's alphabet with `-` and `.` for `+` and `/`: packing at 6 bits per
+# character is base64 decoding (and unpacking, encoding), done in C.
+_PACKABLE = re.compile(rf"[A-Za-z0-9\-.]{{0,{MAX_PACKED_ID}}}")
+_ID_TO_BASE64 = str.maketrans("-.", "+/")
+_BASE64_TO_ID = str.maketrans("+/", "-.")
+
+
 def _pack(rid: str) -> bytes | None:
-    if len(rid) > MAX_PACKED_ID or any(c not in _CHAR_VALUE for c in rid):
+    """A length byte, then the id's characters at 6 bits each, left-aligned; None for an id
+    that is too long or has a character outside ID_ALPHABET."""
+    if _PACKABLE.fullmatch(rid) is None:
         return None
-    bits = 0
-    for char in rid:
-        bits = (bits << 6) | _CHAR_VALUE[char]
     size = (len(rid) * 6 + 7) // 8
-    body = bytes([len(rid)]) + (bits << (size * 8 - len(rid) * 6)).to_bytes(size, "big")
+    # `A` is 0 in base64: padding to a whole quantum adds zero bits, cut off after decoding
+    bits = binascii.a2b_base64(rid.translate(_ID_TO_BASE64) + "A" * (-len(rid) % 4))
+    body = bytes([len(rid)]) + bits[:size]
     return body + b"\0" if len(body) == 16 else body
 
 
@@ -65,9 +72,8 @@ def _unpack(raw: bytes) -> str | None:
     size = (length * 6 + 7) // 8
     if size + 1 not in (len(raw), len(raw) - 1) or length > MAX_PACKED_ID:
         return None
-    bits = int.from_bytes(raw[1 : 1 + size], "big") >> (size * 8 - length * 6)
-    chars = [ID_ALPHABET[(bits >> (6 * (length - 1 - i))) & 63] for i in range(length)]
-    return "".join(chars)
+    text = binascii.b2a_base64(raw[1 : 1 + size], newline=False).decode()
+    return text[:length].translate(_BASE64_TO_ID)
 
 
 class Pseudonymizer:
