@@ -164,6 +164,13 @@ class BundleProcessor:
         """Run a transaction or batch. `raw`, the body as received, lets the processor skip
         the search for conditional references when the text has none (a large speed-up
         for device uploads of thousands of entries)."""
+        if raw is None:
+            # In-process callers (imports, the MLLP listener) hand over a dict: serialising it
+            # once is far cheaper than walking every entry's elements for references.
+            try:
+                raw = jsonio.dumps(bundle)
+            except (TypeError, ValueError):
+                raw = None
         self._conditional_references = raw is None or bool(CONDITIONAL_REFERENCE.search(raw))
         self._resolved: dict[str, dict[str, str]] = {}
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
