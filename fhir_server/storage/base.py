@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from fhir_server.search.types import IndexEntry
 
 
-@dataclass(frozen=True, slots=True)
-class StoredResource:
-    """One version of a resource as stored (json is None for a deletion)."""
+class StoredResource(NamedTuple):
+    """One version of a resource as stored (json is None for a deletion).
+
+    A named tuple rather than a frozen dataclass: searches and exports make one per
+    resource read, and a tuple is built three times faster."""
 
     resource_type: str
     id: str
