@@ -104,8 +104,6 @@ def to_bundle(
     fmt.map_rows(table, options, out)
     for bad in table.unreadable:
         out.reject(bad.row, bad.reason)
-    if assumed_utc and any(
-        r.stamp.moment is not None and not r.stamp.explicit_offset for r in out.readings
-    ):
+    if assumed_utc and any(stamp.is_local_time() for _, stamp, *_ in out.readings):
         warnings.append("no time zone given: local timestamps read as UTC")
     return out.result(format_name=fmt.name, rows_read=len(table.rows), warnings=warnings)

@@ -7,6 +7,7 @@ with a conditional create per Observation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
@@ -49,7 +50,6 @@ class Reading:
     kind: str
     device: DeviceInfo | None = None
     note: str | None = None
-    identifier: str = ""  # set by Collector.add
 
 
 @dataclass
@@ -84,9 +84,52 @@ def _subject_key(subject: Subject) -> str:
     return subject
 
 
+_QUERY_HEAD = len(identifier_query(None, ""))  # `identifier=`
+
+
+class ReadingTemplate:
+    """What the readings of one kind share (code, profile, subject, device...): a format
+    makes one per kind of reading and device, and each reading adds its time and value.
+
+    It holds the parts of the reading identifier `{source}/{UTC key}/{code}/{kind}` and of
+    its conditional query around the time key; the key is digits, `T` and `Z`, which URL
+    quoting leaves as they are, so the query is these parts joined.
+    """
+
+    __slots__ = ("make_code", "profile", "category", "subject", "device", "note",
+                 "id_prefix", "id_suffix", "query_prefix", "query_suffix")
+
+    def __init__(
+        self,
+        *,
+        make_code: Callable[[], dict[str, Any]],
+        code_key: str,
+        profile: str | None,
+        category: str | None,
+        subject: Subject,
+        kind: str,
+        device: DeviceInfo | None = None,
+        note: str | None = None,
+    ) -> None:
+        self.make_code = make_code  # a new dict per Observation: the server edits resources
+        self.profile, self.category, self.subject = profile, category, subject
+        self.device, self.note = device, note
+        source = device.source_key() if device is not None else patient_key(
+            _subject_key(subject)
+        )
+        self.id_prefix = source + "/"
+        self.id_suffix = f"/{safe_key(code_key)}/{kind}"
+        self.query_prefix = identifier_query(READING_SYSTEM, self.id_prefix)
+        self.query_suffix = identifier_query(None, self.id_suffix)[_QUERY_HEAD:]
+
+
+# One kept reading: (row, stamp, template, value, identifier, time key).
+Kept = tuple[int, Stamp, ReadingTemplate, dict[str, Any], str, str]
+
+
 class Collector:
     def __init__(self) -> None:
-        self.readings: list[Reading] = []
+        self.readings: list[Kept] = []
         self.rejected: list[RejectedRow] = []
         self.skipped: list[RejectedRow] = []
         self._seen: dict[str, tuple[int, Any]] = {}
@@ -98,51 +141,60 @@ class Collector:
     def skip(self, row: int, reason: str) -> None:
         self.skipped.append(RejectedRow(row, reason))
 
-    def identifier_value(self, reading: Reading) -> str:
-        source = (
-            reading.device.source_key()
-            if reading.device is not None
-            else patient_key(_subject_key(reading.subject))
-        )
-        return f"{source}/{reading.stamp.key()}/{safe_key(reading.code_key)}/{reading.kind}"
-
-    def _second_pass_of_repeated_hour(self, stamp: Stamp) -> Stamp:
+    def _second_pass_of_repeated_hour(self, stamp: Stamp, ambiguous: bool) -> Stamp:
         """When daylight-saving time ends, local times of one hour occur twice. Rows come
         in file order: inside that hour, a local time earlier than the previous one means
         the clock went back, and the rest of the hour is its second pass (fold=1)."""
-        moment = stamp.moment
-        if moment is None or stamp.explicit_offset:
-            return stamp
-        if moment.replace(fold=1).utcoffset() == moment.utcoffset():
+        if not ambiguous:
             self._repeated_hour = None
             return stamp
-        local = moment.replace(tzinfo=None)
+        local = stamp.naive()
         folded = False
         if self._repeated_hour is not None:
             previous, folded = self._repeated_hour
             folded = folded or local < previous
         self._repeated_hour = (local, folded)
-        if not folded:
-            return stamp
-        return Stamp(moment.replace(fold=1), stamp.day, stamp.explicit_offset)
+        return stamp.second_pass() if folded else stamp
 
     def add(self, reading: Reading) -> None:
         """Keep a reading unless the same one (same identifier) came earlier in the file."""
-        reading.stamp = self._second_pass_of_repeated_hour(reading.stamp)
-        key = reading.identifier = self.identifier_value(reading)
-        earlier = self._seen.get(key)
+        code = reading.code
+        template = ReadingTemplate(
+            make_code=lambda: code,  # a template of its own: used once, no copy needed
+            code_key=reading.code_key,
+            profile=reading.profile,
+            category=reading.category,
+            subject=reading.subject,
+            kind=reading.kind,
+            device=reading.device,
+            note=reading.note,
+        )
+        self.add_reading(reading.row, reading.stamp, template, reading.value)
+
+    def add_reading(
+        self, row: int, stamp: Stamp, template: ReadingTemplate, value: dict[str, Any]
+    ) -> None:
+        """`add` for formats that share templates between their readings."""
+        hour = stamp.zone_hour
+        if hour is not None:
+            if hour.ambiguous or self._repeated_hour is not None:
+                stamp = self._second_pass_of_repeated_hour(stamp, hour.ambiguous)
+        elif stamp.moment is not None and not stamp.explicit_offset:
+            moment = stamp.moment
+            ambiguous = moment.replace(fold=1).utcoffset() != moment.utcoffset()
+            stamp = self._second_pass_of_repeated_hour(stamp, ambiguous)
+        key = stamp.key()
+        identifier = template.id_prefix + key + template.id_suffix
+        earlier = self._seen.get(identifier)
         if earlier is not None:
             first_row, first_value = earlier
-            if first_value == reading.value:
-                self.skip(reading.row, f"duplicate of row {first_row}")
+            if first_value == value:
+                self.skip(row, f"duplicate of row {first_row}")
             else:
-                self.reject(
-                    reading.row,
-                    f"same time and code as row {first_row} but a different value",
-                )
+                self.reject(row, f"same time and code as row {first_row} but a different value")
             return
-        self._seen[key] = (reading.row, reading.value)
-        self.readings.append(reading)
+        self._seen[identifier] = (row, value)
+        self.readings.append((row, stamp, template, value, identifier, key))
 
     def result(self, *, format_name: str, rows_read: int, warnings: list[str]) -> CsvMappingResult:
         builder = TransactionBuilder()
@@ -171,25 +223,27 @@ class Collector:
             return devices[(device, patient_ref)]
 
         # Patients and devices first so that a reader of the Bundle meets them before use.
-        references = []
-        for reading in self.readings:
-            subject = subject_ref(reading.subject)
-            device = device_ref(reading.device, subject) if reading.device else None
-            references.append((subject, device))
-        for reading, (subject, device) in zip(self.readings, references, strict=True):
-            value = reading.identifier
+        references: dict[ReadingTemplate, tuple[str, str | None]] = {}
+        for _, _, template, _, _, _ in self.readings:
+            if template not in references:
+                subject = subject_ref(template.subject)
+                device = device_ref(template.device, subject) if template.device else None
+                references[template] = (subject, device)
+        create = builder.create
+        for _, stamp, template, value, identifier, key in self.readings:
+            subject, device = references[template]
             resource = observation(
-                code=reading.code,
-                profile=reading.profile,
-                category=reading.category,
+                code=template.make_code(),
+                profile=template.profile,
+                category=template.category,
                 subject=subject,
-                effective=reading.stamp.fhir(),
-                identifier=(READING_SYSTEM, value),
-                value=reading.value,
+                effective=stamp.fhir(),
+                identifier=(READING_SYSTEM, identifier),
+                value=value,
                 device_ref=device,
-                note=reading.note,
+                note=template.note,
             )
-            builder.create(resource, identifier_query(READING_SYSTEM, value))
+            create(resource, template.query_prefix + key + template.query_suffix)
         return CsvMappingResult(
             bundle=builder.bundle(),
             rows_read=rows_read,

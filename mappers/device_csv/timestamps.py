@@ -9,7 +9,6 @@ from all its timestamps (see `infer_dayfirst`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -32,15 +31,41 @@ _COMPACT = re.compile(
 )
 
 
-@dataclass(frozen=True, slots=True)
 class Stamp:
-    """A parsed timestamp: aware when it has a time, a bare date otherwise."""
+    """A parsed timestamp: aware when it has a time, a bare date otherwise.
 
-    moment: datetime | None
-    day: date | None = None
-    explicit_offset: bool = False
+    A stamp read by `TimestampReader` from a local time of a regular hour carries that
+    hour's zone facts (`zone_hour`) and its own wall-clock text instead of an aware
+    datetime: its FHIR text and its key are then string joins (see `_ZoneHour`). `fold` is
+    1 for the second pass of a repeated hour (set by the Collector).
+    """
+
+    __slots__ = ("moment", "day", "explicit_offset", "zone_hour", "local", "minsec", "fold")
+
+    def __init__(
+        self, moment: datetime | None, day: date | None = None, explicit_offset: bool = False
+    ) -> None:
+        self.moment = moment
+        self.day = day
+        self.explicit_offset = explicit_offset
+        self.zone_hour: _ZoneHour | None = None
+        self.local = ""  # wall-clock time `YYYY-MM-DDTHH:MM:SS` (zone_hour stamps only)
+        self.minsec = ""  # its `MMSS`
+        self.fold = 0
+
+    def __repr__(self) -> str:
+        return f"Stamp({self.fhir()!r})"
+
+    def is_local_time(self) -> bool:
+        """A time of day read in the caller's zone (not a date, not an explicit offset)."""
+        return self.zone_hour is not None or (
+            self.moment is not None and not self.explicit_offset
+        )
 
     def fhir(self) -> str:
+        hour = self.zone_hour
+        if hour is not None:
+            return self.local + hour.suffixes[self.fold]
         if self.moment is not None:
             return self.moment.isoformat(timespec="seconds")
         assert self.day is not None
@@ -48,10 +73,72 @@ class Stamp:
 
     def key(self) -> str:
         """A compact, zone-independent key for identifiers: the UTC instant (or the date)."""
+        hour = self.zone_hour
+        if hour is not None:
+            return hour.utc_hours[self.fold] + self.minsec + "Z"
         if self.moment is not None:
             return self.moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         assert self.day is not None
         return self.day.strftime("%Y%m%d")
+
+    def naive(self) -> datetime:
+        """The wall-clock time (for the order of rows in a repeated hour)."""
+        if self.zone_hour is not None:
+            return datetime.fromisoformat(self.local)
+        assert self.moment is not None
+        return self.moment.replace(tzinfo=None)
+
+    def second_pass(self) -> Stamp:
+        """The same wall-clock time, in the second pass of a repeated hour (fold=1)."""
+        if self.zone_hour is not None:
+            folded = Stamp(None)
+            folded.zone_hour, folded.local, folded.minsec = self.zone_hour, self.local, self.minsec
+            folded.fold = 1
+            return folded
+        assert self.moment is not None
+        return Stamp(self.moment.replace(fold=1), self.day, self.explicit_offset)
+
+
+class _ZoneHour:
+    """One wall-clock hour of a zone whose UTC offsets are the same all through the hour
+    (for each fold) and whole hours: then minutes and seconds are the same in UTC, so the
+    FHIR text of a time is `local + suffix` and its UTC key `utc_hour + MMSS + Z`.
+    `ambiguous` says that the hour occurs twice (or not at all): fold 0 and 1 differ."""
+
+    __slots__ = ("prefix", "suffixes", "utc_hours", "ambiguous")
+
+    def __init__(self, prefix: str, suffixes: tuple[str, str], utc_hours: tuple[str, str],
+                 ambiguous: bool) -> None:
+        self.prefix = prefix  # `YYYY-MM-DDTHH:`
+        self.suffixes = suffixes
+        self.utc_hours = utc_hours
+        self.ambiguous = ambiguous
+
+
+_HOUR = timedelta(hours=1)
+_LAST_SECOND = timedelta(minutes=59, seconds=59)
+
+
+def _zone_hour(start: datetime, zone: tzinfo) -> _ZoneHour | None:
+    """The facts of the local hour beginning at naive `start`, or None when the offset
+    changes inside the hour, is not whole hours, or the hour is out of range in UTC (such
+    hours take the general path, which handles and reports them)."""
+    suffixes, utc_hours, offsets = [], [], []
+    for fold in (0, 1):
+        first = start.replace(tzinfo=zone, fold=fold)
+        last = (start + _LAST_SECOND).replace(tzinfo=zone, fold=fold)
+        offset = first.utcoffset()
+        if offset is None or offset != last.utcoffset() or offset % _HOUR:
+            return None
+        try:
+            utc_hours.append(first.astimezone(UTC).strftime("%Y%m%dT%H"))
+            (last.astimezone(UTC))
+        except (OverflowError, ValueError):
+            return None
+        suffixes.append(first.isoformat(timespec="seconds")[19:])
+        offsets.append(offset)
+    return _ZoneHour(start.isoformat(timespec="seconds")[:14], (suffixes[0], suffixes[1]),
+                     (utc_hours[0], utc_hours[1]), offsets[0] != offsets[1])
 
 
 def parse_timezone(value: str | None) -> tzinfo | None:
@@ -143,6 +230,70 @@ def parse_timestamp(
         day_, month = (first, second) if dayfirst else (second, first)
         return _build(_year(groups["y"]), month, day_, groups, zone)
     raise ValueError(f"unrecognised timestamp {text[:40]!r}")
+
+
+_MISSING = object()
+
+
+class TimestampReader:
+    """Reads the timestamp cells of one file, with its date order and zone, fast.
+
+    Rows of an export are minutes apart, so the zone's offset is looked up once per local
+    hour (`_ZoneHour`) instead of once per row; a time in that hour is then its text.
+    Dates the fast path does not cover (explicit offsets, bare dates, compact dates,
+    strptime formats, hours in which the offset changes) and every malformed cell go
+    through `parse_timestamp`, which gives the same results and reasons as always.
+    """
+
+    def __init__(self, *, dayfirst: bool, zone: tzinfo, date_format: str | None = None):
+        self.dayfirst = dayfirst
+        self.zone = zone
+        self.date_format = date_format
+        self._patterns = (_YEAR_FIRST, _NUMERIC_DATE)
+        self._hours: dict[str, _ZoneHour | None] = {}
+
+    def read(self, text: str) -> Stamp:
+        """Like `parse_timestamp` (ValueError with a short reason if `text` is not a date)."""
+        if self.date_format is None:
+            text = text.strip()
+            first, second = self._patterns
+            match = first.match(text)
+            if match is None:
+                match = second.match(text)
+                if match is not None:  # files keep one style: try this one first next time
+                    self._patterns = (second, first)
+            if match is not None:
+                minute, seconds, ampm, offset = match.group("mi", "s", "ampm", "tz")
+                if minute is not None and offset is None:
+                    key = text[: match.start("mi")] + (ampm or "")
+                    hour = self._hours.get(key, _MISSING)
+                    if hour is _MISSING:
+                        hour = self._hours[key] = self._zone_hour(match)
+                    seconds = seconds or "00"
+                    if hour is not None and minute <= "59" and seconds <= "59":
+                        stamp = Stamp(None)
+                        stamp.zone_hour = hour  # type: ignore[assignment]
+                        stamp.local = hour.prefix + minute + ":" + seconds  # type: ignore[union-attr]
+                        stamp.minsec = minute + seconds
+                        return stamp
+        return parse_timestamp(
+            text, dayfirst=self.dayfirst, zone=self.zone, date_format=self.date_format
+        )
+
+    def _zone_hour(self, match: re.Match[str]) -> _ZoneHour | None:
+        groups = match.groupdict()
+        try:
+            if match.re is _YEAR_FIRST:
+                year, month, day_ = int(groups["y"]), int(groups["mo"]), int(groups["d"])
+            else:
+                first, second = int(groups["a"]), int(groups["b"])
+                day_, month = (first, second) if self.dayfirst else (second, first)
+                year = _year(groups["y"])
+            hour = _hour(int(groups["h"]), groups["ampm"])
+            start = datetime(year, month, day_, hour)
+        except ValueError:
+            return None
+        return _zone_hour(start, self.zone)
 
 
 def infer_dayfirst(cells: list[str]) -> bool | None:
