@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
+from .collection import collection_paused
 from .common import Collector, Options
 from .declarative import load_mapping
 from .decode import decode_text
@@ -89,6 +90,17 @@ def to_bundle(
     if patient is not None and (not isinstance(patient, str) or not patient.strip()):
         raise CsvMappingError("patient must be a non-empty reference such as 'Patient/123'")
 
+    with collection_paused():
+        return _map(data, fmt, patient, timezone, dayfirst)
+
+
+def _map(
+    data: str | bytes,
+    fmt: Format | None,
+    patient: str | None,
+    timezone: str | None,
+    dayfirst: bool | None,
+) -> CsvMappingResult:
     text = normalise_newlines(decode_text(data))
     fmt, index, delimiter, header = _locate(text, fmt)
     if patient is None and fmt.name in ("freestyle-libre", "dexcom-clarity"):
