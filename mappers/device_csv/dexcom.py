@@ -17,10 +17,22 @@ of the `Device` metadata row.
 
 from __future__ import annotations
 
-from .common import Collector, Options, Reading
-from .resources import CGM, METER, MG_DL, MMOL_L, DeviceInfo, loinc_code, patient_key, unit_in
+from functools import partial
+
+from .common import Collector, Options, ReadingTemplate
+from .resources import (
+    CGM,
+    METER,
+    MG_DL,
+    MMOL_L,
+    UCUM,
+    DeviceInfo,
+    loinc_code,
+    patient_key,
+    unit_in,
+)
 from .table import Table
-from .timestamps import parse_timestamp
+from .timestamps import TimestampReader
 from .values import OUT_OF_RANGE_WORDS, parse_number
 
 NAME = "dexcom-clarity"
@@ -74,21 +86,55 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             receiver = _cell(cells, source_col)
             break
     dayfirst = options.dayfirst_for([_cell(cells, time_col) for _, cells in table.rows])
+    read_time = TimestampReader(dayfirst=dayfirst, zone=options.zone).read
     devices: dict[str, DeviceInfo] = {}
+    # EGV templates per device serial; calibration ones per note (they name no device).
+    egv_templates: dict[str, ReadingTemplate] = {}
+    calibration_templates: dict[str, ReadingTemplate] = {}
+    key = f"{NAME}:{patient_key(patient)}"
 
-    def device_of(cells: list[str]) -> DeviceInfo:
+    def egv_template(cells: list[str]) -> ReadingTemplate:
         serial = _cell(cells, transmitter_col) or receiver
-        if serial not in devices:
-            devices[serial] = DeviceInfo(
-                vendor="dexcom",
-                serial=serial or None,
-                name=model,
-                manufacturer="Dexcom",
-                kind="Continuous glucose monitoring system",
-                key=f"{NAME}:{patient_key(patient)}",
+        found = egv_templates.get(serial)
+        if found is None:
+            if serial not in devices:
+                devices[serial] = DeviceInfo(
+                    vendor="dexcom",
+                    serial=serial or None,
+                    name=model,
+                    manufacturer="Dexcom",
+                    kind="Continuous glucose monitoring system",
+                    key=key,
+                )
+            analyte = CGM[unit]
+            found = egv_templates[serial] = ReadingTemplate(
+                make_code=partial(loinc_code, analyte),
+                code_key=analyte.code,
+                profile=analyte.profile,
+                category=analyte.category,
+                subject=patient,
+                kind="egv",
+                device=devices[serial],
             )
-        return devices[serial]
+        return found
 
+    def calibration_template(cells: list[str]) -> ReadingTemplate:
+        note = f"Dexcom {_cell(cells, subtype_col) or 'calibration'} entry"
+        found = calibration_templates.get(note)
+        if found is None:
+            analyte = METER[unit]
+            found = calibration_templates[note] = ReadingTemplate(
+                make_code=partial(loinc_code, analyte),
+                code_key=analyte.code,
+                profile=analyte.profile,
+                category=analyte.category,
+                subject=patient,
+                kind="calibration",
+                note=note,
+            )
+        return found
+
+    limits = _LIMITS[unit]
     for row, cells in table.rows:
         event = _cell(cells, event_col)
         lowered = event.lower()
@@ -99,7 +145,7 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             out.skip(row, f"event type {event[:30]!r} is not a glucose reading")
             continue
         try:
-            stamp = parse_timestamp(_cell(cells, time_col), dayfirst=dayfirst, zone=options.zone)
+            stamp = read_time(_cell(cells, time_col))
         except ValueError as exc:
             out.reject(row, f"bad timestamp: {exc}")
             continue
@@ -109,29 +155,14 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             continue
         comparator = OUT_OF_RANGE_WORDS.get(text.lower())
         try:
-            value = _LIMITS[unit][comparator] if comparator else parse_number(text)
+            value = limits[comparator] if comparator else parse_number(text)
         except ValueError as exc:
             out.reject(row, str(exc))
             continue
-        analyte = CGM[unit] if lowered == "egv" else METER[unit]
-        quantity: dict = {"value": value}
         if comparator:
-            quantity["comparator"] = comparator
-        quantity.update({"unit": unit, "system": "http://unitsofmeasure.org", "code": unit})
-        out.add(
-            Reading(
-                row=row,
-                stamp=stamp,
-                code=loinc_code(analyte),
-                code_key=analyte.code,
-                profile=analyte.profile,
-                category=analyte.category,
-                value={"valueQuantity": quantity},
-                subject=patient,
-                kind=lowered,
-                device=device_of(cells) if lowered == "egv" else None,
-                note=f"Dexcom {_cell(cells, subtype_col) or 'calibration'} entry"
-                if lowered == "calibration"
-                else None,
-            )
-        )
+            quantity = {"value": value, "comparator": comparator, "unit": unit, "system": UCUM,
+                        "code": unit}
+        else:
+            quantity = {"value": value, "unit": unit, "system": UCUM, "code": unit}
+        template = egv_template(cells) if lowered == "egv" else calibration_template(cells)
+        out.add_reading(row, stamp, template, {"valueQuantity": quantity})
