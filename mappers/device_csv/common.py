@@ -18,8 +18,9 @@ from .errors import CsvMappingResult, RejectedRow
 from .resources import (
     READING_SYSTEM,
     DeviceInfo,
+    ObservationBuilder,
     device_resource,
-    observation,
+    observation_builder,
     patient_key,
     safe_key,
 )
@@ -230,19 +231,19 @@ class Collector:
                 device = device_ref(template.device, subject) if template.device else None
                 references[template] = (subject, device)
         create = builder.create
+        builders: dict[ReadingTemplate, ObservationBuilder] = {}
         for _, stamp, template, value, identifier, key in self.readings:
             subject, device = references[template]
-            resource = observation(
-                code=template.make_code(),
-                profile=template.profile,
-                category=template.category,
-                subject=subject,
-                effective=stamp.fhir(),
-                identifier=(READING_SYSTEM, identifier),
-                value=value,
-                device_ref=device,
-                note=template.note,
-            )
+            build = builders.get(template)
+            if build is None:
+                build = builders[template] = observation_builder(
+                    make_code=template.make_code,
+                    profile=template.profile,
+                    category=template.category,
+                    identifier_system=READING_SYSTEM,
+                    note=template.note,
+                )
+            resource = build(identifier, subject, stamp.fhir(), value, device)
             create(resource, template.query_prefix + key + template.query_suffix)
         return CsvMappingResult(
             bundle=builder.bundle(),
