@@ -24,7 +24,7 @@ from .resources import (
     patient_key,
     safe_key,
 )
-from .timestamps import Stamp, has_numeric_dates, infer_dayfirst, uses_ampm
+from .timestamps import AnyStamp, has_numeric_dates, infer_dayfirst, uses_ampm
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ Subject = str | PatientIdentity
 @dataclass(slots=True)
 class Reading:
     row: int
-    stamp: Stamp
+    stamp: AnyStamp
     code: dict[str, Any]
     code_key: str
     profile: str | None
@@ -125,7 +125,7 @@ class ReadingTemplate:
 
 
 # One kept reading: (row, stamp, template, value, identifier, time key).
-Kept = tuple[int, Stamp, ReadingTemplate, dict[str, Any], str, str]
+Kept = tuple[int, AnyStamp, ReadingTemplate, dict[str, Any], str, str]
 
 
 class Collector:
@@ -142,7 +142,7 @@ class Collector:
     def skip(self, row: int, reason: str) -> None:
         self.skipped.append(RejectedRow(row, reason))
 
-    def _second_pass_of_repeated_hour(self, stamp: Stamp, ambiguous: bool) -> Stamp:
+    def _second_pass_of_repeated_hour(self, stamp: AnyStamp, ambiguous: bool) -> AnyStamp:
         """When daylight-saving time ends, local times of one hour occur twice. Rows come
         in file order: inside that hour, a local time earlier than the previous one means
         the clock went back, and the rest of the hour is its second pass (fold=1)."""
@@ -173,7 +173,7 @@ class Collector:
         self.add_reading(reading.row, reading.stamp, template, reading.value)
 
     def add_reading(
-        self, row: int, stamp: Stamp, template: ReadingTemplate, value: dict[str, Any]
+        self, row: int, stamp: AnyStamp, template: ReadingTemplate, value: dict[str, Any]
     ) -> None:
         """`add` for formats that share templates between their readings."""
         hour = stamp.zone_hour

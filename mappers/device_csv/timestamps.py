@@ -32,15 +32,10 @@ _COMPACT = re.compile(
 
 
 class Stamp:
-    """A parsed timestamp: aware when it has a time, a bare date otherwise.
+    """A parsed timestamp: aware when it has a time, a bare date otherwise."""
 
-    A stamp read by `TimestampReader` from a local time of a regular hour carries that
-    hour's zone facts (`zone_hour`) and its own wall-clock text instead of an aware
-    datetime: its FHIR text and its key are then string joins (see `_ZoneHour`). `fold` is
-    1 for the second pass of a repeated hour (set by the Collector).
-    """
-
-    __slots__ = ("moment", "day", "explicit_offset", "zone_hour", "local", "minsec", "fold")
+    __slots__ = ("moment", "day", "explicit_offset")
+    zone_hour: _ZoneHour | None = None  # see LocalStamp
 
     def __init__(
         self, moment: datetime | None, day: date | None = None, explicit_offset: bool = False
@@ -48,24 +43,15 @@ class Stamp:
         self.moment = moment
         self.day = day
         self.explicit_offset = explicit_offset
-        self.zone_hour: _ZoneHour | None = None
-        self.local = ""  # wall-clock time `YYYY-MM-DDTHH:MM:SS` (zone_hour stamps only)
-        self.minsec = ""  # its `MMSS`
-        self.fold = 0
 
     def __repr__(self) -> str:
         return f"Stamp({self.fhir()!r})"
 
     def is_local_time(self) -> bool:
         """A time of day read in the caller's zone (not a date, not an explicit offset)."""
-        return self.zone_hour is not None or (
-            self.moment is not None and not self.explicit_offset
-        )
+        return self.moment is not None and not self.explicit_offset
 
     def fhir(self) -> str:
-        hour = self.zone_hour
-        if hour is not None:
-            return self.local + hour.suffixes[self.fold]
         if self.moment is not None:
             return self.moment.isoformat(timespec="seconds")
         assert self.day is not None
@@ -73,9 +59,6 @@ class Stamp:
 
     def key(self) -> str:
         """A compact, zone-independent key for identifiers: the UTC instant (or the date)."""
-        hour = self.zone_hour
-        if hour is not None:
-            return hour.utc_hours[self.fold] + self.minsec + "Z"
         if self.moment is not None:
             return self.moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         assert self.day is not None
@@ -83,20 +66,52 @@ class Stamp:
 
     def naive(self) -> datetime:
         """The wall-clock time (for the order of rows in a repeated hour)."""
-        if self.zone_hour is not None:
-            return datetime.fromisoformat(self.local)
         assert self.moment is not None
         return self.moment.replace(tzinfo=None)
 
     def second_pass(self) -> Stamp:
         """The same wall-clock time, in the second pass of a repeated hour (fold=1)."""
-        if self.zone_hour is not None:
-            folded = Stamp(None)
-            folded.zone_hour, folded.local, folded.minsec = self.zone_hour, self.local, self.minsec
-            folded.fold = 1
-            return folded
         assert self.moment is not None
         return Stamp(self.moment.replace(fold=1), self.day, self.explicit_offset)
+
+
+class LocalStamp:
+    """A local time of a regular hour (see `_ZoneHour`), as `TimestampReader` reads most:
+    the hour's zone facts and the time's own wall-clock text instead of an aware datetime,
+    so that its FHIR text and its key are string joins. Same interface as `Stamp`; `fold`
+    is 1 in the second pass of a repeated hour."""
+
+    __slots__ = ("zone_hour", "local", "minsec", "fold")
+    moment = None
+    day = None
+    explicit_offset = False
+
+    def __init__(self, zone_hour: _ZoneHour, local: str, minsec: str, fold: int = 0) -> None:
+        self.zone_hour = zone_hour
+        self.local = local  # `YYYY-MM-DDTHH:MM:SS`
+        self.minsec = minsec  # `MMSS`
+        self.fold = fold
+
+    def __repr__(self) -> str:
+        return f"LocalStamp({self.fhir()!r})"
+
+    def is_local_time(self) -> bool:
+        return True
+
+    def fhir(self) -> str:
+        return self.local + self.zone_hour.suffixes[self.fold]
+
+    def key(self) -> str:
+        return self.zone_hour.utc_hours[self.fold] + self.minsec + "Z"
+
+    def naive(self) -> datetime:
+        return datetime.fromisoformat(self.local)
+
+    def second_pass(self) -> LocalStamp:
+        return LocalStamp(self.zone_hour, self.local, self.minsec, 1)
+
+
+AnyStamp = Stamp | LocalStamp
 
 
 class _ZoneHour:
@@ -252,7 +267,7 @@ class TimestampReader:
         self._patterns = (_YEAR_FIRST, _NUMERIC_DATE)
         self._hours: dict[str, _ZoneHour | None] = {}
 
-    def read(self, text: str) -> Stamp:
+    def read(self, text: str) -> AnyStamp:
         """Like `parse_timestamp` (ValueError with a short reason if `text` is not a date)."""
         if self.date_format is None:
             text = text.strip()
@@ -271,11 +286,10 @@ class TimestampReader:
                         hour = self._hours[key] = self._zone_hour(match)
                     seconds = seconds or "00"
                     if hour is not None and minute <= "59" and seconds <= "59":
-                        stamp = Stamp(None)
-                        stamp.zone_hour = hour  # type: ignore[assignment]
-                        stamp.local = hour.prefix + minute + ":" + seconds  # type: ignore[union-attr]
-                        stamp.minsec = minute + seconds
-                        return stamp
+                        return LocalStamp(  # type: ignore[arg-type]
+                            hour, hour.prefix + minute + ":" + seconds,  # type: ignore[union-attr]
+                            minute + seconds,
+                        )
         return parse_timestamp(
             text, dayfirst=self.dayfirst, zone=self.zone, date_format=self.date_format
         )
