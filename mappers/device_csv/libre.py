@@ -36,7 +36,7 @@ from .resources import (
     patient_key,
     unit_in,
 )
-from .table import Table
+from .table import Table, picker
 from .timestamps import TimestampReader
 from .values import OUT_OF_RANGE_WORDS, parse_number
 
@@ -106,11 +106,10 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             devices[(name, serial)] = found
         return found
 
-    def template_of(cells: list[str], record_type: str) -> ReadingTemplate:
-        name = _cell(cells, device_col) or "FreeStyle Libre"
-        serial = _cell(cells, serial_col)
-        found = templates.get((name, serial, record_type))
+    def template_of(name: str, serial: str, record_type: str) -> ReadingTemplate:
+        found = templates.get((name or "FreeStyle Libre", serial, record_type))
         if found is None:
+            name = name or "FreeStyle Libre"
             analyte, kind = _ANALYTE_OF[record_type](unit, strip_unit)
             found = ReadingTemplate(
                 make_code=partial(loinc_code, analyte),
@@ -124,8 +123,10 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             templates[(name, serial, record_type)] = found
         return found
 
+    pick = picker((type_col, time_col, historic_col, scan_col, strip_col, ketone_col,
+                   device_col, serial_col))
     for row, cells in table.rows:
-        record_type = _cell(cells, type_col)
+        record_type, time_text, historic, scan, strip, ketone, name, serial = pick(cells)
         if record_type in _SKIPPED_TYPES:
             out.skip(row, f"record type {record_type}: {_SKIPPED_TYPES[record_type]}")
             continue
@@ -133,19 +134,18 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             out.reject(row, f"unknown record type {record_type[:20]!r}")
             continue
         try:
-            stamp = read_time(_cell(cells, time_col))
+            stamp = read_time(time_text)
         except ValueError as exc:
             out.reject(row, f"bad timestamp: {exc}")
             continue
-        if record_type in ("0", "1"):
-            own, other = (historic_col, scan_col) if record_type == "0" else (
-                scan_col, historic_col)
-            text = _cell(cells, own) or _cell(cells, other)
-            value_unit = unit
+        if record_type == "0":
+            text, value_unit = historic or scan, unit
+        elif record_type == "1":
+            text, value_unit = scan or historic, unit
         elif record_type == "2":
-            text, value_unit = _cell(cells, strip_col), strip_unit
+            text, value_unit = strip, strip_unit
         else:
-            text, value_unit = _cell(cells, ketone_col), MMOL_L
+            text, value_unit = ketone, MMOL_L
         if not text:
             out.reject(row, f"record type {record_type} without a value")
             continue
@@ -159,7 +159,8 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
                         "system": UCUM, "code": value_unit}
         else:
             quantity = {"value": value, "unit": value_unit, "system": UCUM, "code": value_unit}
-        out.add_reading(row, stamp, template_of(cells, record_type), {"valueQuantity": quantity})
+        out.add_reading(row, stamp, template_of(name, serial, record_type),
+                        {"valueQuantity": quantity})
 
 
 # Record type -> (analyte, reading kind), given the file's glucose and strip units.

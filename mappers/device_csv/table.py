@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from .errors import RejectedRow
 
@@ -36,6 +37,34 @@ class Table:
                 if cell == name or (prefix and cell.startswith(name)):
                     return index
         return None
+
+
+def picker(columns: tuple[int | None, ...]) -> Callable[[list[str]], tuple[str, ...]]:
+    """A function giving a row's cells at `columns`, stripped; "" for a column the header
+    lacks (None) or the row is too short to have. One C-level lookup per row."""
+
+    def general(cells: list[str]) -> tuple[str, ...]:
+        return tuple(cells[c].strip() if c is not None and c < len(cells) else "" for c in columns)
+
+    present = [c for c in columns if c is not None]
+    if len(present) < 2:
+        return general
+    get = itemgetter(*(c if c is not None else 0 for c in columns))
+    needed = max(present) + 1
+    missing = [i for i, c in enumerate(columns) if c is None]
+    strip = str.strip
+
+    def pick(cells: list[str]) -> tuple[str, ...]:
+        if len(cells) < needed:
+            return general(cells)
+        if missing:
+            values = list(map(strip, get(cells)))
+            for index in missing:
+                values[index] = ""
+            return tuple(values)
+        return tuple(map(strip, get(cells)))
+
+    return pick
 
 
 def normalise_newlines(text: str) -> str:
