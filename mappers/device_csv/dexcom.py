@@ -31,7 +31,7 @@ from .resources import (
     patient_key,
     unit_in,
 )
-from .table import Table
+from .table import Table, picker
 from .timestamps import TimestampReader
 from .values import OUT_OF_RANGE_WORDS, parse_number
 
@@ -93,8 +93,8 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
     calibration_templates: dict[str, ReadingTemplate] = {}
     key = f"{NAME}:{patient_key(patient)}"
 
-    def egv_template(cells: list[str]) -> ReadingTemplate:
-        serial = _cell(cells, transmitter_col) or receiver
+    def egv_template(transmitter: str) -> ReadingTemplate:
+        serial = transmitter or receiver
         found = egv_templates.get(serial)
         if found is None:
             if serial not in devices:
@@ -118,8 +118,8 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             )
         return found
 
-    def calibration_template(cells: list[str]) -> ReadingTemplate:
-        note = f"Dexcom {_cell(cells, subtype_col) or 'calibration'} entry"
+    def calibration_template(subtype: str) -> ReadingTemplate:
+        note = f"Dexcom {subtype or 'calibration'} entry"
         found = calibration_templates.get(note)
         if found is None:
             analyte = METER[unit]
@@ -135,21 +135,21 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
         return found
 
     limits = _LIMITS[unit]
+    pick = picker((event_col, time_col, value_col, transmitter_col, subtype_col))
     for row, cells in table.rows:
-        event = _cell(cells, event_col)
+        event, time_text, text, transmitter, subtype = pick(cells)
         lowered = event.lower()
-        if lowered in _METADATA and not _cell(cells, time_col):
+        if lowered in _METADATA and not time_text:
             out.skip(row, f"metadata row ({event})")
             continue
         if lowered not in ("egv", "calibration"):
             out.skip(row, f"event type {event[:30]!r} is not a glucose reading")
             continue
         try:
-            stamp = read_time(_cell(cells, time_col))
+            stamp = read_time(time_text)
         except ValueError as exc:
             out.reject(row, f"bad timestamp: {exc}")
             continue
-        text = _cell(cells, value_col)
         if not text:
             out.reject(row, f"{event} without a glucose value")
             continue
@@ -164,5 +164,6 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
                         "code": unit}
         else:
             quantity = {"value": value, "unit": unit, "system": UCUM, "code": unit}
-        template = egv_template(cells) if lowered == "egv" else calibration_template(cells)
+        template = egv_template(transmitter) if lowered == "egv" else calibration_template(
+            subtype)
         out.add_reading(row, stamp, template, {"valueQuantity": quantity})

@@ -65,6 +65,8 @@ def _cell(cells: list[str], index: int | None) -> str:
 
 
 def _value(text: str, unit: str, limits: bool = True) -> tuple[int | float, str | None]:
+    if text.isdecimal():
+        return int(text), None
     word = OUT_OF_RANGE_WORDS.get(text.strip().lower())
     if word and limits and unit in _LIMITS:
         return _LIMITS[unit][word], word
