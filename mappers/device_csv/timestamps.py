@@ -131,29 +131,33 @@ class _ZoneHour:
 
 
 _HOUR = timedelta(hours=1)
-_LAST_SECOND = timedelta(minutes=59, seconds=59)
 
 
 def _zone_hour(start: datetime, zone: tzinfo) -> _ZoneHour | None:
     """The facts of the local hour beginning at naive `start`, or None when the offset
     changes inside the hour, is not whole hours, or the hour is out of range in UTC (such
     hours take the general path, which handles and reports them)."""
-    suffixes, utc_hours, offsets = [], [], []
+    y, mo, d, h = start.year, start.month, start.day, start.hour
+    offsets, suffixes, utc_hours = [], [], []
     for fold in (0, 1):
-        first = start.replace(tzinfo=zone, fold=fold)
-        last = (start + _LAST_SECOND).replace(tzinfo=zone, fold=fold)
+        first = datetime(y, mo, d, h, 0, 0, 0, zone, fold=fold)
         offset = first.utcoffset()
-        if offset is None or offset != last.utcoffset() or offset % _HOUR:
+        if offset is None or offset % _HOUR:
             return None
+        if offset != datetime(y, mo, d, h, 59, 59, 0, zone, fold=fold).utcoffset():
+            return None
+        if fold and offset == offsets[0]:  # the usual hour, the same in both folds
+            return _ZoneHour(start.isoformat()[:14], (suffixes[0],) * 2, (utc_hours[0],) * 2,
+                             False)
         try:
-            utc_hours.append(first.astimezone(UTC).strftime("%Y%m%dT%H"))
-            (last.astimezone(UTC))
-        except (OverflowError, ValueError):
+            utc = start - offset  # what astimezone(UTC) computes; out of range -> error
+        except OverflowError:
             return None
-        suffixes.append(first.isoformat(timespec="seconds")[19:])
         offsets.append(offset)
-    return _ZoneHour(start.isoformat(timespec="seconds")[:14], (suffixes[0], suffixes[1]),
-                     (utc_hours[0], utc_hours[1]), offsets[0] != offsets[1])
+        utc_hours.append(utc.strftime("%Y%m%dT%H"))
+        suffixes.append(first.isoformat()[19:])
+    return _ZoneHour(start.isoformat()[:14], (suffixes[0], suffixes[1]),
+                     (utc_hours[0], utc_hours[1]), True)
 
 
 def parse_timezone(value: str | None) -> tzinfo | None:
