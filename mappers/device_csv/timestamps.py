@@ -130,9 +130,6 @@ class _ZoneHour:
         self.ambiguous = ambiguous
 
 
-_HOUR = timedelta(hours=1)
-
-
 def _zone_hour(start: datetime, zone: tzinfo) -> _ZoneHour | None:
     """The facts of the local hour beginning at naive `start`, or None when the offset
     changes inside the hour, is not whole hours, or the hour is out of range in UTC (such
@@ -142,7 +139,7 @@ def _zone_hour(start: datetime, zone: tzinfo) -> _ZoneHour | None:
     for fold in (0, 1):
         first = datetime(y, mo, d, h, 0, 0, 0, zone, fold=fold)
         offset = first.utcoffset()
-        if offset is None or offset % _HOUR:
+        if offset is None or offset.seconds % 3600 or offset.microseconds:  # not whole hours
             return None
         if offset != datetime(y, mo, d, h, 59, 59, 0, zone, fold=fold).utcoffset():
             return None
@@ -154,7 +151,10 @@ def _zone_hour(start: datetime, zone: tzinfo) -> _ZoneHour | None:
         except OverflowError:
             return None
         offsets.append(offset)
-        utc_hours.append(utc.strftime("%Y%m%dT%H"))
+        utc_hours.append(
+            f"{utc.year}{utc.month:02}{utc.day:02}T{utc.hour:02}" if utc.year >= 1000
+            else utc.strftime("%Y%m%dT%H")  # as Stamp.key writes years before 1000
+        )
         suffixes.append(first.isoformat()[19:])
     return _ZoneHour(start.isoformat()[:14], (suffixes[0], suffixes[1]),
                      (utc_hours[0], utc_hours[1]), True)
