@@ -102,13 +102,15 @@ def read_table(text: str, header_index: int, delimiter: str, header: list[str]) 
     table = Table(delimiter, header, header_index + 1, preamble)
     body = lines[header_index + 1] if len(lines) > header_index + 1 else ""
     reader = csv.reader(body.split("\n"), delimiter=delimiter)
-    previous = header_index + 1
+    previous = first = header_index + 1
+    keep = table.rows.append
     try:
         for cells in reader:
             start = previous + 1
-            previous = header_index + 1 + reader.line_num
-            if any(cell.strip() for cell in cells):
-                table.rows.append((start, cells))
+            previous = first + reader.line_num  # a quoted cell may span lines
+            # not blank: the first cell says so for nearly every row, without a generator
+            if (cells and cells[0].strip()) or any(cell.strip() for cell in cells):
+                keep((start, cells))
     except csv.Error as exc:
         table.unreadable.append(RejectedRow(previous + 1, f"unreadable CSV: {exc}"))
     return table
