@@ -8,6 +8,9 @@ AM/PM dates, odd rows, and a few hundred seeded random files in the style of the
 
     python -m tests.device_csv_golden_cases   # rewrite the goldens (only on purpose!)
 
+The committed goldens come from commit 5f6558d (the mapper before the speed-up); cases
+added later were written by running this module in a worktree of that commit.
+
 Small cases are stored whole (`full.json.gz`); large ones as a SHA-256 of their serialised
 result, with their counts (`digests.json`).
 """
@@ -228,6 +231,30 @@ def fuzz_file(seed: int) -> tuple[str, str | None, bool | None]:
     return "\n".join([header, *rows]), zone, dayfirst
 
 
+def _minutes(start: str, count: int, step: int = 10) -> list[str]:
+    first = datetime.fromisoformat(start)
+    return [(first + timedelta(minutes=step * i)).isoformat() for i in range(count)]
+
+
+# Hours in which the offset changes at the half hour (Lord Howe), zones with offsets not
+# whole hours, and a repeated hour of Paris whose rows mix explicit offsets and bare dates.
+_ODD_HOURS = {
+    "Australia/Lord_Howe": [
+        *_minutes("2024-04-07T01:00:00", 6), *_minutes("2024-04-07T01:30:00", 6),
+        *_minutes("2024-10-06T01:40:00", 8), "2024-10-06T02:15:00",
+    ],
+    "Asia/Kolkata": _minutes("2024-03-31T01:00:00", 12, 7),
+    "Pacific/Chatham": [*_minutes("2024-04-07T02:30:00", 12), *_minutes("2024-04-07T02:45:00", 4),
+                        *_minutes("2024-09-29T02:30:00", 6)],
+    "Europe/Paris": [
+        "2024-10-27T02:00:00", "2024-10-27T02:20:00+02:00", "2024-10-27T02:40:00",
+        "2024-10-27", "2024-10-27T02:10:00", "2024-10-27T02:15:00Z", "2024-10-27T02:50:00",
+        "2024-10-27T03:05:00", "2024-10-27T02:30:00", "2024-10-27T02:20:00",
+        "27.10.2024 02:25", "10/27/2024 02:35 AM", "2024-10-27T01:59:59", "2024-10-27T02:00:01",
+    ],
+}
+
+
 def full_cases() -> list[Case]:
     cases: list[Case] = []
     formats = {
@@ -268,6 +295,13 @@ def full_cases() -> list[Case]:
     cases.append(("libre-urn-patient",
                   lambda: to_bundle(paris_autumn, patient="urn:uuid:1234", format="auto",
                                     timezone="Europe/Paris")))
+    for zone, texts in _ODD_HOURS.items():
+        export = "\n".join([LIBRE_HEADER.format(u="mg/dL")] + [
+            _libre_row(text, "0" if i % 5 else "1", historic=str(100 + i), scan=str(100 + i))
+            for i, text in enumerate(texts)])
+        for name in dict.fromkeys((zone, "Europe/Paris", "UTC")):
+            cases.append((f"libre-odd-hours-{zone}-read-in-{name}",
+                          lambda t=export, z=name: to_bundle(t, patient=PATIENT, timezone=z)))
     for seed in range(400):
         text, zone, dayfirst = fuzz_file(seed)
         cases.append((f"fuzz-{seed}",
