@@ -45,7 +45,7 @@ from .resources import (
     ucum_unit,
 )
 from .table import Table
-from .timestamps import parse_timestamp
+from .timestamps import TimestampReader
 from .values import OUT_OF_RANGE_WORDS, parse_number
 
 FIELDS = (
@@ -227,14 +227,15 @@ def map_rows(mapping: Mapping, table: Table, options: Options, out: Collector) -
         )
     dates = [_Row(mapping, indexes, cells).get("date") for _, cells in table.rows]
     dayfirst = mapping.dayfirst if mapping.dayfirst is not None else options.dayfirst_for(dates)
+    read_time = TimestampReader(
+        dayfirst=dayfirst, zone=options.zone, date_format=mapping.date_format
+    ).read
     devices: dict[tuple[str, str], DeviceInfo] = {}
 
     for (row_number, cells), date_text in zip(table.rows, dates, strict=True):
         row = _Row(mapping, indexes, cells)
         try:
-            stamp = parse_timestamp(
-                date_text, dayfirst=dayfirst, zone=options.zone, date_format=mapping.date_format
-            )
+            stamp = read_time(date_text)
         except ValueError as exc:
             out.reject(row_number, f"bad date: {exc}")
             continue
