@@ -1,8 +1,9 @@
 """What every format shares: one mapped reading, and the assembly of readings into a Bundle.
 
-A format reads its rows and calls `Collector.add / reject / skip`; the collector drops
-duplicates, creates the Device and Patient entries once, and builds the transaction Bundle
-with a conditional create per Observation.
+A format reads its rows and calls `Collector.add / reject / skip`, a reading being its time,
+its value and the `ReadingTemplate` of its kind (code, profile, subject, device), which the
+format makes once per kind; the collector drops duplicates, creates the Device and Patient
+entries once, and builds the transaction Bundle with a conditional create per Observation.
 """
 
 from __future__ import annotations
@@ -36,21 +37,6 @@ class PatientIdentity:
 
 
 Subject = str | PatientIdentity
-
-
-@dataclass(slots=True)
-class Reading:
-    row: int
-    stamp: AnyStamp
-    code: dict[str, Any]
-    code_key: str
-    profile: str | None
-    category: str | None
-    value: dict[str, Any]
-    subject: Subject
-    kind: str
-    device: DeviceInfo | None = None
-    note: str | None = None
 
 
 @dataclass
@@ -157,25 +143,10 @@ class Collector:
         self._repeated_hour = (local, folded)
         return stamp.second_pass() if folded else stamp
 
-    def add(self, reading: Reading) -> None:
-        """Keep a reading unless the same one (same identifier) came earlier in the file."""
-        code = reading.code
-        template = ReadingTemplate(
-            make_code=lambda: code,  # a template of its own: used once, no copy needed
-            code_key=reading.code_key,
-            profile=reading.profile,
-            category=reading.category,
-            subject=reading.subject,
-            kind=reading.kind,
-            device=reading.device,
-            note=reading.note,
-        )
-        self.add_reading(reading.row, reading.stamp, template, reading.value)
-
-    def add_reading(
+    def add(
         self, row: int, stamp: AnyStamp, template: ReadingTemplate, value: dict[str, Any]
     ) -> None:
-        """`add` for formats that share templates between their readings."""
+        """Keep a reading unless the same one (same identifier) came earlier in the file."""
         hour = stamp.zone_hour
         if hour is not None:
             if hour.ambiguous or self._repeated_hour is not None:

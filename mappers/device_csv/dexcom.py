@@ -166,4 +166,4 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             quantity = {"value": value, "unit": unit, "system": UCUM, "code": unit}
         template = egv_template(transmitter) if lowered == "egv" else calibration_template(
             subtype)
-        out.add_reading(row, stamp, template, {"valueQuantity": quantity})
+        out.add(row, stamp, template, {"valueQuantity": quantity})

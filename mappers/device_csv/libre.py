@@ -161,7 +161,7 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
                         "system": UCUM, "code": value_unit}
         else:
             quantity = {"value": value, "unit": value_unit, "system": UCUM, "code": value_unit}
-        out.add_reading(row, stamp, template_of(name, serial, record_type),
+        out.add(row, stamp, template_of(name, serial, record_type),
                         {"valueQuantity": quantity})
 
 
