@@ -24,7 +24,7 @@ def uuid5_url(name: str) -> str:
     hashed once, and the version and variant bits are set on the bytes (a 90-day CGM export
     names 27,000 entries)."""
     digest = _URL_NAMESPACE.copy()
-    digest.update(name.encode("utf-8"))
+    digest.update(name.encode())
     raw = bytearray(digest.digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant

@@ -17,8 +17,6 @@ of the `Device` metadata row.
 
 from __future__ import annotations
 
-from functools import partial
-
 from .common import Collector, Options, ReadingTemplate
 from .resources import (
     CGM,
@@ -27,7 +25,7 @@ from .resources import (
     MMOL_L,
     UCUM,
     DeviceInfo,
-    loinc_code,
+    code_maker,
     patient_key,
     unit_in,
 )
@@ -108,7 +106,7 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
                 )
             analyte = CGM[unit]
             found = egv_templates[serial] = ReadingTemplate(
-                make_code=partial(loinc_code, analyte),
+                make_code=code_maker(analyte),
                 code_key=analyte.code,
                 profile=analyte.profile,
                 category=analyte.category,
@@ -124,7 +122,7 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
         if found is None:
             analyte = METER[unit]
             found = calibration_templates[note] = ReadingTemplate(
-                make_code=partial(loinc_code, analyte),
+                make_code=code_maker(analyte),
                 code_key=analyte.code,
                 profile=analyte.profile,
                 category=analyte.category,

@@ -20,7 +20,6 @@ The device's measuring range is 40-500 mg/dL (2.2-27.8 mmol/L); `LO`/`HI` become
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 from .common import Collector, Options, ReadingTemplate
 from .resources import (
@@ -32,7 +31,7 @@ from .resources import (
     UCUM,
     Analyte,
     DeviceInfo,
-    loinc_code,
+    code_maker,
     patient_key,
     unit_in,
 )
@@ -114,7 +113,7 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             name = name or "FreeStyle Libre"
             analyte, kind = _ANALYTE_OF[record_type](unit, strip_unit)
             found = ReadingTemplate(
-                make_code=partial(loinc_code, analyte),
+                make_code=code_maker(analyte),
                 code_key=analyte.code,
                 profile=analyte.profile,
                 category=analyte.category,

@@ -231,3 +231,13 @@ def observation_builder(
 def loinc_code(analyte: Analyte) -> dict[str, Any]:
     return {"coding": [{"system": analyte.system, "code": analyte.code,
                         "display": analyte.display}]}
+
+
+def code_maker(analyte: Analyte) -> Callable[[], dict[str, Any]]:
+    """`loinc_code(analyte)` as a function of nothing: a new CodeableConcept per call."""
+    system, code, display = analyte.system, analyte.code, analyte.display
+
+    def make() -> dict[str, Any]:
+        return {"coding": [{"system": system, "code": code, "display": display}]}
+
+    return make
