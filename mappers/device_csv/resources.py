@@ -228,13 +228,9 @@ def observation_builder(
     return build
 
 
-def loinc_code(analyte: Analyte) -> dict[str, Any]:
-    return {"coding": [{"system": analyte.system, "code": analyte.code,
-                        "display": analyte.display}]}
-
-
 def code_maker(analyte: Analyte) -> Callable[[], dict[str, Any]]:
-    """`loinc_code(analyte)` as a function of nothing: a new CodeableConcept per call."""
+    """A function giving the analyte's CodeableConcept: a new one per call (one per
+    Observation, since the server may edit resources in place)."""
     system, code, display = analyte.system, analyte.code, analyte.display
 
     def make() -> dict[str, Any]:
