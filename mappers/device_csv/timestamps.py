@@ -130,34 +130,52 @@ class _ZoneHour:
         self.ambiguous = ambiguous
 
 
+_SUFFIXES: dict[timedelta, str] = {}
+
+
+def _suffix(offset: timedelta) -> str:
+    """How isoformat writes an offset (`+01:00`), once per offset."""
+    text = _SUFFIXES.get(offset)
+    if text is None:
+        text = _SUFFIXES[offset] = datetime(2000, 1, 1, tzinfo=timezone(offset)).isoformat()[19:]
+    return text
+
+
+def _utc_hour(utc: datetime) -> str:
+    if utc.year < 1000:
+        return utc.strftime("%Y%m%dT%H")  # as Stamp.key writes years before 1000
+    # %-formatting: twice as fast as an f-string with format specs here
+    return "%d%02d%02dT%02d" % (utc.year, utc.month, utc.day, utc.hour)  # noqa: UP031
+
+
 def _zone_hour(start: datetime, zone: tzinfo) -> _ZoneHour | None:
     """The facts of the local hour beginning at naive `start`, or None when the offset
     changes inside the hour, is not whole hours, or the hour is out of range in UTC (such
     hours take the general path, which handles and reports them)."""
     y, mo, d, h = start.year, start.month, start.day, start.hour
-    offsets, suffixes, utc_hours = [], [], []
-    for fold in (0, 1):
-        first = datetime(y, mo, d, h, 0, 0, 0, zone, fold=fold)
-        offset = first.utcoffset()
-        if offset is None or offset.seconds % 3600 or offset.microseconds:  # not whole hours
-            return None
-        if offset != datetime(y, mo, d, h, 59, 59, 0, zone, fold=fold).utcoffset():
-            return None
-        if fold and offset == offsets[0]:  # the usual hour, the same in both folds
-            return _ZoneHour(start.isoformat()[:14], (suffixes[0],) * 2, (utc_hours[0],) * 2,
-                             False)
-        try:
-            utc = start - offset  # what astimezone(UTC) computes; out of range -> error
-        except OverflowError:
-            return None
-        offsets.append(offset)
-        utc_hours.append(
-            f"{utc.year}{utc.month:02}{utc.day:02}T{utc.hour:02}" if utc.year >= 1000
-            else utc.strftime("%Y%m%dT%H")  # as Stamp.key writes years before 1000
-        )
-        suffixes.append(first.isoformat()[19:])
-    return _ZoneHour(start.isoformat()[:14], (suffixes[0], suffixes[1]),
-                     (utc_hours[0], utc_hours[1]), True)
+    # A zone's utcoffset(dt) reads dt's wall clock and fold: the same as dt in that zone.
+    offset = zone.utcoffset(start)
+    if offset is None or offset.seconds % 3600 or offset.microseconds:  # not whole hours
+        return None
+    if offset != zone.utcoffset(datetime(y, mo, d, h, 59, 59)):
+        return None
+    second = zone.utcoffset(datetime(y, mo, d, h, 0, 0, 0, None, fold=1))
+    if second != zone.utcoffset(datetime(y, mo, d, h, 59, 59, 0, None, fold=1)):
+        return None
+    assert second is not None
+    if second.seconds % 3600 or second.microseconds:
+        return None
+    try:
+        utc = start - offset  # what astimezone(UTC) computes; out of range -> error
+        utc_second = utc if second == offset else start - second
+    except OverflowError:
+        return None
+    prefix = "%04d-%02d-%02dT%02d:" % (y, mo, d, h)  # noqa: UP031 - isoformat[:14], faster
+    if second == offset:  # the usual hour, the same in both folds
+        suffix, utc_hour = _suffix(offset), _utc_hour(utc)
+        return _ZoneHour(prefix, (suffix, suffix), (utc_hour, utc_hour), False)
+    return _ZoneHour(prefix, (_suffix(offset), _suffix(second)),
+                     (_utc_hour(utc), _utc_hour(utc_second)), True)
 
 
 def parse_timezone(value: str | None) -> tzinfo | None:
