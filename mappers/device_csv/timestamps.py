@@ -162,8 +162,7 @@ def _zone_hour(start: datetime, zone: tzinfo) -> _ZoneHour | None:
     second = zone.utcoffset(datetime(y, mo, d, h, 0, 0, 0, None, fold=1))
     if second != zone.utcoffset(datetime(y, mo, d, h, 59, 59, 0, None, fold=1)):
         return None
-    assert second is not None
-    if second.seconds % 3600 or second.microseconds:
+    if second is None or second.seconds % 3600 or second.microseconds:
         return None
     try:
         utc = start - offset  # what astimezone(UTC) computes; out of range -> error
