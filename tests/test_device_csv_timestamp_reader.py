@@ -106,3 +106,57 @@ def test_the_fast_path_is_taken_for_a_plain_local_time() -> None:
         "01-15-2024 08:35 PM")
     assert isinstance(stamp, LocalStamp)
     assert (stamp.fhir(), stamp.key()) == ("2024-01-15T20:35:00+01:00", "20240115T193500Z")
+
+
+def _same_sequence(texts: list[str], dayfirst: bool, zone) -> None:
+    """One reader for a whole column, as a format uses it (its caches then come into play)."""
+    reader = TimestampReader(dayfirst=dayfirst, zone=zone)
+    for text in texts:
+        try:
+            expected = parse_timestamp(text, dayfirst=dayfirst, zone=zone)
+        except ValueError as exc:
+            with pytest.raises(ValueError) as caught:
+                reader.read(text)
+            assert str(caught.value) == str(exc), text
+            continue
+        got = reader.read(text)
+        assert (got.fhir(), got.key(), got.is_local_time()) == (
+            expected.fhir(), expected.key(), expected.is_local_time()), text
+        if expected.moment is not None and not expected.explicit_offset:
+            assert _ambiguous(got) == _ambiguous(expected), text
+            assert (got.second_pass().fhir(), got.second_pass().key()) == (
+                expected.second_pass().fhir(), expected.second_pass().key()), text
+
+
+TAILS = ["", ":07", ":59", ":60", ":5", " PM", " am", ":30 P.M.", "Z", "+02:00", " UTC",
+         ":30,25", "x", ":30:", " 13"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    start=st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)),
+    steps=st.lists(st.tuples(st.integers(0, 150), st.sampled_from(TAILS)), max_size=25),
+    zone=st.sampled_from(ZONES),
+    style=st.sampled_from(STYLES),
+)
+def test_columns_read_alike(start: datetime, steps, zone, style) -> None:
+    pattern, dayfirst = style
+    pattern = pattern.replace(":%S", "")  # the tails add seconds, or not
+    texts = []
+    moment = start
+    for minutes, tail in steps:
+        try:
+            moment += timedelta(minutes=minutes)
+        except OverflowError:
+            break
+        if "%y" in pattern and not 2000 <= moment.year < 2100:
+            break
+        text = moment.strftime(pattern).replace(f"{moment.year}", f"{moment.year:04d}", 1)
+        texts.append(text + tail)  # some tails make it no timestamp at all
+    _same_sequence(texts, bool(dayfirst), zone)
+
+
+def test_a_column_across_the_paris_autumn_change() -> None:
+    texts = [f"27-10-2024 {h:02}:{m:02}" for h in (1, 2, 2, 3) for m in range(0, 60, 7)]
+    _same_sequence(texts + ["27-10-2024 02:61", "27-10-2024 02:05 PM", "27-10-2024 02:05Z"],
+                   True, ZoneInfo("Europe/Paris"))

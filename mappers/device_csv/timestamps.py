@@ -14,11 +14,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import CsvMappingError
 
-_TIME = (
-    r"(?:[ T,]+(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:[.,](?P<frac>\d+))?)?"
-    r"\s*(?P<ampm>[AaPp]\.?[Mm]\.?)?)?"
-)
+_MINUTES = r"(?P<mi>\d{2})(?::(?P<s>\d{2})(?:[.,](?P<frac>\d+))?)?\s*(?P<ampm>[AaPp]\.?[Mm]\.?)?"
+_TIME = r"(?:[ T,]+(?P<h>\d{1,2}):" + _MINUTES + ")?"
 _OFFSET = r"\s*(?P<tz>Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)?"
+# What follows the hour's colon: a date and hour already matched (TimestampReader) leave
+# only this to match for the next time of the same hour.
+_AFTER_HOUR = re.compile(_MINUTES + _OFFSET + "$")
 _NUMERIC_DATE = re.compile(
     r"^(?P<a>\d{1,2})(?P<sep>[./-])(?P<b>\d{1,2})(?P=sep)(?P<y>\d{4}|\d{2})" + _TIME + _OFFSET + "$"
 )
@@ -287,11 +288,23 @@ class TimestampReader:
         self.date_format = date_format
         self._patterns = (_YEAR_FIRST, _NUMERIC_DATE)
         self._hours: dict[str, _ZoneHour | None] = {}
+        self._last_hour = "\x00"  # the text up to the hour's colon of the last time read
 
     def read(self, text: str) -> AnyStamp:
         """Like `parse_timestamp` (ValueError with a short reason if `text` is not a date)."""
         if self.date_format is None:
             text = text.strip()
+            # Most rows are in the hour of the row before: the same text up to the hour's
+            # colon (whose parse is then the same: the date and hour contain no other colon).
+            if text.startswith(self._last_hour):
+                match = _AFTER_HOUR.match(text, len(self._last_hour))
+                if match is not None:
+                    minute, seconds, ampm, offset = match.group("mi", "s", "ampm", "tz")
+                    hour = self._hours.get(self._last_hour + (ampm or ""))
+                    if hour is not None and offset is None:
+                        stamp = self._local(hour, minute, seconds)
+                        if stamp is not None:
+                            return stamp
             first, second = self._patterns
             match = first.match(text)
             if match is None:
@@ -301,19 +314,25 @@ class TimestampReader:
             if match is not None:
                 minute, seconds, ampm, offset = match.group("mi", "s", "ampm", "tz")
                 if minute is not None and offset is None:
-                    key = text[: match.start("mi")] + (ampm or "")
+                    self._last_hour = text[: match.start("mi")]
+                    key = self._last_hour + (ampm or "")
                     hour = self._hours.get(key, _MISSING)
                     if hour is _MISSING:
                         hour = self._hours[key] = self._zone_hour(match)
-                    seconds = seconds or "00"
-                    if hour is not None and minute <= "59" and seconds <= "59":
-                        return LocalStamp(  # type: ignore[arg-type]
-                            hour, hour.prefix + minute + ":" + seconds,  # type: ignore[union-attr]
-                            minute + seconds,
-                        )
+                    if hour is not None:
+                        stamp = self._local(hour, minute, seconds)  # type: ignore[arg-type]
+                        if stamp is not None:
+                            return stamp
         return parse_timestamp(
             text, dayfirst=self.dayfirst, zone=self.zone, date_format=self.date_format
         )
+
+    @staticmethod
+    def _local(hour: _ZoneHour, minute: str, seconds: str | None) -> LocalStamp | None:
+        seconds = seconds or "00"
+        if minute <= "59" and seconds <= "59":  # two digits each: else the general error
+            return LocalStamp(hour, hour.prefix + minute + ":" + seconds, minute + seconds)
+        return None
 
     def _zone_hour(self, match: re.Match[str]) -> _ZoneHour | None:
         groups = match.groupdict()
