@@ -255,6 +255,20 @@ _ODD_HOURS = {
 }
 
 
+def padded_fuzz_file(seed: int) -> tuple[str, str | None, bool | None]:
+    """A fuzz file whose cells carry spaces around them (exports padded by hand or tools)."""
+    text, zone, dayfirst = fuzz_file(seed)
+    rng = random.Random(-seed)
+    lines = text.split("\n")
+    separator = "\t" if "\t" in lines[0] else ";" if ";" in lines[0] else ","
+    padded = [lines[0]] + [
+        separator.join(rng.choice(["", " ", "  "]) + cell + rng.choice(["", " "])
+                       for cell in line.split(separator))
+        for line in lines[1:]
+    ]
+    return "\n".join(padded), zone, dayfirst
+
+
 def full_cases() -> list[Case]:
     cases: list[Case] = []
     formats = {
@@ -302,6 +316,11 @@ def full_cases() -> list[Case]:
         for name in dict.fromkeys((zone, "Europe/Paris", "UTC")):
             cases.append((f"libre-odd-hours-{zone}-read-in-{name}",
                           lambda t=export, z=name: to_bundle(t, patient=PATIENT, timezone=z)))
+    for seed in range(100):
+        text, zone, dayfirst = padded_fuzz_file(seed)
+        cases.append((f"padded-fuzz-{seed}",
+                      lambda t=text, z=zone, d=dayfirst: to_bundle(
+                          t, patient=PATIENT, timezone=z, dayfirst=d)))
     for seed in range(400):
         text, zone, dayfirst = fuzz_file(seed)
         cases.append((f"fuzz-{seed}",

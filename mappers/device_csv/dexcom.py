@@ -86,15 +86,15 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
     dayfirst = options.dayfirst_for([_cell(cells, time_col) for _, cells in table.rows])
     read_time = TimestampReader(dayfirst=dayfirst, zone=options.zone).read
     devices: dict[str, DeviceInfo] = {}
-    # EGV templates per device serial; calibration ones per note (they name no device).
+    # EGV templates per Transmitter ID cell; calibration ones per subtype cell (no device).
     egv_templates: dict[str, ReadingTemplate] = {}
     calibration_templates: dict[str, ReadingTemplate] = {}
     key = f"{NAME}:{patient_key(patient)}"
 
     def egv_template(transmitter: str) -> ReadingTemplate:
-        serial = transmitter or receiver
-        found = egv_templates.get(serial)
+        found = egv_templates.get(transmitter)  # the cell as read
         if found is None:
+            serial = transmitter.strip() or receiver
             if serial not in devices:
                 devices[serial] = DeviceInfo(
                     vendor="dexcom",
@@ -105,7 +105,7 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
                     key=key,
                 )
             analyte = CGM[unit]
-            found = egv_templates[serial] = ReadingTemplate(
+            found = egv_templates[transmitter] = ReadingTemplate(
                 make_code=code_maker(analyte),
                 code_key=analyte.code,
                 profile=analyte.profile,
@@ -117,11 +117,11 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
         return found
 
     def calibration_template(subtype: str) -> ReadingTemplate:
-        note = f"Dexcom {subtype or 'calibration'} entry"
-        found = calibration_templates.get(note)
+        found = calibration_templates.get(subtype)  # the cell as read
         if found is None:
+            note = f"Dexcom {subtype.strip() or 'calibration'} entry"
             analyte = METER[unit]
-            found = calibration_templates[note] = ReadingTemplate(
+            found = calibration_templates[subtype] = ReadingTemplate(
                 make_code=code_maker(analyte),
                 code_key=analyte.code,
                 profile=analyte.profile,
@@ -135,19 +135,22 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
     limits = _LIMITS[unit]
     pick = picker((event_col, time_col, value_col, transmitter_col, subtype_col))
     for row, cells in table.rows:
+        # Cells as read: each is stripped where it is used (most are used once).
         event, time_text, text, transmitter, subtype = pick(cells)
+        event = event.strip()
         lowered = event.lower()
-        if lowered in _METADATA and not time_text:
+        if lowered in _METADATA and not time_text.strip():
             out.skip(row, f"metadata row ({event})")
             continue
         if lowered not in ("egv", "calibration"):
             out.skip(row, f"event type {event[:30]!r} is not a glucose reading")
             continue
         try:
-            stamp = read_time(time_text)
+            stamp = read_time(time_text)  # strips
         except ValueError as exc:
             out.reject(row, f"bad timestamp: {exc}")
             continue
+        text = text.strip()
         if not text:
             out.reject(row, f"{event} without a glucose value")
             continue

@@ -107,10 +107,11 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             devices[(name, serial)] = found
         return found
 
-    def template_of(name: str, serial: str, record_type: str) -> ReadingTemplate:
-        found = templates.get((name or "FreeStyle Libre", serial, record_type))
+    def template_of(cell_name: str, cell_serial: str, record_type: str) -> ReadingTemplate:
+        found = templates.get((cell_name, cell_serial, record_type))
         if found is None:
-            name = name or "FreeStyle Libre"
+            name = cell_name.strip() or "FreeStyle Libre"
+            serial = cell_serial.strip()
             analyte, kind = _ANALYTE_OF[record_type](unit, strip_unit)
             found = ReadingTemplate(
                 make_code=code_maker(analyte),
@@ -121,13 +122,15 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
                 kind=kind,
                 device=device_of(name, serial),
             )
-            templates[(name, serial, record_type)] = found
+            templates[(cell_name, cell_serial, record_type)] = found
         return found
 
+    # Cells as read: each is stripped where it is used (most are used once).
     pick = picker((type_col, time_col, historic_col, scan_col, strip_col, ketone_col,
                    device_col, serial_col))
     for row, cells in table.rows:
         record_type, time_text, historic, scan, strip, ketone, name, serial = pick(cells)
+        record_type = record_type.strip()
         if record_type in _SKIPPED_TYPES:
             out.skip(row, f"record type {record_type}: {_SKIPPED_TYPES[record_type]}")
             continue
@@ -135,18 +138,18 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             out.reject(row, f"unknown record type {record_type[:20]!r}")
             continue
         try:
-            stamp = read_time(time_text)
+            stamp = read_time(time_text)  # strips
         except ValueError as exc:
             out.reject(row, f"bad timestamp: {exc}")
             continue
         if record_type == "0":
-            text, value_unit = historic or scan, unit
+            text, value_unit = historic.strip() or scan.strip(), unit
         elif record_type == "1":
-            text, value_unit = scan or historic, unit
+            text, value_unit = scan.strip() or historic.strip(), unit
         elif record_type == "2":
-            text, value_unit = strip, strip_unit
+            text, value_unit = strip.strip(), strip_unit
         else:
-            text, value_unit = ketone, MMOL_L
+            text, value_unit = ketone.strip(), MMOL_L
         if not text:
             out.reject(row, f"record type {record_type} without a value")
             continue

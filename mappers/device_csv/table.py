@@ -40,29 +40,21 @@ class Table:
 
 
 def picker(columns: tuple[int | None, ...]) -> Callable[[list[str]], tuple[str, ...]]:
-    """A function giving a row's cells at `columns`, stripped; "" for a column the header
-    lacks (None) or the row is too short to have. One C-level lookup per row."""
+    """A function giving a row's cells at `columns` as they are (not stripped: the caller
+    strips what it uses); "" for a column the header lacks (None) or the row is too short
+    to have. One C-level lookup per row."""
 
     def general(cells: list[str]) -> tuple[str, ...]:
-        return tuple(cells[c].strip() if c is not None and c < len(cells) else "" for c in columns)
+        return tuple(cells[c] if c is not None and c < len(cells) else "" for c in columns)
 
     present = [c for c in columns if c is not None]
-    if len(present) < 2:
+    if len(present) < 2 or len(present) < len(columns):
         return general
-    get = itemgetter(*(c if c is not None else 0 for c in columns))
+    get = itemgetter(*columns)
     needed = max(present) + 1
-    missing = [i for i, c in enumerate(columns) if c is None]
-    strip = str.strip
 
     def pick(cells: list[str]) -> tuple[str, ...]:
-        if len(cells) < needed:
-            return general(cells)
-        if missing:
-            values = list(map(strip, get(cells)))
-            for index in missing:
-                values[index] = ""
-            return tuple(values)
-        return tuple(map(strip, get(cells)))
+        return get(cells) if len(cells) >= needed else general(cells)
 
     return pick
 
