@@ -17,6 +17,7 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
+from .collection import collection_paused
 from .common import Collector, Options
 from .declarative import load_mapping
 from .decode import decode_text
@@ -89,6 +90,17 @@ def to_bundle(
     if patient is not None and (not isinstance(patient, str) or not patient.strip()):
         raise CsvMappingError("patient must be a non-empty reference such as 'Patient/123'")
 
+    with collection_paused():
+        return _map(data, fmt, patient, timezone, dayfirst)
+
+
+def _map(
+    data: str | bytes,
+    fmt: Format | None,
+    patient: str | None,
+    timezone: str | None,
+    dayfirst: bool | None,
+) -> CsvMappingResult:
     text = normalise_newlines(decode_text(data))
     fmt, index, delimiter, header = _locate(text, fmt)
     if patient is None and fmt.name in ("freestyle-libre", "dexcom-clarity"):
@@ -104,8 +116,6 @@ def to_bundle(
     fmt.map_rows(table, options, out)
     for bad in table.unreadable:
         out.reject(bad.row, bad.reason)
-    if assumed_utc and any(
-        r.stamp.moment is not None and not r.stamp.explicit_offset for r in out.readings
-    ):
+    if assumed_utc and any(stamp.is_local_time() for _, stamp, *_ in out.readings):
         warnings.append("no time zone given: local timestamps read as UTC")
     return out.result(format_name=fmt.name, rows_read=len(table.rows), warnings=warnings)

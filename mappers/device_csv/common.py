@@ -1,12 +1,14 @@
 """What every format shares: one mapped reading, and the assembly of readings into a Bundle.
 
-A format reads its rows and calls `Collector.add / reject / skip`; the collector drops
-duplicates, creates the Device and Patient entries once, and builds the transaction Bundle
-with a conditional create per Observation.
+A format reads its rows and calls `Collector.add / reject / skip`, a reading being its time,
+its value and the `ReadingTemplate` of its kind (code, profile, subject, device), which the
+format makes once per kind; the collector drops duplicates, creates the Device and Patient
+entries once, and builds the transaction Bundle with a conditional create per Observation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
@@ -17,12 +19,13 @@ from .errors import CsvMappingResult, RejectedRow
 from .resources import (
     READING_SYSTEM,
     DeviceInfo,
+    ObservationBuilder,
     device_resource,
-    observation,
+    observation_builder,
     patient_key,
     safe_key,
 )
-from .timestamps import Stamp, has_numeric_dates, infer_dayfirst, uses_ampm
+from .timestamps import AnyStamp, has_numeric_dates, infer_dayfirst, uses_ampm
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,22 +37,6 @@ class PatientIdentity:
 
 
 Subject = str | PatientIdentity
-
-
-@dataclass(slots=True)
-class Reading:
-    row: int
-    stamp: Stamp
-    code: dict[str, Any]
-    code_key: str
-    profile: str | None
-    category: str | None
-    value: dict[str, Any]
-    subject: Subject
-    kind: str
-    device: DeviceInfo | None = None
-    note: str | None = None
-    identifier: str = ""  # set by Collector.add
 
 
 @dataclass
@@ -84,9 +71,52 @@ def _subject_key(subject: Subject) -> str:
     return subject
 
 
+_QUERY_HEAD = len(identifier_query(None, ""))  # `identifier=`
+
+
+class ReadingTemplate:
+    """What the readings of one kind share (code, profile, subject, device...): a format
+    makes one per kind of reading and device, and each reading adds its time and value.
+
+    It holds the parts of the reading identifier `{source}/{UTC key}/{code}/{kind}` and of
+    its conditional query around the time key; the key is digits, `T` and `Z`, which URL
+    quoting leaves as they are, so the query is these parts joined.
+    """
+
+    __slots__ = ("make_code", "profile", "category", "subject", "device", "note",
+                 "id_prefix", "id_suffix", "query_prefix", "query_suffix")
+
+    def __init__(
+        self,
+        *,
+        make_code: Callable[[], dict[str, Any]],
+        code_key: str,
+        profile: str | None,
+        category: str | None,
+        subject: Subject,
+        kind: str,
+        device: DeviceInfo | None = None,
+        note: str | None = None,
+    ) -> None:
+        self.make_code = make_code  # a new dict per Observation: the server edits resources
+        self.profile, self.category, self.subject = profile, category, subject
+        self.device, self.note = device, note
+        source = device.source_key() if device is not None else patient_key(
+            _subject_key(subject)
+        )
+        self.id_prefix = source + "/"
+        self.id_suffix = f"/{safe_key(code_key)}/{kind}"
+        self.query_prefix = identifier_query(READING_SYSTEM, self.id_prefix)
+        self.query_suffix = identifier_query(None, self.id_suffix)[_QUERY_HEAD:]
+
+
+# One kept reading: (row, stamp, template, value, identifier, time key).
+Kept = tuple[int, AnyStamp, ReadingTemplate, dict[str, Any], str, str]
+
+
 class Collector:
     def __init__(self) -> None:
-        self.readings: list[Reading] = []
+        self.readings: list[Kept] = []
         self.rejected: list[RejectedRow] = []
         self.skipped: list[RejectedRow] = []
         self._seen: dict[str, tuple[int, Any]] = {}
@@ -98,51 +128,45 @@ class Collector:
     def skip(self, row: int, reason: str) -> None:
         self.skipped.append(RejectedRow(row, reason))
 
-    def identifier_value(self, reading: Reading) -> str:
-        source = (
-            reading.device.source_key()
-            if reading.device is not None
-            else patient_key(_subject_key(reading.subject))
-        )
-        return f"{source}/{reading.stamp.key()}/{safe_key(reading.code_key)}/{reading.kind}"
-
-    def _second_pass_of_repeated_hour(self, stamp: Stamp) -> Stamp:
+    def _second_pass_of_repeated_hour(self, stamp: AnyStamp, ambiguous: bool) -> AnyStamp:
         """When daylight-saving time ends, local times of one hour occur twice. Rows come
         in file order: inside that hour, a local time earlier than the previous one means
         the clock went back, and the rest of the hour is its second pass (fold=1)."""
-        moment = stamp.moment
-        if moment is None or stamp.explicit_offset:
-            return stamp
-        if moment.replace(fold=1).utcoffset() == moment.utcoffset():
+        if not ambiguous:
             self._repeated_hour = None
             return stamp
-        local = moment.replace(tzinfo=None)
+        local = stamp.naive()
         folded = False
         if self._repeated_hour is not None:
             previous, folded = self._repeated_hour
             folded = folded or local < previous
         self._repeated_hour = (local, folded)
-        if not folded:
-            return stamp
-        return Stamp(moment.replace(fold=1), stamp.day, stamp.explicit_offset)
+        return stamp.second_pass() if folded else stamp
 
-    def add(self, reading: Reading) -> None:
+    def add(
+        self, row: int, stamp: AnyStamp, template: ReadingTemplate, value: dict[str, Any]
+    ) -> None:
         """Keep a reading unless the same one (same identifier) came earlier in the file."""
-        reading.stamp = self._second_pass_of_repeated_hour(reading.stamp)
-        key = reading.identifier = self.identifier_value(reading)
-        earlier = self._seen.get(key)
+        hour = stamp.zone_hour
+        if hour is not None:
+            if hour.ambiguous or self._repeated_hour is not None:
+                stamp = self._second_pass_of_repeated_hour(stamp, hour.ambiguous)
+        elif stamp.moment is not None and not stamp.explicit_offset:
+            moment = stamp.moment
+            ambiguous = moment.replace(fold=1).utcoffset() != moment.utcoffset()
+            stamp = self._second_pass_of_repeated_hour(stamp, ambiguous)
+        key = stamp.key()
+        identifier = template.id_prefix + key + template.id_suffix
+        earlier = self._seen.get(identifier)
         if earlier is not None:
             first_row, first_value = earlier
-            if first_value == reading.value:
-                self.skip(reading.row, f"duplicate of row {first_row}")
+            if first_value == value:
+                self.skip(row, f"duplicate of row {first_row}")
             else:
-                self.reject(
-                    reading.row,
-                    f"same time and code as row {first_row} but a different value",
-                )
+                self.reject(row, f"same time and code as row {first_row} but a different value")
             return
-        self._seen[key] = (reading.row, reading.value)
-        self.readings.append(reading)
+        self._seen[identifier] = (row, value)
+        self.readings.append((row, stamp, template, value, identifier, key))
 
     def result(self, *, format_name: str, rows_read: int, warnings: list[str]) -> CsvMappingResult:
         builder = TransactionBuilder()
@@ -171,25 +195,27 @@ class Collector:
             return devices[(device, patient_ref)]
 
         # Patients and devices first so that a reader of the Bundle meets them before use.
-        references = []
-        for reading in self.readings:
-            subject = subject_ref(reading.subject)
-            device = device_ref(reading.device, subject) if reading.device else None
-            references.append((subject, device))
-        for reading, (subject, device) in zip(self.readings, references, strict=True):
-            value = reading.identifier
-            resource = observation(
-                code=reading.code,
-                profile=reading.profile,
-                category=reading.category,
-                subject=subject,
-                effective=reading.stamp.fhir(),
-                identifier=(READING_SYSTEM, value),
-                value=reading.value,
-                device_ref=device,
-                note=reading.note,
-            )
-            builder.create(resource, identifier_query(READING_SYSTEM, value))
+        references: dict[ReadingTemplate, tuple[str, str | None]] = {}
+        for _, _, template, _, _, _ in self.readings:
+            if template not in references:
+                subject = subject_ref(template.subject)
+                device = device_ref(template.device, subject) if template.device else None
+                references[template] = (subject, device)
+        create = builder.create
+        builders: dict[ReadingTemplate, ObservationBuilder] = {}
+        for _, stamp, template, value, identifier, key in self.readings:
+            subject, device = references[template]
+            build = builders.get(template)
+            if build is None:
+                build = builders[template] = observation_builder(
+                    make_code=template.make_code,
+                    profile=template.profile,
+                    category=template.category,
+                    identifier_system=READING_SYSTEM,
+                    note=template.note,
+                )
+            resource = build(identifier, subject, stamp.fhir(), value, device)
+            create(resource, template.query_prefix + key + template.query_suffix)
         return CsvMappingResult(
             bundle=builder.bundle(),
             rows_read=rows_read,

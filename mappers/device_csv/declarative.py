@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from .common import Collector, Options, PatientIdentity, Reading
+from .common import Collector, Options, PatientIdentity, ReadingTemplate
 from .errors import CsvMappingError
 from .resources import (
     LOINC,
@@ -45,7 +46,7 @@ from .resources import (
     ucum_unit,
 )
 from .table import Table
-from .timestamps import parse_timestamp
+from .timestamps import TimestampReader
 from .values import OUT_OF_RANGE_WORDS, parse_number
 
 FIELDS = (
@@ -227,14 +228,17 @@ def map_rows(mapping: Mapping, table: Table, options: Options, out: Collector) -
         )
     dates = [_Row(mapping, indexes, cells).get("date") for _, cells in table.rows]
     dayfirst = mapping.dayfirst if mapping.dayfirst is not None else options.dayfirst_for(dates)
+    read_time = TimestampReader(
+        dayfirst=dayfirst, zone=options.zone, date_format=mapping.date_format
+    ).read
     devices: dict[tuple[str, str], DeviceInfo] = {}
+    # Rows with the same code, patient, key and device share one template.
+    templates: dict[tuple[Any, ...], ReadingTemplate] = {}
 
     for (row_number, cells), date_text in zip(table.rows, dates, strict=True):
         row = _Row(mapping, indexes, cells)
         try:
-            stamp = parse_timestamp(
-                date_text, dayfirst=dayfirst, zone=options.zone, date_format=mapping.date_format
-            )
+            stamp = read_time(date_text)
         except ValueError as exc:
             out.reject(row_number, f"bad date: {exc}")
             continue
@@ -259,9 +263,7 @@ def map_rows(mapping: Mapping, table: Table, options: Options, out: Collector) -
         else:
             subject = subject_key = options.patient or ""
         system = row.get("system")
-        coding = {"system": system, "code": code} if system else {"code": code}
-        if row.get("display"):
-            coding["display"] = row.get("display")
+        display = row.get("display")
         device = None
         serial = row.get("device_serial")
         if mapping.device is not None or serial:
@@ -278,18 +280,26 @@ def map_rows(mapping: Mapping, table: Table, options: Options, out: Collector) -
                     key=f"{mapping.name}:{patient_key(subject_key)}",
                 )
                 devices[(serial, subject_key)] = device
-        profile = mapping.profile or (PROFILE_BY_CODE.get(code) if system == LOINC else None)
-        out.add(
-            Reading(
-                row=row_number,
-                stamp=stamp,
-                code={"coding": [coding]},
+        row_key = row.get("row_key")
+        kind = f"csv-{row_key}" if row_key else "csv"
+        shape = (system, code, display, subject, kind, device)
+        template = templates.get(shape)
+        if template is None:
+            profile = mapping.profile or (PROFILE_BY_CODE.get(code) if system == LOINC else None)
+            template = templates[shape] = ReadingTemplate(
+                make_code=partial(_code, system, code, display),
                 code_key=code,
                 profile=profile,
                 category=mapping.category,
-                value=value,
                 subject=subject,
-                kind=f"csv-{row.get('row_key')}" if row.get("row_key") else "csv",
+                kind=kind,
                 device=device,
             )
-        )
+        out.add(row_number, stamp, template, value)
+
+
+def _code(system: str, code: str, display: str) -> dict[str, Any]:
+    coding = {"system": system, "code": code} if system else {"code": code}
+    if display:
+        coding["display"] = display
+    return {"coding": [coding]}

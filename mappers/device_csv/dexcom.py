@@ -17,10 +17,20 @@ of the `Device` metadata row.
 
 from __future__ import annotations
 
-from .common import Collector, Options, Reading
-from .resources import CGM, METER, MG_DL, MMOL_L, DeviceInfo, loinc_code, patient_key, unit_in
-from .table import Table
-from .timestamps import parse_timestamp
+from .common import Collector, Options, ReadingTemplate
+from .resources import (
+    CGM,
+    METER,
+    MG_DL,
+    MMOL_L,
+    UCUM,
+    DeviceInfo,
+    code_maker,
+    patient_key,
+    unit_in,
+)
+from .table import Table, picker
+from .timestamps import TimestampReader
 from .values import OUT_OF_RANGE_WORDS, parse_number
 
 NAME = "dexcom-clarity"
@@ -74,64 +84,87 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             receiver = _cell(cells, source_col)
             break
     dayfirst = options.dayfirst_for([_cell(cells, time_col) for _, cells in table.rows])
+    read_time = TimestampReader(dayfirst=dayfirst, zone=options.zone).read
     devices: dict[str, DeviceInfo] = {}
+    # EGV templates per Transmitter ID cell; calibration ones per subtype cell (no device).
+    egv_templates: dict[str, ReadingTemplate] = {}
+    calibration_templates: dict[str, ReadingTemplate] = {}
+    key = f"{NAME}:{patient_key(patient)}"
 
-    def device_of(cells: list[str]) -> DeviceInfo:
-        serial = _cell(cells, transmitter_col) or receiver
-        if serial not in devices:
-            devices[serial] = DeviceInfo(
-                vendor="dexcom",
-                serial=serial or None,
-                name=model,
-                manufacturer="Dexcom",
-                kind="Continuous glucose monitoring system",
-                key=f"{NAME}:{patient_key(patient)}",
+    def egv_template(transmitter: str) -> ReadingTemplate:
+        found = egv_templates.get(transmitter)  # the cell as read
+        if found is None:
+            serial = transmitter.strip() or receiver
+            if serial not in devices:
+                devices[serial] = DeviceInfo(
+                    vendor="dexcom",
+                    serial=serial or None,
+                    name=model,
+                    manufacturer="Dexcom",
+                    kind="Continuous glucose monitoring system",
+                    key=key,
+                )
+            analyte = CGM[unit]
+            found = egv_templates[transmitter] = ReadingTemplate(
+                make_code=code_maker(analyte),
+                code_key=analyte.code,
+                profile=analyte.profile,
+                category=analyte.category,
+                subject=patient,
+                kind="egv",
+                device=devices[serial],
             )
-        return devices[serial]
+        return found
 
+    def calibration_template(subtype: str) -> ReadingTemplate:
+        found = calibration_templates.get(subtype)  # the cell as read
+        if found is None:
+            note = f"Dexcom {subtype.strip() or 'calibration'} entry"
+            analyte = METER[unit]
+            found = calibration_templates[subtype] = ReadingTemplate(
+                make_code=code_maker(analyte),
+                code_key=analyte.code,
+                profile=analyte.profile,
+                category=analyte.category,
+                subject=patient,
+                kind="calibration",
+                note=note,
+            )
+        return found
+
+    limits = _LIMITS[unit]
+    pick = picker((event_col, time_col, value_col, transmitter_col, subtype_col))
     for row, cells in table.rows:
-        event = _cell(cells, event_col)
+        # Cells as read: each is stripped where it is used (most are used once).
+        event, time_text, text, transmitter, subtype = pick(cells)
+        event = event.strip()
         lowered = event.lower()
-        if lowered in _METADATA and not _cell(cells, time_col):
+        if lowered in _METADATA and not time_text.strip():
             out.skip(row, f"metadata row ({event})")
             continue
         if lowered not in ("egv", "calibration"):
             out.skip(row, f"event type {event[:30]!r} is not a glucose reading")
             continue
         try:
-            stamp = parse_timestamp(_cell(cells, time_col), dayfirst=dayfirst, zone=options.zone)
+            stamp = read_time(time_text)  # strips
         except ValueError as exc:
             out.reject(row, f"bad timestamp: {exc}")
             continue
-        text = _cell(cells, value_col)
+        text = text.strip()
         if not text:
             out.reject(row, f"{event} without a glucose value")
             continue
         comparator = OUT_OF_RANGE_WORDS.get(text.lower())
         try:
-            value = _LIMITS[unit][comparator] if comparator else parse_number(text)
+            value = limits[comparator] if comparator else parse_number(text)
         except ValueError as exc:
             out.reject(row, str(exc))
             continue
-        analyte = CGM[unit] if lowered == "egv" else METER[unit]
-        quantity: dict = {"value": value}
         if comparator:
-            quantity["comparator"] = comparator
-        quantity.update({"unit": unit, "system": "http://unitsofmeasure.org", "code": unit})
-        out.add(
-            Reading(
-                row=row,
-                stamp=stamp,
-                code=loinc_code(analyte),
-                code_key=analyte.code,
-                profile=analyte.profile,
-                category=analyte.category,
-                value={"valueQuantity": quantity},
-                subject=patient,
-                kind=lowered,
-                device=device_of(cells) if lowered == "egv" else None,
-                note=f"Dexcom {_cell(cells, subtype_col) or 'calibration'} entry"
-                if lowered == "calibration"
-                else None,
-            )
-        )
+            quantity = {"value": value, "comparator": comparator, "unit": unit, "system": UCUM,
+                        "code": unit}
+        else:
+            quantity = {"value": value, "unit": unit, "system": UCUM, "code": unit}
+        template = egv_template(transmitter) if lowered == "egv" else calibration_template(
+            subtype)
+        out.add(row, stamp, template, {"valueQuantity": quantity})

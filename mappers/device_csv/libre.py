@@ -19,10 +19,24 @@ The device's measuring range is 40-500 mg/dL (2.2-27.8 mmol/L); `LO`/`HI` become
 
 from __future__ import annotations
 
-from .common import Collector, Options, Reading
-from .resources import CGM, KETONE, METER, MG_DL, DeviceInfo, loinc_code, patient_key, unit_in
-from .table import Table
-from .timestamps import parse_timestamp
+from collections.abc import Callable
+
+from .common import Collector, Options, ReadingTemplate
+from .resources import (
+    CGM,
+    KETONE,
+    METER,
+    MG_DL,
+    MMOL_L,
+    UCUM,
+    Analyte,
+    DeviceInfo,
+    code_maker,
+    patient_key,
+    unit_in,
+)
+from .table import Table, picker
+from .timestamps import TimestampReader
 from .values import OUT_OF_RANGE_WORDS, parse_number
 
 NAME = "freestyle-libre"
@@ -50,6 +64,8 @@ def _cell(cells: list[str], index: int | None) -> str:
 
 
 def _value(text: str, unit: str, limits: bool = True) -> tuple[int | float, str | None]:
+    if text.isdecimal():
+        return int(text), None
     word = OUT_OF_RANGE_WORDS.get(text.strip().lower())
     if word and limits and unit in _LIMITS:
         return _LIMITS[unit][word], word
@@ -72,11 +88,12 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
     patient = options.patient or ""
 
     dayfirst = options.dayfirst_for([_cell(cells, time_col) for _, cells in table.rows])
+    read_time = TimestampReader(dayfirst=dayfirst, zone=options.zone).read
     devices: dict[tuple[str, str], DeviceInfo] = {}
+    # One template per (device name, serial, record type): rows of a file mostly share one.
+    templates: dict[tuple[str, str, str], ReadingTemplate] = {}
 
-    def device_of(cells: list[str]) -> DeviceInfo:
-        name = _cell(cells, device_col) or "FreeStyle Libre"
-        serial = _cell(cells, serial_col)
+    def device_of(name: str, serial: str) -> DeviceInfo:
         found = devices.get((name, serial))
         if found is None:
             found = DeviceInfo(
@@ -90,31 +107,49 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             devices[(name, serial)] = found
         return found
 
+    def template_of(cell_name: str, cell_serial: str, record_type: str) -> ReadingTemplate:
+        found = templates.get((cell_name, cell_serial, record_type))
+        if found is None:
+            name = cell_name.strip() or "FreeStyle Libre"
+            serial = cell_serial.strip()
+            analyte, kind = _ANALYTE_OF[record_type](unit, strip_unit)
+            found = ReadingTemplate(
+                make_code=code_maker(analyte),
+                code_key=analyte.code,
+                profile=analyte.profile,
+                category=analyte.category,
+                subject=patient,
+                kind=kind,
+                device=device_of(name, serial),
+            )
+            templates[(cell_name, cell_serial, record_type)] = found
+        return found
+
+    # Cells as read: each is stripped where it is used (most are used once).
+    pick = picker((type_col, time_col, historic_col, scan_col, strip_col, ketone_col,
+                   device_col, serial_col))
     for row, cells in table.rows:
-        record_type = _cell(cells, type_col)
+        record_type, time_text, historic, scan, strip, ketone, name, serial = pick(cells)
+        record_type = record_type.strip()
         if record_type in _SKIPPED_TYPES:
             out.skip(row, f"record type {record_type}: {_SKIPPED_TYPES[record_type]}")
             continue
-        if record_type not in ("0", "1", "2", "3"):
+        if record_type not in _ANALYTE_OF:
             out.reject(row, f"unknown record type {record_type[:20]!r}")
             continue
         try:
-            stamp = parse_timestamp(_cell(cells, time_col), dayfirst=dayfirst, zone=options.zone)
+            stamp = read_time(time_text)  # strips
         except ValueError as exc:
             out.reject(row, f"bad timestamp: {exc}")
             continue
-        if record_type in ("0", "1"):
-            historic = record_type == "0"
-            own, other = (historic_col, scan_col) if historic else (scan_col, historic_col)
-            text = _cell(cells, own) or _cell(cells, other)
-            analyte, value_unit = CGM[unit], unit
-            kind = "historic" if historic else "scan"
+        if record_type == "0":
+            text, value_unit = historic.strip() or scan.strip(), unit
+        elif record_type == "1":
+            text, value_unit = scan.strip() or historic.strip(), unit
         elif record_type == "2":
-            text, analyte, value_unit = _cell(cells, strip_col), METER[strip_unit], strip_unit
-            kind = "strip"
+            text, value_unit = strip.strip(), strip_unit
         else:
-            text, analyte, value_unit = _cell(cells, ketone_col), KETONE, "mmol/L"
-            kind = "ketone"
+            text, value_unit = ketone.strip(), MMOL_L
         if not text:
             out.reject(row, f"record type {record_type} without a value")
             continue
@@ -123,23 +158,19 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
         except ValueError as exc:
             out.reject(row, str(exc))
             continue
-        quantity = {"value": value}
         if comparator:
-            quantity["comparator"] = comparator
-        quantity.update(
-            {"unit": analyte.unit, "system": "http://unitsofmeasure.org", "code": analyte.unit}
-        )
-        out.add(
-            Reading(
-                row=row,
-                stamp=stamp,
-                code=loinc_code(analyte),
-                code_key=analyte.code,
-                profile=analyte.profile,
-                category=analyte.category,
-                value={"valueQuantity": quantity},
-                subject=patient,
-                kind=kind,
-                device=device_of(cells),
-            )
-        )
+            quantity = {"value": value, "comparator": comparator, "unit": value_unit,
+                        "system": UCUM, "code": value_unit}
+        else:
+            quantity = {"value": value, "unit": value_unit, "system": UCUM, "code": value_unit}
+        out.add(row, stamp, template_of(name, serial, record_type),
+                        {"valueQuantity": quantity})
+
+
+# Record type -> (analyte, reading kind), given the file's glucose and strip units.
+_ANALYTE_OF: dict[str, Callable[[str, str], tuple[Analyte, str]]] = {
+    "0": lambda unit, strip_unit: (CGM[unit], "historic"),
+    "1": lambda unit, strip_unit: (CGM[unit], "scan"),
+    "2": lambda unit, strip_unit: (METER[strip_unit], "strip"),
+    "3": lambda unit, strip_unit: (KETONE, "ketone"),
+}

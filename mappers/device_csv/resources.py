@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -180,6 +181,59 @@ def observation(
     return resource
 
 
-def loinc_code(analyte: Analyte) -> dict[str, Any]:
-    return {"coding": [{"system": analyte.system, "code": analyte.code,
-                        "display": analyte.display}]}
+ObservationBuilder = Callable[[str, str, str, dict[str, Any], str | None], dict[str, Any]]
+
+
+def observation_builder(
+    *,
+    make_code: Callable[[], dict[str, Any]],
+    profile: str | None,
+    category: str | None,
+    identifier_system: str,
+    note: str | None = None,
+) -> ObservationBuilder:
+    """`observation` for the many readings of one kind: what they share is decided once.
+
+    Returns `build(identifier, subject, effective, value, device_ref)`, whose resources equal
+    `observation(...)`'s key for key and in the same order, with new dicts and lists every
+    time (the server rewrites references in place).
+    """
+    if not profile or not category or note:
+        def general(identifier: str, subject: str, effective: str, value: dict[str, Any],
+                    device_ref: str | None) -> dict[str, Any]:
+            return observation(code=make_code(), profile=profile, category=category,
+                               subject=subject, effective=effective,
+                               identifier=(identifier_system, identifier), value=value,
+                               device_ref=device_ref, note=note)
+        return general
+    profile_url = PROFILE + profile
+
+    def build(identifier: str, subject: str, effective: str, value: dict[str, Any],
+              device_ref: str | None) -> dict[str, Any]:
+        resource = {
+            "resourceType": "Observation",
+            "meta": {"profile": [profile_url]},
+            "identifier": [{"system": identifier_system, "value": identifier}],
+            "status": "final",
+            "category": [{"coding": [{"system": CATEGORY_SYSTEM, "code": category}]}],
+            "code": make_code(),
+            "subject": {"reference": subject},
+            "effectiveDateTime": effective,
+        }
+        resource.update(value)
+        if device_ref:
+            resource["device"] = {"reference": device_ref}
+        return resource
+
+    return build
+
+
+def code_maker(analyte: Analyte) -> Callable[[], dict[str, Any]]:
+    """A function giving the analyte's CodeableConcept: a new one per call (one per
+    Observation, since the server may edit resources in place)."""
+    system, code, display = analyte.system, analyte.code, analyte.display
+
+    def make() -> dict[str, Any]:
+        return {"coding": [{"system": system, "code": code, "display": display}]}
+
+    return make

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from .errors import RejectedRow
 
@@ -36,6 +37,26 @@ class Table:
                 if cell == name or (prefix and cell.startswith(name)):
                     return index
         return None
+
+
+def picker(columns: tuple[int | None, ...]) -> Callable[[list[str]], tuple[str, ...]]:
+    """A function giving a row's cells at `columns` as they are (not stripped: the caller
+    strips what it uses); "" for a column the header lacks (None) or the row is too short
+    to have. One C-level lookup per row."""
+
+    def general(cells: list[str]) -> tuple[str, ...]:
+        return tuple(cells[c] if c is not None and c < len(cells) else "" for c in columns)
+
+    present = [c for c in columns if c is not None]
+    if len(present) < 2 or len(present) < len(columns):
+        return general
+    get = itemgetter(*columns)
+    needed = max(present) + 1
+
+    def pick(cells: list[str]) -> tuple[str, ...]:
+        return get(cells) if len(cells) >= needed else general(cells)
+
+    return pick
 
 
 def normalise_newlines(text: str) -> str:
@@ -73,13 +94,15 @@ def read_table(text: str, header_index: int, delimiter: str, header: list[str]) 
     table = Table(delimiter, header, header_index + 1, preamble)
     body = lines[header_index + 1] if len(lines) > header_index + 1 else ""
     reader = csv.reader(body.split("\n"), delimiter=delimiter)
-    previous = header_index + 1
+    previous = first = header_index + 1
+    keep = table.rows.append
     try:
         for cells in reader:
             start = previous + 1
-            previous = header_index + 1 + reader.line_num
-            if any(cell.strip() for cell in cells):
-                table.rows.append((start, cells))
+            previous = first + reader.line_num  # a quoted cell may span lines
+            # not blank: the first cell says so for nearly every row, without a generator
+            if (cells and cells[0].strip()) or any(cell.strip() for cell in cells):
+                keep((start, cells))
     except csv.Error as exc:
         table.unreadable.append(RejectedRow(previous + 1, f"unreadable CSV: {exc}"))
     return table

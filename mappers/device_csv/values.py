@@ -15,6 +15,8 @@ def parse_number(text: str, decimal_separator: str | None = None) -> int | float
     never appears in glucose or lab values of this size, and a `5,4` cell in a comma-separated
     file is necessarily quoted, hence still one cell.
     """
+    if text.isdecimal():  # the common case, a whole number of digits: nothing to clean
+        return int(text)
     cell = text.strip().replace("\u00a0", "").replace(" ", "")
     if decimal_separator == ".":
         cell = cell.replace(",", "") if cell.count(",") and "." in cell else cell
