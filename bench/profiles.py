@@ -1,0 +1,103 @@
+"""Profile validation speed: µs of CPU per resource, per profile, in-process.
+
+    python bench/profiles.py [--days 7] [--patients 3] [--runs 5]
+
+What a write runs after the base structure check: `ProfileValidator.validate(resource)`
+on the profiles the resource claims. Resources are the ones the server receives:
+CGMSensorReading Observations from a generated FreeStyle Libre export mapped by
+`mappers.device_csv` (bundle-local `urn:uuid:` references rewritten to `Type/id`, as a
+transaction does before validation), and every profiled resource of the synthetic cohort
+(`fhir_server.synthetic`: BloodGlucose, HbA1c, CGM readings, DiabetesPatient,
+DiabetesCondition, DiabetesMedicationStatement). Each figure is the median of `--runs`
+runs of `time.process_time()` over all resources of that profile (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.mappers_csv import generate_libre_export  # noqa: E402
+from fhir_server.synthetic import generate  # noqa: E402
+from mappers.device_csv import to_bundle  # noqa: E402
+from profiles import ProfileValidator  # noqa: E402
+from terminology import TerminologyService  # noqa: E402
+
+
+def _rewrite_local_references(value: Any, ids: dict[str, str]) -> Any:
+    """`urn:uuid:` references to `Type/id`, as the transaction processor does."""
+    if isinstance(value, dict):
+        return {
+            k: ids.get(v, v) if k == "reference" and isinstance(v, str)
+            else _rewrite_local_references(v, ids)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_rewrite_local_references(v, ids) for v in value]
+    return value
+
+
+def libre_observations(days: int) -> list[dict]:
+    bundle = to_bundle(generate_libre_export(days, 5), patient="Patient/p1").bundle
+    ids = {
+        entry["fullUrl"]: f"{entry['resource']['resourceType']}/r{n}"
+        for n, entry in enumerate(bundle["entry"])
+    }
+    resources = [_rewrite_local_references(e["resource"], ids) for e in bundle["entry"]]
+    return [r for r in resources if ProfileValidator.claimed_profiles(r)]
+
+
+def synthetic_resources(patients: int, days: int) -> list[dict]:
+    resources = generate(patients, days, seed=1, end_date=date(2025, 6, 30))
+    return [r for r in resources if ProfileValidator.claimed_profiles(r)]
+
+
+def by_profile(resources: list[dict], source: str) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for resource in resources:
+        names = "+".join(p.rsplit("/", 1)[-1] for p in ProfileValidator.claimed_profiles(resource))
+        groups[f"{names} ({source})"].append(resource)
+    return groups
+
+
+def microseconds_per_resource(
+    validator: ProfileValidator, resources: list[dict], runs: int
+) -> tuple[float, int]:
+    """Median µs per resource over `runs` runs, and the number of issues found (a check)."""
+    issues = sum(len(validator.validate(r)) for r in resources)  # warm-up, and a sanity count
+    figures = []
+    for _ in range(runs):
+        start = time.process_time()
+        for resource in resources:
+            validator.validate(resource)
+        figures.append((time.process_time() - start) / len(resources) * 1e6)
+    return statistics.median(figures), issues
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--days", type=int, default=7, help="days of the Libre export")
+    parser.add_argument("--patients", type=int, default=3, help="synthetic patients")
+    parser.add_argument("--synthetic-days", type=int, default=14)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    validator = ProfileValidator(TerminologyService.default())
+    groups = by_profile(libre_observations(args.days), "Libre CSV")
+    groups.update(by_profile(synthetic_resources(args.patients, args.synthetic_days), "synthetic"))
+    print(f"{'profile (source)':<48} {'resources':>9} {'µs/resource':>12} {'issues':>7}")
+    for name, resources in sorted(groups.items()):
+        micros, issues = microseconds_per_resource(validator, resources, args.runs)
+        print(f"{name:<48} {len(resources):>9} {micros:>12.1f} {issues:>7}")
+
+
+if __name__ == "__main__":
+    main()
