@@ -18,14 +18,18 @@ from typing import Any
 from profiles.compiled import (
     CompiledProfile,
     ElementRule,
+    Invariant,
     ProfileDefinitionError,
     compile_profile,
 )
 from profiles.definitions import load_structure_definitions
+from profiles.memo import ProfileMemo, content_key, projection_key
 from terminology import TerminologyService, ucum
 from terminology.errors import TerminologyError
 
 Node = tuple[Any, str]  # (JSON value, FHIRPath expression of that value)
+# A memoized invariant verdict (`None` from a memo means: not decided yet).
+_HELD, _FAILED, _UNEVALUATED = "held", "failed", "unevaluated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,7 @@ class ProfileValidator:
         if structure_definitions is None:
             structure_definitions = load_structure_definitions()
         self._profiles: dict[str, CompiledProfile] = {}
+        self._memos: dict[str, ProfileMemo] = {}
         self._value_set_codes: dict[str, tuple[frozenset, frozenset] | None] = {}
         for definition in structure_definitions:
             self.add(definition)
@@ -56,6 +61,7 @@ class ProfileValidator:
         """Compile and register a profile (replaces one with the same url)."""
         compiled = compile_profile(structure_definition)
         self._profiles[compiled.url] = compiled
+        self._memos[compiled.url] = ProfileMemo(compiled)
 
     def knows(self, url: str) -> bool:
         return url.split("|")[0] in self._profiles
@@ -112,7 +118,7 @@ class ProfileValidator:
                     )
                 )
                 continue
-            _Run(self, profile, resource, issues).check()
+            _Run(self, profile, resource, issues).check(self._memos[url])
         return issues
 
     # -- terminology ----------------------------------------------------------------------
@@ -201,10 +207,67 @@ class _Run:
             ProfileIssue(severity, code, expression, f"{self.profile.name}: {message}")
         )
 
-    def check(self) -> None:
+    def check(self, memo: ProfileMemo | None = None) -> None:
         root = self.profile.root
-        nodes = [(self.resource, self.profile.resource_type)]
-        self.check_values(root, nodes)
+        node = (self.resource, self.profile.resource_type)
+        if memo is None or root.slices:
+            self.check_values(root, [node])
+            return
+        # check_values(root, [node]) with memoized invariants and children, same order
+        if root.checks_values:
+            self.check_value(root, node, with_invariants=False)
+            self.check_root_invariants(memo, node)
+        for child in root.children.values():
+            spec = memo.children.get(child.name)
+            if spec is None:
+                self.check_child(child, node)
+                continue
+            key = self.child_key(child, node[0], spec.has_references)
+            if key is None:
+                self.check_child(child, node)
+                continue
+            found = spec.memo.get(key)
+            if found is None:
+                start = len(self.issues)
+                self.check_child(child, node)
+                spec.memo.put(key, tuple(self.issues[start:]))
+            else:
+                self.issues.extend(found)
+
+    @staticmethod
+    def child_key(rule: ElementRule, resource: dict, has_references: bool) -> bytes | None:
+        """The exact key of what `rule` reads in the resource: its keys and their values."""
+        if rule.is_choice:
+            choices = rule.all_choice_keys
+            pairs = [(k, resource[k]) for k in resource if k in choices]
+        elif rule.name in resource:
+            pairs = [(rule.name, resource[rule.name])]
+        else:
+            pairs = []
+        key = content_key(pairs)
+        if key is not None and has_references and b'"reference":"#' in key:
+            return None  # a contained reference is typed by looking at the root
+        return key
+
+    def check_root_invariants(self, memo: ProfileMemo, node: Node) -> None:
+        value, expression = node
+        for spec in memo.invariants:
+            invariant = spec.invariant
+            key = projection_key(spec, value) if spec.memo is not None else None
+            if key is None:
+                self.report_invariant(invariant, invariant.evaluate(value, self.resource),
+                                      expression)
+                continue
+            verdict = spec.memo.get(key)  # type: ignore[union-attr]
+            if verdict is None:
+                result = invariant.evaluate(value, self.resource)
+                verdict = _UNEVALUATED if result is None else (
+                    _FAILED if result == [False] else _HELD)
+                spec.memo.put(key, verdict)  # type: ignore[union-attr]
+            if verdict is _UNEVALUATED:
+                self.report_invariant(invariant, None, expression)
+            elif verdict is _FAILED:
+                self.report_invariant(invariant, [False], expression)
 
     # -- walking ---------------------------------------------------------------------------
 
@@ -253,20 +316,23 @@ class _Run:
     def check_children(self, rule: ElementRule, parents: list[Node]) -> None:
         for child in rule.children.values():
             for parent in parents:
-                if not isinstance(parent[0], dict):
-                    continue
-                nodes, keys = self.collect(child, parent)
-                if child.checks_cardinality:
-                    count = len(keys) if child.is_choice else len(nodes)
-                    if count < child.min or (child.max is not None and count > child.max):
-                        where = self.where(child, parent, keys)
-                        self.check_cardinality(child, count, where, where)
-                if child.choice_keys and keys:
-                    self.check_choice(child, keys, parent[1])
-                if nodes:
-                    self.check_values(child, nodes)
-                elif child.slices:
-                    self.check_slices(child, nodes, self.where(child, parent, keys))
+                self.check_child(child, parent)
+
+    def check_child(self, child: ElementRule, parent: Node) -> None:
+        if not isinstance(parent[0], dict):
+            return
+        nodes, keys = self.collect(child, parent)
+        if child.checks_cardinality:
+            count = len(keys) if child.is_choice else len(nodes)
+            if count < child.min or (child.max is not None and count > child.max):
+                where = self.where(child, parent, keys)
+                self.check_cardinality(child, count, where, where)
+        if child.choice_keys and keys:
+            self.check_choice(child, keys, parent[1])
+        if nodes:
+            self.check_values(child, nodes)
+        elif child.slices:
+            self.check_slices(child, nodes, self.where(child, parent, keys))
 
     @staticmethod
     def where(rule: ElementRule, parent: Node, keys: list[str]) -> str:
@@ -298,7 +364,7 @@ class _Run:
 
     # -- one value ------------------------------------------------------------------------
 
-    def check_value(self, rule: ElementRule, node: Node) -> None:
+    def check_value(self, rule: ElementRule, node: Node, with_invariants: bool = True) -> None:
         value, expression = node
         if rule.has_fixed and value != rule.fixed:
             self.add(
@@ -340,23 +406,26 @@ class _Run:
                 self.check_unit(value, expression)
             if rule.ranges:
                 self.check_ranges(rule, value, expression)
-        for invariant in rule.invariants:
-            result = invariant.evaluate(value, self.resource)
-            if result is None:
-                self.add(
-                    "warning",
-                    "invariant",
-                    expression,
-                    f"rule {invariant.key} could not be evaluated here ({invariant.expression})",
-                )
-            elif result == [False]:
-                code = "invariant"
-                self.add(
-                    invariant.severity,
-                    code,
-                    expression,
-                    f"{invariant.human} (rule {invariant.key}: {invariant.expression})",
-                )
+        if with_invariants:
+            for invariant in rule.invariants:
+                self.report_invariant(invariant, invariant.evaluate(value, self.resource),
+                                      expression)
+
+    def report_invariant(self, invariant: Invariant, result: list | None, expression: str) -> None:
+        if result is None:
+            self.add(
+                "warning",
+                "invariant",
+                expression,
+                f"rule {invariant.key} could not be evaluated here ({invariant.expression})",
+            )
+        elif result == [False]:
+            self.add(
+                invariant.severity,
+                "invariant",
+                expression,
+                f"{invariant.human} (rule {invariant.key}: {invariant.expression})",
+            )
 
     def check_bounds(self, rule: ElementRule, value: Any, expression: str) -> None:
         """minValue[x] / maxValue[x] on numbers, dates (ISO strings compare in order) and
