@@ -26,12 +26,12 @@ compiled profile of one validator: replacing a profile starts afresh.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from profiles.compiled import CompiledProfile, ElementRule, Invariant
+from profiles.compiled import CompiledProfile, ElementRule
 from profiles.fhirpath_fast import context_members, member_keys, reads_only_context
 
 # Every subclass, date and dataclass goes to the (absent) default, i.e. raises: never keyed.
@@ -40,7 +40,9 @@ _EXACT = (
     | orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_DATACLASS
 )
-MEMO_SIZE = 4096  # entries per memoized element or invariant
+MEMO_SIZE = 4096  # entries per memoized element or invariant group
+PLANS = 256  # distinct key sequences remembered per profile
+WINDOW, REST = 1024, 16384  # lookups judged at a time; lookups skipped when rarely hit
 
 
 def content_key(value: Any) -> bytes | None:
@@ -53,16 +55,35 @@ def content_key(value: Any) -> bytes | None:
 
 
 class BoundedMemo:
-    """A dict that forgets its oldest entries past `size`."""
+    """A dict that forgets its oldest entries past `size`, and that stands aside for a while
+    when it hardly ever hits (an import's timestamps are all distinct: keying them costs
+    more than it saves). Standing aside only means the check runs: verdicts never change."""
 
-    __slots__ = ("entries", "size")
+    __slots__ = ("entries", "size", "lookups", "hits", "resting")
 
     def __init__(self, size: int = MEMO_SIZE) -> None:
         self.entries: dict[bytes, Any] = {}
         self.size = size
+        self.lookups = self.hits = self.resting = 0
+
+    def in_use(self) -> bool:
+        """False while resting after a window of lookups that hardly ever hit."""
+        if self.resting:
+            self.resting -= 1
+            return False
+        return True
 
     def get(self, key: bytes) -> Any:
-        return self.entries.get(key)
+        found = self.entries.get(key)
+        self.lookups += 1
+        if found is not None:
+            self.hits += 1
+        if self.lookups == WINDOW:
+            if self.hits * 8 < WINDOW:  # under 1 hit in 8: rest, then look again
+                self.resting = REST
+                self.entries.clear()
+            self.lookups = self.hits = 0
+        return found
 
     def put(self, key: bytes, value: Any) -> None:
         entries = self.entries
@@ -72,17 +93,22 @@ class BoundedMemo:
 
 
 @dataclass(slots=True)
-class RootInvariant:
-    invariant: Invariant
-    members: frozenset[str] | None  # None: evaluated every time
-    memo: BoundedMemo | None
-    selects: dict[str, bool]  # JSON key -> read by the invariant (shared by equal members)
+class Component:
+    """A memoized part of the root's check: a group of root invariants that read the same
+    members (one key and one lookup for all of them), or a child of the root element."""
 
-
-@dataclass(slots=True)
-class ChildMemo:
     memo: BoundedMemo
-    has_references: bool  # some rule below types references: `#id` looks at the root
+    members: frozenset[str] = frozenset()  # an invariant group: the members it reads
+    positions: list[int] = field(default_factory=list)  # its invariants' indexes
+    child: ElementRule | None = None  # a child: its rule
+    has_references: bool = False  # some rule below types references: `#id` reads the root
+
+    def reads(self, key: str) -> bool:
+        """Whether the check may read the resource's JSON key `key`."""
+        child = self.child
+        if child is None:
+            return bool(member_keys(self.members, (key,)))
+        return key in child.all_choice_keys if child.is_choice else key == child.name
 
 
 class ProfileMemo:
@@ -90,39 +116,62 @@ class ProfileMemo:
 
     def __init__(self, profile: CompiledProfile) -> None:
         root = profile.root
-        selects: dict[frozenset[str], dict[str, bool]] = {}
-        self.invariants = []
-        for invariant in root.invariants:
+        groups: dict[frozenset[str], Component] = {}
+        for position, invariant in enumerate(root.invariants):
             members = context_members(invariant.expression) if invariant.fast else None
-            self.invariants.append(
-                RootInvariant(
-                    invariant,
-                    members,
-                    BoundedMemo() if members is not None else None,
-                    selects.setdefault(members, {}) if members is not None else {},
-                )
-            )
-        self.children: dict[str, ChildMemo] = {}
+            if members is not None:
+                group = groups.setdefault(members, Component(BoundedMemo(), members))
+                group.positions.append(position)
+        self.groups = list(groups.values())
+        self.components: list[Component] = list(self.groups)
+        self.child_index: dict[str, int] = {}  # child name -> index in components
         for name, child in root.children.items():
             if _worth_memoizing(child) and _reads_only_its_subtree(child):
-                self.children[name] = ChildMemo(BoundedMemo(), _has_references(child))
+                self.child_index[name] = len(self.components)
+                self.components.append(
+                    Component(BoundedMemo(), child=child, has_references=_has_references(child))
+                )
+        # per sequence of JSON keys of a resource (an import repeats one or two): for each
+        # component, the positions of the keys it reads
+        self._plans: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
 
-
-def projection_key(spec: RootInvariant, resource: dict) -> bytes | None:
-    """The exact key of the members of `resource` that the invariant of `spec` reads."""
-    selects = spec.selects
-    pairs = []
-    for key in resource:
-        if type(key) is not str:
-            return None  # not JSON: left to the unmemoized walk
-        wanted = selects.get(key)
-        if wanted is None:
-            wanted = bool(member_keys(spec.members, (key,)))  # type: ignore[arg-type]
-            if len(selects) < MEMO_SIZE:  # a resource's keys are few and repeat
-                selects[key] = wanted
-        if wanted:
-            pairs.append((key, resource[key]))
-    return content_key(pairs)
+    def keys_for(self, resource: dict) -> list[bytes | None]:
+        """Per component, the exact key of what it reads in `resource` (None: not keyed
+        this time). Each key is the concatenation of the JSON texts `["name", value]` of
+        the resource's keys it reads, in the resource's order: self-delimiting, so exact."""
+        names = tuple(resource)
+        plan = self._plans.get(names)
+        if plan is None:
+            if any(type(name) is not str for name in names):
+                return [None] * len(self.components)  # not JSON: the unmemoized walk
+            plan = [
+                tuple(i for i, name in enumerate(names) if component.reads(name))
+                for component in self.components
+            ]
+            if len(self._plans) < PLANS:
+                self._plans[names] = plan
+        values = list(resource.values())
+        pieces: list[Any] = [False] * len(names)  # False: not serialized yet
+        keys: list[bytes | None] = []
+        for component, positions in zip(self.components, plan, strict=True):
+            if not component.memo.in_use():
+                keys.append(None)
+                continue
+            parts = []
+            for i in positions:
+                piece = pieces[i]
+                if piece is False:
+                    piece = pieces[i] = content_key((names[i], values[i]))
+                if piece is None:
+                    break
+                parts.append(piece)
+            else:
+                key = parts[0] if len(parts) == 1 else b"".join(parts)
+                if not (component.has_references and b'"reference":"#' in key):
+                    keys.append(key)
+                    continue
+            keys.append(None)  # unusable JSON, or a contained reference typed by the root
+        return keys
 
 
 def _rules(rule: ElementRule) -> list[ElementRule]:

@@ -23,13 +23,20 @@ from profiles.compiled import (
     compile_profile,
 )
 from profiles.definitions import load_structure_definitions
-from profiles.memo import ProfileMemo, content_key, projection_key
+from profiles.memo import ProfileMemo
 from terminology import TerminologyService, ucum
 from terminology.errors import TerminologyError
 
 Node = tuple[Any, str]  # (JSON value, FHIRPath expression of that value)
-# A memoized invariant verdict (`None` from a memo means: not decided yet).
+# An invariant's verdict (what a memo keeps of its FHIRPath result).
 _HELD, _FAILED, _UNEVALUATED = "held", "failed", "unevaluated"
+
+
+def _verdict(result: list | None) -> str:
+    """None: not evaluable (a warning); [False]: violated; anything else holds."""
+    if result is None:
+        return _UNEVALUATED
+    return _FAILED if result == [False] else _HELD
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,64 +217,53 @@ class _Run:
     def check(self, memo: ProfileMemo | None = None) -> None:
         root = self.profile.root
         node = (self.resource, self.profile.resource_type)
-        if memo is None or root.slices:
+        if memo is None or root.slices or not memo.components:
             self.check_values(root, [node])
             return
         # check_values(root, [node]) with memoized invariants and children, same order
+        keys = memo.keys_for(self.resource)
         if root.checks_values:
             self.check_value(root, node, with_invariants=False)
-            self.check_root_invariants(memo, node)
+            self.check_root_invariants(memo, keys, node)
+        components = memo.components
         for child in root.children.values():
-            spec = memo.children.get(child.name)
-            if spec is None:
-                self.check_child(child, node)
-                continue
-            key = self.child_key(child, node[0], spec.has_references)
+            index = memo.child_index.get(child.name)
+            key = keys[index] if index is not None else None
             if key is None:
                 self.check_child(child, node)
                 continue
-            found = spec.memo.get(key)
+            cache = components[index].memo  # type: ignore[index]
+            found = cache.get(key)
             if found is None:
                 start = len(self.issues)
                 self.check_child(child, node)
-                spec.memo.put(key, tuple(self.issues[start:]))
+                cache.put(key, tuple(self.issues[start:]))
             else:
                 self.issues.extend(found)
 
-    @staticmethod
-    def child_key(rule: ElementRule, resource: dict, has_references: bool) -> bytes | None:
-        """The exact key of what `rule` reads in the resource: its keys and their values."""
-        if rule.is_choice:
-            choices = rule.all_choice_keys
-            pairs = [(k, resource[k]) for k in resource if k in choices]
-        elif rule.name in resource:
-            pairs = [(rule.name, resource[rule.name])]
-        else:
-            pairs = []
-        key = content_key(pairs)
-        if key is not None and has_references and b'"reference":"#' in key:
-            return None  # a contained reference is typed by looking at the root
-        return key
-
-    def check_root_invariants(self, memo: ProfileMemo, node: Node) -> None:
+    def check_root_invariants(
+        self, memo: ProfileMemo, keys: list[bytes | None], node: Node
+    ) -> None:
         value, expression = node
-        for spec in memo.invariants:
-            invariant = spec.invariant
-            key = projection_key(spec, value) if spec.memo is not None else None
+        invariants = self.profile.root.invariants
+        verdicts: list[str | None] = [None] * len(invariants)
+        for group, key in zip(memo.groups, keys, strict=False):
             if key is None:
-                self.report_invariant(invariant, invariant.evaluate(value, self.resource),
-                                      expression)
                 continue
-            verdict = spec.memo.get(key)  # type: ignore[union-attr]
+            found = group.memo.get(key)
+            if found is None:
+                found = tuple(
+                    _verdict(invariants[p].evaluate(value, self.resource))
+                    for p in group.positions
+                )
+                group.memo.put(key, found)
+            for position, verdict in zip(group.positions, found, strict=True):
+                verdicts[position] = verdict
+        for invariant, verdict in zip(invariants, verdicts, strict=True):
             if verdict is None:
-                result = invariant.evaluate(value, self.resource)
-                verdict = _UNEVALUATED if result is None else (
-                    _FAILED if result == [False] else _HELD)
-                spec.memo.put(key, verdict)  # type: ignore[union-attr]
-            if verdict is _UNEVALUATED:
-                self.report_invariant(invariant, None, expression)
-            elif verdict is _FAILED:
-                self.report_invariant(invariant, [False], expression)
+                verdict = _verdict(invariant.evaluate(value, self.resource))
+            if verdict is not _HELD:
+                self.report_invariant(invariant, verdict, expression)
 
     # -- walking ---------------------------------------------------------------------------
 
@@ -408,18 +404,19 @@ class _Run:
                 self.check_ranges(rule, value, expression)
         if with_invariants:
             for invariant in rule.invariants:
-                self.report_invariant(invariant, invariant.evaluate(value, self.resource),
-                                      expression)
+                verdict = _verdict(invariant.evaluate(value, self.resource))
+                if verdict is not _HELD:
+                    self.report_invariant(invariant, verdict, expression)
 
-    def report_invariant(self, invariant: Invariant, result: list | None, expression: str) -> None:
-        if result is None:
+    def report_invariant(self, invariant: Invariant, verdict: str, expression: str) -> None:
+        if verdict is _UNEVALUATED:
             self.add(
                 "warning",
                 "invariant",
                 expression,
                 f"rule {invariant.key} could not be evaluated here ({invariant.expression})",
             )
-        elif result == [False]:
+        elif verdict is _FAILED:
             self.add(
                 invariant.severity,
                 "invariant",

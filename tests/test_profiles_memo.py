@@ -180,8 +180,8 @@ def test_an_invariant_reading_the_resource_is_never_memoized() -> None:
     validator = ProfileValidator(TERMINOLOGY, [copy.deepcopy(definition)])
     reference = ReferenceProfileValidator(TERMINOLOGY, [copy.deepcopy(definition)])
     memo = ProfileMemo(validator._profiles[CUSTOM["url"]])
-    assert "type" not in memo.children
-    assert [spec.members for spec in memo.invariants] == [None, None]
+    assert "type" not in memo.child_index
+    assert memo.groups == []
     device = {"resourceType": "Device", "meta": {"profile": [CUSTOM["url"]]},
               "status": "inactive", "type": {"text": "no coding"}}
     assert agree(device, validator=validator, reference=reference) == []
