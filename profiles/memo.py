@@ -26,6 +26,7 @@ compiled profile of one validator: replacing a profile starts afresh.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +41,11 @@ _EXACT = (
     | orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_DATACLASS
 )
+_NULL = re.compile(b"null")  # faster than `in` on JSON text
 MEMO_SIZE = 4096  # entries per memoized element or invariant group
 PLANS = 256  # distinct key sequences remembered per profile
-WINDOW, REST = 1024, 16384  # lookups judged at a time; lookups skipped when rarely hit
+WINDOW, REST = 512, 16384  # lookups judged at a time; lookups skipped when rarely hit
+RELEARN = 32  # windows combined before the profile looks again at what hits
 
 
 def content_key(value: Any) -> bytes | None:
@@ -51,7 +54,7 @@ def content_key(value: Any) -> bytes | None:
         key = orjson.dumps(value, option=_EXACT)
     except (TypeError, orjson.JSONEncodeError):
         return None
-    return None if b"null" in key else key
+    return None if _NULL.search(key) else key
 
 
 class BoundedMemo:
@@ -59,12 +62,13 @@ class BoundedMemo:
     when it hardly ever hits (an import's timestamps are all distinct: keying them costs
     more than it saves). Standing aside only means the check runs: verdicts never change."""
 
-    __slots__ = ("entries", "size", "lookups", "hits", "resting")
+    __slots__ = ("entries", "size", "lookups", "hits", "resting", "seen", "found")
 
     def __init__(self, size: int = MEMO_SIZE) -> None:
         self.entries: dict[bytes, Any] = {}
         self.size = size
         self.lookups = self.hits = self.resting = 0
+        self.seen = self.found = 0  # lookups and hits since the profile last looked
 
     def in_use(self) -> bool:
         """False while resting after a window of lookups that hardly ever hit."""
@@ -76,9 +80,11 @@ class BoundedMemo:
     def get(self, key: bytes) -> Any:
         found = self.entries.get(key)
         self.lookups += 1
+        self.seen += 1
         if found is not None:
             self.hits += 1
-        if self.lookups == WINDOW:
+            self.found += 1
+        if self.lookups >= WINDOW:
             if self.hits * 8 < WINDOW:  # under 1 hit in 8: rest, then look again
                 self.resting = REST
                 self.entries.clear()
@@ -112,7 +118,14 @@ class Component:
 
 
 class ProfileMemo:
-    """The memoizable checks of one compiled profile and their caches."""
+    """The memoizable checks of one compiled profile, their caches, and how they are keyed.
+
+    Two ways: each component keyed and looked up on its own (`separate`: what the profile
+    starts with, and learns from), or, once a window of resources has shown which
+    components hit (the stable ones), one key over what they all read and one lookup for
+    all of them (`combined`), the other components checked every time. A combined memo that
+    hardly hits sends the profile back to separate keys for a while, then it learns again.
+    """
 
     def __init__(self, profile: CompiledProfile) -> None:
         root = profile.root
@@ -123,6 +136,12 @@ class ProfileMemo:
                 group = groups.setdefault(members, Component(BoundedMemo(), members))
                 group.positions.append(position)
         self.groups = list(groups.values())
+        # whether the root has checks besides its invariants (a profile hardly ever has)
+        self.root_value_checks = bool(
+            root.has_fixed or root.has_pattern or root.target_types or root.binding
+            or root.ranges or root.checks_unit or root.max_length is not None
+            or root.min_value is not None or root.max_value is not None
+        )
         self.components: list[Component] = list(self.groups)
         self.child_index: dict[str, int] = {}  # child name -> index in components
         for name, child in root.children.items():
@@ -134,22 +153,116 @@ class ProfileMemo:
         # per sequence of JSON keys of a resource (an import repeats one or two): for each
         # component, the positions of the keys it reads
         self._plans: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
+        self.combined = False
+        self.stable: tuple[int, ...] = ()  # the components the combined key covers
+        self._combined_memo = BoundedMemo()
+        self._combined_plans: dict[tuple[str, ...], tuple[int, ...]] = {}
+        self._resources = 0  # checked in the current mode
+        self._separate_windows = 1  # windows to stay separate before learning again
+        self._combined_windows = 0
 
-    def keys_for(self, resource: dict) -> list[bytes | None]:
-        """Per component, the exact key of what it reads in `resource` (None: not keyed
-        this time). Each key is the concatenation of the JSON texts `["name", value]` of
-        the resource's keys it reads, in the resource's order: self-delimiting, so exact."""
+    # -- the two ways ----------------------------------------------------------------------
+
+    def lookup(self, resource: dict) -> tuple[list[Any], Any]:
+        """Per component, its memoized result or None (to compute), and what `store`
+        needs to remember the results computed now."""
+        self._resources += 1
+        if self.combined:
+            key = self._combined_key(resource)
+            found = self._combined_memo.get(key) if key is not None else None
+            if found is None:
+                return [None] * len(self.components), key
+            return list(found), None
+        keys = self.keys_for(resource)
+        known = [
+            component.memo.get(key) if key is not None else None
+            for component, key in zip(self.components, keys, strict=True)
+        ]
+        return known, keys
+
+    def store(self, token: Any, results: list[Any]) -> None:
+        """Remember `results` (None where nothing new was computed)."""
+        if self.combined:
+            if token is not None:
+                stable = set(self.stable)
+                self._combined_memo.put(token, tuple(
+                    result if i in stable else None for i, result in enumerate(results)
+                ))
+        else:
+            for component, key, result in zip(self.components, token, results, strict=True):
+                if key is not None and result is not None:
+                    component.memo.put(key, result)
+        if self._resources >= WINDOW:
+            self._judge()
+
+    def _judge(self) -> None:
+        """At the end of a window of resources: combine the stable components, or go back
+        to separate keys when the combined memo hardly hits."""
+        self._resources = 0
+        if self.combined:
+            memo = self._combined_memo
+            self._combined_windows += 1
+            if memo.found * 8 < memo.seen:
+                self.combined = False  # hardly hits: separate keys, for longer each time
+                self._separate_windows = min(self._separate_windows * 2, 64)
+            elif self._combined_windows >= RELEARN:
+                self.combined = False  # learn again: something else may have become stable
+                self._separate_windows = 1
+            memo.seen = memo.found = 0
+            return
+        self._separate_windows -= 1
+        stable = tuple(
+            i for i, c in enumerate(self.components)
+            if c.memo.seen and c.memo.found * 2 >= c.memo.seen  # hits half the time
+        )
+        for component in self.components:
+            component.memo.seen = component.memo.found = 0
+        if self._separate_windows <= 0 and stable:
+            self.combined, self.stable = True, stable
+            self._combined_memo = BoundedMemo()
+            self._combined_plans = {}
+            self._combined_windows = 0
+
+    def _combined_key(self, resource: dict) -> bytes | None:
         names = tuple(resource)
+        positions = self._combined_plans.get(names)
+        if positions is None:
+            plan = self._plan(names)
+            if plan is None:
+                return None
+            stable = self.stable
+            positions = tuple(sorted({i for c in stable for i in plan[c]}))
+            if any(self.components[c].has_references for c in stable):
+                positions = (-1, *positions)  # -1: look for contained references
+            if len(self._combined_plans) < PLANS:
+                self._combined_plans[names] = positions
+        values = list(resource.values())
+        key = content_key([(names[i], values[i]) for i in positions if i >= 0])
+        if key is not None and positions and positions[0] == -1 and b'"reference":"#' in key:
+            return None  # a contained reference is typed by looking at the root
+        return key
+
+    def _plan(self, names: tuple) -> list[tuple[int, ...]] | None:
         plan = self._plans.get(names)
         if plan is None:
             if any(type(name) is not str for name in names):
-                return [None] * len(self.components)  # not JSON: the unmemoized walk
+                return None  # not JSON: the unmemoized walk
             plan = [
                 tuple(i for i, name in enumerate(names) if component.reads(name))
                 for component in self.components
             ]
             if len(self._plans) < PLANS:
                 self._plans[names] = plan
+        return plan
+
+    def keys_for(self, resource: dict) -> list[bytes | None]:
+        """Per component, the exact key of what it reads in `resource` (None: not keyed
+        this time). Each key is the concatenation of the JSON texts `["name", value]` of
+        the resource's keys it reads, in the resource's order: self-delimiting, so exact."""
+        names = tuple(resource)
+        plan = self._plan(names)
+        if plan is None:
+            return [None] * len(self.components)
         values = list(resource.values())
         pieces: list[Any] = [False] * len(names)  # False: not serialized yet
         keys: list[bytes | None] = []

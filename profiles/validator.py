@@ -221,42 +221,40 @@ class _Run:
             self.check_values(root, [node])
             return
         # check_values(root, [node]) with memoized invariants and children, same order
-        keys = memo.keys_for(self.resource)
-        if root.checks_values:
+        known, token = memo.lookup(self.resource)
+        results: list[Any] = [None] * len(known)  # what is computed now, to remember
+        if memo.root_value_checks:
             self.check_value(root, node, with_invariants=False)
-            self.check_root_invariants(memo, keys, node)
-        components = memo.components
+        if root.invariants:
+            self.check_root_invariants(memo, known, results, node)
+        issues = self.issues
         for child in root.children.values():
             index = memo.child_index.get(child.name)
-            key = keys[index] if index is not None else None
-            if key is None:
+            if index is None:
                 self.check_child(child, node)
                 continue
-            cache = components[index].memo  # type: ignore[index]
-            found = cache.get(key)
+            found = known[index]
             if found is None:
-                start = len(self.issues)
+                start = len(issues)
                 self.check_child(child, node)
-                cache.put(key, tuple(self.issues[start:]))
+                results[index] = tuple(issues[start:])
             else:
-                self.issues.extend(found)
+                issues.extend(found)
+        memo.store(token, results)
 
     def check_root_invariants(
-        self, memo: ProfileMemo, keys: list[bytes | None], node: Node
+        self, memo: ProfileMemo, known: list[Any], results: list[Any], node: Node
     ) -> None:
         value, expression = node
         invariants = self.profile.root.invariants
         verdicts: list[str | None] = [None] * len(invariants)
-        for group, key in zip(memo.groups, keys, strict=False):
-            if key is None:
-                continue
-            found = group.memo.get(key)
+        for index, group in enumerate(memo.groups):
+            found = known[index]
             if found is None:
-                found = tuple(
+                found = results[index] = tuple(
                     _verdict(invariants[p].evaluate(value, self.resource))
                     for p in group.positions
                 )
-                group.memo.put(key, found)
             for position, verdict in zip(group.positions, found, strict=True):
                 verdicts[position] = verdict
         for invariant, verdict in zip(invariants, verdicts, strict=True):

@@ -10,6 +10,7 @@ import math
 from datetime import date
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,7 @@ from fhir_server.model.jsonio import FhirDecimal
 from fhir_server.synthetic import generate
 from mappers.device_csv import to_bundle
 from profiles import CGM_SENSOR_READING, ProfileValidator
+from profiles import memo as memo_module
 from profiles.fhirpath_fast import context_members, member_keys, reads_only_context
 from profiles.memo import BoundedMemo, ProfileMemo, content_key
 from terminology import TerminologyService
@@ -37,6 +39,17 @@ VALIDATOR = ProfileValidator(TERMINOLOGY)  # shared on purpose: its memos fill u
 REFERENCE = ReferenceProfileValidator(TERMINOLOGY)
 EXAMPLES = [glucose, cgm_reading, hba1c, diabetes_condition, medication_statement,
             french_patient]
+
+
+@pytest.fixture(autouse=True, params=["default windows", "tiny windows"])
+def windows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: as shipped, and with windows of 3 resources, so that the memos
+    switch between separate and combined keys, rest and learn again all the time."""
+    if request.param == "tiny windows":
+        monkeypatch.setattr(memo_module, "WINDOW", 3)
+        monkeypatch.setattr(memo_module, "REST", 5)
+        monkeypatch.setattr(memo_module, "RELEARN", 2)
+    return request.param
 
 
 def agree(resource: Any, profiles: list[str] | None = None,
@@ -311,3 +324,34 @@ def test_random_replacements_agree(which: int, data, replacements: list) -> None
             raise
         if not isinstance(resource, dict) or not _paths(resource):
             break
+
+
+def test_combined_keys_after_a_window_then_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memo_module, "WINDOW", 4)
+    monkeypatch.setattr(memo_module, "RELEARN", 1000)
+    validator = ProfileValidator(TERMINOLOGY)
+    memo = validator._memos[CGM_SENSOR_READING]
+    for minute in range(8):  # same code, subject, device, value: stable; the time is not
+        reading = cgm_reading()
+        reading["effectiveDateTime"] = f"2024-03-05T08:{minute:02d}:00Z"
+        assert agree(reading, validator=validator) == []
+    assert memo.combined
+    stable = {memo.components[i].child.name for i in memo.stable if memo.components[i].child}
+    assert {"code", "subject", "device", "value[x]"} <= stable
+    assert not any(memo.components[i].members == {"effectiveDateTime"} for i in memo.stable)
+    # from the combined memo now: each change still gets its own verdict
+    for name, change in CGM_CHANGES.items():
+        reading = cgm_reading()
+        change(reading)
+        agree(reading, validator=validator)
+        assert agree(cgm_reading(), validator=validator) == [], name
+    reading = cgm_reading()
+    reading["effectiveDateTime"] = "2024-03-05"  # not memoized: checked every time
+    assert errors(agree(reading, validator=validator)) == {("invariant", "Observation")}
+    # every value different: the combined memo hardly hits, separate keys come back, and
+    # what is combined next leaves the value out
+    for value in range(40, 80):
+        agree(cgm_reading(value), validator=validator)
+    assert memo.combined
+    stable = {memo.components[i].child.name for i in memo.stable if memo.components[i].child}
+    assert stable == {"code", "subject", "device"}
