@@ -44,8 +44,9 @@ _EXACT = (
 _NULL = re.compile(b"null")  # faster than `in` on JSON text
 MEMO_SIZE = 4096  # entries per memoized element or invariant group
 PLANS = 256  # distinct key sequences remembered per profile
+FIRST_WINDOW = 64  # resources a profile's memo learns from before its first judgement
 WINDOW, REST = 512, 16384  # lookups judged at a time; lookups skipped when rarely hit
-RELEARN = 32  # windows combined before the profile looks again at what hits
+RELEARN = 32  # at most this many windows combined before the memo learns again
 
 
 def content_key(value: Any) -> bytes | None:
@@ -113,7 +114,8 @@ class Component:
         """Whether the check may read the resource's JSON key `key`."""
         child = self.child
         if child is None:
-            return bool(member_keys(self.members, (key,)))
+            # resourceType is the profile's type (validate() checks, lookup() wants a str)
+            return key != "resourceType" and bool(member_keys(self.members, (key,)))
         return key in child.all_choice_keys if child.is_choice else key == child.name
 
 
@@ -155,70 +157,102 @@ class ProfileMemo:
         self._plans: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
         self.combined = False
         self.stable: tuple[int, ...] = ()  # the components the combined key covers
+        self.keyed: tuple[int, ...] = tuple(range(len(self.components)))  # keyed alone
+        self._stable_and_keyed: tuple[int, ...] = ()
         self._combined_memo = BoundedMemo()
         self._combined_plans: dict[tuple[str, ...], tuple[int, ...]] = {}
-        self._resources = 0  # checked in the current mode
-        self._separate_windows = 1  # windows to stay separate before learning again
+        self._resources = 0  # checked in the current window
+        self._window = FIRST_WINDOW
+        self._separate_windows = 1  # windows to stay separate before combining
         self._combined_windows = 0
+        self._relearn_after = 1  # combined windows before learning again (doubles)
 
-    # -- the two ways ----------------------------------------------------------------------
+    # -- the ways to look up ---------------------------------------------------------------
 
     def lookup(self, resource: dict) -> tuple[list[Any], Any]:
         """Per component, its memoized result or None (to compute), and what `store`
-        needs to remember the results computed now."""
-        self._resources += 1
-        if self.combined:
-            key = self._combined_key(resource)
-            found = self._combined_memo.get(key) if key is not None else None
-            if found is None:
-                return [None] * len(self.components), key
-            return list(found), None
-        keys = self.keys_for(resource)
-        known = [
-            component.memo.get(key) if key is not None else None
-            for component, key in zip(self.components, keys, strict=True)
-        ]
-        return known, keys
+        needs to remember the results computed now.
 
-    def store(self, token: Any, results: list[Any]) -> None:
-        """Remember `results` (None where nothing new was computed)."""
+        Combined: one key for the stable components; when it misses, they are looked up
+        under their own keys (a new patient's readings: the code and the values are known
+        already, the subject is not), so a combined miss costs what separate keys cost."""
+        self._resources += 1
+        known: list[Any] = [None] * len(self.components)
+        if type(resource.get("resourceType")) is not str:
+            return known, None  # not JSON: the unmemoized walk (keys leave it out)
+        combined_key = None
+        keyed = self.keyed
         if self.combined:
-            if token is not None:
-                stable = set(self.stable)
-                self._combined_memo.put(token, tuple(
-                    result if i in stable else None for i, result in enumerate(results)
+            combined_key = self._combined_key(resource)
+            found = self._combined_memo.get(combined_key) if combined_key is not None else None
+            if found is not None:
+                known, combined_key = list(found), None
+            else:
+                keyed = self._stable_and_keyed
+        keys = self.keys_for(resource, keyed) if keyed else None
+        if keys is not None:
+            components = self.components
+            for i in keyed:
+                key = keys[i]
+                if key is not None:
+                    known[i] = components[i].memo.get(key)
+        return known, (combined_key, keyed, keys)
+
+    def store(self, token: Any, known: list[Any], results: list[Any]) -> None:
+        """Remember `results` (None where nothing was computed: `known` has it)."""
+        if token is not None:
+            combined_key, keyed, keys = token
+            if keys is not None:
+                components = self.components
+                for i in keyed:
+                    key, result = keys[i], results[i]
+                    if key is not None and result is not None:
+                        components[i].memo.put(key, result)
+            if combined_key is not None:
+                self._combined_memo.put(combined_key, tuple(
+                    (known[i] if results[i] is None else results[i])
+                    if i in self.stable else None
+                    for i in range(len(results))
                 ))
-        else:
-            for component, key, result in zip(self.components, token, results, strict=True):
-                if key is not None and result is not None:
-                    component.memo.put(key, result)
-        if self._resources >= WINDOW:
+        if self._resources >= self._window:
             self._judge()
 
     def _judge(self) -> None:
-        """At the end of a window of resources: combine the stable components, or go back
-        to separate keys when the combined memo hardly hits."""
-        self._resources = 0
+        """At the end of a window of resources, from what hit: components that nearly
+        always hit are combined under one key, those that hit now and then keep their own
+        key, the others are checked every time; a combined memo that hardly hits sends the
+        profile back to separate keys (for longer each time); now and then (less and less
+        often) it learns again."""
+        self._resources, self._window = 0, WINDOW
+        components = self.components
         if self.combined:
             memo = self._combined_memo
             self._combined_windows += 1
-            if memo.found * 8 < memo.seen:
-                self.combined = False  # hardly hits: separate keys, for longer each time
-                self._separate_windows = min(self._separate_windows * 2, 64)
-            elif self._combined_windows >= RELEARN:
-                self.combined = False  # learn again: something else may have become stable
-                self._separate_windows = 1
+            failing = memo.found * 8 < memo.seen
             memo.seen = memo.found = 0
+            if failing:
+                self._separate_windows = min(self._separate_windows * 2, 64)
+            elif self._combined_windows >= self._relearn_after:
+                self._relearn_after = min(self._relearn_after * 2, RELEARN)
+                self._separate_windows = 1
+            else:
+                return
+            self.combined, self.keyed = False, tuple(range(len(components)))
+            for component in components:
+                component.memo.seen = component.memo.found = 0
             return
         self._separate_windows -= 1
-        stable = tuple(
-            i for i, c in enumerate(self.components)
-            if c.memo.seen and c.memo.found * 2 >= c.memo.seen  # hits half the time
-        )
-        for component in self.components:
+        stable, keyed = [], []
+        for i, component in enumerate(components):
+            seen, found = component.memo.seen, component.memo.found
             component.memo.seen = component.memo.found = 0
+            if seen and found * 8 >= seen * 7:
+                stable.append(i)
+            elif seen and found * 8 >= seen:
+                keyed.append(i)
         if self._separate_windows <= 0 and stable:
-            self.combined, self.stable = True, stable
+            self.combined, self.stable, self.keyed = True, tuple(stable), tuple(keyed)
+            self._stable_and_keyed = tuple(sorted(stable + keyed))
             self._combined_memo = BoundedMemo()
             self._combined_plans = {}
             self._combined_windows = 0
@@ -255,23 +289,25 @@ class ProfileMemo:
                 self._plans[names] = plan
         return plan
 
-    def keys_for(self, resource: dict) -> list[bytes | None]:
-        """Per component, the exact key of what it reads in `resource` (None: not keyed
-        this time). Each key is the concatenation of the JSON texts `["name", value]` of
-        the resource's keys it reads, in the resource's order: self-delimiting, so exact."""
+    def keys_for(self, resource: dict, indexes: tuple[int, ...]) -> list[bytes | None]:
+        """For the components at `indexes`, the exact key of what each reads in `resource`
+        (None elsewhere, or when not keyed this time). A key is the concatenation of the
+        JSON texts `["name", value]` of the resource's keys it reads, in the resource's
+        order: self-delimiting, so exact."""
+        components = self.components
+        keys: list[bytes | None] = [None] * len(components)
         names = tuple(resource)
         plan = self._plan(names)
         if plan is None:
-            return [None] * len(self.components)
+            return keys
         values = list(resource.values())
         pieces: list[Any] = [False] * len(names)  # False: not serialized yet
-        keys: list[bytes | None] = []
-        for component, positions in zip(self.components, plan, strict=True):
+        for index in indexes:
+            component = components[index]
             if not component.memo.in_use():
-                keys.append(None)
                 continue
             parts = []
-            for i in positions:
+            for i in plan[index]:
                 piece = pieces[i]
                 if piece is False:
                     piece = pieces[i] = content_key((names[i], values[i]))
@@ -281,9 +317,7 @@ class ProfileMemo:
             else:
                 key = parts[0] if len(parts) == 1 else b"".join(parts)
                 if not (component.has_references and b'"reference":"#' in key):
-                    keys.append(key)
-                    continue
-            keys.append(None)  # unusable JSON, or a contained reference typed by the root
+                    keys[index] = key
         return keys
 
 

@@ -240,7 +240,7 @@ class _Run:
                 results[index] = tuple(issues[start:])
             else:
                 issues.extend(found)
-        memo.store(token, results)
+        memo.store(token, known, results)
 
     def check_root_invariants(
         self, memo: ProfileMemo, known: list[Any], results: list[Any], node: Node

@@ -47,6 +47,7 @@ def windows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     switch between separate and combined keys, rest and learn again all the time."""
     if request.param == "tiny windows":
         monkeypatch.setattr(memo_module, "WINDOW", 3)
+        monkeypatch.setattr(memo_module, "FIRST_WINDOW", 2)
         monkeypatch.setattr(memo_module, "REST", 5)
         monkeypatch.setattr(memo_module, "RELEARN", 2)
     return request.param
@@ -328,6 +329,7 @@ def test_random_replacements_agree(which: int, data, replacements: list) -> None
 
 def test_combined_keys_after_a_window_then_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memo_module, "WINDOW", 4)
+    monkeypatch.setattr(memo_module, "FIRST_WINDOW", 4)
     monkeypatch.setattr(memo_module, "RELEARN", 1000)
     validator = ProfileValidator(TERMINOLOGY)
     memo = validator._memos[CGM_SENSOR_READING]
