@@ -213,10 +213,11 @@ def _invocation_term(node: dict) -> Compiled:
     inner = node["children"][0]
     if inner["type"] == "MemberInvocation":
         name = _identifier(inner["children"][0])
+        type_name = name[:1].isupper()
 
         def first_member(items: Collection, env: Env) -> Collection:
             # A path may start with the type name of its context (Observation.code).
-            if name[:1].isupper():
+            if type_name:
                 typed = [i for i in items if isinstance(i, dict) and i.get("resourceType") == name]
                 if typed:
                     return typed

@@ -11,8 +11,9 @@ What may be memoized (decided once per profile, from the compiled rules):
   (`%resource`, `%rootResource`, other `%` constants). The key is the JSON of the child's
   keys and values in the resource (`[["valueQuantity", {...}]]`), the value the issues the
   walk added for it (their expressions all start with the resource type, a constant of the
-  profile). References to contained resources (`#id`) are typed by looking at the root, so
-  a subtree with reference targets is not memoized when its JSON holds `"reference":"#`;
+  profile). References to contained resources (`#id`) are typed by looking at the root's
+  `contained`, so a subtree with reference targets is not memoized when the resource has
+  `contained`;
 - an invariant on the root element whose result depends only on named members of the
   resource (`fhirpath_fast.context_members`): keyed by the JSON of those members.
 
@@ -32,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from profiles.compiled import CompiledProfile, ElementRule
+from profiles.compiled import CompiledProfile, ElementRule, Invariant
 from profiles.fhirpath_fast import context_members, member_keys, reads_only_context
 
 # Every subclass, date and dataclass goes to the (absent) default, i.e. raises: never keyed.
@@ -47,6 +48,15 @@ PLANS = 256  # distinct key sequences remembered per profile
 FIRST_WINDOW = 64  # resources a profile's memo learns from before its first judgement
 WINDOW, REST = 512, 16384  # lookups judged at a time; lookups skipped when rarely hit
 RELEARN = 32  # at most this many windows combined before the memo learns again
+
+
+HELD = "held"  # an invariant's verdict when it holds
+class _Clean:
+    __slots__ = ()
+
+
+CLEAN: Any = _Clean()  # what a combined memo keeps when none of its components found
+# anything; lookup() returns it then (when no component is keyed alone) instead of a list
 
 
 def content_key(value: Any) -> bytes | None:
@@ -108,7 +118,7 @@ class Component:
     members: frozenset[str] = frozenset()  # an invariant group: the members it reads
     positions: list[int] = field(default_factory=list)  # its invariants' indexes
     child: ElementRule | None = None  # a child: its rule
-    has_references: bool = False  # some rule below types references: `#id` reads the root
+    has_references: bool = False  # some rule below types references: `#id` reads `contained`
 
     def reads(self, key: str) -> bool:
         """Whether the check may read the resource's JSON key `key`."""
@@ -159,6 +169,10 @@ class ProfileMemo:
         self.stable: tuple[int, ...] = ()  # the components the combined key covers
         self.keyed: tuple[int, ...] = tuple(range(len(self.components)))  # keyed alone
         self._stable_and_keyed: tuple[int, ...] = ()
+        self._root = root
+        # when the combined memo says CLEAN: what is left to check, in the walk's order
+        self.unstable_invariants: list[Invariant] = []
+        self.unstable_children: list[ElementRule] = []
         self._combined_memo = BoundedMemo()
         self._combined_plans: dict[tuple[str, ...], tuple[int, ...]] = {}
         self._resources = 0  # checked in the current window
@@ -185,8 +199,10 @@ class ProfileMemo:
         if self.combined:
             combined_key = self._combined_key(resource)
             found = self._combined_memo.get(combined_key) if combined_key is not None else None
+            if found is CLEAN and not keyed:
+                return CLEAN, None
             if found is not None:
-                known, combined_key = list(found), None
+                known, combined_key = self._expand(found), None
             else:
                 keyed = self._stable_and_keyed
         keys = self.keys_for(resource, keyed) if keyed else None
@@ -209,13 +225,30 @@ class ProfileMemo:
                     if key is not None and result is not None:
                         components[i].memo.put(key, result)
             if combined_key is not None:
-                self._combined_memo.put(combined_key, tuple(
+                found = [
                     (known[i] if results[i] is None else results[i])
                     if i in self.stable else None
                     for i in range(len(results))
-                ))
+                ]
+                clean = all(
+                    found[i] == ((HELD,) * len(self.components[i].positions)
+                                 if self.components[i].child is None else ())
+                    for i in self.stable
+                )
+                self._combined_memo.put(combined_key, CLEAN if clean else tuple(found))
         if self._resources >= self._window:
             self._judge()
+
+    def _expand(self, found: tuple) -> list[Any]:
+        """A combined memo's value as per-component results."""
+        if found is not CLEAN:
+            return list(found)
+        components = self.components
+        known: list[Any] = [None] * len(components)
+        for i in self.stable:
+            positions = components[i].positions
+            known[i] = (HELD,) * len(positions) if components[i].child is None else ()
+        return known
 
     def _judge(self) -> None:
         """At the end of a window of resources, from what hit: components that nearly
@@ -253,6 +286,14 @@ class ProfileMemo:
         if self._separate_windows <= 0 and stable:
             self.combined, self.stable, self.keyed = True, tuple(stable), tuple(keyed)
             self._stable_and_keyed = tuple(sorted(stable + keyed))
+            covered = {p for i in stable for p in components[i].positions}
+            self.unstable_invariants = [
+                inv for p, inv in enumerate(self._root.invariants) if p not in covered
+            ]
+            in_combined = {components[i].child.name for i in stable if components[i].child}
+            self.unstable_children = [
+                child for name, child in self._root.children.items() if name not in in_combined
+            ]
             self._combined_memo = BoundedMemo()
             self._combined_plans = {}
             self._combined_windows = 0
@@ -270,11 +311,10 @@ class ProfileMemo:
                 positions = (-1, *positions)  # -1: look for contained references
             if len(self._combined_plans) < PLANS:
                 self._combined_plans[names] = positions
+        if positions and positions[0] == -1 and "contained" in resource:
+            return None  # a `#id` reference is typed by the root's contained resources
         values = list(resource.values())
-        key = content_key([(names[i], values[i]) for i in positions if i >= 0])
-        if key is not None and positions and positions[0] == -1 and b'"reference":"#' in key:
-            return None  # a contained reference is typed by looking at the root
-        return key
+        return content_key([(names[i], values[i]) for i in positions if i >= 0])
 
     def _plan(self, names: tuple) -> list[tuple[int, ...]] | None:
         plan = self._plans.get(names)
@@ -302,9 +342,10 @@ class ProfileMemo:
             return keys
         values = list(resource.values())
         pieces: list[Any] = [False] * len(names)  # False: not serialized yet
+        contained = "contained" in resource  # `#id` references are typed by what it holds
         for index in indexes:
             component = components[index]
-            if not component.memo.in_use():
+            if not component.memo.in_use() or (contained and component.has_references):
                 continue
             parts = []
             for i in plan[index]:
@@ -315,9 +356,7 @@ class ProfileMemo:
                     break
                 parts.append(piece)
             else:
-                key = parts[0] if len(parts) == 1 else b"".join(parts)
-                if not (component.has_references and b'"reference":"#' in key):
-                    keys[index] = key
+                keys[index] = parts[0] if len(parts) == 1 else b"".join(parts)
         return keys
 
 

@@ -23,13 +23,13 @@ from profiles.compiled import (
     compile_profile,
 )
 from profiles.definitions import load_structure_definitions
-from profiles.memo import ProfileMemo
+from profiles.memo import CLEAN, HELD, ProfileMemo
 from terminology import TerminologyService, ucum
 from terminology.errors import TerminologyError
 
 Node = tuple[Any, str]  # (JSON value, FHIRPath expression of that value)
 # An invariant's verdict (what a memo keeps of its FHIRPath result).
-_HELD, _FAILED, _UNEVALUATED = "held", "failed", "unevaluated"
+_HELD, _FAILED, _UNEVALUATED = HELD, "failed", "unevaluated"
 
 
 def _verdict(result: list | None) -> str:
@@ -101,7 +101,8 @@ class ProfileValidator:
             profiles = self.claimed_profiles(resource)
         issues: list[ProfileIssue] = []
         resource_type = resource.get("resourceType", "Resource")
-        for url in dict.fromkeys(p.split("|")[0] for p in profiles):
+        urls = [p.split("|")[0] for p in profiles]
+        for url in urls if len(urls) < 2 else dict.fromkeys(urls):
             profile = self._profiles.get(url)
             if profile is None:
                 issues.append(
@@ -222,6 +223,19 @@ class _Run:
             return
         # check_values(root, [node]) with memoized invariants and children, same order
         known, token = memo.lookup(self.resource)
+        if known is CLEAN:
+            # every combined component found nothing on an equal resource: what is left
+            # reports in the same order (root invariants, then children)
+            if memo.root_value_checks:
+                self.check_value(root, node, with_invariants=False)
+            for invariant in memo.unstable_invariants:
+                verdict = _verdict(invariant.evaluate(self.resource, self.resource))
+                if verdict is not _HELD:
+                    self.report_invariant(invariant, verdict, node[1])
+            for child in memo.unstable_children:
+                self.check_child(child, node)
+            memo.store(None, [], [])
+            return
         results: list[Any] = [None] * len(known)  # what is computed now, to remember
         if memo.root_value_checks:
             self.check_value(root, node, with_invariants=False)
