@@ -28,6 +28,7 @@ compiled profile of one validator: replacing a profile starts afresh.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,14 +130,32 @@ class Component:
         return key in child.all_choice_keys if child.is_choice else key == child.name
 
 
+@dataclass(slots=True)
+class Combination:
+    """How a profile's memo looks up for now: which components share the combined key,
+    which keep their own key (the others are checked every time). Never changed once made:
+    a lookup and its store use the one they started with, whatever another thread does."""
+
+    stable: frozenset[int]  # under the combined key
+    keyed: tuple[int, ...]  # under their own keys
+    on_miss: tuple[int, ...]  # stable and keyed: what a combined miss looks up alone
+    memo: BoundedMemo | None  # None: no combined key (separate keys only)
+    plans: dict[tuple[str, ...], tuple[int, ...]]  # key sequence -> positions it reads
+    unstable_invariants: list[Invariant]  # left to check when the combined memo is CLEAN
+    unstable_children: list[ElementRule]
+
+
 class ProfileMemo:
     """The memoizable checks of one compiled profile, their caches, and how they are keyed.
 
-    Two ways: each component keyed and looked up on its own (`separate`: what the profile
-    starts with, and learns from), or, once a window of resources has shown which
-    components hit (the stable ones), one key over what they all read and one lookup for
-    all of them (`combined`), the other components checked every time. A combined memo that
-    hardly hits sends the profile back to separate keys for a while, then it learns again.
+    It starts with separate keys (each component keyed and looked up on its own) and
+    learns from a window of resources which components hit: those that nearly always hit
+    then share one combined key and one lookup, those that hit now and then keep their own
+    key, the others are checked every time. A combined miss looks the stable components up
+    under their own keys (a new patient's readings: code and values known, subject not).
+    A combined memo that hardly hits sends the profile back to separate keys (for longer
+    each time); now and then (less and less often) it learns again. Thread-safe: lookups
+    and stores of one profile take its lock (the checks between them do not).
     """
 
     def __init__(self, profile: CompiledProfile) -> None:
@@ -162,104 +181,127 @@ class ProfileMemo:
                 self.components.append(
                     Component(BoundedMemo(), child=child, has_references=_has_references(child))
                 )
+        self._root = root
+        self._lock = threading.Lock()
         # per sequence of JSON keys of a resource (an import repeats one or two): for each
         # component, the positions of the keys it reads
         self._plans: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
-        self.combined = False
-        self.stable: tuple[int, ...] = ()  # the components the combined key covers
-        self.keyed: tuple[int, ...] = tuple(range(len(self.components)))  # keyed alone
-        self._stable_and_keyed: tuple[int, ...] = ()
-        self._root = root
-        # when the combined memo says CLEAN: what is left to check, in the walk's order
-        self.unstable_invariants: list[Invariant] = []
-        self.unstable_children: list[ElementRule] = []
-        self._combined_memo = BoundedMemo()
-        self._combined_plans: dict[tuple[str, ...], tuple[int, ...]] = {}
+        self._separate = self._combination((), ())
+        self.combination = self._separate
         self._resources = 0  # checked in the current window
         self._window = FIRST_WINDOW
         self._separate_windows = 1  # windows to stay separate before combining
         self._combined_windows = 0
         self._relearn_after = 1  # combined windows before learning again (doubles)
 
-    # -- the ways to look up ---------------------------------------------------------------
+    @property
+    def combined(self) -> bool:
+        return self.combination.memo is not None
 
-    def lookup(self, resource: dict) -> tuple[list[Any], Any]:
+    @property
+    def stable(self) -> frozenset[int]:
+        return self.combination.stable
+
+    def _combination(self, stable: tuple[int, ...], keyed: tuple[int, ...]) -> Combination:
+        if not stable:  # separate keys for every component
+            every = tuple(range(len(self.components)))
+            return Combination(frozenset(), every, every, None, {}, [], [])
+        components = self.components
+        covered = {p for i in stable for p in components[i].positions}
+        combined_children = {components[i].child.name for i in stable if components[i].child}
+        return Combination(
+            frozenset(stable),
+            keyed,
+            tuple(sorted(stable + keyed)),
+            BoundedMemo(),
+            {},
+            [inv for p, inv in enumerate(self._root.invariants) if p not in covered],
+            [c for name, c in self._root.children.items() if name not in combined_children],
+        )
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def lookup(self, resource: dict) -> tuple[Any, Any]:
         """Per component, its memoized result or None (to compute), and what `store`
-        needs to remember the results computed now.
-
-        Combined: one key for the stable components; when it misses, they are looked up
-        under their own keys (a new patient's readings: the code and the values are known
-        already, the subject is not), so a combined miss costs what separate keys cost."""
-        self._resources += 1
-        known: list[Any] = [None] * len(self.components)
-        if type(resource.get("resourceType")) is not str:
-            return known, None  # not JSON: the unmemoized walk (keys leave it out)
-        combined_key = None
-        keyed = self.keyed
-        if self.combined:
-            combined_key = self._combined_key(resource)
-            found = self._combined_memo.get(combined_key) if combined_key is not None else None
-            if found is CLEAN and not keyed:
-                return CLEAN, None
-            if found is not None:
-                known, combined_key = self._expand(found), None
-            else:
-                keyed = self._stable_and_keyed
-        keys = self.keys_for(resource, keyed) if keyed else None
-        if keys is not None:
-            components = self.components
-            for i in keyed:
-                key = keys[i]
-                if key is not None:
-                    known[i] = components[i].memo.get(key)
-        return known, (combined_key, keyed, keys)
-
-    def store(self, token: Any, known: list[Any], results: list[Any]) -> None:
-        """Remember `results` (None where nothing was computed: `known` has it)."""
-        if token is not None:
-            combined_key, keyed, keys = token
+        needs to remember the results computed now. Or CLEAN, and the Combination whose
+        components found nothing on an equal resource (nothing is keyed alone then)."""
+        with self._lock:
+            self._resources += 1
+            combination = self.combination
+            known: list[Any] = [None] * len(self.components)
+            if type(resource.get("resourceType")) is not str:
+                return known, None  # not JSON: the unmemoized walk (keys leave it out)
+            combined_key = None
+            keyed = combination.keyed
+            if combination.memo is not None:
+                combined_key = self._combined_key(combination, resource)
+                found = (combination.memo.get(combined_key)
+                         if combined_key is not None else None)
+                if found is CLEAN and not keyed:
+                    return CLEAN, combination
+                if found is not None:
+                    known, combined_key = self._expand(combination, found), None
+                else:
+                    keyed = combination.on_miss
+            keys = self.keys_for(resource, keyed) if keyed else None
             if keys is not None:
                 components = self.components
                 for i in keyed:
-                    key, result = keys[i], results[i]
-                    if key is not None and result is not None:
-                        components[i].memo.put(key, result)
-            if combined_key is not None:
-                found = [
-                    (known[i] if results[i] is None else results[i])
-                    if i in self.stable else None
-                    for i in range(len(results))
-                ]
-                clean = all(
-                    found[i] == ((HELD,) * len(self.components[i].positions)
-                                 if self.components[i].child is None else ())
-                    for i in self.stable
-                )
-                self._combined_memo.put(combined_key, CLEAN if clean else tuple(found))
-        if self._resources >= self._window:
-            self._judge()
+                    key = keys[i]
+                    if key is not None:
+                        known[i] = components[i].memo.get(key)
+            return known, (combination, combined_key, keyed, keys)
 
-    def _expand(self, found: tuple) -> list[Any]:
+    def store(self, token: Any, known: list[Any], results: list[Any]) -> None:
+        """Remember `results` (None where nothing was computed: `known` has it)."""
+        with self._lock:
+            if isinstance(token, tuple):
+                combination, combined_key, keyed, keys = token
+                if keys is not None:
+                    components = self.components
+                    for i in keyed:
+                        key, result = keys[i], results[i]
+                        if key is not None and result is not None:
+                            components[i].memo.put(key, result)
+                if combined_key is not None:
+                    self._remember_combined(combination, combined_key, known, results)
+            if self._resources >= self._window:
+                self._judge()
+
+    def _remember_combined(
+        self, combination: Combination, key: bytes, known: list[Any], results: list[Any]
+    ) -> None:
+        stable, components = combination.stable, self.components
+        found = [
+            (known[i] if results[i] is None else results[i]) if i in stable else None
+            for i in range(len(results))
+        ]
+        clean = all(
+            found[i] == ((HELD,) * len(components[i].positions)
+                         if components[i].child is None else ())
+            for i in stable
+        )
+        combination.memo.put(key, CLEAN if clean else tuple(found))  # type: ignore[union-attr]
+
+    def _expand(self, combination: Combination, found: Any) -> list[Any]:
         """A combined memo's value as per-component results."""
         if found is not CLEAN:
             return list(found)
         components = self.components
         known: list[Any] = [None] * len(components)
-        for i in self.stable:
+        for i in combination.stable:
             positions = components[i].positions
             known[i] = (HELD,) * len(positions) if components[i].child is None else ()
         return known
 
     def _judge(self) -> None:
-        """At the end of a window of resources, from what hit: components that nearly
-        always hit are combined under one key, those that hit now and then keep their own
-        key, the others are checked every time; a combined memo that hardly hits sends the
-        profile back to separate keys (for longer each time); now and then (less and less
-        often) it learns again."""
+        """At the end of a window of resources: combine what nearly always hit, keep own
+        keys for what hit now and then, check the rest every time; leave a combined memo
+        that hardly hits (for longer each time), and learn again now and then."""
         self._resources, self._window = 0, WINDOW
         components = self.components
-        if self.combined:
-            memo = self._combined_memo
+        memo = self.combination.memo
+        if memo is not None:
             self._combined_windows += 1
             failing = memo.found * 8 < memo.seen
             memo.seen = memo.found = 0
@@ -270,7 +312,7 @@ class ProfileMemo:
                 self._separate_windows = 1
             else:
                 return
-            self.combined, self.keyed = False, tuple(range(len(components)))
+            self.combination = self._separate
             for component in components:
                 component.memo.seen = component.memo.found = 0
             return
@@ -284,33 +326,22 @@ class ProfileMemo:
             elif seen and found * 8 >= seen:
                 keyed.append(i)
         if self._separate_windows <= 0 and stable:
-            self.combined, self.stable, self.keyed = True, tuple(stable), tuple(keyed)
-            self._stable_and_keyed = tuple(sorted(stable + keyed))
-            covered = {p for i in stable for p in components[i].positions}
-            self.unstable_invariants = [
-                inv for p, inv in enumerate(self._root.invariants) if p not in covered
-            ]
-            in_combined = {components[i].child.name for i in stable if components[i].child}
-            self.unstable_children = [
-                child for name, child in self._root.children.items() if name not in in_combined
-            ]
-            self._combined_memo = BoundedMemo()
-            self._combined_plans = {}
+            self.combination = self._combination(tuple(stable), tuple(keyed))
             self._combined_windows = 0
 
-    def _combined_key(self, resource: dict) -> bytes | None:
+    def _combined_key(self, combination: Combination, resource: dict) -> bytes | None:
         names = tuple(resource)
-        positions = self._combined_plans.get(names)
+        positions = combination.plans.get(names)
         if positions is None:
             plan = self._plan(names)
             if plan is None:
                 return None
-            stable = self.stable
+            stable = combination.stable
             positions = tuple(sorted({i for c in stable for i in plan[c]}))
             if any(self.components[c].has_references for c in stable):
                 positions = (-1, *positions)  # -1: look for contained references
-            if len(self._combined_plans) < PLANS:
-                self._combined_plans[names] = positions
+            if len(combination.plans) < PLANS:
+                combination.plans[names] = positions
         if positions and positions[0] == -1 and "contained" in resource:
             return None  # a `#id` reference is typed by the root's contained resources
         values = list(resource.values())

@@ -228,11 +228,11 @@ class _Run:
             # reports in the same order (root invariants, then children)
             if memo.root_value_checks:
                 self.check_value(root, node, with_invariants=False)
-            for invariant in memo.unstable_invariants:
+            for invariant in token.unstable_invariants:
                 verdict = _verdict(invariant.evaluate(self.resource, self.resource))
                 if verdict is not _HELD:
                     self.report_invariant(invariant, verdict, node[1])
-            for child in memo.unstable_children:
+            for child in token.unstable_children:
                 self.check_child(child, node)
             memo.store(None, [], [])
             return
@@ -328,6 +328,16 @@ class _Run:
 
     def check_child(self, child: ElementRule, parent: Node) -> None:
         if not isinstance(parent[0], dict):
+            return
+        if child.is_choice and not (child.checks_values or child.slices or child.children):
+            # only the keys count (effective[x]: cardinality and type): no nodes to build
+            keys = [k for k in parent[0] if k in child.all_choice_keys]
+            count = len(keys)
+            if count < child.min or (child.max is not None and count > child.max):
+                where = self.where(child, parent, keys)
+                self.check_cardinality(child, count, where, where)
+            if child.choice_keys and keys:
+                self.check_choice(child, keys, parent[1])
             return
         nodes, keys = self.collect(child, parent)
         if child.checks_cardinality:

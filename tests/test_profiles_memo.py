@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from typing import Any
 
@@ -357,3 +358,29 @@ def test_combined_keys_after_a_window_then_back(monkeypatch: pytest.MonkeyPatch)
     assert memo.combined
     stable = {memo.components[i].child.name for i in memo.stable if memo.components[i].child}
     assert stable == {"code", "subject", "device"}
+
+
+def test_threads_sharing_a_validator_get_the_reference_verdicts() -> None:
+    """The server validates from several threads: lookups and stores of a profile take its
+    lock, and each uses the way of looking up it started with (tiny windows: it changes all
+    the time)."""
+    variants = []
+    for value in (142, 143, 5000, 142.0):
+        for name in ("wrong code", "missing subject", "minutes only", "keys reordered"):
+            reading = cgm_reading(value)
+            CGM_CHANGES[name](reading)
+            variants.append(reading)
+        variants.append(cgm_reading(value))
+    expected = [agree(v) for v in variants]  # the reference's, checked against VALIDATOR
+    validator = ProfileValidator(TERMINOLOGY)
+
+    def run(offset: int) -> list[bool]:
+        return [
+            [(i.severity, i.code, i.expression, i.message) for i in validator.validate(v)]
+            == expected[(offset + n) % len(variants)]
+            for n, v in enumerate((variants[offset:] + variants[:offset]) * 15)
+        ]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(run, range(0, 20, 5)))
+    assert all(all(outcome) for outcome in outcomes)
