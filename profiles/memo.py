@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
 
 import orjson
@@ -46,9 +47,11 @@ _EXACT = (
 _NULL = re.compile(b"null")  # faster than `in` on JSON text
 MEMO_SIZE = 4096  # entries per memoized element or invariant group
 PLANS = 256  # distinct key sequences remembered per profile
-FIRST_WINDOW = 64  # resources a profile's memo learns from before its first judgement
+FIRST_WINDOW = 64  # resources a profile checks plainly before its memo first learns
+LEARN_WINDOW = 64  # resources a memo learns from (every component keyed, costs timed)
 WINDOW, REST = 512, 16384  # lookups judged at a time; lookups skipped when rarely hit
 RELEARN = 32  # at most this many windows combined before the memo learns again
+TIMED = True  # weigh hit rates by measured costs (False: hit rates alone, deterministic)
 
 
 HELD = "held"  # an invariant's verdict when it holds
@@ -120,6 +123,8 @@ class Component:
     positions: list[int] = field(default_factory=list)  # its invariants' indexes
     child: ElementRule | None = None  # a child: its rule
     has_references: bool = False  # some rule below types references: `#id` reads `contained`
+    spent: float = 0.0  # seconds spent computing it while the memo learns
+    computed: int = 0  # times computed while the memo learns
 
     def reads(self, key: str) -> bool:
         """Whether the check may read the resource's JSON key `key`."""
@@ -143,6 +148,12 @@ class Combination:
     plans: dict[tuple[str, ...], tuple[int, ...]]  # key sequence -> positions it reads
     unstable_invariants: list[Invariant]  # left to check when the combined memo is CLEAN
     unstable_children: list[ElementRule]
+    learning: bool = False  # every component keyed, costs measured
+
+    @property
+    def idle(self) -> bool:
+        """Nothing memoized for now: the plain walk, and only the resource counted."""
+        return self.memo is None and not self.keyed
 
 
 class ProfileMemo:
@@ -186,13 +197,15 @@ class ProfileMemo:
         # per sequence of JSON keys of a resource (an import repeats one or two): for each
         # component, the positions of the keys it reads
         self._plans: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
-        self._separate = self._combination((), ())
-        self.combination = self._separate
+        self._learning_combination = self._combination(None, ())
+        # a profile starts idle (plain walk): learning costs, and pays only with volume
+        self.combination = self._combination((), ())
+        self._learning = False
         self._resources = 0  # checked in the current window
         self._window = FIRST_WINDOW
-        self._separate_windows = 1  # windows to stay separate before combining
-        self._combined_windows = 0
-        self._relearn_after = 1  # combined windows before learning again (doubles)
+        self._windows = 0  # since the last judgement that learnt
+        self._relearn_after = 1  # windows before learning again (doubles up to RELEARN)
+        self._overhead = 0.0  # seconds spent in lookup and store while learning
 
     @property
     def combined(self) -> bool:
@@ -202,10 +215,13 @@ class ProfileMemo:
     def stable(self) -> frozenset[int]:
         return self.combination.stable
 
-    def _combination(self, stable: tuple[int, ...], keyed: tuple[int, ...]) -> Combination:
-        if not stable:  # separate keys for every component
+    def _combination(self, stable: tuple[int, ...] | None, keyed: tuple[int, ...]) -> Combination:
+        """stable None: learning, every component keyed alone."""
+        if stable is None:
             every = tuple(range(len(self.components)))
-            return Combination(frozenset(), every, every, None, {}, [], [])
+            return Combination(frozenset(), every, every, None, {}, [], [], learning=True)
+        if not stable:  # no combined key: own keys for some, the rest checked every time
+            return Combination(frozenset(), keyed, keyed, None, {}, [], [])
         components = self.components
         covered = {p for i in stable for p in components[i].positions}
         combined_children = {components[i].child.name for i in stable if components[i].child}
@@ -226,6 +242,7 @@ class ProfileMemo:
         needs to remember the results computed now. Or CLEAN, and the Combination whose
         components found nothing on an equal resource (nothing is keyed alone then)."""
         with self._lock:
+            started = perf_counter()
             self._resources += 1
             combination = self.combination
             known: list[Any] = [None] * len(self.components)
@@ -250,13 +267,26 @@ class ProfileMemo:
                     key = keys[i]
                     if key is not None:
                         known[i] = components[i].memo.get(key)
+            if combination.learning:
+                self._overhead += perf_counter() - started
             return known, (combination, combined_key, keyed, keys)
+
+    def count(self) -> None:
+        """A resource checked without the memo (idle): it still counts towards the window
+        after which the memo learns again."""
+        with self._lock:
+            self._resources += 1
+            if self._resources >= self._window:
+                self._judge()
 
     def store(self, token: Any, known: list[Any], results: list[Any]) -> None:
         """Remember `results` (None where nothing was computed: `known` has it)."""
         with self._lock:
+            started = perf_counter()
             if isinstance(token, tuple):
                 combination, combined_key, keyed, keys = token
+                if combination.learning:
+                    self._overhead -= started  # the time below counts as overhead
                 if keys is not None:
                     components = self.components
                     for i in keyed:
@@ -265,6 +295,8 @@ class ProfileMemo:
                             components[i].memo.put(key, result)
                 if combined_key is not None:
                     self._remember_combined(combination, combined_key, known, results)
+                if combination.learning:
+                    self._overhead += perf_counter()
             if self._resources >= self._window:
                 self._judge()
 
@@ -295,39 +327,51 @@ class ProfileMemo:
         return known
 
     def _judge(self) -> None:
-        """At the end of a window of resources: combine what nearly always hit, keep own
-        keys for what hit now and then, check the rest every time; leave a combined memo
-        that hardly hits (for longer each time), and learn again now and then."""
-        self._resources, self._window = 0, WINDOW
+        """At the end of a window of resources. After learning: combine what nearly always
+        hit, keep own keys for what hit now and then, check the rest every time, each only
+        where the time saved (hit rate x time to compute it, measured while learning) beats
+        the time keys and lookups cost. Then: learn again when the combined memo hardly
+        hits, and now and then (less and less often) in case something else pays."""
         components = self.components
-        memo = self.combination.memo
-        if memo is not None:
-            self._combined_windows += 1
-            failing = memo.found * 8 < memo.seen
-            memo.seen = memo.found = 0
-            if failing:
-                self._separate_windows = min(self._separate_windows * 2, 64)
-            elif self._combined_windows >= self._relearn_after:
+        if not self._learning:
+            self._resources, self._window = 0, WINDOW
+            self._windows += 1
+            memo = self.combination.memo
+            failing = memo is not None and memo.found * 8 < memo.seen
+            if memo is not None:
+                memo.seen = memo.found = 0
+            if failing or self._windows >= self._relearn_after:
                 self._relearn_after = min(self._relearn_after * 2, RELEARN)
-                self._separate_windows = 1
-            else:
-                return
-            self.combination = self._separate
-            for component in components:
-                component.memo.seen = component.memo.found = 0
+                self.combination, self._learning = self._learning_combination, True
+                self._window, self._overhead = LEARN_WINDOW, 0.0
+                for component in components:
+                    component.memo.seen = component.memo.found = 0
+                    component.spent, component.computed = 0.0, 0
             return
-        self._separate_windows -= 1
-        stable, keyed = [], []
+        # the lookup and store cost of one component keyed alone, per resource
+        overhead = self._overhead / max(self._resources, 1) / max(len(components), 1)
+        self._resources, self._window = 0, WINDOW
+        stable, keyed, saving = [], [], {}
         for i, component in enumerate(components):
             seen, found = component.memo.seen, component.memo.found
             component.memo.seen = component.memo.found = 0
-            if seen and found * 8 >= seen * 7:
+            rate = found / seen if seen else 0.0
+            if not TIMED:
+                cost, overhead = 1.0, 0.0  # on hit rates alone
+            elif component.computed:
+                cost = component.spent / component.computed
+            else:  # never computed while learning: it always hit, it costs more than a key
+                cost = 4 * overhead
+            saving[i] = rate * cost
+            if rate >= 7 / 8 and saving[i] > overhead / 2:  # sharing one key: cheaper
                 stable.append(i)
-            elif seen and found * 8 >= seen:
+            elif saving[i] > overhead:
                 keyed.append(i)
-        if self._separate_windows <= 0 and stable:
-            self.combination = self._combination(tuple(stable), tuple(keyed))
-            self._combined_windows = 0
+        if stable and sum(saving[i] for i in stable) < 2 * overhead:  # a key for too little
+            keyed = sorted(keyed + [i for i in stable if saving[i] > overhead])
+            stable = []
+        self.combination = self._combination(tuple(stable), tuple(keyed))
+        self._learning, self._windows = False, 0
 
     def _combined_key(self, combination: Combination, resource: dict) -> bytes | None:
         names = tuple(resource)

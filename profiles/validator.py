@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 from profiles.compiled import (
@@ -221,6 +222,10 @@ class _Run:
         if memo is None or root.slices or not memo.components:
             self.check_values(root, [node])
             return
+        if memo.combination.idle:
+            self.check_values(root, [node])
+            memo.count()
+            return
         # check_values(root, [node]) with memoized invariants and children, same order
         known, token = memo.lookup(self.resource)
         if known is CLEAN:
@@ -237,11 +242,13 @@ class _Run:
             memo.store(None, [], [])
             return
         results: list[Any] = [None] * len(known)  # what is computed now, to remember
+        timed = token is not None and token[0].learning  # the memo learns what things cost
         if memo.root_value_checks:
             self.check_value(root, node, with_invariants=False)
         if root.invariants:
-            self.check_root_invariants(memo, known, results, node)
+            self.check_root_invariants(memo, known, results, node, timed)
         issues = self.issues
+        components = memo.components
         for child in root.children.values():
             index = memo.child_index.get(child.name)
             if index is None:
@@ -249,15 +256,23 @@ class _Run:
                 continue
             found = known[index]
             if found is None:
-                start = len(issues)
+                start, started = len(issues), perf_counter() if timed else 0.0
                 self.check_child(child, node)
                 results[index] = tuple(issues[start:])
+                if timed:
+                    components[index].spent += perf_counter() - started
+                    components[index].computed += 1
             else:
                 issues.extend(found)
         memo.store(token, known, results)
 
     def check_root_invariants(
-        self, memo: ProfileMemo, known: list[Any], results: list[Any], node: Node
+        self,
+        memo: ProfileMemo,
+        known: list[Any],
+        results: list[Any],
+        node: Node,
+        timed: bool = False,
     ) -> None:
         value, expression = node
         invariants = self.profile.root.invariants
@@ -265,10 +280,14 @@ class _Run:
         for index, group in enumerate(memo.groups):
             found = known[index]
             if found is None:
+                started = perf_counter() if timed else 0.0
                 found = results[index] = tuple(
                     _verdict(invariants[p].evaluate(value, self.resource))
                     for p in group.positions
                 )
+                if timed:
+                    group.spent += perf_counter() - started
+                    group.computed += 1
             for position, verdict in zip(group.positions, found, strict=True):
                 verdicts[position] = verdict
         for invariant, verdict in zip(invariants, verdicts, strict=True):
