@@ -245,9 +245,10 @@ class ProfileMemo:
             started = perf_counter()
             self._resources += 1
             combination = self.combination
-            known: list[Any] = [None] * len(self.components)
             if type(resource.get("resourceType")) is not str:
-                return known, None  # not JSON: the unmemoized walk (keys leave it out)
+                # not JSON: the unmemoized walk (keys leave it out)
+                return [None] * len(self.components), None
+            known: Any = None
             combined_key = None
             keyed = combination.keyed
             if combination.memo is not None:
@@ -260,6 +261,8 @@ class ProfileMemo:
                     known, combined_key = self._expand(combination, found), None
                 else:
                     keyed = combination.on_miss
+            if known is None:
+                known = [None] * len(self.components)
             keys = self.keys_for(resource, keyed) if keyed else None
             if keys is not None:
                 components = self.components
@@ -271,11 +274,12 @@ class ProfileMemo:
                 self._overhead += perf_counter() - started
             return known, (combination, combined_key, keyed, keys)
 
-    def count(self) -> None:
-        """A resource checked without the memo (idle): it still counts towards the window
-        after which the memo learns again."""
+    def count(self, looked_up: bool = False) -> None:
+        """A resource checked without the memo (idle) still counts towards the window after
+        which the memo learns again; one that was looked up (CLEAN) was counted then."""
         with self._lock:
-            self._resources += 1
+            if not looked_up:
+                self._resources += 1
             if self._resources >= self._window:
                 self._judge()
 
@@ -363,7 +367,9 @@ class ProfileMemo:
             else:  # never computed while learning: it always hit, it costs more than a key
                 cost = 4 * overhead
             saving[i] = rate * cost
-            if rate >= 7 / 8 and saving[i] > overhead / 2:  # sharing one key: cheaper
+            # A combined miss falls back to own keys, so a component that hits half the
+            # time already gains from the shared key (and the checks-left-only path)
+            if rate >= 1 / 2 and saving[i] > overhead / 2:
                 stable.append(i)
             elif saving[i] > overhead:
                 keyed.append(i)

@@ -239,7 +239,7 @@ class _Run:
                     self.report_invariant(invariant, verdict, node[1])
             for child in token.unstable_children:
                 self.check_child(child, node)
-            memo.store(None, [], [])
+            memo.count(looked_up=True)
             return
         results: list[Any] = [None] * len(known)  # what is computed now, to remember
         timed = token is not None and token[0].learning  # the memo learns what things cost
