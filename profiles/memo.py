@@ -206,6 +206,7 @@ class ProfileMemo:
         self._windows = 0  # since the last judgement that learnt
         self._relearn_after = 1  # windows before learning again (doubles up to RELEARN)
         self._overhead = 0.0  # seconds spent in lookup and store while learning
+        self._combined: Combination | None = None  # the last one with a combined key
 
     @property
     def combined(self) -> bool:
@@ -345,7 +346,8 @@ class ProfileMemo:
             if memo is not None:
                 memo.seen = memo.found = 0
             if failing or self._windows >= self._relearn_after:
-                self._relearn_after = min(self._relearn_after * 2, RELEARN)
+                if self._combined is not None or self.combination.keyed:
+                    self._relearn_after = min(self._relearn_after * 2, RELEARN)
                 self.combination, self._learning = self._learning_combination, True
                 self._window, self._overhead = LEARN_WINDOW, 0.0
                 for component in components:
@@ -376,7 +378,14 @@ class ProfileMemo:
         if stable and sum(saving[i] for i in stable) < 2 * overhead:  # a key for too little
             keyed = sorted(keyed + [i for i in stable if saving[i] > overhead])
             stable = []
-        self.combination = self._combination(tuple(stable), tuple(keyed))
+        combination = self._combination(tuple(stable), tuple(keyed))
+        previous = self._combined
+        if previous is not None and previous.stable == combination.stable:
+            # the same components under the combined key: what it holds is still right
+            combination.memo, combination.plans = previous.memo, previous.plans
+        if combination.memo is not None:
+            self._combined = combination
+        self.combination = combination
         self._learning, self._windows = False, 0
 
     def _combined_key(self, combination: Combination, resource: dict) -> bytes | None:
