@@ -348,15 +348,8 @@ class _Run:
     def check_child(self, child: ElementRule, parent: Node) -> None:
         if not isinstance(parent[0], dict):
             return
-        if child.is_choice and not (child.checks_values or child.slices or child.children):
-            # only the keys count (effective[x]: cardinality and type): no nodes to build
-            keys = [k for k in parent[0] if k in child.all_choice_keys]
-            count = len(keys)
-            if count < child.min or (child.max is not None and count > child.max):
-                where = self.where(child, parent, keys)
-                self.check_cardinality(child, count, where, where)
-            if child.choice_keys and keys:
-                self.check_choice(child, keys, parent[1])
+        if not (child.checks_values or child.slices or child.children):
+            self.count_child(child, parent)
             return
         nodes, keys = self.collect(child, parent)
         if child.checks_cardinality:
@@ -370,6 +363,27 @@ class _Run:
             self.check_values(child, nodes)
         elif child.slices:
             self.check_slices(child, nodes, self.where(child, parent, keys))
+
+    def count_child(self, child: ElementRule, parent: Node) -> None:
+        """check_child of an element with nothing below and no value checks: only how many
+        values (and, for a choice, which keys) count, so no nodes or paths are built."""
+        value = parent[0]
+        if child.is_choice:
+            keys = [k for k in value if k in child.all_choice_keys]
+            count = len(keys)
+        elif not child.checks_cardinality:
+            return  # nothing at all to check (an element the profile only describes)
+        elif child.name in value:
+            keys = [child.name]
+            found = value[child.name]
+            count = len(found) if isinstance(found, list) else int(found is not None)
+        else:
+            keys, count = [], 0
+        if count < child.min or (child.max is not None and count > child.max):
+            where = self.where(child, parent, keys)
+            self.check_cardinality(child, count, where, where)
+        if child.choice_keys and keys:
+            self.check_choice(child, keys, parent[1])
 
     @staticmethod
     def where(rule: ElementRule, parent: Node, keys: list[str]) -> str:
