@@ -48,6 +48,87 @@ def compile_fhirpath(expression: str) -> Callable[[Any, Any], Collection]:
     return run
 
 
+def context_members(expression: str) -> frozenset[str] | None:
+    """The member names `expression` reads from its context, when its result depends on
+    those members alone (and the context's resourceType); None when it may read more:
+    `$this` or a function applied to the context itself, any `%` constant (`%resource`
+    reaches outside the context), or FHIRPath outside the compiled subset.
+
+    Why: the validator memoizes an invariant's verdict keyed by those members' JSON, so
+    `valueQuantity.exists() or dataAbsentReason.exists()` is decided once per distinct
+    (valueQuantity, dataAbsentReason). Members are read under every spelling `_member` and
+    fhirpathpy accept (`value` also matches `valueQuantity`, `_value` its extensions), see
+    `member_keys`.
+    """
+    try:
+        compile_fhirpath(expression)
+        return frozenset(_read_members(parse(expression), at_context=True))
+    except (Unsupported, _ReadsMore):
+        return None
+
+
+def reads_only_context(expression: str) -> bool:
+    """True when the result depends on the context value alone (no %resource and no other
+    `%` constant), so that a verdict on one subtree holds for every equal subtree."""
+    try:
+        return not _external_constants(parse(expression)) - {"context"}
+    except Exception:  # noqa: BLE001 - unparsable: fhirpathpy reports it, never memoized
+        return False
+
+
+def member_keys(names: frozenset[str], keys: Any) -> list[str]:
+    """The JSON keys among `keys` that reading the members `names` may look at."""
+    out = []
+    for key in keys:
+        bare = key[1:] if key.startswith("_") else key
+        if key == "resourceType" or bare in names or any(
+            bare.startswith(name) and bare[len(name) :] in CHOICE_SUFFIXES for name in names
+        ):
+            out.append(key)
+    return out
+
+
+class _ReadsMore(Exception):
+    """The expression reads more of its context than named members."""
+
+
+def _read_members(node: dict, at_context: bool) -> set[str]:
+    kind = node.get("type")
+    children = node.get("children", [])
+    if kind == "ExternalConstantTerm":
+        raise _ReadsMore("a % constant")
+    if kind == "InvocationTerm":
+        inner = children[0]
+        if inner["type"] == "MemberInvocation":
+            if not at_context:
+                return set()
+            name = _identifier(inner["children"][0])
+            if name[:1].isupper():
+                raise _ReadsMore("a type name (Observation.code) selects the whole context")
+            return {name}
+        if at_context:
+            raise _ReadsMore("$this or a function on the context itself")
+        return _read_members(inner, False)
+    if kind == "InvocationExpression":
+        # the step (member or function, with its arguments) applies to the source's result
+        return _read_members(children[0], at_context) | _read_members(children[1], False)
+    if kind in ("MemberInvocation", "FunctionInvocation"):
+        at_context = False  # function arguments see the function's input, not the context
+    names: set[str] = set()
+    for child in children:
+        names |= _read_members(child, at_context)
+    return names
+
+
+def _external_constants(node: dict) -> set[str]:
+    names: set[str] = set()
+    if node.get("type") == "ExternalConstant":
+        names.add(_identifier(node["children"][0]) if node.get("children") else "")
+    for child in node.get("children", []):
+        names |= _external_constants(child)
+    return names
+
+
 # -- helpers -------------------------------------------------------------------------------
 
 
@@ -132,10 +213,11 @@ def _invocation_term(node: dict) -> Compiled:
     inner = node["children"][0]
     if inner["type"] == "MemberInvocation":
         name = _identifier(inner["children"][0])
+        type_name = name[:1].isupper()
 
         def first_member(items: Collection, env: Env) -> Collection:
             # A path may start with the type name of its context (Observation.code).
-            if name[:1].isupper():
+            if type_name:
                 typed = [i for i in items if isinstance(i, dict) and i.get("resourceType") == name]
                 if typed:
                     return typed

@@ -13,19 +13,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 from profiles.compiled import (
     CompiledProfile,
     ElementRule,
+    Invariant,
     ProfileDefinitionError,
     compile_profile,
 )
 from profiles.definitions import load_structure_definitions
+from profiles.memo import CLEAN, HELD, ProfileMemo
 from terminology import TerminologyService, ucum
 from terminology.errors import TerminologyError
 
 Node = tuple[Any, str]  # (JSON value, FHIRPath expression of that value)
+# An invariant's verdict (what a memo keeps of its FHIRPath result).
+_HELD, _FAILED, _UNEVALUATED = HELD, "failed", "unevaluated"
+
+
+def _verdict(result: list | None) -> str:
+    """None: not evaluable (a warning); [False]: violated; anything else holds."""
+    if result is None:
+        return _UNEVALUATED
+    return _FAILED if result == [False] else _HELD
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +58,7 @@ class ProfileValidator:
         if structure_definitions is None:
             structure_definitions = load_structure_definitions()
         self._profiles: dict[str, CompiledProfile] = {}
+        self._memos: dict[str, ProfileMemo] = {}
         self._value_set_codes: dict[str, tuple[frozenset, frozenset] | None] = {}
         for definition in structure_definitions:
             self.add(definition)
@@ -56,6 +69,7 @@ class ProfileValidator:
         """Compile and register a profile (replaces one with the same url)."""
         compiled = compile_profile(structure_definition)
         self._profiles[compiled.url] = compiled
+        self._memos[compiled.url] = ProfileMemo(compiled)
 
     def knows(self, url: str) -> bool:
         return url.split("|")[0] in self._profiles
@@ -88,7 +102,8 @@ class ProfileValidator:
             profiles = self.claimed_profiles(resource)
         issues: list[ProfileIssue] = []
         resource_type = resource.get("resourceType", "Resource")
-        for url in dict.fromkeys(p.split("|")[0] for p in profiles):
+        urls = [p.split("|")[0] for p in profiles]
+        for url in urls if len(urls) < 2 else dict.fromkeys(urls):
             profile = self._profiles.get(url)
             if profile is None:
                 issues.append(
@@ -112,7 +127,7 @@ class ProfileValidator:
                     )
                 )
                 continue
-            _Run(self, profile, resource, issues).check()
+            _Run(self, profile, resource, issues).check(self._memos[url])
         return issues
 
     # -- terminology ----------------------------------------------------------------------
@@ -201,10 +216,85 @@ class _Run:
             ProfileIssue(severity, code, expression, f"{self.profile.name}: {message}")
         )
 
-    def check(self) -> None:
+    def check(self, memo: ProfileMemo | None = None) -> None:
         root = self.profile.root
-        nodes = [(self.resource, self.profile.resource_type)]
-        self.check_values(root, nodes)
+        node = (self.resource, self.profile.resource_type)
+        if memo is None or root.slices or not memo.components:
+            self.check_values(root, [node])
+            return
+        if memo.combination.idle:
+            self.check_values(root, [node])
+            memo.count()
+            return
+        # check_values(root, [node]) with memoized invariants and children, same order
+        known, token = memo.lookup(self.resource)
+        if known is CLEAN:
+            # every combined component found nothing on an equal resource: what is left
+            # reports in the same order (root invariants, then children)
+            if memo.root_value_checks:
+                self.check_value(root, node, with_invariants=False)
+            for invariant in token.unstable_invariants:
+                verdict = _verdict(invariant.evaluate(self.resource, self.resource))
+                if verdict is not _HELD:
+                    self.report_invariant(invariant, verdict, node[1])
+            for child in token.unstable_children:
+                self.check_child(child, node)
+            memo.count(looked_up=True)
+            return
+        results: list[Any] = [None] * len(known)  # what is computed now, to remember
+        timed = token is not None and token[0].learning  # the memo learns what things cost
+        if memo.root_value_checks:
+            self.check_value(root, node, with_invariants=False)
+        if root.invariants:
+            self.check_root_invariants(memo, known, results, node, timed)
+        issues = self.issues
+        components = memo.components
+        for child in root.children.values():
+            index = memo.child_index.get(child.name)
+            if index is None:
+                self.check_child(child, node)
+                continue
+            found = known[index]
+            if found is None:
+                start, started = len(issues), perf_counter() if timed else 0.0
+                self.check_child(child, node)
+                results[index] = tuple(issues[start:])
+                if timed:
+                    components[index].spent += perf_counter() - started
+                    components[index].computed += 1
+            else:
+                issues.extend(found)
+        memo.store(token, known, results)
+
+    def check_root_invariants(
+        self,
+        memo: ProfileMemo,
+        known: list[Any],
+        results: list[Any],
+        node: Node,
+        timed: bool = False,
+    ) -> None:
+        value, expression = node
+        invariants = self.profile.root.invariants
+        verdicts: list[str | None] = [None] * len(invariants)
+        for index, group in enumerate(memo.groups):
+            found = known[index]
+            if found is None:
+                started = perf_counter() if timed else 0.0
+                found = results[index] = tuple(
+                    _verdict(invariants[p].evaluate(value, self.resource))
+                    for p in group.positions
+                )
+                if timed:
+                    group.spent += perf_counter() - started
+                    group.computed += 1
+            for position, verdict in zip(group.positions, found, strict=True):
+                verdicts[position] = verdict
+        for invariant, verdict in zip(invariants, verdicts, strict=True):
+            if verdict is None:
+                verdict = _verdict(invariant.evaluate(value, self.resource))
+            if verdict is not _HELD:
+                self.report_invariant(invariant, verdict, expression)
 
     # -- walking ---------------------------------------------------------------------------
 
@@ -253,20 +343,47 @@ class _Run:
     def check_children(self, rule: ElementRule, parents: list[Node]) -> None:
         for child in rule.children.values():
             for parent in parents:
-                if not isinstance(parent[0], dict):
-                    continue
-                nodes, keys = self.collect(child, parent)
-                if child.checks_cardinality:
-                    count = len(keys) if child.is_choice else len(nodes)
-                    if count < child.min or (child.max is not None and count > child.max):
-                        where = self.where(child, parent, keys)
-                        self.check_cardinality(child, count, where, where)
-                if child.choice_keys and keys:
-                    self.check_choice(child, keys, parent[1])
-                if nodes:
-                    self.check_values(child, nodes)
-                elif child.slices:
-                    self.check_slices(child, nodes, self.where(child, parent, keys))
+                self.check_child(child, parent)
+
+    def check_child(self, child: ElementRule, parent: Node) -> None:
+        if not isinstance(parent[0], dict):
+            return
+        if not (child.checks_values or child.slices or child.children):
+            self.count_child(child, parent)
+            return
+        nodes, keys = self.collect(child, parent)
+        if child.checks_cardinality:
+            count = len(keys) if child.is_choice else len(nodes)
+            if count < child.min or (child.max is not None and count > child.max):
+                where = self.where(child, parent, keys)
+                self.check_cardinality(child, count, where, where)
+        if child.choice_keys and keys:
+            self.check_choice(child, keys, parent[1])
+        if nodes:
+            self.check_values(child, nodes)
+        elif child.slices:
+            self.check_slices(child, nodes, self.where(child, parent, keys))
+
+    def count_child(self, child: ElementRule, parent: Node) -> None:
+        """check_child of an element with nothing below and no value checks: only how many
+        values (and, for a choice, which keys) count, so no nodes or paths are built."""
+        value = parent[0]
+        if child.is_choice:
+            keys = [k for k in value if k in child.all_choice_keys]
+            count = len(keys)
+        elif not child.checks_cardinality:
+            return  # nothing at all to check (an element the profile only describes)
+        elif child.name in value:
+            keys = [child.name]
+            found = value[child.name]
+            count = len(found) if isinstance(found, list) else int(found is not None)
+        else:
+            keys, count = [], 0
+        if count < child.min or (child.max is not None and count > child.max):
+            where = self.where(child, parent, keys)
+            self.check_cardinality(child, count, where, where)
+        if child.choice_keys and keys:
+            self.check_choice(child, keys, parent[1])
 
     @staticmethod
     def where(rule: ElementRule, parent: Node, keys: list[str]) -> str:
@@ -298,7 +415,7 @@ class _Run:
 
     # -- one value ------------------------------------------------------------------------
 
-    def check_value(self, rule: ElementRule, node: Node) -> None:
+    def check_value(self, rule: ElementRule, node: Node, with_invariants: bool = True) -> None:
         value, expression = node
         if rule.has_fixed and value != rule.fixed:
             self.add(
@@ -340,23 +457,27 @@ class _Run:
                 self.check_unit(value, expression)
             if rule.ranges:
                 self.check_ranges(rule, value, expression)
-        for invariant in rule.invariants:
-            result = invariant.evaluate(value, self.resource)
-            if result is None:
-                self.add(
-                    "warning",
-                    "invariant",
-                    expression,
-                    f"rule {invariant.key} could not be evaluated here ({invariant.expression})",
-                )
-            elif result == [False]:
-                code = "invariant"
-                self.add(
-                    invariant.severity,
-                    code,
-                    expression,
-                    f"{invariant.human} (rule {invariant.key}: {invariant.expression})",
-                )
+        if with_invariants:
+            for invariant in rule.invariants:
+                verdict = _verdict(invariant.evaluate(value, self.resource))
+                if verdict is not _HELD:
+                    self.report_invariant(invariant, verdict, expression)
+
+    def report_invariant(self, invariant: Invariant, verdict: str, expression: str) -> None:
+        if verdict is _UNEVALUATED:
+            self.add(
+                "warning",
+                "invariant",
+                expression,
+                f"rule {invariant.key} could not be evaluated here ({invariant.expression})",
+            )
+        elif verdict is _FAILED:
+            self.add(
+                invariant.severity,
+                "invariant",
+                expression,
+                f"{invariant.human} (rule {invariant.key}: {invariant.expression})",
+            )
 
     def check_bounds(self, rule: ElementRule, value: Any, expression: str) -> None:
         """minValue[x] / maxValue[x] on numbers, dates (ISO strings compare in order) and
