@@ -36,6 +36,7 @@ from fhir_server.app import create_app
 from fhir_server.deid.export import run_export
 from fhir_server.deid.keys import signing_key
 from fhir_server.deid.recipients import Recipients
+from fhir_server.gc_tuning import tune_for_server
 from fhir_server.loader import Loader
 from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
@@ -181,6 +182,7 @@ def measure(folder: Path, db_url: str, patient_ids: list[str], repeat: int) -> d
     """Engine, export and facade-search figures on the database at `db_url` (loaded)."""
     settings, recipients_file = deid_settings(folder, db_url)
     service = FhirService(open_storage(db_url), settings)
+    tune_for_server()  # as `diatabase deid export` does
     recipients = Recipients.load(recipients_file, SECRET.encode())
     raws = [s.json for s in service.storage.iter_current("Observation")][:100_000]
     engine = recipients.fresh_engine("bench")

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.mappers_csv import generate_libre_export  # noqa: E402
 from bench.mappers_hl7 import glucose_message  # noqa: E402
+from fhir_server.gc_tuning import tune_for_server  # noqa: E402
 from fhir_server.ingest import Importer, ImportOptions  # noqa: E402
 from fhir_server.mllp_listener import start_listener  # noqa: E402
 from fhir_server.service.fhir import FhirService  # noqa: E402
@@ -46,7 +47,9 @@ from mappers.mllp import MllpClient  # noqa: E402
 
 def fresh_service(folder: Path, name: str) -> FhirService:
     url = f"sqlite:///{folder / name}"
-    return FhirService(open_storage(url), Settings(db_url=url))
+    service = FhirService(open_storage(url), Settings(db_url=url))
+    tune_for_server()  # as `diatabase import` and `diatabase mllp` do
+    return service
 
 
 def map_in_process(messages: list[str]) -> tuple[float, float]:

@@ -89,6 +89,7 @@ def _sampling(resources: Iterator[dict[str, Any]], sample: dict[str, list[str]],
 def load(size: str, db_url: str,
          at_checkpoint: Callable[[Population, int], None] | None = None) -> Population:
     """Generate and load the population of `size` into `db_url`, timing every chunk."""
+    from fhir_server.gc_tuning import tune_for_server
     from fhir_server.loader import Loader
     from fhir_server.service.fhir import FhirService
     from fhir_server.settings import Settings
@@ -98,6 +99,7 @@ def load(size: str, db_url: str,
     population = Population(db_url, size, patients, days)
     settings = Settings.from_env(db_url=db_url)
     service = FhirService(open_storage(db_url), settings)
+    tune_for_server()  # as `diatabase load` does
     pending_checkpoints = list(checkpoints)
     now = time.perf_counter()
     state = {"chunk": now, "step_time": now, "step_count": 0, "paused": 0.0}

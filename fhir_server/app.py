@@ -18,6 +18,7 @@ from fhir_server.api.metadata import build_metadata_router
 from fhir_server.api.rest import build_router
 from fhir_server.api.terminology import build_terminology_router, register_operations
 from fhir_server.api.validate import build_validate_router, register_validate_operation
+from fhir_server.gc_tuning import tune_for_server
 from fhir_server.model.outcome import FhirError, Issue, outcome
 from fhir_server.search.errors import SearchError
 from fhir_server.service.fhir import FhirService
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         await run_in_threadpool(_seed_terminology, service)
+        tune_for_server()  # the registry, validators and terminology are built by now
         yield
         if deid is not None:
             deid.close()

@@ -92,11 +92,14 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def _open_service(db: str | None):
+    from fhir_server.gc_tuning import tune_for_server
     from fhir_server.service.fhir import FhirService
     from fhir_server.storage import open_storage
 
     settings = Settings.from_env(db_url=db)
-    return settings, FhirService(open_storage(settings.db_url), settings)
+    service = FhirService(open_storage(settings.db_url), settings)
+    tune_for_server()  # bulk commands: the same collector settings as the server
+    return settings, service
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

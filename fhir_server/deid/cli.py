@@ -81,6 +81,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from fhir_server.deid.export import planned_counts, run_export
     from fhir_server.deid.keys import signing_key
+    from fhir_server.gc_tuning import tune_for_server
     from fhir_server.service.fhir import FhirService
     from fhir_server.storage import open_storage
 
@@ -88,6 +89,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     engine = recipients.fresh_engine(args.recipient)
     settings = Settings.from_env(db_url=args.db)
     service = FhirService(open_storage(settings.db_url), settings)
+    tune_for_server()
     types = [t for t in args.type.split(",") if t] if args.type else None
     try:
         total = sum(planned_counts(service, types).values())
