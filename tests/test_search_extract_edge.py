@@ -564,3 +564,27 @@ def test_remembered_references_keep_each_parameter_and_base(extractor) -> None:
         found = entries_of(extractor, observation(subject={"reference": foreign}), "subject")
         assert [(e.target_type, e.target_id, e.url) for e in found] == [
             ("Patient", None, foreign)]
+
+
+def test_elements_converted_before_give_the_same_entries_as_a_fresh_extractor(extractor) -> None:
+    """Tokens and references are converted once per JSON content across resources: a repeat
+    gets equal entries under its own parameter, a changed element (same dict, edited in
+    place) gets its own, and key order or 1 / 1.0 / true never mix entries up."""
+    code = {"coding": [{"system": LOINC, "code": "2339-0", "display": "Glucose Bld"}]}
+    first = observation(code=code, subject={"reference": "Patient/p1"})
+    second = observation(code=dict(code), subject={"reference": "Patient/p1"},
+                         category=[dict(code)])
+    for resource in (first, second, first):
+        fresh = IndexExtractor(SearchParamRegistry.default(), canonicalize=glucose_canonical,
+                               local_bases=["https://diatabase.example/fhir/"])
+        assert sorted(map(repr, extractor.extract(resource))) == sorted(
+            map(repr, fresh.extract(resource)))
+    assert {e.param for e in entries_of(extractor, second, "category", "code")} == {
+        "category", "code"}
+    code["coding"][0]["code"] = "15074-8"  # edited in place after being remembered
+    assert [e.code for e in entries_of(extractor, first, "code")] == ["15074-8"]
+    odd = [{"system": "urn:x", "value": "1"}, {"value": "1", "system": "urn:x"},
+           {"system": "urn:x", "value": "1", "period": {"start": "2024"}}]
+    for identifier in odd:
+        found = entries_of(extractor, observation(identifier=[identifier]), "identifier")
+        assert [(e.system, e.code) for e in found] == [("urn:x", "1")]

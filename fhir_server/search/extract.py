@@ -21,6 +21,8 @@ from functools import lru_cache
 from itertools import product
 from typing import Any
 
+import orjson
+
 from fhir_server.search.fast_dates import date_period as parse_date_period
 from fhir_server.search.fhirpath_compile import (
     Evaluator,
@@ -138,6 +140,8 @@ class IndexExtractor:
         # the list is held so that its id cannot be reused while the entry lives
         self._applicable: dict[tuple[int, frozenset[str]], tuple[list, list]] = {}
         self._references: dict[str, tuple[str | None, str | None, str | None] | None] = {}
+        # (kind, type, JSON of an element) -> its entries, across resources (_SHARED_KINDS)
+        self._converted: dict[tuple, list] = {}
         self._converters: dict[str, Converter] = {
             "token": _convert_token,
             "string": _convert_string,
@@ -154,6 +158,7 @@ class IndexExtractor:
         self._compiled_whole.clear()
         self._component_evaluators.clear()
         self._applicable.clear()
+        self._converted.clear()
         self._known_types = frozenset(self.registry.types())
         self._registry_version = self.registry.version
 
@@ -197,7 +202,14 @@ class IndexExtractor:
                     self._composite_entries(param, items, resource, memo, found)
                 else:
                     _convert_items(
-                        param.convert, param.kind, param.code, items, resource, memo, found
+                        param.convert,
+                        param.kind,
+                        param.code,
+                        items,
+                        resource,
+                        memo,
+                        found,
+                        self._converted,
                     )
             except Exception:  # odd data must not break a write; this parameter gives nothing
                 continue
@@ -331,7 +343,9 @@ class IndexExtractor:
                 per_component: list[list] = []
                 for code, kind, convert, values in raw_parts:
                     part_entries: list = []
-                    _convert_items(convert, kind, code, values, resource, memo, part_entries)
+                    _convert_items(
+                        convert, kind, code, values, resource, memo, part_entries, self._converted
+                    )
                     if not part_entries:
                         break
                     per_component.append(list(dict.fromkeys(part_entries)))
@@ -487,9 +501,11 @@ def _convert_items(
     resource: dict,
     memo: dict,
     out: list,
+    shared: dict | None = None,
 ) -> None:
     """Convert each (value, type) with `convert`, reusing the entries already made for the same
-    element by another parameter of the same kind during this extraction (re-labelled)."""
+    element by another parameter of the same kind during this extraction (re-labelled), or,
+    with `shared`, for an element of the same JSON in an earlier resource."""
     for value, value_type in items:
         if type(value) is not dict:
             if value_type is not None and value_type not in _PRIMITIVE_TYPES:
@@ -498,17 +514,52 @@ def _convert_items(
             continue
         key = (id(value), kind)  # one dict sits at one place in the resource: one type
         cached = memo.get(key)
-        if cached is None:
-            made: list = []
-            convert(code, value, value_type, resource, made)
-            memo[key] = (value, made)  # holding `value` keeps its id from being reused
-            out.extend(made)
-        else:
+        if cached is not None:
             made = cached[1]
-            if made and made[0][0] != code:
-                out.extend([tuple.__new__(type(entry), (code, *entry[1:])) for entry in made])
-            else:
-                out.extend(made)
+        else:
+            made = _converted(convert, kind, code, value, value_type, resource, shared)
+            memo[key] = (value, made)  # holding `value` keeps its id from being reused
+        if made and made[0][0] != code:
+            out.extend([tuple.__new__(type(entry), (code, *entry[1:])) for entry in made])
+        else:
+            out.extend(made)
+
+
+# Kinds whose entries depend on the element's JSON alone (a quantity's canonical forms also
+# depend on the resource's code): every reading of an import repeats its code, category,
+# subject and device, converted once.
+_SHARED_KINDS = frozenset({"token", "reference"})
+_SHARED_LIMIT = 16384
+
+
+def _converted(
+    convert: Converter,
+    kind: str,
+    code: str,
+    value: dict,
+    value_type: str | None,
+    resource: dict,
+    shared: dict | None,
+) -> list:
+    """The entries of one element, from `shared` when an element of the same JSON was
+    converted before (never changed afterwards: callers copy or re-label them)."""
+    content = None
+    if shared is not None and kind in _SHARED_KINDS:
+        try:
+            content = (kind, value_type, orjson.dumps(value))
+        except TypeError:  # a value orjson cannot write exactly (Decimal): not shared
+            content = None
+        else:
+            made = shared.get(content)
+            if made is not None:
+                return made
+    made = []
+    convert(code, value, value_type, resource, made)
+    if content is not None and shared is not None:
+        if len(shared) >= _SHARED_LIMIT:
+            shared.clear()
+        shared[content] = made
+    return made
 
 
 def _convert_token(code: str, value: Any, value_type: str | None, resource: dict, out: list):
