@@ -118,3 +118,19 @@ def test_probes_look_rows_up_by_pk(service: FhirService) -> None:
     page = next(sql for sql in statements if "ORDER BY" in sql)
     assert "FROM idx_reference INDEXED BY idx_reference_pk WHERE pk=" in page
     assert "FROM idx_quantity INDEXED BY idx_quantity_pk WHERE pk=" in page
+
+
+def test_broad_searches_read_a_type_in_pk_order_without_sorting_it(service: FhirService) -> None:
+    """Without a driving clause (none, or `:not`, or each above the driver limits: every
+    CGM reading has the code) the page comes from a scan of the type in pk order that stops
+    after `_count` matches. SQLite has no statistics here (no ANALYZE); through (type,
+    last_updated) it sorted every resource of the type first (0.9 s at 500,000)."""
+    conn = service.storage._reader()
+    for query in ("_count=2", "code:not=1234-5&_count=2", "_count=2&_sort=-_id"):
+        ids, statements = search(service, query)
+        assert len(ids) == 2
+        paged = [s for s in statements if "ORDER BY r.pk" in s]
+        for statement in paged:
+            plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + statement))
+            assert "TEMP B-TREE" not in plan and "resources_type_pk" in plan, plan
+        assert paged or "_sort" in query

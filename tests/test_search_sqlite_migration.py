@@ -1,7 +1,7 @@
 """SQLite schema 1 -> 2 (date rows keyed by the resource's patient, widest period per
-parameter) -> 3 (partial url and identifier indexes on reference rows): a database written
-with schema 1 is migrated when opened and answers patient + date and reference searches
-exactly as a new one does."""
+parameter) -> 3 (partial url and identifier indexes on reference rows) -> 4 (resources by
+type in pk order): a database written with schema 1 is migrated when opened and answers
+patient + date and reference searches exactly as a new one does."""
 
 from __future__ import annotations
 
@@ -98,7 +98,9 @@ def storages(tmp_path_factory: pytest.TempPathFactory):
 def test_the_migration_sets_owners_and_version(storages):
     _, migrated = storages
     version = migrated._writer.execute("PRAGMA user_version").fetchone()[0]
-    assert version == SCHEMA_VERSION == 3
+    assert version == SCHEMA_VERSION == 4
+    indexes = {name for (name,) in migrated._writer.execute("SELECT name FROM sqlite_master")}
+    assert "resources_type_pk" in indexes
     partial = migrated._writer.execute(
         "SELECT name FROM sqlite_master WHERE name LIKE 'idx_reference_%' AND sql LIKE '%WHERE%'"
     )
