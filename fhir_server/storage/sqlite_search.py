@@ -518,12 +518,20 @@ def _keyset_condition(
 # -- running a search ------------------------------------------------------------------------
 
 
-def _where(compiler: _Compiler, query: SearchQuery, alias: str = "r") -> tuple[str, list[Any]]:
+def _where(
+    compiler: _Compiler,
+    query: SearchQuery,
+    alias: str = "r",
+    driver: tuple[str, list[Any]] | None = None,
+) -> tuple[str, list[Any]]:
     """The WHERE condition of a search. Index rows are keyed by (type, parameter) pids, so
-    a system-level search compiles its criteria once per searched type and ORs them."""
+    a system-level search compiles its criteria once per searched type and ORs them.
+    `driver`: the access path of a type-level search, instead of the planner's choice."""
     conditions, args = [f"{alias}.deleted=0"], []
     if query.resource_type is not None:
-        sql, crit_args = _type_criteria(compiler, query.resource_type, query.clauses, alias)
+        sql, crit_args = _type_criteria(
+            compiler, query.resource_type, query.clauses, alias, driver
+        )
         conditions.append(_type_condition(alias, sql))
         args.append(query.resource_type)
         if sql:
@@ -563,13 +571,17 @@ PLAIN_DATE_PREFIXES = frozenset({"eq", "gt", "ge", "lt", "le", "sa", "eb"})
 
 
 def _type_criteria(
-    compiler: _Compiler, rtype: str, clauses: Sequence[Any], alias: str
+    compiler: _Compiler,
+    rtype: str,
+    clauses: Sequence[Any],
+    alias: str,
+    driver: tuple[str, list[Any]] | None = None,
 ) -> tuple[str, list[Any]]:
     """ANDed criteria on one type, planned: the most selective positive clause (estimated by
     counting its index rows up to DRIVER_LIMIT) becomes `pk IN (...)`, the access path;
     every clause is also checked per row by a correlated probe. Without a selective clause,
     rows are scanned in pk order and probed (a page needs only its first matches)."""
-    if not clauses:
+    if not clauses and driver is None:
         return "", []
     parts, args = [], []
     for crit in clauses:
@@ -579,7 +591,8 @@ def _type_criteria(
             sql, crit_args = compiler.criterion(crit, rtype, alias)
         parts.append(sql)
         args += crit_args
-    driver = _choose_driver(compiler, rtype, clauses)
+    if driver is None:
+        driver = _choose_driver(compiler, rtype, clauses)
     if driver is not None:
         parts.insert(0, f"{alias}.pk IN ({driver[0]})")
         args = [*driver[1], *args]
@@ -770,10 +783,14 @@ def run_search(
     cursor: str | None,
 ) -> SearchPage:
     compiler = _Compiler(storage, conn, storage.expander, storage.canonical_query)
-    where, args = _where(compiler, query)
     result = query.result
     rtype = query.resource_type or "Resource"
     sort = [(*sort_expression(compiler, key, rtype, "r"), key.descending) for key in result.sort]
+    if not cursor and count > 0 and result.total != "accurate" and result.summary != "count":
+        rows = _owner_window_rows(compiler, query, sort, count)
+        if rows is not None:  # before planning the general query, whose probes cost more
+            return _page(storage, conn, compiler, query, rows, count, None, False, None)
+    where, args = _where(compiler, query)
     total = None
     if result.total == "accurate" or result.summary == "count" or count == 0:
         total = fast_count(compiler, query)
@@ -813,6 +830,21 @@ def run_search(
         f"ORDER BY {', '.join(order)} LIMIT ?"
     )
     rows = conn.execute(sql, [*select_args, *page_args, count + 1]).fetchall()
+    return _page(storage, conn, compiler, query, rows, count, cursor, reverse, total)
+
+
+def _page(
+    storage: SqliteStorage,
+    conn: sqlite3.Connection,
+    compiler: _Compiler,
+    query: SearchQuery,
+    rows: list,
+    count: int,
+    cursor: str | None,
+    reverse: bool,
+    total: int | None,
+) -> SearchPage:
+    """The page of `rows` (up to count + 1, in reading order unless `reverse`)."""
     has_more = len(rows) > count
     rows = rows[:count]
     if reverse:
@@ -832,6 +864,66 @@ def run_search(
         total = len(matches)
     included = _includes(storage, conn, compiler, query, matches)
     return SearchPage(matches, included, total, next_cursor, previous_cursor)
+
+
+# Candidate windows tried, in index rows per page row, before the general plan.
+OWNER_WINDOWS = (4, 64)
+
+
+def _owner_window_rows(
+    compiler: _Compiler, query: SearchQuery, sort: list, count: int
+) -> list | None:
+    """The first page of `patient=X&_sort=[-]date` without sorting all of X's resources
+    (a CGM patient has 100,000 readings a year), or None for the general plan.
+
+    Date rows carry their patient (`owner`), indexed by (owner, pid, low). Sorting
+    descending on max(high): take L, the k-th largest `low` of X's rows, and the window of
+    rows with low >= L - span (span: the widest period ever stored for the parameter). A
+    resource outside the window has every high below L, so when the window's page rows all
+    reach L, they are the page. Ascending on min(low) likewise, with low <= L. A window that
+    proves nothing is widened once, then the general plan runs."""
+    result = query.result
+    rtype = query.resource_type
+    if rtype is None or len(result.sort) != 1 or count <= 0:
+        return None
+    key = result.sort[0]
+    if key.param is None or key.param.type != "date" or key.code in DIRECT_PARAMS:
+        return None
+    owner = _owner_id(compiler, rtype, query.clauses)
+    pid = compiler.storage.pid(rtype, key.code)
+    if owner is None or pid is None:
+        return None
+    span_info = compiler.storage.date_span(compiler.conn, pid)
+    if span_info is None:
+        return None
+    span = span_info[0]
+    expr, expr_args, descending = sort[0]
+    direction = "DESC" if descending else "ASC"
+    for factor in OWNER_WINDOWS:
+        wanted = (count + 1) * factor
+        found = compiler.conn.execute(
+            f"SELECT low FROM idx_date WHERE owner=? AND pid=? ORDER BY low {direction} "
+            "LIMIT 1 OFFSET ?",
+            (owner, pid, wanted - 1),
+        ).fetchone()
+        if found is None:
+            return None  # fewer dated rows than that: the general plan is cheap enough
+        bound = found[0]
+        low = "low>=?" if descending else "low<=?"
+        window = (
+            f"SELECT pk FROM idx_date WHERE owner=? AND pid=? AND {low}",
+            [owner, pid, bound - span if descending else bound],
+        )
+        where, args = _where(compiler, query, "r", window)
+        rows = compiler.conn.execute(
+            f"SELECT r.pk, {expr} AS s0 FROM resources r WHERE {where} "
+            f"ORDER BY s0 IS NULL, s0 {direction}, r.pk ASC LIMIT ?",
+            [*expr_args, *args, count + 1],
+        ).fetchall()
+        last = rows[-1][1] if len(rows) == count + 1 else None
+        if last is not None and (last >= bound if descending else last <= bound):
+            return rows
+    return None
 
 
 def _includes(
