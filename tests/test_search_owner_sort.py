@@ -1,8 +1,10 @@
 """A patient's resources sorted by a date (`patient=X&_sort=-date`, an app's "latest
 readings"): the first page comes from a window of the (owner, date) index instead of sorting
-all of the patient's rows. Every page, in order, must be exactly what the general plan gives:
-instants, days, months and periods of every width, equal dates, resources without a date,
-other patients and a Group subject, extra criteria that skip most of the window."""
+all of the patient's rows; in the default order, every page comes from a window of the
+patient's reference rows instead of all of them. Every page, in order, must be exactly what
+the general plan gives: instants, days, months and periods of every width, equal dates,
+resources without a date, other patients and a Group subject, extra criteria that skip most
+of the window."""
 
 from __future__ import annotations
 
@@ -78,6 +80,12 @@ def walk(service: FhirService, query: str) -> list[list[str]]:
         "patient=a&code=99504-3&_sort=date",
         "patient=b&_sort=-date",
         "patient=a&date=ge2024-03-10&_sort=-date",
+        # the default order (pk): windows of the patient's reference rows, every page
+        "patient=a",
+        "subject=Patient/a",
+        "patient=a&code=4548-4",
+        "patient=b&code=99504-3",
+        "subject=Group/a",
     ],
 )
 def test_pages_equal_the_general_plan(

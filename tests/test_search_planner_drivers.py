@@ -89,6 +89,7 @@ def test_broad_clauses_still_get_a_driving_set(
     Observation in pk order; the answer is the same, for one clause or two."""
     from fhir_server.storage import sqlite_search
 
+    monkeypatch.setattr(sqlite_search, "OWNER_WINDOWS", ())  # the general plan, not windows
     query = "subject=Patient/x&value-quantity=gt101"
     expected, _ = search(service, query)
     assert expected == {"pat-2", "pat-3"}
@@ -109,13 +110,20 @@ def test_broad_clauses_still_get_a_driving_set(
     assert any("r.pk IN (SELECT pk FROM idx_" in sql for sql in statements)
 
 
-def test_probes_look_rows_up_by_pk(service: FhirService) -> None:
+@pytest.mark.parametrize("windows", [(), (4, 64)])
+def test_probes_look_rows_up_by_pk(
+    service: FhirService, monkeypatch: pytest.MonkeyPatch, windows: tuple
+) -> None:
     """Without statistics SQLite once probed a patient reference through the (ttype, tid)
     index, reading all of the patient's rows for every candidate (2.2 s for 6 matches
-    among 145,000 resources): each probe names the pk index."""
+    among 145,000 resources): each probe names the pk index, in the general plan and in
+    a window of the patient's rows."""
+    from fhir_server.storage import sqlite_search
+
+    monkeypatch.setattr(sqlite_search, "OWNER_WINDOWS", windows)
     found, statements = search(service, "subject=Patient/x&value-quantity=gt101")
     assert found == {"pat-2", "pat-3"}
-    page = next(sql for sql in statements if "ORDER BY" in sql)
+    page = next(sql for sql in statements if "ORDER BY r.pk" in sql)
     assert "FROM idx_reference INDEXED BY idx_reference_pk WHERE pk=" in page
     assert "FROM idx_quantity INDEXED BY idx_quantity_pk WHERE pk=" in page
 
