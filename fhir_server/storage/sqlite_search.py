@@ -796,9 +796,7 @@ def run_search(
     sort = [(*sort_expression(compiler, key, rtype, "r"), key.descending) for key in result.sort]
     if count > 0 and result.total != "accurate" and result.summary != "count":
         # Before planning the general query, whose probes cost more.
-        rows = None
-        if not cursor:
-            rows = _owner_window_rows(compiler, query, sort, count)
+        rows = _owner_window_rows(compiler, query, sort, count, cursor) if sort else None
         after = _forward_pk(storage, cursor) if not sort else None
         if rows is None and after is not None:
             rows = _owner_pk_window_rows(compiler, query, count, after)
@@ -852,12 +850,19 @@ def _forward_pk(storage: SqliteStorage, cursor: str | None) -> int | None:
     for a `next` page; None for a `previous` page or a cursor of another search."""
     if not cursor:
         return 0
+    position = _forward_position(storage, cursor)
+    return position[1] if position is not None and not position[0] else None
+
+
+def _forward_position(storage: SqliteStorage, cursor: str) -> tuple[list, int] | None:
+    """(sort values, pk) of a `next` cursor; None for a `previous` one or a bad one (the
+    general plan reports it)."""
     try:
         state = storage.cursors.decode(cursor)
-        if state["d"] == "n" and not state["v"]:
-            return int(state["pk"])
+        if state["d"] == "n" and isinstance(state["v"], list):
+            return state["v"], int(state["pk"])
     except (CursorError, KeyError, TypeError, ValueError):
-        pass  # the general plan reports it
+        pass
     return None
 
 
@@ -899,17 +904,19 @@ OWNER_WINDOWS = (4, 64)
 
 
 def _owner_window_rows(
-    compiler: _Compiler, query: SearchQuery, sort: list, count: int
+    compiler: _Compiler, query: SearchQuery, sort: list, count: int, cursor: str | None
 ) -> list | None:
-    """The first page of `patient=X&_sort=[-]date` without sorting all of X's resources
-    (a CGM patient has 100,000 readings a year), or None for the general plan.
+    """A page of `patient=X&_sort=[-]date` without sorting all of X's resources (a CGM
+    patient has 100,000 readings a year), or None for the general plan.
 
     Date rows carry their patient (`owner`), indexed by (owner, pid, low). Sorting
     descending on max(high): take L, the k-th largest `low` of X's rows, and the window of
     rows with low >= L - span (span: the widest period ever stored for the parameter). A
     resource outside the window has every high below L, so when the window's page rows all
-    reach L, they are the page. Ascending on min(low) likewise, with low <= L. A window that
-    proves nothing is widened once, then the general plan runs."""
+    reach L, they are the page. Ascending on min(low) likewise, with low <= L. After a
+    `next` cursor at value v, only rows with low <= v (ascending: >= v) can follow, so L
+    is taken among those. A window that proves nothing is widened once, then the general
+    plan runs."""
     result = query.result
     rtype = query.resource_type
     if rtype is None or len(result.sort) != 1 or count <= 0:
@@ -927,12 +934,21 @@ def _owner_window_rows(
     span = span_info[0]
     expr, expr_args, descending = sort[0]
     direction = "DESC" if descending else "ASC"
+    after_sql, after_args, keyset, keyset_args = "", [], "", []
+    if cursor:
+        position = _forward_position(compiler.storage, cursor)
+        if position is None or len(position[0]) != 1 or position[0][0] is None:
+            return None  # backwards, or among resources without the date: general plan
+        value, last_pk = position[0][0], position[1]
+        after_sql, after_args = (" AND low<=?" if descending else " AND low>=?"), [value]
+        keyset, keyset_args = _keyset_condition(sort, [value], last_pk, False)
+        keyset = f" AND {keyset}"
     for factor in OWNER_WINDOWS:
         wanted = (count + 1) * factor
         found = compiler.conn.execute(
-            f"SELECT low FROM idx_date WHERE owner=? AND pid=? ORDER BY low {direction} "
-            "LIMIT 1 OFFSET ?",
-            (owner, pid, wanted - 1),
+            f"SELECT low FROM idx_date WHERE owner=? AND pid=?{after_sql} "
+            f"ORDER BY low {direction} LIMIT 1 OFFSET ?",
+            (owner, pid, *after_args, wanted - 1),
         ).fetchone()
         if found is None:
             return None  # fewer dated rows than that: the general plan is cheap enough
@@ -944,9 +960,9 @@ def _owner_window_rows(
         )
         where, args = _where(compiler, query, "r", window)
         rows = compiler.conn.execute(
-            f"SELECT r.pk, {expr} AS s0 FROM resources r WHERE {where} "
+            f"SELECT r.pk, {expr} AS s0 FROM resources r WHERE {where}{keyset} "
             f"ORDER BY s0 IS NULL, s0 {direction}, r.pk ASC LIMIT ?",
-            [*expr_args, *args, count + 1],
+            [*expr_args, *args, *keyset_args, count + 1],
         ).fetchall()
         last = rows[-1][1] if len(rows) == count + 1 else None
         if last is not None and (last >= bound if descending else last <= bound):
