@@ -954,9 +954,9 @@ def _owner_window_rows(
             return None  # fewer dated rows than that: the general plan is cheap enough
         bound = found[0]
         low = "low>=?" if descending else "low<=?"
-        window = (
-            f"SELECT pk FROM idx_date WHERE owner=? AND pid=? AND {low}",
-            [owner, pid, bound - span if descending else bound],
+        window = (  # bounded by the cursor too: rows before it are no candidates
+            f"SELECT pk FROM idx_date WHERE owner=? AND pid=? AND {low}{after_sql}",
+            [owner, pid, bound - span if descending else bound, *after_args],
         )
         where, args = _where(compiler, query, "r", window)
         rows = compiler.conn.execute(
