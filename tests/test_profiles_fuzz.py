@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from profiles import ProfileValidator
 from terminology import TerminologyService
+from tests.json_paths import paths
 from tests.profile_examples import (
     cgm_reading,
     diabetes_condition,
@@ -31,17 +32,6 @@ json_values = st.recursive(
                                        "comparator", "unit", "start"]), children, max_size=3),
     max_leaves=10,
 )
-
-
-def paths(value: object, prefix: tuple = ()) -> list[tuple]:
-    found = [prefix] if prefix else []
-    if isinstance(value, dict):
-        for key, child in value.items():
-            found.extend(paths(child, (*prefix, key)))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            found.extend(paths(child, (*prefix, index)))
-    return found
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -24,6 +24,7 @@ from profiles import memo as memo_module
 from profiles.fhirpath_fast import context_members, member_keys, reads_only_context
 from profiles.memo import BoundedMemo, ProfileMemo, content_key
 from terminology import TerminologyService
+from tests.json_paths import paths
 from tests.profile_examples import (
     cgm_reading,
     diabetes_condition,
@@ -294,17 +295,6 @@ json_values = st.recursive(
 )
 
 
-def _paths(value: object, prefix: tuple = ()) -> list[tuple]:
-    found = [prefix] if prefix else []
-    if isinstance(value, dict):
-        for key, child in value.items():
-            found.extend(_paths(child, (*prefix, key)))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            found.extend(_paths(child, (*prefix, index)))
-    return found
-
-
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(range(len(EXAMPLES))), st.data(), st.lists(json_values, min_size=1,
                                                                   max_size=3))
@@ -313,7 +303,7 @@ def test_random_replacements_agree(which: int, data, replacements: list) -> None
     validator: the later ones often meet memoized neighbours."""
     resource = EXAMPLES[which]()
     for replacement in replacements:
-        path = data.draw(st.sampled_from(_paths(resource)))
+        path = data.draw(st.sampled_from(paths(resource)))
         target = resource
         for step in path[:-1]:
             target = target[step]
@@ -326,7 +316,7 @@ def test_random_replacements_agree(which: int, data, replacements: list) -> None
             except type(exc):
                 continue
             raise
-        if not isinstance(resource, dict) or not _paths(resource):
+        if not isinstance(resource, dict) or not paths(resource):
             break
 
 

@@ -18,8 +18,10 @@ from mappers.bundle import TransactionBuilder, identifier_query
 from .errors import CsvMappingResult, RejectedRow
 from .resources import (
     READING_SYSTEM,
+    Analyte,
     DeviceInfo,
     ObservationBuilder,
+    code_maker,
     device_resource,
     observation_builder,
     patient_key,
@@ -108,6 +110,27 @@ class ReadingTemplate:
         self.id_suffix = f"/{safe_key(code_key)}/{kind}"
         self.query_prefix = identifier_query(READING_SYSTEM, self.id_prefix)
         self.query_suffix = identifier_query(None, self.id_suffix)[_QUERY_HEAD:]
+
+    @classmethod
+    def of_analyte(
+        cls,
+        analyte: Analyte,
+        subject: Subject,
+        kind: str,
+        device: DeviceInfo | None = None,
+        note: str | None = None,
+    ) -> ReadingTemplate:
+        """The template of readings of one of the known analytes (CGM, meter, ketone...)."""
+        return cls(
+            make_code=code_maker(analyte),
+            code_key=analyte.code,
+            profile=analyte.profile,
+            category=analyte.category,
+            subject=subject,
+            kind=kind,
+            device=device,
+            note=note,
+        )
 
 
 # One kept reading: (row, stamp, template, value, identifier, time key).

@@ -25,7 +25,6 @@ from .resources import (
     MMOL_L,
     UCUM,
     DeviceInfo,
-    code_maker,
     patient_key,
     unit_in,
 )
@@ -105,14 +104,8 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
                     key=key,
                 )
             analyte = CGM[unit]
-            found = egv_templates[transmitter] = ReadingTemplate(
-                make_code=code_maker(analyte),
-                code_key=analyte.code,
-                profile=analyte.profile,
-                category=analyte.category,
-                subject=patient,
-                kind="egv",
-                device=devices[serial],
+            found = egv_templates[transmitter] = ReadingTemplate.of_analyte(
+                analyte, patient, "egv", devices[serial]
             )
         return found
 
@@ -121,14 +114,8 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
         if found is None:
             note = f"Dexcom {subtype.strip() or 'calibration'} entry"
             analyte = METER[unit]
-            found = calibration_templates[subtype] = ReadingTemplate(
-                make_code=code_maker(analyte),
-                code_key=analyte.code,
-                profile=analyte.profile,
-                category=analyte.category,
-                subject=patient,
-                kind="calibration",
-                note=note,
+            found = calibration_templates[subtype] = ReadingTemplate.of_analyte(
+                analyte, patient, "calibration", note=note
             )
         return found
 

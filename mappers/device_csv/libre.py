@@ -31,7 +31,6 @@ from .resources import (
     UCUM,
     Analyte,
     DeviceInfo,
-    code_maker,
     patient_key,
     unit_in,
 )
@@ -113,15 +112,7 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             name = cell_name.strip() or "FreeStyle Libre"
             serial = cell_serial.strip()
             analyte, kind = _ANALYTE_OF[record_type](unit, strip_unit)
-            found = ReadingTemplate(
-                make_code=code_maker(analyte),
-                code_key=analyte.code,
-                profile=analyte.profile,
-                category=analyte.category,
-                subject=patient,
-                kind=kind,
-                device=device_of(name, serial),
-            )
+            found = ReadingTemplate.of_analyte(analyte, patient, kind, device_of(name, serial))
             templates[(cell_name, cell_serial, record_type)] = found
         return found
 
