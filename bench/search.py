@@ -36,6 +36,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -407,6 +408,24 @@ def walk_patient(url: str, patients: int, clients: int, walks: int) -> dict:
     return {"walk_ms_p50": statistics.median(times), "resources": counts[0]}
 
 
+def cached_database(size: str, rebuild: bool = False,
+                    fast: bool = True) -> tuple[Path, dict[str, Any], bool]:
+    """The database of `size` under bench/out/, built on first use (a 10 M build takes over
+    an hour): its path, its build figures, and whether it was built by this call."""
+    patients, readings = SIZES[size]
+    OUT.mkdir(exist_ok=True)
+    path = OUT / f"search-{size}.db"
+    meta_path = OUT / f"search-{size}.json"
+    if not rebuild and path.exists() and meta_path.exists():
+        return path, json.loads(meta_path.read_text()), False
+    print(f"building {path} ({patients} patients x {readings} readings) ...", flush=True)
+    path.unlink(missing_ok=True)
+    meta = build(path, patients, readings, fast=fast)
+    meta["built"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    meta_path.write_text(json.dumps(meta))
+    return path, meta, True
+
+
 REPORT_SIZES = {  # bench.run size -> this module's size, requests per query kind, clients
     "small": ("small", 40, 4),
     "medium": ("1m", 400, 4),
@@ -415,75 +434,73 @@ REPORT_SIZES = {  # bench.run size -> this module's size, requests per query kin
 
 
 def run(size: str = "small", db: str | None = None) -> list:
-    """Search figures for bench/run.py: the same build and queries as `main`, in a fresh
-    temporary database (SQLite only: `db` is unused, this bench writes through
-    SqliteStorage directly)."""
+    """Search figures for bench/run.py: the same cached database and queries as `main`
+    (SQLite only: `db` is unused, this bench writes through SqliteStorage directly)."""
     from bench.common import Result
 
     own_size, requests, clients = REPORT_SIZES[size]
     patients, readings = SIZES[own_size]
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "search.db"
-        meta = build(path, patients, readings, fast=True)
-        per_resource = path.stat().st_size / meta["resources"]
-        fresh = measure_ingest(1_000 if size == "small" else 5_000)
-        rows.append(
-            Result(
-                "search build",
-                f"{meta['resources']:,} CGM-heavy resources through SqliteStorage "
-                f"with patched index entries, {per_resource:,.0f} bytes/resource on disk",
-                meta["rate"],
-                "resources/s",
-                floor=f"every resource extracted {fresh:,.0f}/s",
-            )
+    path, meta, built_now = cached_database(own_size)
+    per_resource = path.stat().st_size / meta["resources"]
+    fresh = measure_ingest(1_000 if size == "small" else 5_000)
+    when = "" if built_now else f" (build of {meta.get('built', 'an earlier run')}, cached)"
+    rows.append(
+        Result(
+            "search build",
+            f"{meta['resources']:,} CGM-heavy resources through SqliteStorage "
+            f"with patched index entries{when}, {per_resource:,.0f} bytes/resource on disk",
+            meta["rate"],
+            "resources/s",
+            floor=f"every resource extracted {fresh:,.0f}/s",
         )
-        p50, p99 = in_process_a(path, patients, readings, 50 if size == "small" else 200)
-        with serve(f"sqlite:///{path}") as server:
-            url = server.url
+    )
+    p50, p99 = in_process_a(path, patients, readings, 50 if size == "small" else 200)
+    with serve(f"sqlite:///{path}") as server:
+        url = server.url
 
-            def query_a(rng: random.Random) -> str:
-                return f"/Observation?{query_a_params(rng, patients, readings)}"
+        def query_a(rng: random.Random) -> str:
+            return f"/Observation?{query_a_params(rng, patients, readings)}"
 
-            kinds = {
-                "(a) patient+code+date, _count=100": query_a,
-                "(b) Condition code + _include subject": lambda rng: (
-                    f"/Condition?code={ICD10}|E11.9&_include=Condition:subject"
-                ),
-                "(c) Patient?name=": lambda rng: f"/Patient?name={rng.choice(FAMILIES)[:4]}",
-                "(d) _summary=count over one code": lambda rng: (
-                    f"/Observation?code={LOINC}|99504-3&_summary=count"
-                ),
-            }
-            for name, make in kinds.items():
-                timed_gets(url, make, clients * 2, clients)  # warm-up
-                result = timed_gets(url, make, requests, clients)
-                note = f"; in-process p50 {p50:.2f} ms, p99 {p99:.2f} ms" if name[1] == "a" else ""
-                rows.append(
-                    Result(
-                        f"search {name[:3]}",
-                        f"{name[4:]}, {requests} requests, {clients} clients, "
-                        f"{meta['resources']:,} resources{note}",
-                        result["rps"],
-                        "req/s",
-                        result["p50"],
-                        result["p99"],
-                        server.peak_rss_mb(),
-                    )
-                )
-            walk = walk_patient(url, patients, 1, 1 if size == "small" else 3)
+        kinds = {
+            "(a) patient+code+date, _count=100": query_a,
+            "(b) Condition code + _include subject": lambda rng: (
+                f"/Condition?code={ICD10}|E11.9&_include=Condition:subject"
+            ),
+            "(c) Patient?name=": lambda rng: f"/Patient?name={rng.choice(FAMILIES)[:4]}",
+            "(d) _summary=count over one code": lambda rng: (
+                f"/Observation?code={LOINC}|99504-3&_summary=count"
+            ),
+        }
+        for name, make in kinds.items():
+            timed_gets(url, make, clients * 2, clients)  # warm-up
+            result = timed_gets(url, make, requests, clients)
+            note = f"; in-process p50 {p50:.2f} ms, p99 {p99:.2f} ms" if name[1] == "a" else ""
             rows.append(
                 Result(
-                    "search (e)",
-                    f"all {walk['resources']:,} Observations of one patient, "
-                    "_count=1000, following next (ms per walk in p50)",
-                    walk["resources"] / walk["walk_ms_p50"] * 1000,
-                    "resources/s",
-                    walk["walk_ms_p50"],
-                    None,
+                    f"search {name[:3]}",
+                    f"{name[4:]}, {requests} requests, {clients} clients, "
+                    f"{meta['resources']:,} resources{note}",
+                    result["rps"],
+                    "req/s",
+                    result["p50"],
+                    result["p99"],
                     server.peak_rss_mb(),
                 )
             )
+        walk = walk_patient(url, patients, 1, 1 if size == "small" else 3)
+        rows.append(
+            Result(
+                "search (e)",
+                f"all {walk['resources']:,} Observations of one patient, "
+                "_count=1000, following next (ms per walk in p50)",
+                walk["resources"] / walk["walk_ms_p50"] * 1000,
+                "resources/s",
+                walk["walk_ms_p50"],
+                None,
+                server.peak_rss_mb(),
+            )
+        )
     return rows
 
 
@@ -502,15 +519,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     patients, readings = SIZES[args.size]
-    OUT.mkdir(exist_ok=True)
-    path = OUT / f"search-{args.size}.db"
-    meta_path = OUT / f"search-{args.size}.json"
-    if args.rebuild or not path.exists() or not meta_path.exists():
-        print(f"building {path} ({patients} patients x {readings} readings) ...", flush=True)
-        meta = build(path, patients, readings, fast=not args.full_extract)
-        meta_path.write_text(json.dumps(meta))
-    else:
-        meta = json.loads(meta_path.read_text())
+    path, meta, built_now = cached_database(args.size, args.rebuild, not args.full_extract)
+    if not built_now:
         print(f"using cached {path}")
     size = path.stat().st_size
     observations = patients * (readings + 10)
