@@ -13,6 +13,7 @@ transaction cannot lose an update, even against another process on the same file
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import secrets
@@ -38,6 +39,13 @@ from fhir_server.search.types import (
 from fhir_server.storage.base import HistoryPage, NewResource, StoredResource
 from fhir_server.storage.cursor import CursorCodec, CursorError
 from fhir_server.storage.sqlite_checkpoint import BackgroundCheckpointer
+from fhir_server.storage.sqlite_write_behind import (
+    WRITE_BEHIND_ROWS,
+    WriteBehind,
+    encode_rows,
+    insert_from_json,
+    json_rows_supported,
+)
 
 SCHEMA_VERSION = 4
 DIRECT_PARAMS = frozenset({"_id", "_lastUpdated"})
@@ -259,6 +267,8 @@ class SqliteStorage:
         if path != ":memory:":
             self._writer.execute("PRAGMA wal_autocheckpoint=0")
             self._checkpointer = BackgroundCheckpointer(self._connect)
+        # Index rows of big transactions are written on a second thread as they go.
+        self._write_behind = WriteBehind() if json_rows_supported(self._writer) else None
         self._pids: dict[tuple[str, str], int] = {
             (rtype, code): pid
             for pid, rtype, code in self._writer.execute(
@@ -351,6 +361,8 @@ class SqliteStorage:
     def close(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.close()
+        if self._write_behind is not None:
+            self._write_behind.close()
         self._writer.close()
         self._process_lock.close()
 
@@ -519,6 +531,8 @@ class SqliteStorage:
                 yield tx
                 tx.flush()
             except BaseException:
+                with contextlib.suppress(Exception):  # the batch in flight is rolled back too
+                    tx.settle()
                 conn.execute("ROLLBACK")
                 self.reload_after_rollback(conn)
                 raise
@@ -553,6 +567,15 @@ class SqliteTransaction:
         }
         self._pending_pks: set[int] = set()
         self._next_pk: int | None = None
+        self._write_behind = storage._write_behind
+        self._buffered_index_rows = 0  # since the last hand-off: when to hand off
+        self._savepoints = 0  # inside one, rows stay buffered (its rollback drops them)
+
+    def settle(self) -> None:
+        """Wait for the index rows being written on the write-behind thread: before any
+        other use of the connection."""
+        if self._write_behind is not None:
+            self._write_behind.settle()
 
     def read(self, resource_type: str, id: str) -> StoredResource | None:
         self._flush_creates()
@@ -566,6 +589,7 @@ class SqliteTransaction:
         self._write_rows(("resources", "history"))
 
     def _write_rows(self, tables: Iterable[str]) -> None:
+        self.settle()
         for table in tables:
             values = self._rows[table]
             if values:
@@ -576,11 +600,14 @@ class SqliteTransaction:
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """A nested scope: an error inside undoes only what the scope wrote."""
+        self.settle()
         marks = {table: len(values) for table, values in self._rows.items()}
         self.conn.execute("SAVEPOINT entry")
+        self._savepoints += 1
         try:
             yield
         except BaseException:
+            self._savepoints -= 1
             for table, values in self._rows.items():
                 del values[marks[table] :]
             # numbering resumes after the creates still buffered, or from what is stored
@@ -590,6 +617,7 @@ class SqliteTransaction:
             self.conn.execute("RELEASE entry")
             self.storage.reload_after_rollback(self.conn)
             raise
+        self._savepoints -= 1
         self.conn.execute("RELEASE entry")
 
     def search_ids(self, query: Any, limit: int) -> list[str]:
@@ -601,7 +629,8 @@ class SqliteTransaction:
     def _index(self, pk: int, rtype: str, entries: Sequence[IndexEntry]) -> None:
         rows = self._rows
         self._pending_pks.add(pk)
-        pid_of = self.storage.pid
+        self._buffered_index_rows += len(entries)
+        known_pids = self.storage._pids
         # One date row per target id of the resource's `patient` reference(s) (almost always
         # one), or one with no owner: the owner index must find every resource that
         # `patient=X` matches, whatever the target type.
@@ -616,7 +645,10 @@ class SqliteTransaction:
         for entry in entries:
             if entry.param in DIRECT_PARAMS:
                 continue  # answered from the resources table itself
-            pid = pid_of(rtype, entry.param, create=True)
+            pid = known_pids.get((rtype, entry.param))
+            if pid is None:
+                self.settle()  # a new parameter number is written on the connection
+                pid = self.storage.pid(rtype, entry.param, create=True)
             kind = type(entry)
             if kind is TokenEntry:
                 rows["idx_token"].append((pk, pid, *entry[1:]))
@@ -645,6 +677,7 @@ class SqliteTransaction:
             multi = int(count > 1)
             old_span, old_multi = known.get(pid, (-1.0, 0))
             if span > old_span or multi > old_multi:
+                self.settle()
                 self.conn.execute(
                     "INSERT INTO date_spans VALUES (?, ?, ?) ON CONFLICT (pid) DO UPDATE "
                     "SET span = max(span, excluded.span), multi = max(multi, excluded.multi)",
@@ -656,6 +689,7 @@ class SqliteTransaction:
         if pk in self._pending_pks:  # written earlier in this transaction, not yet flushed
             for table in INDEX_TABLES:
                 self._rows[table] = [row for row in self._rows[table] if row[0] != pk]
+        self.settle()  # rows handed off earlier are deleted below
         for table in INDEX_TABLES:
             self.conn.execute(f"DELETE FROM {table} WHERE pk=?", (pk,))
 
@@ -698,10 +732,12 @@ class SqliteTransaction:
             (resource_type, id, version, last_updated, method, json),
         )
         self._index(pk, resource_type, index)
+        self._maybe_write_behind()
 
     def create_many(self, creates: Sequence[NewResource]) -> None:
         pk = self._next_pk
         if pk is None:
+            self.settle()
             pk = self.conn.execute("SELECT coalesce(max(pk), 0) + 1 FROM resources").fetchone()[0]
         resources, history = self._rows["resources"], self._rows["history"]
         for c in creates:
@@ -710,6 +746,29 @@ class SqliteTransaction:
             self._index(pk, c.resource_type, c.index)
             pk += 1
         self._next_pk = pk
+        self._maybe_write_behind()
+
+    def _maybe_write_behind(self) -> None:
+        """Hand the buffered index rows to the write-behind thread once there are many.
+        The resource and history rows stay buffered (written at commit, or before a read):
+        the JSON they carry is bytes, and they are a fifth of the rows."""
+        if (
+            self._buffered_index_rows < WRITE_BEHIND_ROWS
+            or self._write_behind is None
+            or self._savepoints
+        ):
+            return
+        self._buffered_index_rows = 0
+        batches = []
+        for table in INDEX_TABLES:
+            rows = self._rows[table]
+            if rows:
+                encoded = encode_rows(rows)
+                if encoded is not None:  # else executemany writes them at commit
+                    batches.append((insert_from_json(table, len(rows[0])), encoded))
+                    self._rows[table] = []
+        if batches:
+            self._write_behind.submit(self.conn, batches)
 
     def delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
         self._flush_creates()
