@@ -9,6 +9,9 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from fhir_server.storage import sqlite_checkpoint
 from fhir_server.storage.sqlite import SqliteStorage
 
 BLOB = b'{"resourceType":"Basic","note":"' + b"x" * 4000 + b'"}'
@@ -58,3 +61,23 @@ def test_everything_committed_is_there_after_close(tmp_path: Path) -> None:
     assert reopened.read("Basic", "a-4-49") is not None
     assert reopened._writer.execute("SELECT count(*) FROM resources").fetchone()[0] == 250
     reopened.close()
+
+
+def test_the_log_stays_bounded_under_writes_without_pauses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk load commits back to back: the checkpointer's thread never sees the whole log
+    copied at the moment a writer begins, so SQLite would never start the log over and it
+    would grow with everything written (10 GB in a 10 M load). Past a size, the committer
+    copies the last frames itself, under the write lock, and the log restarts (and is cut
+    back to the journal size limit)."""
+    monkeypatch.setattr(sqlite_checkpoint, "LOG_LIMIT_BYTES", 4_000_000)
+    path = tmp_path / "continuous.db"
+    storage = SqliteStorage(str(path))
+    _write(storage, "c", 120, 100)  # ~48 MB of history JSON (~70 MB of log), no pause
+    wal = Path(f"{path}-wal").stat().st_size
+    assert wal < 12_000_000, wal
+    storage.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM history").fetchone()[0] == 12_000
+    conn.close()

@@ -36,6 +36,7 @@ from fhir_server.search.types import (
     TokenEntry,
     UriEntry,
 )
+from fhir_server.storage import sqlite_checkpoint
 from fhir_server.storage.base import HistoryPage, NewResource, StoredResource
 from fhir_server.storage.cursor import CursorCodec, CursorError
 from fhir_server.storage.sqlite_checkpoint import BackgroundCheckpointer
@@ -266,7 +267,9 @@ class SqliteStorage:
         self._checkpointer: BackgroundCheckpointer | None = None
         if path != ":memory:":
             self._writer.execute("PRAGMA wal_autocheckpoint=0")
-            self._checkpointer = BackgroundCheckpointer(self._connect)
+            # a log that grew (see sqlite_checkpoint) is cut back to this when it restarts
+            self._writer.execute(f"PRAGMA journal_size_limit={sqlite_checkpoint.LOG_LIMIT_BYTES}")
+            self._checkpointer = BackgroundCheckpointer(self._connect, f"{path}-wal")
         # Index rows of big transactions are written on a second thread as they go.
         self._write_behind = WriteBehind() if json_rows_supported(self._writer) else None
         self._pids: dict[tuple[str, str], int] = {
@@ -538,7 +541,7 @@ class SqliteStorage:
                 raise
             conn.execute("COMMIT")
             if self._checkpointer is not None:
-                self._checkpointer.committed()
+                self._checkpointer.committed(conn)
 
     def reload_after_rollback(self, conn: sqlite3.Connection) -> None:
         """The caches of what the undone writes created (pids, widened date spans) must
