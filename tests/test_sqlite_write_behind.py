@@ -130,7 +130,7 @@ def test_a_batch_that_fails_fails_the_transaction(
     service = FhirService(storage, Settings(db_url="unused"))
     monkeypatch.setattr(
         sqlite_storage, "insert_from_json",
-        lambda table, width: "INSERT INTO no_such_table SELECT 1 FROM json_each(?)",
+        lambda *_: "INSERT INTO no_such_table SELECT 1 FROM json_each(?)",
     )
     with (
         pytest.raises(sqlite3.OperationalError, match="no_such_table"),
@@ -182,4 +182,8 @@ def test_a_savepoint_after_hand_offs_undoes_only_its_own_rows(
 def test_rows_json_cannot_carry_stay_for_executemany() -> None:
     assert encode_rows([(1, 2, b"bytes")]) is None
     assert encode_rows([(1, 2**70)]) is None
+    assert encode_rows([(1, b"\xff")], blob_column=1) is None  # not UTF-8
     assert encode_rows([(1, None, "é", 0.1 + 0.2)]) == '[[1,null,"é",0.30000000000000004]]'
+    assert encode_rows([(1, '{"a":"é"}'.encode(), 2), (3, None, 4)], blob_column=1) == (
+        '[[1,"{\\"a\\":\\"é\\"}",2],[3,null,4]]'
+    )

@@ -49,6 +49,7 @@ from fhir_server.storage.sqlite_write_behind import (
 )
 
 SCHEMA_VERSION = 4
+HISTORY_JSON_COLUMN = 6  # of a history row: type, id, version, last_updated, deleted, method
 DIRECT_PARAMS = frozenset({"_id", "_lastUpdated"})
 
 SCHEMA = """
@@ -752,9 +753,7 @@ class SqliteTransaction:
         self._maybe_write_behind()
 
     def _maybe_write_behind(self) -> None:
-        """Hand the buffered index rows to the write-behind thread once there are many.
-        The resource and history rows stay buffered (written at commit, or before a read):
-        the JSON they carry is bytes, and they are a fifth of the rows."""
+        """Hand the buffered rows to the write-behind thread once there are many."""
         if (
             self._buffered_index_rows < WRITE_BEHIND_ROWS
             or self._write_behind is None
@@ -763,12 +762,13 @@ class SqliteTransaction:
             return
         self._buffered_index_rows = 0
         batches = []
-        for table in INDEX_TABLES:
-            rows = self._rows[table]
+        for table, rows in self._rows.items():
             if rows:
-                encoded = encode_rows(rows)
+                blob_column = HISTORY_JSON_COLUMN if table == "history" else None
+                encoded = encode_rows(rows, blob_column)
                 if encoded is not None:  # else executemany writes them at commit
-                    batches.append((insert_from_json(table, len(rows[0])), encoded))
+                    statement = insert_from_json(table, len(rows[0]), blob_column)
+                    batches.append((statement, encoded))
                     self._rows[table] = []
         if batches:
             self._write_behind.submit(self.conn, batches)

@@ -1,10 +1,10 @@
 """Index rows of a big transaction written on a thread of their own while it goes on.
 
-A 90-day CGM import is one transaction of ~27,000 Observations and ~270,000 index rows;
-SQLite needs ~2.5 s of CPU for those rows' B-tree inserts, which used to run at the end,
-after all the Python work (mapping, validation, extraction) was done. Here, once enough
-rows are buffered, the transaction hands them to this writer and goes on preparing the
-next resources on the other core.
+A 90-day CGM import is one transaction of ~27,000 Observations and ~320,000 rows (resource,
+history and index rows); SQLite needs ~3 s of CPU for their B-tree inserts, which used to
+run at the end, after all the Python work (mapping, validation, extraction) was done. Here,
+once enough index rows are buffered, the transaction hands every buffered row to this
+writer and goes on preparing the next resources on the other core.
 
 It works because of how a batch is sent: one statement per table,
 `INSERT ... SELECT ... FROM json_each(?)` over the rows encoded as one JSON array, so that
@@ -40,19 +40,31 @@ def json_rows_supported(conn: sqlite3.Connection) -> bool:
 
 
 @functools.cache
-def insert_from_json(table: str, width: int) -> str:
-    """The statement that inserts the rows of a JSON array of `width`-long arrays."""
-    columns = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(width))
+def insert_from_json(table: str, width: int, blob_column: int | None = None) -> str:
+    """The statement that inserts the rows of a JSON array of `width`-long arrays (the
+    `blob_column` as the bytes of its text, see encode_rows)."""
+    columns = ", ".join(
+        f"CAST(json_extract(value, '$[{i}]') AS BLOB)" if i == blob_column
+        else f"json_extract(value, '$[{i}]')"
+        for i in range(width)
+    )
     return f"INSERT INTO {table} SELECT {columns} FROM json_each(?)"
 
 
-def encode_rows(rows: list[tuple]) -> str | None:
-    """The rows as one JSON array, or None when JSON cannot carry them exactly (bytes, or
-    integers beyond 64 bits): those are written with executemany at commit instead.
-    Floats are finite here: the index extractor drops infinities and NaN."""
+def encode_rows(rows: list[tuple], blob_column: int | None = None) -> str | None:
+    """The rows as one JSON array, the UTF-8 bytes of `blob_column` (a resource's JSON) as
+    text; None when JSON cannot carry them exactly (other bytes, integers beyond 64 bits):
+    those are written with executemany at commit instead. Floats are finite here: the
+    index extractor drops infinities and NaN."""
     try:
+        if blob_column is not None:
+            rows = [
+                (*row[:blob_column], None if (b := row[blob_column]) is None else b.decode(),
+                 *row[blob_column + 1 :])
+                for row in rows
+            ]
         return orjson.dumps(rows).decode()
-    except TypeError:
+    except (TypeError, UnicodeDecodeError):
         return None
 
 
