@@ -105,6 +105,9 @@ class _Compiler:
         self.expander = expander
         self.canonical = canonical
         self._aliases = itertools.count()
+        # The first sort key's code, when there is one: a `_lastUpdated` range is then read
+        # in the sort's own (type, last_updated) order rather than gathered as a pk set.
+        self.order_first: str | None = None
 
     def alias(self) -> str:
         return f"t{next(self._aliases)}"
@@ -179,7 +182,10 @@ class _Compiler:
         up the row's own index entries (cheap per row, never materialises a large set)."""
         param = clause.param
         if param.code in DIRECT_PARAMS:
-            return self.direct(clause, alias)
+            # A range on the row's own column lets SQLite choose (type, last_updated) for
+            # the whole query: right when that is the sort, a full sort of the range when
+            # the order is by pk (a `_lastUpdated` driver, if small, is chosen apart).
+            return self.direct(clause, alias, indexable=self.order_first == "_lastUpdated")
         table = TABLE_BY_TYPE.get(param.type)
         if table is None:
             raise SearchError(f"parameter {param.code!r} of type {param.type} is not searchable")
@@ -213,7 +219,7 @@ class _Compiler:
             args += value_args
         return f" AND ({' OR '.join(ors)})", args
 
-    def direct(self, clause: Clause, alias: str) -> tuple[str, list[Any]]:
+    def direct(self, clause: Clause, alias: str, indexable: bool = False) -> tuple[str, list[Any]]:
         ors, args = [], []
         for value in clause.values:
             if isinstance(value, MissingValue):
@@ -224,8 +230,12 @@ class _Compiler:
                 ors.append(f"{alias}.id=?")
                 args.append(value.code)
             elif isinstance(value, DateValue):
-                sql, date_args = date_condition(
-                    value, f"{alias}.last_updated", f"({alias}.last_updated+0.001)"
+                sql, date_args = (
+                    last_updated_condition(value, f"{alias}.last_updated")
+                    if indexable
+                    else date_condition(
+                        value, f"{alias}.last_updated", f"({alias}.last_updated+0.001)"
+                    )
                 )
                 ors.append(sql)
                 args += date_args
@@ -399,6 +409,24 @@ def date_condition(value: DateValue, low: str, high: str) -> tuple[str, list[Any
     raise SearchError(f"unknown prefix {prefix!r}")
 
 
+def last_updated_condition(value: DateValue, column: str) -> tuple[str, list[Any]]:
+    """`_lastUpdated` as a date period: an instant stored to the millisecond spans
+    [column, column + 1 ms). Where the period's end is compared, the column's own bound
+    (implied by it, 2 ms looser so that rounding cannot drop a row) is ANDed in, so that
+    the (type, last_updated) index serves the range: `column + 0.001 > X` alone is an
+    expression no index can read."""
+    high = f"({column}+0.001)"
+    sql, args = date_condition(value, column, high)
+    prefix = value.prefix
+    if prefix in ("gt", "ge", "ap"):
+        floor = args[-1] - 0.002
+        return f"({column}>? AND {sql})", [floor, *args]
+    if prefix in ("eq", "eb"):
+        ceiling = args[-1]  # the bound `high <= ?` compares with
+        return f"({column}<=? AND {sql})", [ceiling, *args]
+    return sql, args
+
+
 def number_condition(value: Any, column: str) -> tuple[str, list[Any]]:
     """Number and quantity comparisons (`value` a NumberValue or QuantityValue or Decimal)."""
     if isinstance(value, Decimal | float | int):
@@ -486,6 +514,11 @@ def sort_expression(compiler: _Compiler, key: SortKey, rtype: str, alias: str) -
     return sql, pids
 
 
+# Sort expressions that are never NULL: no "missing values last" terms, which would keep
+# SQLite from reading their order off an index.
+NEVER_NULL = frozenset({"r.last_updated", "r.id", "r.pk"})
+
+
 def _keyset_condition(
     exprs: list[tuple[str, list, bool]], values: list[Any], last_pk: int, reverse: bool
 ) -> tuple[str, list[Any]]:
@@ -495,7 +528,11 @@ def _keyset_condition(
     keys = [*exprs, ("r.pk", [], False)]
     positions = [*values, last_pk]
     for (expr, expr_args, descending), position in zip(keys, positions, strict=True):
-        if position is None:
+        if position is not None and expr in NEVER_NULL:
+            op = ">" if descending == reverse else "<"
+            cmp_sql, cmp_args = f"({expr} {op} ?)", [*expr_args, position]
+            eq_sql, eq_args = f"{expr} = ?", [*expr_args, position]
+        elif position is None:
             # Missing values sort last: after one, only other missing ones can follow.
             cmp_sql, cmp_args = (f"{expr} IS NOT NULL", list(expr_args)) if reverse else ("0", [])
             eq_sql, eq_args = f"{expr} IS NULL", list(expr_args)
@@ -512,7 +549,15 @@ def _keyset_condition(
         args += [*prefix_args, *cmp_args]
         prefix_sql.append(eq_sql)
         prefix_args += eq_args
-    return "(" + " OR ".join(ors) + ")", args
+    condition = "(" + " OR ".join(ors) + ")"
+    first_expr, first_args, first_descending = keys[0]
+    if positions[0] is not None and first_expr in NEVER_NULL and first_expr != "r.pk":
+        # Implied by the ORs, but an index on the first key can only read a range from
+        # a bound of its own.
+        op = ">=" if first_descending == reverse else "<="
+        condition = f"({first_expr} {op} ? AND {condition})"
+        args = [*first_args, positions[0], *args]
+    return condition, args
 
 
 # -- running a search ------------------------------------------------------------------------
@@ -613,7 +658,11 @@ def _choose_driver(
         and c.param.type in TABLE_BY_TYPE
     ]
     # Likely-small sets first: once one is small, the others are counted only that far.
-    candidates = _owner_date_drivers(compiler, rtype, clauses) + candidates
+    candidates = (
+        _owner_date_drivers(compiler, rtype, clauses)
+        + candidates
+        + _last_updated_drivers(compiler, rtype, clauses)
+    )
     best = _smallest(compiler.conn, candidates, DRIVER_LIMIT)
     if best is None:
         # Broader sets (one CGM patient's 27,000 readings, 3 % of the values below 54)
@@ -673,6 +722,30 @@ def _driver_sql(compiler: _Compiler, rtype: str, clause: Clause) -> tuple[str, l
         return f"SELECT pk FROM {table} WHERE pid=?{body}", [pid, *args]
     pid_sql, pids = compiler.pid_match(rtype, clause.param.code)
     return f"SELECT pk FROM {table} WHERE {pid_sql}{body}", [*pids, *args]
+
+
+def _last_updated_drivers(
+    compiler: _Compiler, rtype: str, clauses: Sequence[Any]
+) -> list[tuple[str, list[Any]]]:
+    """A `_lastUpdated` range read from the (type, last_updated) index. Without it, a
+    poll for what changed since the last one (`_lastUpdated=gt<then>`, often nothing) scans
+    every resource of the type in pk order: 2 s at 10 M. Not when the search is sorted by
+    `_lastUpdated`: the same index then gives the range in order."""
+    if compiler.order_first == "_lastUpdated":
+        return []
+    drivers = []
+    for clause in clauses:
+        if (
+            isinstance(clause, Clause)
+            and clause.param.code == "_lastUpdated"
+            and clause.modifier is None
+            and all(isinstance(v, DateValue) and v.prefix != "ne" for v in clause.values)
+        ):
+            sql, args = compiler.direct(clause, "resources", indexable=True)
+            drivers.append(
+                (f"SELECT pk FROM resources WHERE type=? AND deleted=0 AND {sql}", [rtype, *args])
+            )
+    return drivers
 
 
 def _owner_date_drivers(
@@ -792,6 +865,7 @@ def run_search(
 ) -> SearchPage:
     compiler = _Compiler(storage, conn, storage.expander, storage.canonical_query)
     result = query.result
+    compiler.order_first = result.sort[0].code if result.sort else None
     rtype = query.resource_type or "Resource"
     sort = [(*sort_expression(compiler, key, rtype, "r"), key.descending) for key in result.sort]
     if count > 0 and result.total != "accurate" and result.summary != "count":
@@ -829,16 +903,25 @@ def run_search(
 
     select_args = [a for _, expr_args, _ in sort for a in expr_args]
     order = []
-    for i, (_, _, descending) in enumerate(sort):
+    for i, (expr, _, descending) in enumerate(sort):
         # Missing values sort last in reading order (so first when reading backwards).
         desc = descending != reverse
-        order.append(
-            f"s{i} IS NULL {'DESC' if reverse else 'ASC'}, s{i} {'DESC' if desc else 'ASC'}"
-        )
+        missing = "" if expr in NEVER_NULL else f"s{i} IS NULL {'DESC' if reverse else 'ASC'}, "
+        order.append(f"{missing}s{i} {'DESC' if desc else 'ASC'}")
     order.append(f"r.pk {'DESC' if reverse else 'ASC'}")
     columns = "".join(f", {expr} AS s{i}" for i, (expr, _, _) in enumerate(sort))
+    # Sorted by `_lastUpdated` with no driving pk set: read the (type, last_updated) index
+    # in order. Left to itself, SQLite sorts the whole type when the order is descending
+    # (ties go by ascending pk, so the index order is only partly the sort's): 4.6 s at 10 M.
+    hint = (
+        " INDEXED BY resources_type_updated"
+        if compiler.order_first == "_lastUpdated"
+        and query.resource_type is not None
+        and "+r.type=?" not in where
+        else ""
+    )
     sql = (
-        f"SELECT r.pk{columns} FROM resources r WHERE {page_where} "
+        f"SELECT r.pk{columns} FROM resources r{hint} WHERE {page_where} "
         f"ORDER BY {', '.join(order)} LIMIT ?"
     )
     rows = conn.execute(sql, [*select_args, *page_args, count + 1]).fetchall()
