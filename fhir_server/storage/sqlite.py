@@ -271,7 +271,7 @@ class SqliteStorage:
             # a log that grew (see sqlite_checkpoint) is cut back to this when it restarts
             self._writer.execute(f"PRAGMA journal_size_limit={sqlite_checkpoint.LOG_LIMIT_BYTES}")
             self._checkpointer = BackgroundCheckpointer(self._connect, f"{path}-wal")
-        # Index rows of big transactions are written on a second thread as they go.
+        # The rows of big transactions are written on a second thread as they go.
         self._write_behind = WriteBehind() if json_rows_supported(self._writer) else None
         self._pids: dict[tuple[str, str], int] = {
             (rtype, code): pid
@@ -576,8 +576,8 @@ class SqliteTransaction:
         self._savepoints = 0  # inside one, rows stay buffered (its rollback drops them)
 
     def settle(self) -> None:
-        """Wait for the index rows being written on the write-behind thread: before any
-        other use of the connection."""
+        """Wait for the rows being written on the write-behind thread: before any other
+        use of the connection."""
         if self._write_behind is not None:
             self._write_behind.settle()
 
