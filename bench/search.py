@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import multiprocessing
 import random
 import statistics
 import sys
@@ -348,39 +349,61 @@ def in_process_a(path: Path, patients: int, readings: int, count: int = 200) -> 
 
 
 def timed_gets(url: str, make_path, requests: int, clients: int, check=None) -> dict:
-    """`requests` GETs of make_path(rng) spread over `clients` threads; latencies in ms."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    extra: list = []
-
-    def worker(seed: int) -> None:
-        rng = random.Random(seed)
-        with httpx.Client(base_url=url, timeout=120) as http:
-            for _ in range(requests // clients):
-                path = make_path(rng)
-                t0 = time.perf_counter()
-                response = http.get(path)
-                elapsed = (time.perf_counter() - t0) * 1000
-                if response.status_code != 200:
-                    raise RuntimeError(f"{path}: {response.status_code} {response.text[:300]}")
-                result = check(response.json()) if check else None
-                with lock:
-                    latencies.append(elapsed)
-                    if result is not None:
-                        extra.append(result)
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(worker, range(clients)))
-    wall = time.perf_counter() - t0
-    latencies.sort()
+    """`requests` GETs of make_path(rng) spread over `clients` client processes; latencies
+    in ms. Processes, as separate apps would be: threads of one process would queue on its
+    interpreter lock, and the load generator's own waits would count as server latency."""
+    context = multiprocessing.get_context("fork")  # make_path may be a closure
+    pipes, processes = [], []
+    for seed in range(clients):
+        receive, send = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_client, args=(send, url, make_path, requests // clients, seed, check)
+        )
+        process.start()
+        send.close()
+        pipes.append(receive)
+        processes.append(process)
+    results = [pipe.recv() for pipe in pipes]
+    for process in processes:
+        process.join()
+    failures = [r["error"] for r in results if "error" in r]
+    if failures:
+        raise RuntimeError(failures[0])
+    latencies = sorted(t for r in results for t in r["latencies"])
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     return {
         "n": len(latencies),
         "p50": statistics.median(latencies),
         "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
         "rps": len(latencies) / wall,
-        "extra": extra,
+        "extra": [e for r in results for e in r["extra"]],
     }
+
+
+def _client(send, url: str, make_path, count: int, seed: int, check) -> None:
+    """One client process of timed_gets: its latencies (and check results) go back through
+    the pipe."""
+    rng = random.Random(seed)
+    latencies, extra = [], []
+    try:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            start = time.perf_counter()
+            for _ in range(count):
+                path = make_path(rng)
+                t0 = time.perf_counter()
+                response = http.get(path)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{path}: {response.status_code} {response.text[:300]}")
+                result = check(response.json()) if check else None
+                if result is not None:
+                    extra.append(result)
+            end = time.perf_counter()
+        send.send({"latencies": latencies, "extra": extra, "start": start, "end": end})
+    except Exception as exc:  # reported by the parent
+        send.send({"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        send.close()
 
 
 def walk_patient(url: str, patients: int, clients: int, walks: int) -> dict:
