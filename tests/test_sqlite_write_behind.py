@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from fhir_server.ingest import Importer, ImportOptions
 from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
 from fhir_server.storage import sqlite as sqlite_storage
@@ -187,3 +188,67 @@ def test_rows_json_cannot_carry_stay_for_executemany() -> None:
     assert encode_rows([(1, '{"a":"é"}'.encode(), 2), (3, None, 4)], blob_column=1) == (
         '[[1,"{\\"a\\":\\"é\\"}",2],[3,null,4]]'
     )
+
+
+LIBRE = Path(__file__).parent / "data" / "csv" / "freestyle-libre"
+
+
+def import_libre(path: Path, write_behind: bool) -> tuple[FhirService, int]:
+    storage = SqliteStorage(str(path))
+    if not write_behind:
+        storage._write_behind = None
+    service = FhirService(storage, Settings(db_url=f"sqlite:///{path}"))
+    options = ImportOptions(patient="Patient/wb", timezone="Europe/Paris")
+    report = Importer(service, options).import_files(
+        [LIBRE / "librelink_mgdl_glucose_data_preamble.csv"]
+    )
+    [file_report] = report.files
+    assert not file_report.failed
+    return service, file_report.readings
+
+
+def search_total(service: FhirService, items: list[tuple[str, str]]) -> int:
+    query = service.search.parse("Observation", [*items, ("_summary", "count")], strict=True)
+    return service.storage.search(query, 0, None).total
+
+
+def test_an_import_written_behind_is_searched_like_one_written_at_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real device export through the importer (mapping, validation, conditional creates
+    by reading identifier), with hand-offs every ~2,000 index rows."""
+    monkeypatch.setattr(sqlite_storage, "WRITE_BEHIND_ROWS", 2000)
+    behind, readings = import_libre(tmp_path / "behind.db", write_behind=True)
+    at_commit, same_readings = import_libre(tmp_path / "commit.db", write_behind=False)
+    assert readings == same_readings > 3000
+    queries = [
+        [],
+        [("code", "http://loinc.org|2339-0,http://loinc.org|99504-3")],
+        [("patient", "wb"), ("date", "ge2019-01-01"), ("date", "lt2030-01-01")],
+        [("value-quantity", "gt10|http://unitsofmeasure.org|mmol/L")],
+        [
+            (
+                "combo-code-value-quantity",
+                "http://loinc.org|99504-3$lt70|http://unitsofmeasure.org|mg/dL",
+            )
+        ],
+    ]
+    for items in queries:
+        found = search_total(behind, items)
+        assert found == search_total(at_commit, items) and found > 0, (items, found)
+    assert search_total(behind, []) >= readings
+    for table in ("resources", "history", *INDEX_TABLES):
+        count = f"SELECT count(*) FROM {table}"
+        assert (
+            behind.storage._writer.execute(count).fetchone()
+            == at_commit.storage._writer.execute(count).fetchone()
+        ), table
+    # the same file again: every reading is found by its identifier, nothing is created
+    again = Importer(behind, ImportOptions(patient="Patient/wb", timezone="Europe/Paris"))
+    [file_report] = again.import_files(
+        [LIBRE / "librelink_mgdl_glucose_data_preamble.csv"]
+    ).files
+    assert file_report.counts.created == 0 and file_report.counts.unchanged >= readings
+    assert search_total(behind, []) == search_total(at_commit, [])
+    behind.storage.close()
+    at_commit.storage.close()
