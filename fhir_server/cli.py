@@ -29,6 +29,7 @@ def _files(patterns: list[str]) -> list[Path]:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from fhir_server.access_log import log_config
     from fhir_server.app import create_app
     from fhir_server.deid.keys import DeidConfigError
     from fhir_server.storage import open_storage
@@ -60,6 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=args.port,
             workers=args.workers,
             log_level=args.log_level,
+            log_config=log_config(),
         )
         return 0
     try:
@@ -67,7 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except DeidConfigError as exc:
         raise SystemExit(f"diatabase: {exc}") from None
     print(f"Diatabase FHIR R4 server{mode} on {where} (database {settings.db_url})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level, log_config=log_config()
+    )
     return 0
 
 

@@ -76,7 +76,8 @@ def test_load_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         run("load", "--db", f"sqlite:///{tmp_path / 'x.db'}", str(tmp_path / "missing.json"))
 
 
-def test_serve_starts_and_answers_metadata(tmp_path: Path) -> None:
+def serve(tmp_path: Path, *options: str) -> tuple[subprocess.Popen, int]:
+    """`diatabase serve` in a subprocess, once it answers /metadata."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
@@ -89,26 +90,52 @@ def test_serve_starts_and_answers_metadata(tmp_path: Path) -> None:
             str(port),
             "--db",
             f"sqlite:///{tmp_path / 'served.db'}",
-            "--log-level",
-            "warning",
+            *options,
         ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=5)
+            return proc, port
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(proc.stdout.read().decode() if proc.stdout else "") from None
+            time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    output, _ = proc.communicate(timeout=30)
+    return output.decode()
+
+
+def test_serve_starts_and_answers_metadata(tmp_path: Path) -> None:
+    proc, port = serve(tmp_path, "--log-level", "warning")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=5)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.2)
+        response = httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=5)
         assert response.status_code == 200
         assert response.json()["fhirVersion"] == "4.0.1"
         assert (tmp_path / "served.db").exists()
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
+
+
+def test_the_access_log_leaves_queries_out(tmp_path: Path) -> None:
+    """What a search looks for (an INS, a name) must not reach the log files."""
+    proc, port = serve(tmp_path)  # default log level: access lines are written
+    try:
+        response = httpx.get(
+            f"http://127.0.0.1:{port}/Patient",
+            params={"identifier": "urn:oid:1.2.250.1.213.1.4.10|1234567890123", "name": "Hélène"},
+            timeout=5,
+        )
+        assert response.status_code == 200
+    finally:
+        output = stop(proc)
+    assert '"GET /Patient?... HTTP/1.1" 200' in output
+    assert "1234567890123" not in output and "name=" not in output
