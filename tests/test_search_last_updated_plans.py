@@ -1,4 +1,4 @@
-"""`_lastUpdated` ranges and sorts read the (type, last_updated) index: a poll for what
+"""`_lastUpdated` ranges and sorts (and `_id` sorts) read their index: a poll for what
 changed since the last one (`_lastUpdated=gt<then>`, often nothing) used to scan every
 resource of the type in pk order (2 s at 10 M), and `_sort=-_lastUpdated` sorted the whole
 type (4.6 s). The matches and their order must be exactly those of the plain conditions:
@@ -102,6 +102,9 @@ def test_sorted_walks_without_a_range_see_every_resource_once_in_order(
     assert walk(service, [("_sort", "_lastUpdated,_id")], count=50) == [
         rid for _, _, rid in sorted(rows, key=lambda r: (r[0], r[2]))
     ]
+    assert walk(service, [("_sort", "-_id")], count=50) == sorted(
+        (rid for _, _, rid in rows), reverse=True
+    )
 
 
 def plans(service: FhirService, items: list[tuple[str, str]]) -> str:
@@ -127,8 +130,20 @@ def test_a_poll_for_changes_reads_the_range_from_the_index(service: FhirService)
     assert "resources_type_pk" not in plan  # no walk through the type in pk order
 
 
-@pytest.mark.parametrize("sort", ["_lastUpdated", "-_lastUpdated"])
-def test_a_sort_on_last_updated_reads_the_index_in_order(service: FhirService, sort: str) -> None:
+@pytest.mark.parametrize(
+    ("sort", "index"),
+    [
+        ("_lastUpdated", "resources_type_updated"),
+        ("-_lastUpdated", "resources_type_updated"),
+        ("_id", "sqlite_autoindex_resources_1"),
+        ("-_id", "sqlite_autoindex_resources_1"),
+    ],
+)
+def test_a_sort_on_a_column_reads_its_index_in_order(
+    service: FhirService, sort: str, index: str
+) -> None:
     plan = plans(service, [("_sort", sort)])
-    assert "resources_type_updated" in plan
+    assert index in plan
     assert "USE TEMP B-TREE FOR ORDER BY" not in plan  # at most ties are sorted
+    page = walk(service, [("_sort", sort)], count=40)  # every page keeps that plan
+    assert len(page) == len(set(page)) == COUNT

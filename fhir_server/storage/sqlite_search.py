@@ -522,6 +522,11 @@ def sort_expression(compiler: _Compiler, key: SortKey, rtype: str, alias: str) -
     return sql, pids
 
 
+# The (type, column) index that gives a type's resources in the order of a sort key.
+SORT_INDEXES = {
+    "_lastUpdated": "resources_type_updated",
+    "_id": "sqlite_autoindex_resources_1",  # UNIQUE (type, id)
+}
 # Sort expressions that are never NULL: no "missing values last" terms, which would keep
 # SQLite from reading their order off an index.
 NEVER_NULL = frozenset({"r.last_updated", "r.id", "r.pk"})
@@ -926,14 +931,14 @@ def run_search(
         order.append(f"{missing}s{i} {'DESC' if desc else 'ASC'}")
     order.append(f"r.pk {'DESC' if reverse else 'ASC'}")
     columns = "".join(f", {expr} AS s{i}" for i, (expr, _, _) in enumerate(sort))
-    # Sorted by `_lastUpdated` with no driving pk set: read the (type, last_updated) index
-    # in order. Left to itself, SQLite sorts the whole type when the order is descending
-    # (ties go by ascending pk, so the index order is only partly the sort's): 4.6 s at 10 M.
+    # Sorted by `_lastUpdated` or `_id` with no driving pk set: read the type's index on
+    # that column in order. Left to itself, SQLite may sort the whole type instead (ties go
+    # by ascending pk, so a descending index order is only partly the sort's): 3.6-4.6 s at
+    # 10 M.
+    sort_index = SORT_INDEXES.get(compiler.order_first or "")
     hint = (
-        " INDEXED BY resources_type_updated"
-        if compiler.order_first == "_lastUpdated"
-        and query.resource_type is not None
-        and "+r.type=?" not in where
+        f" INDEXED BY {sort_index}"
+        if sort_index and query.resource_type is not None and "+r.type=?" not in where
         else ""
     )
     sql = (
