@@ -1,10 +1,10 @@
-"""A patient's resources sorted by a date (`patient=X&_sort=-date`, an app's "latest
-readings"): the first page comes from a window of the (owner, date) index instead of sorting
-all of the patient's rows; in the default order, every page comes from a window of the
-patient's reference rows instead of all of them. Every page, in order, must be exactly what
-the general plan gives: instants, days, months and periods of every width, equal dates,
-resources without a date, other patients and a Group subject, extra criteria that skip most
-of the window."""
+"""Resources sorted by a date (`patient=X&_sort=-date`, an app's "latest readings", or
+`_sort=-date` across patients): pages come from a window of the (owner, date) or (date)
+index instead of sorting all of the patient's (or the type's) rows; in the default order,
+every page comes from a window of the patient's reference rows instead of all of them.
+Every page, in order, must be exactly what the general plan gives: instants, days, months
+and periods of every width, equal dates, resources without a date, other patients and a
+Group subject, extra criteria that skip most of the window."""
 
 from __future__ import annotations
 
@@ -81,6 +81,11 @@ def walk(service: FhirService, query: str) -> list[list[str]]:
         "patient=a&code=99504-3&_sort=date",
         "patient=b&_sort=-date",
         "patient=a&date=ge2024-03-10&_sort=-date",
+        # no patient: windows of the date index over every patient (and the Group)
+        "_sort=-date",
+        "_sort=date",
+        "code=4548-4&_sort=-date",  # one window, then the general plan
+        "date=ge2024-03-10&_sort=date",
         # the default order (pk): windows of the patient's reference rows, every page
         "patient=a",
         "subject=Patient/a",
@@ -99,8 +104,17 @@ def test_pages_equal_the_general_plan(
     assert sum(len(page) for page in general) > 0
 
 
-@pytest.mark.parametrize("query", ["patient=a&_sort=-date&_count=3", "patient=a&_count=3"])
-def test_windows_answer_the_first_and_next_pages(service: FhirService, query: str) -> None:
+@pytest.mark.parametrize(
+    ("query", "window"),
+    [
+        ("patient=a&_sort=-date&_count=3", "owner="),
+        ("_sort=-date&_count=3", "FROM idx_date WHERE pid="),
+        ("patient=a&_count=3", "ttype='Patient' AND pk>"),
+    ],
+)
+def test_windows_answer_the_first_and_next_pages(
+    service: FhirService, query: str, window: str
+) -> None:
     items = parse_qsl(query)
     for _ in range(3):  # the first page, then two `next` pages
         statements: list[str] = []
@@ -111,7 +125,6 @@ def test_windows_answer_the_first_and_next_pages(service: FhirService, query: st
                 service.search_bundle("Observation", items, "http://t", True)))
         finally:
             conn.set_trace_callback(None)
-        window = "owner=" if "_sort" in query else "ttype='Patient' AND pk>"
         assert any(window in s and "ORDER BY" in s for s in statements)
         assert not any("count(*)" in s for s in statements)  # no planner probes
         following = [link["url"] for link in bundle["link"] if link["relation"] == "next"]

@@ -1010,17 +1010,18 @@ OWNER_WINDOWS = (4, 64)
 def _owner_window_rows(
     compiler: _Compiler, query: SearchQuery, sort: list, count: int, cursor: str | None
 ) -> list | None:
-    """A page of `patient=X&_sort=[-]date` without sorting all of X's resources (a CGM
-    patient has 100,000 readings a year), or None for the general plan.
+    """A page of `[patient=X&]_sort=[-]date` without sorting all of X's resources (a CGM
+    patient has 100,000 readings a year), or all of the type's (`_sort=-date`, the latest
+    readings of everyone: 42 s at 10 M), or None for the general plan.
 
-    Date rows carry their patient (`owner`), indexed by (owner, pid, low). Sorting
-    descending on max(high): take L, the k-th largest `low` of X's rows, and the window of
-    rows with low >= L - span (span: the widest period ever stored for the parameter). A
-    resource outside the window has every high below L, so when the window's page rows all
-    reach L, they are the page. Ascending on min(low) likewise, with low <= L. After a
-    `next` cursor at value v, only rows with low <= v (ascending: >= v) can follow, so L
-    is taken among those. A window that proves nothing is widened once, then the general
-    plan runs."""
+    Date rows are indexed by (pid, low) and, with their patient (`owner`), by (owner, pid,
+    low). Sorting descending on max(high): take L, the k-th largest `low` of the rows, and
+    the window of rows with low >= L - span (span: the widest period ever stored for the
+    parameter). A resource outside the window has every high below L, so when the window's
+    page rows all reach L, they are the page. Ascending on min(low) likewise, with low <= L.
+    After a `next` cursor at value v, only rows with low <= v (ascending: >= v) can follow,
+    so L is taken among those. A window that proves nothing is widened once (not without a
+    patient when other criteria may make matches rare in it), then the general plan runs."""
     result = query.result
     rtype = query.resource_type
     if rtype is None or len(result.sort) != 1 or count <= 0:
@@ -1030,8 +1031,10 @@ def _owner_window_rows(
         return None
     owner = _owner_id(compiler, rtype, query.clauses)
     pid = compiler.storage.pid(rtype, key.code)
-    if owner is None or pid is None:
+    if pid is None:
         return None
+    owner_sql, owner_args = ("owner=? AND ", [owner]) if owner is not None else ("", [])
+    windows = OWNER_WINDOWS[:1] if owner is None and query.clauses else OWNER_WINDOWS
     span_info = compiler.date_span(pid)
     if span_info is None:
         return None
@@ -1047,20 +1050,20 @@ def _owner_window_rows(
         after_sql, after_args = (" AND low<=?" if descending else " AND low>=?"), [value]
         keyset, keyset_args = _keyset_condition(sort, [value], last_pk, False)
         keyset = f" AND {keyset}"
-    for factor in OWNER_WINDOWS:
+    for factor in windows:
         wanted = (count + 1) * factor
         found = compiler.conn.execute(
-            f"SELECT low FROM idx_date WHERE owner=? AND pid=?{after_sql} "
+            f"SELECT low FROM idx_date WHERE {owner_sql}pid=?{after_sql} "
             f"ORDER BY low {direction} LIMIT 1 OFFSET ?",
-            (owner, pid, *after_args, wanted - 1),
+            (*owner_args, pid, *after_args, wanted - 1),
         ).fetchone()
         if found is None:
             return None  # fewer dated rows than that: the general plan is cheap enough
         bound = found[0]
         low = "low>=?" if descending else "low<=?"
         window = (  # bounded by the cursor too: rows before it are no candidates
-            f"SELECT pk FROM idx_date WHERE owner=? AND pid=? AND {low}{after_sql}",
-            [owner, pid, bound - span if descending else bound, *after_args],
+            f"SELECT pk FROM idx_date WHERE {owner_sql}pid=? AND {low}{after_sql}",
+            [*owner_args, pid, bound - span if descending else bound, *after_args],
         )
         where, args = _where(compiler, query, "r", window)
         rows = compiler.conn.execute(
