@@ -891,7 +891,7 @@ def run_search(
     sort = [(*sort_expression(compiler, key, rtype, "r"), key.descending) for key in result.sort]
     if count > 0 and result.total != "accurate" and result.summary != "count":
         # Before planning the general query, whose probes cost more.
-        rows = _owner_window_rows(compiler, query, sort, count, cursor) if sort else None
+        rows = _date_window_rows(compiler, query, sort, count, cursor) if sort else None
         after = _forward_pk(storage, cursor) if not sort else None
         if rows is None and after is not None:
             rows = _owner_pk_window_rows(compiler, query, count, after)
@@ -1007,7 +1007,7 @@ def _page(
 OWNER_WINDOWS = (4, 64)
 
 
-def _owner_window_rows(
+def _date_window_rows(
     compiler: _Compiler, query: SearchQuery, sort: list, count: int, cursor: str | None
 ) -> list | None:
     """A page of `[patient=X&]_sort=[-]date` without sorting all of X's resources (a CGM
