@@ -530,8 +530,8 @@ class SqliteStorage:
         with self._write_lock, self._process_lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
+            tx = SqliteTransaction(self, conn)
             try:
-                tx = SqliteTransaction(self, conn)
                 yield tx
                 tx.flush()
             except BaseException:

@@ -1,4 +1,4 @@
-"""Index rows of a big transaction written on a thread of their own while it goes on.
+"""The rows of a big transaction written on a thread of their own while it goes on.
 
 A 90-day CGM import is one transaction of ~27,000 Observations and ~320,000 rows (resource,
 history and index rows); SQLite needs ~3 s of CPU for their B-tree inserts, which used to
@@ -25,8 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import orjson
 
-# Below this many buffered index rows nothing is handed off: a Bundle of a few hundred
-# resources is written at commit as before, without a thread hand-off.
+# Below this many buffered index rows nothing is handed off: a Bundle of 1,000 resources
+# (~13,000 index rows) is written at commit as before, without a thread hand-off.
 WRITE_BEHIND_ROWS = 20_000
 
 
@@ -81,10 +81,6 @@ class WriteBehind:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write-behind")
         self._pending = self._executor.submit(_write, conn, batches)
-
-    @property
-    def busy(self) -> bool:
-        return self._pending is not None
 
     def settle(self) -> None:
         """Wait for the batch in flight; its error, if any, is raised here."""
