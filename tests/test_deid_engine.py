@@ -15,6 +15,7 @@ from fhir_server.deid.keys import DeidConfigError, RecipientKeys, master_secret
 from fhir_server.deid.pseudonyms import Pseudonymizer, _pack, _unpack
 from fhir_server.deid.rules import load_rules, parse_rules
 from fhir_server.model import jsonio
+from tests.conftest import DATA
 from tests.deid_data import french_patients, secrets_of, synthea_bundles
 
 MASTER = b"unit-test-master-secret-000000"
@@ -181,8 +182,85 @@ def test_watermark_keeps_date_hour_minute_and_zone() -> None:
         assert with_mark[:16] == without[:16] and with_mark[19:] == without[19:]
 
 
+def _stored_libre_readings() -> list[dict]:
+    """Readings of a real FreeStyle Libre export as the server stores them (resources.py
+    `prepare`: resourceType, id, meta first), with their device-reading identifiers."""
+    from mappers import device_csv
+
+    data = (DATA / "csv/freestyle-libre/libre_reader_cgmanalysis_raw.csv").read_bytes()
+    bundle = device_csv.to_bundle(data, patient="Patient/p1", timezone="Europe/Paris").bundle
+    stored = []
+    for number, entry in enumerate(bundle["entry"][:200]):
+        resource = dict(entry["resource"])
+        if "device" in resource:
+            resource["device"] = {"reference": "Device/d1"}
+        meta = {
+            "versionId": "1",
+            "lastUpdated": "2026-11-22T17:42:03.995Z",
+            **resource.pop("meta", {}),
+        }
+        stored.append(
+            {
+                "resourceType": resource.pop("resourceType"),
+                "id": f"r{number}",
+                "meta": meta,
+                **resource,
+            }
+        )
+    return stored
+
+
+# Shapes next to the fast path's limits: each must come out as the full walk makes it.
+EDGE_SHAPES = [
+    # a Reference with a type and a display, no reference: the display names someone
+    {
+        "resourceType": "Observation",
+        "id": "e1",
+        "status": "final",
+        "performer": [{"type": "Practitioner", "display": "Dr Jane Doe"}],
+    },
+    {
+        "resourceType": "Observation",
+        "id": "e2",
+        "subject": {"reference": "Patient/p1", "display": "Jane Doe"},
+    },
+    {
+        "resourceType": "Observation",
+        "id": "e3",
+        "subject": {"display": "Jane Doe", "reference": "Patient/p1"},
+    },
+    # a nested identifier (in a Reference) and a top-level one
+    {
+        "resourceType": "Observation",
+        "id": "e4",
+        "identifier": [{"value": "x"}],
+        "subject": {"identifier": {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "1"}},
+    },
+    {
+        "resourceType": "Observation",
+        "id": "e5",
+        "code": {"coding": [{"system": "s", "code": "c", "display": "kept"}]},
+        "valueQuantity": {"value": 1, "extension": [{"url": "x"}]},
+    },
+    {
+        "resourceType": "Observation",
+        "id": "e6",
+        "note": [{"text": "call 06 00 00 00 00"}],
+        "effectivePeriod": {"start": "2024-03-01T10:00:00+01:00", "end": "2024-03-02"},
+        "hasMember": [{"reference": "#c1"}, {"reference": "Observation?code=x"}],
+    },
+    {
+        "resourceType": "Observation",
+        "id": "e7",
+        "component": [{"code": {"text": "t"}, "valueDateTime": "2024-03-01T10:00:00.123Z"}],
+        "device": {"reference": "urn:uuid:1"},
+    },
+]
+
+
 def test_fast_path_gives_the_same_bytes_as_the_full_walk() -> None:
-    resources = french_patients(count=3, readings=10)
+    resources = french_patients(count=3, readings=10) + _stored_libre_readings()
+    resources += copy.deepcopy(EDGE_SHAPES)
     for bundle in synthea_bundles():
         resources += [e["resource"] for e in bundle["entry"]]
     fast, slow = engine(), engine()
@@ -193,6 +271,11 @@ def test_fast_path_gives_the_same_bytes_as_the_full_walk() -> None:
         except Suppressed:
             continue
         assert fast.transform_bytes(raw) == expected
+
+
+def test_fast_path_drops_the_display_of_a_reference_that_has_only_a_type() -> None:
+    out = orjson.loads(engine().transform_bytes(jsonio.dumps(EDGE_SHAPES[0])))
+    assert out["performer"] == [{"type": "Practitioner"}]
 
 
 def test_references_are_pseudonymized_and_displays_dropped() -> None:

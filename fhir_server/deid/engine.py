@@ -45,16 +45,23 @@ _RELATIVE_REF = re.compile(
     r"(?:https?://[^\s?#]+/)?([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?"
 )
 EXTENSION_KEYS = ("extension", "modifierExtension")
-# Both fast patterns start with a literal quote (the `{` before `"reference"` is checked by
-# a lookbehind and stays out of the match): the regex engine then jumps from quote to quote
-# instead of trying every alternative at every byte, a third less time on a reading.
-_SIMPLE_REFERENCE = re.compile(rb'"(?<=\{")reference":"([^"\\]*)"\}')
 _MISSING = object()
 _CACHE_LIMIT = 200_000
-_SIMPLE_REFERENCE_OR_DATE = re.compile(
-    rb'"(?:(?<=\{")reference":"([^"\\]*)"\}'
-    rb'|(\d{4}-\d{2}(?:-\d{2}(?:T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})?)?)?)")'
+# The fast path's passes over a serialized resource. Each is a plain pattern that the
+# regex engine scans quickly (one alternation with lookbehinds cost three times more).
+# A `"` followed by a letter or digit always opens a string (after a closing quote JSON
+# has `:`, `,`, `}` or `]`), so these see every key and string value.
+_SIMPLE_REFERENCE = re.compile(rb'\{"reference":"([^"\\]*)"\}')
+_DATE_VALUE = re.compile(
+    rb'"(\d{4}-\d{2}(?:-\d{2}(?:T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})?)?)?)"'
 )
+_DISPLAY_KEY = b'"display":'
+
+
+def _walked_keys_pattern(keys: list[str]) -> re.Pattern[bytes]:
+    """Keys (or whole string values: those only cost the full walk, with the same output)
+    that only the full walk handles."""
+    return re.compile(rb'"(?:' + b"|".join(re.escape(k.encode()) for k in keys) + rb')"')
 
 
 class Suppressed(Exception):
@@ -79,20 +86,15 @@ class Deidentifier:
         # Keys the plain walk must look at: one set lookup per key instead of three.
         extension_keys = EXTENSION_KEYS if self._allow is not None else ()
         self._fast_strips: dict[str, Any] = {}
-        self._references_rewritten = 0
         self._reference_cache: dict[str, str | None] = {}
         self._reference_bytes: dict[bytes, bytes] = {}
         self._date_cache: dict[tuple[str, int], str] = {}
-        self._fast_pattern = _SIMPLE_REFERENCE_OR_DATE if self._shift_on else _SIMPLE_REFERENCE
-        # Elements only the full walk handles, and display-first objects (display-only
-        # References): `in` on bytes is a fast substring search, far cheaper than a regex.
-        walked = ("contained", *sorted(self._redact))
-        needles = [f'"{key}"'.encode() for key in walked]
-        if extension_keys:
-            # One scan for both: `xtension"` ends "extension" and "modifierExtension" (a
-            # key that merely ends like them only costs the full walk, same output).
-            needles.append(b'xtension"')
-        self._structural = (*needles, b'{"display":')
+        # What only the full walk handles; the redacted names found at the top level are
+        # removed before the check, so only nested ones send a resource down the full walk.
+        self._walked_keys = _walked_keys_pattern(
+            ["contained", *sorted(self._redact), *extension_keys]
+        )
+        self._top_redactions = tuple(sorted(self._redact))
         self._special = frozenset({*self._redact, *extension_keys, "reference", "display"})
 
     # -- public ---------------------------------------------------------------------------
@@ -136,11 +138,12 @@ class Deidentifier:
     def transform_bytes(self, raw: bytes) -> bytes:
         """The stored JSON of a resource -> its pseudonymized JSON; raises Suppressed.
 
-        The fast path (most clinical resources: only redacting path rules, no identifier,
-        extension or free-text element, every reference a bare `{"reference": ...}`)
-        applies the path rules to the parsed resource, then rewrites references and dates
-        with one regular expression over the serialized bytes instead of walking the tree.
-        Anything else takes the full walk; both give the same output."""
+        The fast path (most clinical resources: only redacting path rules; identifiers and
+        other redacted names at the top level only; no extension or free-text element
+        below it; every reference a bare `{"reference": ...}`) applies the path rules and
+        removes those top-level elements on the parsed resource, then rewrites references
+        and dates with regular expressions over the serialized bytes instead of walking
+        the tree. Anything else takes the full walk; both give the same output."""
         with self._lock:
             return self._transform_bytes(raw)
 
@@ -151,41 +154,58 @@ class Deidentifier:
         if strip is None and rtype not in self._tries:
             self._trie(rtype)  # compiles the type's strip function on first sight
             strip = self._fast_strips.get(rtype)
-        if strip is None or self._needs_walk(raw):
+        if strip is None or rtype == "Patient":
+            # Patient: its own identifier goes in at the end, where the check would see it.
             return jsonio.dumps(self._transform(resource))
         rid = resource.get("id")
         patient = self._patient_fast(resource, rtype, rid)
         self._current = (rtype, rid or "", self.shift_days(patient))
         strip(resource)
+        for name in self._top_redactions:
+            if name in resource:
+                del resource[name]
         self._finish(resource, rtype, rid)
-        self._references_rewritten = 0
-        out = self._fast_pattern.sub(self._fast_match, jsonio.dumps(resource))
-        if self._references_rewritten != raw.count(b'"reference"'):
-            # A reference in another shape (with a display, a type...): the full walk.
+        out = jsonio.dumps(resource)
+        fast = self._fast_rewrite(out)
+        if fast is None:
             return jsonio.dumps(self._transform(_loads(raw)))
+        return fast
+
+    def _fast_rewrite(self, out: bytes) -> bytes | None:
+        """References and dates of a serialized resource rewritten, or None when it holds
+        something only the full walk handles."""
+        if self._walked_keys.search(out) is not None:
+            return None
+        at = out.find(_DISPLAY_KEY)
+        while at >= 0:
+            if not _in_coding(out, at):
+                return None  # a display that is not a Coding's: maybe a Reference's
+            at = out.find(_DISPLAY_KEY, at + len(_DISPLAY_KEY))
+        parts = _SIMPLE_REFERENCE.split(out)
+        if len(parts) > 1:
+            if len(parts) // 2 != out.count(b'"reference"'):
+                return None  # a reference in another shape (with a display, a type...)
+            parts[1::2] = [self._reference_json(ref) for ref in parts[1::2]]
+            out = b"".join(parts)
+        if self._shift_on:
+            parts = _DATE_VALUE.split(out)
+            if len(parts) > 1:
+                # The pattern is _DATE's grammar: no need to check the dates again.
+                shift = self._shift_date
+                parts[1::2] = [b'"' + shift(d.decode()).encode() + b'"' for d in parts[1::2]]
+                out = b"".join(parts)
         return out
 
-    def _needs_walk(self, raw: bytes) -> bool:
-        # A plain loop: a generator in any() costs a frame per key on the hot path.
-        for key in self._structural:  # noqa: SIM110
-            if key in raw:
-                return True
-        return False
-
-    def _fast_match(self, match: re.Match[bytes]) -> bytes:
-        ref = match.group(1)
-        if ref is None:
-            # The pattern's date group is _DATE's grammar: no need to check it again.
-            return b'"' + self._shift_date(match.group(2).decode()).encode() + b'"'
-        self._references_rewritten += 1
+    def _reference_json(self, ref: bytes) -> bytes:
+        """The pseudonymized `{"reference": ...}` object of a bare reference."""
         cached = self._reference_bytes.get(ref)
         if cached is not None:
             return cached
         if ref.startswith(b"#"):
-            return match.group(0)
-        new = self.reference(ref.decode())
-        # The match starts after the object's `{`: `}` alone leaves `{}`.
-        result = b"}" if new is None else b'"reference":"' + new.encode() + b'"}'
+            result = b'{"reference":"' + ref + b'"}'
+        else:
+            new = self.reference(ref.decode())
+            result = b"{}" if new is None else b'{"reference":"' + new.encode() + b'"}'
         if len(self._reference_bytes) < _CACHE_LIMIT:
             self._reference_bytes[ref] = result
         return result
@@ -449,6 +469,18 @@ class Deidentifier:
             # Dropping a modifier extension would change what the resource means.
             raise Suppressed("a modifier extension is not on the allow-list")
         return kept or None
+
+
+def _in_coding(text: bytes, at: int) -> bool:
+    """Whether the `"display":` key at `at` belongs to an object that has a code or a
+    system before it (a Coding keeps its display; the full walk drops the display of an
+    object with neither, a Reference). Only the flat case is read: from the last `{`
+    before the key, with no nested value in between; anything else says no (the full
+    walk then decides, with the same output)."""
+    members = text[text.rfind(b"{", 0, at) + 1 : at]
+    if b"}" in members or b"]" in members:
+        return False
+    return b'"code":' in members or b'"system":' in members
 
 
 def _loads(raw: bytes) -> Any:
