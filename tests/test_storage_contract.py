@@ -156,3 +156,29 @@ def test_writers_are_serialised(storage: Storage) -> None:
         t.join()
     current = storage.read("Basic", "counter")
     assert current is not None and current.version == 81
+
+
+def test_a_keys_only_search_finds_the_same_page_without_the_json(
+    storage: Storage, service: FhirService
+) -> None:
+    """`bodies=False` (the de-identification facade with view stores): the same matches,
+    cursors and includes; a backend may leave the matches' JSON out (SQLite does)."""
+    for n in range(5):
+        put(storage, "Patient", f"kp{n}", 1, 4000.0 + n)
+        put(
+            storage,
+            "Observation",
+            f"ko{n}",
+            1,
+            4100.0 + n,
+            [ReferenceEntry("subject", "Patient", f"kp{n}", None, None, None)],
+        )
+    search = query(service, "Observation", _count="3", _include="Observation:subject")
+    full = storage.search(search, 3, None)
+    keys = storage.search(search, 3, None, bodies=False)
+    assert [s[:4] for s in keys.matches] == [s[:4] for s in full.matches]
+    assert len(full.matches) == 3 and keys.next_cursor == full.next_cursor
+    assert keys.included == full.included and len(full.included) == 3
+    for stored in keys.matches:
+        assert not stored.deleted
+        assert stored.json in (None, b'{"v":1}')

@@ -135,7 +135,11 @@ class Storage(Protocol):
     ) -> HistoryPage:
         """Versions newest first; at instance, type (id None) or system (both None) level."""
 
-    def search(self, query: Any, count: int, cursor: str | None) -> Any: ...
+    def search(self, query: Any, count: int, cursor: str | None, bodies: bool = True) -> Any:
+        """A page of matches (and their includes). With `bodies` False a backend may leave
+        the matches' JSON out (json None, deleted False): for a caller that has the bodies
+        elsewhere (the de-identification facade's view stores) and reads the missing ones
+        with `vread`. Includes always carry their JSON."""
 
     def count(self, resource_type: str | None = None) -> int: ...
 

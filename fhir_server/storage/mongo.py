@@ -311,7 +311,8 @@ class MongoStorage:
                 return
             after = docs[-1]["seq"]
 
-    def search(self, query: Any, count: int, cursor: str | None) -> Any:
+    def search(self, query: Any, count: int, cursor: str | None, bodies: bool = True) -> Any:
+        # Bodies always: a document holds its JSON, reading it costs nothing more.
         from fhir_server.storage.mongo_search import run_search
 
         with self._reading:

@@ -430,21 +430,28 @@ class SqliteStorage:
         )
         return self._row(row) if row else None
 
-    def read_many(self, pks: Sequence[int]) -> list[StoredResource]:
-        """Current versions for resource pks, in the order given."""
+    def read_many(self, pks: Sequence[int], bodies: bool = True) -> list[StoredResource]:
+        """Current versions for resource pks, in the order given; without `bodies`, from
+        the resources table alone (json None, method unknown: "PUT")."""
         if not pks:
             return []
         conn = self._reader()
+        if bodies:
+            select = (
+                "SELECT r.pk, h.type, h.id, h.version, h.last_updated, h.deleted, h.method, "
+                "h.json FROM resources r JOIN history h ON h.type=r.type AND h.id=r.id AND "
+                "h.version=r.version"
+            )
+        else:
+            select = (
+                "SELECT r.pk, r.type, r.id, r.version, r.last_updated, r.deleted, 'PUT', NULL "
+                "FROM resources r"
+            )
         rows: dict[int, StoredResource] = {}
         for start in range(0, len(pks), 500):
             chunk = list(pks[start : start + 500])
             marks = ",".join("?" * len(chunk))
-            for pk, *rest in conn.execute(
-                "SELECT r.pk, h.type, h.id, h.version, h.last_updated, h.deleted, h.method, h.json "
-                "FROM resources r JOIN history h ON h.type=r.type AND h.id=r.id AND "
-                f"h.version=r.version WHERE r.pk IN ({marks})",
-                chunk,
-            ):
+            for pk, *rest in conn.execute(f"{select} WHERE r.pk IN ({marks})", chunk):
                 rows[pk] = self._row(tuple(rest))
         return [rows[pk] for pk in pks if pk in rows]
 
@@ -518,10 +525,10 @@ class SqliteStorage:
         finally:
             conn.close()
 
-    def search(self, query: Any, count: int, cursor: str | None) -> Any:
+    def search(self, query: Any, count: int, cursor: str | None, bodies: bool = True) -> Any:
         from fhir_server.storage.sqlite_search import run_search
 
-        return run_search(self, self._reader(), query, count, cursor)
+        return run_search(self, self._reader(), query, count, cursor, bodies)
 
     # -- writes --------------------------------------------------------------------------
 

@@ -883,6 +883,7 @@ def run_search(
     query: SearchQuery,
     count: int,
     cursor: str | None,
+    bodies: bool = True,
 ) -> SearchPage:
     compiler = _Compiler(storage, conn, storage.expander, storage.canonical_query)
     result = query.result
@@ -896,7 +897,7 @@ def run_search(
         if rows is None and after is not None:
             rows = _owner_pk_window_rows(compiler, query, count, after)
         if rows is not None:
-            return _page(storage, conn, compiler, query, rows, count, cursor, False, None)
+            return _page(storage, conn, compiler, query, rows, count, cursor, False, None, bodies)
     where, args = _where(compiler, query)
     total = None
     if result.total == "accurate" or result.summary == "count" or count == 0:
@@ -946,7 +947,7 @@ def run_search(
         f"ORDER BY {', '.join(order)} LIMIT ?"
     )
     rows = conn.execute(sql, [*select_args, *page_args, count + 1]).fetchall()
-    return _page(storage, conn, compiler, query, rows, count, cursor, reverse, total)
+    return _page(storage, conn, compiler, query, rows, count, cursor, reverse, total, bodies)
 
 
 def _forward_pk(storage: SqliteStorage, cursor: str | None) -> int | None:
@@ -980,13 +981,14 @@ def _page(
     cursor: str | None,
     reverse: bool,
     total: int | None,
+    bodies: bool = True,
 ) -> SearchPage:
     """The page of `rows` (up to count + 1, in reading order unless `reverse`)."""
     has_more = len(rows) > count
     rows = rows[:count]
     if reverse:
         rows.reverse()
-    matches = storage.read_many([row[0] for row in rows])
+    matches = storage.read_many([row[0] for row in rows], bodies)
 
     def position(row: tuple, direction: str) -> str:
         return storage.cursors.encode({"d": direction, "v": list(row[1:]), "pk": row[0]})
