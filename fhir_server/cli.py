@@ -39,6 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         base_url=args.base_url,
         deid_recipients=args.deid_recipients,
         deid_only=args.deid_only or None,
+        deid_views=args.deid_views,
     )
     mode = " (de-identified facade only)" if settings.deid_only else ""
     where = f"http://{args.host}:{args.port}/"
@@ -52,6 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             os.environ["DIATABASE_DEID_RECIPIENTS"] = settings.deid_recipients
         if settings.deid_only:
             os.environ["DIATABASE_DEID_ONLY"] = "1"
+        if settings.deid_views:
+            os.environ["DIATABASE_DEID_VIEWS"] = settings.deid_views
         open_storage(settings.db_url).close()  # create or migrate the schema once, up front
         print(f"Diatabase FHIR R4 server{mode} on {where} (database {settings.db_url})")
         uvicorn.run(
@@ -256,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--deid-only",
         action="store_true",
         help="serve only the de-identified facade (/deid/ and its /metadata)",
+    )
+    serve.add_argument(
+        "--deid-views",
+        default=None,
+        metavar="DIR",
+        help="materialized view stores (filled by `diatabase deid views`): the facade "
+        "serves their rows instead of pseudonymizing each request's resources",
     )
     serve.set_defaults(func=cmd_serve)
 

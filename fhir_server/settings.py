@@ -45,6 +45,9 @@ class Settings:
     deid_rules: str = ""
     deid_only: bool = False
     deid_export_dir: str = ""
+    # Folder of materialized view stores (deid/views.py, filled by `diatabase deid views`):
+    # the facade serves their rows instead of pseudonymizing on every request.
+    deid_views: str = ""
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -65,6 +68,7 @@ class Settings:
             "deid_recipients": os.environ.get("DIATABASE_DEID_RECIPIENTS", ""),
             "deid_rules": os.environ.get("DIATABASE_DEID_RULES", ""),
             "deid_export_dir": os.environ.get("DIATABASE_DEID_EXPORT_DIR", ""),
+            "deid_views": os.environ.get("DIATABASE_DEID_VIEWS", ""),
             "deid_only": os.environ.get("DIATABASE_DEID_ONLY", "").lower() in ("1", "true", "yes"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

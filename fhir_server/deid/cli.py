@@ -1,4 +1,4 @@
-"""`diatabase deid export | trace | verify`: the de-identification commands.
+"""`diatabase deid export | views | trace | verify`: the de-identification commands.
 
 All read the master secret from DIATABASE_DEID_SECRET and the recipients from
 `--recipients FILE` (default: DIATABASE_DEID_RECIPIENTS), the same file as
@@ -30,6 +30,27 @@ def add_deid_commands(sub: Any) -> None:
     _common(export)
     export.add_argument("--quiet", action="store_true")
     export.set_defaults(func=cmd_export)
+
+    views = commands.add_parser(
+        "views", help="fill (and follow) the materialized views the facade serves from"
+    )
+    views.add_argument(
+        "--views", default=None, help="folder of view stores (default DIATABASE_DEID_VIEWS)"
+    )
+    views.add_argument(
+        "--recipient", action="append", default=None, help="recipient id (repeatable; default all)"
+    )
+    views.add_argument("--db", default=None, help=f"database URL (default {DEFAULT_DB})")
+    views.add_argument(
+        "--follow",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="after the fill, apply new writes every SECONDS until interrupted",
+    )
+    _common(views)
+    views.add_argument("--quiet", action="store_true")
+    views.set_defaults(func=cmd_views)
 
     trace = commands.add_parser("trace", help="name the recipient a leaked extract was made for")
     trace.add_argument("file", help="NDJSON, JSON Bundle/array, or an export folder")
@@ -107,6 +128,62 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"{kanon['patients']} patients released, generalized {kanon['generalized']}, "
         f"{kanon['suppressed']} suppressed"
     )
+    return 0
+
+
+@_guard
+def cmd_views(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from fhir_server.deid.export import planned_counts
+    from fhir_server.deid.facade import served_types
+    from fhir_server.deid.views import ViewStore, fill, fingerprint, follow, view_path
+    from fhir_server.gc_tuning import tune_for_server
+    from fhir_server.service.fhir import FhirService
+    from fhir_server.storage import open_storage
+
+    recipients, _ = _recipients(args)
+    folder = args.views or os.environ.get("DIATABASE_DEID_VIEWS")
+    if not folder:
+        raise SystemExit("diatabase: give --views DIR (or DIATABASE_DEID_VIEWS)")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    chosen = args.recipient or [r.id for r in recipients]
+    settings = Settings.from_env(db_url=args.db)
+    service = FhirService(open_storage(settings.db_url), settings)
+    tune_for_server()
+    stores = {}
+    try:
+        types = served_types()
+        total = sum(planned_counts(service, types).values())
+        for recipient_id in chosen:
+            engine = recipients.fresh_engine(recipient_id)
+            store = ViewStore(view_path(folder, recipient_id), fingerprint(engine))
+            stores[recipient_id] = (engine, store)
+            with tqdm(total=total, unit=" resources", disable=args.quiet) as bar:
+                report = fill(service, engine, store, types, bar.update)
+            rate = report.written / report.cpu_seconds if report.cpu_seconds else 0
+            print(
+                f"{recipient_id}: {report.checked} resources checked, {report.written} "
+                f"pseudonymized in {report.seconds:.1f} s ({rate:,.0f} per CPU second) "
+                f"into {store.path}"
+            )
+        while args.follow is not None:
+            time.sleep(args.follow)
+            for recipient_id, (engine, store) in stores.items():
+                report = follow(service, engine, store, types)
+                if report.written or report.removed:
+                    print(
+                        f"{recipient_id}: {report.written} made, {report.removed} removed",
+                        flush=True,
+                    )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for _, store in stores.values():
+            store.close()
+        service.storage.close()
     return 0
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fhir_server.deid.audit import AuditLog
 from fhir_server.deid.facade import DeidFacade
 from fhir_server.deid.jobs import ExportJobs
 from fhir_server.deid.keys import DeidConfigError, master_secret, signing_key
 from fhir_server.deid.recipients import Recipients
+from fhir_server.deid.views import ViewStore, fingerprint, view_path
 from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
 
@@ -19,11 +20,14 @@ class DeidContext:
     facade: DeidFacade
     audit: AuditLog
     jobs: ExportJobs
+    views: list[ViewStore] = field(default_factory=list)
 
     def close(self) -> None:
         self.jobs.wait_all(timeout=10)
         self.audit.flush()
         self.audit.close()
+        for store in self.views:
+            store.close()
 
 
 def build_deid(service: FhirService, settings: Settings) -> DeidContext:
@@ -33,5 +37,14 @@ def build_deid(service: FhirService, settings: Settings) -> DeidContext:
     recipients = Recipients.load(settings.deid_recipients, master, settings.deid_rules or None)
     if not len(recipients):
         raise DeidConfigError(f"{settings.deid_recipients} lists no recipient")
+    views = {}
+    if settings.deid_views:
+        views = {
+            r.id: ViewStore(
+                view_path(settings.deid_views, r.id), fingerprint(recipients.engine(r.id))
+            )
+            for r in recipients
+        }
     jobs = ExportJobs(service, signing_key(master), settings.deid_export_dir or None)
-    return DeidContext(recipients, DeidFacade(service), AuditLog(service), jobs)
+    facade = DeidFacade(service, views=views)
+    return DeidContext(recipients, facade, AuditLog(service), jobs, list(views.values()))

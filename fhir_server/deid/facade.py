@@ -36,9 +36,11 @@ Decisions for searches with view criteria:
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
@@ -47,6 +49,7 @@ import orjson
 
 from fhir_server.deid.engine import Deidentifier, Suppressed
 from fhir_server.deid.view_search import UNSUPPORTED_CODES, ViewPolicy
+from fhir_server.deid.views import ViewStore
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import error
 from fhir_server.model.resource_types import resource_types
@@ -69,6 +72,7 @@ HIDDEN_TYPES = frozenset({"AuditEvent", "Binary", "Subscription", "Bundle"})
 VIEW_PAGE_READS = 10
 VIEW_TOTAL_SCAN = 10_000
 VIEW_HAS_SCAN = 10_000
+VIEW_RECHECK_SECONDS = 10.0
 INCLUDE_BATCH = 100  # the parser's own bound on OR values (SQLite limits expression depth)
 NO_MATCH = "!no-such-id"  # not a valid FHIR id: matches nothing
 CURSOR_PURPOSE = "cursor"
@@ -97,33 +101,122 @@ class FacadeAnswer:
 
 class TransformCache:
     """Pseudonymized JSON by (recipient, type, id, version): a version never changes, so
-    an entry is never stale; a restart (new rules or keys) starts empty. Bounded LRU."""
+    an entry is never stale; a restart (new rules or keys) starts empty. Bounded LRU.
 
-    def __init__(self, max_entries: int = 50_000) -> None:
+    Misses are looked up in the recipient's materialized view store when there is one
+    (views.py: rows made from the same version only), and pseudonymized otherwise."""
+
+    def __init__(
+        self,
+        max_entries: int = 50_000,
+        views: Mapping[str, ViewStore] | None = None,
+        load: Callable[[StoredResource], StoredResource | None] | None = None,
+    ) -> None:
+        self._load = load  # the stored version of a resource given without its JSON
         self._entries: OrderedDict[tuple[str, str, str, int], bytes] = OrderedDict()
         self._max = max_entries
         self._lock = threading.Lock()
+        self._views = dict(views or {})
+        self._usable: dict[str, tuple[float, bool]] = {}
 
     def transform(self, engine: Deidentifier, stored: StoredResource) -> bytes:
-        assert stored.json is not None
-        key = (engine.keys.recipient_id, stored.resource_type, stored.id, stored.version)
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None:
-                self._entries.move_to_end(key)
-                return hit
-        body = engine.transform_bytes(stored.json)
-        with self._lock:
-            self._entries[key] = body
-            if len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+        """The pseudonymized JSON of `stored`; raises Suppressed."""
+        body = self.transform_many(engine, [stored])[0]
+        if body is None:
+            raise Suppressed(f"{stored.resource_type}/{stored.id} is not released")
         return body
+
+    def serves_views(self, engine: Deidentifier) -> bool:
+        return self._store(engine.keys.recipient_id) is not None
+
+    def transform_many(
+        self, engine: Deidentifier, resources: Sequence[StoredResource]
+    ) -> list[bytes | None]:
+        """The pseudonymized JSON of each resource (None: suppressed by the rules, or gone).
+        A resource without its JSON (a keys-only search) is read when its view is missing."""
+        recipient = engine.keys.recipient_id
+        out: list[bytes | None] = [None] * len(resources)
+        missing: list[int] = []
+        with self._lock:
+            for index, stored in enumerate(resources):
+                key = (recipient, stored.resource_type, stored.id, stored.version)
+                hit = self._entries.get(key)
+                if hit is None:
+                    missing.append(index)
+                else:
+                    self._entries.move_to_end(key)
+                    out[index] = hit
+        if not missing:
+            return out
+        viewed: dict[tuple[str, str], bytes | None] = {}
+        store = self._store(recipient)
+        if store is not None:
+            try:
+                viewed = store.lookup([resources[i] for i in missing])
+            except sqlite3.Error:  # a store removed or broken meanwhile: the engine serves
+                self._usable[recipient] = (time.monotonic(), False)
+        made = []
+        for index in missing:
+            stored = resources[index]
+            key = (stored.resource_type, stored.id)
+            if key in viewed:
+                body = viewed[key]
+            else:
+                raw = stored.json
+                if raw is None and self._load is not None:
+                    loaded = self._load(stored)
+                    raw = loaded.json if loaded is not None else None
+                try:
+                    body = engine.transform_bytes(raw) if raw is not None else None
+                except Suppressed:
+                    body = None
+            out[index] = body
+            if body is not None and key not in viewed:
+                # Only the engine's work is kept here: a view row is as cheap to read again.
+                made.append(((recipient, *key, stored.version), body))
+        with self._lock:
+            for key, body in made:
+                self._entries[key] = body
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return out
+
+    def _store(self, recipient: str) -> ViewStore | None:
+        """The recipient's view store if it is there and was made with its keys and
+        rules (checked again every VIEW_RECHECK_SECONDS: a fill may create it later)."""
+        store = self._views.get(recipient)
+        if store is None:
+            return None
+        now = time.monotonic()
+        checked = self._usable.get(recipient)
+        if checked is None or now - checked[0] > VIEW_RECHECK_SECONDS:
+            try:
+                usable = store.usable()
+            except sqlite3.Error:
+                usable = False
+            checked = self._usable[recipient] = (now, usable)
+        return store if checked[1] else None
 
 
 class DeidFacade:
-    def __init__(self, service: FhirService, cache_entries: int = 50_000) -> None:
+    def __init__(
+        self,
+        service: FhirService,
+        cache_entries: int = 50_000,
+        views: Mapping[str, ViewStore] | None = None,
+    ) -> None:
         self.service = service
-        self.cache = TransformCache(cache_entries)
+        self.cache = TransformCache(
+            cache_entries, views, lambda s: service.storage.vread(s.resource_type, s.id, s.version)
+        )
+        self._policies: dict[str, ViewPolicy] = {}
+
+    def _policy(self, engine: Deidentifier) -> ViewPolicy:
+        """One per recipient: a policy caches which parameters its rules touch."""
+        policy = self._policies.get(engine.keys.recipient_id)
+        if policy is None or policy.rules is not engine.rules:
+            policy = self._policies[engine.keys.recipient_id] = ViewPolicy(engine.rules)
+        return policy
 
     # -- read -----------------------------------------------------------------------------
 
@@ -160,7 +253,7 @@ class DeidFacade:
             else:
                 plain_items.append((key, value))
         query = self.service.search.parse(rtype, plain_items, strict)
-        policy = ViewPolicy(engine.rules)
+        policy = self._policy(engine)
         _check_query(query, policy)
         in_view = [c for c in query.clauses if policy.needs_view(c, rtype)]
         stored_clauses = []
@@ -178,7 +271,10 @@ class DeidFacade:
             view = _ViewMatcher(self, engine, policy)
             page, warnings = self._search_view(view, in_view, storage_query, count, cursor)
         else:
-            page, warnings = self.service.storage.search(storage_query, count, cursor), []
+            # With a view store, the bodies come from it: storage reads the keys only.
+            bodies = not self.cache.serves_views(engine)
+            page = self.service.storage.search(storage_query, count, cursor, bodies)
+            warnings = []
         path = f"{base}/{rtype}"
 
         def url(token: str | None) -> str:
@@ -254,6 +350,7 @@ class DeidFacade:
         position = cursor
         for _ in range(VIEW_PAGE_READS):
             page = self.service.storage.search(bare, count - len(kept), position)
+            self.cache.transform_many(view.engine, _served(page.matches))  # one lookup
             kept += [s for s in page.matches if view.matches_all(in_view, s, rtype)]
             position = page.next_cursor
             if position is None or len(kept) >= count:
@@ -360,15 +457,14 @@ class DeidFacade:
         base: str,
         result: ResultParams,
     ) -> list[dict[str, Any]]:
+        served = _served(resources)
         entries = []
-        for stored in resources:
-            if stored.json is None or stored.resource_type in HIDDEN_TYPES:
-                continue
-            try:
-                body = self.cache.transform(engine, stored)
-            except Suppressed:
-                continue
-            pseudonym = engine.pseudonyms.pseudonym(stored.resource_type, stored.id)
+        for stored, body in zip(served, self.cache.transform_many(engine, served), strict=True):
+            if body is None:
+                continue  # suppressed by the rules
+            pseudonym = _id_of(body, stored.resource_type)
+            if pseudonym is None:
+                pseudonym = engine.pseudonyms.pseudonym(stored.resource_type, stored.id)
             entries.append(
                 {
                     "fullUrl": f"{base}/{stored.resource_type}/{pseudonym}",
@@ -377,6 +473,22 @@ class DeidFacade:
                 }
             )
         return entries
+
+
+def _id_of(body: bytes, rtype: str) -> str | None:
+    """The id of pseudonymized JSON that starts as the server stores it (resourceType, then
+    id): reading it back is cheaper than encrypting the real id again, which a view store's
+    rows would need."""
+    head = _ID_HEADS.get(rtype)
+    if head is None:
+        head = _ID_HEADS[rtype] = b'{"resourceType":"' + rtype.encode() + b'","id":"'
+    if not body.startswith(head):
+        return None
+    end = body.find(b'"', len(head))
+    return body[len(head) : end].decode() if end > 0 else None
+
+
+_ID_HEADS: dict[str, bytes] = {}
 
 
 class _ViewMatcher:
@@ -476,6 +588,10 @@ class _ViewMatcher:
                     f"{has.key}: more than {VIEW_HAS_SCAN} resources to check on the "
                     "de-identified view for one candidate; narrow the search",
                 )
+
+
+def _served(resources: list[StoredResource]) -> list[StoredResource]:
+    return [s for s in resources if not s.deleted and s.resource_type not in HIDDEN_TYPES]
 
 
 def _hidden_types_in(criterion: Any) -> bool:
