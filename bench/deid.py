@@ -8,8 +8,10 @@ minutes, a device, a condition, an HbA1c each), then measures
 
 1. the pseudonymizing engine alone (stored JSON in memory -> pseudonymized JSON),
 2. a whole export (`run_export`: storage read + engine + NDJSON + hashes + signature),
-3. search latency over HTTP (uvicorn, one process): the same searches on the clinical
-   API and on /deid/ (median and p90 of repeated runs, alternated), and the overhead.
+3. filling the recipient's view store (`diatabase deid views`: every resource made once),
+4. search latency over HTTP (`diatabase serve`, one process; this process is the client):
+   the same searches on the clinical API and on /deid/ (median and p90 of repeated runs,
+   alternated) and the overhead, without and then with the view store.
 
 Prints a table; not a pass/fail test. Single-threaded: figures are per core.
 """
@@ -20,10 +22,10 @@ import argparse
 import hashlib
 import itertools
 import json
+import os
 import random
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -31,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
-from fhir_server.app import create_app
+from bench.common import serve
 from fhir_server.deid.export import run_export
+from fhir_server.deid.facade import served_types
 from fhir_server.deid.keys import signing_key
 from fhir_server.deid.recipients import Recipients
+from fhir_server.deid.views import ViewStore, fill, fingerprint, view_path
 from fhir_server.gc_tuning import tune_for_server
 from fhir_server.loader import Loader
 from fhir_server.service.fhir import FhirService
@@ -136,28 +139,6 @@ def synthetic(total: int, seed: int = 1) -> tuple[list[dict[str, Any]], list[str
     return resources, patient_ids
 
 
-class Server:
-    def __init__(self, settings: Settings) -> None:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(settings), port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
 def timed(http: httpx.Client, url: str, headers: dict[str, str]) -> float:
     start = time.perf_counter()
     response = http.get(url, headers=headers)
@@ -180,7 +161,7 @@ def deid_settings(folder: Path, db_url: str) -> tuple[Settings, Path]:
 
 
 def measure(folder: Path, db_url: str, patient_ids: list[str], repeat: int) -> dict[str, Any]:
-    """Engine, export and facade-search figures on the database at `db_url` (loaded)."""
+    """Engine, export, view-store and facade-search figures on the database at `db_url`."""
     settings, recipients_file = deid_settings(folder, db_url)
     service = FhirService(open_storage(db_url), settings)
     tune_for_server()  # as `diatabase deid export` does
@@ -201,17 +182,59 @@ def measure(folder: Path, db_url: str, patient_ids: list[str], repeat: int) -> d
     export_seconds = time.perf_counter() - started
     export_cpu = time.process_time() - cpu
     exported = sum(item["count"] for item in manifest["output"])
+
+    # The recipient's view store, as `diatabase deid views` fills it.
+    engine = recipients.fresh_engine("bench")
+    store = ViewStore(view_path(folder / "views", "bench"), fingerprint(engine))
+    filled = fill(service, engine, store, served_types())
+    store.close()
+    view_mb = sum(f.stat().st_size for f in (folder / "views").iterdir()) / 1e6
     service.storage.close()
 
     names = recipients.engine("bench").pseudonyms
+    rows = search_rows(db_url, recipients_file, names, patient_ids, repeat, None)
+    rows += search_rows(db_url, recipients_file, names, patient_ids, repeat, folder / "views")
+    return {
+        "engine_rate": engine_rate,
+        "exported": exported,
+        "export_seconds": export_seconds,
+        "export_cpu": export_cpu,
+        "kanon": manifest["kAnonymity"],
+        "fill": filled,
+        "view_mb": view_mb,
+        "rows": rows,
+    }
+
+
+def search_rows(
+    db_url: str,
+    recipients_file: Path,
+    names: Any,
+    patient_ids: list[str],
+    repeat: int,
+    views: Path | None,
+) -> list[tuple[str, list[float], list[float]]]:
+    """The same searches on the clinical API and on /deid/ (alternated), on a
+    `diatabase serve` process of its own (this process is the client), without or with
+    the recipient's view store."""
+    suffix = ", view store" if views else ""
+    extra = ["--deid-recipients", str(recipients_file)]
+    if views:
+        extra += ["--deid-views", str(views)]
+    os.environ["DIATABASE_DEID_SECRET"] = SECRET  # for the server process only
+    key = {"Authorization": f"Bearer {API_KEY}"}
     runs = min(repeat, len(patient_ids))
     rows = []
     with (
-        Server(settings) as server,
-        httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=120) as http,
+        serve(db_url, extra=extra) as server,
+        httpx.Client(base_url=server.url, timeout=120) as http,
     ):
-        key = {"Authorization": f"Bearer {API_KEY}"}
-        timed(http, "/metadata", {})
+        # The same warm-up for both APIs, on patients the cold runs do not use when there
+        # are enough: first requests pay for imports, caches and cold pages.
+        for pid in patient_ids[-min(20, max(1, len(patient_ids) - runs)) :]:
+            pseudonym = names.pseudonym("Patient", pid)
+            timed(http, f"/Observation?subject=Patient/{pid}&_count=100", {})
+            timed(http, f"/deid/Observation?subject=Patient/{pseudonym}&_count=100", key)
         # Cold: a different patient each run, so the facade's transform cache cannot help.
         clinical, deid = [], []
         for run, pid in enumerate(patient_ids[:runs]):
@@ -223,28 +246,28 @@ def measure(folder: Path, db_url: str, patient_ids: list[str], repeat: int) -> d
             # Alternate which goes first: the second benefits from SQLite's page cache.
             for times, url, headers in pair if run % 2 else pair[::-1]:
                 times.append(timed(http, url, headers))
-        rows.append(("subject=P&_count=100 (cold)", clinical, deid))
+        rows.append((f"subject=P&_count=100 (cold{suffix})", clinical, deid))
         pid = patient_ids[0]
         pseudonym = names.pseudonym("Patient", pid)
         warm = [
             (
-                "subject=P&_count=100 (repeated)",
+                "subject=P&_count=100 (repeated",
                 f"/Observation?subject=Patient/{pid}&_count=100",
                 f"/deid/Observation?subject=Patient/{pseudonym}&_count=100",
             ),
             (
-                "code=99504-3&_count=50 (repeated)",
+                "code=99504-3&_count=50 (repeated",
                 "/Observation?code=99504-3&_count=50",
                 "/deid/Observation?code=99504-3&_count=50",
             ),
             (
                 # Checked on the de-identified view (post-filter): extraction and matching
                 # of every candidate's pseudonymized JSON; every reading matches.
-                "date=ge2000&_count=50 (repeated)",
+                "date=ge2000&_count=50 (repeated",
                 "/Observation?code=99504-3&date=ge2000&_count=50",
                 "/deid/Observation?code=99504-3&date=ge2000&_count=50",
             ),
-            ("Patient read (repeated)", f"/Patient/{pid}", f"/deid/Patient/{pseudonym}"),
+            ("Patient read (repeated", f"/Patient/{pid}", f"/deid/Patient/{pseudonym}"),
         ]
         for label, clinical_url, deid_url in warm:
             timed(http, clinical_url, {})
@@ -253,10 +276,8 @@ def measure(folder: Path, db_url: str, patient_ids: list[str], repeat: int) -> d
             for _ in range(repeat):
                 clinical.append(timed(http, clinical_url, {}))
                 deid.append(timed(http, deid_url, key))
-            rows.append((label, clinical, deid))
-
-    return {"engine_rate": engine_rate, "exported": exported, "export_seconds": export_seconds,
-            "export_cpu": export_cpu, "kanon": manifest["kAnonymity"], "rows": rows}
+            rows.append((f"{label}{suffix})", clinical, deid))
+    return rows
 
 
 def main() -> None:
@@ -296,14 +317,20 @@ def main() -> None:
         f"{'export: patients released / suppressed':<44} "
         f"{kanon['released']:>9} / {kanon['suppressed']:<3}"
     )
+    filled = figures["fill"]
+    print(f"{'view store: resources made':<44} {filled.written:>14,}")
+    print(f"{'view store: seconds':<44} {filled.seconds:>14.2f}")
+    fill_rate = filled.written / filled.cpu_seconds
+    print(f"{'view store: resources/s per CPU second':<44} {fill_rate:>14,.0f}")
+    print(f"{'view store: MB on disk':<44} {figures['view_mb']:>14,.0f}")
     print()
-    print(f"{'search (median / p90 ms)':<36} {'clinical':>15} {'facade':>15} {'overhead':>9}")
+    print(f"{'search (median / p90 ms)':<48} {'clinical':>15} {'facade':>15} {'overhead':>9}")
     for label, clinical, deid in rows:
         c50, d50 = statistics.median(clinical) * 1000, statistics.median(deid) * 1000
         c90 = statistics.quantiles(clinical, n=10)[-1] * 1000
         d90 = statistics.quantiles(deid, n=10)[-1] * 1000
         print(
-            f"{label:<36} {c50:>7.2f} / {c90:>5.2f} {d50:>7.2f} / {d90:>5.2f} "
+            f"{label:<48} {c50:>7.2f} / {c90:>5.2f} {d50:>7.2f} / {d90:>5.2f} "
             f"{(d50 / c50 - 1) * 100:>8.0f}%"
         )
     print(f"\n(database and export in {folder}; delete it when done)")
@@ -331,6 +358,11 @@ def run(size: str = "small", db: str | None = None) -> list:
                f"{kanon['suppressed']} suppressed; "
                f"{figures['exported'] / figures['export_cpu']:,.0f} per CPU second",
                figures["exported"] / figures["export_seconds"], "resources/s",
+               peak_rss_mb=own_peak_rss_mb()),
+        Result("deid view store", f"fill the recipient's view store: {figures['fill'].written:,} "
+               f"resources, {figures['view_mb']:,.0f} MB; "
+               f"{figures['fill'].written / figures['fill'].cpu_seconds:,.0f} per CPU second",
+               figures["fill"].written / figures["fill"].seconds, "resources/s",
                peak_rss_mb=own_peak_rss_mb()),
     ]
     for label, clinical, deid in figures["rows"]:
