@@ -25,6 +25,8 @@ import httpx
 import orjson
 import pytest
 
+from fhir_server.deid.export import run_export
+from fhir_server.deid.keys import signing_key
 from fhir_server.deid.recipients import Recipients
 from fhir_server.deid.views import ViewStore, fill, fingerprint, follow, view_path
 from fhir_server.service.fhir import FhirService
@@ -54,6 +56,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         {"id": rid, "api_key_sha256": hashlib.sha256(key.encode()).hexdigest()}
         for rid, key in KEYS.items()
     ]
+    # k = 1: the export compared below keeps every patient of this small data set.
+    recipients[0]["parameters"] = {"kAnonymity": {"k": 1}}
     (folder / "recipients.json").write_text(json.dumps(recipients))
     settings = Settings(
         db_url=database_url(folder),
@@ -295,3 +299,28 @@ def test_a_store_made_with_other_keys_is_never_read(setup: dict[str, Any], tmp_p
         store.close()
     finally:
         service.storage.close()
+
+
+def test_an_export_copies_the_store_and_writes_the_same_files(
+    setup: dict[str, Any], filled: str, tmp_path: Path
+) -> None:
+    service = FhirService(open_storage(setup["settings"].db_url), setup["settings"])
+    key = signing_key(SECRET.encode())
+    recipients = setup["recipients"]
+    store = ViewStore(view_path(setup["views"], "alpha"), fingerprint(recipients.engine("alpha")))
+    try:
+        plain = run_export(service, recipients.fresh_engine("alpha"), tmp_path / "plain", key)
+        engine = recipients.fresh_engine("alpha")
+        calls = []
+        original = engine.transform_bytes
+        engine.transform_bytes = lambda raw: calls.append(1) or original(raw)  # type: ignore[method-assign]
+        copied = run_export(service, engine, tmp_path / "copied", key, views=store)
+    finally:
+        store.close()
+        service.storage.close()
+    assert copied["output"] == plain["output"]  # counts, sizes and sha256 of every file
+    assert copied["kAnonymity"] == plain["kAnonymity"]
+    assert copied["suppressedResources"] == plain["suppressedResources"]
+    assert sum(item["count"] for item in plain["output"]) > 300
+    assert plain["suppressedResources"]["byRules"] == 1  # the refuted reading
+    assert not calls

@@ -27,6 +27,11 @@ def add_deid_commands(sub: Any) -> None:
     export.add_argument("--out", required=True, help="folder to write NDJSON + manifest into")
     export.add_argument("--db", default=None, help=f"database URL (default {DEFAULT_DB})")
     export.add_argument("--type", default=None, help="comma-separated resource types")
+    export.add_argument(
+        "--views",
+        default=None,
+        help="view stores folder (default DIATABASE_DEID_VIEWS): copy the rows it has",
+    )
     _common(export)
     export.add_argument("--quiet", action="store_true")
     export.set_defaults(func=cmd_export)
@@ -102,6 +107,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from fhir_server.deid.export import planned_counts, run_export
     from fhir_server.deid.keys import signing_key
+    from fhir_server.deid.views import ViewStore, fingerprint, view_path
     from fhir_server.gc_tuning import tune_for_server
     from fhir_server.service.fhir import FhirService
     from fhir_server.storage import open_storage
@@ -112,13 +118,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     service = FhirService(open_storage(settings.db_url), settings)
     tune_for_server()
     types = [t for t in args.type.split(",") if t] if args.type else None
+    store = None
+    folder = args.views or settings.deid_views
+    if folder and view_path(folder, args.recipient).exists():
+        store = ViewStore(view_path(folder, args.recipient), fingerprint(engine))
+        if not store.usable():
+            print(f"{store.path} was made with other keys or rules: not used", file=sys.stderr)
+            store.close()
+            store = None
     try:
         total = sum(planned_counts(service, types).values())
         with tqdm(total=total, unit=" resources", disable=args.quiet) as bar:
             manifest = run_export(
-                service, engine, args.out, signing_key(master, args.key_file), types, bar.update
+                service,
+                engine,
+                args.out,
+                signing_key(master, args.key_file),
+                types,
+                bar.update,
+                views=store,
             )
     finally:
+        if store is not None:
+            store.close()
         service.storage.close()
     written = sum(item["count"] for item in manifest["output"])
     kanon = manifest["kAnonymity"]

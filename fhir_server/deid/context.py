@@ -45,6 +45,6 @@ def build_deid(service: FhirService, settings: Settings) -> DeidContext:
             )
             for r in recipients
         }
-    jobs = ExportJobs(service, signing_key(master), settings.deid_export_dir or None)
+    jobs = ExportJobs(service, signing_key(master), settings.deid_export_dir or None, views)
     facade = DeidFacade(service, views=views)
     return DeidContext(recipients, facade, AuditLog(service), jobs, list(views.values()))

@@ -171,8 +171,7 @@ class TransformCache:
                 except Suppressed:
                     body = None
             out[index] = body
-            if body is not None and key not in viewed:
-                # Only the engine's work is kept here: a view row is as cheap to read again.
+            if body is not None:
                 made.append(((recipient, *key, stored.version), body))
         with self._lock:
             for key, body in made:

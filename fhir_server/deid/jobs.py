@@ -10,6 +10,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fhir_server.deid.engine import Deidentifier
 from fhir_server.deid.export import ExportCancelled, planned_counts, run_export
+from fhir_server.deid.views import ViewStore
 from fhir_server.service.fhir import FhirService
 
 
@@ -40,9 +42,14 @@ class ExportJob:
 
 class ExportJobs:
     def __init__(
-        self, service: FhirService, signing_key: Ed25519PrivateKey, root: str | None
+        self,
+        service: FhirService,
+        signing_key: Ed25519PrivateKey,
+        root: str | None,
+        views: Mapping[str, ViewStore] | None = None,
     ) -> None:
         self._service = service
+        self._views = dict(views or {})
         self._key = signing_key
         self._root = Path(root) if root else Path(tempfile.gettempdir()) / "diatabase-deid"
         self._jobs: dict[str, ExportJob] = {}
@@ -52,6 +59,9 @@ class ExportJobs:
         job_id = secrets.token_urlsafe(18)
         job = ExportJob(job_id, engine.keys.recipient_id, self._root / job_id)
         job.total = sum(planned_counts(self._service, types).values())
+        store = self._views.get(engine.keys.recipient_id)
+        if store is not None and not store.usable():
+            store = None
 
         def work() -> None:
             def progress(n: int) -> None:
@@ -66,6 +76,7 @@ class ExportJobs:
                     types,
                     progress,
                     lambda: job.cancelled,
+                    store,
                 )
             except ExportCancelled:
                 job.error = "cancelled"
