@@ -195,7 +195,27 @@ def test_the_cli_fills_a_store_per_recipient(setup: dict[str, Any], filled: str)
     assert view_path(setup["views"], "alpha").exists()
     assert not view_path(setup["views"], "beta").exists()  # only the one asked for
     again = fill_with_cli(setup, "alpha")
-    assert f"alpha: {checked} resources checked, 0 pseudonymized" in again
+    assert f"alpha: {checked} resources checked, 0 pseudonymized, 0 removed" in again
+
+
+def test_a_fill_removes_the_rows_of_resources_deleted_while_nothing_followed(
+    setup: dict[str, Any], filled: str
+) -> None:
+    # An Immunization of a Synthea patient: in none of the answers compared above.
+    with RunningServer(setup["settings"]) as running, httpx.Client(base_url=running.url) as http:
+        found = http.get("/Immunization?_count=1").json()
+        rid = found["entry"][0]["resource"]["id"]
+        assert http.delete(f"/Immunization/{rid}").status_code in (200, 204)
+    store = ViewStore(
+        view_path(setup["views"], "alpha"), fingerprint(setup["recipients"].engine("alpha"))
+    )
+    try:
+        assert store.versions("Immunization", [rid])  # still there after the deletion
+        out = fill_with_cli(setup, "alpha")
+        assert re.search(r"alpha: \d+ resources checked, 0 pseudonymized, 1 removed", out), out
+        assert not store.versions("Immunization", [rid])
+    finally:
+        store.close()
 
 
 def test_views_give_the_engines_answers_without_the_engine(

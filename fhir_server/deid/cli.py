@@ -188,8 +188,8 @@ def cmd_views(args: argparse.Namespace) -> int:
             rate = report.written / report.cpu_seconds if report.cpu_seconds else 0
             print(
                 f"{recipient_id}: {report.checked} resources checked, {report.written} "
-                f"pseudonymized in {report.seconds:.1f} s ({rate:,.0f} per CPU second) "
-                f"into {store.path}"
+                f"pseudonymized, {report.removed} removed in {report.seconds:.1f} s "
+                f"({rate:,.0f} per CPU second) into {store.path}"
             )
         while args.follow is not None:
             time.sleep(args.follow)

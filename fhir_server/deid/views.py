@@ -169,6 +169,27 @@ class ViewStore:
             conn.executemany("INSERT OR REPLACE INTO views VALUES (?, ?, ?, ?)", rows)
             conn.executemany("DELETE FROM views WHERE type=? AND id=?", deleted)
 
+    # -- sweeping the rows of resources deleted while nothing followed ----------------------
+
+    def start_sweep(self) -> None:
+        conn = self._conn()
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY)")
+        with conn:
+            conn.execute("DELETE FROM seen")
+
+    def seen(self, ids: Iterable[str]) -> None:
+        with self._conn() as conn:
+            conn.executemany("INSERT OR IGNORE INTO seen VALUES (?)", ((i,) for i in ids))
+
+    def sweep(self, rtype: str) -> int:
+        """Delete the rows of `rtype` not marked `seen` since `start_sweep`; their number."""
+        with self._conn() as conn:
+            deleted = conn.execute(
+                "DELETE FROM views WHERE type=? AND id NOT IN (SELECT id FROM seen)", (rtype,)
+            ).rowcount
+            conn.execute("DELETE FROM seen")
+        return deleted
+
     def count(self) -> int:
         return self._conn().execute("SELECT count(*) FROM views").fetchone()[0]
 
@@ -206,13 +227,16 @@ def fill(
     progress: Callable[[int], None] | None = None,
 ) -> RefreshReport:
     """Bring the store up to date with every current resource of `types`: a full pass
-    (rows already made from the current version are kept), then the follow mark is set
-    to the pass's start, so that `follow` picks up what was written meanwhile."""
+    (rows already made from the current version are kept; rows of resources no longer
+    there are deleted: an erasure reaches the store even if nothing followed it), then the
+    follow mark is set to the pass's start, so that `follow` picks up what was written
+    meanwhile."""
     report = RefreshReport()
     started, cpu = time.perf_counter(), time.process_time()
     begun_at = time.time()
     store.reset_if_foreign()
     for rtype in types:
+        store.start_sweep()
         batch: list[StoredResource] = []
         for stored in service.storage.iter_current(rtype):
             if stored.json is None:
@@ -222,6 +246,7 @@ def fill(
                 _fill_batch(engine, store, rtype, batch, report, progress)
                 batch = []
         _fill_batch(engine, store, rtype, batch, report, progress)
+        report.removed += store.sweep(rtype)
     store.set_mark(begun_at)
     report.seconds = time.perf_counter() - started
     report.cpu_seconds = time.process_time() - cpu
@@ -238,7 +263,9 @@ def _fill_batch(
 ) -> None:
     if not batch:
         return
-    have = store.versions(rtype, [s.id for s in batch])
+    ids = [s.id for s in batch]
+    store.seen(ids)
+    have = store.versions(rtype, ids)
     rows = [_made(engine, s) for s in batch if have.get(s.id) != s.version]
     if rows:
         store.write(rows)
