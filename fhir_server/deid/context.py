@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from fhir_server.deid.audit import AuditLog
@@ -12,6 +13,8 @@ from fhir_server.deid.recipients import Recipients
 from fhir_server.deid.views import ViewStore, fingerprint, view_path
 from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
+
+log = logging.getLogger("diatabase.deid")
 
 
 @dataclass
@@ -45,6 +48,14 @@ def build_deid(service: FhirService, settings: Settings) -> DeidContext:
             )
             for r in recipients
         }
+        for recipient_id, store in views.items():
+            if not store.usable():
+                # Served by the engine meanwhile; the facade looks again every few seconds.
+                log.warning(
+                    "no usable view store for %s at %s: fill it with `diatabase deid views`",
+                    recipient_id,
+                    store.path,
+                )
     jobs = ExportJobs(service, signing_key(master), settings.deid_export_dir or None, views)
     facade = DeidFacade(service, views=views)
     return DeidContext(recipients, facade, AuditLog(service), jobs, list(views.values()))

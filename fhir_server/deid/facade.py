@@ -474,6 +474,9 @@ class DeidFacade:
         return entries
 
 
+_ID_HEADS: dict[str, bytes] = {}
+
+
 def _id_of(body: bytes, rtype: str) -> str | None:
     """The id of pseudonymized JSON that starts as the server stores it (resourceType, then
     id): reading it back is cheaper than encrypting the real id again, which a view store's
@@ -485,9 +488,6 @@ def _id_of(body: bytes, rtype: str) -> str | None:
         return None
     end = body.find(b'"', len(head))
     return body[len(head) : end].decode() if end > 0 else None
-
-
-_ID_HEADS: dict[str, bytes] = {}
 
 
 class _ViewMatcher:

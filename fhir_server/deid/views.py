@@ -164,10 +164,11 @@ class ViewStore:
         self,
         rows: Iterable[tuple[str, str, int, bytes | None]],
         deleted: Iterable[tuple[str, str]] = (),
-    ) -> None:
+    ) -> int:
+        """Store rows and delete the rows of `deleted` resources; how many were deleted."""
         with self._conn() as conn:
             conn.executemany("INSERT OR REPLACE INTO views VALUES (?, ?, ?, ?)", rows)
-            conn.executemany("DELETE FROM views WHERE type=? AND id=?", deleted)
+            return conn.executemany("DELETE FROM views WHERE type=? AND id=?", deleted).rowcount
 
     # -- sweeping the rows of resources deleted while nothing followed ----------------------
 
@@ -286,35 +287,32 @@ def follow(
     if mark is None or not store.usable():
         raise RuntimeError(f"{store.path}: fill the view store before following")
     wanted = set(types)
-    since = mark - FOLLOW_OVERLAP_SECONDS
     newest = mark
     seen: set[tuple[str, str]] = set()
-    latest: list[StoredResource] = []
     cursor = None
     while True:
-        page = service.storage.history(None, None, since, None, BATCH, cursor)
+        # A page at a time (history is newest first, so the first version of a resource
+        # met is its current one): memory holds the keys seen, not the versions.
+        page = service.storage.history(
+            None, None, mark - FOLLOW_OVERLAP_SECONDS, None, BATCH, cursor
+        )
+        latest = []
         for version in page.entries:
             newest = max(newest, version.last_updated)
             key = (version.resource_type, version.id)
-            # History is newest first: the first version met is the current one.
             if version.resource_type in wanted and key not in seen:
                 latest.append(version)
             seen.add(key)
+        current = [s for s in latest if not (s.deleted or s.json is None)]
+        have = store.lookup(current)
+        rows = [_made(engine, s) for s in current if (s.resource_type, s.id) not in have]
+        gone = [(s.resource_type, s.id) for s in latest if s.deleted or s.json is None]
+        report.removed += store.write(rows, gone)
+        report.written += len(rows)
+        report.checked += len(latest)
         cursor = page.next_cursor
         if cursor is None:
             break
-    deleted = [(s.resource_type, s.id) for s in latest if s.deleted or s.json is None]
-    current = [s for s in latest if not (s.deleted or s.json is None)]
-    for start in range(0, len(current), BATCH):
-        chunk = current[start : start + BATCH]
-        have = store.lookup(chunk)
-        rows = [_made(engine, s) for s in chunk if (s.resource_type, s.id) not in have]
-        store.write(rows)
-        report.written += len(rows)
-    if deleted:
-        store.write((), deleted)
-    report.checked = len(latest)
-    report.removed = len(deleted)
     store.set_mark(newest)
     report.seconds = time.perf_counter() - started
     report.cpu_seconds = time.process_time() - cpu
