@@ -14,9 +14,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -344,3 +347,51 @@ def test_an_export_copies_the_store_and_writes_the_same_files(
     assert sum(item["count"] for item in plain["output"]) > 300
     assert plain["suppressedResources"]["byRules"] == 1  # the refuted reading
     assert not calls
+
+
+def test_the_cli_follows_new_writes_until_interrupted(setup: dict[str, Any], filled: str) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "fhir_server.cli",
+        "deid",
+        "views",
+        "--recipients",
+        str(setup["folder"] / "recipients.json"),
+        "--views",
+        str(setup["views"]),
+        "--db",
+        setup["settings"].db_url,
+        "--recipient",
+        "alpha",
+        "--quiet",
+        "--follow",
+        "0.2",
+    ]
+    env = {**os.environ, "DIATABASE_DEID_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue[str] = queue.Queue()
+    # Read on a thread: a follow loop that never prints fails the test instead of hanging it.
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in process.stdout], daemon=True
+    ).start()
+    try:
+        assert "resources checked" in lines.get(timeout=120)  # the fill
+        # A Basic: in none of the answers compared above.
+        with (
+            RunningServer(setup["settings"]) as running,
+            httpx.Client(base_url=running.url) as http,
+        ):
+            created = http.post("/Basic", json={"resourceType": "Basic", "code": {"text": "x"}})
+            assert created.status_code == 201
+        assert lines.get(timeout=60).strip() == "alpha: 1 made, 0 removed"
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    store = ViewStore(
+        view_path(setup["views"], "alpha"), fingerprint(setup["recipients"].engine("alpha"))
+    )
+    try:
+        assert store.versions("Basic", [created.json()["id"]]) == {created.json()["id"]: 1}
+    finally:
+        store.close()

@@ -167,12 +167,11 @@ def cmd_views(args: argparse.Namespace) -> int:
     from fhir_server.storage import open_storage
 
     recipients, _ = _recipients(args)
-    folder = args.views or os.environ.get("DIATABASE_DEID_VIEWS")
+    settings = Settings.from_env(db_url=args.db)
+    folder = args.views or settings.deid_views
     if not folder:
         raise SystemExit("diatabase: give --views DIR (or DIATABASE_DEID_VIEWS)")
-    Path(folder).mkdir(parents=True, exist_ok=True)
     chosen = args.recipient or [r.id for r in recipients]
-    settings = Settings.from_env(db_url=args.db)
     service = FhirService(open_storage(settings.db_url), settings)
     tune_for_server()
     stores = {}

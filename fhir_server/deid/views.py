@@ -49,9 +49,9 @@ CREATE TABLE IF NOT EXISTS views (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS views_key ON views (type, id);
 """
-_LOOKUP_BATCH = 500
+_LOOKUP_BATCH = 500  # ids per look-up query (SQLite's parameter limit is far above)
 MMAP_BYTES = 1 << 40  # SQLite caps it at its compile-time limit (2 GB by default)
-CACHE_KIB = 64 * 1024  # ids per lookup query (SQLite's parameter limit is far above)
+CACHE_KIB = 64 * 1024  # page cache per connection
 
 
 def fingerprint(engine: Deidentifier) -> str:
