@@ -18,11 +18,11 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fhir_server.deid.engine import Deidentifier, Suppressed
+from fhir_server.deid.engine import Deidentifier
 from fhir_server.deid.facade import served_types
 from fhir_server.deid.kanonymity import enforce
 from fhir_server.deid.signing import MANIFEST, sign
-from fhir_server.deid.views import ViewStore
+from fhir_server.deid.views import ViewStore, pseudonymized
 from fhir_server.service.fhir import FhirService
 from fhir_server.storage.base import StoredResource, instant
 
@@ -174,18 +174,7 @@ def _bodies(
 ) -> list[bytes | None]:
     """The pseudonymized JSON of each resource (None: suppressed by the rules)."""
     viewed = views.lookup(batch) if views is not None and batch else {}
-    out: list[bytes | None] = []
-    for stored in batch:
-        key = (stored.resource_type, stored.id)
-        if key in viewed:
-            out.append(viewed[key])
-            continue
-        assert stored.json is not None
-        try:
-            out.append(engine.transform_bytes(stored.json))
-        except Suppressed:
-            out.append(None)
-    return out
+    return pseudonymized(engine, viewed, batch)
 
 
 def _write(handle: Any, digest: Any, lines: list[bytes]) -> int:

@@ -49,7 +49,7 @@ import orjson
 
 from fhir_server.deid.engine import Deidentifier, Suppressed
 from fhir_server.deid.view_search import UNSUPPORTED_CODES, ViewPolicy
-from fhir_server.deid.views import ViewStore
+from fhir_server.deid.views import ViewStore, pseudonymized
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import error
 from fhir_server.model.resource_types import resource_types
@@ -155,24 +155,14 @@ class TransformCache:
                 viewed = store.lookup([resources[i] for i in missing])
             except sqlite3.Error:  # a store removed or broken meanwhile: the engine serves
                 self._usable[recipient] = (time.monotonic(), False)
+        wanted = [resources[i] for i in missing]
         made = []
-        for index in missing:
-            stored = resources[index]
-            key = (stored.resource_type, stored.id)
-            if key in viewed:
-                body = viewed[key]
-            else:
-                raw = stored.json
-                if raw is None and self._load is not None:
-                    loaded = self._load(stored)
-                    raw = loaded.json if loaded is not None else None
-                try:
-                    body = engine.transform_bytes(raw) if raw is not None else None
-                except Suppressed:
-                    body = None
+        for index, stored, body in zip(
+            missing, wanted, pseudonymized(engine, viewed, wanted, self._load), strict=True
+        ):
             out[index] = body
             if body is not None:
-                made.append(((recipient, *key, stored.version), body))
+                made.append(((recipient, stored.resource_type, stored.id, stored.version), body))
         with self._lock:
             for key, body in made:
                 self._entries[key] = body

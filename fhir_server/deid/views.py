@@ -202,6 +202,32 @@ class ViewStore:
         self._local = threading.local()
 
 
+def pseudonymized(
+    engine: Deidentifier,
+    viewed: dict[tuple[str, str], bytes | None],
+    resources: Sequence[StoredResource],
+    load: Callable[[StoredResource], StoredResource | None] | None = None,
+) -> list[bytes | None]:
+    """Each resource's pseudonymized JSON (None: suppressed by the rules, or gone): its
+    row in `viewed` (a `ViewStore.lookup`), else the engine's work. A resource given
+    without its JSON (a keys-only search) is read with `load` first."""
+    out: list[bytes | None] = []
+    for stored in resources:
+        key = (stored.resource_type, stored.id)
+        if key in viewed:
+            out.append(viewed[key])
+            continue
+        raw = stored.json
+        if raw is None and load is not None:
+            loaded = load(stored)
+            raw = loaded.json if loaded is not None else None
+        try:
+            out.append(engine.transform_bytes(raw) if raw is not None else None)
+        except Suppressed:
+            out.append(None)
+    return out
+
+
 @dataclass
 class RefreshReport:
     checked: int = 0  # current resources looked at
@@ -211,13 +237,11 @@ class RefreshReport:
     cpu_seconds: float = 0.0
 
 
-def _made(engine: Deidentifier, stored: StoredResource) -> tuple[str, str, int, bytes | None]:
-    assert stored.json is not None
-    try:
-        body: bytes | None = engine.transform_bytes(stored.json)
-    except Suppressed:
-        body = None
-    return (stored.resource_type, stored.id, stored.version, body)
+def _rows(
+    engine: Deidentifier, resources: Sequence[StoredResource]
+) -> list[tuple[str, str, int, bytes | None]]:
+    bodies = pseudonymized(engine, {}, resources)
+    return [(s.resource_type, s.id, s.version, b) for s, b in zip(resources, bodies, strict=True)]
 
 
 def fill(
@@ -267,7 +291,7 @@ def _fill_batch(
     ids = [s.id for s in batch]
     store.seen(ids)
     have = store.versions(rtype, ids)
-    rows = [_made(engine, s) for s in batch if have.get(s.id) != s.version]
+    rows = _rows(engine, [s for s in batch if have.get(s.id) != s.version])
     if rows:
         store.write(rows)
     report.checked += len(batch)
@@ -305,7 +329,7 @@ def follow(
             seen.add(key)
         current = [s for s in latest if not (s.deleted or s.json is None)]
         have = store.lookup(current)
-        rows = [_made(engine, s) for s in current if (s.resource_type, s.id) not in have]
+        rows = _rows(engine, [s for s in current if (s.resource_type, s.id) not in have])
         gone = [(s.resource_type, s.id) for s in latest if s.deleted or s.json is None]
         report.removed += store.write(rows, gone)
         report.written += len(rows)
