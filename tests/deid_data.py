@@ -174,6 +174,24 @@ def transaction(resources: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def write_recipients(
+    path: Path, keys: dict[str, str], parameters: dict[str, dict[str, Any]] | None = None
+) -> Path:
+    """A recipients file: one recipient per (id, API key), with optional parameters."""
+    from fhir_server.deid.recipients import api_key_hash
+
+    recipients = [
+        {
+            "id": rid,
+            "api_key_sha256": api_key_hash(key),
+            **({"parameters": parameters[rid]} if parameters and rid in parameters else {}),
+        }
+        for rid, key in keys.items()
+    ]
+    path.write_text(json.dumps(recipients))
+    return path
+
+
 def synthea_bundles() -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(SYNTHEA.glob("*.json"))]
 

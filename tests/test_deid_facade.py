@@ -24,7 +24,13 @@ from fhir_server.deid.keys import signing_key
 from fhir_server.deid.signing import verify_export
 from fhir_server.settings import Settings
 from tests.conftest import RunningServer, database_url
-from tests.deid_data import french_patients, secrets_of, synthea_bundles, transaction
+from tests.deid_data import (
+    french_patients,
+    secrets_of,
+    synthea_bundles,
+    transaction,
+    write_recipients,
+)
 
 SECRET = "facade-test-master-secret-0123456789"
 KEYS = {"alpha": "key-alpha-123", "beta": "key-beta-456", "open": "key-open-789"}
@@ -56,12 +62,7 @@ def auth(recipient: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def deid_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     folder = tmp_path_factory.mktemp("deid")
-    recipients = [
-        {"id": rid, "api_key_sha256": hashlib.sha256(key.encode()).hexdigest()}
-        for rid, key in KEYS.items()
-    ]
-    recipients[2]["parameters"] = {"kAnonymity": {"k": 1}}
-    (folder / "recipients.json").write_text(json.dumps(recipients))
+    write_recipients(folder / "recipients.json", KEYS, {"open": {"kAnonymity": {"k": 1}}})
     settings = Settings(
         db_url=database_url(folder),
         max_body_bytes=20_000_000,

@@ -11,7 +11,6 @@ engine (instrumentation, not a mock: the wrapped method still does the work).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import queue
@@ -36,7 +35,7 @@ from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
 from fhir_server.storage import open_storage
 from tests.conftest import RunningServer, database_url
-from tests.deid_data import french_patients, synthea_bundles, transaction
+from tests.deid_data import french_patients, synthea_bundles, transaction, write_recipients
 
 SECRET = "views-test-master-secret-0123456789"
 KEYS = {"alpha": "key-views-alpha", "beta": "key-views-beta"}
@@ -55,13 +54,8 @@ def auth(recipient: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("deid-views")
-    recipients = [
-        {"id": rid, "api_key_sha256": hashlib.sha256(key.encode()).hexdigest()}
-        for rid, key in KEYS.items()
-    ]
     # k = 1: the export compared below keeps every patient of this small data set.
-    recipients[0]["parameters"] = {"kAnonymity": {"k": 1}}
-    (folder / "recipients.json").write_text(json.dumps(recipients))
+    write_recipients(folder / "recipients.json", KEYS, {"alpha": {"kAnonymity": {"k": 1}}})
     settings = Settings(
         db_url=database_url(folder),
         max_body_bytes=20_000_000,
@@ -126,28 +120,32 @@ def answers(http: httpx.Client, base: str, urls: list[str], recipient: str) -> l
     return out
 
 
+def views_command(setup: dict[str, Any], *options: str) -> list[str]:
+    """`diatabase deid views` on the module's database and store folder."""
+    return [
+        sys.executable,
+        "-m",
+        "fhir_server.cli",
+        "deid",
+        "views",
+        "--recipients",
+        str(setup["folder"] / "recipients.json"),
+        "--views",
+        str(setup["views"]),
+        "--db",
+        setup["settings"].db_url,
+        "--quiet",
+        *options,
+    ]
+
+
+CLI_ENV = {**os.environ, "DIATABASE_DEID_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
+
+
 def fill_with_cli(setup: dict[str, Any], *recipients: str) -> str:
     chosen = [arg for rid in recipients for arg in ("--recipient", rid)]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fhir_server.cli",
-            "deid",
-            "views",
-            "--recipients",
-            str(setup["folder"] / "recipients.json"),
-            "--views",
-            str(setup["views"]),
-            "--db",
-            setup["settings"].db_url,
-            "--quiet",
-            *chosen,
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DIATABASE_DEID_SECRET": SECRET, "PYTHONPATH": str(ROOT)},
-        timeout=300,
+        views_command(setup, *chosen), capture_output=True, text=True, env=CLI_ENV, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
@@ -350,26 +348,8 @@ def test_an_export_copies_the_store_and_writes_the_same_files(
 
 
 def test_the_cli_follows_new_writes_until_interrupted(setup: dict[str, Any], filled: str) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "fhir_server.cli",
-        "deid",
-        "views",
-        "--recipients",
-        str(setup["folder"] / "recipients.json"),
-        "--views",
-        str(setup["views"]),
-        "--db",
-        setup["settings"].db_url,
-        "--recipient",
-        "alpha",
-        "--quiet",
-        "--follow",
-        "0.2",
-    ]
-    env = {**os.environ, "DIATABASE_DEID_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    command = views_command(setup, "--recipient", "alpha", "--follow", "0.2")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=CLI_ENV)
     lines: queue.Queue[str] = queue.Queue()
     # Read on a thread: a follow loop that never prints fails the test instead of hanging it.
     threading.Thread(

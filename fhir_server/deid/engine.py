@@ -94,7 +94,6 @@ class Deidentifier:
         self._walked_keys = _walked_keys_pattern(
             ["contained", *sorted(self._redact), *extension_keys]
         )
-        self._top_redactions = tuple(sorted(self._redact))
         self._special = frozenset({*self._redact, *extension_keys, "reference", "display"})
 
     # -- public ---------------------------------------------------------------------------
@@ -161,7 +160,7 @@ class Deidentifier:
         patient = self._patient_fast(resource, rtype, rid)
         self._current = (rtype, rid or "", self.shift_days(patient))
         strip(resource)
-        for name in self._top_redactions:
+        for name in self._redact:
             if name in resource:
                 del resource[name]
         self._finish(resource, rtype, rid)

@@ -24,7 +24,7 @@ import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,35 +130,25 @@ class ViewStore:
         wanted: dict[str, dict[str, int]] = {}
         for stored in resources:
             wanted.setdefault(stored.resource_type, {})[stored.id] = stored.version
-        found: dict[tuple[str, str], bytes | None] = {}
-        conn = self._conn()
-        for rtype, versions in wanted.items():
-            ids = list(versions)
-            for start in range(0, len(ids), _LOOKUP_BATCH):
-                chunk = ids[start : start + _LOOKUP_BATCH]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    f"SELECT id, version, json FROM views WHERE type=? AND id IN ({marks})",
-                    (rtype, *chunk),
-                ).fetchall()
-                found.update(
-                    {(rtype, rid): body for rid, version, body in rows if versions[rid] == version}
-                )
-        return found
+        return {
+            (rtype, rid): body
+            for rtype, versions in wanted.items()
+            for rid, version, body in self._rows(rtype, list(versions), "id, version, json")
+            if versions[rid] == version
+        }
 
     def versions(self, rtype: str, ids: Sequence[str]) -> dict[str, int]:
+        return dict(self._rows(rtype, ids, "id, version"))
+
+    def _rows(self, rtype: str, ids: Sequence[str], columns: str) -> Iterator[tuple]:
         conn = self._conn()
-        out: dict[str, int] = {}
         for start in range(0, len(ids), _LOOKUP_BATCH):
             chunk = ids[start : start + _LOOKUP_BATCH]
             marks = ",".join("?" * len(chunk))
-            out.update(
-                conn.execute(
-                    f"SELECT id, version FROM views WHERE type=? AND id IN ({marks})",
-                    (rtype, *chunk),
-                ).fetchall()
-            )
-        return out
+            yield from conn.execute(
+                f"SELECT {columns} FROM views WHERE type=? AND id IN ({marks})",
+                (rtype, *chunk),
+            ).fetchall()
 
     def write(
         self,
