@@ -155,6 +155,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_views(args: argparse.Namespace) -> int:
+    import signal
     import time
 
     from tqdm import tqdm
@@ -188,8 +189,15 @@ def cmd_views(args: argparse.Namespace) -> int:
             print(
                 f"{recipient_id}: {report.checked} resources checked, {report.written} "
                 f"pseudonymized, {report.removed} removed in {report.seconds:.1f} s "
-                f"({rate:,.0f} per CPU second) into {store.path}"
+                f"({rate:,.0f} per CPU second) into {store.path}",
+                # stdout is a pipe or a log file under a supervisor: block-buffered, the
+                # fill's report would only appear once the follower next had news.
+                flush=True,
             )
+        if args.follow is not None:
+            # A supervisor (systemd, Kubernetes) stops it with SIGTERM: end as on Ctrl-C,
+            # between two follows or by interrupting the wait, with the stores closed.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
         while args.follow is not None:
             time.sleep(args.follow)
             for recipient_id, (engine, store) in stores.items():
