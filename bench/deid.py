@@ -42,7 +42,7 @@ from fhir_server.deid.keys import signing_key
 from fhir_server.deid.recipients import Recipients
 from fhir_server.deid.views import ViewStore, fill, fingerprint, view_path
 from fhir_server.gc_tuning import tune_for_server
-from fhir_server.loader import Loader
+from fhir_server.ingest.loader import Loader
 from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
 from fhir_server.storage import open_storage

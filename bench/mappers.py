@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.mappers_csv import generate_libre_export  # noqa: E402
 from bench.mappers_hl7 import glucose_message  # noqa: E402
 from fhir_server.gc_tuning import tune_for_server  # noqa: E402
-from fhir_server.ingest import Importer, ImportOptions  # noqa: E402
-from fhir_server.mllp_listener import start_listener  # noqa: E402
+from fhir_server.ingest.importer import Importer, ImportOptions  # noqa: E402
+from fhir_server.ingest.mllp_listener import start_listener  # noqa: E402
 from fhir_server.service.fhir import FhirService  # noqa: E402
 from fhir_server.settings import Settings  # noqa: E402
 from fhir_server.storage import open_storage  # noqa: E402

@@ -90,7 +90,7 @@ def load(size: str, db_url: str,
          at_checkpoint: Callable[[Population, int], None] | None = None) -> Population:
     """Generate and load the population of `size` into `db_url`, timing every chunk."""
     from fhir_server.gc_tuning import tune_for_server
-    from fhir_server.loader import Loader
+    from fhir_server.ingest.loader import Loader
     from fhir_server.service.fhir import FhirService
     from fhir_server.settings import Settings
     from fhir_server.storage import open_storage
@@ -264,7 +264,7 @@ def stage_breakdown(patients: int = 20, days: int = 3) -> list[tuple[str, float]
     """Where the Loader's time goes: CPU µs per generated resource for each stage run on its
     own over the same resources (profile + schema validation, index extraction), and for
     the whole load into a fresh SQLite file; the rest is storage and bookkeeping."""
-    from fhir_server.loader import Loader
+    from fhir_server.ingest.loader import Loader
     from fhir_server.service.fhir import FhirService
     from fhir_server.settings import Settings
     from fhir_server.storage import open_storage

@@ -81,7 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_load(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from fhir_server.loader import Loader
+    from fhir_server.ingest.loader import Loader
 
     files = _files(args.files)
     settings, service = _open_service(args.db)
@@ -110,7 +110,7 @@ def _open_service(db: str | None):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from fhir_server.loader import Loader
+    from fhir_server.ingest.loader import Loader
     from fhir_server.synthetic.cli import run_generate
 
     if not args.load:
@@ -136,7 +136,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from fhir_server.ingest import Importer, ImportOptions, expand, summary_table
+    from fhir_server.ingest.importer import Importer, ImportOptions, expand, summary_table
 
     try:
         files = expand(args.files)
@@ -171,7 +171,7 @@ def cmd_mllp(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from fhir_server.mllp_listener import run_listener
+    from fhir_server.ingest.mllp_listener import run_listener
     from fhir_server.service.ingest import ConversionError, zone_name
 
     try:
@@ -191,7 +191,7 @@ def cmd_mllp(args: argparse.Namespace) -> int:
 
 
 def _source_formats() -> list[str]:
-    from fhir_server.ingest import SOURCE_FORMATS
+    from fhir_server.ingest.importer import SOURCE_FORMATS
     from mappers.device_csv import FORMATS
 
     return [*SOURCE_FORMATS, *(f for f in FORMATS if f != "mapping")]

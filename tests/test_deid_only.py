@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 
 from fhir_server.api.rest import build_router
 from fhir_server.cli import build_parser
-from fhir_server.loader import Loader
+from fhir_server.ingest.loader import Loader
 from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
 from fhir_server.storage import open_storage

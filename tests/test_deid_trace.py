@@ -17,7 +17,7 @@ from fhir_server.deid.keys import RecipientKeys
 from fhir_server.deid.rules import load_rules
 from fhir_server.deid.trace import trace
 from fhir_server.deid.watermark import log10_tail
-from fhir_server.loader import Loader
+from fhir_server.ingest.loader import Loader
 from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
 from fhir_server.storage import open_storage

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fhir_server.mllp_listener import start_listener
+from fhir_server.ingest.mllp_listener import start_listener
 from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
 from fhir_server.storage import open_storage

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from fhir_server.loader import Loader
+from fhir_server.ingest.loader import Loader
 from fhir_server.model import jsonio
 from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings

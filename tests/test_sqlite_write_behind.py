@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fhir_server.ingest import Importer, ImportOptions
+from fhir_server.ingest.importer import Importer, ImportOptions
 from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
 from fhir_server.storage import sqlite as sqlite_storage
