@@ -56,7 +56,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if settings.deid_views:
             os.environ["DIATABASE_DEID_VIEWS"] = settings.deid_views
         open_storage(settings.db_url).close()  # create or migrate the schema once, up front
-        print(f"Diatabase FHIR R4 server{mode} on {where} (database {settings.db_url})")
+        print(
+            f"Diatabase FHIR R4 server{mode} on {where} (database {settings.db_url})", flush=True
+        )
         uvicorn.run(
             "fhir_server.app:create_app",
             factory=True,

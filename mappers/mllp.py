@@ -231,8 +231,13 @@ def bundle_handler(
     return handle
 
 
+# How long a sender waits for an ACK: a receiver storing into a busy database may take
+# seconds; interface engines commonly allow 30-60 s before they resend.
+ACK_TIMEOUT_SECONDS = 60.0
+
+
 def send_mllp(
-    host: str, port: int, message: str | bytes, *, timeout: float = 10.0
+    host: str, port: int, message: str | bytes, *, timeout: float = ACK_TIMEOUT_SECONDS
 ) -> str:
     """Send one framed message and return the ACK text (blocking; for tests and the CLI)."""
     with MllpClient(host, port, timeout=timeout) as client:
@@ -242,7 +247,7 @@ def send_mllp(
 class MllpClient:
     """A blocking connection that sends messages in turn, each waiting for its ACK."""
 
-    def __init__(self, host: str, port: int, *, timeout: float = 10.0):
+    def __init__(self, host: str, port: int, *, timeout: float = ACK_TIMEOUT_SECONDS):
         self._socket = socket.create_connection((host, port), timeout=timeout)
         self._deframer = Deframer()
         self._pending: list[Frame] = []

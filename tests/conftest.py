@@ -36,16 +36,23 @@ def free_port() -> int:
 
 
 class RunningServer:
-    """uvicorn serving `create_app(settings)` in a background thread."""
+    """uvicorn serving `create_app(settings)` in a background thread.
+
+    The listening socket is bound here and handed to uvicorn, so no other process can
+    take the port between choosing it and listening on it."""
 
     def __init__(self, settings: Settings) -> None:
-        self.port = free_port()
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
         self.app = create_app(settings)
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
         )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -53,7 +60,8 @@ class RunningServer:
 
     def __enter__(self) -> RunningServer:
         self.thread.start()
-        deadline = time.monotonic() + 20
+        # generous: on a loaded 2-core machine an app's start-up can take many seconds
+        deadline = time.monotonic() + 120
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("the test server did not start")
@@ -62,7 +70,8 @@ class RunningServer:
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=60)
+        self.socket.close()
 
 
 def database_url(tmp_path: Path) -> str:

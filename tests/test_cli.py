@@ -77,10 +77,30 @@ def test_load_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def serve(tmp_path: Path, *options: str) -> tuple[subprocess.Popen, int]:
-    """`diatabase serve` in a subprocess, once it answers /metadata."""
-    port = free_port()
+    """`diatabase serve` in a subprocess, once it answers /metadata (on another free port
+    if another process took the one chosen before the server could listen on it)."""
+    for _attempt in range(5):
+        port = free_port()
+        proc = _start_serve(tmp_path, port, options)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=60)
+                return proc, port
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    output = proc.stdout.read().decode() if proc.stdout else ""
+                    if "address already in use" in output:
+                        break
+                    raise AssertionError(output) from None
+                time.sleep(0.2)
+    raise AssertionError("no free port for the server")
+
+
+def _start_serve(tmp_path: Path, port: int, options: tuple[str, ...]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -96,28 +116,18 @@ def serve(tmp_path: Path, *options: str) -> tuple[subprocess.Popen, int]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=5)
-            return proc, port
-        except httpx.TransportError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(proc.stdout.read().decode() if proc.stdout else "") from None
-            time.sleep(0.2)
 
 
 def stop(proc: subprocess.Popen) -> str:
     proc.terminate()
-    output, _ = proc.communicate(timeout=30)
+    output, _ = proc.communicate(timeout=120)
     return output.decode()
 
 
 def test_serve_starts_and_answers_metadata(tmp_path: Path) -> None:
     proc, port = serve(tmp_path, "--log-level", "warning")
     try:
-        response = httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=5)
+        response = httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=60)
         assert response.status_code == 200
         assert response.json()["fhirVersion"] == "4.0.1"
         assert (tmp_path / "served.db").exists()
@@ -132,7 +142,7 @@ def test_the_access_log_leaves_queries_out(tmp_path: Path) -> None:
         response = httpx.get(
             f"http://127.0.0.1:{port}/Patient",
             params={"identifier": "urn:oid:1.2.250.1.213.1.4.10|1234567890123", "name": "Hélène"},
-            timeout=5,
+            timeout=60,
         )
         assert response.status_code == 200
     finally:

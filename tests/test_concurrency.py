@@ -16,7 +16,7 @@ INCREMENTS = 10
 
 def test_no_lost_update_with_if_match_retry(server: RunningServer) -> None:
     """Eight clients each add 10 to a counter by read / If-Match update / retry on 412."""
-    with httpx.Client(base_url=server.url) as setup:
+    with httpx.Client(base_url=server.url, timeout=60) as setup:
         rid = setup.post("/Observation", json=glucose(0)).json()["id"]
     conflicts = []
 
@@ -41,7 +41,7 @@ def test_no_lost_update_with_if_match_retry(server: RunningServer) -> None:
         t.start()
     for t in threads:
         t.join()
-    with httpx.Client(base_url=server.url) as check:
+    with httpx.Client(base_url=server.url, timeout=60) as check:
         final = check.get(f"/Observation/{rid}")
     assert final.json()["valueQuantity"]["value"] == WORKERS * INCREMENTS
     assert final.headers["etag"] == f'W/"{WORKERS * INCREMENTS + 1}"'
@@ -66,6 +66,6 @@ def test_concurrent_conditional_creates_make_one_resource(server: RunningServer)
     for t in threads:
         t.join()
     assert sorted(statuses) == [200] * (WORKERS - 1) + [201]
-    with httpx.Client(base_url=server.url) as check:
+    with httpx.Client(base_url=server.url, timeout=60) as check:
         found = check.get("/Observation", params={"identifier": f"urn:race|{ident}"}).json()
     assert found["total"] == 1

@@ -86,7 +86,7 @@ def test_every_clinical_route_is_absent(only_server: tuple[RunningServer, str]) 
 
 def test_metadata_describes_only_the_facade(only_server: tuple[RunningServer, str]) -> None:
     server, _ = only_server
-    statement = httpx.get(f"{server.url}/metadata").json()
+    statement = httpx.get(f"{server.url}/metadata", timeout=60).json()
     assert statement["implementation"]["url"].endswith("/deid")
     interactions = {i["code"] for r in statement["rest"][0]["resource"] for i in r["interaction"]}
     assert interactions == {"read", "search-type"}

@@ -74,7 +74,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "modifierExtension": [{"url": "http://example.org/refuted", "valueBoolean": True}],
         }
     )
-    with RunningServer(settings) as running, httpx.Client(base_url=running.url) as http:
+    with RunningServer(settings) as running, httpx.Client(base_url=running.url, timeout=60) as http:
         for bundle in synthea_bundles():
             assert http.post("/", json=bundle, timeout=60).status_code == 200
         response = http.post("/", json=transaction(patients), timeout=60)
@@ -175,7 +175,10 @@ class CountingEngine:
 @pytest.fixture(scope="module")
 def baseline(setup: dict[str, Any]) -> dict[str, list[Any]]:
     """The facade's answers without view stores (the engine makes every one)."""
-    with RunningServer(setup["settings"]) as running, httpx.Client(base_url=running.url) as http:
+    with (
+        RunningServer(setup["settings"]) as running,
+        httpx.Client(base_url=running.url, timeout=60) as http,
+    ):
         return {r: answers(http, running.url, probe_urls(setup, r), r) for r in KEYS}
 
 
@@ -209,7 +212,10 @@ def test_a_fill_removes_the_rows_of_resources_deleted_while_nothing_followed(
     setup: dict[str, Any], filled: str
 ) -> None:
     # An Immunization of a Synthea patient: in none of the answers compared above.
-    with RunningServer(setup["settings"]) as running, httpx.Client(base_url=running.url) as http:
+    with (
+        RunningServer(setup["settings"]) as running,
+        httpx.Client(base_url=running.url, timeout=60) as http,
+    ):
         found = http.get("/Immunization?_count=1").json()
         rid = found["entry"][0]["resource"]["id"]
         assert http.delete(f"/Immunization/{rid}").status_code in (200, 204)
@@ -230,7 +236,7 @@ def test_views_give_the_engines_answers_without_the_engine(
 ) -> None:
     alpha = CountingEngine(views_server, "alpha")
     beta = CountingEngine(views_server, "beta")
-    with httpx.Client(base_url=views_server.url) as http:
+    with httpx.Client(base_url=views_server.url, timeout=60) as http:
         assert (
             answers(http, views_server.url, probe_urls(setup, "alpha"), "alpha")
             == baseline["alpha"]
@@ -293,7 +299,7 @@ def test_an_update_after_the_fill_is_served_current_and_follow_catches_up(
     # A server started now serves both from the store.
     with (
         RunningServer(views_settings(setup)) as running,
-        httpx.Client(base_url=running.url) as http,
+        httpx.Client(base_url=running.url, timeout=60) as http,
     ):
         fresh = CountingEngine(running, "alpha")
         served = http.get(f"/deid/Patient/{pseudonym}", headers=auth("alpha")).json()
@@ -372,7 +378,7 @@ def test_the_cli_follows_new_writes_until_interrupted(
         # A Basic: in none of the answers compared above.
         with (
             RunningServer(setup["settings"]) as running,
-            httpx.Client(base_url=running.url) as http,
+            httpx.Client(base_url=running.url, timeout=60) as http,
         ):
             created = http.post("/Basic", json={"resourceType": "Basic", "code": {"text": "x"}})
             assert created.status_code == 201

@@ -47,9 +47,9 @@ class Listener:
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             await asyncio.gather(*others, return_exceptions=True)
 
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=5)
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=60)
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
+        self.thread.join(timeout=60)
         self.loop.close()
 
 
@@ -183,16 +183,30 @@ def test_deframer_size_limit_keeps_the_head() -> None:
     assert good.complete and good.data == b"MSH|ok"
 
 
-def test_invalid_handler_outcome_and_idle_timeout() -> None:
+def test_invalid_handler_outcome_gives_ae() -> None:
     async def confused(raw: str) -> tuple[str, str | None]:
         return "OK", None
 
-    running = Listener(confused, idle_timeout=0.3)
+    running = Listener(confused)
     try:
         with MllpClient("127.0.0.1", running.port) as client:
             assert msa(client.send(message("Q1")))[1] == "AE"
-            # silent past the idle timeout: the listener hangs up
-            with pytest.raises(ConnectionError):
-                client.receive()
+    finally:
+        running.close()
+
+
+def test_a_silent_connection_is_hung_up_after_the_idle_timeout() -> None:
+    """The client says nothing, so no scheduling delay can make it look active: the
+    listener hangs up after its idle timeout (the client would wait 120 s)."""
+
+    async def accept(raw: str) -> tuple[str, str | None]:
+        return "AA", None
+
+    running = Listener(accept, idle_timeout=0.3)
+    try:
+        with MllpClient("127.0.0.1", running.port, timeout=120) as client, pytest.raises(
+            ConnectionError
+        ):
+            client.receive()
     finally:
         running.close()

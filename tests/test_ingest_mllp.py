@@ -77,9 +77,9 @@ class Listener:
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             await asyncio.gather(*others, return_exceptions=True)
 
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=60)
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=60)
         self.loop.close()
         self.service.storage.close()
 
@@ -208,7 +208,7 @@ def test_the_mllp_command_stores_what_it_receives(
         assert segment(ack, "MSA")[1:3] == ["AA", "CLI-1"]
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        process.wait(timeout=60)
     subject = f"Patient/{patient_id(client, 'MLLP-CLI')}"
     [reading] = client.get("/Observation", params={"subject": subject}).json()["entry"]
     assert reading["resource"]["valueQuantity"]["value"] == 133

@@ -110,7 +110,7 @@ def test_transaction_bundle_is_refused_over_http_on_standalone(standalone_server
             {"resource": glucose(patient=p), "request": {"method": "POST", "url": "Observation"}},
         ],
     }
-    with httpx.Client(base_url=standalone_server.url) as http:
+    with httpx.Client(base_url=standalone_server.url, timeout=60) as http:
         response = http.post("/", json=bundle)
         assert response.status_code == 400, response.text
         body = response.json()

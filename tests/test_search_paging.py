@@ -57,17 +57,35 @@ def paging_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
         yield running
 
 
-def page_through(url: str, query: str, writer_done: threading.Event) -> list[str]:
+class Inserted:
+    """What the writer has inserted so far, and a way to wait for more."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self._grew = threading.Condition()
+
+    def add(self, rid: str) -> None:
+        with self._grew:
+            self.ids.append(rid)
+            self._grew.notify_all()
+
+    def wait_for_more_than(self, count: int) -> None:
+        with self._grew:
+            assert self._grew.wait_for(lambda: len(self.ids) > count, timeout=120)
+
+
+def page_through(url: str, query: str, inserted: Inserted) -> list[str]:
+    """Every page is fetched after at least one more insert than the one before: the pages
+    really interleave with the writes, however the threads are scheduled."""
     ids: list[str] = []
     with httpx.Client(timeout=60) as http:
         link: str | None = f"{url}/Observation?{query}"
         while link:
+            inserted.wait_for_more_than(len(inserted.ids))
             bundle = http.get(link).json()
             assert bundle["resourceType"] == "Bundle", bundle
             ids += [e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "match"]
             link = next((x["url"] for x in bundle["link"] if x["relation"] == "next"), None)
-            time.sleep(0.005)  # give the writer room between pages
-    writer_done.set()
     return ids
 
 
@@ -83,30 +101,33 @@ def page_through(url: str, query: str, writer_done: threading.Event) -> list[str
 def test_every_existing_resource_once_while_another_client_inserts(paging_server, query):
     url = paging_server.url
     done = threading.Event()
-    inserted: list[str] = []
+    inserted = Inserted()
+    failures: list[str] = []
 
     def writer() -> None:
         rng = random.Random(query)
         with httpx.Client(base_url=url, timeout=60) as http:
             while not done.is_set():
-                rid = f"new{len(inserted)}-{rng.randrange(10**9)}"
+                rid = f"new{len(inserted.ids)}-{rng.randrange(10**9)}"
                 resource = reading(rid, rng.randrange(1000), 200)
                 response = http.put(f"/Observation/{rid}", json=resource)
-                assert response.status_code == 201, response.text
-                inserted.append(rid)
+                if response.status_code != 201:
+                    failures.append(response.text)
+                    return
+                inserted.add(rid)
 
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        ids = page_through(url, query, done)
+        ids = page_through(url, query, inserted)
     finally:
         done.set()
         thread.join(timeout=60)
+    assert failures == []
     counts = Counter(ids)
     existing = {f"old{i}" for i in range(EXISTING)}
     assert {rid for rid in existing if counts[rid] != 1} == set()
     assert max(counts.values()) == 1  # nothing, new or old, is served twice
-    assert len(inserted) > 0, "the writer should have inserted during paging"
 
 
 def test_sorted_pages_are_in_order(paging_server):

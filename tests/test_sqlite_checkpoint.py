@@ -32,10 +32,11 @@ def test_the_log_is_checkpointed_and_reused_while_writing(tmp_path: Path) -> Non
     path = tmp_path / "bulk.db"
     storage = SqliteStorage(str(path))
     assert storage._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
-    # ~48 MB of history JSON in 120 commits, with pauses so that the checkpointer can run
+    # ~48 MB of history JSON in 120 commits, with pauses in which the checkpointer runs
+    # (waited for, not slept: a loaded machine may take seconds to schedule its thread)
     for round_ in range(12):
         _write(storage, f"r{round_}", 10, 100)
-        time.sleep(0.3)
+        assert storage._checkpointer.wait_caught_up(timeout=120)
     thread = storage._checkpointer._thread
     assert thread is not None and thread in _checkpointer_threads()
     wal = Path(f"{path}-wal").stat().st_size

@@ -42,26 +42,45 @@ def test_two_processes_write_one_file(tmp_path: Path) -> None:
     assert Path(f"{path}.lock").exists()
 
 
+class _Announcing:
+    """Wraps a storage's process lock to say when its owner starts waiting for it."""
+
+    def __init__(self, lock: sqlite_module.ProcessWriteLock, waiting: threading.Event) -> None:
+        self._lock, self._waiting = lock, waiting
+
+    def __enter__(self) -> None:
+        self._waiting.set()
+        self._lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__(*exc)
+
+    def close(self) -> None:
+        self._lock.close()
+
+
 def test_a_writer_waits_for_the_other_commit(tmp_path: Path) -> None:
+    """The first writer commits only once the second is asking for the lock, so the order
+    proves the wait (no sleep: a loaded machine decides nothing here)."""
     path = str(tmp_path / "wait.db")
     first, second = SqliteStorage(path), SqliteStorage(path)
+    second_waiting = threading.Event()
+    second._process_lock = _Announcing(second._process_lock, second_waiting)
     order: list[str] = []
-    holding = threading.Event()
 
-    def hold() -> None:
-        with first.transaction() as tx:
-            tx.put("Basic", "first", 1, time.time(), b"{}", (), "PUT")
-            holding.set()
-            time.sleep(0.3)
-            order.append("first commits")
+    def write_second() -> None:
+        with second.transaction() as tx:
+            order.append("second writes")
+            tx.put("Basic", "second", 1, time.time(), b"{}", (), "PUT")
 
-    thread = threading.Thread(target=hold)
-    thread.start()
-    holding.wait(5)
-    with second.transaction() as tx:
-        order.append("second writes")
-        tx.put("Basic", "second", 1, time.time(), b"{}", (), "PUT")
-    thread.join()
+    with first.transaction() as tx:
+        tx.put("Basic", "first", 1, time.time(), b"{}", (), "PUT")
+        thread = threading.Thread(target=write_second)
+        thread.start()
+        assert second_waiting.wait(120)
+        order.append("first commits")
+    thread.join(120)
+    assert not thread.is_alive()
     assert order == ["first commits", "second writes"]
     assert second.read("Basic", "first") is not None
     first.close()

@@ -91,12 +91,12 @@ def test_restart_keeps_operator_value_sets_and_does_not_duplicate_shipped(
 ) -> None:
     db = tmp_path / "restart.db"
     url = f"https://hospital.example.org/fhir/ValueSet/{uuid.uuid4().hex}"
-    with _start(db) as first, httpx.Client(base_url=first.url) as client:
+    with _start(db) as first, httpx.Client(base_url=first.url, timeout=60) as client:
         created = client.post("/ValueSet", json={
             "resourceType": "ValueSet", "url": url, "status": "active",
             "compose": {"include": [{"system": ICD10, "concept": [{"code": "E11.9"}]}]}})
         assert created.status_code == 201
-    with _start(db) as second, httpx.Client(base_url=second.url) as client:
+    with _start(db) as second, httpx.Client(base_url=second.url, timeout=60) as client:
         expanded = client.get("/ValueSet/$expand", params={"url": url})
         assert expanded.status_code == 200, expanded.text
         assert [c["code"] for c in expanded.json()["expansion"]["contains"]] == ["E11.9"]
@@ -118,7 +118,7 @@ def _store(db: Path, resource: dict) -> None:
 
 def test_untouched_old_shipped_copy_is_refreshed_and_edited_copy_kept(tmp_path: Path) -> None:
     db = tmp_path / "refresh.db"
-    with _start(db) as first, httpx.Client(base_url=first.url) as client:
+    with _start(db) as first, httpx.Client(base_url=first.url, timeout=60) as client:
         shipped = client.get("/ValueSet/glucose-codes").json()
         drugs = client.get("/ValueSet/drugs-used-in-diabetes").json()
     # A copy the server wrote from older tables: its recorded hash matches its content.
@@ -128,7 +128,7 @@ def test_untouched_old_shipped_copy_is_refreshed_and_edited_copy_kept(tmp_path: 
     # A copy an operator edited: its content no longer matches the recorded hash.
     edited = {**drugs, "description": "our local drug list", "meta": drugs["meta"]}
     _store(db, edited)
-    with _start(db) as second, httpx.Client(base_url=second.url) as client:
+    with _start(db) as second, httpx.Client(base_url=second.url, timeout=60) as client:
         refreshed = client.get("/ValueSet/glucose-codes").json()
         assert refreshed["description"] == shipped["description"]
         assert refreshed["meta"]["source"] == shipped["meta"]["source"]
@@ -164,7 +164,7 @@ def test_deleted_value_set_and_concept_map_are_no_longer_used(client: httpx.Clie
 def test_value_set_stored_by_another_process_is_taken_on_first_use(tmp_path: Path) -> None:
     db = tmp_path / "shared.db"
     url = f"https://hospital.example.org/fhir/ValueSet/{uuid.uuid4().hex}"
-    with _start(db) as server, httpx.Client(base_url=server.url) as client:
+    with _start(db) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         condition = client.post("/Condition", json={
             "resourceType": "Condition", "subject": {"reference": "Patient/other-process"},
             "code": {"coding": [{"system": ICD10, "code": "E11.9"}]}})

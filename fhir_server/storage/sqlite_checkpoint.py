@@ -39,6 +39,11 @@ class BackgroundCheckpointer:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # commits announced, and how many of them the last finished checkpoint covered:
+        # `wait_caught_up` lets a caller (a bulk step, a test) wait for the log to be copied
+        self._progress = threading.Condition()
+        self._commits = 0
+        self._covered = 0
 
     def committed(self, writer: sqlite3.Connection) -> None:
         """Called after each commit, under the write lock: a checkpoint soon, on the
@@ -53,7 +58,16 @@ class BackgroundCheckpointer:
                 writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         if self._thread is None:
             self._start()  # on the first commit: a storage that only reads needs no thread
+        with self._progress:
+            self._commits += 1
         self._wake.set()
+
+    def wait_caught_up(self, timeout: float) -> bool:
+        """Wait until a checkpoint has run after every commit announced so far (the log
+        copied back, as far as readers allowed); False if `timeout` seconds pass first."""
+        with self._progress:
+            target = self._commits
+            return self._progress.wait_for(lambda: self._covered >= target, timeout)
 
     def _start(self) -> None:
         with self._start_lock:
@@ -73,9 +87,14 @@ class BackgroundCheckpointer:
                 if self._closing.is_set():
                     return
                 self._wake.clear()
+                with self._progress:
+                    covering = self._commits
                 # busy (another process checkpoints) or failing: the next commit wakes us
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                with self._progress:
+                    self._covered = covering
+                    self._progress.notify_all()
                 if self._closing.wait(MIN_INTERVAL_SECONDS):
                     return
         finally:
