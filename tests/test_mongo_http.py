@@ -25,6 +25,8 @@ TESTS = Path(__file__).parent
 SUITES = [
     "test_api_crud.py",
     "test_api_bundles.py",
+    "test_api_write_conditions.py",
+    "test_api_patch.py",
     "test_concurrency.py",
     "test_fhirpy_client.py",
     "test_search_conformance.py",

@@ -88,7 +88,12 @@ def capability_statement(request: Request) -> dict[str, Any]:
         },
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "patchFormat": ["application/json-patch+json"],
+        # JSON Patch, FHIRPath Patch (a Parameters resource) and JSON Merge Patch
+        "patchFormat": [
+            "application/json-patch+json",
+            "application/fhir+json",
+            "application/merge-patch+json",
+        ],
         "rest": [rest],
     }
 

@@ -26,11 +26,12 @@ from fhir_server.model import jsonio
 from fhir_server.model.outcome import error, info_outcome
 from fhir_server.model.resource_types import is_resource_type
 from fhir_server.service.fhir import FhirService
+from fhir_server.service.patching import MEDIA_TYPES as PATCH_MEDIA_TYPES
+from fhir_server.service.patching import Patch
 from fhir_server.service.resources import WriteResult, parse_etag
 from fhir_server.storage.base import StoredResource, instant
 from fhir_server.storage.cursor import CursorError
 
-PATCH_TYPES = ("application/json-patch+json",)
 RESULT_PARAMS = ("_format", "_pretty")
 
 
@@ -61,6 +62,40 @@ def _write_response(request: Request, result: WriteResult) -> Response:
 
 def _conditional_items(request: Request) -> list[tuple[str, str]]:
     return [(k, v) for k, v in query_items(request) if k not in RESULT_PARAMS]
+
+
+def _no_query(request: Request) -> None:
+    """Writes that take no search criteria refuse them rather than drop them silently."""
+    items = _conditional_items(request)
+    if items:
+        names = ", ".join(dict.fromkeys(k for k, _ in items))
+        raise error(
+            400,
+            "invalid",
+            f"{request.method} {request.url.path} takes no search parameters (got {names}): "
+            "conditional interactions are made on the type, e.g. PUT [type]?criteria",
+        )
+
+
+def _if_none_exist(request: Request) -> list[tuple[str, str]] | None:
+    """A create's conditions: the If-None-Exist header, or a search in the URL's query
+    string (`POST /Patient?identifier=sys|val`, what fhirpy's `create(**search)` and
+    `get_or_create` send). Both at once must agree."""
+    header = request.headers.get("if-none-exist")
+    from_header = parse_qsl(header.split("?", 1)[-1], keep_blank_values=True) if header else None
+    from_url = _conditional_items(request) or None
+    if from_header and from_url and sorted(from_header) != sorted(from_url):
+        raise error(
+            400,
+            "invalid",
+            "The If-None-Exist header and the URL's query string give different criteria",
+        )
+    return from_header or from_url
+
+
+async def _patch_body(request: Request) -> Patch:
+    body = await read_body(request, _max_body(request), PATCH_MEDIA_TYPES)
+    return Patch.from_body(request.headers.get("content-type", ""), body)
 
 
 def _parse_instant(name: str, value: str) -> float:
@@ -110,6 +145,7 @@ def build_router() -> APIRouter:
     @router.post("/")
     async def transaction_or_batch(request: Request) -> Response:
         check_accept(request)
+        _no_query(request)
         bundle, raw = await read_body(request, _max_body(request), with_raw=True)
         svc = _service(request)
         base = _base(request)
@@ -182,10 +218,7 @@ def build_router() -> APIRouter:
         svc = _service(request)
         svc.resources.check_type(resource_type)
         body = await read_body(request, _max_body(request))
-        if_none_exist = request.headers.get("if-none-exist")
-        items = None
-        if if_none_exist:
-            items = parse_qsl(if_none_exist.split("?", 1)[-1], keep_blank_values=True)
+        items = _if_none_exist(request)
         result = await run_in_threadpool(svc.resources.create, resource_type, body, items)
         return _write_response(request, result)
 
@@ -210,7 +243,10 @@ def build_router() -> APIRouter:
         svc = _service(request)
         svc.resources.check_type(resource_type)
         deleted = await run_in_threadpool(
-            svc.resources.conditional_delete, resource_type, _conditional_items(request)
+            svc.resources.conditional_delete,
+            resource_type,
+            _conditional_items(request),
+            request.headers.get("if-match"),
         )
         message = (
             f"Deleted {deleted[0].resource_type}/{deleted[0].id}"
@@ -218,6 +254,21 @@ def build_router() -> APIRouter:
             else "No resource matched"
         )
         return fhir_response(info_outcome(message), 200)
+
+    @router.patch("/{resource_type}")
+    async def conditional_patch(request: Request, resource_type: str) -> Response:
+        check_accept(request)
+        svc = _service(request)
+        svc.resources.check_type(resource_type)
+        patch = await _patch_body(request)
+        result = await run_in_threadpool(
+            svc.resources.conditional_patch,
+            resource_type,
+            _conditional_items(request),
+            patch,
+            request.headers.get("if-match"),
+        )
+        return _write_response(request, result)
 
     @router.get("/{resource_type}/_history")
     async def type_history(request: Request, resource_type: str) -> Response:
@@ -235,6 +286,7 @@ def build_router() -> APIRouter:
     @router.put("/{resource_type}/{rid}")
     async def update(request: Request, resource_type: str, rid: str) -> Response:
         check_accept(request)
+        _no_query(request)
         svc = _service(request)
         svc.resources.check_type(resource_type)
         body = await read_body(request, _max_body(request))
@@ -246,19 +298,23 @@ def build_router() -> APIRouter:
     @router.patch("/{resource_type}/{rid}")
     async def patch(request: Request, resource_type: str, rid: str) -> Response:
         check_accept(request)
+        _no_query(request)
         svc = _service(request)
         svc.resources.check_type(resource_type)
-        operations = await read_body(request, _max_body(request), PATCH_TYPES)
+        patch = await _patch_body(request)
         result = await run_in_threadpool(
-            svc.resources.patch, resource_type, rid, operations, request.headers.get("if-match")
+            svc.resources.patch, resource_type, rid, patch, request.headers.get("if-match")
         )
         return _write_response(request, result)
 
     @router.delete("/{resource_type}/{rid}")
     async def delete(request: Request, resource_type: str, rid: str) -> Response:
         check_accept(request)
+        _no_query(request)
         svc = _service(request)
-        deleted = await run_in_threadpool(svc.resources.delete, resource_type, rid)
+        deleted = await run_in_threadpool(
+            svc.resources.delete, resource_type, rid, request.headers.get("if-match")
+        )
         headers = {"ETag": deleted.etag} if deleted else {}
         if "return=minimal" in request.headers.get("prefer", ""):
             return fhir_response(None, 204, headers)

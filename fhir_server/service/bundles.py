@@ -22,6 +22,7 @@ from fhir_server.model import jsonio
 from fhir_server.model.outcome import FhirError, Issue, error, outcome
 from fhir_server.model.references import rewrite_strings
 from fhir_server.model.resource_types import is_resource_type
+from fhir_server.service.patching import Patch
 from fhir_server.service.resources import PreparedCreate, ResourceService, WriteResult
 from fhir_server.storage.base import StoredResource, WriteTransaction
 
@@ -123,17 +124,30 @@ def _single_identifier(req: EntryRequest) -> str | None:
     return token if system and value else None
 
 
-def _patch_operations(req: EntryRequest) -> Any:
-    """In a Bundle a JSON Patch travels as a Binary resource holding the patch document."""
+def _patch_document(req: EntryRequest) -> Patch:
+    """A PATCH entry's document. R4 carries a JSON Patch as a Binary (base64 data) and a
+    FHIRPath Patch as a Parameters resource; a JSON Merge Patch travels as a Binary too,
+    its `contentType` (application/merge-patch+json) telling it from a JSON Patch, as
+    HTTP's Content-Type does outside a Bundle."""
     resource = req.resource
     if isinstance(resource, list):
-        return resource
+        return Patch("json-patch", resource)
+    if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
+        return Patch("fhirpath-patch", resource)
     if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
         try:
-            return jsonio.loads(base64.b64decode(resource.get("data", ""), validate=True))
+            document = jsonio.loads(base64.b64decode(resource.get("data", ""), validate=True))
         except (binascii.Error, jsonio.JsonError, ValueError) as exc:
-            raise _entry_error(req.index, f"the Binary does not hold a JSON Patch: {exc}") from None
-    raise _entry_error(req.index, "PATCH needs a Binary resource holding a JSON Patch document")
+            raise _entry_error(
+                req.index, f"the Binary does not hold a JSON document: {exc}"
+            ) from None
+        content_type = resource.get("contentType")
+        return Patch.from_body(content_type if isinstance(content_type, str) else "", document)
+    raise _entry_error(
+        req.index,
+        "PATCH needs a Binary holding a JSON Patch or JSON Merge Patch, or a Parameters "
+        "resource holding a FHIRPath Patch",
+    )
 
 
 def _write_response(result: WriteResult) -> dict[str, Any]:
@@ -380,9 +394,9 @@ class BundleProcessor:
         self._resolved.pop(req.resource_type, None)
         if req.method == "DELETE":
             if req.id:
-                svc.delete_in(tx, req.resource_type, req.id)
+                svc.delete_in(tx, req.resource_type, req.id, if_match=req.if_match)
             else:
-                svc.conditional_delete_in(tx, req.resource_type, req.query)
+                svc.conditional_delete_in(tx, req.resource_type, req.query, req.if_match)
             return {"status": STATUS_TEXT[204]}
         if req.method == "POST":
             if req.found_id:
@@ -402,12 +416,14 @@ class BundleProcessor:
                 result = svc.update_in(
                     tx, req.resource_type, str(req.assigned_id), body, req.if_match
                 )
-        else:  # PATCH
-            if not req.id:
-                raise error(400, "invalid", "PATCH in a Bundle needs Type/id in request.url")
-            result = svc.patch_in(
-                tx, req.resource_type, req.id, _patch_operations(req), req.if_match
+        elif req.id:  # PATCH
+            result = svc.patch_in(tx, req.resource_type, req.id, _patch_document(req), req.if_match)
+        elif req.query:  # conditional PATCH
+            result = svc.conditional_patch_in(
+                tx, req.resource_type, req.query, _patch_document(req), req.if_match
             )
+        else:
+            raise error(400, "invalid", "PATCH in a Bundle needs Type/id or Type?criteria")
         return self._with_resource(_write_response(result), result.stored)
 
     @staticmethod

@@ -29,6 +29,10 @@ from profiles import (
 )
 
 
+# Result parameters a conditional URL may carry: they shape the response, not the match.
+NOT_CRITERIA = ("_format", "_pretty")
+
+
 class FhirService:
     def __init__(
         self,
@@ -143,11 +147,24 @@ class FhirService:
         return issues
 
     def _parse_conditional(self, resource_type: str, items: list[tuple[str, str]]) -> Any:
-        """Conditional interactions must never ignore a criterion: parse strictly."""
+        """Conditional interactions must never ignore a criterion: parse strictly, and
+        refuse result parameters (`_count`, `_sort`, ...), which select nothing."""
         try:
-            return parse_search(resource_type, items, self.registry, strict=True)
+            query = parse_search(resource_type, items, self.registry, strict=True)
         except SearchError as exc:
             raise error(400, "invalid", f"Invalid search criteria: {exc}") from None
+        result_params = [k for k, _ in query.result.self_link_items() if k not in NOT_CRITERIA]
+        if result_params:
+            raise error(
+                400,
+                "invalid",
+                f"Invalid search criteria: {', '.join(result_params)} selects no resource and "
+                "has no meaning in a conditional interaction",
+                result_params[0],
+            )
+        if not query.clauses:
+            raise error(400, "invalid", "Invalid search criteria: no search parameter given")
+        return query
 
     def bundles(self, base_url: str) -> BundleProcessor:
         return BundleProcessor(self.resources, base_url)

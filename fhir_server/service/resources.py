@@ -13,13 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import jsonpatch
-
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import FhirError, Issue, error
 from fhir_server.model.resource_types import is_resource_type, is_valid_id
 from fhir_server.model.validation import validate_structure
 from fhir_server.search.types import IndexEntry
+from fhir_server.service.patching import Patch
 from fhir_server.storage.base import (
     NewResource,
     Storage,
@@ -341,35 +340,71 @@ class ResourceService:
         tx: WriteTransaction,
         resource_type: str,
         rid: str,
-        operations: Any,
+        patch: Patch | list[Any],
         if_match: str | None = None,
     ) -> WriteResult:
+        """Apply `patch` (a bare list is a JSON Patch) to the current version. The patched
+        resource is validated like the body of an update (400 when it breaks the base
+        structure, 422 a profile) and nothing is stored."""
+        if isinstance(patch, list):
+            patch = Patch("json-patch", patch)
         current = tx.read(resource_type, rid) if is_valid_id(rid) else None
         if current is None:
             raise error(404, "not-found", f"{resource_type}/{rid} is not known")
         if current.deleted:
             raise error(410, "deleted", f"{resource_type}/{rid} was deleted")
         self._check_version(current, if_match, resource_type, rid)
-        if not isinstance(operations, list):
-            raise error(400, "structure", "A JSON Patch body must be a JSON array of operations")
         assert current.json is not None
-        try:
-            patched = jsonpatch.JsonPatch(operations).apply(jsonio.loads(current.json))
-        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
-            raise error(422, "processing", f"The JSON Patch cannot be applied: {exc}") from None
-        except (TypeError, KeyError, ValueError, AttributeError) as exc:
-            raise error(400, "structure", f"The JSON Patch is malformed: {exc}") from None
+        patched = patch.apply(jsonio.loads(current.json))
         if not isinstance(patched, dict) or patched.get("resourceType") != resource_type:
-            raise error(422, "processing", "The JSON Patch may not change the resourceType")
+            raise error(422, "processing", "A patch may not change the resourceType")
         if patched.get("id") != rid:
-            raise error(422, "processing", "The JSON Patch may not change the id")
-        return self.update_in(tx, resource_type, rid, patched, method="PATCH")
+            raise error(422, "processing", "A patch may not change the id")
+        issues = [i for i in self.validate(patched) if i.severity in ("error", "fatal")]
+        if issues:
+            summary = Issue(
+                "error",
+                "invalid",
+                f"The patched {resource_type} would not be valid: nothing was changed",
+                (resource_type,),
+            )
+            raise FhirError(422 if self._profile_issue(issues) else 400, [summary, *issues])
+        return self._write_version(tx, resource_type, rid, patched, None, "PATCH")
+
+    def conditional_patch_in(
+        self,
+        tx: WriteTransaction,
+        resource_type: str,
+        items: list[tuple[str, str]],
+        patch: Patch,
+        if_match: str | None = None,
+    ) -> WriteResult:
+        """`PATCH [type]?criteria`: the one match is patched; none is a 404, several a 412."""
+        if not items:
+            raise error(400, "invalid", "A conditional patch needs search parameters")
+        ids = self.conditional_ids(tx, resource_type, items)
+        if len(ids) > 1:
+            raise error(
+                412,
+                "multiple-matches",
+                f"The conditional patch matched several {resource_type} resources",
+            )
+        if not ids:
+            raise error(404, "not-found", f"The conditional patch matched no {resource_type}")
+        return self.patch_in(tx, resource_type, ids[0], patch, if_match)
 
     def delete_in(
-        self, tx: WriteTransaction, resource_type: str, rid: str, now: float | None = None
+        self,
+        tx: WriteTransaction,
+        resource_type: str,
+        rid: str,
+        now: float | None = None,
+        if_match: str | None = None,
     ) -> StoredResource | None:
-        """Delete; returns the deletion version, or None when there was nothing to delete."""
+        """Delete; returns the deletion version, or None when there was nothing to delete.
+        With `if_match`, a stale or absent version is a 412 and nothing is deleted."""
         current = tx.read(resource_type, rid) if is_valid_id(rid) else None
+        self._check_version(current, if_match, resource_type, rid)
         if current is None or current.deleted:
             return None
         now = now or now_millis()
@@ -377,7 +412,11 @@ class ResourceService:
         return StoredResource(resource_type, rid, current.version + 1, now, True, None, "DELETE")
 
     def conditional_delete_in(
-        self, tx: WriteTransaction, resource_type: str, items: list[tuple[str, str]]
+        self,
+        tx: WriteTransaction,
+        resource_type: str,
+        items: list[tuple[str, str]],
+        if_match: str | None = None,
     ) -> list[StoredResource]:
         if not items:
             raise error(400, "invalid", "A conditional delete needs search parameters")
@@ -389,7 +428,9 @@ class ResourceService:
                 f"The conditional delete matched several {resource_type} resources; this server "
                 "deletes one at a time",
             )
-        deleted = [self.delete_in(tx, resource_type, rid) for rid in ids]
+        if if_match is not None and not ids:
+            raise error(412, "conflict", f"If-Match {if_match}: no {resource_type} matched")
+        deleted = [self.delete_in(tx, resource_type, rid, if_match=if_match) for rid in ids]
         return [d for d in deleted if d is not None]
 
     # -- one-shot wrappers (each its own transaction) ----------------------------------------
@@ -413,20 +454,27 @@ class ResourceService:
         with self.storage.transaction() as tx:
             return self.conditional_update_in(tx, resource_type, items, body, if_match)
 
-    def patch(self, resource_type, rid, operations, if_match=None) -> WriteResult:
+    def patch(self, resource_type, rid, patch, if_match=None) -> WriteResult:
         self.check_type(resource_type)
         with self.storage.transaction() as tx:
-            return self.patch_in(tx, resource_type, rid, operations, if_match)
+            return self.patch_in(tx, resource_type, rid, patch, if_match)
 
-    def delete(self, resource_type: str, rid: str) -> StoredResource | None:
+    def conditional_patch(self, resource_type, items, patch, if_match=None) -> WriteResult:
         self.check_type(resource_type)
         with self.storage.transaction() as tx:
-            return self.delete_in(tx, resource_type, rid)
+            return self.conditional_patch_in(tx, resource_type, items, patch, if_match)
 
-    def conditional_delete(self, resource_type, items) -> list[StoredResource]:
+    def delete(
+        self, resource_type: str, rid: str, if_match: str | None = None
+    ) -> StoredResource | None:
         self.check_type(resource_type)
         with self.storage.transaction() as tx:
-            return self.conditional_delete_in(tx, resource_type, items)
+            return self.delete_in(tx, resource_type, rid, if_match=if_match)
+
+    def conditional_delete(self, resource_type, items, if_match=None) -> list[StoredResource]:
+        self.check_type(resource_type)
+        with self.storage.transaction() as tx:
+            return self.conditional_delete_in(tx, resource_type, items, if_match)
 
 
 def parse_etag(value: str) -> str:
