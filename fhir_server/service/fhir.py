@@ -28,7 +28,6 @@ from profiles import (
     load_search_parameters,
 )
 
-
 # Result parameters a conditional URL may carry: they shape the response, not the match.
 NOT_CRITERIA = ("_format", "_pretty")
 
