@@ -6,12 +6,12 @@ wait for the ACK before sending the next message), any number of connections at 
 A broken frame costs only itself: bytes outside a frame are skipped, a frame cut by a
 new <VT> or grown past the size limit is answered AR when it still has an MSH, otherwise
 dropped; the connection stays open. Storage is not this module's business: the handler
-(`(raw message) -> (ack code, error text)`) decides what receiving means.
+(`(raw message) -> Outcome(ack code, error text, warnings)`) decides what receiving means.
 
 Wiring a store (what `diatabase mllp --port 2575` is meant to do):
 
-    async def store(bundle: dict) -> None:        # raise to answer AE
-        await asyncio.to_thread(storage_transaction, bundle)
+    async def store(mapped: MappedMessage) -> None:   # raise to answer AE
+        await asyncio.to_thread(storage_transaction, mapped.bundle)
 
     server = await serve_mllp("0.0.0.0", 2575, bundle_handler(store))
     async with server:
@@ -24,10 +24,10 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from mappers.hl7v2 import MappingError, build_ack, to_bundle
+from mappers.hl7v2 import MappedMessage, MappingError, MappingWarning, build_ack, map_message
 from mappers.hl7v2.parser import decode
 
 START_BLOCK = b"\x0b"
@@ -35,7 +35,19 @@ END_BLOCK = b"\x1c"
 CARRIAGE_RETURN = b"\r"
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 
-Handler = Callable[[str], Awaitable[tuple[str, str | None]]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a handler says of one message: the ACK code, the error text for AE/AR, and
+    the parts accepted but not stored (ERR segments of severity W beside an AA)."""
+
+    code: str = "AA"
+    text: str | None = None
+    warnings: tuple[MappingWarning, ...] = ()
+
+
+Handler = Callable[[str], Awaitable["Outcome | tuple[str, str | None]"]]
 log = logging.getLogger(__name__)
 
 
@@ -140,7 +152,7 @@ async def _answer(frame_: Frame, handle: Handler) -> bytes | None:
             return None  # not an HL7 message at all: nothing to refer to
         return _ack_bytes(build_ack(text, "AR", "text before the MSH segment"), charset)
     try:
-        code, error_text = await handle(text)
+        outcome = await handle(text)
     except _Rejected as rejected:
         error = rejected.error
         return _ack_bytes(build_ack(text, "AR", str(error), error=error), charset)
@@ -149,10 +161,13 @@ async def _answer(frame_: Frame, handle: Handler) -> bytes | None:
     except Exception as error:  # the handler's failure must not end the connection
         log.exception("MLLP handler failed")
         return _ack_bytes(build_ack(text, "AE", f"{type(error).__name__}: {error}"), charset)
-    if code not in ("AA", "AE", "AR"):
-        log.error("MLLP handler returned %r, not AA/AE/AR", code)
-        code, error_text = "AE", f"receiver returned an invalid outcome {code!r}"
-    return _ack_bytes(build_ack(text, code, error_text), charset)
+    if not isinstance(outcome, Outcome):
+        outcome = Outcome(*outcome)
+    if outcome.code not in ("AA", "AE", "AR"):
+        log.error("MLLP handler returned %r, not AA/AE/AR", outcome.code)
+        outcome = Outcome("AE", f"receiver returned an invalid outcome {outcome.code!r}")
+    ack = build_ack(text, outcome.code, outcome.text, warnings=outcome.warnings)
+    return _ack_bytes(ack, charset)
 
 
 async def _serve_connection(
@@ -206,27 +221,30 @@ async def serve_mllp(
     return await asyncio.start_server(on_connect, host, port)
 
 
-def bundle_handler(
-    store: Callable[[dict], Awaitable[None]], **mapping_options
-) -> Handler:
-    """A handler that maps each message with `to_bundle` and passes the Bundle to `store`.
+Store = Callable[[MappedMessage], Awaitable[Sequence[MappingWarning] | None]]
 
-    Mapping errors are AE (AR for an unusable MSH or unsupported message type, with the
-    error location in ERR-2), so is any error `store` raises; success is AA. `store` is
-    where the caller plugs storage in. Mapping runs on the event loop: about 1 ms per
-    message, fine for MLLP rates; a slow `store` should hand off to a thread itself.
+
+def bundle_handler(store: Store, **mapping_options) -> Handler:
+    """A handler that maps each message with `map_message` and passes the result (the
+    Bundle, its warnings, any A40 merges) to `store`.
+
+    Mapping errors are AE (AR for an unusable MSH or unsupported message type or event,
+    with the error location in ERR-2), so is any error `store` raises; success is AA, with
+    an ERR of severity W for each part of the message not stored (the mapper's warnings
+    and those `store` returns). `store` is where the caller plugs storage in. Mapping runs
+    on the event loop: about 1 ms per message; a slow `store` should hand off to a thread.
     """
 
-    async def handle(message: str) -> tuple[str, str | None]:
+    async def handle(message: str) -> Outcome:
         try:
-            bundle = to_bundle(message, **mapping_options)
+            mapped = map_message(message, **mapping_options)
         except MappingError as error:
             # Raised out of the handler so that the ACK's ERR carries the error location.
             if error.segment == "MSH":
                 raise _Rejected(error) from error
             raise
-        await store(bundle)
-        return "AA", None
+        more = await store(mapped)
+        return Outcome("AA", None, tuple(mapped.warnings) + tuple(more or ()))
 
     return handle
 

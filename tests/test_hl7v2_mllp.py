@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mappers.hl7v2 import MappedMessage
 from mappers.mllp import Deframer, MllpClient, bundle_handler, frame, send_mllp, serve_mllp
 
 DATA = Path(__file__).parent / "data" / "hl7v2"
@@ -60,7 +61,8 @@ def stored() -> list[dict]:
 
 @pytest.fixture
 def listener(stored: list[dict]) -> Iterator[Listener]:
-    async def store(bundle: dict) -> None:
+    async def store(mapped: MappedMessage) -> None:
+        bundle = mapped.bundle
         if any(e["resource"].get("name", [{}])[0].get("family") == "FAIL"
                for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"):
             raise RuntimeError("storage refused the bundle")

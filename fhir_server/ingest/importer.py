@@ -182,11 +182,16 @@ class Importer:
         report.skipped = len(conversion.skipped)
         report.warnings = conversion.warnings
         report.failed += conversion.failed
-        for label, bundle in zip(conversion.labels, conversion.bundles, strict=True):
+        merges = conversion.merges or [[] for _ in conversion.bundles]
+        for label, bundle, merge in zip(conversion.labels, conversion.bundles, merges,
+                                        strict=True):
             try:
-                report.counts.add(store_bundle(self.service, bundle))
+                counts = store_bundle(self.service, bundle, merge)
             except FhirError as exc:
                 report.failed.append(f"{label}: rejected by the server: {exc}")
+                continue
+            report.counts.add(counts)
+            report.warnings += [f"{label}: {warning}" for warning in counts.warnings]
 
 
 def summary_table(report: ImportReport, max_rows: int = 50) -> str:

@@ -16,7 +16,7 @@ import logging
 from fhir_server.model.outcome import FhirError
 from fhir_server.service.fhir import FhirService
 from fhir_server.service.ingest import store_bundle, zone_name
-from mappers.hl7v2 import MappingError
+from mappers.hl7v2 import MappedMessage, MappingError, MappingWarning
 from mappers.mllp import Handler, bundle_handler, serve_mllp
 
 log = logging.getLogger("diatabase.mllp")
@@ -29,16 +29,19 @@ class StoreRejected(MappingError):
 
 
 def storing_handler(service: FhirService, timezone: str | None = None) -> Handler:
-    """The MLLP handler that stores every message's Bundle through `service`."""
+    """The MLLP handler that stores every message's Bundle (and A40 merges) through
+    `service`; what storing could not apply comes back as ACK warnings."""
     zone = zone_name(timezone)
 
-    async def store(bundle: dict) -> None:
+    async def store(mapped: MappedMessage) -> list[MappingWarning]:
         try:
-            counts = await asyncio.to_thread(store_bundle, service, bundle)
+            counts = await asyncio.to_thread(store_bundle, service, mapped.bundle,
+                                             mapped.merges)
         except FhirError as exc:
             log.info("MLLP message refused by the server: %s", exc)
             raise StoreRejected(f"rejected by the server: {exc}") from None
         log.debug("MLLP message stored: %s", counts)
+        return [MappingWarning("MRG", text, field=1) for text in counts.warnings]
 
     return bundle_handler(store, timezone=zone)
 

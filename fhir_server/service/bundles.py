@@ -174,10 +174,12 @@ class BundleProcessor:
         get: GetHandler,
         return_resources: bool = False,
         raw: bytes | None = None,
+        tx: WriteTransaction | None = None,
     ) -> dict:
         """Run a transaction or batch. `raw`, the body as received, lets the processor skip
         the search for conditional references when the text has none (a large speed-up
-        for device uploads of thousands of entries)."""
+        for device uploads of thousands of entries). A transaction runs inside `tx` when
+        given (the caller commits it, with whatever else it writes there: an HL7 v2 merge)."""
         if raw is None:
             # In-process callers (imports, the MLLP listener) hand over a dict: serialising it
             # once is far cheaper than walking every entry's elements for references.
@@ -201,7 +203,7 @@ class BundleProcessor:
         if not isinstance(entries, list):
             raise error(400, "structure", "Bundle.entry must be an array", "Bundle.entry")
         if kind == "transaction":
-            responses = self._transaction(entries, get)
+            responses = self._transaction(entries, get, tx)
         else:
             responses = self._batch(entries, get)
         if not return_resources:
@@ -223,7 +225,9 @@ class BundleProcessor:
 
     # -- transaction -----------------------------------------------------------------------
 
-    def _transaction(self, entries: list[Any], get: GetHandler) -> list[dict[str, Any]]:
+    def _transaction(
+        self, entries: list[Any], get: GetHandler, tx: WriteTransaction | None = None
+    ) -> list[dict[str, Any]]:
         requests = [parse_entry(i, e, self.base_url) for i, e in enumerate(entries)]
         seen_full_urls: set[str] = set()
         for req in requests:
@@ -232,24 +236,32 @@ class BundleProcessor:
                     raise _entry_error(req.index, f"fullUrl '{req.full_url}' appears twice")
                 seen_full_urls.add(req.full_url)
         order = sorted(requests, key=lambda r: (METHOD_ORDER[r.method], r.index))
-        with self.resources.storage.transaction() as tx:
-            mapping = self._assign_ids(tx, requests)
-            for req in requests:
-                if req.resource is not None and req.method in ("POST", "PUT"):
-                    self._rewrite(req, mapping)
-            for req in order:
-                if req.method in ("GET", "HEAD"):
-                    continue
-                try:
-                    self._resolve_conditional_references(tx, req)
-                    req.response = self._execute_write(tx, req)
-                except FhirError as exc:
-                    raise self._locate(exc, req) from None
+        if tx is None:
+            with self.resources.storage.transaction() as own:
+                self._write_entries(own, requests, order)
+        else:
+            self._write_entries(tx, requests, order)
         # Reads run after the writes commit, so they see the transaction's results.
         for req in order:
             if req.method in ("GET", "HEAD"):
                 req.response = self._execute_get(req, get)
         return [req.response for req in requests]
+
+    def _write_entries(
+        self, tx: WriteTransaction, requests: list[EntryRequest], order: list[EntryRequest]
+    ) -> None:
+        mapping = self._assign_ids(tx, requests)
+        for req in requests:
+            if req.resource is not None and req.method in ("POST", "PUT"):
+                self._rewrite(req, mapping)
+        for req in order:
+            if req.method in ("GET", "HEAD"):
+                continue
+            try:
+                self._resolve_conditional_references(tx, req)
+                req.response = self._execute_write(tx, req)
+            except FhirError as exc:
+                raise self._locate(exc, req) from None
 
     @staticmethod
     def _locate(exc: FhirError, req: EntryRequest) -> FhirError:

@@ -9,7 +9,7 @@ MLLP listener all go through here.
     convert_hl7v2(data, timezone=None, keep_going=False) -> Conversion
     convert_csv(data, format="auto", patient=None, timezone=None, ...) -> Conversion
     convert_dicom(source, timezone=None) -> Conversion
-    store_bundle(service, bundle) -> StoreCounts
+    store_bundle(service, bundle, merges=()) -> StoreCounts
 
 A Conversion holds one transaction Bundle per HL7 v2 message (each message is its own unit
 of work, as over MLLP) and one per CSV export or DICOM import.
@@ -25,6 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fhir_server.service.fhir import FhirService
+from fhir_server.service.patient_merge import keep_links, merge_patients
 from fhir_server.storage.base import now_millis
 from mappers import device_csv, dicom, hl7v2
 from mappers.device_csv import CsvMappingError, RejectedRow
@@ -56,6 +57,7 @@ class Conversion:
     ("message 2 (MSG-0042)", a file name). `rejected` are CSV rows that are malformed,
     `skipped` rows that are well-formed but deliberately not mapped (both with their 1-based
     line number); `failed` are HL7 v2 messages that could not be mapped (with `keep_going`).
+    `merges` go with `bundles` too: the ADT^A40 merges each Bundle's storing must apply.
     """
 
     kind: str
@@ -69,6 +71,7 @@ class Conversion:
     skipped: list[RejectedRow] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    merges: list[list[hl7v2.PatientMerge]] = field(default_factory=list)
 
 
 # -- source kinds ----------------------------------------------------------------------------
@@ -125,12 +128,15 @@ def convert_hl7v2(
         ident = control_id(message)
         label = f"message {number}" + (f" ({ident})" if ident else "")
         try:
-            result.bundles.append(hl7v2.to_bundle(message, timezone=zone))
+            mapped = hl7v2.map_message(message, timezone=zone)
         except hl7v2.MappingError as exc:
             if not keep_going:
                 raise ConversionError(f"{label}: {exc}") from None
             result.failed.append(f"{label}: {exc}")
             continue
+        result.bundles.append(mapped.bundle)
+        result.merges.append(mapped.merges)
+        result.warnings += [f"{label}: {warning}" for warning in mapped.warnings]
         result.labels.append(label)
     return result
 
@@ -217,16 +223,23 @@ def convert_dicom(
 @dataclass
 class StoreCounts:
     """What storing Bundles did: resources created, updated (a new version) and unchanged
-    (found by a conditional create, or a conditional update with the very same content)."""
+    (found by a conditional create, or a conditional update with the very same content);
+    Patients merged away (ADT^A40), resources re-pointed by those merges, and warnings."""
 
     created: int = 0
     updated: int = 0
     unchanged: int = 0
+    merged: int = 0
+    repointed: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, other: StoreCounts) -> None:
         self.created += other.created
         self.updated += other.updated
         self.unchanged += other.unchanged
+        self.merged += other.merged
+        self.repointed += other.repointed
+        self.warnings += other.warnings
 
 
 def _no_get(url: str, items: list[tuple[str, str]]) -> tuple[int, Any]:
@@ -237,15 +250,29 @@ def _epoch(instant_text: str) -> float:
     return datetime.fromisoformat(instant_text.replace("Z", "+00:00")).timestamp()
 
 
-def store_bundle(service: FhirService, bundle: dict[str, Any]) -> StoreCounts:
-    """Run a transaction Bundle (all or nothing); raises FhirError when the server refuses it.
+def store_bundle(
+    service: FhirService,
+    bundle: dict[str, Any],
+    merges: Sequence[hl7v2.PatientMerge] = (),
+) -> StoreCounts:
+    """Run a transaction Bundle and its merges (all or nothing, one storage transaction);
+    raises FhirError when the server refuses it. Patient updates keep the links and old
+    identifiers earlier merges gave them (see `patient_merge`).
 
     A `200 OK` entry was written by this transaction when its lastModified is not older than
     the transaction itself: that is an update; otherwise it is a resource already there.
     """
     started = now_millis()
-    response = service.bundles("").process(bundle, _no_get)
     counts = StoreCounts()
+    with service.storage.transaction() as tx:
+        keep_links(tx, service.resources, bundle)
+        response = service.bundles("").process(bundle, _no_get, tx=tx)
+        for merge in merges:
+            merged = merge_patients(tx, service.resources, merge.survivor, merge.prior)
+            counts.merged += len(merged.merged)
+            counts.repointed += merged.repointed
+            if merged.warning:
+                counts.warnings.append(merged.warning)
     for entry in response["entry"]:
         answer = entry["response"]
         status = answer["status"]

@@ -1,14 +1,25 @@
-"""HL7 v2 acknowledgements (original mode ACK with MSA, and ERR when not AA)."""
+"""HL7 v2 acknowledgements (original mode ACK with MSA; ERR when not AA, and ERR segments
+of severity W beside an AA for content accepted but not stored)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from itertools import count
 
-from mappers.hl7v2.errors import MappingError
+from mappers.hl7v2.errors import MappingError, MappingWarning
 from mappers.hl7v2.parser import Delimiters, Message, decode, delimiters_from_msh, segment_lines
 
 ACK_CODES = ("AA", "AE", "AR", "CA", "CE", "CR")
+# HL7 table 0357 (message error condition codes) that MappingError.condition may name.
+_CONDITIONS = {
+    "100": "Segment sequence error", "101": "Required field missing",
+    "102": "Data type error", "103": "Table value not found",
+    "200": "Unsupported message type", "201": "Unsupported event code",
+    "202": "Unsupported processing id", "203": "Unsupported version id",
+    "204": "Unknown key identifier", "205": "Duplicate key identifier",
+    "206": "Application record locked", "207": "Application internal error",
+}
 _control_ids = count(1)
 
 
@@ -46,11 +57,14 @@ def build_ack(
     code: str = "AA",
     error_text: str | None = None,
     error: MappingError | None = None,
+    warnings: Sequence[MappingWarning] = (),
 ) -> str:
     """An ACK for `message`: sender and receiver swapped, MSA-2 = its MSH-10.
 
     With a code other than AA (or CA) an ERR segment says why (ERR-3 = 207 application
-    error for AE, 200 unsupported for AR; ERR-2 the location when `error` knows it).
+    error for AE, 200 unsupported type or 201 unsupported event for AR; ERR-2 the location
+    when `error` knows it). Each of `warnings` adds an ERR of severity W (ERR-4) with
+    ERR-3 = 0 "Message accepted": the message was taken, that part of it was not stored.
     Works on garbage too: an ACK without a control id to refer to.
     """
     if code not in ACK_CODES:
@@ -80,7 +94,28 @@ def build_ack(
     segments.append(sep.join(msa))
     if code not in ("AA", "CA"):
         segments.append(_err_segment(code, text, error, delims))
+    for warning in warnings:
+        segments.append(_warning_segment(warning, delims))
     return "\r".join(segments) + "\r"
+
+
+def _warning_segment(warning: MappingWarning, delims: Delimiters) -> str:
+    comp = delims.component
+    location = ""
+    if warning.segment:
+        location = comp.join([warning.segment, str(warning.sequence)])
+        if warning.field is not None:
+            location += comp + str(warning.field)
+    err = [
+        "ERR",
+        "",
+        location,  # ERR-2 error location
+        comp.join(["0", "Message accepted", "HL70357"]),  # ERR-3
+        "W",  # ERR-4 severity: warning
+        "", "", "",
+        _escape(warning.text, delims),  # ERR-8 user message
+    ]
+    return delims.field.join(err)
 
 
 def _err_segment(code: str, text: str, error: MappingError | None, delims: Delimiters) -> str:
@@ -94,6 +129,8 @@ def _err_segment(code: str, text: str, error: MappingError | None, delims: Delim
     condition, label = (
         ("200", "Unsupported message type") if unsupported else ("207", "Application error")
     )
+    if error is not None and error.condition in _CONDITIONS:
+        condition, label = error.condition, _CONDITIONS[error.condition]
     err = [
         "ERR",
         "",  # ERR-1 (error code and location, before 2.5)

@@ -51,6 +51,8 @@ class OrderGroup:
     specimen_refs: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     obx_count: int = 0
+    part_of: str | None = None  # a VXU group: the Immunization its OBXs belong to
+    effective: str | None = None  # the time its OBXs default to (the administration)
 
 
 def order_group(obr: Segment | None, orc: Segment | None, ctx: MappingContext) -> OrderGroup:
