@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     @app.exception_handler(SearchError)
     async def search_error(request: Request, exc: SearchError) -> Response:
         expression = (exc.expression,) if exc.expression else ()
-        body = outcome([Issue("error", "invalid", exc.message, expression)])
+        body = outcome([Issue("error", exc.code, exc.message, expression)])
         return fhir_response(body, 400)
 
     @app.exception_handler(CursorError)

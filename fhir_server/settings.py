@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from fhir_server.limits import Limits
 from profiles.rules import rules_from_setting
 
 DEFAULT_DB = "sqlite:///./diatabase.db"
@@ -48,6 +49,8 @@ class Settings:
     # Folder of materialized view stores (deid/views.py, filled by `diatabase deid views`):
     # the facade serves their rows instead of pseudonymizing on every request.
     deid_views: str = ""
+    # How much one request may ask for and how long it may run (limits.py, DIATABASE_*).
+    limits: Limits = field(default_factory=Limits)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -70,6 +73,7 @@ class Settings:
             "deid_export_dir": os.environ.get("DIATABASE_DEID_EXPORT_DIR", ""),
             "deid_views": os.environ.get("DIATABASE_DEID_VIEWS", ""),
             "deid_only": os.environ.get("DIATABASE_DEID_ONLY", "").lower() in ("1", "true", "yes"),
+            "limits": Limits.from_env(),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["unknown_profiles"] not in ("warn", "reject"):

@@ -47,3 +47,35 @@ def test_plain_gives_builtin_floats() -> None:
 def test_invalid_json_raises_json_error(raw: bytes) -> None:
     with pytest.raises(jsonio.JsonError):
         jsonio.loads(raw)
+
+
+def test_documents_deeper_than_orjson_are_written_whole() -> None:
+    """orjson stops at 255 levels (a TypeError, which was a 500); deeper documents are
+    written in slices, decimals kept verbatim and keys sorted when asked."""
+    depth = 300
+    raw = b'{"b":1.50,"a":' + b'{"z":[' * depth + b"2.50" + b"]}" * depth + b"}"
+    parsed = jsonio.loads(raw)
+    assert jsonio.nesting_depth(parsed) == 2 * depth + 1
+    assert jsonio.dumps(parsed) == raw
+    assert jsonio.loads(jsonio.dumps(parsed, pretty=True)) == parsed
+    assert jsonio.dumps(parsed, sort_keys=True).startswith(b'{"a":{"z":[{"z":')
+
+
+def test_the_depth_limit_names_itself() -> None:
+    raw = b'{"a":' + b"[" * 30 + b"]" * 30 + b"}"
+    assert jsonio.loads(raw, max_depth=31)["a"]
+    with pytest.raises(jsonio.JsonError, match="max_json_depth") as caught:
+        jsonio.loads(raw, max_depth=30)
+    assert caught.value.code == "too-costly"
+
+
+@pytest.mark.parametrize("raw", [b'{"a":1e309}', b'{"a":-1E999}', b'{"a":NaN}', b'{"a":Infinity}'])
+def test_numbers_outside_fhir_decimals_are_refused(raw: bytes) -> None:
+    with pytest.raises(jsonio.JsonError) as caught:
+        jsonio.loads(raw)
+    assert caught.value.code in ("value", "structure")
+
+
+def test_long_integers_are_kept_as_written() -> None:
+    raw = b'{"a":123456789012345678901234567890}'
+    assert jsonio.dumps(jsonio.loads(raw)) == raw

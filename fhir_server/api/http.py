@@ -64,10 +64,11 @@ async def read_body(
             f"Content-Type '{content_type}' is not supported here; use {' or '.join(allowed)}",
         )
     raw = await read_raw_body(request, max_bytes)
+    max_depth = request.app.state.settings.limits.max_json_depth
     try:
-        parsed = jsonio.loads(raw)
+        parsed = jsonio.loads(raw, max_depth)
     except jsonio.JsonError as exc:
-        raise error(400, "structure", str(exc)) from None
+        raise error(400, exc.code, str(exc)) from None
     return (parsed, raw) if with_raw else parsed
 
 

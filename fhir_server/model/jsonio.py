@@ -5,11 +5,20 @@ FHIR requires a server to keep decimal precision: `5.40` must come back as `5.40
 cannot reproduce (trailing fraction zeros, exponents, very long mantissas) is parsed again
 with the standard library into `FhirDecimal`, a float that remembers its literal and is
 written back verbatim. Most bodies never take that slower path.
+
+Limits (a client's JSON is hostile until parsed): a number outside the IEEE double range
+FHIR decimals live in (XML Schema's xs:double, about ±1.8e308: `1e309`) and `NaN` /
+`Infinity` are refused with a JsonError; so is a document nested deeper than the caller's
+`max_depth`. orjson writes at most 255 levels: a deeper document (a Questionnaire with items
+130 deep, extensions of extensions) is written by orjson in slices, each subtree below
+`ORJSON_SAFE_DEPTH` serialised on its own and embedded as a fragment, so that it is stored
+and served like any other.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -26,6 +35,20 @@ _LOSSY_NUMBER = re.compile(
 )
 
 
+# orjson refuses to write deeper than 255 levels; slices are cut well above that.
+ORJSON_SAFE_DEPTH = 200
+# Integer literals this long may not fit 64 bits (orjson's integers): kept as decimals.
+_LONG_INTEGER = 18
+
+
+class JsonError(ValueError):
+    """The body is not JSON (or not a JSON object where one is required)."""
+
+    def __init__(self, message: str, code: str = "structure") -> None:
+        super().__init__(message)
+        self.code = code  # the OperationOutcome issue code
+
+
 class FhirDecimal(float):
     """A float that serialises back to the exact literal it was parsed from."""
 
@@ -33,12 +56,22 @@ class FhirDecimal(float):
 
     def __new__(cls, literal: str) -> FhirDecimal:
         value = float.__new__(cls, literal)
+        if not math.isfinite(value):
+            raise JsonError(
+                f"The number {literal[:40]} is out of the range of FHIR decimals "
+                "(about ±1.8e308)",
+                "value",
+            )
         value.literal = literal
         return value
 
 
-class JsonError(ValueError):
-    """The body is not JSON (or not a JSON object where one is required)."""
+def _parse_int(literal: str) -> int | FhirDecimal:
+    return int(literal) if len(literal) <= _LONG_INTEGER else FhirDecimal(literal)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise JsonError(f"{name} is not a JSON number (FHIR decimals are finite)", "value")
 
 
 def _default(value: Any) -> Any:
@@ -47,22 +80,85 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def loads(data: bytes | str) -> Any:
-    """Parse JSON, keeping decimal literals that a float would change."""
+def loads(data: bytes | str, max_depth: int | None = None) -> Any:
+    """Parse JSON, keeping decimal literals that a float would change; JsonError past
+    `max_depth` levels of nesting (objects and arrays)."""
     raw = data.encode() if isinstance(data, str) else data
     try:
         if _LOSSY_NUMBER.search(raw):
-            return json.loads(raw, parse_float=FhirDecimal)
-        return orjson.loads(raw)
+            value = json.loads(
+                raw,
+                parse_float=FhirDecimal,
+                parse_int=_parse_int,
+                parse_constant=_refuse_constant,
+            )
+        else:
+            value = orjson.loads(raw)
     except (orjson.JSONDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise JsonError(f"The body is not valid JSON: {exc}") from None
     except RecursionError:
         raise JsonError("The body is not valid JSON: nested too deeply") from None
+    # Fewer brackets than the limit cannot nest deeper than it (counted at C speed).
+    if max_depth is not None and raw.count(b"{") + raw.count(b"[") > max_depth:
+        depth = nesting_depth(value)
+        if depth > max_depth:
+            raise JsonError(
+                f"The JSON is nested {depth} levels deep; this server takes at most "
+                f"{max_depth} (limit max_json_depth)",
+                "too-costly",
+            )
+    return value
+
+
+def nesting_depth(value: Any) -> int:
+    """Levels of objects and arrays (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return deepest
 
 
 def dumps(value: Any, pretty: bool = False, sort_keys: bool = False) -> bytes:
     option = (orjson.OPT_INDENT_2 if pretty else 0) | (orjson.OPT_SORT_KEYS if sort_keys else 0)
-    return orjson.dumps(value, default=_default, option=option)
+    return _dumps(value, option)
+
+
+def _dumps(value: Any, option: int) -> bytes:
+    try:
+        return orjson.dumps(value, default=_default, option=option)
+    except TypeError as exc:
+        if "Recursion limit" not in str(exc):
+            raise
+    # Deeper than orjson goes: subtrees below ORJSON_SAFE_DEPTH become fragments.
+    return orjson.dumps(_sliced(value, option), default=_default, option=option)
+
+
+def _sliced(value: Any, option: int) -> Any:
+    """A copy of `value` whose containers at ORJSON_SAFE_DEPTH are written JSON fragments
+    (each one sliced in turn); iterative, so that any depth Python can hold is written."""
+    root: list[Any] = [value]
+    # (container, key or index, depth of the child)
+    stack: list[tuple[Any, Any, int]] = [(root, 0, 1)]
+    cuts: list[tuple[Any, Any]] = []
+    while stack:
+        parent, key, depth = stack.pop()
+        node = parent[key]
+        if not isinstance(node, dict | list):
+            continue
+        if depth >= ORJSON_SAFE_DEPTH:
+            cuts.append((parent, key))
+            continue
+        copy = dict(node) if isinstance(node, dict) else list(node)
+        parent[key] = copy
+        keys = copy.keys() if isinstance(copy, dict) else range(len(copy))
+        stack.extend((copy, k, depth + 1) for k in keys)
+    for parent, key in cuts:
+        parent[key] = orjson.Fragment(_dumps(parent[key], option))  # sliced again if deep
+    return root[0]
 
 
 def plain(value: Any) -> Any:

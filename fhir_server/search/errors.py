@@ -11,6 +11,8 @@ from __future__ import annotations
 class SearchError(ValueError):
     """Malformed or unacceptable search input (always the client's fault, never a 500)."""
 
+    code = "invalid"  # the OperationOutcome issue code
+
     def __init__(self, message: str, expression: str | None = None) -> None:
         super().__init__(message)
         self.message = message

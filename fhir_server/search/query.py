@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from fhir_server.limits import Limits
 from fhir_server.search.errors import SearchError, UnsupportedModifier
 from fhir_server.search.escaping import split_escaped
+from fhir_server.search.limits import check_search_size
 from fhir_server.search.lookup import ANY_RESOURCE, ParamLookup, component_params
 from fhir_server.search.result_params import (
     RESULT_PARAMETERS,
@@ -74,8 +76,6 @@ MODIFIERS_BY_TYPE: dict[str, frozenset[str]] = {
     "reference": frozenset({"identifier"}),
     "uri": frozenset({"below", "above"}),
 }
-# Each OR value becomes an SQL condition: a bound keeps every query plan small.
-MAX_OR_VALUES = 100
 SUPPORTED_TYPES = frozenset(
     {"number", "date", "string", "token", "reference", "composite", "quantity", "uri"}
 )
@@ -209,14 +209,17 @@ def parse_search(
     items: Sequence[tuple[str, str]],
     registry: ParamLookup,
     strict: bool = False,
+    limits: Limits | None = None,
 ) -> SearchQuery:
     """Parse a type-level search (`GET [base]/[type]?...` or `POST [type]/_search`).
 
     `items` are the decoded query (or form) items in order; repeated names are ANDed.
-    Raises SearchError for malformed input, and in strict mode for unknown parameters.
+    Raises SearchError for malformed input, and in strict mode for unknown parameters;
+    SearchLimitError past `limits` (the defaults when None).
     """
     if not is_resource_type_name(resource_type):
         raise SearchError(f"not a resource type: {resource_type!r}")
+    check_search_size(items, limits)
     return _parse(resource_type, (resource_type,), items, registry, strict)
 
 
@@ -224,12 +227,14 @@ def parse_system_search(
     items: Sequence[tuple[str, str]],
     registry: ParamLookup,
     strict: bool = False,
+    limits: Limits | None = None,
 ) -> SearchQuery:
     """Parse a system-level search (`GET [base]?_type=Patient,Observation&...`).
 
     A filter must be a parameter of every listed type (and mean the same on each); with no
     _type, only the parameters common to all resources (looked up on "Resource") apply.
     """
+    check_search_size(items, limits)
     types: list[str] = []
     for key, value in items:
         if key != "_type":
@@ -433,11 +438,7 @@ def _parse_clause(
 ) -> Clause:
     _check_modifier(param, modifier, expression)
     values: list[Value] = []
-    texts = split_escaped(raw, ",")
-    if len(texts) > MAX_OR_VALUES:
-        raise SearchError(
-            f"at most {MAX_OR_VALUES} comma-separated values per parameter", expression
-        )
+    texts = split_escaped(raw, ",")  # as many as Limits.max_or_values (check_search_size)
     for text in texts:
         if text == "":
             raise SearchError(f"empty value in the list {raw!r}", expression)

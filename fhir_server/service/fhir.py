@@ -59,6 +59,8 @@ class FhirService:
             canonicalize = self.terminology.canonicalize
         # Absolute references to our own base index like relative ones.
         local_bases = (settings.base_url,) if settings.base_url else ()
+        if hasattr(storage, "limits"):
+            storage.limits = settings.limits  # type: ignore[attr-defined]
         share_rows = getattr(storage, "shares_rows", False)
         if share_rows:
             storage.pid_codes = self.registry.pid_codes  # type: ignore[attr-defined]
@@ -149,9 +151,9 @@ class FhirService:
         """Conditional interactions must never ignore a criterion: parse strictly, and
         refuse result parameters (`_count`, `_sort`, ...), which select nothing."""
         try:
-            query = parse_search(resource_type, items, self.registry, strict=True)
+            query = parse_search(resource_type, items, self.registry, True, self.settings.limits)
         except SearchError as exc:
-            raise error(400, "invalid", f"Invalid search criteria: {exc}") from None
+            raise error(400, exc.code, f"Invalid search criteria: {exc}") from None
         result_params = [k for k, _ in query.result.self_link_items() if k not in NOT_CRITERIA]
         if result_params:
             raise error(

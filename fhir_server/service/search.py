@@ -74,9 +74,9 @@ class SearchService:
         compartment: tuple[str, str] | None = None,
     ) -> SearchQuery:
         if resource_type is None:
-            query = parse_system_search(items, self.registry, strict=strict)
+            query = parse_system_search(items, self.registry, strict, self.settings.limits)
         else:
-            query = parse_search(resource_type, items, self.registry, strict=strict)
+            query = parse_search(resource_type, items, self.registry, strict, self.settings.limits)
         if query.result.contained in ("true", "both"):
             # Contained resources are not indexed on their own: answering would mean
             # silently returning nothing, so say it is not supported.
@@ -118,7 +118,9 @@ class SearchService:
         if not types:
             raise SearchError("_type names no type of this compartment", "_type")
         kept = [(k, v) for k, v in items if k in ("_count", "_cursor", "_summary", "_elements")]
-        query = parse_system_search([("_type", ",".join(types)), *kept], self.registry, strict)
+        query = parse_system_search(
+            [("_type", ",".join(types)), *kept], self.registry, strict, self.settings.limits
+        )
         by_type = {}
         for rtype in types:
             try:
@@ -165,20 +167,20 @@ class SearchService:
         bundle["link"] = links
         if result.summary == "count":
             bundle["entry"] = []
-            outcome = self._outcome(query)
+            outcome = self._outcome(query, page.warnings)
             if outcome is not None:
                 bundle["entry"].append({"resource": outcome, "search": {"mode": "outcome"}})
             return bundle
         entries = [self._entry(r, base_url, "match", result) for r in page.matches]
         entries += [self._entry(r, base_url, "include", result) for r in page.included]
-        outcome = self._outcome(query)
+        outcome = self._outcome(query, page.warnings)
         if outcome is not None:
             entries.append({"resource": outcome, "search": {"mode": "outcome"}})
         bundle["entry"] = entries
         return bundle
 
     @staticmethod
-    def _outcome(query: SearchQuery) -> dict[str, Any] | None:
+    def _outcome(query: SearchQuery, warnings: tuple[str, ...] = ()) -> dict[str, Any] | None:
         issues = [
             {
                 "severity": "warning",
@@ -191,6 +193,9 @@ class SearchService:
         issues += [
             {"severity": "information", "code": "informational", "diagnostics": w}
             for w in query.warnings
+        ]
+        issues += [
+            {"severity": "warning", "code": "too-costly", "diagnostics": w} for w in warnings
         ]
         return {"resourceType": "OperationOutcome", "issue": issues} if issues else None
 

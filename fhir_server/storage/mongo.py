@@ -50,6 +50,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from fhir_server.limits import Limits
 from fhir_server.model.outcome import FhirError, error
 from fhir_server.search.types import IndexEntry
 from fhir_server.storage.base import HistoryPage, NewResource, StoredResource
@@ -141,6 +142,8 @@ class MongoStorage:
         self.cursors = CursorCodec(self._cursor_key())
         # Set by the service when terminology is available (as on SQLite).
         self.expander: Any = None
+        # Set by the service from Settings.limits: include expansion, count bounds.
+        self.limits = Limits()
         self.canonical_query: Any = None
 
     @classmethod

@@ -66,8 +66,6 @@ if TYPE_CHECKING:
     from fhir_server.storage.mongo import MongoStorage
 
 STRING_MAX = "\U0010ffff"
-MAX_INCLUDE_DEPTH = 4
-MAX_INCLUDED = 5000
 MAX_SUBQUERY_IDS = 100_000
 NEVER: dict[str, Any] = {"_id": {"$in": []}}
 CURRENT: dict[str, Any] = {"del": False}
@@ -83,6 +81,7 @@ class SearchPage:
     total: int | None = None
     next_cursor: str | None = None
     previous_cursor: str | None = None
+    warnings: tuple[str, ...] = ()  # told to the client in the Bundle's outcome entry
 
 
 def both(*conditions: dict[str, Any]) -> dict[str, Any]:
@@ -547,8 +546,8 @@ def run_search(
             previous_cursor = position_of(rows[0][1], "p")
     if total is None and not cursor and not has_more:
         total = len(matches)
-    included = _includes(storage, query, rows)
-    return SearchPage(matches, included, total, next_cursor, previous_cursor)
+    included, warnings = _includes(storage, query, rows)
+    return SearchPage(matches, included, total, next_cursor, previous_cursor, warnings)
 
 
 # -- _include / _revinclude ------------------------------------------------------------------
@@ -560,21 +559,23 @@ def _references(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _includes(
     storage: MongoStorage, query: SearchQuery, rows: list[tuple[str, dict[str, Any]]]
-) -> list[StoredResource]:
+) -> tuple[list[StoredResource], tuple[str, ...]]:
+    """The included resources, and a warning when the limits cut them short."""
     result = query.result
     if not rows or not (result.include or result.revinclude):
-        return []
+        return [], ()
+    limits = storage.limits
     seen = {(rtype, doc["_id"]) for rtype, doc in rows}
     included: list[StoredResource] = []
     frontier = rows
-    for depth in range(MAX_INCLUDE_DEPTH):
+    for depth in range(limits.max_include_iterations):
         found: list[tuple[str, dict[str, Any]]] = []
         for inc in result.include:
             if depth == 0 or inc.iterate:
                 found += _forward(storage, inc, frontier)
         for inc in result.revinclude:
             if depth == 0 or inc.iterate:
-                found += _reverse(storage, inc, frontier)
+                found += _reverse(storage, inc, frontier, limits.max_included)
         fresh = []
         for rtype, doc in found:
             key = (rtype, doc["_id"])
@@ -582,10 +583,12 @@ def _includes(
                 seen.add(key)
                 fresh.append((rtype, doc))
         included += [stored(rtype, doc) for rtype, doc in fresh]
-        if not fresh or len(included) >= MAX_INCLUDED:
+        if not fresh:
+            return included, ()
+        if len(included) >= limits.max_included:
             break
         frontier = fresh
-    return included[:MAX_INCLUDED]
+    return included[: limits.max_included], (limits.includes_cut_short(),)
 
 
 def _fetch(storage: MongoStorage, targets: dict[str, set[str]]) -> list[tuple[str, dict]]:
@@ -620,7 +623,10 @@ def _forward(
 
 
 def _reverse(
-    storage: MongoStorage, inc: Include, frontier: list[tuple[str, dict[str, Any]]]
+    storage: MongoStorage,
+    inc: Include,
+    frontier: list[tuple[str, dict[str, Any]]],
+    limit: int,
 ) -> list[tuple[str, dict[str, Any]]]:
     by_type: dict[str, list[str]] = {}
     for rtype, doc in frontier:
@@ -637,9 +643,9 @@ def _reverse(
             storage.collection(source_type)
             .find({"del": False, "idx.reference": {"$elemMatch": entry}}, PAGE_PROJECTION)
             .sort("seq", 1)
-            .limit(MAX_INCLUDED)
+            .limit(limit)
         )
         found += [(source_type, doc) for doc in docs]
     if len(source_types) > 1:
         found.sort(key=lambda row: row[1]["seq"])
-    return found[:MAX_INCLUDED]
+    return found[:limit]

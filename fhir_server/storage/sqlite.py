@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fhir_server.limits import Limits
 from fhir_server.search.types import (
     CompositeEntry,
     DateEntry,
@@ -286,6 +287,8 @@ class SqliteStorage:
         # Set by the service when terminology is available: token :below/:above/:in, and
         # the canonical unit of a quantity search value.
         self.expander: Any = None
+        # Set by the service from Settings.limits: include expansion, count bounds.
+        self.limits = Limits()
         self.canonical_query: Any = None
         # Set by the service with `shares_rows`: the parameters whose index rows answer a
         # search on a parameter (`combo-code` -> code, component-code; see shared_rows).

@@ -77,8 +77,9 @@ TABLE_BY_TYPE = {
 # Parameters answered from the resources table itself rather than from index rows.
 DIRECT_PARAMS = ("_id", "_lastUpdated")
 STRING_MAX = "\U0010ffff"
-MAX_INCLUDE_DEPTH = 4
-MAX_INCLUDED = 5000
+# Frontier resources per `_revinclude` statement: each is one OR term, and SQLite refuses
+# an expression of 1,000 terms (a `_revinclude:iterate` over a page of Observations).
+REVERSE_CHUNK = 200
 
 
 @dataclass
@@ -88,6 +89,7 @@ class SearchPage:
     total: int | None = None
     next_cursor: str | None = None
     previous_cursor: str | None = None
+    warnings: tuple[str, ...] = ()  # told to the client in the Bundle's outcome entry
 
 
 class _Compiler:
@@ -1001,8 +1003,8 @@ def _page(
             previous_cursor = position(rows[0], "p")
     if total is None and not cursor and not has_more:
         total = len(matches)
-    included = _includes(storage, conn, compiler, query, matches)
-    return SearchPage(matches, included, total, next_cursor, previous_cursor)
+    included, warnings = _includes(storage, conn, compiler, query, matches)
+    return SearchPage(matches, included, total, next_cursor, previous_cursor, warnings)
 
 
 # Candidate windows tried, in index rows per page row, before the general plan.
@@ -1128,21 +1130,23 @@ def _includes(
     compiler: _Compiler,
     query: SearchQuery,
     matches: list[StoredResource],
-) -> list[StoredResource]:
+) -> tuple[list[StoredResource], tuple[str, ...]]:
+    """The included resources, and a warning when the limits cut them short."""
     result = query.result
     if not matches or not (result.include or result.revinclude):
-        return []
+        return [], ()
+    limits = storage.limits
     seen = {(m.resource_type, m.id) for m in matches}
     included: list[StoredResource] = []
     frontier = list(matches)
-    for depth in range(MAX_INCLUDE_DEPTH):
+    for depth in range(limits.max_include_iterations):
         found: list[StoredResource] = []
         for inc in result.include:
             if depth == 0 or inc.iterate:
                 found += _forward(storage, conn, compiler, inc, frontier)
         for inc in result.revinclude:
             if depth == 0 or inc.iterate:
-                found += _reverse(storage, conn, compiler, inc, frontier)
+                found += _reverse(storage, conn, compiler, inc, frontier, limits.max_included)
         fresh = []
         for res in found:
             key = (res.resource_type, res.id)
@@ -1150,10 +1154,12 @@ def _includes(
                 seen.add(key)
                 fresh.append(res)
         included += fresh
-        if not fresh or len(included) >= MAX_INCLUDED:
+        if not fresh:
+            return included, ()
+        if len(included) >= limits.max_included:
             break
         frontier = fresh
-    return included[:MAX_INCLUDED]
+    return included[: limits.max_included], (limits.includes_cut_short(),)
 
 
 def _include_pids(compiler: _Compiler, inc: Include, source_types: Sequence[str]) -> list[int]:
@@ -1192,7 +1198,7 @@ def _forward(
 
 
 def _reverse(
-    storage, conn, compiler, inc: Include, frontier: list[StoredResource]
+    storage, conn, compiler, inc: Include, frontier: list[StoredResource], limit: int
 ) -> list[StoredResource]:
     if inc.source_type == "*":
         # `_revinclude=*`: every resource referring to the frontier, through any parameter
@@ -1203,17 +1209,17 @@ def _reverse(
         if not pids:
             return []
         pid_sql = f"x.pid IN ({','.join('?' * len(pids))})"
-    ors, args = [], []
-    for res in frontier:
-        ors.append("(x.ttype=? AND x.tid=?)")
-        args += [res.resource_type, res.id]
-    sql = (
-        "SELECT DISTINCT s.pk FROM idx_reference x JOIN resources s ON s.pk=x.pk "
-        f"WHERE {pid_sql} AND ({' OR '.join(ors)}) AND s.deleted=0 "
-        "ORDER BY s.pk LIMIT ?"
-    )
-    rows = conn.execute(sql, [*pids, *args, MAX_INCLUDED])
-    return storage.read_many([row[0] for row in rows])
+    pks: set[int] = set()
+    for start in range(0, len(frontier), REVERSE_CHUNK):
+        chunk = frontier[start : start + REVERSE_CHUNK]
+        ors = " OR ".join(["(x.ttype=? AND x.tid=?)"] * len(chunk))
+        args = [value for res in chunk for value in (res.resource_type, res.id)]
+        sql = (
+            "SELECT DISTINCT s.pk FROM idx_reference x JOIN resources s ON s.pk=x.pk "
+            f"WHERE {pid_sql} AND ({ors}) AND s.deleted=0 ORDER BY s.pk LIMIT ?"
+        )
+        pks.update(row[0] for row in conn.execute(sql, [*pids, *args, limit]))
+    return storage.read_many(sorted(pks)[:limit])
 
 
 def _pks_of(conn: sqlite3.Connection, resources: list[StoredResource]) -> list[int]:

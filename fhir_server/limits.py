@@ -1,0 +1,71 @@
+"""The server's bounds: how much one request may ask for and how long it may run.
+
+A request past one of these gets an OperationOutcome naming the limit (code `too-costly`),
+never a 500 and never unbounded work. Every limit is a field of `Limits` (held by
+`Settings.limits`) and an environment variable; README's configuration table lists them.
+Why each default is what it is:
+
+- `max_chain_depth`, `max_has_depth`, `max_nesting`: SQLite's parser stack (100 frames)
+  overflows on a 6-link chain, 8 nested `_has` or a 2-level `_has` around a 4-link chain;
+  5 levels in all always fit, and real searches use one or two.
+- `max_search_parameters`: every filter is one AND term; SQLite refuses an expression
+  deeper than 1,000 terms (999 repeats of `value-quantity=ne...`). 100 is far above real use.
+- `max_json_depth`: orjson writes at most 255 levels; deeper documents go through
+  `jsonio`'s slower path, up to this depth. A Questionnaire with items 130 deep is about 265
+  levels; Python's own recursion (validators, FHIRPath) is the ceiling above 900.
+- `search_seconds`: a search, read, history, `$everything` or operation past this is stopped
+  (400 `too-costly`). `write_seconds`: the same for writes and Bundles, which may
+  legitimately take long (a 90-day CGM import is one transaction of 27,000 resources).
+- `total_count_seconds`: `_total=accurate` counts for at most this long; past it the Bundle
+  has no total (R4 lets a server leave it out) and says so in an outcome entry.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Limits:
+    # search
+    max_chain_depth: int = 4  # `subject:Patient.organization.partof.name`: 3 links
+    max_has_depth: int = 4  # `_has:` levels in one parameter
+    max_nesting: int = 5  # chain links and `_has` levels in one parameter together
+    max_search_parameters: int = 100  # filter parameters (repeats included) in one search
+    max_or_values: int = 100  # comma-separated values of one parameter
+    max_include_iterations: int = 4  # rounds of `_include:iterate` / `_revinclude:iterate`
+    max_included: int = 5000  # included resources in one page
+    # bodies (their size in bytes is Settings.max_body_bytes)
+    max_json_depth: int = 512
+    max_bundle_entries: int = 100_000
+    # time
+    search_seconds: float = 10.0
+    write_seconds: float = 300.0
+    total_count_seconds: float = 2.0
+    shutdown_grace_seconds: float = 2.0
+
+    def includes_cut_short(self) -> str:
+        """The warning of a page whose included resources hit the limits."""
+        return (
+            f"Included resources were cut short at {self.max_include_iterations} rounds of "
+            f":iterate or {self.max_included} resources (limits max_include_iterations, "
+            "max_included): the page may lack some"
+        )
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Limits:
+        """Each field from `DIATABASE_<FIELD>` (e.g. DIATABASE_SEARCH_SECONDS=5)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f"DIATABASE_{f.name.upper()}")
+            if raw:
+                kind = int if f.type in ("int", int) else float
+                try:
+                    values[f.name] = kind(raw)
+                except ValueError:
+                    raise ValueError(
+                        f"DIATABASE_{f.name.upper()} must be a number, not {raw!r}"
+                    ) from None
+        return cls(**values)  # type: ignore[arg-type]
