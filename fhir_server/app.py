@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fhir_server.api.clinical import build_clinical_router, register_clinical_operations
 from fhir_server.api.convert import CONVERT_OPERATION, build_convert_router
 from fhir_server.api.http import fhir_response
 from fhir_server.api.metadata import build_metadata_router
@@ -108,12 +109,14 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         return app
     publish_conformance_resources(service)
     register_validate_operation(app)
+    register_clinical_operations(app)
     app.include_router(build_metadata_router())
     # Before the generic /{type}/{id} routes, which would take `$lookup` or `$validate`
     # for an id: FastAPI matches in order.
     app.include_router(build_terminology_router())
     app.include_router(build_validate_router())
     app.include_router(build_convert_router())  # before the generic /{resource_type} routes
+    app.include_router(build_clinical_router())
     app.include_router(build_router())
     return app
 

@@ -27,6 +27,9 @@ from fhir_server.app import create_app
 from fhir_server.settings import Settings
 
 DATA = Path(__file__).parent / "data"
+# fhirpy's upstream suite runs in a pytest of its own against a server of ours
+# (tests/test_fhirpy_upstream.py), not in this session
+collect_ignore = ["fhirpy_upstream"]
 
 
 def free_port() -> int:

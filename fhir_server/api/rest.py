@@ -248,12 +248,12 @@ def build_router() -> APIRouter:
             _conditional_items(request),
             request.headers.get("if-match"),
         )
-        message = (
-            f"Deleted {deleted[0].resource_type}/{deleted[0].id}"
-            if deleted
-            else "No resource matched"
+        if not deleted:
+            # R4: no match is an ordinary delete of nothing, answered without a body
+            return fhir_response(None, 204)
+        return fhir_response(
+            info_outcome(f"Deleted {deleted[0].resource_type}/{deleted[0].id}"), 200
         )
-        return fhir_response(info_outcome(message), 200)
 
     @router.patch("/{resource_type}")
     async def conditional_patch(request: Request, resource_type: str) -> Response:

@@ -101,11 +101,16 @@ class ResourceService:
     def _check_body(self, resource_type: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise error(400, "structure", "The body must be a FHIR resource (a JSON object)")
-        if body.get("resourceType") != resource_type:
+        if "resourceType" not in body:
+            raise error(
+                400, "required", f"The body has no resourceType (expected '{resource_type}')",
+                "resourceType",
+            )
+        if body["resourceType"] != resource_type:
             raise error(
                 400,
                 "invalid",
-                f"The body's resourceType '{body.get('resourceType')}' does not match the URL "
+                f"The body's resourceType '{body['resourceType']}' does not match the URL "
                 f"type '{resource_type}'",
                 "resourceType",
             )
