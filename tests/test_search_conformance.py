@@ -430,13 +430,14 @@ def test_summary_true_keeps_the_summary_elements_of_the_type(conformance_server)
 
 def test_summary_text_data_false_and_elements(conformance_server):
     text = first_resource(conformance_server, "Patient?_id=p1&_summary=text")
-    assert set(text) <= {"resourceType", "id", "meta", "text", "status"}
+    # Patient.active is a modifier: R4 subsets keep modifiers and mandatory elements
+    assert set(text) <= {"resourceType", "id", "meta", "text", "active"}
     data = first_resource(conformance_server, "Patient?_id=p1&_summary=data")
     assert "text" not in data and data["birthDate"] == "1970-03-15"
     full = first_resource(conformance_server, "Patient?_id=p1&_summary=false")
     assert "generalPractitioner" in full and "SUBSETTED" not in json.dumps(full)
     elements = first_resource(conformance_server, "Patient?_id=p1&_elements=name,gender")
-    assert set(elements) == {"resourceType", "id", "meta", "name", "gender"}
+    assert set(elements) == {"resourceType", "id", "meta", "name", "gender", "active"}
 
 
 def test_paging_links_walk_every_match_once(conformance_server):

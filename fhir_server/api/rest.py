@@ -29,6 +29,7 @@ from fhir_server.service.fhir import FhirService
 from fhir_server.service.patching import MEDIA_TYPES as PATCH_MEDIA_TYPES
 from fhir_server.service.patching import Patch
 from fhir_server.service.resources import WriteResult, parse_etag
+from fhir_server.service.search import shape_resource
 from fhir_server.storage.base import StoredResource, instant
 from fhir_server.storage.cursor import CursorError
 
@@ -128,7 +129,13 @@ def _read_response(request: Request, stored: StoredResource) -> Response:
     headers.pop("Location")
     if _not_modified(request, stored):
         return fhir_response(None, 304, headers)
-    return fhir_response(stored.json, 200, headers, pretty(request))
+    body: Any = stored.json
+    subset = [(k, v) for k, v in query_items(request) if k in ("_summary", "_elements")]
+    if subset and body is not None:
+        # R4 allows _summary and _elements on read and vread too.
+        result = _service(request).search.parse(stored.resource_type, subset, strict=True).result
+        body = shape_resource(stored.resource_type, body, result)
+    return fhir_response(body, 200, headers, pretty(request))
 
 
 # One Bundle at a time per worker process: two CPU-bound Bundles in threads of one

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -27,33 +28,52 @@ SUBSETTED = {
     "code": "SUBSETTED",
     "display": "subsetted",
 }
-# Kept by _elements and _summary whatever is asked (FHIR: mandatory and modifier elements
-# may not be dropped; these are the ones every resource has).
+# Kept by _elements and _summary whatever is asked, beside each type's mandatory and
+# modifier elements (`kept_elements`).
 ALWAYS_KEPT = ("resourceType", "id", "meta")
 SUMMARY_FILE = "summary-elements-r4-4.0.1.json"
+MANDATORY_MODIFIER_FILE = "mandatory-modifier-elements-r4-4.0.1.json"
+
+
+def _data(name: str) -> Any:
+    return json.loads(resources.files("fhir_server.search").joinpath("data", name).read_text())
 
 
 @cache
 def summary_elements() -> dict[str, tuple[str, ...]]:
     """Resource type -> its top-level elements flagged isSummary in the R4 StructureDefinitions
     (vendored extract, see search/data/SOURCES.md); choice elements keep their `[x]`."""
-    raw = resources.files("fhir_server.search").joinpath("data", SUMMARY_FILE).read_text("utf-8")
-    return {rtype: tuple(names) for rtype, names in json.loads(raw).items()}
+    return {rtype: tuple(names) for rtype, names in _data(SUMMARY_FILE).items()}
 
 
-def summary_keys(resource_type: str, resource: dict[str, Any]) -> set[str]:
-    """The JSON keys of `resource` that `_summary=true` keeps."""
-    names = summary_elements().get(resource_type, ())
+@cache
+def kept_elements(resource_type: str) -> tuple[str, ...]:
+    """The top-level elements no subset may drop (R4 search.html#summary, #elements): the
+    mandatory ones (min >= 1), so that strict parsers still read the result, and the
+    modifiers, which change the meaning of everything else (see search/data/SOURCES.md)."""
+    rules = _data(MANDATORY_MODIFIER_FILE).get(resource_type, {})
+    return tuple(dict.fromkeys([*rules.get("mandatory", ()), *rules.get("modifier", ())]))
+
+
+def _keys_of(names: Iterable[str], resource: dict[str, Any]) -> set[str]:
+    """The JSON keys of `resource` that stand for element `names` (a choice `value[x]` is
+    `valueQuantity`, a primitive's extension twin `_birthDate` goes with `birthDate`)."""
     plain = {n for n in names if not n.endswith("[x]")}
     choices = tuple(n[:-3] for n in names if n.endswith("[x]"))
     keep = set(ALWAYS_KEPT)
     for key in resource:
-        bare = key.removeprefix("_")  # a primitive's extension twin (`_birthDate`)
+        bare = key.removeprefix("_")
         if bare in plain or (
             bare.startswith(choices) and any(_is_choice_of(bare, c) for c in choices)
         ):
             keep.add(key)
     return keep
+
+
+def summary_keys(resource_type: str, resource: dict[str, Any]) -> set[str]:
+    """The JSON keys of `resource` that `_summary=true` keeps."""
+    names = (*summary_elements().get(resource_type, ()), *kept_elements(resource_type))
+    return _keys_of(names, resource)
 
 
 def _is_choice_of(key: str, stem: str) -> bool:
@@ -209,7 +229,8 @@ class SearchService:
 
 
 def shape_resource(resource_type: str, raw: bytes, result: Any) -> Any:
-    """Apply _summary=true|text|data and _elements; otherwise embed the stored JSON."""
+    """Apply _summary=true|text|data and _elements; otherwise embed the stored JSON. A
+    subset keeps the type's mandatory and modifier elements and is tagged SUBSETTED."""
     summary, elements = result.summary, result.elements
     if summary not in ("true", "text", "data") and not elements:
         return jsonio.fragment(raw)
@@ -220,11 +241,12 @@ def shape_resource(resource_type: str, raw: bytes, result: Any) -> Any:
     elif summary == "data":
         resource.pop("text", None)
     elif summary == "text":
-        keep = (*ALWAYS_KEPT, "text", "status")
+        keep = _keys_of(("text", *kept_elements(resource_type)), resource)
         resource = {k: v for k, v in resource.items() if k in keep}
     if elements:
-        wanted = {e.split(".")[0] for e in elements}
-        resource = {k: v for k, v in resource.items() if k in wanted or k in ALWAYS_KEPT}
+        wanted = [e.split(".")[0] for e in elements]
+        keep = _keys_of((*wanted, *kept_elements(resource_type)), resource)
+        resource = {k: v for k, v in resource.items() if k in keep}
     meta = dict(resource.get("meta") or {})
     meta["tag"] = [*meta.get("tag", []), SUBSETTED]
     resource["meta"] = meta
