@@ -27,6 +27,8 @@ SUITES = [
     "test_api_bundles.py",
     "test_api_write_conditions.py",
     "test_api_patch.py",
+    "test_api_subsetting.py",
+    "test_api_everything.py",
     "test_concurrency.py",
     "test_fhirpy_client.py",
     "test_search_conformance.py",

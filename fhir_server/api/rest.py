@@ -61,6 +61,13 @@ def _write_response(request: Request, result: WriteResult) -> Response:
     return fhir_response(result.stored.json, result.status, headers, pretty(request))
 
 
+def _patient_scope(request: Request) -> str | None:
+    """The patient a patient-context access is limited to (None: no such limit), from the
+    request's authorization decision when the server makes one."""
+    access = getattr(request.state, "access", None)
+    return getattr(access, "patient_compartment", None)
+
+
 def _conditional_items(request: Request) -> list[tuple[str, str]]:
     return [(k, v) for k, v in query_items(request) if k not in RESULT_PARAMS]
 
@@ -281,6 +288,23 @@ def build_router() -> APIRouter:
     async def type_history(request: Request, resource_type: str) -> Response:
         _service(request).resources.check_type(resource_type)
         return await _history(request, resource_type, None)
+
+    @router.get("/Patient/$everything")
+    async def everything_type_level(request: Request) -> Response:
+        """`GET /Patient/$everything`: every Patient compartment the caller may see, paged;
+        a patient-context access sees its own patient's only."""
+        check_accept(request)
+        svc = _service(request)
+        strict = "handling=strict" in request.headers.get("prefer", "")
+        bundle = await run_in_threadpool(
+            svc.search.everything,
+            "Patient",
+            _patient_scope(request),
+            query_items(request),
+            _base(request),
+            strict,
+        )
+        return fhir_response(bundle, 200, None, pretty(request))
 
     # -- instance level -------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ def compartment_params(compartment_type: str, resource_type: str) -> tuple[str, 
 
 
 def compartment_clause(
-    compartment_type: str, compartment_id: str, resource_type: str, registry: ParamLookup
+    compartment_type: str, compartment_id: str | None, resource_type: str, registry: ParamLookup
 ) -> list[Clause]:
     """The clauses, to be ORed, selecting `resource_type` resources in the compartment
     `compartment_type`/`compartment_id`. The compartment's own resource (Patient/123 in
@@ -63,10 +63,12 @@ def compartment_clause(
     Raises SearchError when the type is not in that compartment: returning no clause would
     read as "no restriction" and leak every resource of the type.
     """
-    if not _FHIR_ID.fullmatch(compartment_id):
+    if compartment_id is not None and not _FHIR_ID.fullmatch(compartment_id):
         raise SearchError(f"not a valid id: {compartment_id!r}")
     codes = compartment_params(compartment_type, resource_type)
     clauses: list[Clause] = []
+    if resource_type == compartment_type and compartment_id is None:
+        return clauses  # every one is a member (CompartmentClause.everyone)
     if resource_type == compartment_type:
         id_param = registry.get(resource_type, "_id")
         if id_param is not None:
@@ -89,7 +91,7 @@ def compartment_clause(
 
 
 def compartment_criterion(
-    compartment_type: str, compartment_id: str, resource_type: str, registry: ParamLookup
+    compartment_type: str, compartment_id: str | None, resource_type: str, registry: ParamLookup
 ) -> CompartmentClause:
     """One criterion (to AND with the query's own) for a compartment search."""
     alternatives = compartment_clause(compartment_type, compartment_id, resource_type, registry)

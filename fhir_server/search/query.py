@@ -135,17 +135,30 @@ class CompartmentClause:
     resource matches when ANY of `alternatives` (or `by_type[its type]`) does (one
     reference clause per parameter the CompartmentDefinition lists, plus `_id` for the
     compartment's own resource). It comes
-    from the URL path, not from the query, so it stays out of the self link's items."""
+    from the URL path, not from the query, so it stays out of the self link's items.
+
+    `compartment_id` None is membership of any compartment of the type (the type-level
+    `Patient/$everything`): every resource of the compartment type itself, and of the other
+    types those that refer to one through a listed parameter."""
 
     compartment_type: str
-    compartment_id: str
+    compartment_id: str | None
     alternatives: tuple[Clause, ...]
     # For a search over several types (`$everything`): the alternatives of each type.
     by_type: dict[str, tuple[Clause, ...]] | None = None
+    # Per type, clauses ANDed with the membership (`$everything`'s care dates, start/end).
+    within: dict[str, tuple[Clause, ...]] | None = None
+
+    def extra(self, resource_type: str) -> tuple[Clause, ...]:
+        return self.within.get(resource_type, ()) if self.within else ()
+
+    def everyone(self, resource_type: str) -> bool:
+        """Every resource of `resource_type` is a member (no clause to check)."""
+        return self.compartment_id is None and resource_type == self.compartment_type
 
     @property
     def key(self) -> str:
-        return f"{self.compartment_type}/{self.compartment_id}"
+        return f"{self.compartment_type}/{self.compartment_id or '*'}"
 
 
 Criterion = Clause | ChainClause | HasClause | CompartmentClause

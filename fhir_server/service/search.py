@@ -16,6 +16,7 @@ from fhir_server.search.errors import SearchError
 from fhir_server.search.query import (
     CompartmentClause,
     SearchQuery,
+    UnknownParam,
     parse_search,
     parse_system_search,
 )
@@ -80,6 +81,38 @@ def _is_choice_of(key: str, stem: str) -> bool:
     return key.startswith(stem) and len(key) > len(stem) and key[len(stem)].isupper()
 
 
+# The parameters of R4's Patient-everything (OperationDefinition Patient-everything), plus
+# the paging cursor and the result parameters every Bundle of this server takes.
+EVERYTHING_PARAMS = frozenset(
+    {"_type", "_count", "_cursor", "_summary", "_elements", "_since", "start", "end"}
+)
+# The care date of each type for `start` / `end` (R4: "care dates, not record currency
+# dates"): the first of these the type has as a date parameter. `authoredon` before `date`
+# (MedicationRequest's `date` is the dosage schedule), `onset-date` for Condition.
+CARE_DATE_PARAMS = (
+    "authoredon",
+    "onset-date",
+    "effective",
+    "date",
+    "period",
+    "occurrence",
+    "authored-on",
+    "authored",
+    "effective-time",
+    "whenhandedover",
+    "started",
+    "collected",
+    "sent",
+    "recorded",
+    "created",
+    "issued",
+    "datewritten",
+    "datetime",
+    "start-date",
+    "identified",
+)
+
+
 class SearchService:
     def __init__(self, storage: Storage, registry: SearchParamRegistry, settings: Settings) -> None:
         self.storage = storage
@@ -125,38 +158,100 @@ class SearchService:
     def everything(
         self,
         compartment_type: str,
-        compartment_id: str,
+        compartment_id: str | None,
         items: list[tuple[str, str]],
         base_url: str,
         strict: bool,
     ) -> dict[str, Any]:
-        """`GET /Patient/123/$everything`: the compartment's resource and every resource in
-        its compartment, paged like any search (`_count`, `_type` to narrow the types)."""
+        """`GET /Patient/123/$everything` (or, with `compartment_id` None, the type-level
+        `GET /Patient/$everything` over every Patient compartment): the compartment's
+        resources, paged like any search. The parameters of R4's Patient-everything:
+        `_type` narrows the types, `_since` keeps what changed since an instant, `start` /
+        `end` bound the care dates (each type's clinical date parameter, CARE_DATE_PARAMS;
+        types without one are not dated and always included), `_count` sets the page size.
+        Anything else is refused in strict handling and noted in the Bundle otherwise."""
         allowed = (compartment_type, *compartment_resource_types(compartment_type))
+        unknown = [
+            UnknownParam(k, v, "not a parameter of $everything")
+            for k, v in items
+            if k not in EVERYTHING_PARAMS
+        ]
         wanted = [name for key, value in items if key == "_type" for name in value.split(",")]
+        outside = [t for t in wanted if t not in allowed]
+        if outside:
+            unknown.append(
+                UnknownParam(
+                    "_type", ",".join(outside), f"not in the {compartment_type} compartment"
+                )
+            )
+        if strict and unknown:
+            raise SearchError(
+                f"{unknown[0].name}={unknown[0].value}: {unknown[0].reason}", unknown[0].name
+            )
         types = [t for t in allowed if not wanted or t in wanted]
         if not types:
             raise SearchError("_type names no type of this compartment", "_type")
         kept = [(k, v) for k, v in items if k in ("_count", "_cursor", "_summary", "_elements")]
+        since = [("_lastUpdated", f"ge{v}") for k, v in items if k == "_since"]
         query = parse_system_search(
-            [("_type", ",".join(types)), *kept], self.registry, strict, self.settings.limits
+            [("_type", ",".join(types)), *since, *kept],
+            self.registry,
+            True,
+            self.settings.limits,
         )
         by_type = {}
         for rtype in types:
             try:
-                alternatives = compartment_criterion(
+                by_type[rtype] = compartment_criterion(
                     compartment_type, compartment_id, rtype, self.registry
                 ).alternatives
             except SearchError:
                 continue  # listed in the definition with no usable parameter here
-            by_type[rtype] = alternatives
-        criterion = CompartmentClause(compartment_type, compartment_id, (), by_type)
-        query = dataclasses.replace(query, clauses=(criterion,), resource_types=tuple(by_type))
-        path = f"{base_url}/{compartment_type}/{compartment_id}/$everything"
-        understood = [(k, v) for k, v in query.self_link_items() if k != "_type"]
+        care = [(k, v) for k, v in items if k in ("start", "end")]
+        criterion = CompartmentClause(
+            compartment_type, compartment_id, (), by_type, self._care_dates(by_type, care)
+        )
+        query = dataclasses.replace(
+            query,
+            clauses=(criterion, *query.clauses),
+            resource_types=tuple(by_type),
+            unknown=tuple(unknown),
+        )
+        where = (
+            compartment_type if compartment_id is None else f"{compartment_type}/{compartment_id}"
+        )
+        path = f"{base_url}/{where}/$everything"
+        understood = [
+            (k, v) for k, v in query.self_link_items() if k not in ("_type", "_lastUpdated")
+        ]
+        understood[:0] = [(k, v) for k, v in items if k in ("_since", "start", "end")]
         if wanted:
             understood.insert(0, ("_type", ",".join(types)))
         return self._render(query, path, base_url, understood)
+
+    def _care_dates(
+        self, types: Iterable[str], bounds: list[tuple[str, str]]
+    ) -> dict[str, tuple[Any, ...]] | None:
+        """Per type, the clauses of `start` / `end` on its care date parameter."""
+        if not bounds:
+            return None
+        within = {}
+        for rtype in types:
+            code = next(
+                (
+                    c
+                    for c in CARE_DATE_PARAMS
+                    if (param := self.registry.get(rtype, c)) is not None and param.type == "date"
+                ),
+                None,
+            )
+            if code is None:
+                continue
+            criteria = [(code, f"ge{v}" if k == "start" else f"le{v}") for k, v in bounds]
+            within[rtype] = parse_search(
+                rtype, criteria, self.registry, True, self.settings.limits
+            ).clauses
+        return within
 
     def _render(
         self,

@@ -170,6 +170,8 @@ def reference_condition(value: ReferenceValue) -> dict[str, Any]:
         return condition
     if value.url is not None:
         return {"u": value.url}
+    if value.type is not None and value.id is None:  # any resource of the type
+        return {"tt": value.type}
     if value.type is not None:
         return {"ti": value.id, "tt": value.type}
     return {"ti": value.id}
@@ -207,7 +209,11 @@ class Translator:
             alternatives = crit.alternatives
             if crit.by_type is not None:
                 alternatives = crit.by_type.get(rtype, ())
-            return any_of([self.criterion(alternative, rtype) for alternative in alternatives])
+            extra = [self.criterion(clause, rtype) for clause in crit.extra(rtype)]
+            if crit.everyone(rtype):
+                return both({}, *extra)
+            membership = any_of([self.criterion(alt, rtype) for alt in alternatives])
+            return both(membership, *extra)
         raise SearchError(f"unsupported search criterion {crit!r}")
 
     # -- chains and _has: two steps ----------------------------------------------------------

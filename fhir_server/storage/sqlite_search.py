@@ -150,13 +150,20 @@ class _Compiler:
             alternatives = crit.alternatives
             if crit.by_type is not None:
                 alternatives = crit.by_type.get(rtype, ())
-            if not alternatives:
+            if crit.everyone(rtype):
+                ors.append("1")
+            elif not alternatives:
                 return "0", []
             for alternative in alternatives:
                 sql, alt_args = self.clause(alternative, rtype, alias)
                 ors.append(sql)
                 args += alt_args
-            return "(" + " OR ".join(ors) + ")", args
+            ands = ["(" + " OR ".join(ors) + ")"]
+            for clause in crit.extra(rtype):
+                sql, clause_args = self.clause(clause, rtype, alias)
+                ands.append(sql)
+                args += clause_args
+            return "(" + " AND ".join(ands) + ")", args
         raise SearchError(f"unsupported search criterion {crit!r}")
 
     def chain(self, crit: ChainClause, rtype: str, alias: str) -> tuple[str, list[Any]]:
@@ -474,6 +481,8 @@ def reference_condition(value: ReferenceValue) -> tuple[str, list[Any]]:
         return "(" + " AND ".join(conditions) + ")", args
     if value.url is not None:
         return "url=?", [value.url]
+    if value.type is not None and value.id is None:  # any resource of the type
+        return "ttype=?", [value.type]
     if value.type is not None:
         return "(tid=? AND ttype=?)", [value.id, value.type]
     return "tid=?", [value.id]
