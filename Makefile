@@ -1,4 +1,5 @@
 # Two commands a newcomer needs: `make serve` and `make test` (see README.md).
+# `make serve` runs WITHOUT access control (--insecure-dev, on 127.0.0.1 only): for development.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -18,7 +19,7 @@ install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test]"
 
 serve: install
-	$(BIN)/diatabase serve --db $(DB) --port $(PORT)
+	$(BIN)/diatabase serve --db $(DB) --host 127.0.0.1 --port $(PORT) --insecure-dev
 
 load-examples: install
 	$(BIN)/diatabase load --db $(DB) examples/patient-story.json

@@ -79,8 +79,11 @@ class ServerProcess:
 
 
 @contextmanager
-def serve(db_url: str, workers: int = 1, extra: Sequence[str] = ()) -> Iterator[ServerProcess]:
-    """`diatabase serve` on a free port, until the block ends."""
+def serve(
+    db_url: str, workers: int = 1, extra: Sequence[str] = (), insecure_dev: bool = True
+) -> Iterator[ServerProcess]:
+    """`diatabase serve` on a free port, until the block ends (with --insecure-dev unless
+    told otherwise: the benchmarks measure the FHIR work; bench/auth.py the access control)."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -96,6 +99,7 @@ def serve(db_url: str, workers: int = 1, extra: Sequence[str] = ()) -> Iterator[
             "warning",
             "--workers",
             str(workers),
+            *(["--insecure-dev"] if insecure_dev else []),
             *extra,
         ],
         stdout=subprocess.DEVNULL,

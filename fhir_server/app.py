@@ -19,6 +19,7 @@ from fhir_server.api.metadata import build_metadata_router
 from fhir_server.api.rest import build_router
 from fhir_server.api.terminology import build_terminology_router, register_operations
 from fhir_server.api.validate import build_validate_router, register_validate_operation
+from fhir_server.auth import install_auth
 from fhir_server.gc_tuning import tune_for_server
 from fhir_server.model.outcome import FhirError, Issue, outcome
 from fhir_server.search.errors import SearchError
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.state.operations = {"*": [CONVERT_OPERATION]}
     register_operations(app.state.operations)
     app.state.deid = deid
+    install_auth(app, settings, service)
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError) -> Response:

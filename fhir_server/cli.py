@@ -40,7 +40,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         deid_recipients=args.deid_recipients,
         deid_only=args.deid_only or None,
         deid_views=args.deid_views,
+        insecure_dev=args.insecure_dev or None,
     )
+    if settings.insecure_dev:
+        _check_insecure_dev(args.host)
     mode = " (de-identified facade only)" if settings.deid_only else ""
     where = f"http://{args.host}:{args.port}/"
     if args.workers > 1:
@@ -55,6 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             os.environ["DIATABASE_DEID_ONLY"] = "1"
         if settings.deid_views:
             os.environ["DIATABASE_DEID_VIEWS"] = settings.deid_views
+        if settings.insecure_dev:
+            os.environ["DIATABASE_INSECURE_DEV"] = "1"
         open_storage(settings.db_url).close()  # create or migrate the schema once, up front
         print(
             f"Diatabase FHIR R4 server{mode} on {where} (database {settings.db_url})", flush=True
@@ -78,6 +83,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app, host=args.host, port=args.port, log_level=args.log_level, log_config=log_config()
     )
     return 0
+
+
+INSECURE_DEV_WARNING = """
+!!! --insecure-dev: NO ACCESS CONTROL. Anyone who can reach {where} can read, change and
+!!! delete every patient's data. For development on this machine only; never with real data.
+"""
+
+
+def _check_insecure_dev(host: str) -> None:
+    """--insecure-dev only on a loopback address, and loudly."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise SystemExit(
+            f"diatabase: --insecure-dev is refused on {host}: it is allowed only when "
+            "listening on a loopback address (127.0.0.1, ::1, localhost)"
+        )
+    print(INSECURE_DEV_WARNING.format(where=host), file=sys.stderr, flush=True)
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -268,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="materialized view stores (filled by `diatabase deid views`): the facade "
         "serves their rows instead of pseudonymizing each request's resources",
+    )
+    serve.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="development only: no access control (every request allowed); refused unless "
+        "--host is a loopback address",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -51,6 +51,20 @@ class Settings:
     deid_views: str = ""
     # How much one request may ask for and how long it may run (limits.py, DIATABASE_*).
     limits: Limits = field(default_factory=Limits)
+    # Access control (fhir_server/auth/). Closed by default: every clinical request needs a
+    # valid bearer token unless `insecure_dev` (`serve --insecure-dev`, loopback only).
+    insecure_dev: bool = False
+    # One trusted token issuer (its `iss`) and its JWKS (a file path or an https URL).
+    auth_issuer: str = ""
+    auth_jwks: str = ""
+    # Several trusted issuers: a JSON file [{"issuer": ..., "jwks": ...}, ...].
+    auth_issuers_file: str = ""
+    # The built-in SMART Backend Services token endpoint: its signing key (a private JWK or
+    # PEM file; generated owner-only beside the database when absent) and token lifetime.
+    auth_signing_key: str = ""
+    auth_token_lifetime: int = 300
+    # Origins allowed to call the API from a browser (CORS), e.g. a SMART app's origin.
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -74,6 +88,17 @@ class Settings:
             "deid_views": os.environ.get("DIATABASE_DEID_VIEWS", ""),
             "deid_only": os.environ.get("DIATABASE_DEID_ONLY", "").lower() in ("1", "true", "yes"),
             "limits": Limits.from_env(),
+            "insecure_dev": os.environ.get("DIATABASE_INSECURE_DEV", "").lower()
+            in ("1", "true", "yes"),
+            "auth_issuer": os.environ.get("DIATABASE_AUTH_ISSUER", ""),
+            "auth_jwks": os.environ.get("DIATABASE_AUTH_JWKS", ""),
+            "auth_issuers_file": os.environ.get("DIATABASE_AUTH_ISSUERS", ""),
+            "auth_signing_key": os.environ.get("DIATABASE_AUTH_SIGNING_KEY", ""),
+            "auth_token_lifetime": _env_int("DIATABASE_AUTH_TOKEN_LIFETIME", 300),
+            "cors_origins": tuple(
+                o.strip() for o in os.environ.get("DIATABASE_CORS_ORIGINS", "").split(",")
+                if o.strip()
+            ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["unknown_profiles"] not in ("warn", "reject"):

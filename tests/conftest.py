@@ -90,8 +90,12 @@ def database_url(tmp_path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    # --insecure-dev: the suites of the FHIR API run without access control; the access
+    # control itself is tested with real tokens (tests/auth_tokens.py, test_auth_*.py).
     settings = Settings(
-        db_url=database_url(tmp_path_factory.mktemp("db")), max_body_bytes=2_000_000
+        db_url=database_url(tmp_path_factory.mktemp("db")),
+        max_body_bytes=2_000_000,
+        insecure_dev=True,
     )
     with RunningServer(settings) as running:
         yield running

@@ -137,7 +137,7 @@ def test_serve_starts_and_answers_metadata(tmp_path: Path) -> None:
 
 def test_the_access_log_leaves_queries_out(tmp_path: Path) -> None:
     """What a search looks for (an INS, a name) must not reach the log files."""
-    proc, port = serve(tmp_path)  # default log level: access lines are written
+    proc, port = serve(tmp_path, "--insecure-dev")  # default log level: access lines written
     try:
         response = httpx.get(
             f"http://127.0.0.1:{port}/Patient",

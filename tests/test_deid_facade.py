@@ -69,6 +69,7 @@ def deid_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
         deid_secret=SECRET,
         deid_recipients=str(folder / "recipients.json"),
         deid_export_dir=str(folder / "exports"),
+        insecure_dev=True,
     )
     with RunningServer(settings) as running:
         with httpx.Client(base_url=running.url, timeout=60) as http:

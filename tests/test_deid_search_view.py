@@ -45,6 +45,7 @@ def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
         deid_secret=SECRET,
         deid_recipients=str(folder / "recipients.json"),
         deid_export_dir=str(folder / "exports"),
+        insecure_dev=True,
     )
     with (
         RunningServer(settings) as running,

@@ -61,6 +61,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         max_body_bytes=20_000_000,
         deid_secret=SECRET,
         deid_recipients=str(folder / "recipients.json"),
+        insecure_dev=True,
     )
     patients = french_patients(count=6, readings=20)
     patients.append(

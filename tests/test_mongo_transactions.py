@@ -91,7 +91,7 @@ def test_standalone_savepoints_apply_one_entry_each() -> None:
 @pytest.fixture(scope="module")
 def standalone_server() -> RunningServer:
     url = f"mongomock://localhost/h{uuid.uuid4().hex[:8]}?txmode=standalone"
-    with RunningServer(Settings(db_url=url)) as running:
+    with RunningServer(Settings(db_url=url, insecure_dev=True)) as running:
         yield running
 
 

@@ -34,6 +34,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     settings = Settings(
         db_url=database_url(tmp_path_factory.mktemp("db")),
         require_profiles=(GLUCOSE_RULE,),
+        insecure_dev=True,
     )
     with RunningServer(settings) as running, httpx.Client(base_url=running.url,
                                                           timeout=30) as http:

@@ -334,7 +334,9 @@ QUERIES: list[tuple[str, str]] = [
 
 @pytest.fixture(scope="module")
 def conformance_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    settings = Settings(db_url=database_url(tmp_path_factory.mktemp("conformance")))
+    settings = Settings(
+        db_url=database_url(tmp_path_factory.mktemp("conformance")), insecure_dev=True
+    )
     with RunningServer(settings) as running, httpx.Client(base_url=running.url, timeout=30) as http:
         for resource in json.loads(DATA.read_text("utf-8")):
             response = http.put(f"/{resource['resourceType']}/{resource['id']}", json=resource)

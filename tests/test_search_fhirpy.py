@@ -20,7 +20,9 @@ DATA = Path(__file__).parent / "data" / "search" / "conformance_resources.json"
 
 @pytest.fixture(scope="module")
 def fhir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncFHIRClient]:
-    settings = Settings(db_url=database_url(tmp_path_factory.mktemp("fhirpy")))
+    settings = Settings(
+        db_url=database_url(tmp_path_factory.mktemp("fhirpy")), insecure_dev=True
+    )
     with RunningServer(settings) as running, httpx.Client(base_url=running.url, timeout=60) as http:
         for resource in json.loads(DATA.read_text("utf-8")):
             response = http.put(f"/{resource['resourceType']}/{resource['id']}", json=resource)

@@ -39,7 +39,9 @@ def reading(rid: str, minute: int, value: float) -> dict:
 
 @pytest.fixture(scope="module")
 def paging_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    settings = Settings(db_url=database_url(tmp_path_factory.mktemp("paging")))
+    settings = Settings(
+        db_url=database_url(tmp_path_factory.mktemp("paging")), insecure_dev=True
+    )
     with RunningServer(settings) as running:
         # Written in-process through the storage layer (with the server's own extractor):
         # 5,000 creations over HTTP would take most of the test budget.

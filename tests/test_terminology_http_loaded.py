@@ -21,7 +21,7 @@ def test_loaded_atc_table_is_served(tmp_path: Path, capsys) -> None:
                             "--into", str(tables), "--version", "test-2026"]) == 0
     capsys.readouterr()
     settings = Settings(db_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-                        terminology_dir=str(tables))
+                        terminology_dir=str(tables), insecure_dev=True)
     with RunningServer(settings) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         lookup = client.get("/CodeSystem/$lookup", params={"system": ATC, "code": "A10BX99"})
         assert lookup.status_code == 200, lookup.text

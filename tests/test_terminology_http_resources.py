@@ -83,7 +83,7 @@ def test_value_set_without_compose_is_stored_but_not_expandable(client: httpx.Cl
 
 
 def _start(db: Path) -> RunningServer:
-    return RunningServer(Settings(db_url=f"sqlite:///{db}"))
+    return RunningServer(Settings(db_url=f"sqlite:///{db}", insecure_dev=True))
 
 
 def test_restart_keeps_operator_value_sets_and_does_not_duplicate_shipped(

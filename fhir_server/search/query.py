@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fhir_server.limits import Limits
 from fhir_server.search.errors import SearchError, UnsupportedModifier
@@ -161,7 +162,20 @@ class CompartmentClause:
         return f"{self.compartment_type}/{self.compartment_id or '*'}"
 
 
-Criterion = Clause | ChainClause | HasClause | CompartmentClause
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """What a request may see of a type (search/visibility.py): matches when all criteria of
+    ANY alternative do; no alternative matches nothing. Added by the server, never from the
+    URL, so it stays out of the self link's items."""
+
+    alternatives: tuple[tuple[Clause | CompartmentClause, ...], ...]
+
+    @property
+    def key(self) -> str:
+        return "_access"
+
+
+Criterion = Clause | ChainClause | HasClause | CompartmentClause | AnyOf
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +196,10 @@ class SearchQuery:
     unknown: tuple[UnknownParam, ...] = ()
     warnings: tuple[str, ...] = ()
     resource_types: tuple[str, ...] = ()
+    # What the request may see (search/visibility.py Restriction): the storage backends AND
+    # its criterion for each type a system search reads, chain targets, `_has` sources and
+    # included resources. A type-level search also carries its own type's among `clauses`.
+    restriction: Any = None
 
     def self_link_items(self) -> list[tuple[str, str]]:
         """What was understood, canonically: filters sorted by name then value, values
@@ -194,7 +212,7 @@ class SearchQuery:
             sorted(
                 (clause.key, ",".join(value.to_param() for value in leaf_clause(clause).values))
                 for clause in self.clauses
-                if not isinstance(clause, CompartmentClause)
+                if not isinstance(clause, CompartmentClause | AnyOf)
             )
         )
         items.extend(self.result.self_link_items())

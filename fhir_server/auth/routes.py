@@ -1,0 +1,116 @@
+"""Which interaction a request is, from its method and path, for the authorization check.
+
+The check is made once, before routing, for every request: a route this table does not
+know is refused unless the token grants the method's letters on every type (`*`), so a
+new endpoint is closed until it is described here (an operation: OPERATIONS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fhir_server.model.resource_types import is_resource_type
+
+# Reachable without a token: conformance, SMART discovery, the token endpoint and its keys,
+# the API docs pages. The de-identified facade (/deid/) authenticates its recipients itself.
+PUBLIC_PATHS = frozenset(
+    {
+        "/metadata",
+        "/.well-known/smart-configuration",
+        "/auth/token",
+        "/auth/jwks",
+        "/_docs",
+        "/_docs/oauth2-redirect",
+        "/_openapi.json",
+    }
+)
+PUBLIC_PREFIXES = ("/deid/",)
+
+# Operations by name -> the interaction they amount to on the type they are called on
+# (`type` in Requirement). Terminology operations read the terminology resources.
+OPERATIONS = {
+    "validate": "validate",
+    "lookup": "operation-read",
+    "validate-code": "operation-read",
+    "expand": "operation-read",
+    "subsumes": "operation-read",
+    "translate": "operation-read",
+    "closure": "operation-read",
+}
+# Unknown routes: the method's letters on every type.
+METHOD_LETTERS = {"GET": "rs", "HEAD": "rs", "POST": "cruds", "PUT": "cruds",
+                  "PATCH": "cruds", "DELETE": "cruds"}
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """`kind`: "public" (no check), "bundle" (a valid token here, each entry checked by
+    the handler), "any" (some scope with `interaction`'s letter on some type), or
+    "check" (`interaction` on `resource_type`; "*" for every type)."""
+
+    kind: str
+    resource_type: str | None = None
+    interaction: str | None = None
+    compartment: tuple[str, str] | None = None
+
+
+PUBLIC = Requirement("public")
+
+
+def classify(method: str, path: str) -> Requirement:
+    if method == "OPTIONS" or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+        return PUBLIC
+    parts = [p for p in path.split("/") if p]
+    n = len(parts)
+    if n == 0:
+        if method == "POST":
+            return Requirement("bundle")
+        if method in ("GET", "HEAD"):
+            return Requirement("any", interaction="s")  # narrowed to the types allowed
+    elif parts[0] == "_history" and n == 1 and method == "GET":
+        return Requirement("any", interaction="s")
+    elif parts[0] == "$convert" and n == 1 and method == "POST":
+        return Requirement("any", interaction="c")  # stores nothing: any ingesting client
+    elif is_resource_type(parts[0]):
+        found = _typed(method, parts)
+        if found is not None:
+            return found
+    return Requirement("check", "*", METHOD_LETTERS.get(method, "cruds"))
+
+
+def _typed(method: str, parts: list[str]) -> Requirement | None:
+    rtype, n = parts[0], len(parts)
+    if n == 1:
+        interaction = {"GET": "search-type", "HEAD": "search-type", "POST": "create",
+                       "PUT": "update", "DELETE": "delete"}.get(method)
+        return Requirement("check", rtype, interaction) if interaction else None
+    second = parts[1]
+    if n == 2 and second == "_search" and method == "POST":
+        return Requirement("check", rtype, "search-type")
+    if n == 2 and second == "_history" and method == "GET":
+        return Requirement("check", rtype, "history-type")
+    if second.startswith("$"):
+        interaction = OPERATIONS.get(second[1:]) if n == 2 else None
+        return Requirement("check", rtype, interaction) if interaction else None
+    if n == 2:
+        interaction = {"GET": "read", "HEAD": "read", "PUT": "update", "PATCH": "patch",
+                       "DELETE": "delete"}.get(method)
+        return Requirement("check", rtype, interaction) if interaction else None
+    third = parts[2]
+    if n == 3 and third == "_history" and method == "GET":
+        return Requirement("check", rtype, "history-instance")
+    if n == 4 and third == "_history" and method == "GET":
+        return Requirement("check", rtype, "vread")
+    if n == 3 and third.startswith("$"):
+        name = third[1:]
+        if name == "everything" and method == "GET":
+            # The compartment's own resource is read; the other types are narrowed to
+            # those the token may search (inside the query).
+            return Requirement("check", rtype, "read", (rtype, second))
+        interaction = OPERATIONS.get(name)
+        if name == "validate" and method == "GET":
+            interaction = "read"  # validates the stored resource: a read
+        return Requirement("check", rtype, interaction) if interaction else None
+    if n == 3 and is_resource_type(third) and method == "GET":
+        return Requirement("check", third, "search-compartment", (rtype, second))
+    return None
