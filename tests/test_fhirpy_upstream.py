@@ -57,7 +57,9 @@ def outcomes(report: Path) -> dict[str, tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def upstream_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    settings = Settings(db_url=database_url(tmp_path_factory.mktemp("fhirpy")))
+    settings = Settings(
+        db_url=database_url(tmp_path_factory.mktemp("fhirpy")), insecure_dev=True
+    )
     report = tmp_path_factory.mktemp("fhirpy-report") / "report.xml"
     with RunningServer(settings) as server:
         env = {**os.environ, "FHIR_SERVER_URL": server.url}

@@ -36,6 +36,7 @@ OPERATIONS = {
     "subsumes": "operation-read",
     "translate": "operation-read",
     "closure": "operation-read",
+    "lastn": "search-type",
 }
 # Unknown routes: the method's letters on every type.
 METHOD_LETTERS = {"GET": "rs", "HEAD": "rs", "POST": "cruds", "PUT": "cruds",
@@ -113,4 +114,7 @@ def _typed(method: str, parts: list[str]) -> Requirement | None:
         return Requirement("check", rtype, interaction) if interaction else None
     if n == 3 and is_resource_type(third) and method == "GET":
         return Requirement("check", third, "search-compartment", (rtype, second))
+    if n == 4 and is_resource_type(third) and parts[3].startswith("$") and method == "GET":
+        interaction = OPERATIONS.get(parts[3][1:])  # `Patient/1/Observation/$lastn`
+        return Requirement("check", third, interaction, (rtype, second)) if interaction else None
     return None
