@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fhir_server.api.clinical import build_clinical_router, register_clinical_operations
 from fhir_server.api.convert import CONVERT_OPERATION, build_convert_router
 from fhir_server.api.http import fhir_response
+from fhir_server.api.limits import RequestBudget
 from fhir_server.api.metadata import build_metadata_router
 from fhir_server.api.rest import build_router
 from fhir_server.api.terminology import build_terminology_router, register_operations
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     )
     app.state.settings = settings
     app.state.fhir = service
+    app.add_middleware(RequestBudget, limits=settings.limits)
     # Operations for the CapabilityStatement: resource type (or "*" for system level) ->
     # [(name, OperationDefinition url)].
     app.state.operations = {"*": [CONVERT_OPERATION]}

@@ -30,6 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from fhir_server.access_log import log_config
+    from fhir_server.api.limits import uvicorn_limits
     from fhir_server.app import create_app
     from fhir_server.deid.keys import DeidConfigError
     from fhir_server.storage import open_storage
@@ -72,6 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             log_level=args.log_level,
             log_config=log_config(),
+            **uvicorn_limits(settings.limits),
         )
         return 0
     try:
@@ -80,7 +82,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"diatabase: {exc}") from None
     print(f"Diatabase FHIR R4 server{mode} on {where} (database {settings.db_url})", flush=True)
     uvicorn.run(
-        app, host=args.host, port=args.port, log_level=args.log_level, log_config=log_config()
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        log_config=log_config(),
+        **uvicorn_limits(settings.limits),
     )
     return 0
 

@@ -31,7 +31,15 @@ def check_search_size(items: Sequence[tuple[str, str]], limits: Limits | None = 
             f"The search has {len(items)} parameters; this server takes at most "
             f"{limits.max_search_parameters} (limit max_search_parameters)"
         )
+    values = 0
     for key, value in items:
+        values += value.count(",") + 1
+        if values > limits.max_search_values:
+            raise SearchLimitError(
+                f"The search has more than {limits.max_search_values} values in all "
+                "(limit max_search_values)",
+                key,
+            )
         has = key.count("_has:")
         chain = key.count(".")
         if chain > limits.max_chain_depth:

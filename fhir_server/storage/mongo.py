@@ -53,6 +53,7 @@ from pymongo.write_concern import WriteConcern
 from fhir_server.limits import Limits
 from fhir_server.model.outcome import FhirError, error
 from fhir_server.search.types import IndexEntry
+from fhir_server.storage import mongo_budget
 from fhir_server.storage.base import HistoryPage, NewResource, StoredResource
 from fhir_server.storage.cursor import CursorCodec, CursorError
 from fhir_server.storage.mongo_docs import (
@@ -211,11 +212,11 @@ class MongoStorage:
         return stored(rtype, doc) if doc else None
 
     def read(self, resource_type: str, id: str) -> StoredResource | None:
-        with self._reading:
+        with self._reading, mongo_budget.bounded():
             return self._read(resource_type, id)
 
     def vread(self, resource_type: str, id: str, version: int) -> StoredResource | None:
-        with self._reading:
+        with self._reading, mongo_budget.bounded():
             doc = self.history_collection.find_one({"_id": history_id(resource_type, id, version)})
         return stored_history(doc) if doc else None
 
@@ -228,7 +229,7 @@ class MongoStorage:
         count: int,
         cursor: str | None,
     ) -> HistoryPage:
-        with self._reading:
+        with self._reading, mongo_budget.bounded():
             return self._history(resource_type, id, since, at, count, cursor)
 
     def _history(
@@ -285,7 +286,7 @@ class MongoStorage:
         return HistoryPage(entries, next_cursor)
 
     def count(self, resource_type: str | None = None) -> int:
-        with self._reading:
+        with self._reading, mongo_budget.bounded():
             types = [resource_type] if resource_type is not None else self.resource_types()
             return sum(
                 self.db[rtype].count_documents({"del": False})
@@ -302,7 +303,7 @@ class MongoStorage:
             condition: dict[str, Any] = {"del": False}
             if after is not None:
                 condition["seq"] = {"$gt": after}
-            with self._reading:
+            with self._reading, mongo_budget.bounded():
                 docs = list(
                     self.db[resource_type]
                     .find(condition, {"idx": 0, "srt": 0})
@@ -318,7 +319,7 @@ class MongoStorage:
         # Bodies always: a document holds its JSON, reading it costs nothing more.
         from fhir_server.storage.mongo_search import run_search
 
-        with self._reading:
+        with self._reading, mongo_budget.bounded():
             return run_search(self, query, count, cursor)
 
     # -- writes ------------------------------------------------------------------------------
@@ -478,7 +479,8 @@ class MongoTransaction:
             raise standalone_refusal()
         from fhir_server.storage.mongo_search import matching_ids
 
-        return matching_ids(self.storage, query, limit, self.session)
+        with mongo_budget.bounded():
+            return matching_ids(self.storage, query, limit, self.session)
 
     def put(
         self,

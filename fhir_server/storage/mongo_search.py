@@ -58,6 +58,7 @@ from fhir_server.search.values import (
     TokenValue,
     UriValue,
 )
+from fhir_server.storage import mongo_budget
 from fhir_server.storage.base import StoredResource
 from fhir_server.storage.cursor import CursorError
 from fhir_server.storage.mongo_docs import DIRECT_PARAMS, KINDS, SORT_FIELDS, stored
@@ -503,10 +504,18 @@ def run_search(
     result = query.result
     specs = sort_specs(result.sort)
     total = None
-    if result.total == "accurate" or result.summary == "count" or count == 0:
-        total = sum(storage.collection(t).count_documents(f) for t, f in filters)
-    if result.summary == "count" or count == 0:
-        return SearchPage([], total=total)
+    notes: tuple[str, ...] = ()
+
+    def count_all() -> int:
+        return sum(storage.collection(t).count_documents(f) for t, f in filters)
+
+    if result.summary == "count" or count == 0:  # the count is the answer: the whole budget
+        return SearchPage([], total=count_all())
+    if result.total == "accurate":  # beside a page: counted for a bounded time, or not at all
+        seconds = storage.limits.total_count_seconds
+        total = mongo_budget.within(seconds, "total_count_seconds", count_all)
+        if total is None:
+            notes = (storage.limits.total_not_counted(),)
 
     reverse = False
     position: dict[str, Any] = {}
@@ -553,7 +562,7 @@ def run_search(
     if total is None and not cursor and not has_more:
         total = len(matches)
     included, warnings = _includes(storage, query, rows)
-    return SearchPage(matches, included, total, next_cursor, previous_cursor, warnings)
+    return SearchPage(matches, included, total, next_cursor, previous_cursor, notes + warnings)
 
 
 # -- _include / _revinclude ------------------------------------------------------------------

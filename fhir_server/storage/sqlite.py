@@ -37,7 +37,7 @@ from fhir_server.search.types import (
     TokenEntry,
     UriEntry,
 )
-from fhir_server.storage import sqlite_checkpoint
+from fhir_server.storage import budget, sqlite_budget, sqlite_checkpoint
 from fhir_server.storage.base import HistoryPage, NewResource, StoredResource
 from fhir_server.storage.cursor import CursorCodec, CursorError
 from fhir_server.storage.sqlite_checkpoint import BackgroundCheckpointer
@@ -338,6 +338,7 @@ class SqliteStorage:
         if conn is None:
             conn = self._connect()
             conn.execute("PRAGMA query_only=1")
+            sqlite_budget.watch(conn)
             self._local.conn = conn
         return conn
 
@@ -368,10 +369,17 @@ class SqliteStorage:
     def close(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.close()
-        if self._write_behind is not None:
-            self._write_behind.close()
-        self._writer.close()
-        self._process_lock.close()
+        # A write stopped at shutdown may still be rolling back on another thread: close
+        # the writer after it (bounded: a write that hangs must not keep the server up).
+        locked = self._write_lock.acquire(timeout=LOCK_TIMEOUT_SECONDS)
+        try:
+            if self._write_behind is not None:
+                self._write_behind.close()
+            self._writer.close()
+            self._process_lock.close()
+        finally:
+            if locked:
+                self._write_lock.release()
 
     # -- search parameter ids ------------------------------------------------------------
 
@@ -418,9 +426,11 @@ class SqliteStorage:
         ).fetchone()
         return self._row(row) if row else None
 
+    @sqlite_budget.interruptible
     def read(self, resource_type: str, id: str) -> StoredResource | None:
         return self._read(self._reader(), resource_type, id)
 
+    @sqlite_budget.interruptible
     def vread(self, resource_type: str, id: str, version: int) -> StoredResource | None:
         row = (
             self._reader()
@@ -433,6 +443,7 @@ class SqliteStorage:
         )
         return self._row(row) if row else None
 
+    @sqlite_budget.interruptible
     def read_many(self, pks: Sequence[int], bodies: bool = True) -> list[StoredResource]:
         """Current versions for resource pks, in the order given; without `bodies`, from
         the resources table alone (json None, method unknown: "PUT")."""
@@ -458,6 +469,7 @@ class SqliteStorage:
                 rows[pk] = self._row(tuple(rest))
         return [rows[pk] for pk in pks if pk in rows]
 
+    @sqlite_budget.interruptible
     def history(
         self,
         resource_type: str | None,
@@ -505,6 +517,7 @@ class SqliteStorage:
             next_cursor = self.cursors.encode([last[4], last[0]])
         return HistoryPage(entries, next_cursor)
 
+    @sqlite_budget.interruptible
     def count(self, resource_type: str | None = None) -> int:
         if resource_type is None:
             sql, args = "SELECT count(*) FROM resources WHERE deleted=0", ()
@@ -528,6 +541,7 @@ class SqliteStorage:
         finally:
             conn.close()
 
+    @sqlite_budget.interruptible
     def search(self, query: Any, count: int, cursor: str | None, bodies: bool = True) -> Any:
         from fhir_server.storage.sqlite_search import run_search
 
@@ -538,17 +552,26 @@ class SqliteStorage:
     @contextmanager
     def transaction(self) -> Iterator[SqliteTransaction]:
         with self._write_lock, self._process_lock:
+            budget.check()  # stopped while it waited for the lock: nothing begun
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             tx = SqliteTransaction(self, conn)
             try:
-                yield tx
-                tx.flush()
-            except BaseException:
+                # A stopped budget (client gone, server stopping) interrupts the statement
+                # running on the writer; never the COMMIT, which is outside this block.
+                with _Interrupter(conn) as interrupter, interrupter.armed():
+                    yield tx
+                    tx.flush()
+            except BaseException as exc:
                 with contextlib.suppress(Exception):  # the batch in flight is rolled back too
                     tx.settle()
-                conn.execute("ROLLBACK")
+                # An interrupted write may have rolled the transaction back already.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    conn.execute("ROLLBACK")
                 self.reload_after_rollback(conn)
+                spent = sqlite_budget.spent_budget(exc)
+                if spent is not None:
+                    raise budget.BudgetExceeded(spent) from None
                 raise
             conn.execute("COMMIT")
             if self._checkpointer is not None:
@@ -563,6 +586,39 @@ class SqliteStorage:
             for pid, rtype, code in conn.execute("SELECT pid, rtype, code FROM search_params")
         }
         self._date_spans = self._load_date_spans(conn)
+
+
+class _Interrupter:
+    """Interrupts the writer's running statement when the current budget stops, while
+    armed; disarming waits for an interrupt in progress, so none can reach the COMMIT."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._guard = threading.Lock()
+        self._armed = False
+
+    def __enter__(self) -> _Interrupter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._guard:
+            self._armed = False
+
+    def _interrupt(self) -> None:
+        with self._guard:
+            if self._armed:
+                self._conn.interrupt()
+
+    @contextmanager
+    def armed(self) -> Iterator[None]:
+        current = budget.current()
+        if current is None:
+            yield
+            return
+        with self._guard:
+            self._armed = True
+        with current.on_stop(self._interrupt):
+            yield
 
 
 class SqliteTransaction:
@@ -638,7 +694,8 @@ class SqliteTransaction:
         from fhir_server.storage.sqlite_search import matching_ids
 
         self.flush()
-        return matching_ids(self.storage, self.conn, query, limit)
+        with sqlite_budget.watched(self.conn):
+            return matching_ids(self.storage, self.conn, query, limit)
 
     def _index(self, pk: int, rtype: str, entries: Sequence[IndexEntry]) -> None:
         rows = self._rows

@@ -28,6 +28,7 @@ so rows inserted or updated meanwhile neither shift nor repeat the pages.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Sequence
@@ -56,6 +57,7 @@ from fhir_server.search.values import (
     TokenValue,
     UriValue,
 )
+from fhir_server.storage import sqlite_budget
 from fhir_server.storage.base import StoredResource
 from fhir_server.storage.cursor import CursorError
 
@@ -911,13 +913,21 @@ def run_search(
             return _page(storage, conn, compiler, query, rows, count, cursor, False, None, bodies)
     where, args = _where(compiler, query)
     total = None
-    if result.total == "accurate" or result.summary == "count" or count == 0:
-        total = fast_count(compiler, query)
+    notes: tuple[str, ...] = ()
+
+    def count_all() -> int:
+        fast = fast_count(compiler, query)
+        if fast is not None:
+            return fast
+        return conn.execute(f"SELECT count(*) FROM resources r WHERE {where}", args).fetchone()[0]
+
+    if result.summary == "count" or count == 0:  # the count is the answer: the whole budget
+        return SearchPage([], total=count_all())
+    if result.total == "accurate":  # beside a page: counted for a bounded time, or not at all
+        seconds = storage.limits.total_count_seconds
+        total = sqlite_budget.within(seconds, "total_count_seconds", count_all)
         if total is None:
-            row = conn.execute(f"SELECT count(*) FROM resources r WHERE {where}", args).fetchone()
-            total = row[0]
-    if result.summary == "count" or count == 0:
-        return SearchPage([], total=total)
+            notes = (storage.limits.total_not_counted(),)
 
     reverse = False
     page_where, page_args = where, list(args)
@@ -958,7 +968,8 @@ def run_search(
         f"ORDER BY {', '.join(order)} LIMIT ?"
     )
     rows = conn.execute(sql, [*select_args, *page_args, count + 1]).fetchall()
-    return _page(storage, conn, compiler, query, rows, count, cursor, reverse, total, bodies)
+    page = _page(storage, conn, compiler, query, rows, count, cursor, reverse, total, bodies)
+    return dataclasses.replace(page, warnings=notes + page.warnings) if notes else page
 
 
 def _forward_pk(storage: SqliteStorage, cursor: str | None) -> int | None:
