@@ -37,6 +37,7 @@ from bench.mappers_csv import generate_libre_export  # noqa: E402
 from bench.mappers_hl7 import glucose_message  # noqa: E402
 from fhir_server.gc_tuning import tune_for_server  # noqa: E402
 from fhir_server.ingest.importer import Importer, ImportOptions  # noqa: E402
+from fhir_server.ingest.mllp_config import MllpConfig  # noqa: E402
 from fhir_server.ingest.mllp_listener import start_listener  # noqa: E402
 from fhir_server.service.fhir import FhirService  # noqa: E402
 from fhir_server.settings import Settings  # noqa: E402
@@ -63,7 +64,7 @@ def map_in_process(messages: list[str]) -> tuple[float, float]:
 
 def mllp_with_storage(messages: list[str], service: FhirService, connections: int) -> float:
     loop = asyncio.new_event_loop()
-    server = loop.run_until_complete(start_listener(service, "127.0.0.1", 0))
+    server = loop.run_until_complete(start_listener(service, MllpConfig(port=0)))
     port = server.sockets[0].getsockname()[1]
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()

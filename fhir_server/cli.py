@@ -207,18 +207,28 @@ def cmd_mllp(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from fhir_server.ingest.mllp_config import MllpConfigError, load_config
     from fhir_server.ingest.mllp_listener import run_listener
     from fhir_server.service.ingest import ConversionError, zone_name
 
     try:
-        zone_name(args.timezone)
-    except ConversionError as exc:
+        config = load_config(
+            args.config, host=args.host, port=args.port, timezone=args.timezone,
+            certificate=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca,
+            max_message_bytes=args.max_message_bytes, idle_timeout=args.idle_timeout,
+            max_connections=args.max_connections,
+            max_connections_per_peer=args.max_connections_per_peer, workers=args.workers,
+        )
+        zone_name(config.timezone)
+        config.policy()
+        config.tls()
+    except (ConversionError, MllpConfigError) as exc:
         raise SystemExit(f"diatabase: {exc}") from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     settings, service = _open_service(args.db)
     print(f"Storing into {settings.db_url}", flush=True)
     try:
-        asyncio.run(run_listener(service, args.host, args.port, args.timezone))
+        asyncio.run(run_listener(service, config))
     except KeyboardInterrupt:
         pass
     finally:
@@ -262,11 +272,28 @@ def _add_ingest_commands(sub: argparse._SubParsersAction) -> None:
     imp.set_defaults(func=cmd_import)
 
     mllp = sub.add_parser("mllp", help="receive HL7 v2 over MLLP and store it (ACK per message)")
-    mllp.add_argument("--host", default="127.0.0.1")
-    mllp.add_argument("--port", type=int, default=2575)
+    mllp.add_argument("--config", default=None,
+                      help="TOML file: [listener] limits, [tls], [[peer]] registrations "
+                           "(see README); the flags below override it")
+    mllp.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    mllp.add_argument("--port", type=int, default=None, help="port (default 2575)")
     mllp.add_argument("--db", default=None, help=f"database URL (default {DEFAULT_DB})")
     mllp.add_argument("--timezone", default=None,
                       help="IANA zone of the senders' times without an offset (default UTC)")
+    mllp.add_argument("--tls-cert", default=None, help="PEM certificate (chain): serve TLS")
+    mllp.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    mllp.add_argument("--tls-client-ca", default=None,
+                      help="PEM CA: mutual TLS, peers must present a certificate it signed")
+    mllp.add_argument("--max-message-bytes", type=int, default=None,
+                      help="largest message accepted (default 16 MiB; larger: AR)")
+    mllp.add_argument("--idle-timeout", type=float, default=None,
+                      help="seconds before a silent connection is closed (default 300)")
+    mllp.add_argument("--max-connections", type=int, default=None,
+                      help="connections in total (default 256)")
+    mllp.add_argument("--max-connections-per-peer", type=int, default=None,
+                      help="connections per peer address (default 16)")
+    mllp.add_argument("--workers", type=int, default=None,
+                      help="threads mapping and storing messages (default 4)")
     mllp.add_argument("--log-level", default="info")
     mllp.set_defaults(func=cmd_mllp)
 

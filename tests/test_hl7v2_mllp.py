@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from mappers.hl7v2 import MappedMessage
-from mappers.mllp import Deframer, MllpClient, bundle_handler, frame, send_mllp, serve_mllp
+from mappers.mllp import (
+    Deframer,
+    ListenerLimits,
+    MllpClient,
+    Received,
+    bundle_handler,
+    frame,
+    send_mllp,
+    serve_mllp,
+)
 
 DATA = Path(__file__).parent / "data" / "hl7v2"
 GLUCOSE = (DATA / "diatabase" / "glucose_hba1c_oru_r01_v251.hl7").read_bytes()
@@ -36,7 +45,9 @@ class Listener:
 
     def __init__(self, handler, **options) -> None:
         self.loop = asyncio.new_event_loop()
-        self.server = self.loop.run_until_complete(serve_mllp("127.0.0.1", 0, handler, **options))
+        limits = ListenerLimits(**options)
+        self.server = self.loop.run_until_complete(
+            serve_mllp("127.0.0.1", 0, handler, limits=limits))
         self.port = self.server.sockets[0].getsockname()[1]
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -61,14 +72,15 @@ def stored() -> list[dict]:
 
 @pytest.fixture
 def listener(stored: list[dict]) -> Iterator[Listener]:
-    async def store(mapped: MappedMessage) -> None:
+    def store(mapped: MappedMessage) -> None:
         bundle = mapped.bundle
         if any(e["resource"].get("name", [{}])[0].get("family") == "FAIL"
                for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"):
             raise RuntimeError("storage refused the bundle")
         stored.append(bundle)
 
-    running = Listener(bundle_handler(store), max_frame=64 * 1024)
+    running = Listener(bundle_handler(store), max_frame=64 * 1024,
+                       max_buffered_bytes=256 * 1024)
     yield running
     running.close()
 
@@ -153,8 +165,8 @@ def test_mapping_and_storage_errors_give_ae_with_err(listener: Listener) -> None
 
 
 def test_handler_outcome_is_what_the_ack_says() -> None:
-    async def refuse(raw: str) -> tuple[str, str | None]:
-        return ("AE", "duplicate | rejected") if "REFUSE" in raw else ("AA", None)
+    def refuse(received: Received) -> tuple[str, str | None]:
+        return ("AE", "duplicate | rejected") if "REFUSE" in received.text else ("AA", None)
 
     running = Listener(refuse)
     try:
@@ -186,7 +198,7 @@ def test_deframer_size_limit_keeps_the_head() -> None:
 
 
 def test_invalid_handler_outcome_gives_ae() -> None:
-    async def confused(raw: str) -> tuple[str, str | None]:
+    def confused(received: Received) -> tuple[str, str | None]:
         return "OK", None
 
     running = Listener(confused)
@@ -201,7 +213,7 @@ def test_a_silent_connection_is_hung_up_after_the_idle_timeout() -> None:
     """The client says nothing, so no scheduling delay can make it look active: the
     listener hangs up after its idle timeout (the client would wait 120 s)."""
 
-    async def accept(raw: str) -> tuple[str, str | None]:
+    def accept(received: Received) -> tuple[str, str | None]:
         return "AA", None
 
     running = Listener(accept, idle_timeout=0.3)

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fhir_server.ingest.mllp_config import MllpConfig
 from fhir_server.ingest.mllp_listener import start_listener
 from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
@@ -56,12 +57,15 @@ def patient_id(client: httpx.Client, ins: str) -> str:
 class Listener:
     """`start_listener` on its own event loop thread, with its own storage on the database."""
 
-    def __init__(self, db_url: str, timezone: str | None = None) -> None:
+    def __init__(self, db_url: str, timezone: str | None = None, listener_options=None,
+                 **config_options) -> None:
+        listener_options = listener_options or {}
         settings = Settings(db_url=db_url)
         self.service = FhirService(open_storage(db_url), settings)
         self.loop = asyncio.new_event_loop()
+        config = MllpConfig(host="127.0.0.1", port=0, timezone=timezone, **config_options)
         self.server = self.loop.run_until_complete(
-            start_listener(self.service, "127.0.0.1", 0, timezone)
+            start_listener(self.service, config, **listener_options)
         )
         self.port = self.server.sockets[0].getsockname()[1]
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

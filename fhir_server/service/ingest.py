@@ -232,6 +232,7 @@ class StoreCounts:
     merged: int = 0
     repointed: int = 0
     warnings: list[str] = field(default_factory=list)
+    patients: list[str] = field(default_factory=list)  # Patient/id written or merged
 
     def add(self, other: StoreCounts) -> None:
         self.created += other.created
@@ -240,6 +241,7 @@ class StoreCounts:
         self.merged += other.merged
         self.repointed += other.repointed
         self.warnings += other.warnings
+        self.patients += [p for p in other.patients if p not in self.patients]
 
 
 def _no_get(url: str, items: list[tuple[str, str]]) -> tuple[int, Any]:
@@ -271,11 +273,17 @@ def store_bundle(
             merged = merge_patients(tx, service.resources, merge.survivor, merge.prior)
             counts.merged += len(merged.merged)
             counts.repointed += merged.repointed
+            counts.patients += [f"Patient/{rid}" for rid in merged.merged]
             if merged.warning:
                 counts.warnings.append(merged.warning)
     for entry in response["entry"]:
         answer = entry["response"]
         status = answer["status"]
+        location = answer.get("location") or ""
+        if location.startswith("Patient/"):
+            patient = "/".join(location.split("/")[:2])
+            if patient not in counts.patients:
+                counts.patients.append(patient)
         if status.startswith("201"):
             counts.created += 1
         elif status.startswith("200"):

@@ -17,7 +17,7 @@ from mappers.hl7v2.convert import (
     map_message,
     to_bundle,
 )
-from mappers.hl7v2.errors import MappingError, MappingWarning
+from mappers.hl7v2.errors import MappingCancelled, MappingError, MappingWarning
 from mappers.hl7v2.parser import Message, parse, split_batch
 
 
@@ -29,6 +29,7 @@ def to_bundles(data: str | bytes, **options) -> list[dict]:
 __all__ = [
     "SUPPORTED_TYPES",
     "MappedMessage",
+    "MappingCancelled",
     "MappingError",
     "MappingWarning",
     "Message",

@@ -24,6 +24,7 @@ Write semantics (idempotence):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
@@ -32,7 +33,7 @@ from mappers.hl7v2.clinical import map_allergy, map_condition
 from mappers.hl7v2.context import MappingContext
 from mappers.hl7v2.datatypes import resolve_timezone
 from mappers.hl7v2.encounter import map_encounter
-from mappers.hl7v2.errors import MappingError, MappingWarning
+from mappers.hl7v2.errors import MappingCancelled, MappingError, MappingWarning
 from mappers.hl7v2.header import map_message_header
 from mappers.hl7v2.immunization import map_immunization
 from mappers.hl7v2.parser import Message, Segment, parse
@@ -60,6 +61,7 @@ _UNSUPPORTED_ADT_EVENTS = frozenset({
     "A42", "A43", "A44", "A45", "A46", "A47", "A48", "A49", "A50", "A51",
 })
 _MERGE_EVENT = "A40"
+_CANCEL_CHECK_EVERY = 256
 # Segments with nothing to store: the envelope, software and credentials. (EVN's times are
 # those of the message, not of care.)
 _ENVELOPE = frozenset({"MSH", "EVN", "SFT", "UAC", "DSC"})
@@ -106,11 +108,16 @@ def map_message(
     *,
     timezone: str | tzinfo | None = None,
     message_header: bool = False,
+    cancelled: Callable[[], bool] | None = None,
 ) -> MappedMessage:
-    """Map one message; raises MappingError for unmappable input (see `to_bundle`)."""
+    """Map one message; raises MappingError for unmappable input (see `to_bundle`).
+
+    `cancelled()` is asked every few hundred segments: when it says True the mapping stops
+    with MappingCancelled (a 15 MB message takes a minute to map; a sender that hung up
+    will send it again, so that minute is better spent on others)."""
     try:
         parsed = message if isinstance(message, Message) else parse(message)
-        return _map(parsed, resolve_timezone(timezone), message_header)
+        return _map(parsed, resolve_timezone(timezone), message_header, cancelled)
     except MappingError:
         raise
     except (ValueError, LookupError, TypeError, AttributeError, IndexError) as error:
@@ -119,7 +126,9 @@ def map_message(
         raise MappingError(f"cannot map message: {error}") from error
 
 
-def _map(message: Message, tz: tzinfo, with_header: bool) -> MappedMessage:
+def _map(
+    message: Message, tz: tzinfo, with_header: bool, cancelled: Callable[[], bool] | None
+) -> MappedMessage:
     message_type = message.message_type
     if message_type not in SUPPORTED_TYPES:
         raise MappingError(
@@ -137,7 +146,9 @@ def _map(message: Message, tz: tzinfo, with_header: bool) -> MappedMessage:
     if with_header:
         ctx.builder.create(map_message_header(ctx))
     walker = _Walker(ctx, is_adt=is_adt, reports=message_type in _REPORTING_TYPES)
-    for segment in message.segments[1:]:
+    for number, segment in enumerate(message.segments[1:], start=1):
+        if cancelled is not None and number % _CANCEL_CHECK_EVERY == 0 and cancelled():
+            raise MappingCancelled("mapping cancelled")
         walker.visit(segment)
     walker.close_group()
     if is_adt and message.trigger_event == _MERGE_EVENT and not walker.merges:

@@ -54,3 +54,8 @@ class MappingWarning:
     def __str__(self) -> str:
         where = self.segment if self.field is None else f"{self.segment}-{self.field}"
         return f"{where}: {self.text}"
+
+
+class MappingCancelled(Exception):
+    """The caller asked the mapping to stop (its sender went away): not an error of the
+    message, and nothing is answered."""
