@@ -10,6 +10,7 @@ CARRIAGE_RETURN = b"\r"
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 # What is kept of a frame cut short: enough for the MSH an AR answer needs.
 HEAD_KEPT = 4096
+_CUT = "malformed MLLP frame: cut by a new start block"
 
 
 def frame(message: str | bytes, encoding: str = "utf-8") -> bytes:
@@ -77,7 +78,7 @@ class Deframer:
             restart = data.find(START_BLOCK, position)
             if restart >= 0 and (end < 0 or restart < end):
                 self._append(data[position:restart])
-                frames.append(Frame(bytes(buffer), False, "malformed MLLP frame: cut by a new start block"))
+                frames.append(Frame(bytes(buffer), False, _CUT))
                 buffer.clear()
                 self._overflow = None
                 position = restart + 1

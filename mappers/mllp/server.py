@@ -185,6 +185,7 @@ class MllpServer:
         self._budget = _Budget(limits.max_buffered_bytes)
         self._connections: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._in_flight = 0
 
     @property
     def sockets(self) -> Any:
@@ -193,7 +194,18 @@ class MllpServer:
 
     @property
     def connections(self) -> int:
+        """Open connections."""
         return sum(self._connections.values())
+
+    @property
+    def in_flight(self) -> int:
+        """Messages handed to the workers and not answered yet."""
+        return self._in_flight
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes held for messages being received or processed."""
+        return self._budget.used
 
     async def serve_forever(self) -> None:
         assert self.server is not None
@@ -334,6 +346,7 @@ class MllpServer:
         received = Received("", peer, claim, cancelled=reader.at_eof)
         lane = self._large if size > self.limits.large_message_bytes else self._small
         loop = asyncio.get_running_loop()
+        self._in_flight += 1
         try:
             ack, outcome = await loop.run_in_executor(
                 lane, _answer_in_worker, self.receive, frame_.data, received)
@@ -341,6 +354,8 @@ class MllpServer:
             self._emit(MllpEvent("message", peer, None, "the sender hung up: not processed",
                                  claim, (), size))
             return None  # nobody to answer
+        finally:
+            self._in_flight -= 1
         self._emit(MllpEvent("message", peer, outcome.code, outcome.text, claim,
                              outcome.patients, size))
         return ack
