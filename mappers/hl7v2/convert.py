@@ -61,7 +61,7 @@ _UNSUPPORTED_ADT_EVENTS = frozenset({
     "A42", "A43", "A44", "A45", "A46", "A47", "A48", "A49", "A50", "A51",
 })
 _MERGE_EVENT = "A40"
-_CANCEL_CHECK_EVERY = 256
+_CANCEL_CHECK_EVERY = 64
 # Segments with nothing to store: the envelope, software and credentials. (EVN's times are
 # those of the message, not of care.)
 _ENVELOPE = frozenset({"MSH", "EVN", "SFT", "UAC", "DSC"})
@@ -112,11 +112,11 @@ def map_message(
 ) -> MappedMessage:
     """Map one message; raises MappingError for unmappable input (see `to_bundle`).
 
-    `cancelled()` is asked every few hundred segments: when it says True the mapping stops
+    `cancelled()` is asked every few dozen segments: when it says True the mapping stops
     with MappingCancelled (a 15 MB message takes a minute to map; a sender that hung up
     will send it again, so that minute is better spent on others)."""
     try:
-        parsed = message if isinstance(message, Message) else parse(message)
+        parsed = message if isinstance(message, Message) else parse(message, cancelled)
         return _map(parsed, resolve_timezone(timezone), message_header, cancelled)
     except MappingError:
         raise

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mappers.hl7v2.errors import MappingError
+from mappers.hl7v2.errors import MappingCancelled, MappingError
 
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}\Z")
 _MLLP_BYTES = "\x0b\x1c"
@@ -363,8 +364,9 @@ def segment_lines(text: str) -> list[str]:
     return lines
 
 
-def parse(data: str | bytes) -> Message:
-    """Split one message. Raises MappingError only when there is no MSH segment."""
+def parse(data: str | bytes, cancelled: Callable[[], bool] | None = None) -> Message:
+    """Split one message. Raises MappingError only when there is no MSH segment, and
+    MappingCancelled when `cancelled()` (asked every few hundred segments) says so."""
     text, charset = decode(data)
     lines = segment_lines(text)
     while lines and lines[0][:3] in ("FHS", "BHS"):
@@ -377,7 +379,9 @@ def parse(data: str | bytes) -> Message:
     sep = delims.field
     segments: list[Segment] = []
     warnings: list[str] = []
-    for line in lines:
+    for number, line in enumerate(lines):
+        if cancelled is not None and number % 256 == 255 and cancelled():
+            raise MappingCancelled("parsing cancelled")
         name = line[:3]
         if not _SEGMENT_ID.match(name) or (len(line) > 3 and line[3] != sep):
             warnings.append(f"skipped a line that is not a segment: {line[:20]!r}")

