@@ -32,6 +32,7 @@ SUITES = [
     "test_concurrency.py",
     "test_fhirpy_client.py",
     "test_search_conformance.py",
+    "test_auth_patient.py",
 ]
 
 

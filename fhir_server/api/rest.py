@@ -22,6 +22,7 @@ from fhir_server.api.http import (
     read_body,
     version_headers,
 )
+from fhir_server.auth.routes import authorize_bundle
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import error, info_outcome
 from fhir_server.model.resource_types import is_resource_type
@@ -163,6 +164,7 @@ def build_router() -> APIRouter:
         bundle, raw = await read_body(request, _max_body(request), with_raw=True)
         svc = _service(request)
         base = _base(request)
+        authorize_bundle(request.state.access, bundle, base)  # every entry, before any runs
         return_resources = "return=representation" in request.headers.get("prefer", "")
 
         def get(url: str, items: list[tuple[str, str]]) -> tuple[int, Any]:

@@ -103,9 +103,25 @@ class Access:
 
     @property
     def patient_compartment(self) -> str | None:
-        """The patient whose compartment limits this access (only when every grant in play
-        is patient-level; see `visibility`)."""
-        return None if self.unrestricted else self.patient
+        """The patient whose compartment limits this access: the token's patient context
+        when all its resource scopes are patient-level (a user/ or system/ scope beside
+        them reaches beyond; per type, `visibility` says exactly what is seen)."""
+        if self.unrestricted or self.patient is None:
+            return None
+        if any(s.level != "patient" for s in self.usable_scopes()):
+            return None
+        return self.patient
+
+    def allows_everything(self, letters: str) -> bool:
+        """A scope on every type (`*`) with all of `letters`, not limited to a patient or by
+        search parameters: what a route this server does not describe needs."""
+        if self.unrestricted:
+            return True
+        return self.authenticated and any(
+            s.resource_type == "*" and s.level != "patient" and not s.params
+            and all(c in s.letters for c in letters)
+            for s in self.usable_scopes()
+        )
 
     def usable_scopes(self) -> tuple[Scope, ...]:
         """The resource scopes that grant something: patient/ ones only with a patient
@@ -162,10 +178,10 @@ class Access:
         """Reads and searches as criteria for storage; None: everything is visible."""
         if self.unrestricted:
             return None
-        grants: dict[str, dict[str, list[Grant]]] = {"r": {}, "s": {}}
+        grants: dict[str, dict[str, list[Grant]]] = {letter: {} for letter in "cruds"}
         for scope in self.usable_scopes():
             grant = Grant(self.patient if scope.level == "patient" else None, scope.params)
-            for letter in "rs":
+            for letter in "cruds":
                 if letter in scope.letters:
                     grants[letter].setdefault(scope.resource_type, []).append(grant)
         frozen = {

@@ -21,8 +21,8 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fhir_server.auth.access import NO_TOKEN, Access, forbidden
-from fhir_server.auth.routes import PUBLIC, Requirement, classify
+from fhir_server.auth.access import NO_TOKEN, Access
+from fhir_server.auth.routes import PUBLIC, Requirement, authorize, classify
 from fhir_server.auth.tokens import TokenError, TokenValidator
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import FhirError, Issue, outcome
@@ -81,7 +81,7 @@ class AuthMiddleware:
         access = await self._access(scope, headers, source, requirement)
         state["access"] = access
         try:
-            self._check(access, requirement)
+            authorize(access, requirement)
         except FhirError as exc:
             await self._answer(scope, receive, send, exc.status, exc.to_outcome(),
                                exc.headers, cors)
@@ -158,21 +158,6 @@ class AuthMiddleware:
             return self.base_url
         host = headers.get("host", "")
         return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}".rstrip("/")
-
-    @staticmethod
-    def _check(access: Access, requirement: Requirement) -> None:
-        if requirement is PUBLIC:
-            return
-        access.require_authenticated()
-        if requirement.kind == "bundle":
-            return  # each entry is checked by the handler (auth/bundles.py)
-        if requirement.kind == "any":
-            if not access.allows_any(requirement.interaction or ""):
-                raise forbidden("The access token grants no scope for this interaction")
-            return
-        if requirement.interaction is None:
-            raise FhirError(404, [Issue("error", "not-found", "Nothing here")])
-        access.require(requirement.resource_type or "*", requirement.interaction)
 
     async def _preflight(self, scope: Scope, receive: Receive, send: Send, cors: str | None):
         if cors is None:

@@ -8,7 +8,11 @@ new endpoint is closed until it is described here (an operation: OPERATIONS).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
+from fhir_server.auth.access import Access, forbidden
+from fhir_server.model.outcome import FhirError, Issue
 from fhir_server.model.resource_types import is_resource_type
 
 # Reachable without a token: conformance, SMART discovery, the token endpoint and its keys,
@@ -37,6 +41,7 @@ OPERATIONS = {
     "translate": "operation-read",
     "closure": "operation-read",
     "lastn": "search-type",
+    "everything": "search-type",  # `Patient/$everything`: narrowed inside the query
 }
 # Unknown routes: the method's letters on every type.
 METHOD_LETTERS = {"GET": "rs", "HEAD": "rs", "POST": "cruds", "PUT": "cruds",
@@ -46,8 +51,9 @@ METHOD_LETTERS = {"GET": "rs", "HEAD": "rs", "POST": "cruds", "PUT": "cruds",
 @dataclass(frozen=True, slots=True)
 class Requirement:
     """`kind`: "public" (no check), "bundle" (a valid token here, each entry checked by
-    the handler), "any" (some scope with `interaction`'s letter on some type), or
-    "check" (`interaction` on `resource_type`; "*" for every type)."""
+    the handler), "any" (some scope with `interaction`'s letter on some type), "check"
+    (`interaction` on `resource_type`), or "unknown" (a route not described here: a scope
+    on every type, not patient-limited, with all the letters in `interaction`)."""
 
     kind: str
     resource_type: str | None = None
@@ -76,7 +82,7 @@ def classify(method: str, path: str) -> Requirement:
         found = _typed(method, parts)
         if found is not None:
             return found
-    return Requirement("check", "*", METHOD_LETTERS.get(method, "cruds"))
+    return Requirement("unknown", "*", METHOD_LETTERS.get(method, "cruds"))
 
 
 def _typed(method: str, parts: list[str]) -> Requirement | None:
@@ -118,3 +124,55 @@ def _typed(method: str, parts: list[str]) -> Requirement | None:
         interaction = OPERATIONS.get(parts[3][1:])  # `Patient/1/Observation/$lastn`
         return Requirement("check", third, interaction, (rtype, second)) if interaction else None
     return None
+
+
+def authorize(access: Access, requirement: Requirement) -> None:
+    """Raise the FhirError to answer unless `access` meets `requirement` (401 / 403)."""
+    if requirement is PUBLIC:
+        return
+    access.require_authenticated()
+    if requirement.kind == "bundle":
+        return  # each entry is checked by the handler (authorize_bundle)
+    if requirement.kind == "any":
+        if not access.allows_any(requirement.interaction or ""):
+            raise forbidden("The access token grants no scope for this interaction")
+        return
+    if requirement.kind == "unknown":
+        if not access.allows_everything(requirement.interaction or "cruds"):
+            raise forbidden("This request needs a scope on every resource type "
+                            f"({requirement.interaction}), not limited to a patient")
+        return
+    if requirement.interaction is None:
+        raise FhirError(404, [Issue("error", "not-found", "Nothing here")])
+    access.require(requirement.resource_type or "*", requirement.interaction)
+
+
+def authorize_bundle(access: Access, bundle: Any, base_url: str) -> None:
+    """Every entry of a transaction or batch checked as if it came alone, before any runs:
+    one forbidden entry refuses the whole Bundle (403 naming it), so nothing changes."""
+    if access.unrestricted or not isinstance(bundle, dict):
+        return
+    entries = bundle.get("entry")
+    for index, entry in enumerate(entries if isinstance(entries, list) else ()):
+        request = entry.get("request") if isinstance(entry, dict) else None
+        if not isinstance(request, dict):
+            continue  # malformed: the Bundle processor answers it
+        method, url = request.get("method"), request.get("url")
+        if not isinstance(method, str) or not isinstance(url, str):
+            continue
+        if url.startswith(base_url.rstrip("/") + "/"):
+            url = url[len(base_url.rstrip("/")) :]
+        path = "/" + urlsplit(url).path.lstrip("/")
+        requirement = classify(method.upper(), path)
+        if requirement.kind == "bundle" or requirement is PUBLIC:
+            requirement = Requirement("unknown", "*", "cruds")  # no nested Bundles
+        try:
+            authorize(access, requirement)
+        except FhirError as exc:
+            message = "; ".join(i.diagnostics for i in exc.issues)
+            raise FhirError(
+                exc.status,
+                [Issue("error", exc.issues[0].code, f"Bundle.entry[{index}]: {message}",
+                       (f"Bundle.entry[{index}]",))],
+                exc.headers,
+            ) from None

@@ -19,6 +19,7 @@ from fhir_server.service.search import SearchService
 from fhir_server.service.terminology import ServerTerminology
 from fhir_server.settings import Settings
 from fhir_server.storage.base import Storage
+from fhir_server.storage.scoped import ScopedStorage
 from profiles import (
     CANONICAL_BASE,
     ProfileIssue,
@@ -86,13 +87,16 @@ class FhirService:
                 raise RuleError(f"a profile rule requires {rule.profile}, which is not loaded")
         if settings.validate_profiles:
             validators = [*validators, self.check_profiles]
+        # What a request may see and write (its access token's scopes and patient context)
+        # is applied by this wrapper inside every storage call the services make.
+        self.storage = ScopedStorage(storage, self.registry, self.extractor.extract)
         self.resources = ResourceService(
-            self.terminology.observe(storage),
+            self.terminology.observe(self.storage),
             self.extractor.extract,
             self._parse_conditional,
             validators,
         )
-        self.search = SearchService(storage, self.registry, settings)
+        self.search = SearchService(self.storage, self.registry, settings)
 
     # -- profiles --------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -38,6 +38,7 @@ from bson import ObjectId
 from fhir_server.search.errors import SearchError, UnsupportedModifier
 from fhir_server.search.expansion import expand_token_clause, needs_expansion
 from fhir_server.search.query import (
+    AnyOf,
     ChainClause,
     Clause,
     CompartmentClause,
@@ -190,12 +191,21 @@ def uri_condition(modifier: str | None, value: UriValue) -> dict[str, Any]:
 class Translator:
     """Builds the filter of a search for one resource type's collection."""
 
-    def __init__(self, storage: MongoStorage, session: Any = None) -> None:
+    def __init__(self, storage: MongoStorage, session: Any = None, restriction: Any = None):
         self.storage = storage
         self.session = session
+        # What the request may see (SearchQuery.restriction): ANDed on every type read.
+        self.restriction = restriction
 
     def filter(self, query: SearchQuery, rtype: str) -> dict[str, Any]:
-        return both(CURRENT, *(self.criterion(crit, rtype) for crit in query.clauses))
+        # A type-level search carries its own type's restriction among its clauses.
+        visible = self.visible(rtype) if query.resource_type is None else {}
+        return both(CURRENT, visible, *(self.criterion(crit, rtype) for crit in query.clauses))
+
+    def visible(self, rtype: str) -> dict[str, Any]:
+        """The condition of what the request may see of `rtype` ({}: everything)."""
+        criterion = self.restriction.criterion(rtype) if self.restriction is not None else None
+        return {} if criterion is None else self.criterion(criterion, rtype)
 
     def criterion(self, crit: Any, rtype: str) -> dict[str, Any]:
         if isinstance(crit, Clause):
@@ -204,6 +214,10 @@ class Translator:
             return self.chain(crit)
         if isinstance(crit, HasClause):
             return self.has(crit, rtype)
+        if isinstance(crit, AnyOf):
+            return any_of(
+                [both(*(self.criterion(p, rtype) for p in alt)) for alt in crit.alternatives]
+            )
         if isinstance(crit, CompartmentClause):
             # Compartment membership (`GET Patient/1/Observation`, `$everything`): its
             # clauses are ORed; a search over several types takes each type's own ones.
@@ -231,7 +245,7 @@ class Translator:
     def chain(self, crit: ChainClause) -> dict[str, Any]:
         targets = []
         for target in crit.target_types:
-            inner = both(CURRENT, self.criterion(crit.inner, target))
+            inner = both(CURRENT, self.criterion(crit.inner, target), self.visible(target))
             ids = self._ids(target, inner, f"the chain {crit.key}")
             if ids:
                 targets.append({"tt": target, "ti": {"$in": ids}})
@@ -242,7 +256,12 @@ class Translator:
     def has(self, crit: HasClause, rtype: str) -> dict[str, Any]:
         code = crit.ref_param.code
         link = {"idx.reference": {"$elemMatch": {"p": code, "tt": rtype}}}
-        sources = both(CURRENT, link, self.criterion(crit.inner, crit.resource_type))
+        sources = both(
+            CURRENT,
+            link,
+            self.criterion(crit.inner, crit.resource_type),
+            self.visible(crit.resource_type),
+        )
         cursor = self.storage.collection(crit.resource_type).find(
             sources, {"idx.reference": 1}, session=self.session
         )
@@ -481,7 +500,7 @@ def _types(storage: MongoStorage, query: SearchQuery) -> list[str]:
 def _filters(
     storage: MongoStorage, query: SearchQuery, session: Any = None
 ) -> list[tuple[str, dict[str, Any]]]:
-    translator = Translator(storage, session)
+    translator = Translator(storage, session, query.restriction)
     return [(rtype, translator.filter(query, rtype)) for rtype in _types(storage, query)]
 
 
@@ -580,6 +599,7 @@ def _includes(
     if not rows or not (result.include or result.revinclude):
         return [], ()
     limits = storage.limits
+    visible = Translator(storage, None, query.restriction).visible
     seen = {(rtype, doc["_id"]) for rtype, doc in rows}
     included: list[StoredResource] = []
     frontier = rows
@@ -587,10 +607,10 @@ def _includes(
         found: list[tuple[str, dict[str, Any]]] = []
         for inc in result.include:
             if depth == 0 or inc.iterate:
-                found += _forward(storage, inc, frontier)
+                found += _forward(storage, inc, frontier, visible)
         for inc in result.revinclude:
             if depth == 0 or inc.iterate:
-                found += _reverse(storage, inc, frontier, limits.max_included)
+                found += _reverse(storage, inc, frontier, limits.max_included, visible)
         fresh = []
         for rtype, doc in found:
             key = (rtype, doc["_id"])
@@ -606,20 +626,28 @@ def _includes(
     return included[: limits.max_included], (limits.includes_cut_short(),)
 
 
-def _fetch(storage: MongoStorage, targets: dict[str, set[str]]) -> list[tuple[str, dict]]:
-    """The current resources named, in creation order across types (as SQLite's pk order)."""
+Visible = Callable[[str], dict[str, Any]]
+
+
+def _fetch(
+    storage: MongoStorage, targets: dict[str, set[str]], visible: Visible
+) -> list[tuple[str, dict]]:
+    """The current resources named that the request may see, in creation order across
+    types (as SQLite's pk order)."""
     found = []
     for rtype in sorted(targets):
-        docs = storage.collection(rtype).find(
-            {"_id": {"$in": sorted(targets[rtype])}, "del": False}, PAGE_PROJECTION
-        )
+        named = {"_id": {"$in": sorted(targets[rtype])}, "del": False}
+        docs = storage.collection(rtype).find(both(named, visible(rtype)), PAGE_PROJECTION)
         found += [(rtype, doc) for doc in docs]
     found.sort(key=lambda row: row[1]["seq"])
     return found
 
 
 def _forward(
-    storage: MongoStorage, inc: Include, frontier: list[tuple[str, dict[str, Any]]]
+    storage: MongoStorage,
+    inc: Include,
+    frontier: list[tuple[str, dict[str, Any]]],
+    visible: Visible,
 ) -> list[tuple[str, dict[str, Any]]]:
     every_param = inc.param_code == "*" or inc.source_type == "*"
     targets: dict[str, set[str]] = {}
@@ -634,7 +662,7 @@ def _forward(
                 continue
             if re.fullmatch(r"[A-Z][A-Za-z]{1,63}", ttype):
                 targets.setdefault(ttype, set()).add(tid)
-    return _fetch(storage, targets)
+    return _fetch(storage, targets, visible)
 
 
 def _reverse(
@@ -642,6 +670,7 @@ def _reverse(
     inc: Include,
     frontier: list[tuple[str, dict[str, Any]]],
     limit: int,
+    visible: Visible,
 ) -> list[tuple[str, dict[str, Any]]]:
     by_type: dict[str, list[str]] = {}
     for rtype, doc in frontier:
@@ -656,7 +685,11 @@ def _reverse(
     for source_type in source_types:
         docs = (
             storage.collection(source_type)
-            .find({"del": False, "idx.reference": {"$elemMatch": entry}}, PAGE_PROJECTION)
+            .find(
+                both({"del": False, "idx.reference": {"$elemMatch": entry}},
+                     visible(source_type)),
+                PAGE_PROJECTION,
+            )
             .sort("seq", 1)
             .limit(limit)
         )

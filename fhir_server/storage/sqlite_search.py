@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_server.search.errors import SearchError, UnsupportedModifier
 from fhir_server.search.query import (
+    AnyOf,
     ChainClause,
     Clause,
     CompartmentClause,
@@ -113,6 +114,8 @@ class _Compiler:
         # in the sort's own (type, last_updated) order rather than gathered as a pk set.
         self.order_first: str | None = None
         self._date_spans: dict[int, tuple[float, bool] | None] = {}
+        # What the request may see (SearchQuery.restriction): ANDed on every type read.
+        self.restriction: Any = None
 
     def alias(self) -> str:
         return f"t{next(self._aliases)}"
@@ -147,6 +150,8 @@ class _Compiler:
             return self.chain(crit, rtype, alias)
         if isinstance(crit, HasClause):
             return self.has(crit, rtype, alias)
+        if isinstance(crit, AnyOf):
+            return self.any_of(crit, rtype, alias)
         if isinstance(crit, CompartmentClause):
             ors, args = [], []
             alternatives = crit.alternatives
@@ -168,13 +173,33 @@ class _Compiler:
             return "(" + " AND ".join(ands) + ")", args
         raise SearchError(f"unsupported search criterion {crit!r}")
 
+    def any_of(self, crit: AnyOf, rtype: str, alias: str) -> tuple[str, list[Any]]:
+        ors, args = [], []
+        for alternative in crit.alternatives:
+            ands = []
+            for part in alternative:
+                sql, part_args = self.criterion(part, rtype, alias)
+                ands.append(sql)
+                args += part_args
+            ors.append("(" + (" AND ".join(ands) or "1") + ")")
+        return "(" + (" OR ".join(ors) or "0") + ")", args
+
+    def visible(self, rtype: str, alias: str) -> tuple[str, list[Any]]:
+        """` AND (what the request may see of rtype)`, or nothing when it sees all."""
+        criterion = self.restriction.criterion(rtype) if self.restriction is not None else None
+        if criterion is None:
+            return "", []
+        sql, args = self.criterion(criterion, rtype, alias)
+        return f" AND {sql}", args
+
     def chain(self, crit: ChainClause, rtype: str, alias: str) -> tuple[str, list[Any]]:
         ors, args = [], []
         x, t = self.alias(), self.alias()
         for target in crit.target_types:
             inner_sql, inner_args = self.criterion(crit.inner, target, t)
-            ors.append(f"({t}.type=? AND {inner_sql})")
-            args += [target, *inner_args]
+            visible_sql, visible_args = self.visible(target, t)
+            ors.append(f"({t}.type=? AND {inner_sql}{visible_sql})")
+            args += [target, *inner_args, *visible_args]
         if not ors:
             return "0", []
         sql = (
@@ -187,12 +212,14 @@ class _Compiler:
     def has(self, crit: HasClause, rtype: str, alias: str) -> tuple[str, list[Any]]:
         x, s = self.alias(), self.alias()
         inner_sql, inner_args = self.criterion(crit.inner, crit.resource_type, s)
+        visible_sql, visible_args = self.visible(crit.resource_type, s)
         sql = (
             f"{alias}.id IN (SELECT {x}.tid FROM idx_reference {x} JOIN resources {s} "
             f"ON {s}.pk={x}.pk WHERE {x}.pid=? AND {x}.ttype=? AND {s}.deleted=0 "
-            f"AND {inner_sql})"
+            f"AND {inner_sql}{visible_sql})"
         )
-        return sql, [self.pid(crit.resource_type, crit.ref_param.code), rtype, *inner_args]
+        pid = self.pid(crit.resource_type, crit.ref_param.code)
+        return sql, [pid, rtype, *inner_args, *visible_args]
 
     def clause(
         self, clause: Clause, rtype: str, alias: str, probe: bool = False
@@ -610,7 +637,7 @@ def _where(
             args += crit_args
         return " AND ".join(conditions), args
     types = list(query.resource_types)
-    if not query.clauses:
+    if not query.clauses and query.restriction is None:
         if types:
             conditions.append(f"{alias}.type IN ({','.join('?' * len(types))})")
             args += types
@@ -620,8 +647,12 @@ def _where(
         types = sorted({rtype for rtype, _ in compiler.storage._pids})
     per_type = []
     for rtype in types:
-        sql, part_args = _type_criteria(compiler, rtype, query.clauses, alias)
-        per_type.append(f"({_type_condition(alias, sql)} AND {sql})")
+        clauses = query.clauses
+        visible = query.restriction.criterion(rtype) if query.restriction is not None else None
+        if visible is not None:
+            clauses = (visible, *clauses)
+        sql, part_args = _type_criteria(compiler, rtype, clauses, alias)
+        per_type.append(f"({_type_condition(alias, sql)}{f' AND {sql}' if sql else ''})")
         args += [rtype, *part_args]
     conditions.append("(" + " OR ".join(per_type or ["0"]) + ")")
     return " AND ".join(conditions), args
@@ -727,7 +758,7 @@ def fast_count(compiler: _Compiler, query: SearchQuery) -> int | None:
     """The number of matches of a type-level search with one positive clause, counted on
     the index alone: index rows exist only for current, non-deleted resources of the
     parameter's own type, so no join is needed (DISTINCT: one resource may match twice)."""
-    if query.resource_type is None or len(query.clauses) != 1:
+    if query.resource_type is None or len(query.clauses) != 1 or query.restriction is not None:
         return None
     clause = query.clauses[0]
     if (
@@ -885,6 +916,7 @@ def matching_ids(
     storage: SqliteStorage, conn: sqlite3.Connection, query: SearchQuery, limit: int
 ) -> list[str]:
     compiler = _Compiler(storage, conn, storage.expander, storage.canonical_query)
+    compiler.restriction = query.restriction
     where, args = _where(compiler, query)
     rows = conn.execute(f"SELECT r.id FROM resources r WHERE {where} LIMIT ?", [*args, limit])
     return [row[0] for row in rows]
@@ -899,6 +931,7 @@ def run_search(
     bodies: bool = True,
 ) -> SearchPage:
     compiler = _Compiler(storage, conn, storage.expander, storage.canonical_query)
+    compiler.restriction = query.restriction
     result = query.result
     compiler.order_first = result.sort[0].code if result.sort else None
     rtype = query.resource_type or "Resource"
@@ -1214,7 +1247,8 @@ def _forward(
         sql += " AND t.type=?"
         args.append(inc.target_type)
     sql += " ORDER BY t.pk"
-    return storage.read_many([row[0] for row in conn.execute(sql, args)])
+    pks = _visible_pks(compiler, [row[0] for row in conn.execute(sql, args)])
+    return storage.read_many(pks)
 
 
 def _reverse(
@@ -1239,7 +1273,32 @@ def _reverse(
             f"WHERE {pid_sql} AND ({ors}) AND s.deleted=0 ORDER BY s.pk LIMIT ?"
         )
         pks.update(row[0] for row in conn.execute(sql, [*pids, *args, limit]))
-    return storage.read_many(sorted(pks)[:limit])
+    return storage.read_many(_visible_pks(compiler, sorted(pks))[:limit])
+
+
+def _visible_pks(compiler: _Compiler, pks: list[int]) -> list[int]:
+    """The pks (in their order) of resources the request may see (all without a
+    restriction): included resources are held to it like matches."""
+    if compiler.restriction is None or not pks:
+        return pks
+    by_type: dict[str, list[int]] = {}
+    for pk, rtype in compiler.conn.execute(
+        f"SELECT pk, type FROM resources WHERE pk IN ({','.join('?' * len(pks))})", pks
+    ):
+        by_type.setdefault(rtype, []).append(pk)
+    kept: set[int] = set()
+    for rtype, type_pks in by_type.items():
+        sql, args = compiler.visible(rtype, "v")
+        if not sql:
+            kept.update(type_pks)
+            continue
+        rows = compiler.conn.execute(
+            f"SELECT v.pk FROM resources v WHERE v.pk IN ({','.join('?' * len(type_pks))})"
+            f"{sql}",
+            [*type_pks, *args],
+        )
+        kept.update(row[0] for row in rows)
+    return [pk for pk in pks if pk in kept]
 
 
 def _pks_of(conn: sqlite3.Connection, resources: list[StoredResource]) -> list[int]:
