@@ -69,6 +69,7 @@ class ServedProcess:
                         f"sqlite:///{self.db_path}",
                         "--log-level",
                         "warning",
+                        "--insecure-dev",  # these tests measure the server, not its access
                     ],
                     env=self.env,
                     stdout=log,
