@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.state.operations = {"*": [CONVERT_OPERATION]}
     register_operations(app.state.operations)
     app.state.deid = deid
-    install_auth(app, settings, service)
+    install_auth(app, settings)
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError) -> Response:

@@ -355,7 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_terminology(sub)
     add_mongo(sub)
 
+    from fhir_server.auth.cli import add_commands as add_clients
     from fhir_server.deid.cli import add_deid_commands
+
+    add_clients(sub)
 
     add_deid_commands(sub)
     return parser

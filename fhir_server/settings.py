@@ -63,6 +63,9 @@ class Settings:
     # PEM file; generated owner-only beside the database when absent) and token lifetime.
     auth_signing_key: str = ""
     auth_token_lifetime: int = 300
+    # The auth store (clients, used assertions, the generated signing key): a SQLite file
+    # of its own, owner-only; default beside a SQLite database (auth/store.py).
+    auth_store: str = ""
     # Origins allowed to call the API from a browser (CORS), e.g. a SMART app's origin.
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
 
@@ -95,6 +98,7 @@ class Settings:
             "auth_issuers_file": os.environ.get("DIATABASE_AUTH_ISSUERS", ""),
             "auth_signing_key": os.environ.get("DIATABASE_AUTH_SIGNING_KEY", ""),
             "auth_token_lifetime": _env_int("DIATABASE_AUTH_TOKEN_LIFETIME", 300),
+            "auth_store": os.environ.get("DIATABASE_AUTH_STORE", ""),
             "cors_origins": tuple(
                 o.strip() for o in os.environ.get("DIATABASE_CORS_ORIGINS", "").split(",")
                 if o.strip()

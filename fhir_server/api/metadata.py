@@ -14,6 +14,7 @@ from fastapi.responses import Response
 
 from fhir_server import __version__
 from fhir_server.api.http import base_url, check_accept, fhir_response, pretty
+from fhir_server.auth.smart import capability_security
 from fhir_server.model.resource_types import resource_types
 from fhir_server.search.support import is_supported
 
@@ -72,6 +73,7 @@ def capability_statement(request: Request) -> dict[str, Any]:
             {"code": "search-system"},
         ],
     }
+    rest["security"] = capability_security(request)
     system_operations = operations.get("*", [])
     if system_operations:
         rest["operation"] = [{"name": n, "definition": d} for n, d in system_operations]
