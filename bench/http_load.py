@@ -24,11 +24,12 @@ class LoadFigures:
         return self.requests / self.seconds
 
 
-def get_request(url: str, target: str) -> bytes:
-    """The bytes of `GET target` for the server at `url` (http://host:port)."""
+def get_request(url: str, target: str, extra_headers: str = "") -> bytes:
+    """The bytes of `GET target` for the server at `url` (http://host:port); `extra_headers`
+    are raw header lines, each ending in CRLF."""
     host = urlsplit(url).netloc
     return (f"GET {target} HTTP/1.1\r\nHost: {host}\r\n"
-            "Accept: application/fhir+json\r\n\r\n").encode()
+            f"Accept: application/fhir+json\r\n{extra_headers}\r\n").encode()
 
 
 async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -69,9 +70,10 @@ async def _run(url: str, requests: list[bytes], clients: int) -> LoadFigures:
     return LoadFigures(len(requests), time.perf_counter() - started, latencies, statuses)
 
 
-def run_gets(url: str, targets: list[str], clients: int) -> LoadFigures:
+def run_gets(url: str, targets: list[str], clients: int, extra_headers: str = "") -> LoadFigures:
     """Send every `GET target` once, over `clients` concurrent connections."""
-    return asyncio.run(_run(url, [get_request(url, t) for t in targets], clients))
+    requests = [get_request(url, t, extra_headers) for t in targets]
+    return asyncio.run(_run(url, requests, clients))
 
 
 def expect_ok(figures: LoadFigures, what: str) -> None:

@@ -49,6 +49,7 @@ GROUPS = (
     ("mappers",),
     ("mappers_hl7",),
     ("mappers_csv",),
+    ("compression",),
 )
 BENCHMARKS = tuple(name for group in GROUPS for name in group)
 CHILD_MARK = "BENCH-RESULTS-JSON "

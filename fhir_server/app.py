@@ -11,13 +11,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.gzip import GZipMiddleware
 
 from fhir_server.api.clinical import build_clinical_router, register_clinical_operations
 from fhir_server.api.convert import CONVERT_OPERATION, build_convert_router
+from fhir_server.api.head import HeadAsGet
 from fhir_server.api.http import fhir_response
 from fhir_server.api.limits import RequestBudget
 from fhir_server.api.metadata import build_metadata_router
-from fhir_server.api.rest import build_router
+from fhir_server.api.rest import build_router, register_rest_operations
 from fhir_server.api.terminology import build_terminology_router, register_operations
 from fhir_server.api.validate import build_validate_router, register_validate_operation
 from fhir_server.auth import install_auth
@@ -32,6 +34,7 @@ from profiles import load_search_parameters
 
 log = logging.getLogger("diatabase")
 
+GZIP_MINIMUM_BYTES = 1024
 HTTP_ISSUE_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly"}
 
 
@@ -65,8 +68,16 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     # [(name, OperationDefinition url)].
     app.state.operations = {"*": [CONVERT_OPERATION]}
     register_operations(app.state.operations)
+    register_rest_operations(app.state.operations)
+    app.state.instantiates = []
     app.state.deid = deid
     install_auth(app, settings)
+    # Added after (so outside) authorization. Responses of 1 KiB and more are gzipped for
+    # clients that accept it (level 6 costs half of level 9's time for 1 % more bytes);
+    # streamed bodies are flushed chunk by chunk. HEAD runs as GET outside it all, so its
+    # headers are the GET's and authorization sees a read.
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=6)
+    app.add_middleware(HeadAsGet)
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError) -> Response:

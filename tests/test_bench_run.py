@@ -31,6 +31,7 @@ ROW_NAMES = {
     "mappers": ["hl7v2 mllp+sqlite", "csv import"],
     "mappers_hl7": ["hl7v2 map", "hl7v2 mllp"],
     "mappers_csv": ["csv map"],
+    "compression": ["compression metadata", "compression search 100"],
 }
 
 

@@ -35,6 +35,15 @@ from fhir_server.storage.base import StoredResource, instant
 from fhir_server.storage.cursor import CursorError
 
 RESULT_PARAMS = ("_format", "_pretty")
+EVERYTHING_OPERATION = ("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything")
+
+
+def register_rest_operations(operations: dict[str, list[tuple[str, str]]]) -> None:
+    """List the operations of this router in the CapabilityStatement (`app.state.operations`):
+    `$everything` on Patient, at instance and type level."""
+    listed = operations.setdefault("Patient", [])
+    if EVERYTHING_OPERATION not in listed:
+        listed.append(EVERYTHING_OPERATION)
 
 
 def _service(request: Request) -> FhirService:
