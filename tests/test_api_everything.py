@@ -158,3 +158,32 @@ def test_type_level_everything_covers_every_patient(client: httpx.Client, story:
         matches(client, "/Patient/$everything", start="2024-02-15", _type="Observation")
     )
     assert bounded == {story["june"], story["bruno_reading"]}
+
+
+def test_type_level_everything_under_a_patient_context_token(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A patient-context token (real keys, a closed server) gets its own patient's
+    compartment from `GET /Patient/$everything`, nothing of another patient's."""
+    from tests.auth_tokens import TestIssuer, bearer
+    from tests.conftest import RunningServer, database_url
+
+    issuer = TestIssuer.create(tmp_path_factory.mktemp("issuer"))
+    settings = issuer.settings(db_url=database_url(tmp_path_factory.mktemp("db")))
+    with RunningServer(settings) as server:
+        admin = bearer(issuer.token(server.url, "system/*.cruds"))
+        with httpx.Client(base_url=server.url, headers=admin, timeout=60) as http:
+            ids = {}
+            for name in ("anne", "bruno"):
+                body = {"resourceType": "Patient", "name": [{"family": name}]}
+                ids[name] = http.post("/Patient", json=body).json()["id"]
+                reading = observation(ids[name], "2024-05-01T08:00:00+02:00")
+                ids[f"{name}_reading"] = http.post("/Observation", json=reading).json()["id"]
+            everyone = ids_of(matches(http, "/Patient/$everything"))
+            assert everyone == set(ids.values())
+        token = issuer.token(server.url, "patient/*.rs", patient=ids["anne"])
+        with httpx.Client(base_url=server.url, headers=bearer(token), timeout=60) as http:
+            own = ids_of(matches(http, "/Patient/$everything"))
+            assert own == {ids["anne"], ids["anne_reading"]}
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            assert http.get("/Patient/$everything").status_code == 401

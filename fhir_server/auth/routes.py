@@ -89,7 +89,7 @@ def _typed(method: str, parts: list[str]) -> Requirement | None:
     rtype, n = parts[0], len(parts)
     if n == 1:
         interaction = {"GET": "search-type", "HEAD": "search-type", "POST": "create",
-                       "PUT": "update", "DELETE": "delete"}.get(method)
+                       "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
         return Requirement("check", rtype, interaction) if interaction else None
     second = parts[1]
     if n == 2 and second == "_search" and method == "POST":
