@@ -11,6 +11,8 @@ measures, with several concurrent HTTP clients:
   (c) Patient?name=...
   (d) Observation?code=http://loinc.org|99504-3&_summary=count (matches counted per second)
   (e) paging through all of one patient's Observations (_count=1000, following `next`)
+  (f) Observation?patient=X&value-quantity=gt13.9|UCUM|mmol/L&_count=100 (unit conversion)
+  (g) Patient?_content=<family name> (full-text search)
 
 Prints ingest speed (indexing on), database size per resource, and p50/p99 latency and
 requests/s per query. Not a pass/fail test.
@@ -380,6 +382,15 @@ def timed_gets(url: str, make_path, requests: int, clients: int, check=None) -> 
     }
 
 
+def query_f(rng: random.Random, patients: int) -> str:
+    """(f): one patient's readings above 13.9 mmol/L (stored in mg/dL: the UCUM conversion
+    and the glucose molar mass meet in the canonical index)."""
+    return (
+        f"/Observation?patient=p{rng.randrange(patients)}"
+        f"&value-quantity=gt13.9|{UCUM}|mmol/L&_count=100"
+    )
+
+
 def _client(send, url: str, make_path, count: int, seed: int, check) -> None:
     """One client process of timed_gets: its latencies (and check results) go back through
     the pipe."""
@@ -494,6 +505,8 @@ def run(size: str = "small", db: str | None = None) -> list:
             "(d) _summary=count over one code": lambda rng: (
                 f"/Observation?code={LOINC}|99504-3&_summary=count"
             ),
+            "(f) patient + value-quantity in mmol/L": lambda rng: query_f(rng, patients),
+            "(g) Patient?_content=": lambda rng: f"/Patient?_content={rng.choice(FAMILIES)}",
         }
         for name, make in kinds.items():
             timed_gets(url, make, clients * 2, clients)  # warm-up
@@ -580,6 +593,10 @@ def main() -> None:
             "(d) _summary=count over one code": (
                 lambda rng: f"/Observation?code={LOINC}|99504-3&_summary=count",
                 lambda bundle: bundle["total"],
+            ),
+            "(f) patient + value-quantity in mmol/L": (lambda rng: query_f(rng, patients), None),
+            "(g) Patient?_content=": (
+                lambda rng: f"/Patient?_content={rng.choice(FAMILIES)}", None
             ),
         }
         n = args.clients
