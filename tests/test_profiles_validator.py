@@ -141,8 +141,9 @@ BROKEN: list[tuple[str, Callable[[], dict], Callable[[dict], None], set, tuple[s
     ("bg-no-loinc-coding", glucose,
      _set("code.coding", [{"system": "http://snomed.info/sct", "code": "33747003"}]),
      {("required", "Observation.code.coding")}, ("slice loinc",)),
-    ("bg-unit-spelling", glucose, _set("valueQuantity.code", "mg/dl"),
-     {("code-invalid", "Observation.valueQuantity.code")}, ("mg/dl", "glucose-units")),
+    # (`mg/dl` is valid UCUM, the litre being `l` too: MG/DL is a misspelling)
+    ("bg-unit-spelling", glucose, _set("valueQuantity.code", "MG/DL"),
+     {("code-invalid", "Observation.valueQuantity.code")}, ("MG/DL", "glucose-units")),
     ("bg-unit-system", glucose, _set("valueQuantity.system", "http://example.org/units"),
      {("value", "Observation.valueQuantity.system")}, ("http://unitsofmeasure.org",)),
     ("bg-no-value", glucose, _set("valueQuantity", _DELETE),

@@ -43,8 +43,10 @@ def test_normalize_unit_spellings(spelling, ucum):
 def test_unknown_unit_is_left_alone_and_invalid():
     assert normalize_unit(" furlongs ") == "furlongs"
     assert not is_valid_unit("furlongs")
-    assert not is_valid_unit("mg/dl")  # UCUM is case-sensitive: only the exact code is valid
+    assert not is_valid_unit("MG/DL")  # UCUM is case-sensitive: M is mega, G gauss, D none
     assert is_valid_unit("mg/dL")
+    assert is_valid_unit("mg/dl")  # UCUM's litre is both `l` and `L`
+    assert not is_valid_unit("mmHg")  # its millimetre of mercury is mm[Hg]
 
 
 def test_glucose_molar_to_mass_is_exact():

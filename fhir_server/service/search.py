@@ -21,6 +21,7 @@ from fhir_server.search.query import (
     parse_system_search,
 )
 from fhir_server.search.registry import SearchParamRegistry
+from fhir_server.service.quantity_check import check_empty_quantity_search
 from fhir_server.settings import Settings
 from fhir_server.storage.base import Storage, StoredResource
 
@@ -262,6 +263,8 @@ class SearchService:
     ) -> dict[str, Any]:
         result = query.result
         page = self.storage.search(query, result.count, result.cursor)
+        if not page.matches and not page.total and result.cursor is None:
+            check_empty_quantity_search(self.storage, query)
 
         def url(extra: list[tuple[str, str]]) -> str:
             all_items = understood + extra

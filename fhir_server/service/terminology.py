@@ -24,7 +24,7 @@ from fhir_server.model import jsonio
 from fhir_server.search.errors import SearchError
 from fhir_server.service.quantities import CanonicalQuery, QuantityCanonicalizer, UnitTable
 from terminology import TerminologyError, TerminologyService
-from terminology.uris import ATC, CIM10, ICD10, LOINC, UCUM, VS_GLUCOSE_CODES
+from terminology.uris import ATC, CIM10, ICD10, LOINC, UCUM, VS_GLUCOSE_CODES, VS_HBA1C_CODES
 
 log = logging.getLogger("diatabase.terminology")
 
@@ -145,8 +145,10 @@ class ServerTerminology:
         self, value: Any, system: str | None, code: str | None, resource: Any
     ) -> list[tuple[float, str]]:
         if self._canonicalizer is None:
-            glucose = {c for s, c in self.service.value_set_codes(VS_GLUCOSE_CODES) if s == LOINC}
-            self._canonicalizer = QuantityCanonicalizer(glucose, self._units)
+            service = self.service
+            glucose = {c for s, c in service.value_set_codes(VS_GLUCOSE_CODES) if s == LOINC}
+            hba1c = {c for s, c in service.value_set_codes(VS_HBA1C_CODES) if s == LOINC}
+            self._canonicalizer = QuantityCanonicalizer(glucose, self._units, hba1c)
         return self._canonicalizer(value, system, code, resource)
 
     def attach(self, storage: Any) -> None:
