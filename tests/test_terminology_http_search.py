@@ -226,8 +226,11 @@ def test_mass_molar_bridge_is_only_for_glucose(client: httpx.Client) -> None:
     subject = f"Patient/{patient}"
     assert found_ids(client, "/Observation", subject=subject,
                      **{"value-quantity": f"gt150|{UCUM}|mg/dL"}) == {cholesterol}
-    assert found_ids(client, "/Observation", subject=subject,
-                     **{"value-quantity": f"gt1|{UCUM}|mmol/L"}) == set()
+    # mmol/L would need cholesterol's molar mass: a 400 naming the unit, not an empty
+    # Bundle that reads as "no cholesterol above 1 mmol/L"
+    refused = client.get("/Observation", params={"subject": subject,
+                                                 "value-quantity": f"gt1|{UCUM}|mmol/L"})
+    assert refused.status_code == 400 and "'mmol/L'" in refused.text, refused.text
 
 
 def test_code_value_quantity_composite_across_units(client: httpx.Client) -> None:
