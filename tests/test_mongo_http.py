@@ -33,6 +33,7 @@ SUITES = [
     "test_fhirpy_client.py",
     "test_search_conformance.py",
     "test_auth_patient.py",
+    "test_search_units.py",
 ]
 
 
