@@ -57,7 +57,17 @@ async def read_body(
         raise error(
             415, "not-supported", "XML is not supported: send FHIR JSON (application/fhir+json)"
         )
-    if content_type and content_type not in allowed:
+    if not content_type:
+        # A body without a type is what a browser's cross-origin form can send without
+        # asking first: refused, so no page can make a user's browser write here. (No
+        # body at all stays the 400 below, which $validate of a stored resource expects.)
+        await read_raw_body(request, max_bytes)
+        raise error(
+            415,
+            "not-supported",
+            f"The request has no Content-Type: send {' or '.join(allowed)}",
+        )
+    if content_type not in allowed:
         raise error(
             415,
             "not-supported",

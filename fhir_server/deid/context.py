@@ -56,6 +56,15 @@ def build_deid(service: FhirService, settings: Settings) -> DeidContext:
                     recipient_id,
                     store.path,
                 )
-    jobs = ExportJobs(service, signing_key(master), settings.deid_export_dir or None, views)
+    export_dir = settings.deid_export_dir or default_export_dir(settings.db_url)
+    jobs = ExportJobs(service, signing_key(master), export_dir, views)
     facade = DeidFacade(service, views=views)
     return DeidContext(recipients, facade, AuditLog(service), jobs, list(views.values()))
+
+
+def default_export_dir(db_url: str) -> str:
+    """Where exports go unless configured: beside a SQLite database, else in the working
+    folder; never a shared temporary folder (the folder is made owner-only)."""
+    if db_url.startswith("sqlite:///") and ":memory:" not in db_url:
+        return db_url.removeprefix("sqlite:///").split("?", 1)[0] + ".deid-exports"
+    return "diatabase-deid-exports"

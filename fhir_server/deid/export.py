@@ -25,6 +25,7 @@ from fhir_server.deid.signing import MANIFEST, sign
 from fhir_server.deid.views import ViewStore, pseudonymized
 from fhir_server.service.fhir import FhirService
 from fhir_server.storage.base import StoredResource, instant
+from fhir_server.storage.private_files import private_folder
 
 FORMAT = "diatabase-deid-export/1"
 CHUNK = 1000  # lines written, hashed and reported as progress together
@@ -58,8 +59,7 @@ def run_export(
     recipient's view store (`views`, usable: made with this engine's keys and rules), the
     rows made from current versions are copied and only the others pseudonymized: the
     same bytes, without the engine's work."""
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_folder(out_dir)  # the files in it are nobody else's to read
     started = time.time()
     counts = planned_counts(service, types)
     rules = engine.rules

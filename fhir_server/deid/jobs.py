@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from fhir_server.deid.engine import Deidentifier
 from fhir_server.deid.export import ExportCancelled, planned_counts, run_export
 from fhir_server.deid.views import ViewStore
 from fhir_server.service.fhir import FhirService
+from fhir_server.storage.private_files import private_folder
 
 
 @dataclass
@@ -51,7 +51,8 @@ class ExportJobs:
         self._service = service
         self._views = dict(views or {})
         self._key = signing_key
-        self._root = Path(root) if root else Path(tempfile.gettempdir()) / "diatabase-deid"
+        # Never a shared /tmp: the default lies in the working folder, owner-only.
+        self._root = private_folder(root or "diatabase-deid-exports")
         self._jobs: dict[str, ExportJob] = {}
         self._lock = threading.Lock()
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from fhir_server.deid.engine import Deidentifier, Suppressed
 from fhir_server.service.fhir import FhirService
 from fhir_server.storage.base import StoredResource
+from fhir_server.storage.private_files import create_private_file, private_folder
 
 # Bump when the engine's output for the same keys and rules changes: older stores are
 # then rebuilt rather than served.
@@ -80,7 +81,8 @@ class ViewStore:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_folder(self.path.parent)
+            create_private_file(self.path)  # owner-only, and so its -wal and -shm
             conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")

@@ -40,6 +40,7 @@ from fhir_server.search.types import (
 from fhir_server.storage import budget, sqlite_budget, sqlite_checkpoint
 from fhir_server.storage.base import HistoryPage, NewResource, StoredResource
 from fhir_server.storage.cursor import CursorCodec, CursorError
+from fhir_server.storage.private_files import create_private_file
 from fhir_server.storage.sqlite_checkpoint import BackgroundCheckpointer
 from fhir_server.storage.sqlite_write_behind import (
     WRITE_BEHIND_ROWS,
@@ -261,6 +262,7 @@ class SqliteStorage:
         self.path = path
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(path)  # owner-only, and so its -wal and -shm
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._process_lock = ProcessWriteLock(path)
