@@ -32,6 +32,19 @@ def get_request(url: str, target: str, extra_headers: str = "") -> bytes:
             f"Accept: application/fhir+json\r\n{extra_headers}\r\n").encode()
 
 
+def post_request(url: str, target: str, body: bytes) -> bytes:
+    """The bytes of `POST target` with a FHIR JSON body."""
+    host = urlsplit(url).netloc
+    return (f"POST {target} HTTP/1.1\r\nHost: {host}\r\nAccept: application/fhir+json\r\n"
+            f"Content-Type: application/fhir+json\r\nContent-Length: {len(body)}\r\n"
+            "Prefer: return=minimal\r\n\r\n").encode() + body
+
+
+def run_requests(url: str, requests: list[bytes], clients: int) -> LoadFigures:
+    """Send every request once (already encoded), over `clients` concurrent connections."""
+    return asyncio.run(_run(url, requests, clients))
+
+
 async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     request: bytes) -> int:
     writer.write(request)

@@ -42,6 +42,7 @@ GROUPS = (
     ("population", "read", "export", "deid"),
     ("search",),
     ("ingest",),
+    ("durability",),
     ("validate",),
     ("extract",),
     ("terminology",),

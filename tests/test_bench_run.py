@@ -24,6 +24,7 @@ ROW_NAMES = {
     "read": ["read", "vread"],
     "export": ["export"],
     "ingest": ["ingest"],
+    "durability": ["durability NORMAL", "durability FULL", "durability FULL+group"],
     "validate": ["validate", "validate generated"],
     "extract": ["extract"],
     "terminology": ["terminology $validate-code", "terminology $lookup", "terminology $expand"],

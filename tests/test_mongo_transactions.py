@@ -209,7 +209,7 @@ def test_replica_set_runs_transactions_atomically() -> None:
 # -- connection settings ----------------------------------------------------------------------
 
 
-def test_url_options_reach_pymongo_and_write_concern_defaults_to_majority() -> None:
+def test_url_options_reach_pymongo_and_write_concern_defaults_to_majority_journaled() -> None:
     url = (
         "mongodb://db1.example:27017,db2.example:27017/warehouse?replicaSet=rs0"
         "&maxPoolSize=17&serverSelectionTimeoutMS=1500&readPreference=secondaryPreferred"
@@ -220,7 +220,7 @@ def test_url_options_reach_pymongo_and_write_concern_defaults_to_majority() -> N
     assert "txmode" not in client_url
     client = MongoClient(client_url, connect=False, **kwargs)
     try:
-        assert client.write_concern.document == {"w": "majority"}
+        assert client.write_concern.document == {"w": "majority", "j": True}
         assert client.options.pool_options.max_pool_size == 17
         assert client.options.server_selection_timeout == 1.5
         assert client.read_preference.mongos_mode == "secondaryPreferred"
@@ -232,6 +232,8 @@ def test_url_options_reach_pymongo_and_write_concern_defaults_to_majority() -> N
 def test_an_explicit_write_concern_in_the_url_wins() -> None:
     client_url, kwargs, database, txmode = client_settings("mongodb://localhost/db?w=1")
     assert "w" not in kwargs and (database, txmode) == ("db", "auto")
+    client_url, kwargs, database, txmode = client_settings("mongodb://h/db?journal=false")
+    assert "journal" not in kwargs
     with pytest.raises(ValueError):
         open_storage("mongomock://localhost/db?txmode=sometimes")
 

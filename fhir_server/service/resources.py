@@ -24,6 +24,7 @@ from fhir_server.storage.base import (
     Storage,
     StoredResource,
     WriteTransaction,
+    groupable,
     instant,
     now_millis,
 )
@@ -444,41 +445,41 @@ class ResourceService:
         self.check_type(resource_type)
         if not if_none_exist:  # nothing to look up: do the work before taking the lock
             prepared = self.prepare_create(resource_type, body)
-            with self.storage.transaction() as tx:
+            with groupable(), self.storage.transaction() as tx:
                 return self.put_prepared(tx, prepared)
-        with self.storage.transaction() as tx:
+        with groupable(), self.storage.transaction() as tx:
             return self.create_in(tx, resource_type, body, if_none_exist)
 
     def update(self, resource_type: str, rid: str, body: Any, if_match=None) -> WriteResult:
         self.check_type(resource_type)
-        with self.storage.transaction() as tx:
+        with groupable(), self.storage.transaction() as tx:
             return self.update_in(tx, resource_type, rid, body, if_match)
 
     def conditional_update(self, resource_type, items, body, if_match=None) -> WriteResult:
         self.check_type(resource_type)
-        with self.storage.transaction() as tx:
+        with groupable(), self.storage.transaction() as tx:
             return self.conditional_update_in(tx, resource_type, items, body, if_match)
 
     def patch(self, resource_type, rid, patch, if_match=None) -> WriteResult:
         self.check_type(resource_type)
-        with self.storage.transaction() as tx:
+        with groupable(), self.storage.transaction() as tx:
             return self.patch_in(tx, resource_type, rid, patch, if_match)
 
     def conditional_patch(self, resource_type, items, patch, if_match=None) -> WriteResult:
         self.check_type(resource_type)
-        with self.storage.transaction() as tx:
+        with groupable(), self.storage.transaction() as tx:
             return self.conditional_patch_in(tx, resource_type, items, patch, if_match)
 
     def delete(
         self, resource_type: str, rid: str, if_match: str | None = None
     ) -> StoredResource | None:
         self.check_type(resource_type)
-        with self.storage.transaction() as tx:
+        with groupable(), self.storage.transaction() as tx:
             return self.delete_in(tx, resource_type, rid, if_match=if_match)
 
     def conditional_delete(self, resource_type, items, if_match=None) -> list[StoredResource]:
         self.check_type(resource_type)
-        with self.storage.transaction() as tx:
+        with groupable(), self.storage.transaction() as tx:
             return self.conditional_delete_in(tx, resource_type, items, if_match)
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -146,3 +147,22 @@ class Storage(Protocol):
     def iter_current(self, resource_type: str) -> Iterator[StoredResource]: ...
 
     def close(self) -> None: ...
+
+
+_groupable: ContextVar[bool] = ContextVar("diatabase_groupable_write", default=False)
+
+
+@contextmanager
+def groupable() -> Iterator[None]:
+    """The transactions opened inside write one resource each (create, update, patch,
+    delete): a backend may commit them together with others that arrive at the same moment
+    (SQLite's group commit: one fsync for all)."""
+    token = _groupable.set(True)
+    try:
+        yield
+    finally:
+        _groupable.reset(token)
+
+
+def is_groupable() -> bool:
+    return _groupable.get()

@@ -111,13 +111,16 @@ def client_settings(url: str) -> tuple[str, dict[str, Any], str, str]:
     """(URL for pymongo, extra MongoClient arguments, database name, txmode) for a URL.
 
     Every standard option of the URL (maxPoolSize, serverSelectionTimeoutMS, tls...,
-    readPreference, w...) goes to pymongo as it is; `w` defaults to majority."""
+    readPreference, w...) goes to pymongo as it is; `w` defaults to majority and `journal`
+    to true: an acknowledged write is on disk on a majority of members, as SQLite's FULL."""
     scheme, client_url, ours = split_url(url)
     database = unquote_plus(urlsplit(url).path.lstrip("/")) or DEFAULT_DATABASE
     kwargs: dict[str, Any] = {"appname": "diatabase"}
     given = {key.lower() for key, _ in parse_qsl(urlsplit(client_url).query)}
     if scheme != "mongomock" and "w" not in given:
         kwargs["w"] = "majority"
+    if scheme != "mongomock" and "journal" not in given:
+        kwargs["journal"] = True  # acknowledged once in the members' journals (j: true)
     if "appname" in given:
         del kwargs["appname"]
     return client_url, kwargs, database, ours.get("txmode", "auto")
@@ -338,7 +341,7 @@ class MongoStorage:
         with self.client.start_session() as session:
             session.start_transaction(
                 read_concern=ReadConcern("snapshot"),
-                write_concern=WriteConcern("majority"),
+                write_concern=WriteConcern("majority", j=True),
                 read_preference=ReadPreference.PRIMARY,
             )
             try:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fhir_server.limits import Limits
 from fhir_server.search.types import (
@@ -38,10 +39,11 @@ from fhir_server.search.types import (
     UriEntry,
 )
 from fhir_server.storage import budget, sqlite_budget, sqlite_checkpoint
-from fhir_server.storage.base import HistoryPage, NewResource, StoredResource
+from fhir_server.storage.base import HistoryPage, NewResource, StoredResource, is_groupable
 from fhir_server.storage.cursor import CursorCodec, CursorError
 from fhir_server.storage.private_files import create_private_file
 from fhir_server.storage.sqlite_checkpoint import BackgroundCheckpointer
+from fhir_server.storage.sqlite_group_commit import Group, WriteLock
 from fhir_server.storage.sqlite_write_behind import (
     WRITE_BEHIND_ROWS,
     WriteBehind,
@@ -51,6 +53,7 @@ from fhir_server.storage.sqlite_write_behind import (
 )
 
 SCHEMA_VERSION = 4
+SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 HISTORY_JSON_COLUMN = 6  # of a history row: type, id, version, last_updated, deleted, method
 DIRECT_PARAMS = frozenset({"_id", "_lastUpdated"})
 
@@ -258,13 +261,20 @@ class ProcessWriteLock:
 
 
 class SqliteStorage:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, synchronous: str = "FULL", group_commit: bool = True) -> None:
         self.path = path
+        if synchronous.upper() not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}")
+        # FULL: every COMMIT fsyncs the write-ahead log, so an acknowledged write survives
+        # a power cut; group commit keeps concurrent single writes at one fsync per group.
+        self.synchronous = synchronous.upper()
+        self.group_commit = group_commit and self.synchronous == "FULL"
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             create_private_file(path)  # owner-only, and so its -wal and -shm
         self._local = threading.local()
-        self._write_lock = threading.Lock()
+        self._write_lock = WriteLock()
+        self._group: Group | None = None  # the open transaction of a group commit
         self._process_lock = ProcessWriteLock(path)
         self._writer = self._connect()
         self._init_schema()
@@ -316,11 +326,18 @@ class SqliteStorage:
     @classmethod
     def from_url(cls, url: str) -> SqliteStorage:
         # As in SQLAlchemy: sqlite:///relative.db, sqlite:////absolute.db
-        path = url.removeprefix("sqlite://")
+        # ?synchronous=normal&group_commit=off: today's durability traded for speed (a
+        # process crash loses nothing, a power cut may lose the last commits): benchmarks
+        path, _, query = url.removeprefix("sqlite://").partition("?")
         path = path[1:] if path.startswith("/") else path
         if not path:
             raise ValueError("sqlite URL needs a path: sqlite:///path/to/diatabase.db")
-        return cls(path)
+        options = dict(parse_qsl(query))
+        return cls(
+            path,
+            synchronous=options.get("synchronous", "FULL"),
+            group_commit=options.get("group_commit", "on").lower() not in ("off", "0", "no"),
+        )
 
     # -- connections ---------------------------------------------------------------------
 
@@ -329,7 +346,7 @@ class SqliteStorage:
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA cache_size=-65536")
         conn.execute("PRAGMA temp_store=MEMORY")
@@ -375,6 +392,8 @@ class SqliteStorage:
         # the writer after it (bounded: a write that hangs must not keep the server up).
         locked = self._write_lock.acquire(timeout=LOCK_TIMEOUT_SECONDS)
         try:
+            if locked:
+                self._commit_group()
             if self._write_behind is not None:
                 self._write_behind.close()
             self._writer.close()
@@ -553,31 +572,113 @@ class SqliteStorage:
 
     @contextmanager
     def transaction(self) -> Iterator[SqliteTransaction]:
-        with self._write_lock, self._process_lock:
-            budget.check()  # stopped while it waited for the lock: nothing begun
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
+        if self.group_commit and is_groupable():
+            with self._grouped_transaction() as tx:
+                yield tx
+            return
+        with self._write_lock:
+            self._commit_group()  # small writes before this one are not kept waiting
+            with self._process_lock:
+                budget.check()  # stopped while it waited for the lock: nothing begun
+                conn = self._writer
+                conn.execute("BEGIN IMMEDIATE")
+                tx = SqliteTransaction(self, conn)
+                try:
+                    # A stopped budget (client gone, server stopping) interrupts the statement
+                    # running on the writer; never the COMMIT, which is outside this block.
+                    with _Interrupter(conn) as interrupter, interrupter.armed():
+                        yield tx
+                        tx.flush()
+                except BaseException as exc:
+                    with contextlib.suppress(Exception):  # the batch in flight is undone too
+                        tx.settle()
+                    # An interrupted write may have rolled the transaction back already.
+                    with contextlib.suppress(sqlite3.OperationalError):
+                        conn.execute("ROLLBACK")
+                    self.reload_after_rollback(conn)
+                    spent = sqlite_budget.spent_budget(exc)
+                    if spent is not None:
+                        raise budget.BudgetExceeded(spent) from None
+                    raise
+                self._commit(conn)
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        conn.execute("COMMIT")
+        if self._checkpointer is not None:
+            self._checkpointer.committed(conn)
+
+    @contextmanager
+    def _grouped_transaction(self) -> Iterator[SqliteTransaction]:
+        """A member of a group commit (sqlite_group_commit.py): its own SAVEPOINT in the
+        open transaction; committed by the last member, and only then returned from."""
+        conn = self._writer
+        self._write_lock.acquire()
+        group: Group | None = None
+        try:
+            group = self._join_group()
             tx = SqliteTransaction(self, conn)
+            conn.execute("SAVEPOINT member")
             try:
-                # A stopped budget (client gone, server stopping) interrupts the statement
-                # running on the writer; never the COMMIT, which is outside this block.
-                with _Interrupter(conn) as interrupter, interrupter.armed():
-                    yield tx
-                    tx.flush()
-            except BaseException as exc:
-                with contextlib.suppress(Exception):  # the batch in flight is rolled back too
+                yield tx
+                tx.flush()
+            except BaseException:
+                with contextlib.suppress(Exception):
                     tx.settle()
-                # An interrupted write may have rolled the transaction back already.
-                with contextlib.suppress(sqlite3.OperationalError):
-                    conn.execute("ROLLBACK")
+                    conn.execute("ROLLBACK TO member")
+                    conn.execute("RELEASE member")
                 self.reload_after_rollback(conn)
-                spent = sqlite_budget.spent_budget(exc)
-                if spent is not None:
-                    raise budget.BudgetExceeded(spent) from None
                 raise
-            conn.execute("COMMIT")
-            if self._checkpointer is not None:
-                self._checkpointer.committed(conn)
+            conn.execute("RELEASE member")
+        finally:
+            self._end_turn(group)
+        group.wait()  # until the COMMIT that holds this write is over
+
+    def _join_group(self) -> Group:
+        """The open group, or a new one (BEGIN, under the process lock), under the lock."""
+        group = self._group
+        if group is None:
+            budget.check()  # stopped while it waited for the lock: nothing begun
+            self._process_lock.__enter__()
+            try:
+                self._writer.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self._process_lock.__exit__(None, None, None)
+                raise
+            group = self._group = Group()
+        group.members += 1
+        return group
+
+    def _end_turn(self, group: Group | None) -> None:
+        """Under the write lock, after a member's work (or failure): pass the open
+        transaction on to a waiting writer, or commit it; then release the lock."""
+        try:
+            if group is not None and not self._writer.in_transaction:
+                # SQLite undid the whole transaction (an I/O error, a full disk): the
+                # members before this one are lost with it
+                self._group = None
+                self._process_lock.__exit__(None, None, None)
+                group.finish(sqlite3.OperationalError("the shared transaction was rolled back"))
+            elif group is not None and (not self._write_lock.waiting() or group.full()):
+                self._commit_group()
+        finally:
+            self._write_lock.release()
+
+    def _commit_group(self) -> None:
+        """COMMIT the open group, if any (under the write lock), and wake its members."""
+        group, self._group = self._group, None
+        if group is None:
+            return
+        try:
+            self._commit(self._writer)
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.execute("ROLLBACK")
+            self.reload_after_rollback(self._writer)
+            group.finish(exc)
+        else:
+            group.finish()
+        finally:
+            self._process_lock.__exit__(None, None, None)
 
     def reload_after_rollback(self, conn: sqlite3.Connection) -> None:
         """The caches of what the undone writes created (pids, widened date spans) must
