@@ -302,6 +302,27 @@ class ResourceService:
                 f"{current.version}",
             )
 
+    def _conditional_match(
+        self,
+        tx: WriteTransaction,
+        resource_type: str,
+        items: list[tuple[str, str]],
+        interaction: str,
+    ) -> list[str]:
+        """The id (a list of zero or one) that the criteria of a conditional update, patch
+        or delete select: 400 without criteria, 412 when they select several (this server
+        changes one resource at a time)."""
+        if not items:
+            raise error(400, "invalid", f"A conditional {interaction} needs search parameters")
+        ids = self.conditional_ids(tx, resource_type, items)
+        if len(ids) > 1:
+            raise error(
+                412,
+                "multiple-matches",
+                f"The conditional {interaction} matched several {resource_type} resources",
+            )
+        return ids
+
     def conditional_update_in(
         self,
         tx: WriteTransaction,
@@ -310,15 +331,7 @@ class ResourceService:
         body: Any,
         if_match: str | None = None,
     ) -> WriteResult:
-        if not items:
-            raise error(400, "invalid", "A conditional update needs search parameters")
-        ids = self.conditional_ids(tx, resource_type, items)
-        if len(ids) > 1:
-            raise error(
-                412,
-                "multiple-matches",
-                f"The conditional update matched several {resource_type} resources",
-            )
+        ids = self._conditional_match(tx, resource_type, items, "update")
         resource = self._check_body(resource_type, body)
         body_id = resource.get("id")
         if ids:
@@ -386,15 +399,7 @@ class ResourceService:
         if_match: str | None = None,
     ) -> WriteResult:
         """`PATCH [type]?criteria`: the one match is patched; none is a 404, several a 412."""
-        if not items:
-            raise error(400, "invalid", "A conditional patch needs search parameters")
-        ids = self.conditional_ids(tx, resource_type, items)
-        if len(ids) > 1:
-            raise error(
-                412,
-                "multiple-matches",
-                f"The conditional patch matched several {resource_type} resources",
-            )
+        ids = self._conditional_match(tx, resource_type, items, "patch")
         if not ids:
             raise error(404, "not-found", f"The conditional patch matched no {resource_type}")
         return self.patch_in(tx, resource_type, ids[0], patch, if_match)
@@ -424,16 +429,7 @@ class ResourceService:
         items: list[tuple[str, str]],
         if_match: str | None = None,
     ) -> list[StoredResource]:
-        if not items:
-            raise error(400, "invalid", "A conditional delete needs search parameters")
-        ids = self.conditional_ids(tx, resource_type, items)
-        if len(ids) > 1:
-            raise error(
-                412,
-                "multiple-matches",
-                f"The conditional delete matched several {resource_type} resources; this server "
-                "deletes one at a time",
-            )
+        ids = self._conditional_match(tx, resource_type, items, "delete")
         if if_match is not None and not ids:
             raise error(412, "conflict", f"If-Match {if_match}: no {resource_type} matched")
         deleted = [self.delete_in(tx, resource_type, rid, if_match=if_match) for rid in ids]
