@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 
+from fhir_server.api.audit_http import AuditMiddleware
 from fhir_server.api.clinical import build_clinical_router, register_clinical_operations
 from fhir_server.api.convert import CONVERT_OPERATION, build_convert_router
 from fhir_server.api.head import HeadAsGet
@@ -78,6 +79,8 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     # headers are the GET's and authorization sees a read.
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=6)
     app.add_middleware(HeadAsGet)
+    # Outermost of the project's middlewares: it sees every answer, refusals included.
+    app.add_middleware(AuditMiddleware, trail=service.audit)
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError) -> Response:

@@ -361,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_clients(sub)
 
     add_deid_commands(sub)
+    from fhir_server.audit.cli import add_audit_commands
+
+    add_audit_commands(sub)
     return parser
 
 

@@ -68,6 +68,9 @@ class Settings:
     auth_store: str = ""
     # Origins allowed to call the API from a browser (CORS), e.g. a SMART app's origin.
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    # The audit trail (fhir_server/audit/). DIATABASE_AUDIT=0 turns it off: for measuring
+    # what it costs, never for a server holding patient data.
+    audit: bool = True
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -103,6 +106,8 @@ class Settings:
                 o.strip() for o in os.environ.get("DIATABASE_CORS_ORIGINS", "").split(",")
                 if o.strip()
             ),
+            "audit": os.environ.get("DIATABASE_AUDIT", "1").lower()
+            not in ("0", "false", "no", "off"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["unknown_profiles"] not in ("warn", "reject"):

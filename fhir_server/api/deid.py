@@ -16,7 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from fhir_server import __version__
 from fhir_server.api.http import base_url, check_accept, fhir_response, pretty, query_items
-from fhir_server.deid.audit import REFUSED
+from fhir_server.audit import Activity, Agent
+from fhir_server.audit.events import RECIPIENT_SYSTEM, REFUSED, SUCCESS
 from fhir_server.deid.context import DeidContext
 from fhir_server.deid.facade import FacadeAnswer, served_types
 from fhir_server.deid.recipients import Recipient
@@ -46,11 +47,40 @@ def _what(request: Request) -> str:
     return f"{request.method} {request.url.path}" + (f"?{query}" if query else "")
 
 
+def _audit(
+    request: Request,
+    recipient_id: str | None,
+    interaction: str,
+    count: int,
+    outcome: str = SUCCESS,
+    entity: str | None = None,
+) -> None:
+    """The facade's event: which recipient, what, how many resources it served."""
+    address = request.client.host if request.client else None
+    agent = Agent(
+        client_id=recipient_id,
+        address=address,
+        display=None if recipient_id else "unauthenticated client",
+        client_system=RECIPIENT_SYSTEM,
+    )
+    activity = Activity(
+        agent,
+        interaction,
+        _what(request),
+        entity,
+        door="deid",
+        collect_reads=False,
+        read_count=count,
+        outcome=outcome,
+    )
+    request.app.state.fhir.audit.finish(activity, 200)
+
+
 def _recipient(request: Request) -> Recipient:
     deid = _deid(request)
     recipient = deid.recipients.authenticate(request.headers.get("authorization"))
     if recipient is None:
-        deid.audit.record(None, "operation", _what(request), 0, REFUSED)
+        _audit(request, None, "operation", 0, REFUSED)
         raise error(
             401,
             "security",
@@ -63,14 +93,13 @@ def _recipient(request: Request) -> Recipient:
 async def _answer(
     request: Request, recipient: Recipient, interaction: str, call: Any, *args: Any
 ) -> Response:
-    deid = _deid(request)
     try:
         answer: FacadeAnswer = await run_in_threadpool(call, *args)
     except Exception:
         # Refused (4xx) or failed: audited either way, then answered by the app's handlers.
-        deid.audit.record(recipient.id, interaction, _what(request), 0, REFUSED)
+        _audit(request, recipient.id, interaction, 0, REFUSED)
         raise
-    deid.audit.record(recipient.id, interaction, _what(request), answer.count, entity=answer.entity)
+    _audit(request, recipient.id, interaction, answer.count, entity=answer.entity)
     return fhir_response(answer.body, 200, None, pretty(request))
 
 
@@ -186,7 +215,7 @@ def build_deid_router() -> APIRouter:
                 raise error(400, "not-supported", f"_type: not served here: {sorted(unknown)}")
         engine = deid.recipients.fresh_engine(recipient.id)
         job = await run_in_threadpool(deid.jobs.start, engine, types)
-        deid.audit.record(recipient.id, "operation", _what(request), job.total)
+        _audit(request, recipient.id, "operation", job.total)
         status_url = f"{_base(request)}/$export-status/{job.id}"
         return Response(status_code=202, headers={"Content-Location": status_url})
 
@@ -235,7 +264,7 @@ def build_deid_router() -> APIRouter:
         listed = {item["file"] for item in job.manifest["output"]} | {MANIFEST}
         if name not in listed:
             raise error(404, "not-found", "No such export file")
-        deid.audit.record(recipient.id, "operation", _what(request), 0)
+        _audit(request, recipient.id, "operation", 0)
         media = "application/json" if name == MANIFEST else "application/fhir+ndjson"
         return FileResponse(job.folder / name, media_type=media)
 

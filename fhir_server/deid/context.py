@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from fhir_server.deid.audit import AuditLog
 from fhir_server.deid.facade import DeidFacade
 from fhir_server.deid.jobs import ExportJobs
 from fhir_server.deid.keys import DeidConfigError, master_secret, signing_key
@@ -21,14 +20,11 @@ log = logging.getLogger("diatabase.deid")
 class DeidContext:
     recipients: Recipients
     facade: DeidFacade
-    audit: AuditLog
     jobs: ExportJobs
     views: list[ViewStore] = field(default_factory=list)
 
     def close(self) -> None:
         self.jobs.wait_all(timeout=10)
-        self.audit.flush()
-        self.audit.close()
         for store in self.views:
             store.close()
 
@@ -59,7 +55,7 @@ def build_deid(service: FhirService, settings: Settings) -> DeidContext:
     export_dir = settings.deid_export_dir or default_export_dir(settings.db_url)
     jobs = ExportJobs(service, signing_key(master), export_dir, views)
     facade = DeidFacade(service, views=views)
-    return DeidContext(recipients, facade, AuditLog(service), jobs, list(views.values()))
+    return DeidContext(recipients, facade, jobs, list(views.values()))
 
 
 def default_export_dir(db_url: str) -> str:

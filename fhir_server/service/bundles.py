@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from fhir_server.audit.activity import set_interaction
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import FhirError, Issue, error, outcome
 from fhir_server.model.references import rewrite_strings
@@ -199,6 +200,7 @@ class BundleProcessor:
                 f"POST / takes a transaction or batch Bundle, not '{kind}'",
                 "Bundle.type",
             )
+        set_interaction(kind)
         entries = bundle.get("entry") or []
         if not isinstance(entries, list):
             raise error(400, "structure", "Bundle.entry must be an array", "Bundle.entry")

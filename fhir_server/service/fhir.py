@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from fhir_server.audit import AuditedStorage, open_trail
 from fhir_server.model import jsonio
 from fhir_server.model.jsonio import fragment
 from fhir_server.model.outcome import Issue, error
@@ -88,8 +89,11 @@ class FhirService:
         if settings.validate_profiles:
             validators = [*validators, self.check_profiles]
         # What a request may see and write (its access token's scopes and patient context)
-        # is applied by this wrapper inside every storage call the services make.
-        self.storage = ScopedStorage(storage, self.registry, self.extractor.extract)
+        # is applied by this wrapper inside every storage call the services make; the
+        # audited storage around it records what was read and written (audit/audited.py).
+        self.audit = open_trail(storage, getattr(settings, "audit", True))
+        scoped = ScopedStorage(storage, self.registry, self.extractor.extract)
+        self.storage = AuditedStorage(scoped, self.audit)
         self.resources = ResourceService(
             self.terminology.observe(self.storage),
             self.extractor.extract,

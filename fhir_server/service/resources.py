@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fhir_server.audit.protection import refuse_audit_write
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import FhirError, Issue, error
 from fhir_server.model.resource_types import is_resource_type, is_valid_id
@@ -190,6 +191,7 @@ class ResourceService:
         rid: str | None = None,
         now: float | None = None,
     ) -> WriteResult:
+        refuse_audit_write(resource_type)
         resource = self._check_body(resource_type, body)
         if if_none_exist:
             ids = self.conditional_ids(tx, resource_type, if_none_exist)
@@ -210,6 +212,7 @@ class ResourceService:
         extraction and serialisation. Done outside the write lock, it lets several server
         processes share one database's writes (a batch of device readings)."""
         self.check_type(resource_type)
+        refuse_audit_write(resource_type)
         return self._prepared_create(self._check_body(resource_type, body), None)
 
     def _prepared_create(self, resource: dict[str, Any], rid: str | None) -> PreparedCreate:
@@ -243,6 +246,7 @@ class ResourceService:
         if_match: str | None = None,
         method: str = "PUT",
     ) -> WriteResult:
+        refuse_audit_write(resource_type)
         resource = self._check_body(resource_type, body)
         if not is_valid_id(rid):
             raise error(400, "invalid", f"'{rid}' is not a valid FHIR id", "id")
@@ -312,6 +316,7 @@ class ResourceService:
         """The id (a list of zero or one) that the criteria of a conditional update, patch
         or delete select: 400 without criteria, 412 when they select several (this server
         changes one resource at a time)."""
+        refuse_audit_write(resource_type)
         if not items:
             raise error(400, "invalid", f"A conditional {interaction} needs search parameters")
         ids = self.conditional_ids(tx, resource_type, items)
@@ -367,6 +372,7 @@ class ResourceService:
         structure, 422 a profile) and nothing is stored."""
         if isinstance(patch, list):
             patch = Patch("json-patch", patch)
+        refuse_audit_write(resource_type)
         current = tx.read(resource_type, rid) if is_valid_id(rid) else None
         if current is None:
             raise error(404, "not-found", f"{resource_type}/{rid} is not known")
@@ -414,6 +420,7 @@ class ResourceService:
     ) -> StoredResource | None:
         """Delete; returns the deletion version, or None when there was nothing to delete.
         With `if_match`, a stale or absent version is a 412 and nothing is deleted."""
+        refuse_audit_write(resource_type)
         current = tx.read(resource_type, rid) if is_valid_id(rid) else None
         self._check_version(current, if_match, resource_type, rid)
         if current is None or current.deleted:

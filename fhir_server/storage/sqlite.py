@@ -352,6 +352,10 @@ class SqliteStorage:
         conn.execute("PRAGMA temp_store=MEMORY")
         return conn
 
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (for the audit store's queries)."""
+        return self._reader()
+
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
