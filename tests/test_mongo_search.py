@@ -51,7 +51,11 @@ def with_fixed_ids(bundle: dict) -> dict:
 def load(service: FhirService) -> None:
     bundle = with_fixed_ids(jsonio.loads(SYNTHEA.read_bytes()))
     service.bundles("").process(bundle, lambda url, items: (200, None))
-    report = Loader(service).load_files(sorted((DATA / "r4-examples").glob("*.json")))
+    examples = (DATA / "r4-examples").glob("*.json")
+    # AuditEvents are written by the server alone (fhir_server/audit/): not loadable.
+    report = Loader(service).load_files(
+        sorted(p for p in examples if not p.name.startswith("AuditEvent-"))
+    )
     assert not report.failed, report.failed
 
 

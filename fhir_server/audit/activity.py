@@ -9,7 +9,6 @@ use). Nothing here writes: the writer (writer.py) turns an activity into events.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -34,7 +33,7 @@ class Activity:
     # The facade reads many real resources to serve a few pseudonymized ones: its events
     # say how many it served, not which real resources it looked at.
     collect_reads: bool = True
-    started: float = field(default_factory=time.time)
+    ended: float | None = None  # when the door finished it: the event's `recorded`
     reads: list[StoredResource] = field(default_factory=list)
     read_count: int | None = None  # resources served, when the door counts them itself
     attempted: list[tuple[str, str, bytes | None]] = field(default_factory=list)

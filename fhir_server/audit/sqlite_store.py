@@ -171,7 +171,14 @@ class SqliteAuditStore:
                     (patients if pending[1] == "p" else entities).append(pending[2])
                 pending = next(refs, None)
             indexed = IndexedFields(instant(row[1]), *row[2:9], tuple(patients), tuple(entities))
-            yield StoredRecord(seq, bytes(row[9]), bytes(row[10]), indexed)
+            yield StoredRecord(seq, _bytes(row[9]), _bytes(row[10]), indexed)
+
+
+def _bytes(value: Any) -> bytes:
+    """A column as bytes, whatever an edit of the file left in it (text, a number)."""
+    if isinstance(value, bytes):
+        return value
+    return b"" if value is None else str(value).encode()
 
 
 def _head(conn: sqlite3.Connection) -> tuple[int, bytes] | None:

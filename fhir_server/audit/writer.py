@@ -93,6 +93,7 @@ class AuditTrail:
             return
         if activity.recorded_writes and not activity.reads and not activity.attempted:
             return
+        activity.ended = now_millis()
         self._submit((activity, activity.outcome or outcome_of(status)))
 
     # -- inside a write transaction ----------------------------------------------------------
@@ -159,7 +160,7 @@ class AuditTrail:
             interaction=activity.interaction,
             action=activity.action,
             outcome=outcome,
-            recorded=now_millis(),
+            recorded=activity.ended or now_millis(),
             request=activity.request,
             patients=sorted_unique(patients),
             data=tuple(data[:MAX_DATA_ENTITIES]),
