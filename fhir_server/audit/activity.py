@@ -37,6 +37,7 @@ class Activity:
     reads: list[StoredResource] = field(default_factory=list)
     read_count: int | None = None  # resources served, when the door counts them itself
     attempted: list[tuple[str, str, bytes | None]] = field(default_factory=list)
+    patients: set[str] = field(default_factory=set)  # known to the door itself (MLLP)
     recorded_writes: int = 0  # events already committed with a write transaction
     outcome: str | None = None  # set by a door that knows better than the HTTP status
     outcome_text: str | None = None

@@ -20,6 +20,7 @@ class AuditPage:
     total: int | None = None
     next_cursor: str | None = None
     previous_cursor: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,7 +143,7 @@ class AuditTrail:
     # -- queued events -----------------------------------------------------------------------
 
     def _facts(self, activity: Activity, outcome: str) -> EventFacts:
-        patients = patients_of_all(activity.reads)
+        patients = patients_of_all(activity.reads) | activity.patients
         data: list[str] = []
         for rtype, rid, json in activity.attempted:
             patients |= patients_of(rtype, rid, json)

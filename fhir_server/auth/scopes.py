@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 LEVELS = ("patient", "user", "system")
+# Types a wildcard scope does not grant: `system/AuditEvent.rs` or `user/AuditEvent.rs` only.
+NAMED_ONLY = frozenset({"AuditEvent"})
 LETTERS = "cruds"
 V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
 
@@ -34,6 +36,16 @@ class Scope:
     params: tuple[tuple[str, str], ...] = ()
 
     def grants(self, resource_type: str, letter: str) -> bool:
+        if resource_type in NAMED_ONLY:
+            # The audit trail names every patient and client: only a user/ or system/ scope
+            # naming it grants it (no `*`, no patient/ scope, no granular scope, which its
+            # store would not apply).
+            return (
+                letter in self.letters
+                and self.resource_type == resource_type
+                and self.level != "patient"
+                and not self.params
+            )
         return letter in self.letters and self.resource_type in ("*", resource_type)
 
     def __str__(self) -> str:

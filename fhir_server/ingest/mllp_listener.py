@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from fhir_server.audit.mllp import MllpAudit
 from fhir_server.ingest.mllp_config import MllpConfig
 from fhir_server.model.outcome import FhirError
 from fhir_server.service.fhir import FhirService
@@ -50,7 +51,7 @@ def storing_handler(service: FhirService, timezone: str | None = None) -> Receiv
 
 
 def record_event(event: MllpEvent) -> None:
-    """Log one MLLP event (nothing identifying at info) and write its audit record."""
+    """Log one MLLP event (nothing identifying at info); `start_listener` audits it."""
     peer = event.peer
     if event.kind == "connection":
         log.warning("MLLP connection from %s refused: %s", peer.address, event.reason)
@@ -64,9 +65,6 @@ def record_event(event: MllpEvent) -> None:
         )
         if event.reason:
             log.debug("MLLP %s: %s", claim.control_id if claim else "?", event.reason)
-    # Audit: every refused connection and every message goes through the one audit writer
-    # of fhir_server/audit/ here (who: the peer address, its registration, MSH-3/4; what:
-    # the message type; outcome: the ACK code; which patients: event.patients).
 
 
 async def start_listener(
@@ -74,10 +72,19 @@ async def start_listener(
     config: MllpConfig,
     on_event: Callable[[MllpEvent], None] = record_event,
 ) -> MllpServer:
-    """Listen as `config` says (port 0: any free port); every event to `on_event`."""
+    """Listen as `config` says (port 0: any free port); every event to `on_event`.
+
+    Every message and refused connection is audited (fhir_server/audit/mllp.py): a
+    message's stored data with its event in one transaction, the rest when answered."""
+    audit = MllpAudit(service.audit)
+
+    def on_answered(event: MllpEvent) -> None:
+        on_event(event)
+        audit.record(event)
+
     return await serve_mllp(
-        config.host, config.port, storing_handler(service, config.timezone),
-        policy=config.policy(), limits=config.limits, ssl=config.tls(), on_event=on_event,
+        config.host, config.port, audit.receiving(storing_handler(service, config.timezone)),
+        policy=config.policy(), limits=config.limits, ssl=config.tls(), on_event=on_answered,
     )
 
 
