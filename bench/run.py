@@ -43,6 +43,7 @@ GROUPS = (
     ("search",),
     ("ingest",),
     ("durability",),
+    ("audit",),
     ("validate",),
     ("extract",),
     ("terminology",),

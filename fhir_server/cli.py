@@ -141,6 +141,7 @@ def _open_service(db: str | None):
 
     settings = Settings.from_env(db_url=db)
     service = FhirService(open_storage(settings.db_url), settings)
+    service.audit.act_as_command(sys.argv[1] if len(sys.argv) > 1 else "command")
     tune_for_server()  # bulk commands: the same collector settings as the server
     return settings, service
 

@@ -21,6 +21,7 @@ import pytest
 from fhir_server.settings import Settings
 from tests.auth_tokens import TestIssuer, bearer
 from tests.conftest import RunningServer
+from tests.test_ingest_mllp import Listener, oru, segment
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
@@ -435,3 +436,35 @@ def _count_patients(path: Path, family: str) -> int:
 def _count(path: Path, table: str) -> int:
     with sqlite3.connect(path) as conn:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_mllp_messages_are_audited(
+    server: RunningServer, db_path: Path, http: httpx.Client
+) -> None:
+    """The MLLP listener as `diatabase mllp` runs it, on the server's database: a stored
+    message's event commits with its data (one event, naming the peer and the patient), a
+    re-sent one and a refused one are recorded when answered."""
+    listener = Listener(f"sqlite:///{db_path}")
+    try:
+        message = oru("AUDIT-1", "AUDIT-INS-1")
+        assert segment(listener.send(message), "MSA")[1] == "AA"
+        assert segment(listener.send(message), "MSA")[1] == "AA"  # nothing new stored
+        refused = message.replace("ORU^R01", "ZZZ^Z01").replace("AUDIT-1", "AUDIT-2")
+        assert segment(listener.send(refused), "MSA")[1] in ("AR", "AE")
+        listener.service.audit.flush()
+    finally:
+        listener.close()
+    found = sorted(events(http, "site=mllp"), key=lambda e: int(e["id"]))
+    assert [(e["outcome"], summary(e)[0]) for e in found] == [
+        ("0", "transaction"),
+        ("0", "transaction"),
+        ("4", "transaction"),
+    ]
+    stored, again, no = found
+    assert stored["agent"][0]["network"]["address"] == "127.0.0.1"
+    assert stored["agent"][0]["who"]["display"] == "MSH-3/4 METER^CLINIC"
+    assert request_of(stored) == "HL7v2 ORU^R01 control id AUDIT-1"
+    patients = summary(stored)[3]
+    assert len(patients) == 1 and summary(again)[3] == patients
+    assert any(ref.startswith("Observation/") for ref in summary(stored)[4])
+    assert summary(again)[4] == () and no["outcomeDesc"].startswith("ACK A")

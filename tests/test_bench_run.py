@@ -25,6 +25,7 @@ ROW_NAMES = {
     "export": ["export"],
     "ingest": ["ingest"],
     "durability": ["durability NORMAL", "durability FULL", "durability FULL+group"],
+    "audit": ["audit ingest", "audit search"],
     "validate": ["validate", "validate generated"],
     "extract": ["extract"],
     "terminology": ["terminology $validate-code", "terminology $lookup", "terminology $expand"],

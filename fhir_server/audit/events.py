@@ -110,9 +110,12 @@ def _coding(system: str, code: str, display: str | None = None) -> dict[str, str
 
 
 def _who(system: str, value: str | None, display: str | None) -> dict[str, Any]:
-    if value:
-        return {"identifier": {"system": system, "value": value}}
-    return {"display": display or "unidentified client"}
+    if not value:
+        return {"display": display or "unidentified client"}
+    who: dict[str, Any] = {"identifier": {"system": system, "value": value}}
+    if display:
+        who["display"] = display
+    return who
 
 
 def build_event(facts: EventFacts) -> dict[str, Any]:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import queue
 import threading
@@ -69,6 +70,13 @@ class AuditTrail:
         self._thread_lock = threading.Lock()
 
     # -- doors -------------------------------------------------------------------------------
+
+    def act_as_command(self, command: str) -> Agent:
+        """This process is a command run by an operator: what it writes outside any activity
+        is theirs (not the server's), and the returned agent is for its own activities."""
+        self.default_agent = Agent(display=f"diatabase {command} (OS user {getpass.getuser()})")
+        self.default_door = "cli"
+        return self.default_agent
 
     @contextmanager
     def activity(self, activity: Activity) -> Iterator[Activity]:

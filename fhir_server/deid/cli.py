@@ -105,6 +105,7 @@ def _guard(func: Any) -> Any:
 def cmd_export(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from fhir_server.audit import Activity
     from fhir_server.deid.export import planned_counts, run_export
     from fhir_server.deid.keys import signing_key
     from fhir_server.deid.views import ViewStore, fingerprint, view_path
@@ -126,18 +127,22 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"{store.path} was made with other keys or rules: not used", file=sys.stderr)
             store.close()
             store = None
+    agent = service.audit.act_as_command("deid export")
+    request = f"diatabase deid export --recipient {args.recipient} --type {args.type or '*'}"
+    activity = Activity(agent, "operation", request, door="cli", collect_reads=False)
     try:
-        total = sum(planned_counts(service, types).values())
-        with tqdm(total=total, unit=" resources", disable=args.quiet) as bar:
-            manifest = run_export(
-                service,
-                engine,
-                args.out,
-                signing_key(master, args.key_file),
-                types,
-                bar.update,
-                views=store,
-            )
+        with service.audit.activity(activity):
+            total = activity.read_count = sum(planned_counts(service, types).values())
+            with tqdm(total=total, unit=" resources", disable=args.quiet) as bar:
+                manifest = run_export(
+                    service,
+                    engine,
+                    args.out,
+                    signing_key(master, args.key_file),
+                    types,
+                    bar.update,
+                    views=store,
+                )
     finally:
         if store is not None:
             store.close()
