@@ -33,7 +33,7 @@ from bench.common import Result, percentile, serve
 from bench.ingest import PATIENTS, make_bundles, observation
 
 SIZES = {  # runs, bundles, bundle size, single creates, searches of each kind
-    "small": (2, 2, 200, 60, 30),
+    "small": (1, 1, 100, 20, 10),
     "medium": (5, 10, 1000, 400, 200),
     "large": (7, 20, 1000, 1000, 500),
 }
