@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mappers.hl7v2 import to_bundle  # noqa: E402
-from mappers.mllp import MllpClient, bundle_handler, serve_mllp  # noqa: E402
+from mappers.hl7v2 import MappedMessage, to_bundle  # noqa: E402
+from mappers.mllp import MllpClient, MllpServer, Received, bundle_handler, serve_mllp  # noqa: E402
 
 
 def glucose_message(n: int) -> str:
@@ -76,7 +76,7 @@ def through_mllp(messages: list[str], handler, connections: int) -> float:
     return sent / elapsed
 
 
-async def _stop(server: asyncio.Server) -> None:
+async def _stop(server: MllpServer) -> None:
     """Close the listener and let the connection tasks see their clients' EOF."""
     server.close()
     await server.wait_closed()
@@ -84,11 +84,11 @@ async def _stop(server: asyncio.Server) -> None:
     await asyncio.gather(*others, return_exceptions=True)
 
 
-async def ack_only(message: str) -> tuple[str, str | None]:
+def ack_only(received: Received) -> tuple[str, str | None]:
     return "AA", None
 
 
-async def discard(bundle: dict) -> None:
+def discard(mapped: MappedMessage) -> None:
     return None
 
 

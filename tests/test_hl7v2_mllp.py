@@ -15,6 +15,7 @@ from mappers.mllp import (
     Deframer,
     ListenerLimits,
     MllpClient,
+    MllpEvent,
     Received,
     bundle_handler,
     frame,
@@ -41,13 +42,15 @@ def msa(ack: str) -> list[str]:
 
 
 class Listener:
-    """A listener on its own event loop thread, as `diatabase mllp` would run it."""
+    """A listener on its own event loop thread, as `diatabase mllp` would run it; `options`
+    are its ListenerLimits, and what it reports is kept in `events`."""
 
     def __init__(self, handler, **options) -> None:
+        self.events: list[MllpEvent] = []
         self.loop = asyncio.new_event_loop()
         limits = ListenerLimits(**options)
         self.server = self.loop.run_until_complete(
-            serve_mllp("127.0.0.1", 0, handler, limits=limits))
+            serve_mllp("127.0.0.1", 0, handler, limits=limits, on_event=self.events.append))
         self.port = self.server.sockets[0].getsockname()[1]
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()

@@ -5,25 +5,16 @@ sleeps: every wait is for a condition, with a generous deadline (a loaded 2-core
 
 from __future__ import annotations
 
-import asyncio
 import select
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from mappers.mllp import (
-    ListenerLimits,
-    MllpClient,
-    MllpEvent,
-    MllpServer,
-    Received,
-    frame,
-    serve_mllp,
-)
+from mappers.mllp import MllpClient, MllpEvent, MllpServer, Received, frame
 from tests.conftest import RunningServer
+from tests.test_hl7v2_mllp import Listener as LibraryListener
 from tests.test_ingest_mllp import Listener, segment
 
 DEADLINE = 120.0
@@ -96,31 +87,6 @@ def test_a_15_mb_message_does_not_hold_up_another_sender(server: RunningServer) 
         assert abandoned.code is None and "hung up" in (abandoned.reason or "")
     finally:
         running.close()
-
-
-class LibraryListener:
-    """`serve_mllp` with a trivial receive, on its own loop thread."""
-
-    def __init__(self, receive: Callable[[Received], tuple[str, str | None]],
-                 **limits) -> None:
-        self.events: list[MllpEvent] = []
-        self.loop = asyncio.new_event_loop()
-        self.server = self.loop.run_until_complete(serve_mllp(
-            "127.0.0.1", 0, receive, limits=ListenerLimits(**limits),
-            on_event=self.events.append))
-        self.port = self.server.sockets[0].getsockname()[1]
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self.server.close()
-            await self.server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=60)
-        self.loop.close()
 
 
 def accept(received: Received) -> tuple[str, str | None]:

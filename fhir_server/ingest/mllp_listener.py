@@ -58,8 +58,8 @@ def record_event(event: MllpEvent) -> None:
     else:
         claim = event.claim
         log.info(
-            "MLLP %s %s from %s (%s) app=%s facility=%s control=%s bytes=%d -> %s",
-            claim.message_type if claim else "?", "message", peer.address, peer.name,
+            "MLLP %s from %s (%s) app=%s facility=%s control=%s bytes=%d -> %s",
+            claim.message_type if claim else "?", peer.address, peer.name,
             claim.sending_application if claim else "", claim.sending_facility if claim else "",
             claim.control_id if claim else "", event.size, event.code or "no answer",
         )
