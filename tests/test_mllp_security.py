@@ -6,6 +6,8 @@ database of a real server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import socket
 from pathlib import Path
@@ -58,6 +60,20 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Issued]:
     }
 
 
+def audit_records(running: Listener, mentioning: str) -> list[dict]:
+    """The AuditEvents in the listener's audit store that mention `mentioning` (in their
+    JSON or in an entity's query, which BALP has in base64)."""
+    running.service.audit.flush()
+    found = []
+    for record in running.service.audit.store.records():
+        event = json.loads(record.json)
+        queries = [base64.b64decode(e["query"]).decode() for e in event.get("entity", [])
+                   if "query" in e]
+        if mentioning in record.json.decode() or any(mentioning in q for q in queries):
+            found.append(event)
+    return found
+
+
 def refused_at_once(port: int, source: str = "127.0.0.1") -> bool:
     """True when the listener closes the connection without a word (no ACK, nothing)."""
     with socket.create_connection(("127.0.0.1", port), timeout=60,
@@ -76,6 +92,11 @@ def test_a_peer_not_on_the_allow_list_is_refused(
     running = listener(server, events, peers=[elsewhere])
     try:
         assert refused_at_once(running.port)
+        refusals = [e for e in events if e.kind == "connection"]
+        assert refusals, "the refusal is reported before the connection closes"
+        [audited] = audit_records(running, "connection refused")[-1:]
+        assert audited["outcome"] == "4"
+        assert audited["agent"][0]["network"]["address"] == "127.0.0.1"
     finally:
         running.close()
     [event] = events
@@ -103,6 +124,11 @@ def test_a_registered_peer_may_send_only_what_it_is_registered_for(
             wrong_type = sender.send(adt)
             assert segment(wrong_type, "MSA")[1] == "AR"
             assert "message type ADT\\S\\A08 is not allowed" in segment(wrong_type, "ERR")[8]
+        # Each refusal is in the audit trail, naming the peer and what it claimed.
+        for control in ("SEC-2", "SEC-3", "SEC-4"):
+            [audited] = audit_records(running, f"control id {control}")
+            assert audited["outcome"] == "4"
+            assert audited["agent"][0]["network"]["address"] == "127.0.0.1"
     finally:
         running.close()
     # Nothing of the refused messages was stored.
