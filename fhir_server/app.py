@@ -151,7 +151,8 @@ def _seed_terminology(service: FhirService) -> None:
 def publish_conformance_resources(service: FhirService) -> None:
     """Store the profiles and their SearchParameters (with their own ids) so that they read
     and search like any resource. A PUT of unchanged content adds no version."""
-    resources = [*service.profiles.structure_definitions, *load_search_parameters()]
+    resources = [*service.profiles.published_structure_definitions(),
+                 *load_search_parameters()]
     for resource in resources:
         service.resources.update(resource["resourceType"], resource["id"], resource)
 

@@ -16,6 +16,9 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+VALIDATION_MODES = ("strict", "lenient", "off")
+
+
 @dataclass(frozen=True)
 class Settings:
     db_url: str = DEFAULT_DB
@@ -37,6 +40,15 @@ class Settings:
     # $validate) or "reject" (DIATABASE_UNKNOWN_PROFILES). Unknown profiles under the
     # project's own canonical base are always rejected.
     unknown_profiles: str = "warn"
+    # The R4 core rules (invariants, bindings, references, narratives, Bundle rules) on
+    # writes (DIATABASE_VALIDATION): "strict" rejects a resource that breaks one (400),
+    # "lenient" stores it and reports the problems as warnings (for sources that cannot be
+    # fixed), "off" skips them (trusted bulk loads). $validate always checks them.
+    validation: str = "strict"
+    # An extension whose definition the server does not hold (US Core's, a vendor's):
+    # "warn" (accepted, with a warning) or "reject" (an error, the reference validator's
+    # default) (DIATABASE_UNKNOWN_EXTENSIONS).
+    unknown_extensions: str = "warn"
     # Full terminology tables written by `diatabase terminology load` (None: shipped subsets).
     terminology_dir: str | None = None
     # De-identification facade (/deid/): on when a recipients file is given. The master
@@ -86,6 +98,8 @@ class Settings:
             "validate_profiles": os.environ.get("DIATABASE_VALIDATE_PROFILES", "1").lower()
             not in ("0", "false", "no", "off"),
             "unknown_profiles": os.environ.get("DIATABASE_UNKNOWN_PROFILES", "warn"),
+            "validation": os.environ.get("DIATABASE_VALIDATION", "strict"),
+            "unknown_extensions": os.environ.get("DIATABASE_UNKNOWN_EXTENSIONS", "warn"),
             "terminology_dir": os.environ.get("DIATABASE_TERMINOLOGY_DIR") or None,
             "deid_secret": os.environ.get("DIATABASE_DEID_SECRET", ""),
             "deid_recipients": os.environ.get("DIATABASE_DEID_RECIPIENTS", ""),
@@ -114,5 +128,15 @@ class Settings:
             raise ValueError(
                 f"DIATABASE_UNKNOWN_PROFILES must be 'warn' or 'reject', "
                 f"not {values['unknown_profiles']!r}"
+            )
+        if values["unknown_extensions"] not in ("warn", "reject"):
+            raise ValueError(
+                f"DIATABASE_UNKNOWN_EXTENSIONS must be 'warn' or 'reject', "
+                f"not {values['unknown_extensions']!r}"
+            )
+        if values["validation"] not in VALIDATION_MODES:
+            raise ValueError(
+                f"DIATABASE_VALIDATION must be one of {', '.join(VALIDATION_MODES)}, "
+                f"not {values['validation']!r}"
             )
         return cls(**values)  # type: ignore[arg-type]

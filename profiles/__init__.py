@@ -3,6 +3,7 @@
 A library: it imports `terminology`, never `fhir_server`.
 """
 
+from profiles.core_validator import CoreValidator
 from profiles.definitions import (
     BLOOD_GLUCOSE,
     CANONICAL_BASE,
@@ -22,6 +23,7 @@ __all__ = [
     "BLOOD_GLUCOSE",
     "CANONICAL_BASE",
     "CGM_SENSOR_READING",
+    "CoreValidator",
     "DIABETES_CONDITION",
     "DIABETES_MEDICATION_STATEMENT",
     "DIABETES_PATIENT",

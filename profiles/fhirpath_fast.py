@@ -43,7 +43,9 @@ def compile_fhirpath(expression: str) -> Callable[[Any, Any], Collection]:
     body = _compile(tree["children"][0])
 
     def run(context: Any, root: Any) -> Collection:
-        return body([context], {"resource": root, "context": context})
+        # "this": what the arguments of intersect(), union() ... read ($this): the context,
+        # or the item that where(), select(), all(), exists() are testing
+        return body([context], {"resource": root, "context": context, "this": [context]})
 
     return run
 
@@ -281,7 +283,13 @@ def _external_constant(node: dict) -> Compiled:
         return lambda items, env: [env["resource"]]
     if name == "context":
         return lambda items, env: [env["context"]]
+    if name in _CONSTANTS:
+        return _constant([_CONSTANTS[name]])
     raise Unsupported(f"%{name}")
+
+
+_CONSTANTS = {"ucum": "http://unitsofmeasure.org", "sct": "http://snomed.info/sct",
+              "loinc": "http://loinc.org"}
 
 
 def _parenthesized(node: dict) -> Compiled:
@@ -337,9 +345,49 @@ def _inequality(node: dict) -> Compiled:
         numbers = isinstance(x, int | float) and isinstance(y, int | float)
         if isinstance(x, bool) or isinstance(y, bool) or (type(x) is not type(y) and not numbers):
             raise Unsupported("comparison of different types")
+        if isinstance(x, str):
+            x, y = _temporal_pair(x, y)
+        elif not numbers:
+            raise Unsupported("comparison of complex values")
         return [compare(x, y)]
 
     return inequality
+
+
+_DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+_TIME = re.compile(r"^\d{2}:\d{2}:\d{2}(\.\d+)?$")
+
+
+def _temporal_pair(x: str, y: str) -> tuple[Any, Any]:
+    """Dates and date-times in a comparable form: date-times with a zone in UTC; values of
+    different precisions compared at their common precision, where equal parts make the
+    later-precision value neither before nor after (the reference validator's answer for
+    `start <= end` with `2023-06-21` and `2023-06-21T06:20:00Z` is false)."""
+    if _DATE_TIME.match(x) and _DATE_TIME.match(y):
+        from datetime import datetime
+
+        return (datetime.fromisoformat(x.replace("Z", "+00:00")),
+                datetime.fromisoformat(y.replace("Z", "+00:00")))
+    if (_DATE.match(x) or _DATE_TIME.match(x)) and (_DATE.match(y) or _DATE_TIME.match(y)):
+        if len(x) == len(y):
+            return x, y
+        common = min(len(x), len(y), 10)
+        if x[:common] != y[:common]:
+            return x[:common], y[:common]
+        return _Incomparable(), _Incomparable()
+    if _TIME.match(x) and _TIME.match(y):
+        return x, y
+    raise Unsupported("a comparison of strings that are not dates or times")
+
+
+class _Incomparable:
+    """Neither before, after nor equal: every ordering comparison is false."""
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    __le__ = __gt__ = __ge__ = __lt__
 
 
 def _membership(node: dict) -> Compiled:
@@ -440,6 +488,8 @@ def _implies(node: dict) -> Compiled:
 
 def _arithmetic(node: dict) -> Compiled:
     left, right, op = _binary(node)
+    if op == "&":
+        return _concatenation(left, right)
     if op not in ("+", "-", "*", "div", "mod"):
         raise Unsupported(op)  # '/' gives decimals and '&' strings: fhirpathpy handles them
 
@@ -461,6 +511,61 @@ def _arithmetic(node: dict) -> Compiled:
     return arithmetic
 
 
+def _concatenation(left: Compiled, right: Compiled) -> Compiled:
+    def concatenate(items: Collection, env: Env) -> Collection:
+        parts = []
+        for side in (left(items, env), right(items, env)):
+            value = _singleton(side) if side else ""
+            if not isinstance(value, str):
+                raise Unsupported("& on a non-string")
+            parts.append(value)
+        return ["".join(parts)]
+
+    return concatenate
+
+
+def _resource_type_test(node: dict, cast: bool) -> Compiled:
+    """`x is T` / `x as T` for resource types (a JSON object's resourceType); other type
+    names need the type of a value, which JSON alone does not say: fhirpathpy decides."""
+    source = _compile(node["children"][0])
+    type_name = _text(node["children"][1]).split(".")[-1]
+    return _type_filter(source, type_name, cast)
+
+
+def _type_filter(source: Compiled, type_name: str, cast: bool) -> Compiled:
+    test = _JSON_TYPE_TESTS.get(type_name)
+    if test is None:
+        if not type_name[:1].isupper() or type_name in _DATATYPE_NAMES:
+            raise Unsupported(f"a type test on {type_name}")
+
+        def test(value: Any) -> bool:
+            return isinstance(value, dict) and value.get("resourceType") == type_name
+
+    def type_test(items: Collection, env: Env) -> Collection:
+        values = source(items, env)
+        if not values:
+            return []
+        if cast:
+            return [v for v in values if test(v)]
+        return [test(_singleton(values))]
+
+    return type_test
+
+
+# primitive types that JSON tells apart by itself (a string may be a date, a code, ...)
+_JSON_TYPE_TESTS: dict[str, Callable[[Any], bool]] = {
+    "boolean": lambda v: isinstance(v, bool),
+    "Boolean": lambda v: isinstance(v, bool),
+    "decimal": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+}
+
+
+# complex datatypes: `x is Quantity` cannot be told from the JSON alone
+_DATATYPE_NAMES = frozenset(
+    name for path in models["r4"]["choiceTypePaths"].values() for name in path
+) | {"Resource", "DomainResource"}
+
+
 # -- functions -------------------------------------------------------------------------------
 
 
@@ -476,7 +581,17 @@ def _function(node: dict) -> Compiled:
 
 
 def _per_item(criteria: Compiled) -> Callable[[Collection, Env], list[bool | None]]:
-    return lambda items, env: [_truth(criteria([item], env)) for item in items]
+    return lambda items, env: [_truth(_on_item(criteria, item, env)) for item in items]
+
+
+def _on_item(criteria: Compiled, item: Any, env: Env) -> Collection:
+    """`criteria` evaluated on one item, which is `$this` meanwhile."""
+    outer = env["this"]
+    env["this"] = [item]
+    try:
+        return criteria([item], env)
+    finally:
+        env["this"] = outer
 
 
 def _f_exists(args: list[Compiled], params: list) -> Compiled:
@@ -488,7 +603,7 @@ def _f_exists(args: list[Compiled], params: list) -> Compiled:
 
 def _f_where(args: list[Compiled], params: list) -> Compiled:
     criteria = args[0]
-    return lambda items, env: [i for i in items if _truth(criteria([i], env)) is True]
+    return lambda items, env: [i for i in items if _truth(_on_item(criteria, i, env)) is True]
 
 
 def _f_all(args: list[Compiled], params: list) -> Compiled:
@@ -580,7 +695,7 @@ def _f_substring(args: list[Compiled], params: list) -> Compiled:
         if not items:
             return []
         value = _singleton(items)
-        bounds = [arg(items, env) for arg in args]
+        bounds = [arg(env["this"], env) for arg in args]
         if not isinstance(value, str) or any(
             len(b) != 1 or type(b[0]) is not int for b in bounds
         ):
@@ -628,7 +743,164 @@ def _f_to_integer(args: list[Compiled], params: list) -> Compiled:
     return to_integer
 
 
+def _f_select(args: list[Compiled], params: list) -> Compiled:
+    projection = args[0]
+
+    def select(items: Collection, env: Env) -> Collection:
+        out: Collection = []
+        for item in items:
+            out.extend(_on_item(projection, item, env))
+        return out
+
+    return select
+
+
+def _f_contains_text(args: list[Compiled], params: list) -> Compiled:
+    part = args[0]
+
+    def contains(items: Collection, env: Env) -> Collection:
+        found = part(env["this"], env)
+        if not items or not found:
+            return []
+        value, wanted = _singleton(items), _singleton(found)
+        if not isinstance(value, str) or not isinstance(wanted, str):
+            raise Unsupported("contains() outside strings")
+        return [wanted in value]
+
+    return contains
+
+
+def _f_trace(args: list[Compiled], params: list) -> Compiled:
+    return lambda items, env: items  # logging only
+
+
+def _is_primitive(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
+
+
+def _f_has_value(args: list[Compiled], params: list) -> Compiled:
+    return lambda items, env: [len(items) == 1 and _is_primitive(items[0])]
+
+
+def _children_of(item: Any) -> Collection:
+    if not isinstance(item, dict):
+        return []
+    out: Collection = []
+    for key, value in item.items():
+        if key == "resourceType" or key.startswith("_"):
+            continue
+        if isinstance(value, list):
+            out.extend(v for v in value if v is not None)
+        elif value is not None:
+            out.append(value)
+    return out
+
+
+def _f_children(args: list[Compiled], params: list) -> Compiled:
+    return lambda items, env: [c for item in items for c in _children_of(item)]
+
+
+def _f_descendants(args: list[Compiled], params: list) -> Compiled:
+    def descendants(items: Collection, env: Env) -> Collection:
+        out: Collection = []
+        stack = [c for item in items for c in _children_of(item)]
+        while stack:
+            value = stack.pop()
+            out.append(value)
+            stack.extend(_children_of(value))
+        return out
+
+    return descendants
+
+
+def _f_intersect(args: list[Compiled], params: list) -> Compiled:
+    other = args[0]
+
+    def intersect(items: Collection, env: Env) -> Collection:
+        right = other(env["this"], env)
+        return _union_of([v for v in items if any(_equal(v, r) for r in right)])
+
+    return intersect
+
+
+def _f_union(args: list[Compiled], params: list) -> Compiled:
+    other = args[0]
+    return lambda items, env: _union_of(items + other(env["this"], env))
+
+
+def _f_combine(args: list[Compiled], params: list) -> Compiled:
+    other = args[0]
+    return lambda items, env: items + other(env["this"], env)
+
+
+def _f_exclude(args: list[Compiled], params: list) -> Compiled:
+    other = args[0]
+
+    def exclude(items: Collection, env: Env) -> Collection:
+        right = other(env["this"], env)
+        return [v for v in items if not any(_equal(v, r) for r in right)]
+
+    return exclude
+
+
+def _f_tail(args: list[Compiled], params: list) -> Compiled:
+    return lambda items, env: items[1:]
+
+
+def _f_distinct(args: list[Compiled], params: list) -> Compiled:
+    return lambda items, env: _union_of(items)
+
+
+def _f_is_distinct(args: list[Compiled], params: list) -> Compiled:
+    return lambda items, env: [len(_union_of(items)) == len(items)]
+
+
+def _f_iif(args: list[Compiled], params: list) -> Compiled:
+    condition, then = args[0], args[1]
+    otherwise = args[2] if len(args) > 2 else (lambda items, env: [])
+
+    def iif(items: Collection, env: Env) -> Collection:
+        if _truth(condition(items, env)) is True:
+            return then(items, env)
+        return otherwise(items, env)
+
+    return iif
+
+
+def _type_argument(params: list) -> str:
+    node = params[0]
+    if node["type"] != "TermExpression":
+        raise Unsupported("a computed type name")
+    return _text(node).split(".")[-1]
+
+
+def _f_type_test(cast: bool) -> Callable[[list[Compiled], list], Compiled]:
+    def make(args: list[Compiled], params: list) -> Compiled:
+        return _type_filter(lambda items, env: items, _type_argument(params), cast)
+
+    return make
+
+
 _FUNCTIONS: dict[tuple[str, int], Callable[[list[Compiled], list], Compiled]] = {
+    ("select", 1): _f_select,
+    ("contains", 1): _f_contains_text,
+    ("trace", 1): _f_trace,
+    ("trace", 2): _f_trace,
+    ("hasValue", 0): _f_has_value,
+    ("children", 0): _f_children,
+    ("descendants", 0): _f_descendants,
+    ("intersect", 1): _f_intersect,
+    ("union", 1): _f_union,
+    ("combine", 1): _f_combine,
+    ("exclude", 1): _f_exclude,
+    ("tail", 0): _f_tail,
+    ("distinct", 0): _f_distinct,
+    ("isDistinct", 0): _f_is_distinct,
+    ("iif", 2): _f_iif,
+    ("iif", 3): _f_iif,
+    ("is", 1): _f_type_test(False),
+    ("as", 1): _f_type_test(True),
+    ("ofType", 1): _f_type_test(True),
     ("exists", 0): _f_exists,
     ("exists", 1): _f_exists,
     ("where", 1): _f_where,
@@ -663,4 +935,81 @@ _HANDLERS: dict[str, Callable[[dict], Compiled]] = {
     "ImpliesExpression": _implies,
     "AdditiveExpression": _arithmetic,
     "MultiplicativeExpression": _arithmetic,
+    "TypeExpression": lambda node: _resource_type_test(node, node["terminalNodeText"][0] == "as"),
+    "PolarityExpression": lambda node: _polarity(node),
 }
+
+
+def _polarity(node: dict) -> Compiled:
+    operand = _compile(node["children"][0])
+    if node["terminalNodeText"][0] != "-":
+        return operand
+
+    def negate(items: Collection, env: Env) -> Collection:
+        values = operand(items, env)
+        if not values:
+            return []
+        value = _singleton(values)
+        if type(value) is not int:
+            raise Unsupported("negation of a non-integer")
+        return [-value]
+
+    return negate
+
+
+# Functions whose result on an empty input is empty (or a constant), whatever their arguments:
+# every function compiled here except those that read their arguments anyway.
+_READS_ARGUMENTS_ON_EMPTY = frozenset({"union", "combine", "iif"})
+
+
+def absent_guard(expression: str) -> frozenset[str] | None:
+    """Member names such that, when the context holds none of them, the expression's result
+    depends on nothing at all (neither the context nor `%resource`): a constant, computed
+    once. None when no such names exist (`%resource` or a function read at the top level,
+    a type name, FHIRPath outside the compiled subset).
+
+    Why: the core R4 rules put invariants on every resource (`dom-2`..`dom-5` read
+    `contained`, `obs-7` reads `value` and `component`) that almost never apply; testing
+    that a JSON key is absent costs far less than evaluating them.
+    """
+    try:
+        compile_fhirpath(expression)
+        return frozenset(_guard(parse(expression)["children"][0]))
+    except (Unsupported, _ReadsMore):
+        return None
+
+
+def _guard(node: dict) -> set[str]:
+    kind = node.get("type")
+    children = node.get("children", [])
+    if kind == "ExternalConstantTerm":
+        constant = children[0]
+        name = _identifier(constant["children"][0]) if constant.get("children") else ""
+        if name in _CONSTANTS:
+            return set()
+        raise _ReadsMore("a % constant")
+    if kind == "LiteralTerm":
+        return set()
+    if kind == "InvocationTerm":
+        inner = children[0]
+        if inner["type"] == "MemberInvocation":
+            name = _identifier(inner["children"][0])
+            if name[:1].isupper():
+                raise _ReadsMore("a type name")
+            return {name}
+        raise _ReadsMore("$this or a function on the context")
+    if kind == "InvocationExpression":
+        names = _guard(children[0])
+        step = children[1]
+        if step["type"] == "FunctionInvocation":
+            functn = step["children"][0]
+            name = _identifier(functn["children"][0])
+            if name in _READS_ARGUMENTS_ON_EMPTY:
+                raise _ReadsMore(f"{name}() reads its arguments")
+        return names
+    if kind == "TypeExpression":
+        return _guard(children[0])
+    names: set[str] = set()
+    for child in children:
+        names |= _guard(child)
+    return names

@@ -82,6 +82,13 @@ class ProfileValidator:
     def structure_definitions(self) -> list[dict]:
         return [p.definition for p in self._profiles.values()]
 
+    def published_structure_definitions(self) -> list[dict]:
+        """The profiles as other tools load them: with `fhirVersion` and a snapshot
+        generated from the differential and the R4 base definitions (`snapshot.py`)."""
+        from profiles.snapshot import with_snapshot  # the core definitions load on first use
+
+        return [with_snapshot(p.definition) for p in self._profiles.values()]
+
     @staticmethod
     def claimed_profiles(resource: dict) -> list[str]:
         meta = resource.get("meta")

@@ -64,10 +64,14 @@ def cim10_icd10_maps(cim10: CodeSystemData, icd10: CodeSystemData) -> tuple[dict
             "target": [{"code": target, "display": icd10.concepts[target].display,
                         "equivalence": equivalence}],
         })
-        backward.setdefault(target, []).append({
+        reverse = {
             "code": concept.code, "display": concept.display,
             "equivalence": REVERSED_EQUIVALENCE.get(equivalence, equivalence),
-        })
+        }
+        if reverse["equivalence"] == "narrower":
+            # R4 cmd-1: a narrower (or inexact) mapping SHALL carry a comment
+            reverse["comment"] = "A French extension, more specific than the ICD-10 code"
+        backward.setdefault(target, []).append(reverse)
     to_icd = _concept_map(
         CM_CIM10_TO_ICD10, "Cim10ToIcd10", "CIM-10 FR to ICD-10 (WHO)",
         "Derived: a CIM-10 code maps to the same ICD-10 code when WHO has it, else to its "

@@ -384,6 +384,8 @@ def test_resources_declaring_fhir_4_0_1_are_accepted(client: httpx.Client) -> No
         "status": "draft",
         "date": "2024-01-01",
         "kind": "instance",
+        "implementation": {"description": "a test server"},  # R4 cpb-2 and cpb-15
+        "rest": [{"mode": "server"}],  # R4 cpb-1
         "fhirVersion": "4.0.1",
         "format": ["json"],
     }

@@ -108,6 +108,17 @@ def test_compiled_invariant_agrees_with_fhirpathpy(key: str, path: str, expressi
         ("Observation.status = 'final'",
          {"resourceType": "Observation", "status": "final"}, [True]),
         ("%resource.status.exists()", {"status": "x"}, [True]),
+        # added for the R4 core invariants
+        ("a.select(b).count()", {"a": [{"b": 1}, {"b": [2, 3]}]}, [3]),
+        ("a.b.isDistinct()", {"a": [{"b": 1}, {"b": 1}]}, [False]),
+        ("a.intersect(b).count()", {"a": [1, 2, 3], "b": [2, 3, 4]}, [2]),
+        ("iif(a.exists(), 'y', 'n')", {"a": 1}, ["y"]),
+        ("a & b", {"a": "x", "b": "y"}, ["xy"]),
+        ("a.descendants().count()", {"a": {"b": {"c": 1}}}, [2]),
+        ("s <= e", {"s": "2024-01-01T10:00:00Z", "e": "2024-01-01T11:00:00+01:00"}, [True]),
+        ("contained.is(Patient)", {"contained": {"resourceType": "Patient"}}, [True]),
+        ("a.b.trace('x').exists()", {"a": {"b": 1}}, [True]),
+        ("%ucum = 'http://unitsofmeasure.org'", {}, [True]),
     ],
 )
 def test_subset_semantics(expression: str, context: dict, expected: list) -> None:
@@ -115,9 +126,19 @@ def test_subset_semantics(expression: str, context: dict, expected: list) -> Non
     assert fhirpathpy.evaluate(context, expression, {"resource": context}, R4) == expected
 
 
+def test_json_only_semantics() -> None:
+    """Functions fhirpathpy does not implement, or types only JSON tells apart."""
+    assert compile_fhirpath("a.hasValue()")({"a": "x"}, {}) == [True]
+    assert compile_fhirpath("a.hasValue()")({"a": {"b": 1}}, {}) == [False]
+    rule = compile_fhirpath("p is decimal implies (p as decimal) <= 100")
+    assert rule({"pDecimal": 150}, {}) == [False]
+    assert rule({"pRange": {}}, {}) == [True]
+
+
 @pytest.mark.parametrize(
     "expression",
-    ["a.descendants()", "a.ofType(Quantity)", "a / 2", "a.matches(b)", "%ucum", "a is Quantity"],
+    ["a.repeat(b)", "a.ofType(Quantity)", "a / 2", "a.matches(b)", "%vs-x", "a is Quantity",
+     "htmlChecks()"],
 )
 def test_outside_the_subset_is_refused(expression: str) -> None:
     with pytest.raises(Unsupported):

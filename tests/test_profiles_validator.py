@@ -417,12 +417,12 @@ def test_invariant_outside_the_subset_falls_back_to_fhirpathpy() -> None:
     definition = copy.deepcopy(CUSTOM)
     definition["differential"]["element"] = [
         {"id": "Device", "path": "Device", "constraint": [
-            # `iif` is outside the compiled subset: fhirpathpy evaluates it
+            # `repeat` is outside the compiled subset: fhirpathpy evaluates it
             {"key": "dev-1", "severity": "error", "human": "A device needs a serial number",
-             "expression": "iif(serialNumber.exists(), true, false)"},
-            # fhirpathpy cannot evaluate `$this` at the top: a warning, not a crash
+             "expression": "repeat(serialNumber).exists()"},
+            # fhirpathpy cannot evaluate htmlChecks(): a warning, not a crash
             {"key": "dev-2", "severity": "error", "human": "unevaluable",
-             "expression": "$this.descendants().exists()"},
+             "expression": "htmlChecks()"},
         ]},
     ]
     validator = ProfileValidator(TerminologyService(), [definition])

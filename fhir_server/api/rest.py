@@ -67,7 +67,15 @@ def _write_response(request: Request, result: WriteResult) -> Response:
         verb = "created" if result.created else ("updated" if result.status == 200 else "found")
         stored = result.stored
         message = f"{stored.resource_type}/{stored.id} {verb} (version {stored.version})"
-        return fhir_response(info_outcome(message), result.status, headers)
+        body = info_outcome(message)
+        resources = request.app.state.fhir.resources
+        if resources.lenient and stored.json:
+            # lenient mode stores resources that break core rules: say which
+            body["issue"].extend(
+                i.to_json() for i in resources.write_issues(jsonio.loads(stored.json))
+                if i.severity == "warning"
+            )
+        return fhir_response(body, result.status, headers)
     return fhir_response(result.stored.json, result.status, headers, pretty(request))
 
 

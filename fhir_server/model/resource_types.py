@@ -23,7 +23,17 @@ def fhir_schema() -> dict[str, Any]:
     data = resources.files("fhir_server.model").joinpath("data/fhir.schema.json.gz").read_bytes()
     schema = json.loads(gzip.decompress(data))
     _allow_fhir_401(schema)
+    _allow_id_extensions(schema)
     return schema
+
+
+def _allow_id_extensions(schema: dict[str, Any]) -> None:
+    """A resource's `id` may carry extensions (`_id`), as every primitive may: the schema
+    generator left `_id` out for resources, the reference validator accepts it."""
+    for definition in schema.get("definitions", {}).values():
+        properties = definition.get("properties") if isinstance(definition, dict) else None
+        if properties and "resourceType" in properties and "id" in properties:
+            properties.setdefault("_id", {"$ref": "#/definitions/Element"})
 
 
 def _allow_fhir_401(node: Any) -> None:

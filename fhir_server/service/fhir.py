@@ -23,6 +23,7 @@ from fhir_server.storage.base import Storage
 from fhir_server.storage.scoped import ScopedStorage
 from profiles import (
     CANONICAL_BASE,
+    CoreValidator,
     ProfileIssue,
     ProfileValidator,
     RequiredProfiles,
@@ -94,15 +95,28 @@ class FhirService:
         self.audit = open_trail(storage, getattr(settings, "audit", True))
         scoped = ScopedStorage(storage, self.registry, self.extractor.extract)
         self.storage = AuditedStorage(scoped, self.audit)
+        # The R4 core rules: on every write unless the operator turns them off.
+        self.core = CoreValidator(
+            live_terminology,
+            unknown_extensions=getattr(settings, "unknown_extensions", "warn"),
+        )
+        mode = getattr(settings, "validation", "strict")
         self.resources = ResourceService(
             self.terminology.observe(self.storage),
             self.extractor.extract,
             self._parse_conditional,
             validators,
+            core=self.check_core if mode != "off" else None,
+            lenient=mode == "lenient",
         )
         self.search = SearchService(self.storage, self.registry, settings)
 
     # -- profiles --------------------------------------------------------------------------
+
+    def check_core(self, resource: dict[str, Any]) -> list[Issue]:
+        """The R4 core rules (`profiles.CoreValidator`) as server Issues."""
+        return [Issue(i.severity, i.code, i.message, (i.expression,))
+                for i in self.core.validate(resource)]
 
     def profiles_for(self, resource: dict[str, Any]) -> list[str]:
         """The profiles `resource` must conform to: those it claims, then those required."""
@@ -148,8 +162,10 @@ class FhirService:
         if not isinstance(resource, dict):
             return issues
         checked = jsonio.plain(resource)  # validators take builtin floats
-        if not self.settings.validate_profiles and not issues:
-            issues = self.check_profiles(checked)
+        if self.resources.core is None and not validate_structure(checked):
+            issues = [*issues, *self.check_core(checked)]
+        if not self.settings.validate_profiles and not validate_structure(checked):
+            issues = [*issues, *self.check_profiles(checked)]
         extra = [p for p in profiles if p not in self.profiles_for(checked)]
         if extra and not validate_structure(checked):
             issues.extend(self._profile_check(checked, extra))

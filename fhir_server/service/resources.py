@@ -73,11 +73,17 @@ class ResourceService:
         extract_index: Callable[[dict[str, Any]], Sequence[IndexEntry]],
         parse_conditional: Callable[[str, list[tuple[str, str]]], Any],
         validators: Sequence[Validator] = (),
+        core: Validator | None = None,
+        lenient: bool = False,
     ) -> None:
+        """`core`: the R4 core rules (after the schema, before `validators`, the profiles);
+        `lenient`: a write that breaks only core rules is stored, its errors are warnings."""
         self.storage = storage
         self.extract_index = extract_index
         self.parse_conditional = parse_conditional
         self.validators = list(validators)
+        self.core = core
+        self.lenient = lenient
 
     # -- checks --------------------------------------------------------------------------
 
@@ -87,18 +93,38 @@ class ResourceService:
             raise error(404, "not-supported", f"Unknown resource type '{resource_type}'")
 
     def validate(self, resource: Any) -> list[Issue]:
-        """Structure, then every configured validator (profiles); all problems at once."""
+        """Structure, the R4 core rules, then every configured validator (profiles); all
+        problems at once. The one validation path of every write and of $validate."""
+        structure, core, others = self._validate(resource)
+        return [*structure, *core, *others]
+
+    def write_issues(self, resource: Any) -> list[Issue]:
+        """What a write of `resource` meets: in lenient mode, core errors as warnings."""
+        structure, core, others = self._validate(resource)
+        if self.lenient:
+            core = [
+                Issue("warning", i.code, i.diagnostics, i.expression)
+                if i.severity in ("error", "fatal") else i
+                for i in core
+            ]
+        return [*structure, *core, *others]
+
+    def _validate(self, resource: Any) -> tuple[list[Issue], list[Issue], list[Issue]]:
         try:
             checked = resource
-            issues = validate_structure(checked)
+            structure = validate_structure(checked)
         except ValueError:
             # jsonschema-rs takes builtin types only: exact decimals go through as floats.
             checked = jsonio.plain(resource)
-            issues = validate_structure(checked)
-        if not issues:
+            structure = validate_structure(checked)
+        core: list[Issue] = []
+        others: list[Issue] = []
+        if not structure:
+            if self.core is not None:
+                core = self.core(checked)
             for validator in self.validators:
-                issues.extend(validator(checked))
-        return issues
+                others.extend(validator(checked))
+        return structure, core, others
 
     def _check_body(self, resource_type: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
@@ -116,16 +142,17 @@ class ResourceService:
                 f"type '{resource_type}'",
                 "resourceType",
             )
-        issues = [i for i in self.validate(body) if i.severity in ("error", "fatal")]
+        issues = [i for i in self.write_issues(body) if i.severity in ("error", "fatal")]
         if issues:
             raise FhirError(422 if self._profile_issue(issues) else 400, issues)
         return body
 
     @staticmethod
     def _profile_issue(issues: list[Issue]) -> bool:
-        # Structural failures are a 400; a well-formed resource that breaks a profile's rules
-        # is 422 Unprocessable Entity, as the FHIR RESTful API says.
-        return any(i.code in ("processing", "business-rule", "invariant") for i in issues)
+        # Structural failures and the base R4 rules are a 400 ("failed basic FHIR
+        # validation rules"); a well-formed resource that breaks a profile's rules is 422
+        # Unprocessable Entity (the profile check puts a `processing` summary first).
+        return any(i.code in ("processing", "business-rule") for i in issues)
 
     # -- preparing a version ---------------------------------------------------------------
 

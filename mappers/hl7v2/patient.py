@@ -19,6 +19,9 @@ from mappers.hl7v2.parser import Segment
 
 _GENDER = {"M": "male", "F": "female", "O": "other", "A": "other", "N": "other", "U": "unknown"}
 _MARITAL = "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus"
+# R4's v3 MaritalStatus codes (HL7 v2 table 0002 shares them); a sender's own code (`2`,
+# `Married`) is kept as text, never labelled with a system it is not in
+_MARITAL_CODES = frozenset("ADILMPSTUW")
 _SSN = "http://hl7.org/fhir/sid/us-ssn"
 
 
@@ -81,10 +84,20 @@ def map_patient(pid: Segment, pd1: Segment | None, ctx: MappingContext) -> tuple
         patient["telecom"] = telecom
     marital = codeable_concept(pid.value(16))
     if marital:
+        codings = []
         for item in marital.get("coding", []):
             if "system" not in item or item["system"].endswith("v2-0002"):
+                if item.get("code") not in _MARITAL_CODES:
+                    marital.setdefault("text", item.get("display") or item.get("code"))
+                    continue
                 item["system"] = _MARITAL
-        patient["maritalStatus"] = marital
+            codings.append(item)
+        if codings:
+            marital["coding"] = codings
+        else:
+            marital.pop("coding", None)
+        if marital:
+            patient["maritalStatus"] = marital
     language = codeable_concept(pid.value(15))
     if language:
         patient["communication"] = [{"language": language}]
