@@ -45,6 +45,7 @@ GROUPS = (
     ("durability",),
     ("audit",),
     ("validate",),
+    ("core_validation",),
     ("extract",),
     ("terminology",),
     ("terminology_lib",),

@@ -20,12 +20,13 @@ the server holds.
 from __future__ import annotations
 
 import gzip
-import json
 import threading
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from profiles.compiled import Invariant
 from profiles.fhirpath_fast import Unsupported, absent_guard, compile_fhirpath
@@ -46,39 +47,56 @@ R4_ERRATA = {"que-12": "enableWhen.count() > 1 implies enableBehavior.exists()"}
 def core_definitions() -> dict[str, dict]:
     """The vendored R4 StructureDefinitions by url (read once)."""
     raw = gzip.decompress((R4_DIR / "structuredefinitions.json.gz").read_bytes())
-    return {d["url"]: d for d in json.loads(raw)}
+    return {d["url"]: d for d in orjson.loads(raw)}
 
 
 @dataclass(slots=True)
 class CoreInvariant:
-    """An invariant with what makes it cheap: when the context holds none of the members
-    `guard` names, the result is a constant (computed once)."""
+    """An invariant, compiled on first use (a type declares many that data rarely reaches),
+    with what makes it cheap: when the context holds none of the members its guard names,
+    the result is a constant (computed once)."""
 
-    invariant: Invariant
-    guard: frozenset[str] | None = None
+    key: str
+    severity: str
+    human: str
+    expression: str
     model: TypeModel | None = None  # the context's type: how the guard's members are spelled
+    compiled: Invariant | None = None
+    guard: frozenset[str] | None = None
     guard_keys: frozenset[str] | None = None
     absent_result: Any = None
     absent_known: bool = False
 
-    def evaluate(self, context: Any, root: dict) -> list | None:
-        if self.guard is not None and isinstance(context, dict):
-            keys = self.guard_keys
-            if keys is None:
-                keys = self.guard_keys = self._spellings()
-            if keys.isdisjoint(context):
-                if not self.absent_known:
-                    self.absent_result = self.invariant.evaluate({}, {})
-                    self.absent_known = True
-                return self.absent_result
-        return self.invariant.evaluate(context, root)
+    @property
+    def invariant(self) -> Invariant:
+        if self.compiled is None:
+            try:
+                fast = compile_fhirpath(self.expression)
+            except Unsupported:
+                fast = None
+            except Exception:  # noqa: BLE001 - unparsable: fhirpathpy reports it (None)
+                fast = None
+            if fast is not None:
+                self.guard = absent_guard(self.expression)
+                if self.guard is not None:
+                    # computed now: the model is complete (types refer to each other)
+                    keys = self.model.keys if self.model is not None else {}
+                    spelled = {k for k, e in keys.items() if e.name in self.guard}
+                    self.guard_keys = frozenset(
+                        spelled | self.guard | {"_" + g for g in self.guard}
+                    )
+            self.compiled = Invariant(self.key, self.severity, self.human, self.expression, fast)
+        return self.compiled
 
-    def _spellings(self) -> frozenset[str]:
-        # computed on first use: the model is complete by then (types refer to each other)
-        guard = self.guard or frozenset()
-        keys = self.model.keys if self.model is not None else {}
-        spelled = {k for k, e in keys.items() if e.name in guard}
-        return frozenset(spelled | guard | {"_" + g for g in guard})
+    def evaluate(self, context: Any, root: dict) -> list | None:
+        invariant = self.invariant
+        keys = self.guard_keys
+        if keys is not None and isinstance(context, dict) and keys.isdisjoint(context):
+            if not self.absent_known:
+                self.absent_result = invariant.evaluate({}, {})
+                self.absent_known = True
+            return self.absent_result
+        return invariant.evaluate(context, root)
 
 
 @dataclass(slots=True)
@@ -275,18 +293,8 @@ class CoreModels:
             ):
                 continue  # best practice (dom-6: narrative): the reference validator's
                 # default is to ignore them too
-            try:
-                fast = compile_fhirpath(expression)
-            except Unsupported:
-                fast = None
-            except Exception:  # noqa: BLE001 - an unparsable rule: not checked
-                continue
-            invariant = Invariant(
-                key, constraint.get("severity", "error"), constraint.get("human", key),
-                expression, fast,
-            )
-            guard = absent_guard(expression) if fast else None
-            out.append(CoreInvariant(invariant, guard, model))
+            out.append(CoreInvariant(key, constraint.get("severity", "error"),
+                                     constraint.get("human", key), expression, model))
         return out
 
 

@@ -15,6 +15,7 @@ every invariant the shipped profiles use.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -37,9 +38,15 @@ class Unsupported(Exception):
     """The expression uses FHIRPath this compiler does not implement."""
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse(expression: str) -> dict:
+    """fhirpathpy's ANTLR parse (~10 ms): once per expression (read only afterwards)."""
+    return parse(expression)
+
+
 def compile_fhirpath(expression: str) -> Callable[[Any, Any], Collection]:
     """`fn(context_value, root_resource) -> collection`; raises Unsupported."""
-    tree = parse(expression)
+    tree = _parse(expression)
     body = _compile(tree["children"][0])
 
     def run(context: Any, root: Any) -> Collection:
@@ -64,7 +71,7 @@ def context_members(expression: str) -> frozenset[str] | None:
     """
     try:
         compile_fhirpath(expression)
-        return frozenset(_read_members(parse(expression), at_context=True))
+        return frozenset(_read_members(_parse(expression), at_context=True))
     except (Unsupported, _ReadsMore):
         return None
 
@@ -73,7 +80,7 @@ def reads_only_context(expression: str) -> bool:
     """True when the result depends on the context value alone (no %resource and no other
     `%` constant), so that a verdict on one subtree holds for every equal subtree."""
     try:
-        return not _external_constants(parse(expression)) - {"context"}
+        return not _external_constants(_parse(expression)) - {"context"}
     except Exception:  # noqa: BLE001 - unparsable: fhirpathpy reports it, never memoized
         return False
 
@@ -852,7 +859,12 @@ def _f_distinct(args: list[Compiled], params: list) -> Compiled:
 
 
 def _f_is_distinct(args: list[Compiled], params: list) -> Compiled:
-    return lambda items, env: [len(_union_of(items)) == len(items)]
+    def is_distinct(items: Collection, env: Env) -> Collection:
+        if all(type(v) is str for v in items):  # fullUrls (bdl-7): a set, not n² compares
+            return [len(set(items)) == len(items)]
+        return [len(_union_of(items)) == len(items)]
+
+    return is_distinct
 
 
 def _f_iif(args: list[Compiled], params: list) -> Compiled:
@@ -974,7 +986,7 @@ def absent_guard(expression: str) -> frozenset[str] | None:
     """
     try:
         compile_fhirpath(expression)
-        return frozenset(_guard(parse(expression)["children"][0]))
+        return frozenset(_guard(_parse(expression)["children"][0]))
     except (Unsupported, _ReadsMore):
         return None
 

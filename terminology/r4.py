@@ -12,10 +12,11 @@ on, so that a code from one of them is "not checked" rather than wrong.
 from __future__ import annotations
 
 import gzip
-import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+import orjson
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -47,7 +48,7 @@ class R4CodeSystem:
 
 
 def _read(name: str) -> dict:
-    return json.loads(gzip.decompress((DATA_DIR / name).read_bytes()))
+    return orjson.loads(gzip.decompress((DATA_DIR / name).read_bytes()))
 
 
 @cache

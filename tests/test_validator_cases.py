@@ -57,7 +57,7 @@ KNOWN_DISAGREEMENTS = {
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    settings = Settings(db_url=database_url(tmp_path_factory.mktemp("db")))
+    settings = Settings(db_url=database_url(tmp_path_factory.mktemp("db")), insecure_dev=True)
     with RunningServer(settings) as running, httpx.Client(base_url=running.url,
                                                           timeout=120) as http:
         yield http

@@ -77,7 +77,7 @@ def main() -> None:
     from tests.conftest import RunningServer
 
     with tempfile.TemporaryDirectory() as folder:
-        settings = Settings(db_url=f"sqlite:///{folder}/cases.db")
+        settings = Settings(db_url=f"sqlite:///{folder}/cases.db", insecure_dev=True)
         with RunningServer(settings) as server, httpx.Client(
             base_url=server.url, timeout=120
         ) as client:
