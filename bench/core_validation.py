@@ -30,7 +30,7 @@ from fhir_server.settings import Settings
 from fhir_server.storage import open_storage
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "fhir"
-SIZES = {"small": (2, 300), "medium": (5, 3000), "large": (7, 10000)}  # runs, readings
+SIZES = {"small": (1, 200), "medium": (5, 3000), "large": (7, 10000)}  # runs, readings
 
 
 def _service(folder: str, mode: str) -> FhirService:
