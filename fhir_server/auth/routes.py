@@ -43,6 +43,9 @@ OPERATIONS = {
     "lastn": "search-type",
     "everything": "search-type",  # `Patient/$everything`: narrowed inside the query
 }
+# Operations on one Patient that read its Observations (the CGM summary and AGP report):
+# a search of Observation in that patient's compartment.
+PATIENT_OBSERVATION_OPERATIONS = frozenset({"cgm-metrics", "agp"})
 # Unknown routes: the method's letters on every type.
 METHOD_LETTERS = {"GET": "rs", "HEAD": "rs", "POST": "cruds", "PUT": "cruds",
                   "PATCH": "cruds", "DELETE": "cruds"}
@@ -110,6 +113,8 @@ def _typed(method: str, parts: list[str]) -> Requirement | None:
         return Requirement("check", rtype, "vread")
     if n == 3 and third.startswith("$"):
         name = third[1:]
+        if name in PATIENT_OBSERVATION_OPERATIONS and rtype == "Patient" and method == "GET":
+            return Requirement("check", "Observation", "search-compartment", (rtype, second))
         if name == "everything" and method == "GET":
             # The compartment's own resource is read; the other types are narrowed to
             # those the token may search (inside the query).
