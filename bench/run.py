@@ -53,6 +53,7 @@ GROUPS = (
     ("mappers_hl7",),
     ("mappers_csv",),
     ("compression",),
+    ("auth",),
 )
 BENCHMARKS = tuple(name for group in GROUPS for name in group)
 CHILD_MARK = "BENCH-RESULTS-JSON "

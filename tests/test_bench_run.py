@@ -34,6 +34,8 @@ ROW_NAMES = {
     "mappers_hl7": ["hl7v2 map", "hl7v2 mllp"],
     "mappers_csv": ["csv map"],
     "compression": ["compression metadata", "compression search 100"],
+    "auth": ["auth validate RS256", "auth validate ES256", "auth validate cached",
+             "auth read insecure-dev", "auth read token", "auth read patient token"],
 }
 
 

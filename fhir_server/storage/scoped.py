@@ -27,7 +27,14 @@ from fhir_server.model.outcome import FhirError, Issue, error
 from fhir_server.search.compartment import compartment_params
 from fhir_server.search.errors import SearchError
 from fhir_server.search.memory_match import clause_matches
-from fhir_server.search.query import AnyOf, Clause, CompartmentClause, Criterion, SearchQuery
+from fhir_server.search.query import (
+    AnyOf,
+    Clause,
+    CompartmentClause,
+    Criterion,
+    SearchQuery,
+    parse_search,
+)
 from fhir_server.search.types import IndexEntry, ReferenceEntry
 from fhir_server.search.visibility import Restriction, Visibility, current_visibility
 from fhir_server.storage.base import HistoryPage, NewResource, StoredResource
@@ -93,6 +100,14 @@ class ScopedStorage:
         criterion = restriction.criterion(stored.resource_type)
         if criterion is None:
             return True
+        if not stored.deleted:
+            current = self.inner.read(stored.resource_type, stored.id)
+            if current is not None and current.version == stored.version:
+                # The current version: asked of the backend's indexes, as a search would.
+                query = parse_search(stored.resource_type, [("_id", stored.id)],
+                                     self.registry)
+                query = dataclasses.replace(query, clauses=(criterion, *query.clauses))
+                return bool(self.inner.search(query, 1, None, False).matches)
         raw = stored.json
         if raw is None and stored.version > 1:
             previous = self.inner.vread(stored.resource_type, stored.id, stored.version - 1)
