@@ -62,6 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if settings.insecure_dev:
             os.environ["DIATABASE_INSECURE_DEV"] = "1"
         open_storage(settings.db_url).close()  # create or migrate the schema once, up front
+        if not settings.insecure_dev and not settings.deid_only:
+            _prepare_auth(settings)  # one signing key for every worker, made before them
         print(
             f"Diatabase FHIR R4 server{mode} on {where} (database {settings.db_url})", flush=True
         )
@@ -90,6 +92,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         **uvicorn_limits(settings.limits),
     )
     return 0
+
+
+def _prepare_auth(settings: Settings) -> None:
+    from fhir_server.auth.store import AuthStore, store_path
+    from fhir_server.auth.token_endpoint import ServerKey
+
+    store = AuthStore(store_path(settings))
+    ServerKey(store, settings.auth_signing_key)
+    store.close()
 
 
 INSECURE_DEV_WARNING = """

@@ -244,6 +244,10 @@ class ScopedTransaction:
         self._check_write(resource_type, id, index)
         return self.tx.put(resource_type, id, version, last_updated, json, index, method)
 
+    def delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
+        self.read(resource_type, id)  # what the client may not see: 404, as for a read
+        self.tx.delete(resource_type, id, version, last_updated)
+
     def create_many(self, creates: Sequence[NewResource]) -> None:
         for create in creates:
             self._check_write(create.resource_type, create.id, create.index)
