@@ -5,6 +5,7 @@ period, and the errors (each an OperationOutcome)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -141,3 +142,54 @@ def test_errors_are_operation_outcomes(
     response = client.get(path.format(pid=patient), params=params)
     assert response.status_code == status
     assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_persist_adds_the_pdf_diagnostic_report(client: httpx.Client, patient: str) -> None:
+    bundle = client.get(
+        f"/Patient/{patient}/$cgm-metrics", params={**PERIOD, "persist": "true", "lang": "fr"}
+    ).json()
+    reports = [e["resource"] for e in bundle["entry"]
+               if e["resource"]["resourceType"] == "DiagnosticReport"]
+    assert len(reports) == 1 and rules.pdf_report_problems(reports[0]) == []
+    form = reports[0]["presentedForm"][0]
+    assert base64.b64decode(form["data"]).startswith(b"%PDF-")
+    assert form["language"] == "fr"
+    summary, _ = members_of(bundle)
+    assert reports[0]["result"] == [{"reference": f"Observation/{summary['id']}"}]
+    found = client.get("/DiagnosticReport", params={
+        "subject": f"Patient/{patient}", "code": f"{LOINC}|107931-8"}).json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [reports[0]["id"]]
+
+
+@pytest.mark.parametrize(
+    "headers, params, media, magic",
+    [
+        ({"Accept": "application/pdf"}, {}, "application/pdf", b"%PDF-"),
+        ({}, {"_format": "png"}, "image/png", b"\x89PNG"),
+    ],
+)
+def test_the_agp_as_pdf_and_png(
+    client: httpx.Client, patient: str, headers: dict, params: dict, media: str, magic: bytes
+) -> None:
+    response = client.get(f"/Patient/{patient}/$agp", params={**PERIOD, **params},
+                          headers=headers)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == media
+    assert response.content.startswith(magic)
+
+
+def test_the_agp_page_in_french_and_english(client: httpx.Client, patient: str) -> None:
+    french = client.get(f"/Patient/{patient}/$agp", params=PERIOD,
+                        headers={"Accept": "text/html", "Accept-Language": "fr-FR,fr;q=0.9"})
+    assert french.status_code == 200
+    assert french.headers["content-type"].startswith("text/html")
+    assert "Profil glycémique ambulatoire" in french.text and '<html lang="fr">' in french.text
+    policy = french.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src" not in policy
+    assert french.headers["x-frame-options"] == "DENY"
+    assert french.headers["x-content-type-options"] == "nosniff"
+    english = client.get(f"/Patient/{patient}/$agp", params={**PERIOD, "lang": "en"})
+    assert "Ambulatory Glucose Profile" in english.text
+    refused = client.get(f"/Patient/{patient}/$agp", headers={"Accept": "application/fhir+json"})
+    assert refused.status_code == 406
+    assert refused.json()["resourceType"] == "OperationOutcome"
