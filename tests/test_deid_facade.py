@@ -291,7 +291,13 @@ def test_identifying_searches_answer_on_the_view_that_has_none(
 
 
 @pytest.mark.parametrize(
-    "query", ["Observation?_sort=date", "Observation?_content=Dubois", "Patient?_sort=name"]
+    "query",
+    [
+        "Observation?_sort=date",
+        "Observation?_content=Dubois",
+        "Observation?subject:Patient._text=Dubois",
+        "Patient?_sort=name",
+    ],
 )
 def test_sorting_on_view_data_and_full_text_are_refused(http: httpx.Client, query: str) -> None:
     response = http.get(f"/deid/{query}", headers=auth("alpha"))

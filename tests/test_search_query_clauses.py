@@ -395,7 +395,7 @@ def test_has_wrong_shape_raises(key):
     [
         ("colour", "red", "not a known search parameter of Patient"),
         ("nme", "Dupont", "not a known search parameter"),
-        ("_text", "diabetes", "not supported"),
+        ("_query", "diabetes", "not supported"),
         ("_type", "Observation", "system-level"),
         ("name", "", "empty value"),
         ("_foo", "1", "not a known search parameter"),
@@ -409,7 +409,7 @@ def test_unknown_parameters_are_reported_in_lenient_mode(key, value, reason_part
     assert reason_part in unknown.reason
 
 
-@pytest.mark.parametrize("key", ["colour", "_text", "nme:exact", "foo.bar"])
+@pytest.mark.parametrize("key", ["colour", "_text:exact", "nme:exact", "foo.bar"])
 def test_unknown_parameters_are_refused_in_strict_mode(key):
     with pytest.raises(SearchError) as error:
         parse_search("Patient", [("gender", "female"), (key, "x")], REGISTRY, strict=True)

@@ -1,7 +1,8 @@
 """SQLite schema 1 -> 2 (date rows keyed by the resource's patient, widest period per
 parameter) -> 3 (partial url and identifier indexes on reference rows) -> 4 (resources by
-type in pk order): a database written with schema 1 is migrated when opened and answers
-patient + date and reference searches exactly as a new one does."""
+type in pk order) -> 5 (full-text rows, backfilled from the stored JSON): a database
+written with schema 1 is migrated when opened and answers patient + date, reference and
+`_content` searches exactly as a new one does."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ QUERIES = [
     (f"subject={FOREIGN}", ["e"]),
     ("subject:identifier=urn:s|9", ["f"]),
     ("subject:identifier=9", ["f"]),
+    ("_content=99504", ["a", "b", "c", "d", "e", "f"]),  # 5: backfilled from the JSON
 ]
 
 
@@ -58,7 +60,7 @@ def search(storage: SqliteStorage, query: str) -> list[str]:
 
 
 def write(storage: SqliteStorage) -> None:
-    extractor = IndexExtractor(REGISTRY)
+    extractor = IndexExtractor(REGISTRY, fulltext=True)
     with storage.transaction() as tx:
         for resource in RESOURCES:
             entries = extractor.extract(resource)
@@ -74,6 +76,8 @@ def downgrade_to_schema_1(path: Path) -> None:
         "DROP INDEX idx_reference_identifier; "
         "CREATE INDEX idx_reference_url ON idx_reference (pid, url, pk); "
         "CREATE INDEX idx_reference_identifier ON idx_reference (pid, ivalue, isystem, pk); "
+        "DROP TRIGGER fulltext_rows_insert; DROP TRIGGER fulltext_rows_delete; "
+        "DROP TABLE fulltext; DROP TABLE fulltext_rows; "
         "PRAGMA user_version=1;"
     )
     conn.close()
@@ -98,7 +102,7 @@ def storages(tmp_path_factory: pytest.TempPathFactory):
 def test_the_migration_sets_owners_and_version(storages):
     _, migrated = storages
     version = migrated._writer.execute("PRAGMA user_version").fetchone()[0]
-    assert version == SCHEMA_VERSION == 4
+    assert version == SCHEMA_VERSION == 5
     indexes = {name for (name,) in migrated._writer.execute("SELECT name FROM sqlite_master")}
     assert "resources_type_pk" in indexes
     partial = migrated._writer.execute(

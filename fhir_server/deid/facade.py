@@ -30,8 +30,8 @@ Decisions for searches with view criteria:
   on stored dates reveals each patient's shift (on stored ids, their order), and an order
   on shifted values needs the whole result set in memory, which paging through a filter
   cannot bound.
-- `_text` / `_content`: the server indexes no full text; the clinical API ignores them
-  with a warning (serving everything), the facade refuses them (400).
+- `_text` / `_content`: refused (400), chained or not: the server's full-text index holds
+  the stored, identifying text.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from fhir_server.model.outcome import error
 from fhir_server.model.resource_types import resource_types
 from fhir_server.search.compartment import compartment_clause, compartment_resource_types
 from fhir_server.search.errors import SearchError, UnsupportedModifier
+from fhir_server.search.fulltext import is_fulltext_clause
 from fhir_server.search.memory_match import clause_matches
 from fhir_server.search.query import ChainClause, Clause, Criterion, HasClause, SearchQuery
 from fhir_server.search.result_params import ResultParams
@@ -593,6 +594,12 @@ def _hidden_types_in(criterion: Any) -> bool:
     return False
 
 
+def _fulltext_in(criterion: Any) -> bool:
+    while isinstance(criterion, ChainClause | HasClause):
+        criterion = criterion.inner
+    return is_fulltext_clause(criterion)
+
+
 def _check_query(query: SearchQuery, policy: ViewPolicy) -> None:
     for unknown in query.unknown:
         # Not indexed by the server (`_content`, `_text`): the clinical API would ignore
@@ -611,6 +618,15 @@ def _check_query(query: SearchQuery, policy: ViewPolicy) -> None:
     for criterion in query.clauses:
         if _hidden_types_in(criterion):
             raise error(400, "not-supported", f"{criterion.key}: not served", criterion.key)
+        if _fulltext_in(criterion):
+            # The full-text index holds the stored (identifying) text, names included:
+            # searching it through the facade would be an oracle on what was removed.
+            raise error(
+                400,
+                "not-supported",
+                f"{criterion.key}: full-text search is not served on de-identified data",
+                criterion.key,
+            )
     rtype = query.resource_type or "Resource"
     for key in query.result.sort:
         # `_id` and references sort on the stored ids: their order is not the recipient's.

@@ -43,8 +43,7 @@ VIEW_PARAM_TYPES = frozenset({"string", "date"})
 VIEW_CODES = frozenset(
     {"identifier", "telecom", "phone", "email", "_lastUpdated", "_source", "_security"}
 )
-# Not indexed by this server at all (no expression): refused on the facade, as a strict
-# clinical search refuses them, rather than ignored (which would serve everything).
+# Full text: refused on the facade (its index holds the stored, identifying text).
 UNSUPPORTED_CODES = frozenset({"_text", "_content"})
 CHANGING_METHODS = frozenset({"redact", "generalize", "pseudonymize", "perturb"})
 DAY = 86_400.0

@@ -32,6 +32,7 @@ from fhir_server.search.fhirpath_compile import (
     first_keys,
 )
 from fhir_server.search.fhirpath_split import split_union
+from fhir_server.search.fulltext import CONTENT_PARAM, fulltext_entry
 from fhir_server.search.registry import SearchParamRegistry
 from fhir_server.search.text import normalise
 from fhir_server.search.types import (
@@ -117,6 +118,7 @@ class IndexExtractor:
     With `share_rows` (for a backend whose search reads `registry.pid_codes`), a parameter
     that is a union of others (`combo-code`) gets entries only for the branches no other
     parameter covers (see `shared_rows`).
+    With `fulltext`, each resource also gets its FullTextEntry (`_text`, `_content`).
     """
 
     def __init__(
@@ -125,9 +127,11 @@ class IndexExtractor:
         canonicalize: Canonicalize | None = None,
         local_bases: Iterable[str] = (),
         share_rows: bool = False,
+        fulltext: bool = False,
     ) -> None:
         self.registry = registry
         self.share_rows = share_rows
+        self.fulltext = fulltext
         self.canonicalize = canonicalize
         self.local_bases = tuple(base.rstrip("/") for base in local_bases)
         self._compiled: dict[str, list[_CompiledParam]] = {}
@@ -216,6 +220,10 @@ class IndexExtractor:
             if len(found) > 1:
                 found = list(dict.fromkeys(found))
             entries.extend(found)
+        if self.fulltext and (only is None or CONTENT_PARAM in only):
+            text = fulltext_entry(resource)
+            if text is not None:
+                entries.append(text)
         return entries
 
     def _applicable_for_keys(

@@ -15,6 +15,7 @@ them with a SearchError. Malformed values always raise SearchError (a 400).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from fhir_server.limits import Limits
 from fhir_server.search.errors import SearchError, UnsupportedModifier
 from fhir_server.search.escaping import split_escaped
+from fhir_server.search.fulltext import FULLTEXT_PARAMS, parse_text_value
 from fhir_server.search.limits import check_search_size
 from fhir_server.search.lookup import ANY_RESOURCE, ParamLookup, component_params
 from fhir_server.search.result_params import (
@@ -354,6 +356,8 @@ def _parse_path(
     param = registry.get(resource_type, code)
     if param is None:
         return None
+    if param.code in FULLTEXT_PARAMS and not dot:
+        return _parse_fulltext(param, modifier or None, raw, expression)
     if param.type not in SUPPORTED_TYPES or not param.expression:
         # No expression (e.g. _text, _content): nothing was indexed, so it cannot be answered.
         raise _UnsupportedParameter(
@@ -478,6 +482,22 @@ def _parse_clause(
         except SearchError as error:
             raise SearchError(error.message, expression) from None
     return Clause(param, modifier, tuple(values))
+
+
+def _parse_fulltext(param: SearchParam, modifier: str | None, raw: str, expression: str) -> Clause:
+    """`_text` / `_content`: words (see search/fulltext.py), OR between comma-separated
+    values; `:missing` is the only modifier."""
+    special = dataclasses.replace(param, type="special")
+    if modifier == "missing":
+        return Clause(special, modifier, (MissingValue(parse_bool(raw)),))
+    if modifier is not None:
+        raise SearchError(f"{param.code} takes no modifier but :missing", expression)
+    texts = split_escaped(raw, ",")  # as many as Limits.max_or_values (check_search_size)
+    values = tuple(parse_text_value(text, param.code) for text in texts if text.strip())
+    if not values:
+        raise SearchError(f"{param.code} needs at least one word", expression)
+    # `special` (as R5 types them): answered by the full-text index, never by string rows
+    return Clause(special, None, values)
 
 
 def _parse_value(

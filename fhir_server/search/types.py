@@ -100,6 +100,15 @@ class CompositeEntry(NamedTuple):
     parts: tuple  # one entry per component (TokenEntry, QuantityEntry, DateEntry, ...)
 
 
+class FullTextEntry(NamedTuple):
+    """The words of one resource for `_text` and `_content` (search/fulltext.py): one entry
+    per resource, `param` always `_content`."""
+
+    param: str
+    narrative: str  # text.div without its tags
+    content: str  # every other distinct text string of the resource
+
+
 IndexEntry = (
     TokenEntry
     | StringEntry
@@ -109,4 +118,5 @@ IndexEntry = (
     | ReferenceEntry
     | UriEntry
     | CompositeEntry
+    | FullTextEntry
 )

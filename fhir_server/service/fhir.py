@@ -74,6 +74,7 @@ class FhirService:
             canonicalize=canonicalize,
             local_bases=local_bases,
             share_rows=share_rows,
+            fulltext=True,
         )
         # Profiles: what a resource claims in meta.profile, and what the operator's rules
         # require of it, must conform before anything is stored.

@@ -15,6 +15,7 @@ Current versions live in one collection per resource type, `_id` being the resou
 - `idx`: the search index entries, one array per parameter kind, each element carrying its
   parameter code `p`. Fields that are None are left out (a Mongo `{s: null}` query matches a
   missing field, which is what SQL's `IS NULL` meant).
+- `ftn`, `ftc`: the words of the narrative and of the whole text (storage/mongo_text.py).
 - `srt`: per parameter, the value that `_sort` uses: `a` (ascending: the smallest value)
   and `d` (descending: the largest), `n: 1` when the resource has one. Missing values sort
   last, as on SQLite.
@@ -34,6 +35,7 @@ from fhir_server.search.compartment import compartment_params
 from fhir_server.search.types import (
     CompositeEntry,
     DateEntry,
+    FullTextEntry,
     IndexEntry,
     NumberEntry,
     QuantityEntry,
@@ -42,6 +44,7 @@ from fhir_server.search.types import (
     TokenEntry,
     UriEntry,
 )
+from fhir_server.storage import mongo_text
 from fhir_server.storage.base import StoredResource
 
 # Parameters answered from the document's own fields rather than from index entries.
@@ -101,8 +104,8 @@ def embed_index(entries: Sequence[IndexEntry]) -> tuple[dict[str, list], dict[st
     idx: dict[str, list[dict[str, Any]]] = {}
     sort_values: dict[str, dict[str, list]] = {}
     for entry in entries:
-        if entry.param in DIRECT_PARAMS:
-            continue
+        if entry.param in DIRECT_PARAMS or type(entry) is FullTextEntry:
+            continue  # the document's own fields (FullTextEntry: mongo_text.fields)
         if isinstance(entry, CompositeEntry):
             element = _composite(entry)
             if element is not None:
@@ -168,6 +171,7 @@ def current_doc(
         "pc": pc if pc is not None else patient_compartment(rtype, rid, entries),
         "idx": idx,
         "srt": srt,
+        **mongo_text.fields(entries),
     }
 
 

@@ -35,6 +35,8 @@ RESOURCE_INDEXES: tuple[IndexModel, ...] = (
     _index("idx.reference.p", "idx.reference.iv", "idx.reference.is", name="reference_identifier"),
     _index("idx.uri.p", "idx.uri.v", name="uri"),
     _index("idx.composite.p", "idx.composite.ac", name="composite"),
+    _index("ftn", name="fulltext_narrative"),
+    _index("ftc", name="fulltext_content"),
 )
 
 HISTORY_INDEXES: tuple[IndexModel, ...] = (

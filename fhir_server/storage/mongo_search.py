@@ -37,6 +37,7 @@ from bson import ObjectId
 
 from fhir_server.search.errors import SearchError, UnsupportedModifier
 from fhir_server.search.expansion import expand_token_clause, needs_expansion
+from fhir_server.search.fulltext import is_fulltext_clause
 from fhir_server.search.query import (
     AnyOf,
     ChainClause,
@@ -59,7 +60,7 @@ from fhir_server.search.values import (
     TokenValue,
     UriValue,
 )
-from fhir_server.storage import mongo_budget
+from fhir_server.storage import mongo_budget, mongo_text
 from fhir_server.storage.base import StoredResource
 from fhir_server.storage.cursor import CursorError
 from fhir_server.storage.mongo_docs import DIRECT_PARAMS, KINDS, SORT_FIELDS, stored
@@ -281,6 +282,8 @@ class Translator:
 
     def clause(self, clause: Clause) -> dict[str, Any]:
         param = clause.param
+        if is_fulltext_clause(clause):
+            return mongo_text.condition(clause)
         if param.code in DIRECT_PARAMS:
             return self.direct(clause)
         kind = param.type

@@ -30,6 +30,7 @@ from fhir_server.limits import Limits
 from fhir_server.search.types import (
     CompositeEntry,
     DateEntry,
+    FullTextEntry,
     IndexEntry,
     NumberEntry,
     QuantityEntry,
@@ -38,7 +39,7 @@ from fhir_server.search.types import (
     TokenEntry,
     UriEntry,
 )
-from fhir_server.storage import budget, sqlite_budget, sqlite_checkpoint
+from fhir_server.storage import budget, sqlite_budget, sqlite_checkpoint, sqlite_text
 from fhir_server.storage.base import HistoryPage, NewResource, StoredResource, is_groupable
 from fhir_server.storage.cursor import CursorCodec, CursorError
 from fhir_server.storage.private_files import create_private_file
@@ -52,7 +53,7 @@ from fhir_server.storage.sqlite_write_behind import (
     json_rows_supported,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 HISTORY_JSON_COLUMN = 6  # of a history row: type, id, version, last_updated, deleted, method
 DIRECT_PARAMS = frozenset({"_id", "_lastUpdated"})
@@ -134,7 +135,7 @@ CREATE TABLE IF NOT EXISTS idx_composite (
 );
 CREATE INDEX IF NOT EXISTS idx_composite_code ON idx_composite (pid, a_code, pk);
 CREATE INDEX IF NOT EXISTS idx_composite_pk ON idx_composite (pk);
-"""
+""" + sqlite_text.SCHEMA
 
 # Version 1 -> 2: date rows carry the id their resource's `patient` reference points to
 # (`owner`), so that "this patient's readings in this period" is one index range;
@@ -170,7 +171,10 @@ DROP INDEX IF EXISTS idx_reference_identifier;
 # Version 3 -> 4: resources_type_pk (created by SCHEMA). Without statistics SQLite answered
 # `type=? ORDER BY pk LIMIT 50` through (type, last_updated) and sorted every resource of
 # the type: 0.9 s for `Observation?code=...&_count=50` at 500,000 resources, 0.3 ms now.
-MIGRATIONS = {1: MIGRATE_1_TO_2 + MIGRATE_2_TO_3, 2: MIGRATE_2_TO_3, 3: ""}
+# Version 4 -> 5: full-text search (sqlite_text: fulltext_rows and its FTS5 index, created
+# by SCHEMA), backfilled from every current resource's JSON (sqlite_text.backfill).
+MIGRATIONS = {1: MIGRATE_1_TO_2 + MIGRATE_2_TO_3, 2: MIGRATE_2_TO_3, 3: "", 4: ""}
+FULLTEXT_SINCE = 5
 OWNER_PARAM = "patient"
 
 INDEX_TABLES = (
@@ -182,6 +186,7 @@ INDEX_TABLES = (
     "idx_reference",
     "idx_uri",
     "idx_composite",
+    sqlite_text.TABLE,
 )
 
 
@@ -375,9 +380,15 @@ class SqliteStorage:
             )
         if version < SCHEMA_VERSION:
             migration = MIGRATIONS.get(version, "")
-            conn.executescript(
-                "BEGIN;" + migration + SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
-            )
+            conn.executescript("BEGIN;" + migration + SCHEMA)
+            try:
+                if 0 < version < FULLTEXT_SINCE:
+                    sqlite_text.backfill(conn)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def _cursor_key(self) -> bytes:
         row = self._writer.execute("SELECT value FROM meta WHERE key='cursor_key'").fetchone()
@@ -823,6 +834,9 @@ class SqliteTransaction:
         for entry in entries:
             if entry.param in DIRECT_PARAMS:
                 continue  # answered from the resources table itself
+            if type(entry) is FullTextEntry:
+                rows[sqlite_text.TABLE].append(sqlite_text.row(pk, entry))
+                continue
             pid = known_pids.get((rtype, entry.param))
             if pid is None:
                 self.settle()  # a new parameter number is written on the connection

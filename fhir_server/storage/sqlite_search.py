@@ -37,6 +37,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from fhir_server.search.errors import SearchError, UnsupportedModifier
+from fhir_server.search.fulltext import is_fulltext_clause
 from fhir_server.search.query import (
     AnyOf,
     ChainClause,
@@ -58,7 +59,7 @@ from fhir_server.search.values import (
     TokenValue,
     UriValue,
 )
-from fhir_server.storage import sqlite_budget
+from fhir_server.storage import sqlite_budget, sqlite_text
 from fhir_server.storage.base import StoredResource
 from fhir_server.storage.cursor import CursorError
 
@@ -227,6 +228,8 @@ class _Compiler:
         """`alias.pk IN (rows of the index)`, or with `probe` a correlated EXISTS that looks
         up the row's own index entries (cheap per row, never materialises a large set)."""
         param = clause.param
+        if is_fulltext_clause(clause):
+            return sqlite_text.condition(clause, alias)
         if param.code in DIRECT_PARAMS:
             # A range on the row's own column lets SQLite choose (type, last_updated) for
             # the whole query: right when that is the sort, a full sort of the range when
@@ -721,6 +724,7 @@ def _choose_driver(
     # Likely-small sets first: once one is small, the others are counted only that far.
     candidates = (
         _owner_date_drivers(compiler, rtype, clauses)
+        + sqlite_text.drivers(clauses)
         + candidates
         + _last_updated_drivers(compiler, rtype, clauses)
     )

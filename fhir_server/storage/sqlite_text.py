@@ -1,0 +1,121 @@
+"""Full-text search on SQLite: an FTS5 index over each resource's text (search/fulltext.py).
+
+`fulltext_rows` (pk, narrative, content) is an ordinary table, written and deleted like the
+other index tables (buffered, by the write-behind thread for big transactions, and removed
+with them by `SqliteTransaction._clear_index` on update, delete and expunge); triggers keep
+the FTS5 index `fulltext` (an external-content table over it) in step, so the index is
+written in the same transaction as the resource. The tokenizer is unicode61 with
+`remove_diacritics 2`: case and accents do not matter ("Hélène" = "helene"), as in the
+query words (normalised the same way by search/text.py). `detail=column` keeps which
+column a word is in (`_text` searches `narrative` only) but not word positions: phrases
+are not offered, and the index is about half the size of a full one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from fhir_server.search.fulltext import (
+    TEXT_PARAM,
+    TextValue,
+    fulltext_entry,
+    is_fulltext_clause,
+    missing_value,
+)
+from fhir_server.search.query import Clause
+
+TABLE = "fulltext_rows"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS fulltext_rows (pk INTEGER PRIMARY KEY, narrative TEXT, content TEXT);
+CREATE VIRTUAL TABLE IF NOT EXISTS fulltext USING fts5(
+    narrative, content, content='fulltext_rows', content_rowid='pk', detail=column,
+    tokenize='unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS fulltext_rows_insert AFTER INSERT ON fulltext_rows BEGIN
+    INSERT INTO fulltext (rowid, narrative, content)
+    VALUES (new.pk, new.narrative, new.content);
+END;
+CREATE TRIGGER IF NOT EXISTS fulltext_rows_delete AFTER DELETE ON fulltext_rows BEGIN
+    INSERT INTO fulltext (fulltext, rowid, narrative, content)
+    VALUES ('delete', old.pk, old.narrative, old.content);
+END;
+"""
+BACKFILL_BATCH = 2000
+
+
+def match_expression(clause: Clause) -> str:
+    """The FTS5 query of a `_text` / `_content` clause. Every word is quoted (it holds
+    letters and digits only: search/fulltext.py), so nothing from the request is read as
+    FTS5 syntax."""
+    alternatives = []
+    for value in clause.values:
+        assert isinstance(value, TextValue)
+        for group in value.groups:
+            terms = [f'"{t.word}"' + ("*" if t.prefix else "") for t in group]
+            alternatives.append("(" + " AND ".join(terms) + ")")
+    expression = " OR ".join(alternatives)
+    if clause.param.code == TEXT_PARAM:
+        return f"{{narrative}} : ({expression})"
+    return expression
+
+
+def matching_pks(clause: Clause) -> tuple[str, list[Any]]:
+    """`SELECT pk ...` of the resources (of any type) whose text matches the clause."""
+    return "SELECT rowid AS pk FROM fulltext WHERE fulltext MATCH ?", [match_expression(clause)]
+
+
+def condition(clause: Clause, alias: str) -> tuple[str, list[Any]]:
+    """The clause on the row `alias` (the FTS5 set is computed once per query)."""
+    missing = missing_value(clause)
+    if missing is not None:
+        which = " WHERE narrative != ''" if clause.param.code == TEXT_PARAM else ""
+        op = "NOT IN" if missing else "IN"
+        return f"{alias}.pk {op} (SELECT pk FROM {TABLE}{which})", []
+    sql, args = matching_pks(clause)
+    return f"{alias}.pk IN ({sql})", args
+
+
+def drivers(clauses: Iterable[Any]) -> list[tuple[str, list[Any]]]:
+    """Searches on words as candidate access paths for the planner: a rare word is the
+    smallest set of a search."""
+    return [
+        matching_pks(c)
+        for c in clauses
+        if is_fulltext_clause(c) and missing_value(c) is None
+    ]
+
+
+def row(pk: int, entry: Any) -> tuple[int, str, str]:
+    return (pk, entry.narrative, entry.content)
+
+
+def backfill(conn: sqlite3.Connection) -> int:
+    """Index the text of every current resource (a database made before full-text search),
+    inside the caller's transaction, in pk order a batch at a time. Returns the number of
+    resources indexed."""
+    done, last = 0, 0
+    while True:
+        found = conn.execute(
+            "SELECT r.pk, h.json FROM resources r JOIN history h "
+            "ON h.type = r.type AND h.id = r.id AND h.version = r.version "
+            "WHERE r.pk > ? AND r.deleted = 0 ORDER BY r.pk LIMIT ?",
+            (last, BACKFILL_BATCH),
+        ).fetchall()
+        if not found:
+            return done
+        batch = []
+        for pk, json in found:
+            try:
+                entry = fulltext_entry(orjson.loads(json))
+            except orjson.JSONDecodeError:
+                continue
+            if entry is not None:
+                batch.append(row(pk, entry))
+        conn.executemany(f"INSERT OR IGNORE INTO {TABLE} VALUES (?, ?, ?)", batch)
+        done += len(batch)
+        last = found[-1][0]
