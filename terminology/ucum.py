@@ -188,20 +188,25 @@ class _Engine:
         self.arbitrary = frozenset(
             u.code_cs for u in get_units_with_full_definition() if u.is_arbitrary
         )
+        # Neither the parser nor pint's caches are documented as thread-safe, and a code is
+        # parsed once per process (then remembered): one at a time.
+        self.lock = threading.RLock()
 
     def tree(self, code: str) -> Any:
         """The parse tree of a UCUM code; InvalidUnitError if it is not one."""
         from ucumvert import parse_ucum
 
         try:
-            return parse_ucum(code, self.parser)
+            with self.lock:
+                return parse_ucum(code, self.parser)
         except Exception as error:  # lark's errors: not UCUM
             raise InvalidUnitError(f"'{code}' is not a valid UCUM unit") from error
 
     def quantity(self, code: str) -> Any:
         tree = self.tree(code)
         try:
-            return self.transformer.transform(tree)
+            with self.lock:
+                return self.transformer.transform(tree)
         except Exception as error:  # valid UCUM that pint cannot model ([pH], Cel/h)
             raise UnitConversionError(f"'{code}' cannot be converted to other units") from error
 
@@ -286,6 +291,11 @@ def _si(engine: _Engine, code: str, quantity: Any) -> tuple[Decimal, Decimal, An
 
 def _define(code: str) -> UnitDef:
     engine = _get_engine()
+    with engine.lock:
+        return _define_locked(engine, code)
+
+
+def _define_locked(engine: _Engine, code: str) -> UnitDef:
     quantity = engine.quantity(code)
     kind, canonical, suffix = _kind(engine, code, quantity)
     factor, offset, base_units = _si(engine, code, quantity)

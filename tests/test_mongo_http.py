@@ -34,6 +34,7 @@ SUITES = [
     "test_search_conformance.py",
     "test_auth_patient.py",
     "test_search_units.py",
+    "test_search_fulltext.py",
 ]
 
 
