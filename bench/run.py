@@ -47,6 +47,7 @@ GROUPS = (
     ("validate",),
     ("core_validation",),
     ("extract",),
+    ("fulltext",),
     ("terminology",),
     ("terminology_lib",),
     ("mappers",),

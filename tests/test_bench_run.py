@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROW_NAMES = {
     "deid": ["deid engine", "deid export", "deid search"],
     "search": ["search build", "search (a)", "search (b)", "search (c)", "search (d)",
-               "search (e)"],
+               "search (e)", "search (f)", "search (g)"],
     "generate": ["generate"],
     "population": ["load", "search@"],
     "read": ["read", "vread"],
@@ -28,6 +28,7 @@ ROW_NAMES = {
     "audit": ["audit ingest", "audit search"],
     "validate": ["validate", "validate generated"],
     "extract": ["extract"],
+    "fulltext": ["fulltext ingest"],
     "terminology": ["terminology $validate-code", "terminology $lookup", "terminology $expand"],
     "terminology_lib": ["terminology-lib validate_code", "terminology-lib expand"],
     "mappers": ["hl7v2 mllp+sqlite", "csv import"],

@@ -76,8 +76,7 @@ def downgrade_to_schema_1(path: Path) -> None:
         "DROP INDEX idx_reference_identifier; "
         "CREATE INDEX idx_reference_url ON idx_reference (pid, url, pk); "
         "CREATE INDEX idx_reference_identifier ON idx_reference (pid, ivalue, isystem, pk); "
-        "DROP TRIGGER fulltext_rows_insert; DROP TRIGGER fulltext_rows_delete; "
-        "DROP TABLE fulltext; DROP TABLE fulltext_rows; "
+        "DROP TABLE fulltext; "
         "PRAGMA user_version=1;"
     )
     conn.close()

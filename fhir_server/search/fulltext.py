@@ -87,7 +87,12 @@ def fulltext_entry(resource: dict) -> FullTextEntry | None:
 
 def _collect(node: Any, out: dict[str, None]) -> None:
     if type(node) is dict:
-        values: Any = (v for k, v in node.items() if k not in _SKIPPED_KEYS)
+        # `text` as a Narrative (a dict) is the narrative, taken apart; as a string
+        # (CodeableConcept.text, Annotation.text) it is content
+        values: Any = (
+            v for k, v in node.items()
+            if k not in _SKIPPED_KEYS and not (k == "text" and type(v) is dict)
+        )
     else:
         values = node
     for value in values:

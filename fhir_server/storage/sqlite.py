@@ -171,11 +171,16 @@ DROP INDEX IF EXISTS idx_reference_identifier;
 # Version 3 -> 4: resources_type_pk (created by SCHEMA). Without statistics SQLite answered
 # `type=? ORDER BY pk LIMIT 50` through (type, last_updated) and sorted every resource of
 # the type: 0.9 s for `Observation?code=...&_count=50` at 500,000 resources, 0.3 ms now.
-# Version 4 -> 5: full-text search (sqlite_text: fulltext_rows and its FTS5 index, created
-# by SCHEMA), backfilled from every current resource's JSON (sqlite_text.backfill).
+# Version 4 -> 5: full-text search (sqlite_text: the FTS5 table `fulltext`, created by
+# SCHEMA), backfilled from every current resource's JSON (sqlite_text.backfill).
 MIGRATIONS = {1: MIGRATE_1_TO_2 + MIGRATE_2_TO_3, 2: MIGRATE_2_TO_3, 3: "", 4: ""}
 FULLTEXT_SINCE = 5
 OWNER_PARAM = "patient"
+
+# How rows are inserted into, and deleted from, the index tables that are not plain tables
+# of (pk, pid, ...) rows.
+INSERT_TARGETS = {sqlite_text.TABLE: sqlite_text.INSERT_TARGET}
+KEY_COLUMNS = {sqlite_text.TABLE: sqlite_text.KEY_COLUMN}
 
 INDEX_TABLES = (
     "idx_token",
@@ -782,7 +787,8 @@ class SqliteTransaction:
             values = self._rows[table]
             if values:
                 marks = ",".join("?" * len(values[0]))
-                self.conn.executemany(f"INSERT INTO {table} VALUES ({marks})", values)
+                target = INSERT_TARGETS.get(table, table)
+                self.conn.executemany(f"INSERT INTO {target} VALUES ({marks})", values)
                 values.clear()
 
     @contextmanager
@@ -883,7 +889,8 @@ class SqliteTransaction:
                 self._rows[table] = [row for row in self._rows[table] if row[0] != pk]
         self.settle()  # rows handed off earlier are deleted below
         for table in INDEX_TABLES:
-            self.conn.execute(f"DELETE FROM {table} WHERE pk=?", (pk,))
+            key = KEY_COLUMNS.get(table, "pk")
+            self.conn.execute(f"DELETE FROM {table} WHERE {key}=?", (pk,))
 
     def put(
         self,
@@ -955,7 +962,8 @@ class SqliteTransaction:
                 blob_column = HISTORY_JSON_COLUMN if table == "history" else None
                 encoded = encode_rows(rows, blob_column)
                 if encoded is not None:  # else executemany writes them at commit
-                    statement = insert_from_json(table, len(rows[0]), blob_column)
+                    target = INSERT_TARGETS.get(table, table)
+                    statement = insert_from_json(target, len(rows[0]), blob_column)
                     batches.append((statement, encoded))
                     self._rows[table] = []
         if batches:
