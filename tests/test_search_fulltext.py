@@ -139,26 +139,32 @@ def test_system_level_search_by_words(client, tag) -> None:
     assert [e["resource"]["id"] for e in response.json()["entry"]] == [rid]
 
 
+READING = {
+    "resourceType": "Observation", "id": "obs-77",
+    "meta": {"versionId": "3", "profile": ["https://example.org/StructureDefinition/x"]},
+    "text": {"status": "generated",
+             "div": f'<div xmlns="{XHTML}"><p>Glyc&#233;mie &amp; <b>repas</b></p></div>'},
+    "status": "final",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "99504-3"}]},
+    "subject": {"reference": "Patient/p-secret-id"},
+    "effectiveDateTime": "2024-03-05T08:00:00Z",
+    "valueQuantity": {"value": 187, "unit": "mg/dL"},
+}
+
+
 def test_what_is_indexed_and_what_is_not() -> None:
-    """Text a person searches; not ids, references, URLs, dates or numbers (a CGM reading
-    adds its status, code and unit only)."""
+    """Text a person searches; not ids, references, URLs, codes, dates or numbers (a CGM
+    reading has none: no row)."""
     from fhir_server.search.fulltext import fulltext_entry, parse_text_value
 
-    entry = fulltext_entry({
-        "resourceType": "Observation", "id": "obs-77",
-        "meta": {"versionId": "3", "profile": ["https://example.org/StructureDefinition/x"]},
-        "text": {"status": "generated",
-                 "div": f'<div xmlns="{XHTML}"><p>Glyc&#233;mie &amp; <b>repas</b></p></div>'},
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "99504-3"}]},
-        "subject": {"reference": "Patient/p-secret-id"},
-        "effectiveDateTime": "2024-03-05T08:00:00Z",
-        "valueQuantity": {"value": 187, "unit": "mg/dL"},
-    })
+    entry = fulltext_entry(READING)
     assert entry is not None
     assert entry.narrative == "Glycémie & repas"
-    assert entry.content.split() == ["final", "99504-3", "mg/dL"]
-    assert fulltext_entry({"resourceType": "Basic", "id": "x"}) is None
+    assert entry.content == ""
+    assert fulltext_entry({k: v for k, v in READING.items() if k != "text"}) is None
+    coded = {**READING, "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0",
+                                             "display": "Glucose"}], "text": "Glycémie"}}
+    assert fulltext_entry(coded).content == "Glucose Glycémie"
     value = parse_text_value("Hélène OR dup* AND x", "_content")
     assert [[(t.word, t.prefix) for t in group] for group in value.groups] == [
         [("helene", False)], [("dup", True), ("x", False)]]

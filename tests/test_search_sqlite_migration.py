@@ -35,7 +35,8 @@ def observation(rid: str, patient: str, effective: dict) -> dict:
 
 FOREIGN = "https://other.example/fhir/Patient/p9"
 RESOURCES = [
-    observation("a", "p1", {"effectiveDateTime": "2024-01-01T10:00:00Z"}),
+    {**observation("a", "p1", {"effectiveDateTime": "2024-01-01T10:00:00Z"}),
+     "note": [{"text": "Contrôle à jeun"}]},
     observation("b", "p1", {"effectivePeriod": {"start": "2023-12-01", "end": "2024-02-01"}}),
     observation("c", "p2", {"effectiveDateTime": "2024-01-01T11:00:00Z"}),
     observation("d", "p1", {"effectiveDateTime": "2024-03-01T10:00:00Z"}),
@@ -50,7 +51,7 @@ QUERIES = [
     (f"subject={FOREIGN}", ["e"]),
     ("subject:identifier=urn:s|9", ["f"]),
     ("subject:identifier=9", ["f"]),
-    ("_content=99504", ["a", "b", "c", "d", "e", "f"]),  # 5: backfilled from the JSON
+    ("_content=controle", ["a"]),  # 5: backfilled from the JSON
 ]
 
 

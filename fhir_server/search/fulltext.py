@@ -4,10 +4,11 @@ What is indexed, per resource (one `FullTextEntry` beside its other index entrie
 in the same transaction and removed with them):
 - `narrative`: `text.div` with its XHTML tags stripped and entities decoded;
 - `content`: every other string value of the resource that is text a person would
-  search (names, displays, notes, codes, units), each distinct string once. Left out: ids,
-  references, system and profile URLs, `meta`, base64 data, dates and times (a date search
-  has its own parameters), and numbers (a CGM reading's value is a JSON number, so a
-  reading adds a few words only: its status, code and unit).
+  search (names, displays, texts, notes, addresses, identifier values), each distinct
+  string once. Left out: ids, references, system and profile URLs, `meta`, base64 data,
+  codes (`code`, `status`, `unit`, `gender`...: token parameters search them), dates and
+  times (date parameters), and numbers. A CGM reading (a status, a code, a unit and a
+  number) so has no full-text row at all.
 `_content` searches both, `_text` the narrative alone.
 
 What a value means (R4 leaves the syntax to the server): words, all of which must occur
@@ -38,10 +39,17 @@ CONTENT_PARAM = "_content"
 FULLTEXT_PARAMS = frozenset({TEXT_PARAM, CONTENT_PARAM})
 MAX_TERMS = 32  # per value: a query of more words is refused rather than slow
 
-# Keys whose string values are identifiers or machine data, not text a person searches.
+# Keys whose values are identifiers or machine data, not text a person searches.
 _SKIPPED_KEYS = frozenset({
     "id", "meta", "reference", "system", "url", "profile", "fullUrl", "data", "hash",
     "div", "resourceType", "contentType", "valueBase64Binary", "signature",
+})
+# Keys whose string values are codes (Coding.code, status, Quantity.unit...): searched with
+# token parameters; left out, a CGM reading (status, code, unit) has no full-text row at
+# all, which is most of an ingest.
+_CODE_KEYS = frozenset({
+    "code", "status", "unit", "use", "gender", "language", "mode", "intent", "priority",
+    "comparator", "version",
 })
 _TAG = re.compile(r"<[^>]*>")
 # A date, dateTime, instant or time: searched with date parameters, not words.
@@ -85,23 +93,29 @@ def fulltext_entry(resource: dict) -> FullTextEntry | None:
     return FullTextEntry(CONTENT_PARAM, narrative, " ".join(strings))
 
 
-def _collect(node: Any, out: dict[str, None]) -> None:
-    if type(node) is dict:
-        # `text` as a Narrative (a dict) is the narrative, taken apart; as a string
-        # (CodeableConcept.text, Annotation.text) it is content
-        values: Any = (
-            v for k, v in node.items()
-            if k not in _SKIPPED_KEYS and not (k == "text" and type(v) is dict)
-        )
-    else:
-        values = node
-    for value in values:
+def _collect(node: dict, out: dict[str, None]) -> None:
+    for key, value in node.items():
+        if key in _SKIPPED_KEYS:
+            continue
         kind = type(value)
         if kind is str:
-            if value and not (value[0].isdigit() and _TEMPORAL.match(value)):
+            if key not in _CODE_KEYS and _is_text(value):
                 out[value] = None
-        elif kind is dict or kind is list:
-            _collect(value, out)
+        elif kind is dict:
+            # `text` as a Narrative (a dict) is the narrative, taken apart; as a string
+            # (CodeableConcept.text, Annotation.text) it is content
+            if key != "text":
+                _collect(value, out)
+        elif kind is list:
+            for item in value:
+                if type(item) is dict:
+                    _collect(item, out)
+                elif type(item) is str and key not in _CODE_KEYS and _is_text(item):
+                    out[item] = None
+
+
+def _is_text(value: str) -> bool:
+    return bool(value) and not (value[0].isdigit() and _TEMPORAL.match(value))
 
 
 def words(text: str) -> list[str]:

@@ -2,17 +2,17 @@
 
 `fulltext` is an FTS5 table whose rowid is the resource's pk. Its rows are written and
 deleted like the other index tables' (buffered, by the write-behind thread in big
-transactions, and removed with them by `SqliteTransaction._clear_index` on update, delete
-and expunge), so they are written in the same transaction as the resource; only the
-statement differs (`INSERT_TARGET`, `KEY_COLUMN`). The table keeps its own copy of the text:
-FTS5 needs it to remove a row's words, and an external-content table kept in step by
-triggers cost six times more per row (a trigger into FTS5: 16 µs a row, against 2.7 µs for
-a direct insert, bench/fulltext.py). The tokenizer is unicode61 with `remove_diacritics 2`:
-case and accents do not matter ("Hélène" = "helene"), as in the query words (normalised
-the same way by search/text.py). `detail=column` keeps which column a word is in (`_text`
-searches `narrative` only) but not word positions: phrases are not offered, and the index
-is about half the size of a full one; `columnsize=0` drops the per-row sizes that only
-ranking would use.
+transactions, and removed with them by `SqliteTransaction._clear_index` on update and
+delete: an erasure must go through it too), so they are written in the same transaction as
+the resource; only the statement differs (`INSERT_TARGET`, `KEY_COLUMN`). The table keeps
+its own copy of the text: FTS5 needs it to remove a row's words, and an external-content
+table kept in step by triggers cost six times more per row (a trigger into FTS5: 16 µs a
+row, against 2.7 µs for a direct insert, measured on this machine). The tokenizer is
+unicode61 with `remove_diacritics 2`: case and accents do not matter ("Hélène" =
+"helene"), as in the query words (normalised the same way by search/text.py).
+`detail=column` keeps which column a word is in (`_text` searches `narrative` only) but
+not word positions: phrases are not offered, and the index is about half the size of a
+full one; `columnsize=0` drops the per-row sizes that only ranking would use.
 """
 
 from __future__ import annotations
