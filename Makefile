@@ -5,34 +5,56 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DB ?= sqlite:///./diatabase.db
 PORT ?= 8080
+# Installs are redone only when pyproject.toml changes (the package is installed editable,
+# so code changes need no reinstall).
+INSTALLED := $(VENV)/.installed
+INSTALLED_TEST := $(VENV)/.installed-test
+# FHIR.js, the second independent R4 parser of the test suite's response bodies
+# (tests/r4_bodies.py): installed where npm is, skipped cleanly elsewhere.
+NODE_DEPS := tests/node/node_modules/.installed
 
-.PHONY: serve test install install-test lint load-examples bench-small clean
+.PHONY: serve test install install-test node-deps lint load-examples bench-small clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-install: $(BIN)/python
+$(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
+	touch $@
 
-install-test: $(BIN)/python
+$(INSTALLED_TEST): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@ $(INSTALLED)
 
-serve: install
+$(NODE_DEPS): tests/node/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --prefix tests/node --no-package-lock --no-audit --no-fund --silent && touch $@; \
+	else \
+		echo "npm not found: response bodies are checked with fhirclient only (no FHIR.js)"; \
+	fi
+
+install: $(INSTALLED)
+
+install-test: $(INSTALLED_TEST)
+
+node-deps: $(NODE_DEPS)
+
+serve: $(INSTALLED)
 	$(BIN)/diatabase serve --db $(DB) --host 127.0.0.1 --port $(PORT) --insecure-dev
 
-load-examples: install
+load-examples: $(INSTALLED)
 	$(BIN)/diatabase load --db $(DB) examples/patient-story.json
 
-lint: install-test
+lint: $(INSTALLED_TEST)
 	$(BIN)/ruff check .
 
-test: install-test
+test: $(INSTALLED_TEST) node-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2
 
-bench-small: install-test
+bench-small: $(INSTALLED_TEST)
 	$(BIN)/python -m bench.run --size small
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache diatabase.db diatabase.db-wal diatabase.db-shm
+	rm -rf $(VENV) .pytest_cache .ruff_cache tests/node/node_modules diatabase.db diatabase.db-wal diatabase.db-shm

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
@@ -54,13 +55,19 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
             deid.close()
         service.storage.close()
 
-    app = FastAPI(
+    # API docs where FastAPI users look for them (/docs: Swagger UI, /redoc: ReDoc), with
+    # their scripts and styles served from the installed fastapi-offline package rather
+    # than a CDN: hospital networks are often offline.
+    app = FastAPIOffline(
         title="Diatabase FHIR R4 server",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/_docs",
-        redoc_url=None,
-        openapi_url="/_openapi.json",
+        docs_url="/docs",
+        redoc_url="/redoc",
+        openapi_url="/openapi.json",
+        static_url="/docs-static",
+        # no badge fetched from the online validator
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.settings = settings
     app.state.fhir = service

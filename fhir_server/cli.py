@@ -158,6 +158,8 @@ def _open_service(db: str | None):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from fhir_server.ingest.loader import Loader
     from fhir_server.synthetic.cli import run_generate
 
@@ -165,12 +167,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         run_generate(args)
         return 0
     settings, service = _open_service(args.db)
-    loader = Loader(service)
+    # the same progress bar as `load`: resources stored and resources per second
+    with tqdm(unit=" resources", disable=args.quiet or not sys.stderr.isatty()) as bar:
+        loader = Loader(service, on_progress=bar.update)
 
-    def load(resources) -> None:
-        loader.load_resources(resources, where="generate")
+        def load(resources) -> None:
+            loader.load_resources(resources, where="generate")
 
-    run_generate(args, load=load)
+        run_generate(args, load=load)
     service.storage.close()
     report = loader.report
     print(f"Stored in {settings.db_url}: {report.created} created, {report.updated} updated")
@@ -363,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = add_generate(sub)
     generate.add_argument("--db", default=None, help="database URL for --load")
+    generate.add_argument("--quiet", action="store_true", help="no progress bar with --load")
     generate.set_defaults(func=cmd_generate)
     add_terminology(sub)
     add_mongo(sub)

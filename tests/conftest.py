@@ -25,11 +25,82 @@ import uvicorn
 
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
+from tests.r4_bodies import BodyCheck
 
 DATA = Path(__file__).parent / "data"
 # fhirpy's upstream suite runs in a pytest of its own against a server of ours
 # (tests/test_fhirpy_upstream.py), not in this session
 collect_ignore = ["fhirpy_upstream"]
+
+
+R4_BODIES = pytest.StashKey[BodyCheck]()
+R4_TOTALS = pytest.StashKey[dict]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every response any test receives through httpx goes through `BodyCheck` (see
+    tests/r4_bodies.py): FHIR JSON that an independent R4 parser refuses fails that test."""
+    checker = BodyCheck()
+    config.stash[R4_BODIES] = checker
+    config.stash[R4_TOTALS] = {}
+    original_send = httpx.Client.send
+
+    def send(self: httpx.Client, request: httpx.Request, **options: object) -> httpx.Response:
+        response = original_send(self, request, **options)
+        if not options.get("stream"):
+            checker.check(response)
+        return response
+
+    patcher = pytest.MonkeyPatch()
+    patcher.setattr(httpx.Client, "send", send)
+    config.add_cleanup(patcher.undo)
+    config.add_cleanup(checker.close)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    summary = config.stash[R4_BODIES].summary()
+    if hasattr(config, "workeroutput"):  # an xdist worker: the controller adds them up
+        config.workeroutput["r4_bodies"] = summary
+        return
+    _add_totals(config, summary)
+    if config.stash[R4_TOTALS].get("failures") and session.exitstatus == pytest.ExitCode.OK:
+        # a body refused where no test could fail for it (a test's helper thread)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    summary = getattr(node, "workeroutput", {}).get("r4_bodies")
+    if summary:
+        _add_totals(node.config, summary)  # type: ignore[attr-defined]
+
+
+def _add_totals(config: pytest.Config, summary: dict) -> None:
+    totals = config.stash[R4_TOTALS]
+    for key, value in summary.items():
+        if isinstance(value, bool):
+            totals[key] = totals.get(key, False) or value
+        else:
+            totals[key] = totals.get(key, 0 if isinstance(value, int) else []) + value
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    totals = terminalreporter.config.stash[R4_TOTALS]
+    if not totals.get("fhir_bodies"):
+        return
+    fhirjs = (
+        f"FHIR.js valid {totals['fhirjs_valid']}"
+        if totals["fhirjs_available"]
+        else "FHIR.js not run (no node or tests/node/node_modules)"
+    )
+    terminalreporter.write_line(
+        f"R4 bodies: {totals['fhir_bodies']} FHIR JSON responses, fhirclient parsed "
+        f"{totals['fhirclient_parsed']} ({totals['too_deep_for_fhirclient']} nested too deep "
+        f"for it), {fhirjs}; {totals['not_fhir']} other responses"
+    )
+    for failure in totals["failures"][:20]:
+        terminalreporter.write_line(f"  not R4: {failure}")
 
 
 def free_port() -> int:
@@ -103,5 +174,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def client(server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    # generous: a search at the limits can take tens of seconds on a loaded 2-core machine
+    with httpx.Client(base_url=server.url, timeout=120) as http:
         yield http

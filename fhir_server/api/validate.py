@@ -105,7 +105,7 @@ def build_validate_router() -> APIRouter:
             )
         issues: list[Issue] = []
         if mode == "update" or (rid is not None and mode is None and "id" in resource):
-            if rid is not None and resource.get("id") != rid:
+            if rid is not None and "id" in resource and resource["id"] != rid:
                 issues.append(
                     Issue(
                         "error",

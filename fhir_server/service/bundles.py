@@ -78,6 +78,8 @@ def parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
         raise _entry_error(index, "request is required in a transaction or batch", "required")
     method = request.get("method")
     url = request.get("url")
+    if method is None:
+        raise _entry_error(index, "request.method is required", "required")
     if method not in METHOD_ORDER:
         raise _entry_error(index, f"request.method '{method}' is not supported")
     if not isinstance(url, str) or not url:
@@ -196,8 +198,10 @@ class BundleProcessor:
         if kind not in ("transaction", "batch"):
             raise error(
                 400,
-                "invalid",
-                f"POST / takes a transaction or batch Bundle, not '{kind}'",
+                "invalid" if kind is not None else "required",
+                f"POST / takes a transaction or batch Bundle, not '{kind}'"
+                if kind is not None
+                else "POST / takes a transaction or batch Bundle; Bundle.type is missing",
                 "Bundle.type",
             )
         set_interaction(kind)

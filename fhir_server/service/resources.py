@@ -129,7 +129,7 @@ class ResourceService:
     def _check_body(self, resource_type: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise error(400, "structure", "The body must be a FHIR resource (a JSON object)")
-        if "resourceType" not in body:
+        if body.get("resourceType") is None:
             raise error(
                 400, "required", f"The body has no resourceType (expected '{resource_type}')",
                 "resourceType",
