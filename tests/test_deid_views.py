@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -368,7 +369,10 @@ def test_the_cli_follows_new_writes_until_interrupted(
     the buffer before, so this test failed on every clean clone without PYTHONUNBUFFERED),
     and SIGINT or SIGTERM (which killed it without closing its stores) ends it with 0."""
     command = views_command(setup, "--recipient", "alpha", "--follow", "0.2")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=CLI_ENV)
+    # stderr to a file, and faulthandler on: if it ever hangs, SIGABRT shows where
+    errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (removed when closed)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True,
+                               env={**CLI_ENV, "PYTHONFAULTHANDLER": "1"})
     lines: queue.Queue[str] = queue.Queue()
     # Read on a thread: a follow loop that never prints fails the test instead of hanging it.
     threading.Thread(
@@ -386,7 +390,14 @@ def test_the_cli_follows_new_writes_until_interrupted(
         assert lines.get(timeout=60).strip() == "alpha: 1 made, 0 removed"
     finally:
         process.send_signal(stop)
-        assert process.wait(timeout=60) == 0
+        try:
+            code = process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            process.wait(timeout=60)
+            errors.seek(0)
+            raise AssertionError(f"still running after {stop.name}:\n{errors.read()}") from None
+        assert code == 0
     store = ViewStore(
         view_path(setup["views"], "alpha"), fingerprint(setup["recipients"].engine("alpha"))
     )

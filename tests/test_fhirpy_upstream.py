@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fhir_server.settings import Settings
+from tests.auth_tokens import TestIssuer
 from tests.conftest import RunningServer, database_url
 
 UPSTREAM = Path(__file__).parent / "fhirpy_upstream"
@@ -57,12 +58,16 @@ def outcomes(report: Path) -> dict[str, tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def upstream_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    settings = Settings(
-        db_url=database_url(tmp_path_factory.mktemp("fhirpy")), insecure_dev=True
-    )
+    # A closed server, as in production, and a real token signed by a trusted issuer:
+    # fhirpy sends it on every request (its suite reads FHIR_SERVER_AUTHORIZATION), and
+    # its "Bearer invalid" case meets a real 401.
+    issuer = TestIssuer.create(tmp_path_factory.mktemp("fhirpy-issuer"))
+    settings = issuer.settings(db_url=database_url(tmp_path_factory.mktemp("fhirpy")))
     report = tmp_path_factory.mktemp("fhirpy-report") / "report.xml"
     with RunningServer(settings) as server:
-        env = {**os.environ, "FHIR_SERVER_URL": server.url}
+        token = issuer.token(server.url, "system/*.cruds", exp=int(time.time()) + 3600)
+        env = {**os.environ, "FHIR_SERVER_URL": server.url,
+               "FHIR_SERVER_AUTHORIZATION": f"Bearer {token}"}
         completed = subprocess.run(
             [sys.executable, "-m", "pytest", "-c", str(UPSTREAM / "pytest.ini"), "-q",
              "-p", "no:cacheprovider", f"--junitxml={report}", str(UPSTREAM)],

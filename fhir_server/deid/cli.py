@@ -160,9 +160,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_views(args: argparse.Namespace) -> int:
-    import signal
-    import time
-
     from tqdm import tqdm
 
     from fhir_server.deid.export import planned_counts
@@ -170,6 +167,7 @@ def cmd_views(args: argparse.Namespace) -> int:
     from fhir_server.deid.views import ViewStore, fill, fingerprint, follow, view_path
     from fhir_server.gc_tuning import tune_for_server
     from fhir_server.service.fhir import FhirService
+    from fhir_server.stop_signals import StopSignals
     from fhir_server.storage import open_storage
 
     recipients, _ = _recipients(args)
@@ -200,19 +198,20 @@ def cmd_views(args: argparse.Namespace) -> int:
                 flush=True,
             )
         if args.follow is not None:
-            # A supervisor (systemd, Kubernetes) stops it with SIGTERM: end as on Ctrl-C,
-            # between two follows or by interrupting the wait, with the stores closed.
-            signal.signal(signal.SIGTERM, signal.default_int_handler)
-        while args.follow is not None:
-            time.sleep(args.follow)
-            for recipient_id, (engine, store) in stores.items():
-                report = follow(service, engine, store, types)
-                if report.written or report.removed:
-                    print(
-                        f"{recipient_id}: {report.written} made, {report.removed} removed",
-                        flush=True,
-                    )
-    except KeyboardInterrupt:
+            # Ctrl-C, or SIGTERM from a supervisor (systemd, Kubernetes), ends it after the
+            # pass in progress (never inside a write) or at once from the wait between
+            # passes, with the stores closed.
+            with StopSignals() as stop:
+                while not stop.wait(args.follow):
+                    for recipient_id, (engine, store) in stores.items():
+                        report = follow(service, engine, store, types)
+                        if report.written or report.removed:
+                            print(
+                                f"{recipient_id}: {report.written} made, "
+                                f"{report.removed} removed",
+                                flush=True,
+                            )
+    except KeyboardInterrupt:  # during the fill
         pass
     finally:
         for _, store in stores.values():
