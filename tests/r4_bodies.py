@@ -110,14 +110,6 @@ class Counts:
     not_fhir: int = 0
     failures: list[str] = field(default_factory=list)
 
-    def add(self, other: dict[str, Any]) -> None:
-        self.fhir_bodies += other["fhir_bodies"]
-        self.fhirclient_parsed += other["fhirclient_parsed"]
-        self.fhirjs_valid += other["fhirjs_valid"]
-        self.too_deep_for_fhirclient += other["too_deep_for_fhirclient"]
-        self.not_fhir += other["not_fhir"]
-        self.failures += other["failures"]
-
 
 class BodyCheck:
     def __init__(self) -> None:

@@ -75,4 +75,4 @@ def test_files_named_in_the_readmes_exist() -> None:
         if not list(ROOT.glob(path.rstrip("/")))
     ]
     assert missing == []
-    assert (ROOT / "examples" / "obs.json").exists()
+    assert (ROOT / "examples" / "requests" / "obs.json").exists()

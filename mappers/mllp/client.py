@@ -8,9 +8,13 @@ import ssl
 from mappers.hl7v2.parser import decode
 from mappers.mllp.framing import Deframer, Frame, frame
 
+# How long a sender waits for an ACK: a receiver storing into a busy database may take
+# seconds; interface engines commonly allow 30-60 s before they resend.
+ACK_TIMEOUT_SECONDS = 60.0
+
 
 def send_mllp(
-    host: str, port: int, message: str | bytes, *, timeout: float = 10.0,
+    host: str, port: int, message: str | bytes, *, timeout: float = ACK_TIMEOUT_SECONDS,
     ssl_context: ssl.SSLContext | None = None,
 ) -> str:
     """Send one framed message and return the ACK text."""
@@ -24,7 +28,7 @@ class MllpClient:
     when given (a local address of this machine)."""
 
     def __init__(
-        self, host: str, port: int, *, timeout: float = 10.0,
+        self, host: str, port: int, *, timeout: float = ACK_TIMEOUT_SECONDS,
         ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
         source_address: str | None = None,
     ):
