@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 from fhirpathpy.models import models
@@ -44,15 +46,42 @@ def _parse(expression: str) -> dict:
     return parse(expression)
 
 
-def compile_fhirpath(expression: str) -> Callable[[Any, Any], Collection]:
-    """`fn(context_value, root_resource) -> collection`; raises Unsupported."""
-    tree = _parse(expression)
-    body = _compile(tree["children"][0])
+FunctionMaker = Callable[[list[Compiled], list], Compiled]
 
-    def run(context: Any, root: Any) -> Collection:
+
+@dataclass(frozen=True)
+class Extensions:
+    """What a caller adds to the subset for its own expressions (SQL on FHIR views add
+    getResourceKey() and their constants): `functions` by (name, arity), each a maker of
+    closures like those below, and `variables`, the `%names` read at run time from the
+    mapping given to the compiled function."""
+
+    functions: Mapping[tuple[str, int], FunctionMaker] = field(default_factory=dict)
+    variables: frozenset[str] = frozenset()
+
+
+_NO_EXTENSIONS = Extensions()
+_extensions: ContextVar[Extensions] = ContextVar("fhirpath_extensions", default=_NO_EXTENSIONS)
+
+
+def compile_fhirpath(
+    expression: str, extensions: Extensions | None = None
+) -> Callable[..., Collection]:
+    """`fn(context_value, root_resource, variables=None) -> collection`; raises Unsupported."""
+    tree = _parse(expression)
+    token = _extensions.set(extensions or _NO_EXTENSIONS)
+    try:
+        body = _compile(tree["children"][0])
+    finally:
+        _extensions.reset(token)
+
+    def run(
+        context: Any, root: Any, variables: Mapping[str, Collection] | None = None
+    ) -> Collection:
         # "this": what the arguments of intersect(), union() ... read ($this): the context,
         # or the item that where(), select(), all(), exists() are testing
-        return body([context], {"resource": root, "context": context, "this": [context]})
+        env = {"resource": root, "context": context, "this": [context], "vars": variables}
+        return body([context], env)
 
     return run
 
@@ -247,9 +276,74 @@ def _invocation_expression(node: dict) -> Compiled:
         name = _identifier(step["children"][0])
         return lambda items, env: _member(source(items, env), name)
     if step["type"] == "FunctionInvocation":
+        typed = _choice_member(node["children"][0], step)
+        if typed is not None:
+            return typed
         function = _function(step)
         return lambda items, env: function(source(items, env), env)
     raise Unsupported(step["type"])
+
+
+def _choice_member(source: dict, step: dict) -> Compiled | None:
+    """`value.ofType(Quantity)` (or `.as(...)`) on a member: the choice element's JSON key
+    (`valueQuantity`), without a model of types. A member present under its own name is
+    not a choice element: its type needs the model, so that value is Unsupported (the
+    caller falls back)."""
+    functn = step["children"][0]
+    name = _identifier(functn["children"][0])
+    params = functn["children"][1]["children"] if len(functn["children"]) > 1 else []
+    if name not in ("ofType", "as") or len(params) != 1:
+        return None
+    type_name = _type_argument(params)
+    if source["type"] == "InvocationExpression" and source["children"][1]["type"] == (
+        "MemberInvocation"
+    ):
+        parent = _compile(source["children"][0])
+        member = _identifier(source["children"][1]["children"][0])
+    elif (
+        source["type"] == "TermExpression"
+        and source["children"][0]["type"] == "InvocationTerm"
+        and source["children"][0]["children"][0]["type"] == "MemberInvocation"
+    ):
+        parent = _this
+        member = _identifier(source["children"][0]["children"][0]["children"][0])
+    else:
+        return None
+    key = member + type_name[:1].upper() + type_name[1:]
+
+    def choice_member(items: Collection, env: Env) -> Collection:
+        out: Collection = []
+        for item in parent(items, env):
+            if not isinstance(item, dict):
+                continue
+            if key in item:
+                value = item[key]
+                out.extend(value if isinstance(value, list) else [value])
+            elif member in item:
+                raise Unsupported(f"{member}.ofType({type_name}) on a non-choice element")
+        return out
+
+    return choice_member
+
+
+def _this(items: Collection, env: Env) -> Collection:
+    return items
+
+
+def _indexer(node: dict) -> Compiled:
+    source, index = (_compile(child) for child in node["children"])
+
+    def indexed(items: Collection, env: Env) -> Collection:
+        position = index(items, env)
+        if not position:
+            return []
+        n = _singleton(position)
+        if type(n) is not int:
+            raise Unsupported("an index that is not an integer")
+        values = source(items, env)
+        return values[n : n + 1] if n >= 0 else []
+
+    return indexed
 
 
 def _literal(node: dict) -> Compiled:
@@ -292,6 +386,8 @@ def _external_constant(node: dict) -> Compiled:
         return lambda items, env: [env["context"]]
     if name in _CONSTANTS:
         return _constant([_CONSTANTS[name]])
+    if name in _extensions.get().variables:
+        return lambda items, env: env["vars"][name]
     raise Unsupported(f"%{name}")
 
 
@@ -581,7 +677,9 @@ def _function(node: dict) -> Compiled:
     name = _identifier(functn["children"][0])
     params = functn["children"][1]["children"] if len(functn["children"]) > 1 else []
     args = [_compile(p) for p in params]
-    maker = _FUNCTIONS.get((name, len(args)))
+    maker = _FUNCTIONS.get((name, len(args))) or _extensions.get().functions.get(
+        (name, len(args))
+    )
     if maker is None:
         raise Unsupported(f"{name}() with {len(args)} argument(s)")
     return maker(args, params)
@@ -938,6 +1036,7 @@ _HANDLERS: dict[str, Callable[[dict], Compiled]] = {
     "LiteralTerm": _literal,
     "ExternalConstantTerm": _external_constant,
     "ParenthesizedTerm": _parenthesized,
+    "IndexerExpression": _indexer,
     "EqualityExpression": _equality,
     "InequalityExpression": _inequality,
     "MembershipExpression": _membership,

@@ -137,12 +137,37 @@ def test_json_only_semantics() -> None:
 
 @pytest.mark.parametrize(
     "expression",
-    ["a.repeat(b)", "a.ofType(Quantity)", "a / 2", "a.matches(b)", "%vs-x", "a is Quantity",
+    ["a.repeat(b)", "a.b.ofType(Quantity).ofType(Quantity)", "a / 2", "a.matches(b)", "%vs-x", "a is Quantity",
      "htmlChecks()"],
 )
 def test_outside_the_subset_is_refused(expression: str) -> None:
     with pytest.raises(Unsupported):
         compile_fhirpath(expression)
+
+
+def test_of_type_on_a_choice_element_reads_its_key() -> None:
+    """`value.ofType(Quantity)` is the JSON key `valueQuantity`; an element present under its
+    own name is no choice element, whose type needs a model: refused at run time."""
+    run = compile_fhirpath("value.ofType(Quantity).value")
+    assert run({"valueQuantity": {"value": 5}}, {}) == [5]
+    assert run({"valueString": "x"}, {}) == []
+    assert compile_fhirpath("deceased.ofType(boolean)")({"deceasedBoolean": False}, {}) == [False]
+    with pytest.raises(Unsupported):
+        run({"value": {"value": 5}}, {})
+
+
+def test_extensions_add_functions_and_variables() -> None:
+    """Callers (SQL on FHIR views) add functions and `%variables` without changing the
+    subset for everyone else."""
+    from profiles.fhirpath_fast import Extensions
+
+    twice = {("twice", 0): lambda args, params: lambda items, env: items + items}
+    run = compile_fhirpath("a.twice()[%i]", Extensions(twice, frozenset({"i"})))
+    assert run({"a": "x"}, {}, {"i": [1]}) == ["x"]
+    with pytest.raises(Unsupported):
+        compile_fhirpath("a.twice()")
+    with pytest.raises(Unsupported):
+        compile_fhirpath("%i")
 
 
 def test_runtime_data_outside_the_subset_is_refused() -> None:
