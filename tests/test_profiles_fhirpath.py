@@ -137,8 +137,8 @@ def test_json_only_semantics() -> None:
 
 @pytest.mark.parametrize(
     "expression",
-    ["a.repeat(b)", "a.b.ofType(Quantity).ofType(Quantity)", "a / 2", "a.matches(b)", "%vs-x", "a is Quantity",
-     "htmlChecks()"],
+    ["a.repeat(b)", "a.b.ofType(Quantity).ofType(Quantity)", "a / 2", "a.matches(b)", "%vs-x",
+     "a is Quantity", "htmlChecks()"],
 )
 def test_outside_the_subset_is_refused(expression: str) -> None:
     with pytest.raises(Unsupported):
