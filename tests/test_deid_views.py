@@ -371,8 +371,16 @@ def test_the_cli_follows_new_writes_until_interrupted(
     command = views_command(setup, "--recipient", "alpha", "--follow", "0.2")
     # stderr to a file, and faulthandler on: if it ever hangs, SIGABRT shows where
     errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (removed when closed)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True,
-                               env={**CLI_ENV, "PYTHONFAULTHANDLER": "1"})
+    # Started with SIGINT ignored, as a shell starts a background command (`cmd &`, and so
+    # a test suite run from a background job): the follower must still stop on it.
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        text=True,
+        env={**CLI_ENV, "PYTHONFAULTHANDLER": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     lines: queue.Queue[str] = queue.Queue()
     # Read on a thread: a follow loop that never prints fails the test instead of hanging it.
     threading.Thread(
