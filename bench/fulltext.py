@@ -1,12 +1,14 @@
 """What the full-text index (`_text`, `_content`) costs on ingest, side by side in one run.
 
-The same CGM-heavy resources as bench/search.py (patients, conditions, labs, a CGM reading
-every 5 minutes) are written through the server's extractor and SqliteStorage, 500 per
-transaction, into fresh databases: once with the full-text words (as the server writes
-them), once without, alternating, several rounds. Prints resources/s (CPU time of this
-process, write-behind thread included, so that a busy machine disturbs it less; wall time
-beside it), bytes per resource on disk, and the overhead of the full-text rows. Not a
-pass/fail test.
+Two workloads: the CGM-heavy resources of bench/search.py (patients, conditions, labs, a
+CGM reading every 5 minutes, codes without displays: the readings have no text), and the
+synthetic cohort of `diatabase generate` (displays on every coding, so every reading has a
+row, names, addresses, medication dosages). Each is written through the server's extractor
+and SqliteStorage, 500 per transaction, into fresh databases: once with the full-text
+words (as the server writes them), once without, alternating, several rounds. Prints
+resources/s (CPU time of this process, write-behind thread included, so that a busy
+machine disturbs it less; wall time beside it), bytes per resource on disk, and the
+overhead of the full-text rows. Not a pass/fail test.
 
     python -m bench.fulltext [--size small|medium|large]
 """
@@ -46,9 +48,30 @@ def extractor_for(storage: SqliteStorage, fulltext: bool) -> IndexExtractor:
     )
 
 
-def write(count: int, fulltext: bool) -> tuple[float, float, float]:
+def cgm_workload(count: int) -> list[dict]:
+    return list(itertools.islice(resources(max(1, count // 500), 500), count))
+
+
+def cohort_workload(count: int) -> list[dict]:
+    """`count` resources of the synthetic cohort, every type in its share."""
+    from fhir_server.synthetic import write_ndjson
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_ndjson(tmp, patients=max(1, count // 400), days=2, seed=1)
+        found = [
+            orjson.loads(line)
+            for path in sorted(Path(tmp).glob("*.ndjson"))
+            for line in path.read_bytes().splitlines()
+        ]
+    return found[:count]
+
+
+WORKLOADS = {"cgm": cgm_workload, "cohort": cohort_workload}
+
+
+def write(items: list[dict], fulltext: bool) -> tuple[float, float, float]:
     """(resources/s in CPU time, in wall time, bytes per resource) for one fresh database."""
-    items = list(itertools.islice(resources(max(1, count // 500), 500), count))
+    items = [dict(item) for item in items]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fulltext.db"
         storage = SqliteStorage(str(path))
@@ -69,12 +92,12 @@ def write(count: int, fulltext: bool) -> tuple[float, float, float]:
     return len(items) / cpu, len(items) / wall, size / len(items)
 
 
-def measure(count: int, rounds: int) -> dict[bool, tuple[float, float, float]]:
+def measure(items: list[dict], rounds: int) -> dict[bool, tuple[float, float, float]]:
     """Median figures per mode over `rounds` alternating rounds."""
     figures: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
     for _ in range(rounds):
         for fulltext in (False, True):
-            figures[fulltext].append(write(count, fulltext))
+            figures[fulltext].append(write(items, fulltext))
     return {
         mode: tuple(statistics.median(f[i] for f in found) for i in range(3))  # type: ignore[misc]
         for mode, found in figures.items()
@@ -84,34 +107,43 @@ def measure(count: int, rounds: int) -> dict[bool, tuple[float, float, float]]:
 def run(size: str = "small", db: str | None = None) -> list[Result]:
     """For bench/run.py (SQLite only: `db` is unused, fresh files are written)."""
     count, rounds = SIZES[size]
-    found = measure(count, rounds)
-    (plain, _, plain_bytes), (text, _, text_bytes) = found[False], found[True]
-    return [
-        Result(
-            "fulltext ingest",
-            f"{count:,} CGM-heavy resources through SqliteStorage with their full-text rows, "
-            f"median of {rounds} rounds (CPU time): {(plain / text - 1) * 100:+.0f} % time, "
-            f"{text_bytes:,.0f} vs {plain_bytes:,.0f} bytes/resource",
-            text,
-            "resources/s",
-            peak_rss_mb=own_peak_rss_mb(),
-            floor=f"without full text {plain:,.0f}/s",
+    rows = []
+    for name, make in WORKLOADS.items():
+        found = measure(make(count), rounds)
+        (plain, _, plain_bytes), (text, _, text_bytes) = found[False], found[True]
+        rows.append(
+            Result(
+                f"fulltext ingest {name}",
+                f"{count:,} {name} resources through SqliteStorage with their full-text rows, "
+                f"median of {rounds} rounds (CPU time): {(plain / text - 1) * 100:+.0f} % "
+                f"time, {text_bytes:,.0f} vs {plain_bytes:,.0f} bytes/resource",
+                text,
+                "resources/s",
+                peak_rss_mb=own_peak_rss_mb(),
+                floor=f"without full text {plain:,.0f}/s",
+            )
         )
-    ]
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default=None)
     args = parser.parse_args()
     count, rounds = SIZES[args.size]
-    found = measure(count, rounds)
+    names = [args.workload] if args.workload else list(WORKLOADS)
     print(f"{count:,} resources per database, median of {rounds} alternating rounds")
-    print(f"{'full text':<10}{'res/s (CPU)':>13}{'res/s (wall)':>14}{'bytes/resource':>16}")
-    for mode in (False, True):
-        cpu, wall, size = found[mode]
-        print(f"{'with' if mode else 'without':<10}{cpu:>13,.0f}{wall:>14,.0f}{size:>16,.0f}")
-    print(f"full-text overhead: {(found[False][0] / found[True][0] - 1) * 100:+.1f} % CPU time")
+    print(f"{'workload':<10}{'full text':<10}{'res/s (CPU)':>13}{'res/s (wall)':>14}"
+          f"{'bytes/resource':>16}")
+    for name in names:
+        found = measure(WORKLOADS[name](count), rounds)
+        for mode in (False, True):
+            cpu, wall, size = found[mode]
+            print(f"{name:<10}{'with' if mode else 'without':<10}{cpu:>13,.0f}{wall:>14,.0f}"
+                  f"{size:>16,.0f}")
+        print(f"{name}: full-text overhead {(found[False][0] / found[True][0] - 1) * 100:+.1f} "
+              "% CPU time")
 
 
 if __name__ == "__main__":

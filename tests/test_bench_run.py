@@ -28,7 +28,7 @@ ROW_NAMES = {
     "audit": ["audit ingest", "audit search"],
     "validate": ["validate", "validate generated"],
     "extract": ["extract"],
-    "fulltext": ["fulltext ingest"],
+    "fulltext": ["fulltext ingest cgm", "fulltext ingest cohort"],
     "terminology": ["terminology $validate-code", "terminology $lookup", "terminology $expand"],
     "terminology_lib": ["terminology-lib validate_code", "terminology-lib expand"],
     "mappers": ["hl7v2 mllp+sqlite", "csv import"],
