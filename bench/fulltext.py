@@ -30,7 +30,7 @@ from fhir_server.search.extract import IndexExtractor
 from fhir_server.storage.base import instant
 from fhir_server.storage.sqlite import SqliteStorage
 
-SIZES = {"small": (1_000, 2), "medium": (20_000, 5), "large": (100_000, 5)}  # resources, rounds
+SIZES = {"small": (500, 1), "medium": (20_000, 5), "large": (100_000, 5)}  # resources, rounds
 BATCH = 500
 
 
