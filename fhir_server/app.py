@@ -23,6 +23,7 @@ from fhir_server.api.limits import RequestBudget
 from fhir_server.api.metadata import build_metadata_router
 from fhir_server.api.rest import build_router, register_rest_operations
 from fhir_server.api.terminology import build_terminology_router, register_operations
+from fhir_server.api.ui import build_ui_router
 from fhir_server.api.validate import build_validate_router, register_validate_operation
 from fhir_server.auth import install_auth
 from fhir_server.gc_tuning import tune_for_server
@@ -142,6 +143,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.include_router(build_validate_router())
     app.include_router(build_convert_router())  # before the generic /{resource_type} routes
     app.include_router(build_clinical_router())
+    app.include_router(build_ui_router())
     app.include_router(build_router())
     return app
 

@@ -25,11 +25,12 @@ from starlette.concurrency import run_in_threadpool
 from fhir_server.api.http import base_url, check_accept, fhir_response, pretty, query_items
 from fhir_server.clinical.agp_text import choose_language
 from fhir_server.clinical.lastn import OPERATION, lastn
+from fhir_server.clinical.patient_list import patient_name
 from fhir_server.clinical.service import CgmRequest, CgmService
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import error
 from fhir_server.service.fhir import FhirService
-from fhir_server.ui.agp_page import FORMATS, AgpReport, patient_name
+from fhir_server.ui.agp_page import FORMATS, AgpReport
 from fhir_server.ui.pages import html_response
 
 CGM_METRICS = ("cgm-metrics", "http://diatabase.org/fhir/OperationDefinition/Patient-cgm-metrics")
@@ -78,8 +79,10 @@ def build_clinical_router() -> APIRouter:
             svc.resources.check_type(compartment[0])
         strict = "handling=strict" in request.headers.get("prefer", "")
         base = base_url(request, request.app.state.settings.base_url)
+        settings = request.app.state.settings
         bundle = await run_in_threadpool(
-            lastn, svc.search, query_items(request), base, strict, compartment
+            lastn, svc.search, query_items(request), base, strict, compartment,
+            svc.indexed.clinical, settings.default_count,
         )
         return fhir_response(bundle, 200, None, pretty(request))
 

@@ -81,6 +81,12 @@ def classify(method: str, path: str) -> Requirement:
         return Requirement("any", interaction="s")
     elif parts[0] == "$convert" and n == 1 and method == "POST":
         return Requirement("any", interaction="c")  # stores nothing: any ingesting client
+    elif parts[0] == "ui" and n >= 2 and parts[1] == "patients" and method in ("GET", "HEAD"):
+        if n == 2:  # the patient list: a search of Patient, narrowed inside the queries
+            return Requirement("check", "Patient", "search-type")
+        if n == 3:  # a patient's AGP page: its Observations
+            return Requirement("check", "Observation", "search-compartment",
+                               ("Patient", parts[2]))
     elif is_resource_type(parts[0]):
         found = _typed(method, parts)
         if found is not None:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fhir_server.audit import AuditedStorage, open_trail
+from fhir_server.clinical.indexes import IndexedStorage
 from fhir_server.model import jsonio
 from fhir_server.model.jsonio import fragment
 from fhir_server.model.outcome import Issue, error
@@ -94,7 +95,10 @@ class FhirService:
         # is applied by this wrapper inside every storage call the services make; the
         # audited storage around it records what was read and written (audit/audited.py).
         self.audit = open_trail(storage, getattr(settings, "audit", True))
-        scoped = ScopedStorage(storage, self.registry, self.extractor.extract)
+        # Under both: the clinical indexes kept in every write transaction
+        # (clinical/indexes.py: the codes $lastn groups by, the CGM daily aggregates).
+        self.indexed = IndexedStorage(storage)
+        scoped = ScopedStorage(self.indexed, self.registry, self.extractor.extract)
         self.storage = AuditedStorage(scoped, self.audit)
         # The R4 core rules: on every write unless the operator turns them off.
         self.core = CoreValidator(

@@ -4,7 +4,6 @@ table, charts as SVG), a one-page PDF and a PNG of that page."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from fhir_server.clinical import agp_draw
 from fhir_server.clinical.agp import Agp, build_agp
@@ -53,14 +52,3 @@ class AgpReport:
         """`lang|title` for the DiagnosticReport's presentedForm."""
         return f"{self.lang}|{TEXT[self.lang]['title']}"
 
-
-def patient_name(resource: dict[str, Any]) -> str:
-    """The patient's usual or first name as a clinician reads it, or their id."""
-    names = resource.get("name") or []
-    chosen = next((n for n in names if n.get("use") == "usual"), names[0] if names else None)
-    if not chosen:
-        return resource.get("id", "")
-    if chosen.get("text"):
-        return chosen["text"]
-    given = " ".join(chosen.get("given") or [])
-    return " ".join(p for p in (given, (chosen.get("family") or "").upper()) if p) or resource["id"]

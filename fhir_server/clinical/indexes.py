@@ -1,0 +1,193 @@
+"""Per-patient figures kept up to date in the write transaction, so that clinical views
+never go back to the raw readings:
+
+- the code catalogue: how many current Observations each patient has of each code, which
+  `$lastn` reads instead of scanning a patient's year of 5-minute readings to learn which
+  codes exist;
+- the CGM daily aggregates: per patient and calendar day (Europe/Paris), the number of
+  CGM readings, their sum and sum of squares in mg/dL and their count in each consensus
+  range, from which the patient list computes TIR / TBR / GMI / wear over 14 days for a
+  thousand patients in one query.
+
+`IndexedStorage` wraps the backend: a transaction notes the Observations it writes (and the
+version each replaces or deletes) and, once its body succeeded, adds the differences in
+the same transaction (SQLite: the same connection; MongoDB: the same session); a write
+that rolls back leaves no difference, a batch entry that fails is forgotten with its
+savepoint. Counts are additive, so an update is "minus the old version, plus the new".
+`rebuild()` recomputes everything from the stored Observations (after an upgrade, or a
+restore from a backup of the resources alone).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fhir_server.clinical.glucose import reading_from
+from fhir_server.clinical.period import DEFAULT_TIMEZONE
+from fhir_server.clinical.ranges import STANDARD
+from fhir_server.model import jsonio
+from fhir_server.search.types import IndexEntry
+from fhir_server.storage.base import NewResource
+
+AGGREGATE_ZONE = ZoneInfo(DEFAULT_TIMEZONE)
+# n, sum of mg/dL, sum of squares, then the count in each range (very low .. very high)
+DAY_FIELDS = ("n", "total", "squares", "very_low", "low", "in_range", "high", "very_high")
+
+
+@dataclass
+class Deltas:
+    codes: dict[tuple[str, str, str], int]  # (patient, system, code) -> count
+    days: dict[tuple[str, str], list[float]]  # (patient, YYYY-MM-DD) -> DAY_FIELDS
+
+    @classmethod
+    def empty(cls) -> Deltas:
+        return cls(defaultdict(int), defaultdict(lambda: [0.0] * len(DAY_FIELDS)))
+
+    def add(self, resource: dict[str, Any], sign: int) -> None:
+        patient = subject_patient(resource)
+        if patient is None:
+            return
+        for coding in (resource.get("code") or {}).get("coding") or ():
+            if coding.get("code"):
+                self.codes[(patient, coding.get("system") or "", coding["code"])] += sign
+        reading = reading_from(resource)
+        if reading is None or reading.source != "cgm":
+            return
+        day = datetime.fromtimestamp(reading.at, AGGREGATE_ZONE).date().isoformat()
+        row = self.days[(patient, day)]
+        row[0] += sign
+        row[1] += sign * reading.mg_dl
+        row[2] += sign * reading.mg_dl * reading.mg_dl
+        row[3 + STANDARD.band(reading)] += sign
+
+    def pruned(self) -> Deltas:
+        """Without the differences that cancel out (an update that changed no code)."""
+        codes = {k: v for k, v in self.codes.items() if v}
+        days = {k: v for k, v in self.days.items() if any(abs(x) > 1e-9 for x in v)}
+        return Deltas(codes, days)  # type: ignore[arg-type]
+
+
+def subject_patient(resource: dict[str, Any]) -> str | None:
+    reference = (resource.get("subject") or {}).get("reference")
+    if isinstance(reference, str) and reference.startswith("Patient/"):
+        return reference.removeprefix("Patient/").split("/_history")[0]
+    return None
+
+
+def open_index_store(backend: Any) -> Any:
+    from fhir_server.storage.sqlite import SqliteStorage
+
+    if isinstance(backend, SqliteStorage):
+        from fhir_server.clinical.indexes_sqlite import SqliteClinicalIndexes
+
+        return SqliteClinicalIndexes(backend)
+    from fhir_server.clinical.indexes_mongo import MongoClinicalIndexes
+
+    return MongoClinicalIndexes(backend)
+
+
+class IndexedStorage:
+    """The backend, with the clinical indexes kept in its write transactions."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self.clinical = open_index_store(backend)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    @property
+    def backend(self) -> Any:
+        return self._backend
+
+    @contextmanager
+    def transaction(self) -> Iterator[IndexedTransaction]:
+        deferred: Deltas | None = None
+        with self._backend.transaction() as tx:
+            indexed = IndexedTransaction(tx)
+            yield indexed
+            deltas = indexed.deltas()
+            if deltas.codes or deltas.days:
+                if getattr(tx, "buffered", False):
+                    deferred = deltas  # a standalone MongoDB writes after this block
+                else:
+                    self.clinical.apply(tx, deltas)
+        if deferred is not None:
+            with self._backend.transaction() as tx:
+                self.clinical.apply(tx, deferred)
+
+    def rebuild(self) -> int:
+        """Recompute the indexes from the current Observations; the number read."""
+        deltas = Deltas.empty()
+        count = 0
+        for stored in self._backend.iter_current("Observation"):
+            if stored.json is not None and not stored.deleted:
+                deltas.add(jsonio.loads(stored.json), +1)
+                count += 1
+        self.clinical.replace(deltas.pruned())
+        return count
+
+
+class IndexedTransaction:
+    """The backend's transaction, noting the Observations written: (new JSON or None,
+    previous JSON or None) per write."""
+
+    def __init__(self, tx: Any) -> None:
+        self._tx = tx
+        self.writes: list[tuple[bytes | None, bytes | None]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx, name)
+
+    def _previous(self, resource_type: str, id: str) -> bytes | None:
+        previous = self._tx.read(resource_type, id)
+        return None if previous is None or previous.deleted else previous.json
+
+    def put(
+        self,
+        resource_type: str,
+        id: str,
+        version: int,
+        last_updated: float,
+        json: bytes,
+        index: Sequence[IndexEntry],
+        method: str,
+    ) -> None:
+        if resource_type == "Observation":
+            fresh = version == 1 and method == "POST"  # an id just made up: nothing before
+            self.writes.append((json, None if fresh else self._previous(resource_type, id)))
+        self._tx.put(resource_type, id, version, last_updated, json, index, method)
+
+    def create_many(self, creates: Sequence[NewResource]) -> None:
+        self._tx.create_many(creates)
+        self.writes += [(c.json, None) for c in creates if c.resource_type == "Observation"]
+
+    def delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
+        if resource_type == "Observation":
+            self.writes.append((None, self._previous(resource_type, id)))
+        self._tx.delete(resource_type, id, version, last_updated)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        mark = len(self.writes)
+        with self._tx.savepoint():
+            try:
+                yield
+            except BaseException:
+                del self.writes[mark:]
+                raise
+
+    def deltas(self) -> Deltas:
+        deltas = Deltas.empty()
+        for new, old in self.writes:
+            if old is not None:
+                deltas.add(jsonio.loads(old), -1)
+            if new is not None:
+                deltas.add(jsonio.loads(new), +1)
+        return deltas.pruned()

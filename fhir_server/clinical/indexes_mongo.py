@@ -1,0 +1,76 @@
+"""The clinical indexes (indexes.py) in two MongoDB collections, written with the write
+transaction's session (`clinical_codes`, `cgm_days`; `_id` is the key)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fhir_server.clinical.indexes import DAY_FIELDS, Deltas
+
+CODES, DAYS = "clinical_codes", "cgm_days"
+
+
+class MongoClinicalIndexes:
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+        self.codes_collection = storage.db[CODES]
+        self.days_collection = storage.db[DAYS]
+        self.codes_collection.create_index([("patient", 1), ("n", 1)])
+        self.days_collection.create_index([("day", 1), ("patient", 1)])
+
+    def apply(self, tx: Any, deltas: Deltas) -> None:
+        session = getattr(tx, "session", None)
+        if deltas.codes:
+            for key, n in deltas.codes.items():
+                self.codes_collection.update_one(
+                    {"_id": "|".join(key)},
+                    {"$inc": {"n": n}, "$set": {"patient": key[0], "system": key[1],
+                                                "code": key[2]}},
+                    upsert=True, session=session,
+                )
+            self.codes_collection.delete_many({"n": {"$lte": 0}}, session=session)
+        if deltas.days:
+            # one update per key (few per transaction: codes and days touched); mongomock
+            # has no bulk_write for the pymongo of today
+            for key, row in deltas.days.items():
+                self.days_collection.update_one(
+                    {"_id": f"{key[0]}|{key[1]}"},
+                    {"$inc": dict(zip(DAY_FIELDS, row, strict=True)),
+                     "$set": {"patient": key[0], "day": key[1]}},
+                    upsert=True, session=session,
+                )
+            self.days_collection.delete_many({"n": {"$lte": 0}}, session=session)
+
+    def replace(self, deltas: Deltas) -> None:
+        self.codes_collection.delete_many({})
+        self.days_collection.delete_many({})
+        with self.storage.transaction() as tx:
+            self.apply(tx, deltas)
+
+    def code_counts(self, patient: str) -> dict[tuple[str, str], int]:
+        return {
+            (d["system"], d["code"]): int(d["n"])
+            for d in self.codes_collection.find({"patient": patient, "n": {"$gt": 0}})
+        }
+
+    def codes(self, patient: str) -> list[tuple[str, str]]:
+        return sorted(self.code_counts(patient))
+
+    def days(
+        self, first: str, last: str, patients: Sequence[str] | None = None
+    ) -> dict[str, list[tuple[str, list[float]]]]:
+        query: dict[str, Any] = {"day": {"$gte": first, "$lte": last}}
+        if patients is not None:
+            query["patient"] = {"$in": list(patients)}
+        found: dict[str, list[tuple[str, list[float]]]] = {}
+        for d in self.days_collection.find(query):
+            found.setdefault(d["patient"], []).append((d["day"], [d[f] for f in DAY_FIELDS]))
+        return found
+
+    def latest_day(self, patients: Sequence[str] | None = None) -> dict[str, str]:
+        pipeline: list[dict[str, Any]] = []
+        if patients is not None:
+            pipeline.append({"$match": {"patient": {"$in": list(patients)}}})
+        pipeline.append({"$group": {"_id": "$patient", "day": {"$max": "$day"}}})
+        return {d["_id"]: d["day"] for d in self.days_collection.aggregate(pipeline)}
