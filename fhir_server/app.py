@@ -14,6 +14,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 
+from fhir_server.api.analytics import (
+    build_analytics_router,
+    build_deid_analytics_router,
+    register_analytics_operations,
+)
 from fhir_server.api.audit_http import AuditMiddleware
 from fhir_server.api.clinical import build_clinical_router, register_clinical_operations
 from fhir_server.api.convert import CONVERT_OPERATION, build_convert_router
@@ -128,6 +133,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     if deid is not None:
         from fhir_server.api.deid import build_deid_metadata_router, build_deid_router
 
+        app.include_router(build_deid_analytics_router())  # before /deid/{type}/{id}
         app.include_router(build_deid_router())
     if settings.deid_only:
         # Research-only deployment: no identifying route at all; /metadata tells the truth.
@@ -136,6 +142,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     publish_conformance_resources(service)
     register_validate_operation(app)
     register_clinical_operations(app)
+    register_analytics_operations(app)
     app.include_router(build_metadata_router())
     # Before the generic /{type}/{id} routes, which would take `$lookup` or `$validate`
     # for an id: FastAPI matches in order.
@@ -144,6 +151,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.include_router(build_convert_router())  # before the generic /{resource_type} routes
     app.include_router(build_clinical_router())
     app.include_router(build_ui_router())
+    app.include_router(build_analytics_router())
     app.include_router(build_router())
     return app
 

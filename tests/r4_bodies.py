@@ -8,7 +8,8 @@ installs them when npm is there), pass FHIR.js's R4 validator (npm `fhir`). A bo
 fails either fails the test that received it, with the parser's words.
 
 NDJSON, HTML, CSV and JSON that is not a FHIR resource (a bulk export's status manifest)
-are not FHIR bodies and are only counted as skipped.
+are not FHIR bodies and are only counted as skipped; so are resources of the types the
+server adds to R4 (ViewDefinition) and Bundles holding them.
 """
 
 from __future__ import annotations
@@ -25,8 +26,23 @@ import httpx
 from fhirclient.models.fhirabstractbase import FHIRValidationError
 from fhirclient.models.fhirelementfactory import FHIRElementFactory
 
+from fhir_server.model.resource_types import ADDITIONAL_RESOURCE_TYPES
+
 NODE_DIR = Path(__file__).parent / "node"
 FHIR_MEDIA_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+
+
+def _holds_additional_type(body: dict[str, Any]) -> bool:
+    """A resource of a type the server adds to R4 (the SQL on FHIR ViewDefinition), or a
+    Bundle holding one."""
+    if body["resourceType"] in ADDITIONAL_RESOURCE_TYPES:
+        return True
+    entries = body.get("entry") if body["resourceType"] == "Bundle" else None
+    return any(
+        isinstance(e, dict) and isinstance(e.get("resource"), dict)
+        and e["resource"].get("resourceType") in ADDITIONAL_RESOURCE_TYPES
+        for e in entries or ()
+    )
 
 
 class TooDeep(Exception):
@@ -157,6 +173,8 @@ class BodyCheck:
             return None
         if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
             return None
+        if _holds_additional_type(body):
+            return None  # not R4: an R4 parser has no model for it
         return body
 
     def close(self) -> None:

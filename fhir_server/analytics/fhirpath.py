@@ -24,6 +24,7 @@ from typing import Any
 import fhirpathpy
 from fhirpathpy.models import models
 
+from fhir_server.search.registry import check_fhirpath_syntax
 from profiles.fhirpath_fast import Extensions, Unsupported, compile_fhirpath
 
 Collection = list[Any]
@@ -212,6 +213,10 @@ def compile_path(expression: str, variables: frozenset[str] = frozenset()) -> Pa
     """`fn(node, resource, variables) -> collection` for `expression`, whose `%names` are
     `variables` (the view's constants and `rowIndex`). Raises PathError if it does not
     parse."""
+    try:
+        check_fhirpath_syntax(expression)  # fhirpathpy's parser recovers from errors
+    except SyntaxError as exc:
+        raise PathError(f"invalid FHIRPath {expression!r}: {exc}") from exc
     slow = _compile_slow(expression)
     try:
         fast = compile_fhirpath(expression, Extensions(_FAST_FUNCTIONS, variables))

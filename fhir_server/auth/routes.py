@@ -46,6 +46,7 @@ OPERATIONS = {
 # Operations on one Patient that read its Observations (the CGM summary and AGP report):
 # a search of Observation in that patient's compartment.
 PATIENT_OBSERVATION_OPERATIONS = frozenset({"cgm-metrics", "agp"})
+VIEW_DEFINITION = "ViewDefinition"  # SQL on FHIR: `$run` (api/analytics.py)
 # Unknown routes: the method's letters on every type.
 METHOD_LETTERS = {"GET": "rs", "HEAD": "rs", "POST": "cruds", "PUT": "cruds",
                   "PATCH": "cruds", "DELETE": "cruds"}
@@ -105,6 +106,12 @@ def _typed(method: str, parts: list[str]) -> Requirement | None:
         return Requirement("check", rtype, "search-type")
     if n == 2 and second == "_history" and method == "GET":
         return Requirement("check", rtype, "history-type")
+    if rtype == VIEW_DEFINITION and second == "$run" and n == 2:
+        # the view may read any type, or only inline data: the handler requires search
+        # on the type it reads
+        return Requirement("any", interaction="s")
+    if rtype == VIEW_DEFINITION and n == 3 and parts[2] == "$run":
+        return Requirement("check", rtype, "read")  # and search on its type, as above
     if second.startswith("$"):
         interaction = OPERATIONS.get(second[1:]) if n == 2 else None
         return Requirement("check", rtype, interaction) if interaction else None

@@ -40,7 +40,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
@@ -200,6 +200,23 @@ class DeidFacade:
             cache_entries, views, lambda s: service.storage.vread(s.resource_type, s.id, s.version)
         )
         self._policies: dict[str, ViewPolicy] = {}
+
+    def released(
+        self, engine: Deidentifier, rtype: str, batch: int = 500
+    ) -> Iterator[dict[str, Any]]:
+        """Every current resource of `rtype` as this recipient is given it (pseudonymized
+        through the same cache and view store as reads and searches; what the rules
+        suppress is left out): what research tables (SQL on FHIR views, measures) are
+        computed from, so they never hold what the facade would not serve."""
+        self._check_type(rtype)
+        pending: list[StoredResource] = []
+        for stored in self.service.storage.iter_current(rtype):
+            pending.append(stored)
+            if len(pending) >= batch:
+                yield from _loaded(self.cache.transform_many(engine, pending))
+                pending = []
+        if pending:
+            yield from _loaded(self.cache.transform_many(engine, pending))
 
     def _policy(self, engine: Deidentifier) -> ViewPolicy:
         """One per recipient: a policy caches which parameters its rules touch."""
@@ -466,6 +483,12 @@ class DeidFacade:
 
 
 _ID_HEADS: dict[str, bytes] = {}
+
+
+def _loaded(bodies: list[bytes | None]) -> Iterator[dict[str, Any]]:
+    for body in bodies:
+        if body is not None:
+            yield orjson.loads(body)
 
 
 def _id_of(body: bytes, rtype: str) -> str | None:

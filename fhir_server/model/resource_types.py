@@ -53,8 +53,21 @@ def resource_types() -> frozenset[str]:
     return frozenset(fhir_schema()["discriminator"]["mapping"])
 
 
+# Resource types beyond R4's that the server stores and validates like its own: the SQL on
+# FHIR v2 ViewDefinition (a structure of the SQL on FHIR guide, not an R4 resource; checked
+# against model/data/ViewDefinition.schema.json, its FHIRPath by fhir_server/analytics).
+ADDITIONAL_RESOURCE_TYPES = frozenset({"ViewDefinition"})
+
+
 def is_resource_type(name: str) -> bool:
-    return name in resource_types()
+    return name in resource_types() or name in ADDITIONAL_RESOURCE_TYPES
+
+
+@cache
+def additional_schema(resource_type: str) -> dict[str, Any]:
+    """The JSON Schema of one of ADDITIONAL_RESOURCE_TYPES."""
+    path = resources.files("fhir_server.model").joinpath(f"data/{resource_type}.schema.json")
+    return json.loads(path.read_text())
 
 
 def is_valid_id(value: object) -> bool:

@@ -15,7 +15,12 @@ from typing import Any
 import jsonschema_rs
 
 from fhir_server.model.outcome import Issue
-from fhir_server.model.resource_types import fhir_schema, is_resource_type
+from fhir_server.model.resource_types import (
+    ADDITIONAL_RESOURCE_TYPES,
+    additional_schema,
+    fhir_schema,
+    is_resource_type,
+)
 
 _validators: dict[str, Any] = {}
 _lock = threading.Lock()
@@ -26,7 +31,10 @@ def _validator(resource_type: str) -> Any:
     if validator is None:
         with _lock:
             validator = _validators.get(resource_type)
-            if validator is None:
+            if validator is None and resource_type in ADDITIONAL_RESOURCE_TYPES:
+                validator = jsonschema_rs.Draft7Validator(additional_schema(resource_type))
+                _validators[resource_type] = validator
+            elif validator is None:
                 schema = {
                     "$schema": "http://json-schema.org/draft-06/schema#",
                     "$ref": f"#/definitions/{resource_type}",

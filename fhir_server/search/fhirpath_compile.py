@@ -33,6 +33,8 @@ import fhirpathpy
 from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models as _fhirpath_models
 
+from fhir_server.model.resource_types import ADDITIONAL_RESOURCE_TYPES
+
 Item = tuple[Any, str | None]
 Evaluator = Callable[[Any, str | None, dict], list[Item]]  # (node, node type, root resource)
 
@@ -181,7 +183,11 @@ def _backbone_prefixes(type_path: str) -> list[str]:
 
 
 def _is_resource_type(name: str) -> bool:
-    return name in RESOURCE_ROOTS or _PARENTS.get(name) in RESOURCE_ROOTS
+    return (
+        name in RESOURCE_ROOTS
+        or _PARENTS.get(name) in RESOURCE_ROOTS
+        or name in ADDITIONAL_RESOURCE_TYPES
+    )
 
 
 # -- tokenizer --------------------------------------------------------------------------------

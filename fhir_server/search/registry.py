@@ -26,6 +26,7 @@ from fhirpathpy.models import models as _fhirpath_models
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
+from fhir_server.model.resource_types import ADDITIONAL_RESOURCE_TYPES
 from fhir_server.search.fhirpath_split import root_name, split_union
 from fhir_server.search.shared_rows import SharedRows, shared_rows
 from fhir_server.search.types import Component, ParamType, SearchParam
@@ -303,7 +304,9 @@ def _validate(definition: Any) -> None:
     for base in bases:
         if not isinstance(base, str) or not _TYPE_NAME_PATTERN.match(base):
             raise ValueError(f"SearchParameter '{code}': base {base!r} is not a type name")
-        if base not in R4_RESOURCE_TYPES and base not in RESOURCE_LEVEL_BASES:
+        if base not in R4_RESOURCE_TYPES and base not in RESOURCE_LEVEL_BASES and (
+            base not in ADDITIONAL_RESOURCE_TYPES
+        ):
             raise ValueError(f"SearchParameter '{code}': base {base!r} is not an R4 resource type")
     expression = definition.get("expression")
     has_expression = isinstance(expression, str) and bool(expression.strip())

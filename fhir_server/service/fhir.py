@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from fhir_server.analytics.stored import check_view_definition, view_search_parameters
 from fhir_server.audit import AuditedStorage, open_trail
 from fhir_server.clinical.indexes import IndexedStorage
 from fhir_server.model import jsonio
@@ -50,7 +51,7 @@ class FhirService:
         self.storage = storage
         self.settings = settings
         self.registry = registry or SearchParamRegistry.default()
-        for search_parameter in load_search_parameters():
+        for search_parameter in [*load_search_parameters(), *view_search_parameters()]:
             self.registry.add(search_parameter)
         # Terminology hooks: :below/:above/:in/:not-in and cross-unit quantity search in
         # storage, canonical UCUM forms at extraction, and ValueSets / ConceptMaps written
@@ -89,6 +90,8 @@ class FhirService:
             if not self.profiles.knows(rule.profile):
                 # fail at start, not on every write
                 raise RuleError(f"a profile rule requires {rule.profile}, which is not loaded")
+        # A ViewDefinition's FHIRPath and columns are checked on every write of one.
+        validators = [check_view_definition, *validators]
         if settings.validate_profiles:
             validators = [*validators, self.check_profiles]
         # What a request may see and write (its access token's scopes and patient context)
