@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fhir_server.audit.cli import add_audit_commands
 
     add_audit_commands(sub)
+    from fhir_server.analytics.cli import add_views_commands
+
+    add_views_commands(sub)
     return parser
 
 

@@ -36,6 +36,18 @@ def run_view(view: CompiledView, resources: Iterable[dict]) -> Iterator[Row]:
         yield from _rows(view.select, resource, resource, top)
 
 
+def run_view_keyed(view: CompiledView, items: Iterable[tuple[str, dict]]) -> Iterator[Row]:
+    """Rows of `view` over (key, resource) pairs, each row with its resource's key last."""
+    top: dict[str, list[Any]] = {**view.constants, ROW_INDEX: [0]}
+    for key, resource in items:
+        if resource.get("resourceType") != view.resource:
+            continue
+        if view.where and not _passes(view, resource, top):
+            continue
+        for row in _rows(view.select, resource, resource, top):
+            yield (*row, key)
+
+
 def rows_as_dicts(view: CompiledView, resources: Iterable[dict]) -> Iterator[dict[str, Any]]:
     names = view.columns
     for row in run_view(view, resources):
