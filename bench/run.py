@@ -55,6 +55,7 @@ GROUPS = (
     ("mappers_csv",),
     ("compression",),
     ("auth",),
+    ("clinical",),
 )
 BENCHMARKS = tuple(name for group in GROUPS for name in group)
 CHILD_MARK = "BENCH-RESULTS-JSON "

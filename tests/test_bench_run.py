@@ -20,6 +20,8 @@ ROW_NAMES = {
     "search": ["search build", "search (a)", "search (b)", "search (c)", "search (d)",
                "search (e)", "search (f)", "search (g)"],
     "generate": ["generate"],
+    "clinical": ["clinical load", "clinical $lastn", "clinical $cgm-metrics",
+                 "clinical AGP html", "clinical AGP pdf", "clinical patient list"],
     "population": ["load", "search@"],
     "read": ["read", "vread"],
     "export": ["export"],
