@@ -98,6 +98,7 @@ def measure(items: list[dict], rounds: int) -> dict[Any, Any]:
     median of each round's own ratio (the two writes of a round run back to back: a busy
     machine changes both alike more than it changes two rounds)."""
     figures: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
+    write(items[: BATCH * 2], True)  # warms the caches and the page cache: not counted
     for _ in range(rounds):
         for fulltext in (False, True):
             figures[fulltext].append(write(items, fulltext))
