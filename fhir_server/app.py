@@ -25,6 +25,7 @@ from fhir_server.api.convert import CONVERT_OPERATION, build_convert_router
 from fhir_server.api.head import HeadAsGet
 from fhir_server.api.http import fhir_response
 from fhir_server.api.limits import RequestBudget
+from fhir_server.api.memory import MemoryTrim
 from fhir_server.api.metadata import build_metadata_router
 from fhir_server.api.rest import build_router, register_rest_operations
 from fhir_server.api.terminology import build_terminology_router, register_operations
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.state.settings = settings
     app.state.fhir = service
     app.add_middleware(RequestBudget, limits=settings.limits)
+    app.add_middleware(MemoryTrim)
     # Operations for the CapabilityStatement: resource type (or "*" for system level) ->
     # [(name, OperationDefinition url)].
     app.state.operations = {"*": [CONVERT_OPERATION]}

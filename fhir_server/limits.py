@@ -20,6 +20,9 @@ Why each default is what it is:
   legitimately take long (a 90-day CGM import is one transaction of 27,000 resources).
 - `total_count_seconds`: `_total=accurate` counts for at most this long; past it the Bundle
   has no total (R4 lets a server leave it out) and says so in an outcome entry.
+- `send_seconds`, `receive_seconds`: a client that takes no part of its answer, or sends no
+  part of its body, for this long is disconnected (408 for a body): an answer waiting for a
+  reader that never reads holds memory, and a connection that dribbles holds a worker.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ class Limits:
     write_seconds: float = 300.0
     total_count_seconds: float = 2.0
     shutdown_grace_seconds: float = 2.0
+    # slow clients: a body chunk must arrive, and a response chunk be taken, within these
+    send_seconds: float = 30.0
+    receive_seconds: float = 30.0
 
     def includes_cut_short(self) -> str:
         """The warning of a page whose included resources hit the limits."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import error
@@ -110,12 +111,31 @@ def pretty(request: Request) -> bool:
     return request.query_params.get("_pretty") == "true"
 
 
+# A Bundle with more entries than this is written to the client as it is serialised, a
+# hundred entries at a time, rather than built whole first: a page of 1,000 resources never
+# exists twice in memory, and a client that does not read holds back the rest of it (the
+# transport stops taking chunks, and api/limits.py closes it after Limits.send_seconds).
+STREAM_ENTRIES = 100
+
+
 def fhir_response(
     body: Any,
     status: int = 200,
     headers: dict[str, str] | None = None,
     pretty_print: bool = False,
 ) -> Response:
+    if (
+        isinstance(body, dict)
+        and not pretty_print
+        and isinstance(body.get("entry"), list)
+        and len(body["entry"]) > STREAM_ENTRIES
+    ):
+        return StreamingResponse(
+            _bundle_chunks(body),
+            status_code=status,
+            headers=headers,
+            media_type=f"{FHIR_JSON}; charset=utf-8",
+        )
     if body is None:
         content = b""
     elif isinstance(body, bytes) and not pretty_print:
@@ -130,6 +150,20 @@ def fhir_response(
         headers=headers,
         media_type=f"{FHIR_JSON}; charset=utf-8" if body is not None else None,
     )
+
+
+async def _bundle_chunks(bundle: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The JSON of `bundle`, its entries STREAM_ENTRIES at a time (keys in their order)."""
+    keys = list(bundle)
+    at = keys.index("entry")
+    head = jsonio.dumps({k: bundle[k] for k in keys[:at]})
+    yield head[:-1] + (b',"entry":[' if at else b'"entry":[')
+    entries = bundle["entry"]
+    for start in range(0, len(entries), STREAM_ENTRIES):
+        part = b",".join(jsonio.dumps(e) for e in entries[start : start + STREAM_ENTRIES])
+        yield (b"," if start else b"") + part
+    tail = {k: bundle[k] for k in keys[at + 1 :]}
+    yield b"]," + jsonio.dumps(tail)[1:] if tail else b"]}"
 
 
 def version_headers(stored: StoredResource, base: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,6 +30,8 @@ from fhir_server.limits import Limits
 from fhir_server.model.outcome import Issue, outcome
 from fhir_server.storage import budget
 from fhir_server.storage.budget import Budget, BudgetExceeded
+
+log = logging.getLogger("diatabase")
 
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 # After cancelling a stopped request, how long to wait for its thread to notice.
@@ -55,13 +58,18 @@ class RequestBudget:
             await self.app(scope, receive, send)
             return
         spent = request_budget(scope, self.limits)
-        pump = _DisconnectPump(receive, spent)
+        pump = _DisconnectPump(receive, spent, self.limits.receive_seconds)
         started = False
 
         async def watched_send(message: Message) -> None:
             nonlocal started
             started = started or message["type"] == "http.response.start"
-            await send(message)
+            try:
+                async with asyncio.timeout(self.limits.send_seconds):
+                    await send(message)  # waits while the client's socket is full
+            except TimeoutError:
+                spent.stop(budget.SLOW_CLIENT)
+                raise SlowReader(self.limits.send_seconds) from None
 
         with budget.scope(spent):  # the endpoint's task (and its threads) inherit it
             work = asyncio.ensure_future(self.app(scope, pump.receive, watched_send))
@@ -73,6 +81,8 @@ class RequestBudget:
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(work, STOP_WAIT_SECONDS)
                 raise
+            except SlowReader as exc:
+                log.warning("closed a connection: %s", exc)  # uvicorn closes it
             except Exception as exc:
                 # BudgetExceeded, or whatever a stopped budget made fail (an interrupted
                 # statement outside the storage methods that translate it)
@@ -85,20 +95,37 @@ class RequestBudget:
                 pump.close()
 
 
+class SlowReader(Exception):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the client took no part of its answer for {seconds:g} s")
+
+
 class _DisconnectPump:
     """Reads the request's messages one ahead of the endpoint, so that `http.disconnect`
-    is seen while the endpoint is busy; holds at most one message (no body buffering)."""
+    is seen while the endpoint is busy; holds at most one message (no body buffering).
+    A body whose next part takes longer than `receive_seconds` ends as a disconnect."""
 
-    def __init__(self, receive: Receive, spent: Budget) -> None:
+    def __init__(self, receive: Receive, spent: Budget, receive_seconds: float) -> None:
         self._receive = receive
         self._budget = spent
+        self._receive_seconds = receive_seconds
         self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)
         self._disconnected = False
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
+        body_done = False
         while True:
-            message = await self._receive()
+            try:
+                # while the body comes in, each part within receive_seconds; then only
+                # the disconnect is awaited, for as long as the endpoint works
+                async with asyncio.timeout(None if body_done else self._receive_seconds):
+                    message = await self._receive()
+            except TimeoutError:
+                self._budget.stop(budget.SLOW_CLIENT)
+                message = {"type": "http.disconnect"}
+            if message["type"] == "http.request" and not message.get("more_body"):
+                body_done = True
             if message["type"] == "http.disconnect":
                 self._disconnected = True
                 self._budget.stop(budget.DISCONNECTED)
@@ -127,6 +154,8 @@ def budget_outcome(exc: BudgetExceeded) -> tuple[dict[str, Any], int, dict[str, 
         return body, 503, {"Retry-After": "5"}
     if exc.reason == budget.DISCONNECTED:
         return outcome([Issue("error", "incomplete", exc.message)]), 499, {}
+    if exc.reason == budget.SLOW_CLIENT:
+        return outcome([Issue("error", "timeout", exc.message)]), 408, {"Connection": "close"}
     return outcome([Issue("error", "too-costly", exc.message)]), 400, {}
 
 

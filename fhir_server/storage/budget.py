@@ -23,6 +23,7 @@ from contextvars import ContextVar
 DEADLINE = "deadline"
 DISCONNECTED = "disconnected"
 SHUTDOWN = "shutdown"
+SLOW_CLIENT = "slow-client"
 
 
 class BudgetExceeded(Exception):
@@ -40,6 +41,8 @@ class BudgetExceeded(Exception):
             return "The server is shutting down: the request was stopped; send it again"
         if self.reason == DISCONNECTED:
             return "The client disconnected: the request was stopped"
+        if self.reason == SLOW_CLIENT:
+            return "The client sent its request too slowly: the request was stopped"
         return (
             f"The request took longer than its budget of {self.seconds:g} s and was stopped "
             f"(limit {self.limit}): narrow it down"
