@@ -107,7 +107,7 @@ def serve(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded machine starts it slowly
         while True:
             try:
                 httpx.get(f"{url}/metadata", timeout=10)

@@ -32,7 +32,7 @@ MODES = (
 CLIENTS = (1, 8, 32)
 SIZES = {  # creates per client count, Bundles of 1,000, runs
     "small": (32, 1, 1),
-    "medium": (1000, 6, 3),
+    "medium": (400, 4, 3),
     "large": (4000, 20, 3),
 }
 BUNDLE_SIZE = 1000

@@ -125,6 +125,20 @@ class ServedProcess:
         self.stop()
 
 
+def stored_database(path: Path, resources: list[dict]) -> Path:
+    """A database at `path` holding `resources` (stored with their ids), for a server."""
+    from fhir_server.ingest.loader import Loader
+    from fhir_server.service.fhir import FhirService
+    from fhir_server.settings import Settings
+    from fhir_server.storage import open_storage
+
+    url = f"sqlite:///{path}"
+    service = FhirService(open_storage(url), Settings(db_url=url))
+    Loader(service).load_resources(resources, where="test")
+    service.storage.close()
+    return path
+
+
 def raw_get(port: int, path_and_query: str) -> socket.socket:
     """A GET sent on a raw socket, its answer never read (close the socket to abandon it)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=60)

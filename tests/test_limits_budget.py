@@ -22,11 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fhir_server.ingest.loader import Loader
-from fhir_server.service.fhir import FhirService
-from fhir_server.settings import Settings
-from fhir_server.storage import open_storage
-from tests.served import ServedProcess, raw_get, wait_until, wait_until_idle
+from tests.served import ServedProcess, raw_get, stored_database, wait_until, wait_until_idle
 
 OBSERVATIONS = 3000
 COSTLY = "&".join(f"value-quantity=ne{i}" for i in range(98))
@@ -35,10 +31,8 @@ COUNT_ALL = f"/Observation?_summary=count&{COSTLY}"
 
 @pytest.fixture(scope="module")
 def loaded_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("budget") / "loaded.db"
-    url = f"sqlite:///{path}"
-    service = FhirService(open_storage(url), Settings(db_url=url))
-    Loader(service).load_resources(
+    return stored_database(
+        tmp_path_factory.mktemp("budget") / "loaded.db",
         [
             {
                 "resourceType": "Observation",
@@ -54,10 +48,7 @@ def loaded_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
             }
             for i in range(OBSERVATIONS)
         ],
-        where="test",
     )
-    service.storage.close()
-    return path
 
 
 def served_copy(loaded_db: Path, tmp_path: Path, **limits: str) -> ServedProcess:

@@ -196,3 +196,23 @@ def test_revinclude_iterate_over_a_page_of_a_thousand(client: httpx.Client) -> N
     modes = [e["search"]["mode"] for e in response.json()["entry"]]
     assert modes.count("match") == 1000
     assert modes.count("include") == 1  # the 1,001st patient, linking to the 1,000th
+
+
+def test_a_bundle_past_max_bundle_entries_is_a_413_naming_it(tmp_path) -> None:
+    from fhir_server.limits import Limits
+    from fhir_server.settings import Settings
+    from tests.conftest import RunningServer
+
+    settings = Settings(
+        db_url=f"sqlite:///{tmp_path / 'bundle.db'}",
+        insecure_dev=True,
+        limits=Limits(max_bundle_entries=5),
+    )
+    entry = {"resource": {"resourceType": "Basic", "code": {"text": "x"}},
+             "request": {"method": "POST", "url": "Basic"}}
+    with RunningServer(settings) as server, httpx.Client(base_url=server.url) as http:
+        for count, status in ((5, 200), (6, 413)):
+            bundle = {"resourceType": "Bundle", "type": "batch", "entry": [entry] * count}
+            response = http.post("/", json=bundle, timeout=60)
+            assert response.status_code == status, response.text
+        assert "max_bundle_entries" in issue(response)["diagnostics"]

@@ -22,11 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fhir_server.ingest.loader import Loader
-from fhir_server.service.fhir import FhirService
-from fhir_server.settings import Settings
-from fhir_server.storage import open_storage
-from tests.served import ServedProcess, raw_get, wait_until, wait_until_idle
+from tests.served import ServedProcess, raw_get, stored_database, wait_until, wait_until_idle
 
 PEAK_CEILING_MB = 700
 REST_CEILING_MB = 250
@@ -37,10 +33,8 @@ MB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def pages_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("memory") / "pages.db"
-    url = f"sqlite:///{path}"
-    service = FhirService(open_storage(url), Settings(db_url=url))
-    Loader(service).load_resources(
+    return stored_database(
+        tmp_path_factory.mktemp("memory") / "pages.db",
         [
             {
                 "resourceType": "Observation",
@@ -54,10 +48,7 @@ def pages_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
             }
             for i in range(1000)
         ],
-        where="test",
     )
-    service.storage.close()
-    return path
 
 
 def _sockets(server: ServedProcess) -> int:

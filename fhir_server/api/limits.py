@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_server.api.http import fhir_response
 from fhir_server.limits import Limits
-from fhir_server.model.outcome import Issue, outcome
+from fhir_server.model.outcome import Issue, error, outcome
 from fhir_server.storage import budget
 from fhir_server.storage.budget import Budget, BudgetExceeded
 
@@ -163,3 +163,17 @@ def uvicorn_limits(limits: Limits) -> dict[str, Any]:
     """uvicorn's own bounds, from Limits: on SIGTERM, requests get
     `shutdown_grace_seconds` to finish, then are cancelled (and their budgets stopped)."""
     return {"timeout_graceful_shutdown": limits.shutdown_grace_seconds}
+
+
+def check_bundle_size(bundle: Any, limits: Limits) -> None:
+    """413 for a transaction or batch Bundle of more entries than Limits.max_bundle_entries
+    (imports from files, which may be bigger, do not come through HTTP)."""
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    if isinstance(entries, list) and len(entries) > limits.max_bundle_entries:
+        raise error(
+            413,
+            "too-costly",
+            f"The Bundle has {len(entries)} entries; this server takes at most "
+            f"{limits.max_bundle_entries} (limit max_bundle_entries)",
+            "Bundle.entry",
+        )

@@ -22,6 +22,7 @@ from fhir_server.api.http import (
     read_body,
     version_headers,
 )
+from fhir_server.api.limits import check_bundle_size
 from fhir_server.auth.routes import authorize_bundle
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import error, info_outcome
@@ -179,6 +180,7 @@ def build_router() -> APIRouter:
         check_accept(request)
         _no_query(request)
         bundle, raw = await read_body(request, _max_body(request), with_raw=True)
+        check_bundle_size(bundle, request.app.state.settings.limits)
         svc = _service(request)
         base = _base(request)
         authorize_bundle(request.state.access, bundle, base)  # every entry, before any runs

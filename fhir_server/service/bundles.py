@@ -25,6 +25,7 @@ from fhir_server.model.references import rewrite_strings
 from fhir_server.model.resource_types import is_resource_type
 from fhir_server.service.patching import Patch
 from fhir_server.service.resources import PreparedCreate, ResourceService, WriteResult
+from fhir_server.storage import budget
 from fhir_server.storage.base import StoredResource, WriteTransaction
 
 # `"reference": "Type?query"` somewhere in a body: only then are references searched.
@@ -263,6 +264,7 @@ class BundleProcessor:
         for req in order:
             if req.method in ("GET", "HEAD"):
                 continue
+            budget.check()  # a long Bundle stops between entries too (storage/budget.py)
             try:
                 self._resolve_conditional_references(tx, req)
                 req.response = self._execute_write(tx, req)
@@ -479,6 +481,7 @@ class BundleProcessor:
         # taking the write lock, which is then held only for the writes themselves.
         prepared: dict[int, PreparedCreate] = {}
         for req in writes:
+            budget.check()
             if req.method == "POST" and not req.if_none_exist and not self._conditional_references:
                 try:
                     prepared[req.index] = self.resources.prepare_create(
