@@ -56,6 +56,7 @@ GROUPS = (
     ("compression",),
     ("auth",),
     ("clinical",),
+    ("analytics",),
 )
 BENCHMARKS = tuple(name for group in GROUPS for name in group)
 CHILD_MARK = "BENCH-RESULTS-JSON "
