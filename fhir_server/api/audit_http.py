@@ -27,6 +27,9 @@ def classify(method: str, path: str) -> tuple[str, str | None] | None:
     parts = [p for p in path.split("/") if p]
     if method == "OPTIONS" or (parts and parts[0] in UNAUDITED_FIRST_SEGMENTS):
         return None
+    if parts and parts[0] == "auth":
+        # a token asked of the built-in endpoint (who, refused or not); its keys are public
+        return ("operation", None) if method == "POST" else None
     if any(p.startswith("$") for p in parts):
         instance = f"{parts[0]}/{parts[1]}" if len(parts) > 2 else None
         return "operation", instance

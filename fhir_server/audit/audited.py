@@ -93,25 +93,33 @@ class AuditedStorage:
     def transaction(self) -> Iterator[AuditedTransaction]:
         trail = self.trail
         activity = current()
-        deferred: list[Write] = []
-        with self._backend.transaction() as tx:
-            audited = AuditedTransaction(tx)
-            try:
-                yield audited
-            except BaseException:
-                if activity is not None:
-                    activity.attempted += [(t, i, j) for t, i, j, _ in audited.writes]
-                raise
-            if audited.writes and trail.enabled:
-                if getattr(tx, "buffered", False):
-                    # a standalone MongoDB applies the write after this block: the event
-                    # follows it (no transaction can hold both there)
-                    deferred = audited.writes
-                else:
-                    trail.append_in(tx, activity, audited.writes)
-        if deferred:
+        audited: AuditedTransaction | None = None
+        appended = deferred = False
+        reads = 0  # of the activity's reads, those the event recorded with the writes names
+        try:
             with self._backend.transaction() as tx:
-                trail.append_in(tx, activity, deferred)
+                audited = AuditedTransaction(tx)
+                yield audited
+                if audited.writes and trail.enabled:
+                    # a standalone MongoDB applies the write after this block: the event
+                    # follows it there (no transaction can hold both)
+                    deferred = bool(getattr(tx, "buffered", False))
+                    reads = len(activity.reads) if activity is not None else 0
+                    if not deferred:
+                        trail.append_in(tx, activity, audited.writes)
+                        appended = True
+            if deferred:
+                with self._backend.transaction() as tx:
+                    trail.append_in(tx, activity, audited.writes)
+                    appended = True
+        except BaseException:
+            # undone, or its commit failed: the door records the attempt afterwards
+            if activity is not None and audited is not None:
+                activity.attempted += [(t, i, j) for t, i, j, _ in audited.writes]
+            raise
+        if appended and activity is not None:
+            activity.recorded_writes += 1
+            del activity.reads[:reads]
 
     def close(self) -> None:
         self.trail.close()

@@ -19,9 +19,8 @@ from bson import Binary
 from fhir_server.audit.chain import GENESIS, chain
 from fhir_server.audit.criteria import AuditCriteria, Condition
 from fhir_server.audit.events import IndexedFields, indexed_fields
-from fhir_server.audit.store import AuditPage, StoredRecord, stored_event
+from fhir_server.audit.store import AuditPage, StoredRecord, cursor_position, stored_event
 from fhir_server.storage.base import StoredResource, instant
-from fhir_server.storage.cursor import CursorError
 
 COLLECTION = "audit_event"
 HEAD_ID = "audit_head"
@@ -100,7 +99,7 @@ class MongoAuditStore:
         paged = dict(query)
         direction = -1 if criteria.descending else 1
         if cursor:
-            recorded, seq = self._position(cursor)
+            recorded, seq = cursor_position(self.storage.cursors, cursor)
             op = "$lt" if criteria.descending else "$gt"
             position = {"$or": [{"rec": {op: recorded}}, {"rec": recorded, "_id": {op: seq}}]}
             paged = {"$and": [*terms, position]}
@@ -116,15 +115,6 @@ class MongoAuditStore:
         if total:
             page.total = self.collection.count_documents(query)
         return page
-
-    def _position(self, cursor: str) -> tuple[float, int]:
-        try:
-            kind, recorded, seq = self.storage.cursors.decode(cursor)
-            if kind != "audit":
-                raise ValueError(kind)
-            return float(recorded), int(seq)
-        except (CursorError, TypeError, ValueError):
-            raise CursorError("The paging cursor is invalid") from None
 
     def head(self) -> tuple[int, bytes] | None:
         head = self.storage.meta.find_one({"_id": HEAD_ID})

@@ -21,9 +21,8 @@ from typing import Any
 from fhir_server.audit.chain import GENESIS, chain
 from fhir_server.audit.criteria import AuditCriteria, Condition
 from fhir_server.audit.events import IndexedFields, indexed_fields
-from fhir_server.audit.store import AuditPage, StoredRecord, stored_event
+from fhir_server.audit.store import AuditPage, StoredRecord, cursor_position, stored_event
 from fhir_server.storage.base import StoredResource, instant
-from fhir_server.storage.cursor import CursorError
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS audit_event (
@@ -118,7 +117,7 @@ class SqliteAuditStore:
         filters = list(where)
         order = "DESC" if criteria.descending else "ASC"
         if cursor:
-            recorded, seq = self._position(cursor)
+            recorded, seq = cursor_position(self.storage.cursors, cursor)
             compare = "<" if criteria.descending else ">"
             where.append(f"(e.recorded {compare} ? OR (e.recorded = ? AND e.seq {compare} ?))")
             args_paged = [*args, recorded, recorded, seq]
@@ -141,15 +140,6 @@ class SqliteAuditStore:
             )
             page.total = conn.execute(count_sql, args).fetchone()[0]
         return page
-
-    def _position(self, cursor: str) -> tuple[float, int]:
-        try:
-            kind, recorded, seq = self.storage.cursors.decode(cursor)
-            if kind != "audit":
-                raise ValueError(kind)
-            return float(recorded), int(seq)
-        except (CursorError, TypeError, ValueError):
-            raise CursorError("The paging cursor is invalid") from None
 
     # -- verification ------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from fhir_server.audit.criteria import AuditCriteria
 from fhir_server.audit.events import IndexedFields
 from fhir_server.storage.base import StoredResource
+from fhir_server.storage.cursor import CursorError
 
 
 @dataclass
@@ -49,6 +50,18 @@ class AuditStore(Protocol):
 
     def head(self) -> tuple[int, bytes] | None:
         """(number, hash) of the last record appended, as the store remembers it."""
+
+
+def cursor_position(cursors: Any, cursor: str) -> tuple[float, int]:
+    """(recorded, number) after which a page of records goes on; a backend's signed
+    cursors (storage/cursor.py) make the token."""
+    try:
+        kind, recorded, seq = cursors.decode(cursor)
+        if kind != "audit":
+            raise ValueError(kind)
+        return float(recorded), int(seq)
+    except (CursorError, TypeError, ValueError):
+        raise CursorError("The paging cursor is invalid") from None
 
 
 def stored_event(seq: int, recorded: float, json: bytes) -> StoredResource:

@@ -111,17 +111,17 @@ class AuditTrail:
         self.store.append(tx, [(facts.recorded, build_event(facts))])
 
     def write_facts(self, activity: Activity | None, writes: list[Write]) -> EventFacts:
+        """The event of a transaction's writes (and of the reads its activity made before
+        them, which the caller forgets once the transaction is committed)."""
         patients: set[str] = set()
         for rtype, rid, json, _ in writes:
             patients |= patients_of(rtype, rid, json)
         data = [f"{rtype}/{rid}" for rtype, rid, _, _ in writes]
         counts: list[tuple[str, str]] = []
         if activity is not None:
-            if activity.reads:  # reads made in the same interaction before this commit
+            if activity.reads:
                 patients |= patients_of_all(activity.reads)
                 counts.append(("resources-returned", str(len(activity.reads))))
-                activity.reads = []
-            activity.recorded_writes += 1
             agent, interaction, door = activity.who(), activity.interaction, activity.door
             request = activity.request
         else:
