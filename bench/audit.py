@@ -20,6 +20,7 @@ import argparse
 import os
 import random
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -34,7 +35,7 @@ from bench.ingest import PATIENTS, make_bundles, observation
 
 SIZES = {  # runs, bundles, bundle size, single creates, searches of each kind
     "small": (1, 1, 100, 20, 10),
-    "medium": (5, 10, 1000, 400, 200),
+    "medium": (3, 10, 1000, 400, 200),
     "large": (7, 20, 1000, 1000, 500),
 }
 FHIR_JSON = {"content-type": "application/fhir+json"}
@@ -157,7 +158,10 @@ def measure(size: str) -> dict[str, dict[str, float]]:
     for run_number in range(runs):
         order = (False, True) if run_number % 2 == 0 else (True, False)
         for on in order:
-            for figure, value in one_run(on, size, seed=run_number).items():
+            figures = one_run(on, size, seed=run_number)
+            shown = ", ".join(f"{k} {v:,.2f}" for k, v in figures.items())
+            print(f"run {run_number + 1} audit {'on' if on else 'off'}: {shown}", file=sys.stderr)
+            for figure, value in figures.items():
                 samples.setdefault(figure, {"off": [], "on": []})["on" if on else "off"].append(
                     value
                 )

@@ -33,10 +33,6 @@ class AuditedStorage:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
 
-    @property
-    def backend(self) -> Any:
-        return self._backend
-
     # -- reads -------------------------------------------------------------------------------
 
     def read(self, resource_type: str, id: str) -> StoredResource | None:

@@ -13,9 +13,11 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+from fhir_server.audit.protection import AUDIT_TYPE
+
 LEVELS = ("patient", "user", "system")
 # Types a wildcard scope does not grant: `system/AuditEvent.rs` or `user/AuditEvent.rs` only.
-NAMED_ONLY = frozenset({"AuditEvent"})
+NAMED_ONLY = frozenset({AUDIT_TYPE})
 LETTERS = "cruds"
 V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
 
