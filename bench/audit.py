@@ -34,7 +34,7 @@ from bench.common import Result, percentile, serve
 from bench.ingest import PATIENTS, make_bundles, observation
 
 SIZES = {  # runs, bundles, bundle size, single creates, searches of each kind
-    "small": (1, 1, 100, 20, 10),
+    "small": (1, 1, 50, 10, 5),
     "medium": (3, 10, 1000, 400, 200),
     "large": (7, 20, 1000, 1000, 500),
 }

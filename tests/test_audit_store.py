@@ -143,7 +143,9 @@ def test_writers_in_several_processes_keep_one_chain(tmp_path: Path) -> None:
     assert report.ok, report.problems
     with sqlite3.connect(tmp_path / "shared.db") as conn:
         clients = dict(
-            conn.execute("SELECT client, count(*) FROM audit_event GROUP BY client").fetchall()
+            conn.execute(
+                "SELECT ref, count(*) FROM audit_ref WHERE role = 'c' GROUP BY ref"
+            ).fetchall()
         )
         seqs = [row[0] for row in conn.execute("SELECT seq FROM audit_event ORDER BY seq")]
     assert clients["one"] == clients["two"] == 40

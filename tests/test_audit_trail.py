@@ -257,6 +257,10 @@ def test_audit_search_by_patient_date_and_paging(
     assert events(http, f"patient={p}&date=lt2020-01-01") == []
     assert events(http, f"patient={p}&altid=dr-martin&site=rest&subtype=create") == mine
     assert events(http, f"patient={p}&agent=glucose-gateway") == []
+    assert events(http, f"entity=Patient/{p}") == mine
+    created = [r for e in mine for r in summary(e)[4] if r.startswith("Observation/")]
+    assert len(created) == 3
+    assert [summary(e)[4] for e in events(http, f"entity={created[0]}")] == [(created[0],)]
     paged = http.get(f"/AuditEvent?patient={p}&_count=3&_sort=date&_total=accurate").json()
     assert paged["total"] == 4 and len(paged["entry"]) == 3
     following = next(x["url"] for x in paged["link"] if x["relation"] == "next")

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from fhir_server.model import jsonio
-from fhir_server.storage.base import instant
 
 GENESIS = bytes(32)
 
@@ -38,22 +38,23 @@ class ChainedRecord:
     hash: bytes
 
 
-def chain(
-    events: list[tuple[float, dict[str, Any]]], head_seq: int, head_hash: bytes
-) -> list[ChainedRecord]:
-    """Number and hash `events` ((recorded, AuditEvent without id)) after the head."""
+def epoch(instant: str) -> float:
+    """2024-03-05T10:00:00.123Z -> epoch seconds (what the stores sort and filter on)."""
+    return round(datetime.fromisoformat(instant.replace("Z", "+00:00")).timestamp(), 3)
+
+
+def chain(events: list[dict[str, Any]], head_seq: int, head_hash: bytes) -> list[ChainedRecord]:
+    """Number and hash `events` (AuditEvents without id and meta) after the head."""
     records = []
     previous = head_hash
-    for offset, (recorded, event) in enumerate(events, start=1):
-        seq = head_seq + offset
-        stamp = instant(recorded)
+    for seq, event in enumerate(events, start=head_seq + 1):
         body = {
             "resourceType": "AuditEvent",
             "id": str(seq),
-            "meta": {"versionId": "1", "lastUpdated": stamp},
-            **{k: v for k, v in event.items() if k != "resourceType"},
+            "meta": {"versionId": "1", "lastUpdated": event["recorded"]},
+            **event,
         }
         json = jsonio.dumps(body)
         previous = link_hash(previous, seq, json)
-        records.append(ChainedRecord(seq, recorded, json, previous))
+        records.append(ChainedRecord(seq, epoch(event["recorded"]), json, previous))
     return records

@@ -92,9 +92,11 @@ def _term(clause: Clause) -> tuple[tuple[Condition, ...], bool]:
             conditions.append(Condition("address", "prefix", value.value))
             continue
         if code in REFERENCE_FIELDS and isinstance(value, ReferenceValue):
-            target = _reference_operand(code, value)
+            # the patients an event names are indexed once, as patients
+            field = "patient" if code == "entity" and value.type == "Patient" else code
+            target = _reference_operand(field, value)
             if target is not None:
-                conditions.append(Condition(REFERENCE_FIELDS[code], "=", target))
+                conditions.append(Condition(REFERENCE_FIELDS[field], "=", target))
             continue
         raise SearchError(f"{clause.key} is not supported on AuditEvent", code)
     # no usable value (an _id that is not a record number, a type other than rest)

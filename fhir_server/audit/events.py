@@ -109,6 +109,20 @@ def _coding(system: str, code: str, display: str | None = None) -> dict[str, str
     return coding
 
 
+# The constant parts of every event, made once (serialised as shared objects, never changed).
+CLIENT_TYPE = {"coding": [_coding(DCM, "110153", "Source Role ID")]}
+SERVER_TYPE = {"coding": [_coding(DCM, "110152", "Destination Role ID")]}
+USER_TYPES = {role: {"coding": [_coding(PARTICIPATION, role)]} for role in ("AUT", "IRCP")}
+SYSTEM_OBJECT = _coding(ENTITY_TYPE, "2", "System Object")
+PERSON = _coding(ENTITY_TYPE, "1", "Person")
+QUERY_ROLE = _coding(OBJECT_ROLE, "24", "Query")
+RESOURCE_ROLE = _coding(OBJECT_ROLE, "4", "Domain Resource")
+PATIENT_ROLE = _coding(OBJECT_ROLE, "1", "Patient")
+SOURCE_TYPE = [
+    _coding("http://terminology.hl7.org/CodeSystem/security-source-type", "4", "Application Server")
+]
+
+
 def _who(system: str, value: str | None, display: str | None) -> dict[str, Any]:
     if not value:
         return {"display": display or "unidentified client"}
@@ -122,7 +136,7 @@ def build_event(facts: EventFacts) -> dict[str, Any]:
     """The AuditEvent (without id and meta, which the store gives)."""
     agent = facts.agent
     client: dict[str, Any] = {
-        "type": {"coding": [_coding(DCM, "110153", "Source Role ID")]},
+        "type": CLIENT_TYPE,
         "who": _who(agent.client_system, agent.client_id, agent.display),
         "requestor": agent.user is None,
     }
@@ -134,24 +148,15 @@ def build_event(facts: EventFacts) -> dict[str, Any]:
         role = "AUT" if facts.action in ("C", "U", "D") else "IRCP"
         agents.append(
             {
-                "type": {"coding": [_coding(PARTICIPATION, role)]},
+                "type": USER_TYPES[role],
                 "who": {"identifier": {"system": USER_SYSTEM, "value": agent.user}},
                 "altId": agent.user,
                 "requestor": True,
             }
         )
-    agents.append(
-        {
-            "type": {"coding": [_coding(DCM, "110152", "Destination Role ID")]},
-            "who": {"display": facts.server},
-            "requestor": False,
-        }
-    )
+    agents.append({"type": SERVER_TYPE, "who": {"display": facts.server}, "requestor": False})
     entities: list[dict[str, Any]] = []
-    query: dict[str, Any] = {
-        "type": _coding(ENTITY_TYPE, "2", "System Object"),
-        "role": _coding(OBJECT_ROLE, "24", "Query"),
-    }
+    query: dict[str, Any] = {"type": SYSTEM_OBJECT, "role": QUERY_ROLE}
     if facts.request is not None:
         query["query"] = base64.b64encode(facts.request.encode()).decode()
     if facts.counts:
@@ -159,25 +164,17 @@ def build_event(facts: EventFacts) -> dict[str, Any]:
     if len(query) > 2:
         entities.append(query)
     entities.extend(
-        {
-            "what": {"reference": reference},
-            "type": _coding(ENTITY_TYPE, "2", "System Object"),
-            "role": _coding(OBJECT_ROLE, "4", "Domain Resource"),
-        }
+        {"what": {"reference": reference}, "type": SYSTEM_OBJECT, "role": RESOURCE_ROLE}
         for reference in facts.data
     )
     entities.extend(
-        {
-            "what": {"reference": f"Patient/{patient}"},
-            "type": _coding(ENTITY_TYPE, "1", "Person"),
-            "role": _coding(OBJECT_ROLE, "1", "Patient"),
-        }
+        {"what": {"reference": f"Patient/{patient}"}, "type": PERSON, "role": PATIENT_ROLE}
         for patient in facts.patients
     )
     event: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "type": EVENT_TYPE,
-        "subtype": [_coding(INTERACTION_SYSTEM, facts.interaction)],
+        "subtype": [{"system": INTERACTION_SYSTEM, "code": facts.interaction}],
         "action": facts.action,
         "recorded": instant(facts.recorded),
         "outcome": facts.outcome,
@@ -188,13 +185,7 @@ def build_event(facts: EventFacts) -> dict[str, Any]:
     event["source"] = {
         "site": facts.door,
         "observer": {"display": facts.server},
-        "type": [
-            _coding(
-                "http://terminology.hl7.org/CodeSystem/security-source-type",
-                "4",
-                "Application Server",
-            )
-        ],
+        "type": SOURCE_TYPE,
     }
     if entities:
         event["entity"] = entities
@@ -218,6 +209,25 @@ class IndexedFields:
     entities: tuple[str, ...]
 
 
+def fields_of(facts: EventFacts, event: dict[str, Any]) -> IndexedFields:
+    """What `indexed_fields` finds in `event`, made by `build_event(facts)`, known from the
+    facts without reading it back (`audit verify` checks that the two agree)."""
+    agent = facts.agent
+    patients = facts.patients
+    return IndexedFields(
+        event["recorded"],
+        facts.action,
+        facts.interaction,
+        facts.outcome,
+        agent.client_id,
+        agent.user,
+        agent.address,
+        facts.door,
+        patients,
+        facts.data,
+    )
+
+
 def indexed_fields(event: dict[str, Any]) -> IndexedFields:
     client = user = address = None
     for agent in event.get("agent", ()):
@@ -236,7 +246,8 @@ def indexed_fields(event: dict[str, Any]) -> IndexedFields:
         role = (entity.get("role") or {}).get("code")
         if role == "1" and reference.startswith("Patient/"):
             patients.append(reference.removeprefix("Patient/"))
-        entities.append(reference)
+        else:
+            entities.append(reference)
     subtype = (event.get("subtype") or [{}])[0].get("code")
     return IndexedFields(
         event["recorded"],

@@ -18,7 +18,7 @@ from bson import Binary
 
 from fhir_server.audit.chain import GENESIS, chain
 from fhir_server.audit.criteria import AuditCriteria, Condition
-from fhir_server.audit.events import IndexedFields, indexed_fields
+from fhir_server.audit.events import IndexedFields
 from fhir_server.audit.store import AuditPage, StoredRecord, cursor_position, stored_event
 from fhir_server.storage.base import StoredResource, instant
 
@@ -47,16 +47,16 @@ class MongoAuditStore:
         for key in INDEXES:
             self.collection.create_index([key, ("_id", 1)])
 
-    def append(self, tx: Any, events: Sequence[tuple[float, dict[str, Any]]]) -> None:
+    def append(self, tx: Any, events: Sequence[tuple[dict[str, Any], IndexedFields]]) -> None:
         session = getattr(tx, "session", None)
         meta = self.storage.meta
         head = meta.find_one({"_id": HEAD_ID}, session=session)
         last = self.collection.find_one({}, {"_id": 1}, sort=[("_id", -1)], session=session)
         head_seq, head_hash = (head["seq"], bytes(head["hash"])) if head else (0, GENESIS)
-        records = chain(list(events), max(head_seq, last["_id"] if last else 0), head_hash)
+        start = max(head_seq, last["_id"] if last else 0)
+        records = chain([event for event, _ in events], start, head_hash)
         docs = []
-        for record, (_, event) in zip(records, events, strict=True):
-            fields = indexed_fields(event)
+        for record, (_, fields) in zip(records, events, strict=True):
             docs.append(
                 {
                     "_id": record.seq,

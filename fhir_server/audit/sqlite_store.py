@@ -20,7 +20,7 @@ from typing import Any
 
 from fhir_server.audit.chain import GENESIS, chain
 from fhir_server.audit.criteria import AuditCriteria, Condition
-from fhir_server.audit.events import IndexedFields, indexed_fields
+from fhir_server.audit.events import IndexedFields
 from fhir_server.audit.store import AuditPage, StoredRecord, cursor_position, stored_event
 from fhir_server.storage.base import StoredResource, instant
 
@@ -28,20 +28,20 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS audit_event (
         seq INTEGER PRIMARY KEY,
         recorded REAL NOT NULL,
-        action TEXT, subtype TEXT, outcome TEXT, door TEXT,
-        client TEXT, user TEXT, address TEXT,
+        action TEXT, subtype TEXT, outcome TEXT, door TEXT, address TEXT,
         json BLOB NOT NULL,
         hash BLOB NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS audit_event_recorded ON audit_event (recorded, seq)",
-    "CREATE INDEX IF NOT EXISTS audit_event_client ON audit_event (client) "
-    "WHERE client IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS audit_event_user ON audit_event (user) WHERE user IS NOT NULL",
-    # role: 'p' a patient (by id), 'e' an entity (Type/id)
+    # role: 'p' a patient (by id), 'e' an entity (Type/id), 'c' the client, 'u' the user;
+    # in the order appended (rowid), which `records` reads them in
     "CREATE TABLE IF NOT EXISTS audit_ref "
     "(seq INTEGER NOT NULL, role TEXT NOT NULL, ref TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS audit_ref_ref ON audit_ref (ref, role, seq)",
-    "CREATE INDEX IF NOT EXISTS audit_ref_seq ON audit_ref (seq)",
+    # Every index is pages written by every commit: agents are refs, not indexed columns.
+    "DROP INDEX IF EXISTS audit_event_client",
+    "DROP INDEX IF EXISTS audit_event_user",
+    "DROP INDEX IF EXISTS audit_ref_seq",
 )
 HEAD_KEY = "audit_head"
 COLUMNS = {
@@ -52,9 +52,8 @@ COLUMNS = {
     "outcome": "e.outcome",
     "door": "e.door",
     "address": "e.address",
-    "user": "e.user",
 }
-REF_ROLES = {"patient": "p", "entity": "e"}
+REF_ROLES = {"patient": "'p'", "entity": "'e'", "user": "'u'", "agent": "'c', 'u'"}
 _LIKE_SPECIAL = re.compile(r"([\\%_])")
 
 
@@ -68,29 +67,38 @@ class SqliteAuditStore:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def append(self, tx: Any, events: Sequence[tuple[float, dict[str, Any]]]) -> None:
+    def append(self, tx: Any, events: Sequence[tuple[dict[str, Any], IndexedFields]]) -> None:
         tx.settle()  # the write-behind thread must be done with the connection
         conn: sqlite3.Connection = tx.conn
-        head_seq, head_hash = _head(conn) or (0, GENESIS)
-        last = conn.execute("SELECT max(seq) FROM audit_event").fetchone()[0] or 0
+        head, last = conn.execute(
+            "SELECT (SELECT value FROM meta WHERE key=?), (SELECT max(seq) FROM audit_event)",
+            (HEAD_KEY,),
+        ).fetchone()
+        head_seq, head_hash = _decode_head(head) if head else (0, GENESIS)
         # A head behind the table (edited) must not make writes fail on a duplicate number:
         # numbering goes on after both, and verify reports the break.
-        records = chain(list(events), max(head_seq, last), head_hash)
+        records = chain([event for event, _ in events], max(head_seq, last or 0), head_hash)
         rows, refs = [], []
-        for record, (_, event) in zip(records, events, strict=True):
-            fields = indexed_fields(event)
+        for record, (_, fields) in zip(records, events, strict=True):
             rows.append((record.seq, record.recorded, *_columns(fields), record.json, record.hash))
-            refs += [(record.seq, "p", p) for p in fields.patients]
-            refs += [(record.seq, "e", e) for e in fields.entities]
-        conn.executemany("INSERT INTO audit_event VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            seq = record.seq
+            refs += [(seq, "p", p) for p in fields.patients]
+            refs += [(seq, "e", e) for e in fields.entities]
+            refs += [
+                (seq, role, who) for role, who in (("c", fields.client), ("u", fields.user)) if who
+            ]
+        conn.executemany(
+            "INSERT INTO audit_event (seq, recorded, action, subtype, outcome, door, address, "
+            "json, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
         if refs:
             conn.executemany("INSERT INTO audit_ref VALUES (?, ?, ?)", refs)
-        last_record = records[-1]
-        head = jsonlib.dumps([last_record.seq, last_record.hash.hex()])
+        tail = records[-1]
         conn.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (HEAD_KEY, head),
+            (HEAD_KEY, jsonlib.dumps([tail.seq, tail.hash.hex()])),
         )
 
     # -- reads -------------------------------------------------------------------------------
@@ -148,20 +156,32 @@ class SqliteAuditStore:
 
     def records(self) -> Iterator[StoredRecord]:
         conn = self.storage.reader()
-        refs = conn.execute("SELECT seq, role, ref FROM audit_ref ORDER BY seq, rowid")
+        refs = conn.execute("SELECT seq, role, ref FROM audit_ref ORDER BY rowid")
         pending = next(refs, None)
         for row in conn.execute(
-            "SELECT seq, recorded, action, subtype, outcome, client, user, address, door, "
-            "json, hash FROM audit_event ORDER BY seq"
+            "SELECT seq, recorded, action, subtype, outcome, address, door, json, hash "
+            "FROM audit_event ORDER BY seq"
         ):
             seq = row[0]
-            patients, entities = [], []
+            found: dict[str, list[str]] = {"p": [], "e": [], "c": [], "u": []}
+            # refs out of order (an edit) are left behind, and their records reported
             while pending is not None and pending[0] <= seq:
-                if pending[0] == seq:
-                    (patients if pending[1] == "p" else entities).append(pending[2])
+                if pending[0] == seq and pending[1] in found:
+                    found[pending[1]].append(pending[2])
                 pending = next(refs, None)
-            indexed = IndexedFields(instant(row[1]), *row[2:9], tuple(patients), tuple(entities))
-            yield StoredRecord(seq, _bytes(row[9]), _bytes(row[10]), indexed)
+            client = found["c"][0] if len(found["c"]) == 1 else ",".join(found["c"]) or None
+            user = found["u"][0] if len(found["u"]) == 1 else ",".join(found["u"]) or None
+            indexed = IndexedFields(
+                instant(row[1]),
+                *row[2:5],
+                client,
+                user,
+                row[5],
+                row[6],
+                tuple(found["p"]),
+                tuple(found["e"]),
+            )
+            yield StoredRecord(seq, _bytes(row[7]), _bytes(row[8]), indexed)
 
 
 def _bytes(value: Any) -> bytes:
@@ -173,32 +193,23 @@ def _bytes(value: Any) -> bytes:
 
 def _head(conn: sqlite3.Connection) -> tuple[int, bytes] | None:
     row = conn.execute("SELECT value FROM meta WHERE key=?", (HEAD_KEY,)).fetchone()
-    if row is None:
-        return None
-    seq, digest = jsonlib.loads(row[0])
+    return _decode_head(row[0]) if row else None
+
+
+def _decode_head(value: Any) -> tuple[int, bytes]:
+    seq, digest = jsonlib.loads(value)
     return int(seq), bytes.fromhex(digest)
 
 
 def _columns(fields: IndexedFields) -> tuple:
-    return (
-        fields.action,
-        fields.subtype,
-        fields.outcome,
-        fields.door,
-        fields.client,
-        fields.user,
-        fields.address,
-    )
+    return (fields.action, fields.subtype, fields.outcome, fields.door, fields.address)
 
 
 def _condition(condition: Condition, args: list) -> str:
     name, op, operand = condition.field, condition.op, condition.operand
     if name in REF_ROLES:
-        args += [operand, REF_ROLES[name]]
-        return "e.seq IN (SELECT seq FROM audit_ref WHERE ref=? AND role=?)"
-    if name == "agent":
-        args += [operand, operand]
-        return "(e.client=? OR e.user=?)"
+        args.append(operand)
+        return f"e.seq IN (SELECT seq FROM audit_ref WHERE ref=? AND role IN ({REF_ROLES[name]}))"
     column = COLUMNS[name]
     if op == "between":
         low, high = operand  # type: ignore[misc]

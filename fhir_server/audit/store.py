@@ -36,8 +36,9 @@ class StoredRecord:
 
 
 class AuditStore(Protocol):
-    def append(self, tx: Any, events: Sequence[tuple[float, dict[str, Any]]]) -> None:
-        """Chain and store events ((recorded, event)) inside the backend transaction `tx`."""
+    def append(self, tx: Any, events: Sequence[tuple[dict[str, Any], IndexedFields]]) -> None:
+        """Chain and store events (each with what is indexed of it) inside the backend
+        transaction `tx`."""
 
     def read(self, rid: str) -> StoredResource | None: ...
 

@@ -31,6 +31,7 @@ from fhir_server.audit.events import (
     Agent,
     EventFacts,
     build_event,
+    fields_of,
     outcome_of,
     sorted_unique,
 )
@@ -108,7 +109,8 @@ class AuditTrail:
 
     def append_in(self, tx: Any, activity: Activity | None, writes: list[Write]) -> None:
         facts = self.write_facts(activity, writes)
-        self.store.append(tx, [(facts.recorded, build_event(facts))])
+        event = build_event(facts)
+        self.store.append(tx, [(event, fields_of(facts, event))])
 
     def write_facts(self, activity: Activity | None, writes: list[Write]) -> EventFacts:
         """The event of a transaction's writes (and of the reads its activity made before
@@ -226,6 +228,7 @@ class AuditTrail:
         events = []
         for activity, outcome in items:
             facts = self._facts(activity, outcome)
-            events.append((facts.recorded, build_event(facts)))
+            event = build_event(facts)
+            events.append((event, fields_of(facts, event)))
         with self._backend.transaction() as tx:
             self.store.append(tx, events)
