@@ -251,22 +251,29 @@ def test_audit_search_by_patient_date_and_paging(
         for value in (100, 101, 102):
             ward.post("/Observation", json=glucose(p, value))
     flush(server)
-    mine = events(http, f"patient={p}")
+    # the auditor's own searches are recorded too, naming the patients they showed: the
+    # queries below keep to the ward's events
+    ward = "agent=ward-app"
+    mine = events(http, f"patient={p}&{ward}")
     assert len(mine) == 4 and {summary(e)[0] for e in mine} == {"create"}
-    assert events(http, f"patient=Patient/{p}&action=C&date=ge2020-01-01") == mine
+    assert events(http, f"patient=Patient/{p}&action=C&date=ge2020-01-01&{ward}") == mine
     assert events(http, f"patient={p}&date=lt2020-01-01") == []
     assert events(http, f"patient={p}&altid=dr-martin&site=rest&subtype=create") == mine
     assert events(http, f"patient={p}&agent=glucose-gateway") == []
-    assert events(http, f"entity=Patient/{p}") == mine
+    assert events(http, f"entity=Patient/{p}&{ward}") == mine
     created = [r for e in mine for r in summary(e)[4] if r.startswith("Observation/")]
     assert len(created) == 3
     assert [summary(e)[4] for e in events(http, f"entity={created[0]}")] == [(created[0],)]
-    paged = http.get(f"/AuditEvent?patient={p}&_count=3&_sort=date&_total=accurate").json()
+    paged = http.get(f"/AuditEvent?patient={p}&{ward}&_count=3&_sort=date&_total=accurate")
+    paged = paged.json()
     assert paged["total"] == 4 and len(paged["entry"]) == 3
     following = next(x["url"] for x in paged["link"] if x["relation"] == "next")
     rest = http.get(following).json()["entry"]
     ids = [e["resource"]["id"] for e in paged["entry"] + rest]
     assert sorted(ids, key=int) == ids and len(set(ids)) == 4
+    flush(server)
+    auditor = events(http, f"patient={p}&agent=audit-console")
+    assert auditor and {summary(e)[0] for e in auditor} == {"search-type"}
     one = mine[0]
     read = http.get(f"/AuditEvent/{one['id']}")
     assert read.status_code == 200 and read.json() == one
