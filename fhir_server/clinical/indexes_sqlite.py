@@ -16,6 +16,7 @@ SCHEMA = (
     + ", PRIMARY KEY (patient, day)) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS cgm_days_day ON cgm_days (day, patient)",
 )
+BY_PATIENT = 500  # up to this many patients, their rows are read by key; beyond, by day
 ADD_CODE = (
     "INSERT INTO clinical_codes VALUES (?, ?, ?, ?) ON CONFLICT (patient, system, code) "
     "DO UPDATE SET n = n + excluded.n"
@@ -71,20 +72,29 @@ class SqliteClinicalIndexes:
         """patient -> [(day, DAY_FIELDS)] for days in [first, last] (ISO dates)."""
         columns = ", ".join(DAY_FIELDS)
         sql = f"SELECT patient, day, {columns} FROM cgm_days WHERE day BETWEEN ? AND ?"
+        conn = self.storage.reader()
+        if patients is None or len(patients) > BY_PATIENT:
+            rows = conn.execute(sql, (first, last))
+        else:  # a Group of a few patients: their rows, through the primary key
+            marks = ", ".join("?" for _ in patients)
+            rows = conn.execute(f"{sql} AND patient IN ({marks})", (first, last, *patients))
+        wanted = None if patients is None else set(patients)
         found: dict[str, list[tuple[str, list[float]]]] = {}
-        for row in self.storage.reader().execute(sql, (first, last)):
-            found.setdefault(row[0], []).append((row[1], list(row[2:])))
-        if patients is not None:
-            wanted = set(patients)
-            found = {p: v for p, v in found.items() if p in wanted}
+        for row in rows:
+            if wanted is None or row[0] in wanted:
+                found.setdefault(row[0], []).append((row[1], list(row[2:])))
         return found
 
     def latest_day(self, patients: Sequence[str] | None = None) -> dict[str, str]:
         """patient -> the last day with CGM data."""
-        rows = self.storage.reader().execute(
-            "SELECT patient, max(day) FROM cgm_days GROUP BY patient"
-        )
-        found = dict(rows.fetchall())
+        conn = self.storage.reader()
+        if patients is not None and len(patients) <= BY_PATIENT:
+            marks = ", ".join("?" for _ in patients)
+            rows = conn.execute(
+                f"SELECT patient, max(day) FROM cgm_days WHERE patient IN ({marks}) "
+                "GROUP BY patient", tuple(patients))
+            return dict(rows.fetchall())
+        found = dict(conn.execute("SELECT patient, max(day) FROM cgm_days GROUP BY patient"))
         if patients is not None:
             wanted = set(patients)
             found = {p: d for p, d in found.items() if p in wanted}
