@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from fhir_server.clinical.indexes import AGGREGATE_ZONE
 from fhir_server.clinical.lastn import lastn
 from fhir_server.model import jsonio
 from fhir_server.service.fhir import FhirService
@@ -138,3 +139,20 @@ def test_the_catalogue_follows_updates_and_deletes(service: FhirService) -> None
     before = catalogue.code_counts("p1")
     service.indexed.rebuild()
     assert catalogue.code_counts("p1") == before
+
+
+def test_the_daily_aggregates_on_both_backends(service: FhirService) -> None:
+    """The patient list's figures as each backend sums them, against the readings sent
+    (every 5 minutes from 2024-01-01 00:00 UTC, 100 + i % 90 mg/dL)."""
+    aggregates = service.indexed.clinical
+    window = aggregates.window("2024-01-01", "2024-01-03", ["p1", "p2"])
+    days, last, sums = window["p1"]
+    # 1500 readings from 01:00 Paris time on the 1st: 288 on each whole day after it
+    sent = [(T0 + timedelta(minutes=5 * i), 100 + i % 90) for i in range(READINGS)]
+    paris = [(w.astimezone(AGGREGATE_ZONE).date().isoformat(), v) for w, v in sent]
+    inside = [v for d, v in paris if "2024-01-01" <= d <= "2024-01-03"]
+    assert days == 3 and last == "2024-01-03"
+    assert sums[0] == len(inside) and sums[1] == pytest.approx(sum(inside))
+    assert sums[5] == sum(1 for v in inside if 70 <= v <= 180)
+    assert "p2" not in window  # an HbA1c, no CGM
+    assert aggregates.cgm_patients(["p1", "p2"]) == {"p1"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from fhir_server.clinical.glucose import CGM_CODES
 from fhir_server.clinical.indexes import DAY_FIELDS, Deltas
 
 CODES, DAYS = "clinical_codes", "cgm_days"
@@ -57,20 +58,22 @@ class MongoClinicalIndexes:
     def codes(self, patient: str) -> list[tuple[str, str]]:
         return sorted(self.code_counts(patient))
 
-    def days(
+    def window(
         self, first: str, last: str, patients: Sequence[str] | None = None
-    ) -> dict[str, list[tuple[str, list[float]]]]:
-        query: dict[str, Any] = {"day": {"$gte": first, "$lte": last}}
+    ) -> dict[str, tuple[int, str, list[float]]]:
+        match: dict[str, Any] = {"day": {"$gte": first, "$lte": last}, "n": {"$gt": 0}}
         if patients is not None:
-            query["patient"] = {"$in": list(patients)}
-        found: dict[str, list[tuple[str, list[float]]]] = {}
-        for d in self.days_collection.find(query):
-            found.setdefault(d["patient"], []).append((d["day"], [d[f] for f in DAY_FIELDS]))
-        return found
+            match["patient"] = {"$in": list(patients)}
+        group: dict[str, Any] = {"_id": "$patient", "days": {"$sum": 1},
+                                 "last": {"$max": "$day"}}
+        group.update({f: {"$sum": f"${f}"} for f in DAY_FIELDS})
+        return {
+            d["_id"]: (int(d["days"]), d["last"], [d[f] for f in DAY_FIELDS])
+            for d in self.days_collection.aggregate([{"$match": match}, {"$group": group}])
+        }
 
-    def latest_day(self, patients: Sequence[str] | None = None) -> dict[str, str]:
-        pipeline: list[dict[str, Any]] = []
-        if patients is not None:
-            pipeline.append({"$match": {"patient": {"$in": list(patients)}}})
-        pipeline.append({"$group": {"_id": "$patient", "day": {"$max": "$day"}}})
-        return {d["_id"]: d["day"] for d in self.days_collection.aggregate(pipeline)}
+    def cgm_patients(self, patients: Sequence[str]) -> set[str]:
+        found = self.codes_collection.distinct("patient", {
+            "code": {"$in": list(CGM_CODES)}, "n": {"$gt": 0},
+            "patient": {"$in": list(patients)}})
+        return set(found)

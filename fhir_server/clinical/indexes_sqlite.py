@@ -6,15 +6,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from fhir_server.clinical.glucose import CGM_CODES
 from fhir_server.clinical.indexes import DAY_FIELDS, Deltas
+
+CGM_CODE_PAIR = tuple(CGM_CODES)
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS clinical_codes (patient TEXT, system TEXT, code TEXT, "
     "n INTEGER, PRIMARY KEY (patient, system, code)) WITHOUT ROWID",
+    # keyed by day first: the list reads a window of days for every patient as one range
     "CREATE TABLE IF NOT EXISTS cgm_days (patient TEXT, day TEXT, "
     + ", ".join(f"{f} REAL" for f in DAY_FIELDS)
-    + ", PRIMARY KEY (patient, day)) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS cgm_days_day ON cgm_days (day, patient)",
+    + ", PRIMARY KEY (day, patient)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS cgm_days_patient ON cgm_days (patient, day)",
+    "CREATE INDEX IF NOT EXISTS clinical_codes_code ON clinical_codes (code, patient)",
 )
 BY_PATIENT = 500  # up to this many patients, their rows are read by key; beyond, by day
 ADD_CODE = (
@@ -23,7 +28,7 @@ ADD_CODE = (
 )
 ADD_DAY = (
     f"INSERT INTO cgm_days VALUES (?, ?, {', '.join('?' for _ in DAY_FIELDS)}) "
-    "ON CONFLICT (patient, day) DO UPDATE SET "
+    "ON CONFLICT (day, patient) DO UPDATE SET "
     + ", ".join(f"{f} = {f} + excluded.{f}" for f in DAY_FIELDS)
 )
 
@@ -66,36 +71,32 @@ class SqliteClinicalIndexes:
         )
         return {(s, c): int(n) for s, c, n in rows}
 
-    def days(
+    def window(
         self, first: str, last: str, patients: Sequence[str] | None = None
-    ) -> dict[str, list[tuple[str, list[float]]]]:
-        """patient -> [(day, DAY_FIELDS)] for days in [first, last] (ISO dates)."""
-        columns = ", ".join(DAY_FIELDS)
-        sql = f"SELECT patient, day, {columns} FROM cgm_days WHERE day BETWEEN ? AND ?"
-        conn = self.storage.reader()
-        if patients is None or len(patients) > BY_PATIENT:
-            rows = conn.execute(sql, (first, last))
-        else:  # a Group of a few patients: their rows, through the primary key
-            marks = ", ".join("?" for _ in patients)
-            rows = conn.execute(f"{sql} AND patient IN ({marks})", (first, last, *patients))
-        wanted = None if patients is None else set(patients)
-        found: dict[str, list[tuple[str, list[float]]]] = {}
-        for row in rows:
-            if wanted is None or row[0] in wanted:
-                found.setdefault(row[0], []).append((row[1], list(row[2:])))
-        return found
-
-    def latest_day(self, patients: Sequence[str] | None = None) -> dict[str, str]:
-        """patient -> the last day with CGM data."""
-        conn = self.storage.reader()
+    ) -> dict[str, tuple[int, str, list[float]]]:
+        """patient -> (days with readings, the last of them, DAY_FIELDS summed) over
+        [first, last] (ISO dates), summed by SQLite: one row per patient comes back."""
+        sums = ", ".join(f"sum({f})" for f in DAY_FIELDS)
+        sql = (f"SELECT patient, count(*), max(day), {sums} FROM cgm_days "
+               "WHERE day BETWEEN ? AND ? AND n > 0")
+        args: tuple = (first, last)
         if patients is not None and len(patients) <= BY_PATIENT:
-            marks = ", ".join("?" for _ in patients)
-            rows = conn.execute(
-                f"SELECT patient, max(day) FROM cgm_days WHERE patient IN ({marks}) "
-                "GROUP BY patient", tuple(patients))
-            return dict(rows.fetchall())
-        found = dict(conn.execute("SELECT patient, max(day) FROM cgm_days GROUP BY patient"))
-        if patients is not None:
-            wanted = set(patients)
-            found = {p: d for p, d in found.items() if p in wanted}
-        return found
+            # a Group of a few patients: their rows, through the (patient, day) index
+            sql += f" AND patient IN ({', '.join('?' for _ in patients)})"
+            args = (*args, *patients)
+        rows = self.storage.reader().execute(sql + " GROUP BY patient", args)
+        wanted = None if patients is None else set(patients)
+        return {
+            row[0]: (int(row[1]), row[2], list(row[3:]))
+            for row in rows
+            if wanted is None or row[0] in wanted
+        }
+
+    def cgm_patients(self, patients: Sequence[str]) -> set[str]:
+        """Those of `patients` with CGM readings (their codes in the catalogue)."""
+        rows = self.storage.reader().execute(
+            "SELECT DISTINCT patient FROM clinical_codes WHERE code IN (?, ?) AND n > 0",
+            CGM_CODE_PAIR,
+        )
+        wanted = set(patients)
+        return {p for (p,) in rows if p in wanted}

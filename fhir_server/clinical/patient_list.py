@@ -45,7 +45,7 @@ class PatientRow:
     tbr54: float | None = None
     gmi: float | None = None
     wear_days: int = 0
-    last_cgm_day: str | None = None
+    last_cgm_day: str | None = None  # inside the 14 days
     flags: list[str] = field(default_factory=list)
 
 
@@ -123,17 +123,19 @@ def hba1c_percent(resource: dict[str, Any]) -> tuple[float | None, str | None]:
     return float(value), f"{value:g} %"
 
 
-def cgm_figures(row: PatientRow, days: list[tuple[str, list[float]]], today: date) -> None:
-    n = sum(d[1][0] for d in days)
-    row.wear_days = sum(1 for d in days if d[1][0] > 0)
+def cgm_figures(row: PatientRow, window: tuple[int, str, list[float]] | None) -> None:
+    """TIR / TBR / GMI and days worn from the window's summed daily aggregates."""
+    if window is None:
+        return
+    row.wear_days, row.last_cgm_day, sums = window
+    n = sums[0]
     if n <= 0:
         return
-    total = sum(d[1][1] for d in days)
-    bands = [sum(d[1][3 + b] for d in days) for b in range(5)]
+    bands = sums[3:8]
     row.tir = 100 * bands[2] / n
     row.tbr = 100 * (bands[0] + bands[1]) / n
     row.tbr54 = 100 * bands[0] / n
-    row.gmi = 3.31 + 0.02392 * (total / n)
+    row.gmi = 3.31 + 0.02392 * (sums[1] / n)
 
 
 def build_rows(
@@ -147,14 +149,13 @@ def build_rows(
     listed = patients(search, group, organization)
     ids = [p["id"] for p in listed]
     first = (today - timedelta(days=DAYS - 1)).isoformat()
-    days = aggregates.days(first, today.isoformat(), ids)
-    last_days = aggregates.latest_day(ids)
+    windows = aggregates.window(first, today.isoformat(), ids)
+    cgm_users = aggregates.cgm_patients(ids)
     hba1c = latest_hba1c(search, ids)
     rows = []
     for resource in listed:
         row = PatientRow(resource["id"], patient_name(resource))
-        cgm_figures(row, days.get(row.id, []), today)
-        row.last_cgm_day = last_days.get(row.id)
+        cgm_figures(row, windows.get(row.id))
         latest = hba1c.get(row.id)
         if latest is not None:
             row.hba1c_value, row.hba1c = hba1c_percent(latest)
@@ -167,7 +168,7 @@ def build_rows(
         if row.hba1c_date is None or row.hba1c_date < year_ago:
             row.flags.append(FLAG_NO_HBA1C)
         stale = (today - timedelta(days=STALE_CGM_DAYS)).isoformat()
-        if row.last_cgm_day is not None and row.last_cgm_day <= stale:
+        if row.id in cgm_users and (row.last_cgm_day is None or row.last_cgm_day <= stale):
             row.flags.append(FLAG_STALE_CGM)
         rows.append(row)
     return rows
