@@ -20,6 +20,7 @@ from fhir_server.api.analytics import (
     register_analytics_operations,
 )
 from fhir_server.api.audit_http import AuditMiddleware
+from fhir_server.api.bulk import build_bulk_router, register_bulk_operations
 from fhir_server.api.clinical import build_clinical_router, register_clinical_operations
 from fhir_server.api.convert import CONVERT_OPERATION, build_convert_router
 from fhir_server.api.head import HeadAsGet
@@ -51,13 +52,16 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     settings = settings or Settings.from_env()
     if service is None:
         service = FhirService(open_storage(settings.db_url), settings)
-    deid = _build_deid(service, settings)
+    jobs = _build_jobs(service, settings)
+    deid = _build_deid(service, settings, jobs)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         await run_in_threadpool(_seed_terminology, service)
         tune_for_server()  # the registry, validators and terminology are built by now
+        jobs.start()  # jobs queued or running when the server last stopped run again
         yield
+        await run_in_threadpool(jobs.stop)
         if deid is not None:
             deid.close()
         service.storage.close()
@@ -87,6 +91,8 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     register_rest_operations(app.state.operations)
     app.state.instantiates = []
     app.state.deid = deid
+    app.state.jobs = jobs
+    register_bulk_operations(app.state.operations)
     install_auth(app, settings)
     # Added after (so outside) authorization. Responses of 1 KiB and more are gzipped for
     # clients that accept it (level 6 costs half of level 9's time for 1 % more bytes);
@@ -151,6 +157,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.include_router(build_terminology_router())
     app.include_router(build_validate_router())
     app.include_router(build_convert_router())  # before the generic /{resource_type} routes
+    app.include_router(build_bulk_router())
     app.include_router(build_clinical_router())
     app.include_router(build_ui_router())
     app.include_router(build_analytics_router())
@@ -176,7 +183,16 @@ def publish_conformance_resources(service: FhirService) -> None:
         service.resources.update(resource["resourceType"], resource["id"], resource)
 
 
-def _build_deid(service: FhirService, settings: Settings) -> Any:
+def _build_jobs(service: FhirService, settings: Settings) -> Any:
+    """The job runner (bulk export and import, cohort evaluations; the de-identified export
+    registers its own kind)."""
+    from fhir_server.analytics.groups import GroupMembers
+    from fhir_server.jobs.setup import build_runner
+
+    return build_runner(service, settings, GroupMembers(service))
+
+
+def _build_deid(service: FhirService, settings: Settings, jobs: Any) -> Any:
     """The de-identification facade when a recipients file is configured (required by
     --deid-only); None otherwise."""
     if not settings.deid_recipients:
@@ -187,4 +203,4 @@ def _build_deid(service: FhirService, settings: Settings) -> Any:
         return None
     from fhir_server.deid.context import build_deid
 
-    return build_deid(service, settings)
+    return build_deid(service, settings, jobs)

@@ -83,6 +83,16 @@ class Settings:
     # The audit trail (fhir_server/audit/). DIATABASE_AUDIT=0 turns it off: for measuring
     # what it costs, never for a server holding patient data.
     audit: bool = True
+    # Asynchronous jobs (fhir_server/jobs/: bulk export and import, the de-identified
+    # export, cohort evaluations): where their store and files live (default beside a
+    # SQLite database, `<db>.jobs`), how many run at once per process, and how long the
+    # files of a finished job are kept (seconds; then deleted with the job).
+    jobs_dir: str = ""
+    jobs_workers: int = 2
+    jobs_retention: int = 86400
+    # Folders whose files `$import` may read by file:// URL (the operator's choice; none by
+    # default: clients then send https URLs or upload the files).
+    import_dirs: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -122,6 +132,12 @@ class Settings:
             ),
             "audit": os.environ.get("DIATABASE_AUDIT", "1").lower()
             not in ("0", "false", "no", "off"),
+            "jobs_dir": os.environ.get("DIATABASE_JOBS_DIR", ""),
+            "jobs_workers": _env_int("DIATABASE_JOBS_WORKERS", 2),
+            "jobs_retention": _env_int("DIATABASE_JOBS_RETENTION", 86400),
+            "import_dirs": tuple(
+                d for d in os.environ.get("DIATABASE_IMPORT_DIRS", "").split(os.pathsep) if d
+            ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["unknown_profiles"] not in ("warn", "reject"):

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from fhir_server.api.deid import SIGNED_EXTENSION
 from fhir_server.deid.keys import signing_key
 from fhir_server.deid.signing import verify_export
 from fhir_server.settings import Settings
@@ -370,7 +371,7 @@ def test_async_export_is_signed_and_leak_free(http: httpx.Client, secrets: set[s
     assert status.status_code == 200, status.text[:300]
     body = status.json()
     assert body["requiresAccessToken"] is True and body["output"]
-    manifest = body["manifest"]
+    manifest = body["extension"][SIGNED_EXTENSION]
     assert manifest["recipient"] == "open" and manifest["kAnonymity"]["k"] == 1
     text = ""
     for item in body["output"]:
@@ -410,7 +411,7 @@ def test_k_anonymity_generalizes_and_suppresses_in_exports(http: httpx.Client) -
     status_url = kicked.headers["content-location"]
     while (status := http.get(status_url, headers=auth("alpha"))).status_code == 202:
         time.sleep(0.1)
-    report = status.json()["manifest"]["kAnonymity"]
+    report = status.json()["extension"][SIGNED_EXTENSION]["kAnonymity"]
     assert report["k"] == 5 and report["patients"] == 14
     assert report["generalized"]["postalPrefix"] > 0
     assert report["released"] + report["suppressed"] == 14

@@ -23,6 +23,9 @@ from fhir_server.deid.facade import FacadeAnswer, served_types
 from fhir_server.deid.recipients import Recipient
 from fhir_server.deid.signing import MANIFEST
 from fhir_server.deid.view_search import UNSUPPORTED_CODES, ViewPolicy
+from fhir_server.jobs import Job
+from fhir_server.jobs.manifest import listed_files, status_answer
+from fhir_server.jobs.store import CANCELLED
 from fhir_server.model.outcome import error
 
 PREFIX = "/deid"
@@ -32,6 +35,8 @@ VIEW_DOCUMENTATION = (
     "on the view up to 10000 candidates"
 )
 MANIFEST_EXTENSION = "https://diatabase.org/fhir/StructureDefinition/deid-export-manifest"
+# The signed manifest itself (counts, hashes, k-anonymity report), inline in the status.
+SIGNED_EXTENSION = "https://diatabase.org/fhir/StructureDefinition/deid-export-signed-manifest"
 
 
 def _deid(request: Request) -> DeidContext:
@@ -213,56 +218,44 @@ def build_deid_router() -> APIRouter:
             unknown = set(types) - set(served_types())
             if unknown:
                 raise error(400, "not-supported", f"_type: not served here: {sorted(unknown)}")
-        engine = deid.recipients.fresh_engine(recipient.id)
-        job = await run_in_threadpool(deid.jobs.start, engine, types)
-        _audit(request, recipient.id, "operation", job.total)
+        job = await run_in_threadpool(deid.jobs.start, recipient.id, types, str(request.url))
+        _audit(request, recipient.id, "operation", 0)
         status_url = f"{_base(request)}/$export-status/{job.id}"
         return Response(status_code=202, headers={"Content-Location": status_url})
+
+    def _job(request: Request, recipient: Recipient, job_id: str) -> Job:
+        job = _deid(request).jobs.get(job_id, recipient.id)
+        if job is None or job.status == CANCELLED:
+            raise error(404, "not-found", "No such export job")
+        return job
 
     @router.get("/$export-status/{job_id}")
     async def export_status(request: Request, job_id: str) -> Response:
         recipient = _recipient(request)
-        job = _deid(request).jobs.get(job_id, recipient.id)
-        if job is None:
-            raise error(404, "not-found", "No such export job")
-        if job.error is not None:
-            raise error(500, "exception", job.error)
-        if job.manifest is None:
-            return Response(
-                status_code=202, headers={"X-Progress": f"{job.done}/{job.total} resources"}
-            )
-        base = f"{_base(request)}/$export-file/{job.id}"
-        body = {
-            "transactionTime": job.manifest["transactionTime"],
-            "request": f"{_base(request)}/$export",
-            "requiresAccessToken": True,
-            "output": [
-                {"type": item["type"], "url": f"{base}/{item['file']}", "count": item["count"]}
-                for item in job.manifest["output"]
-            ],
-            "error": [],
-            "extension": {MANIFEST_EXTENSION: f"{base}/{MANIFEST}"},
-            "manifest": job.manifest,
-        }
-        return fhir_response(body, 200, {"Content-Type": "application/json"})
+        job = await run_in_threadpool(_job, request, recipient, job_id)
+        files = f"{_base(request)}/$export-file/{job.id}"
+        signed = (job.result or {}).get("signed")
+        extension = {MANIFEST_EXTENSION: f"{files}/{MANIFEST}", SIGNED_EXTENSION: signed}
+        answer = status_answer(job, files, True, extension if signed else None)
+        if answer.status == 200:
+            headers = {"Content-Type": "application/json", **answer.headers}
+            return fhir_response(answer.body, 200, headers)
+        if answer.body is not None:
+            return fhir_response(answer.body, answer.status, answer.headers)
+        return Response(status_code=answer.status, headers=answer.headers)
 
     @router.delete("/$export-status/{job_id}")
     async def export_delete(request: Request, job_id: str) -> Response:
         recipient = _recipient(request)
-        deleted = await run_in_threadpool(_deid(request).jobs.delete, job_id, recipient.id)
-        if not deleted:
-            raise error(404, "not-found", "No such export job")
+        job = await run_in_threadpool(_job, request, recipient, job_id)
+        await run_in_threadpool(_deid(request).jobs.runner.cancel, job.id)
         return Response(status_code=202)
 
     @router.get("/$export-file/{job_id}/{name}")
     async def export_file(request: Request, job_id: str, name: str) -> Response:
         recipient = _recipient(request)
-        deid = _deid(request)
-        job = deid.jobs.get(job_id, recipient.id)
-        if job is None or job.manifest is None:
-            raise error(404, "not-found", "No such export file")
-        listed = {item["file"] for item in job.manifest["output"]} | {MANIFEST}
-        if name not in listed:
+        job = await run_in_threadpool(_job, request, recipient, job_id)
+        if name not in listed_files(job):
             raise error(404, "not-found", "No such export file")
         _audit(request, recipient.id, "operation", 0)
         media = "application/json" if name == MANIFEST else "application/fhir+ndjson"

@@ -47,6 +47,8 @@ OPERATIONS = {
 # a search of Observation in that patient's compartment.
 PATIENT_OBSERVATION_OPERATIONS = frozenset({"cgm-metrics", "agp"})
 VIEW_DEFINITION = "ViewDefinition"  # SQL on FHIR: `$run` (api/analytics.py)
+# Status and files of asynchronous jobs (fhir_server/jobs/): for their owner only.
+JOB_PATHS = frozenset({"$export-status", "$export-file", "$import-status", "$import-file"})
 # Unknown routes: the method's letters on every type.
 METHOD_LETTERS = {"GET": "rs", "HEAD": "rs", "POST": "cruds", "PUT": "cruds",
                   "PATCH": "cruds", "DELETE": "cruds"}
@@ -55,7 +57,8 @@ METHOD_LETTERS = {"GET": "rs", "HEAD": "rs", "POST": "cruds", "PUT": "cruds",
 @dataclass(frozen=True, slots=True)
 class Requirement:
     """`kind`: "public" (no check), "bundle" (a valid token here, each entry checked by
-    the handler), "any" (some scope with `interaction`'s letter on some type), "check"
+    the handler), "owner" (a valid token, the handler serving the owner of the job asked
+    about), "any" (some scope with `interaction`'s letter on some type), "check"
     (`interaction` on `resource_type`), or "unknown" (a route not described here: a scope
     on every type, not patient-limited, with all the letters in `interaction`)."""
 
@@ -88,6 +91,11 @@ def classify(method: str, path: str) -> Requirement:
         if n == 3:  # a patient's AGP page: its Observations
             return Requirement("check", "Observation", "search-compartment",
                                ("Patient", parts[2]))
+    elif parts[0] == "$export" and n == 1 and method in ("GET", "POST"):
+        # Each exported type is checked by the handler; the job sees what the token sees.
+        return Requirement("any", interaction="s")
+    elif parts[0] in JOB_PATHS and n in (2, 3) and method in ("GET", "HEAD", "DELETE"):
+        return Requirement("owner")  # a valid token; the handler serves the job's owner only
     elif is_resource_type(parts[0]):
         found = _typed(method, parts)
         if found is not None:
@@ -112,6 +120,10 @@ def _typed(method: str, parts: list[str]) -> Requirement | None:
         return Requirement("any", interaction="s")
     if rtype == VIEW_DEFINITION and n == 3 and parts[2] == "$run":
         return Requirement("check", rtype, "read")  # and search on its type, as above
+    if second == "$export" and n == 2 and rtype == "Patient" and method in ("GET", "POST"):
+        # Patient-level export: each type is checked by the handler, and a patient-context
+        # token's job holds its own compartment only.
+        return Requirement("check", rtype, "search-type")
     if second.startswith("$"):
         interaction = OPERATIONS.get(second[1:]) if n == 2 else None
         return Requirement("check", rtype, interaction) if interaction else None
@@ -128,6 +140,11 @@ def _typed(method: str, parts: list[str]) -> Requirement | None:
         name = third[1:]
         if name in PATIENT_OBSERVATION_OPERATIONS and rtype == "Patient" and method == "GET":
             return Requirement("check", "Observation", "search-compartment", (rtype, second))
+        if name == "export" and rtype == "Group" and method in ("GET", "POST"):
+            return Requirement("check", rtype, "read")  # and each exported type, by the handler
+        if name in ("evaluate", "members") and rtype == "Group":
+            # A cohort's criteria are searches: the handler checks each searched type.
+            return Requirement("check", rtype, "read")
         if name == "everything" and method == "GET":
             # The compartment's own resource is read; the other types are narrowed to
             # those the token may search (inside the query).
@@ -149,8 +166,8 @@ def authorize(access: Access, requirement: Requirement) -> None:
     if requirement is PUBLIC:
         return
     access.require_authenticated()
-    if requirement.kind == "bundle":
-        return  # each entry is checked by the handler (authorize_bundle)
+    if requirement.kind in ("bundle", "owner"):
+        return  # each entry (a Bundle's), or the job's owner, is checked by the handler
     if requirement.kind == "any":
         if not access.allows_any(requirement.interaction or ""):
             raise forbidden("The access token grants no scope for this interaction")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from fhir_server.deid.facade import DeidFacade
-from fhir_server.deid.jobs import ExportJobs
 from fhir_server.deid.keys import DeidConfigError, master_secret, signing_key
 from fhir_server.deid.recipients import Recipients
 from fhir_server.deid.views import ViewStore, fingerprint, view_path
+from fhir_server.jobs.deid_export import DeidExports
 from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
+from fhir_server.storage.private_files import private_folder
 
 log = logging.getLogger("diatabase.deid")
 
@@ -20,16 +22,16 @@ log = logging.getLogger("diatabase.deid")
 class DeidContext:
     recipients: Recipients
     facade: DeidFacade
-    jobs: ExportJobs
+    jobs: DeidExports
     views: list[ViewStore] = field(default_factory=list)
 
     def close(self) -> None:
-        self.jobs.wait_all(timeout=10)
         for store in self.views:
             store.close()
 
 
-def build_deid(service: FhirService, settings: Settings) -> DeidContext:
+def build_deid(service: FhirService, settings: Settings, runner: Any) -> DeidContext:
+    """The facade, its recipients and their exports (a kind of job of `runner`)."""
     if not settings.deid_recipients:
         raise DeidConfigError("the de-identification facade needs a recipients file")
     master = master_secret(settings.deid_secret or None)
@@ -53,7 +55,9 @@ def build_deid(service: FhirService, settings: Settings) -> DeidContext:
                     store.path,
                 )
     export_dir = settings.deid_export_dir or default_export_dir(settings.db_url)
-    jobs = ExportJobs(service, signing_key(master), export_dir, views)
+    # Never a shared /tmp: the default lies beside the database, owner-only.
+    jobs = DeidExports(runner, service, recipients, signing_key(master), views,
+                       private_folder(export_dir))
     facade = DeidFacade(service, views=views)
     return DeidContext(recipients, facade, jobs, list(views.values()))
 

@@ -1,0 +1,198 @@
+"""Bulk Data over HTTP: `$export` kick-off at system, Patient and Group level, the status
+URL (poll, DELETE to cancel) and the output files; `$import` with its status and error
+files. HTTP only: the jobs themselves are fhir_server/jobs/.
+
+Who may: the kick-off needs a scope allowing the search of each exported type (a system
+export of everything needs system/*.rs), and the job sees only what the kick-off's token
+could see (a patient-context token exports its own patient). Status and files are served
+to the job's owner only (another client gets a 404, as if there were no such job).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from fhir_server.api.http import base_url, check_accept, fhir_response, query_items, read_body
+from fhir_server.auth.access import Access, forbidden
+from fhir_server.jobs import EXPORT, IMPORT, Job, JobRunner, Owner
+from fhir_server.jobs.export_request import (
+    GROUP,
+    PATIENT,
+    SYSTEM,
+    items_from_parameters,
+    parse_export_request,
+)
+from fhir_server.jobs.manifest import listed_files, status_answer
+from fhir_server.jobs.store import CANCELLED
+from fhir_server.model.outcome import Issue, error, info_outcome, outcome
+
+EXPORT_OPERATION = ("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export")
+PATIENT_EXPORT = (
+    "export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
+)
+GROUP_EXPORT = ("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export")
+NDJSON = "application/fhir+ndjson"
+
+
+def register_bulk_operations(operations: dict[str, list[tuple[str, str]]]) -> None:
+    """The Bulk Data operations in the CapabilityStatement."""
+    for where, operation in (("*", EXPORT_OPERATION), ("Patient", PATIENT_EXPORT),
+                             ("Group", GROUP_EXPORT)):
+        listed = operations.setdefault(where, [])
+        if operation not in listed:
+            listed.append(operation)
+
+
+def _runner(request: Request) -> JobRunner:
+    return request.app.state.jobs
+
+
+def _base(request: Request) -> str:
+    return base_url(request, request.app.state.settings.base_url)
+
+
+def _access(request: Request) -> Access:
+    return request.state.access
+
+
+def owner_of(access: Access) -> Owner:
+    """Who owns a job started with `access` (nobody in particular with --insecure-dev)."""
+    if access.unrestricted:
+        return Owner()
+    return Owner(client_id=access.client_id, subject=access.subject)
+
+
+def owned_job(request: Request, job_id: str, kind: str) -> Job:
+    """The job, if the caller owns it; 404 otherwise (its existence is not told)."""
+    job = _runner(request).store.get(job_id)
+    if job is None or job.kind != kind or job.status == CANCELLED:
+        raise error(404, "not-found", "No such job (unknown, deleted or expired)")
+    if job.owner != owner_of(_access(request)):
+        raise error(404, "not-found", "No such job (unknown, deleted or expired)")
+    return job
+
+
+def requires_access_token(request: Request) -> bool:
+    return not request.app.state.settings.insecure_dev
+
+
+def job_status(request: Request, job: Job, files_path: str,
+               extension: dict[str, Any] | None = None) -> Response:
+    answer = status_answer(job, f"{_base(request)}/{files_path}/{job.id}",
+                           requires_access_token(request), extension)
+    if answer.status == 200:
+        headers = {"Content-Type": "application/json", **answer.headers}
+        return fhir_response(answer.body, 200, headers)
+    if answer.body is not None:
+        return fhir_response(answer.body, answer.status, answer.headers)
+    return Response(status_code=answer.status, headers=answer.headers)
+
+
+def job_file(job: Job, name: str) -> Response:
+    if name not in listed_files(job):
+        raise error(404, "not-found", "No such file in this job's output")
+    media = NDJSON if name.endswith(".ndjson") else "application/json"
+    return FileResponse(job.folder / name, media_type=media)
+
+
+async def cancel(request: Request, job: Job) -> Response:
+    await run_in_threadpool(_runner(request).cancel, job.id)
+    message = "The job was cancelled and its files deleted" if job.finished is None else \
+        "The job's files were deleted"
+    return fhir_response(info_outcome(message), 202)
+
+
+def _check_async(request: Request) -> bool:
+    """The kick-off must ask for the async pattern; returns lenient handling or not."""
+    check_accept(request)
+    prefer = request.headers.get("prefer", "").lower()
+    if "respond-async" not in prefer:
+        raise error(400, "invalid", "Bulk operations run asynchronously: send "
+                    "Prefer: respond-async")
+    return "handling=lenient" in prefer
+
+
+def _check_types(access: Access, types: list[str] | None) -> None:
+    """Each type named in `_type` must be searchable by the token (403 otherwise); without
+    `_type`, the job exports the types the token may search."""
+    for rtype in types or ():
+        if not access.allows(rtype, "search"):
+            raise forbidden(f"The access token grants no scope to export {rtype}")
+
+
+def build_bulk_router() -> APIRouter:
+    router = APIRouter()
+
+    async def kick_off(request: Request, level: str, group_id: str | None = None) -> Response:
+        lenient = _check_async(request)
+        if request.method == "POST":
+            body = await read_body(request, request.app.state.settings.max_body_bytes)
+            items = items_from_parameters(body)
+        else:
+            items = [(k, v) for k, v in query_items(request) if k not in ("_format", "_pretty")]
+        service = request.app.state.fhir
+        export = parse_export_request(level, items, service.registry, lenient, group_id)
+        access = _access(request)
+        _check_types(access, export.types)
+        if group_id is not None:
+            # 404 when the Group is unknown or not visible to the token.
+            await run_in_threadpool(service.resources.read, "Group", group_id)
+        job = await run_in_threadpool(
+            _runner(request).submit, EXPORT, owner_of(access), str(request.url),
+            export.to_params(), access.visibility,
+        )
+        status_url = f"{_base(request)}/$export-status/{job.id}"
+        issues = [Issue("information", "informational", "The export job was accepted")]
+        issues += [Issue("warning", "not-supported", f"Ignored: {m}") for m in export.ignored]
+        return fhir_response(outcome(issues), 202, {"Content-Location": status_url})
+
+    @router.get("/$export")
+    @router.post("/$export")
+    async def export_system(request: Request) -> Response:
+        return await kick_off(request, SYSTEM)
+
+    @router.get("/Patient/$export")
+    @router.post("/Patient/$export")
+    async def export_patients(request: Request) -> Response:
+        return await kick_off(request, PATIENT)
+
+    @router.get("/Group/{group_id}/$export")
+    @router.post("/Group/{group_id}/$export")
+    async def export_group(request: Request, group_id: str) -> Response:
+        return await kick_off(request, GROUP, group_id)
+
+    @router.get("/$export-status/{job_id}")
+    async def export_status(request: Request, job_id: str) -> Response:
+        job = await run_in_threadpool(owned_job, request, job_id, EXPORT)
+        return job_status(request, job, "$export-file")
+
+    @router.delete("/$export-status/{job_id}")
+    async def export_cancel(request: Request, job_id: str) -> Response:
+        job = await run_in_threadpool(owned_job, request, job_id, EXPORT)
+        return await cancel(request, job)
+
+    @router.get("/$export-file/{job_id}/{name}")
+    async def export_file(request: Request, job_id: str, name: str) -> Response:
+        job = await run_in_threadpool(owned_job, request, job_id, EXPORT)
+        return job_file(job, name)
+
+    @router.get("/$import-status/{job_id}")
+    async def import_status(request: Request, job_id: str) -> Response:
+        job = await run_in_threadpool(owned_job, request, job_id, IMPORT)
+        return job_status(request, job, "$import-file")
+
+    @router.delete("/$import-status/{job_id}")
+    async def import_cancel(request: Request, job_id: str) -> Response:
+        job = await run_in_threadpool(owned_job, request, job_id, IMPORT)
+        return await cancel(request, job)
+
+    @router.get("/$import-file/{job_id}/{name}")
+    async def import_file(request: Request, job_id: str, name: str) -> Response:
+        job = await run_in_threadpool(owned_job, request, job_id, IMPORT)
+        return job_file(job, name)
+
+    return router

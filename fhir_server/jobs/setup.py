@@ -1,0 +1,24 @@
+"""The server's job runner with its kinds of job, built once by `create_app`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_server.jobs import EXPORT, JobContext, JobRunner, JobStore, default_jobs_dir
+from fhir_server.jobs.selection import MemberSource
+
+
+def build_runner(service: Any, settings: Any, members: MemberSource) -> JobRunner:
+    """The runner (not started: `create_app`'s lifespan starts and stops it), with bulk
+    export registered; other parts register theirs (deid, cohorts)."""
+    from fhir_server.jobs.bulk_export import run_export
+
+    store = JobStore(default_jobs_dir(settings))
+    runner = JobRunner(store, settings.jobs_workers, float(settings.jobs_retention),
+                       service.audit)
+
+    def export(context: JobContext) -> dict[str, Any]:
+        return run_export(context, service, members)
+
+    runner.register(EXPORT, export, "bulk export")
+    return runner
