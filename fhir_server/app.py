@@ -22,6 +22,7 @@ from fhir_server.api.analytics import (
 from fhir_server.api.audit_http import AuditMiddleware
 from fhir_server.api.bulk import build_bulk_router, register_bulk_operations
 from fhir_server.api.clinical import build_clinical_router, register_clinical_operations
+from fhir_server.api.cohorts import build_cohort_router, register_cohort_operations
 from fhir_server.api.convert import CONVERT_OPERATION, build_convert_router
 from fhir_server.api.head import HeadAsGet
 from fhir_server.api.http import fhir_response
@@ -52,7 +53,8 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     settings = settings or Settings.from_env()
     if service is None:
         service = FhirService(open_storage(settings.db_url), settings)
-    jobs = _build_jobs(service, settings)
+    cohorts = _build_cohorts(service, settings)
+    jobs = _build_jobs(service, settings, cohorts)
     deid = _build_deid(service, settings, jobs)
 
     @asynccontextmanager
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         jobs.start()  # jobs queued or running when the server last stopped run again
         yield
         await run_in_threadpool(jobs.stop)
+        cohorts.store.close()
         if deid is not None:
             deid.close()
         service.storage.close()
@@ -92,7 +95,9 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.state.instantiates = []
     app.state.deid = deid
     app.state.jobs = jobs
+    app.state.cohorts = cohorts
     register_bulk_operations(app.state.operations)
+    register_cohort_operations(app.state.operations)
     install_auth(app, settings)
     # Added after (so outside) authorization. Responses of 1 KiB and more are gzipped for
     # clients that accept it (level 6 costs half of level 9's time for 1 % more bytes);
@@ -158,6 +163,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.include_router(build_validate_router())
     app.include_router(build_convert_router())  # before the generic /{resource_type} routes
     app.include_router(build_bulk_router())
+    app.include_router(build_cohort_router())
     app.include_router(build_clinical_router())
     app.include_router(build_ui_router())
     app.include_router(build_analytics_router())
@@ -183,13 +189,23 @@ def publish_conformance_resources(service: FhirService) -> None:
         service.resources.update(resource["resourceType"], resource["id"], resource)
 
 
-def _build_jobs(service: FhirService, settings: Settings) -> Any:
-    """The job runner (bulk export and import, cohort evaluations; the de-identified export
-    registers its own kind)."""
+def _build_cohorts(service: FhirService, settings: Settings) -> Any:
+    """Cohort definitions (Groups with `actual` false) and their snapshots, kept beside
+    the job store."""
+    from fhir_server.analytics.cohort_store import CohortStore
+    from fhir_server.analytics.cohorts import Cohorts
+    from fhir_server.jobs import default_jobs_dir
+
+    return Cohorts(service, CohortStore(default_jobs_dir(settings) / "cohorts.db"))
+
+
+def _build_jobs(service: FhirService, settings: Settings, cohorts: Any) -> Any:
+    """The job runner (bulk export and import; the de-identified export registers its own
+    kind); a Group's members come from the Group or from its cohort snapshots."""
     from fhir_server.analytics.groups import GroupMembers
     from fhir_server.jobs.setup import build_runner
 
-    return build_runner(service, settings, GroupMembers(service))
+    return build_runner(service, settings, GroupMembers(service, cohorts))
 
 
 def _build_deid(service: FhirService, settings: Settings, jobs: Any) -> Any:

@@ -378,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_clients(sub)
 
     add_deid_commands(sub)
+    from fhir_server.jobs.cli import add_commands as add_bulk_commands
+
+    add_bulk_commands(sub)
     from fhir_server.audit.cli import add_audit_commands
 
     add_audit_commands(sub)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.auth_tokens import TestIssuer, bearer
-from tests.bulk_client import export, keys, kick_off, resources, wait
+from tests.bulk_client import ASYNC, export, keys, kick_off, resources, wait
 from tests.conftest import RunningServer, database_url
 from tests.test_bulk_export import population, store
 
@@ -94,3 +94,38 @@ def test_exports_are_audited(world: dict[str, Any]) -> None:
         time.sleep(0.2)
     job_event = next(e for e in requests if e["source"]["site"] == "jobs")
     assert job_event["outcome"] == "0"
+
+
+def test_import_needs_write_access_on_every_type(world: dict[str, Any]) -> None:
+    line = b'{"resourceType": "Patient", "id": "imported-1"}\n'
+    upload = {**ASYNC, "Content-Type": "application/fhir+ndjson"}
+    reader = world["client"]("system/*.rs")
+    assert reader.post("/$import", content=line, headers=upload).status_code == 403
+    patients_only = world["client"]("system/Patient.cruds")
+    assert patients_only.post("/$import", content=line, headers=upload).status_code == 403
+    writer = world["client"]("system/*.cruds", client_id="importer")
+    kicked = writer.post("/$import", content=line, headers=upload)
+    assert kicked.status_code == 202
+    status = wait(writer, kicked.headers["content-location"])
+    assert status.status_code == 200 and status.json()["output"][0]["count"] == 1
+    other = world["client"]("system/*.cruds", client_id="another-importer")
+    assert other.get(kicked.headers["content-location"]).status_code == 404
+    assert writer.get("/Patient/imported-1").status_code == 200
+
+
+def test_cohorts_are_not_for_a_patient_context_token(world: dict[str, Any]) -> None:
+    admin = world["admin"]
+    store(admin, [{"resourceType": "Group", "id": "cohort-1", "type": "person",
+                   "actual": False, "characteristic": [{
+                       "code": {"coding": [{"system": "http://loinc.org", "code": "46098-0"}]},
+                       "valueCodeableConcept": {"coding": [{
+                           "system": "http://hl7.org/fhir/administrative-gender",
+                           "code": "female"}]},
+                       "exclude": False}]}])
+    mine = world["client"]("launch/patient patient/*.rs", patient="p1")
+    assert mine.post("/Group/cohort-1/$evaluate").status_code == 403
+    researcher = world["client"]("system/Group.rs system/Patient.rs")
+    evaluated = researcher.post("/Group/cohort-1/$evaluate")
+    assert evaluated.status_code == 200, evaluated.text[:300]
+    observations_only = world["client"]("system/Group.rs system/Observation.rs")
+    assert observations_only.get("/Group/cohort-1/$members").status_code == 403

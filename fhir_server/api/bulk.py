@@ -1,15 +1,18 @@
 """Bulk Data over HTTP: `$export` kick-off at system, Patient and Group level, the status
-URL (poll, DELETE to cancel) and the output files; `$import` with its status and error
-files. HTTP only: the jobs themselves are fhir_server/jobs/.
+URL (poll, DELETE to cancel) and the output files; `$import` (a manifest of NDJSON file
+URLs, or one NDJSON file as the body) with its status and error file. HTTP only: the jobs
+themselves are fhir_server/jobs/.
 
 Who may: the kick-off needs a scope allowing the search of each exported type (a system
 export of everything needs system/*.rs), and the job sees only what the kick-off's token
-could see (a patient-context token exports its own patient). Status and files are served
+could see (a patient-context token exports its own patient). `$import` needs a scope
+writing every type (system/*.cruds). Status and files are served
 to the job's owner only (another client gets a 404, as if there were no such job).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from fhir_server.api.http import base_url, check_accept, fhir_response, query_items, read_body
 from fhir_server.auth.access import Access, forbidden
 from fhir_server.jobs import EXPORT, IMPORT, Job, JobRunner, Owner
+from fhir_server.jobs.bulk_import import parse_manifest, stage_upload
 from fhir_server.jobs.export_request import (
     GROUP,
     PATIENT,
@@ -29,6 +33,7 @@ from fhir_server.jobs.export_request import (
 from fhir_server.jobs.manifest import listed_files, status_answer
 from fhir_server.jobs.store import CANCELLED
 from fhir_server.model.outcome import Issue, error, info_outcome, outcome
+from fhir_server.model.resource_types import is_resource_type
 
 EXPORT_OPERATION = ("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export")
 PATIENT_EXPORT = (
@@ -36,6 +41,9 @@ PATIENT_EXPORT = (
 )
 GROUP_EXPORT = ("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export")
 NDJSON = "application/fhir+ndjson"
+NDJSON_UPLOADS = ("application/fhir+ndjson", "application/ndjson", "application/x-ndjson")
+# An NDJSON file sent as the body of the kick-off (larger imports: a manifest of URLs).
+MAX_UPLOAD_BYTES = 4 * 1024**3
 
 
 def register_bulk_operations(operations: dict[str, list[tuple[str, str]]]) -> None:
@@ -104,6 +112,26 @@ async def cancel(request: Request, job: Job) -> Response:
     message = "The job was cancelled and its files deleted" if job.finished is None else \
         "The job's files were deleted"
     return fhir_response(info_outcome(message), 202)
+
+
+async def receive_upload(request: Request, target: Path) -> None:
+    """Stream an uploaded NDJSON body to `target` (never whole in memory); 413 past
+    MAX_UPLOAD_BYTES, 400 when empty."""
+    size = 0
+    try:
+        with target.open("wb") as handle:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_UPLOAD_BYTES:
+                    raise error(413, "too-costly",
+                                f"An upload is limited to {MAX_UPLOAD_BYTES} bytes: send a "
+                                "manifest of file URLs instead")
+                handle.write(chunk)
+        if size == 0:
+            raise error(400, "required", "The request has no body")
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
 
 
 def _check_async(request: Request) -> bool:
@@ -179,6 +207,30 @@ def build_bulk_router() -> APIRouter:
     async def export_file(request: Request, job_id: str, name: str) -> Response:
         job = await run_in_threadpool(owned_job, request, job_id, EXPORT)
         return job_file(job, name)
+
+    @router.post("/$import")
+    async def import_kick_off(request: Request) -> Response:
+        _check_async(request)
+        settings = request.app.state.settings
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type in NDJSON_UPLOADS:
+            declared = request.query_params.get("type", "")
+            if declared and not is_resource_type(declared):
+                raise error(400, "invalid", f"type={declared} is not a resource type", "type")
+            staged = stage_upload(_runner(request).store.root / "uploads")
+            await receive_upload(request, staged)
+            inputs = [{"type": declared, "url": "upload", "path": str(staged)}]
+        else:
+            body = await read_body(request, settings.max_body_bytes)
+            inputs = await run_in_threadpool(parse_manifest, body, tuple(settings.import_dirs))
+        access = _access(request)
+        job = await run_in_threadpool(
+            _runner(request).submit, IMPORT, owner_of(access), str(request.url),
+            {"inputs": inputs}, access.visibility,
+        )
+        status_url = f"{_base(request)}/$import-status/{job.id}"
+        return fhir_response(info_outcome("The import job was accepted"), 202,
+                             {"Content-Location": status_url})
 
     @router.get("/$import-status/{job_id}")
     async def import_status(request: Request, job_id: str) -> Response:

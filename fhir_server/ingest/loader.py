@@ -32,14 +32,15 @@ class LoadReport:
 
 
 def iter_documents(path: Path) -> Iterator[tuple[str, Any]]:
-    """(where, document) for every JSON document in a file: one, or one per NDJSON line."""
-    raw = path.read_bytes()
+    """(where, document) for every JSON document in a file: one, or one per NDJSON line
+    (read a line at a time: a file of millions of lines is never in memory whole)."""
     if path.suffix in (".ndjson", ".jsonl"):
-        for number, line in enumerate(raw.splitlines(), start=1):
-            if line.strip():
-                yield f"{path}:{number}", jsonio.loads(line)
+        with path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield f"{path}:{number}", jsonio.loads(line)
     else:
-        yield str(path), jsonio.loads(raw)
+        yield str(path), jsonio.loads(path.read_bytes())
 
 
 def _resources_of(document: Any) -> list[dict[str, Any]]:
@@ -53,39 +54,50 @@ def _resources_of(document: Any) -> list[dict[str, Any]]:
 
 
 class Loader:
-    def __init__(self, service: FhirService, on_progress: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        service: FhirService,
+        on_progress: Callable[[int], None] | None = None,
+        on_rejected: Callable[[str, FhirError], None] | None = None,
+    ):
         self.service = service
         self.on_progress = on_progress or (lambda n: None)
+        # Told of each rejected resource (where, why): `$import` writes its error file.
+        self.on_rejected = on_rejected
         self.report = LoadReport()
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+
+    def add(self, where: str, resource: Any) -> None:
+        """One resource to store (with the others of its chunk); `finish` stores the rest."""
+        self._pending.append((where, resource))
+        if len(self._pending) >= CHUNK:
+            self._flush(self._pending)
+
+    def finish(self) -> LoadReport:
+        self._flush(self._pending)
+        return self.report
 
     def load_files(self, paths: Iterable[Path]) -> LoadReport:
-        pending: list[tuple[str, dict[str, Any]]] = []
         for path in paths:
             try:
                 documents = iter_documents(path)
                 for where, document in documents:
                     if _is_transaction(document):
-                        self._flush(pending)
+                        self._flush(self._pending)
                         self._bundle(where, document)
                         continue
-                    pending += [(where, r) for r in _resources_of(document)]
-                    if len(pending) >= CHUNK:
-                        self._flush(pending)
+                    for resource in _resources_of(document):
+                        self.add(where, resource)
             except (OSError, jsonio.JsonError) as exc:
                 self.report.failed.append(f"{path}: {exc}")
-        self._flush(pending)
-        return self.report
+        return self.finish()
 
     def load_resources(
         self, resources: Iterable[dict[str, Any]], where: str = "input"
     ) -> LoadReport:
-        pending: list[tuple[str, dict[str, Any]]] = []
         for resource in resources:
-            pending.append((where, resource))
-            if len(pending) >= CHUNK:
-                self._flush(pending)
-        self._flush(pending)
-        return self.report
+            self.add(where, resource)
+        return self.finish()
 
     def _bundle(self, where: str, bundle: dict[str, Any]) -> None:
         try:
@@ -123,13 +135,18 @@ class Loader:
                     with self.service.storage.transaction() as tx:
                         results.append(self._store(tx, resource))
                 except FhirError as exc:
-                    self.report.failed.append(f"{where}: {exc}")
+                    self._reject(where, exc)
         for created in results:
             if created:
                 self.report.created += 1
             else:
                 self.report.updated += 1
         self.on_progress(len(chunk))
+
+    def _reject(self, where: str, exc: FhirError) -> None:
+        self.report.failed.append(f"{where}: {exc}")
+        if self.on_rejected is not None:
+            self.on_rejected(where, exc)
 
     def _store(self, tx: Any, resource: Any) -> bool:
         resources = self.service.resources

@@ -55,11 +55,31 @@ NOT_EXPORTED = frozenset({"AuditEvent"})
 
 
 def run_export(context: JobContext, service: Any, members: MemberSource) -> dict[str, Any]:
+    """The job's work: the export its parameters describe, into the job's folder."""
     request = ExportRequest.from_params(context.params)
-    exporter = Exporter(service, request, context.folder, context.add)
+    return export_to(service, request, context.folder, members, context.progress)
+
+
+def export_to(
+    service: Any,
+    request: ExportRequest,
+    folder: Path,
+    members: MemberSource,
+    progress: Callable[..., None],
+) -> dict[str, Any]:
+    """Write the export into `folder` and return its result (files relative to it).
+    `progress(done, total, text)` is told as pages are written (the CLI's bar, a job's
+    X-Progress)."""
+    done = [0]
+
+    def written(n: int) -> None:
+        done[0] += n
+        progress(done[0])
+
+    exporter = Exporter(service, request, folder, written)
     selection = select(request, members)
     types = exporter.types_to_export()
-    context.progress(0, exporter.planned(types), "counting", force=True)
+    progress(0, exporter.planned(types), "exporting")
     outputs = []
     for rtype in types:
         outputs += exporter.export_type(rtype, selection)

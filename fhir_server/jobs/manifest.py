@@ -74,9 +74,14 @@ def status_answer(
 
 
 def _file(item: dict[str, Any], files_url: str) -> dict[str, Any]:
-    entry = {"type": item["type"], "url": f"{files_url}/{item['file']}"}
-    if "count" in item:
-        entry["count"] = item["count"]
+    """A manifest entry: the file's URL (an export's output, an error file) and, for an
+    import's inputs, the URL read."""
+    entry: dict[str, Any] = {"type": item["type"]}
+    if "file" in item:
+        entry["url"] = f"{files_url}/{item['file']}"
+    for key in ("inputUrl", "count"):
+        if key in item:
+            entry[key] = item[key]
     return entry
 
 
@@ -85,4 +90,5 @@ def listed_files(job: Job) -> set[str]:
     if job.status != COMPLETED or job.result is None:
         return set()
     items = [*job.result.get("output", []), *job.result.get("error", [])]
-    return {item["file"] for item in items} | set(job.result.get("extra_files", []))
+    return {item["file"] for item in items if "file" in item} | set(
+        job.result.get("extra_files", []))

@@ -264,6 +264,9 @@ class JobRunner:
 
     def _discard(self, job: Job) -> None:
         shutil.rmtree(job.folder, ignore_errors=True)
+        for item in job.params.get("inputs", ()):
+            if isinstance(item, dict) and item.get("path"):  # an upload waiting for the job
+                Path(item["path"]).unlink(missing_ok=True)
         self.store.delete(job.id)
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_server.jobs import EXPORT, JobContext, JobRunner, JobStore, default_jobs_dir
+from fhir_server.jobs import EXPORT, IMPORT, JobContext, JobRunner, JobStore, default_jobs_dir
 from fhir_server.jobs.selection import MemberSource
 
 
 def build_runner(service: Any, settings: Any, members: MemberSource) -> JobRunner:
     """The runner (not started: `create_app`'s lifespan starts and stops it), with bulk
-    export registered; other parts register theirs (deid, cohorts)."""
+    export and import registered; other parts register theirs (deid, cohorts)."""
     from fhir_server.jobs.bulk_export import run_export
+    from fhir_server.jobs.bulk_import import run_import
 
     store = JobStore(default_jobs_dir(settings))
     runner = JobRunner(store, settings.jobs_workers, float(settings.jobs_retention),
@@ -20,5 +21,9 @@ def build_runner(service: Any, settings: Any, members: MemberSource) -> JobRunne
     def export(context: JobContext) -> dict[str, Any]:
         return run_export(context, service, members)
 
+    def import_(context: JobContext) -> dict[str, Any]:
+        return run_import(context, service, settings)
+
     runner.register(EXPORT, export, "bulk export")
+    runner.register(IMPORT, import_, "bulk import")
     return runner
