@@ -95,20 +95,33 @@ class AuditMiddleware:
         if scope["method"] == "POST" and interaction.startswith("search"):
             receive = _keeping_form(receive, activity)
 
+        finished = False
+
+        def finish() -> None:
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            if status >= 400:
+                failure = getattr((scope.get("state") or {}).get("access"), "failure", None)
+                activity.outcome_text = f"HTTP {status}" + (f": {failure}" if failure else "")
+            self.trail.finish(activity, status)
+
         async def sending(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # queued before the client has the whole answer: what it does next (another
+                # request, a shutdown) comes after the event
+                finish()
             await send(message)
 
         try:
             with opened(activity):
                 await self.app(scope, receive, sending)
         finally:
-            if status >= 400:
-                failure = getattr((scope.get("state") or {}).get("access"), "failure", None)
-                activity.outcome_text = f"HTTP {status}" + (f": {failure}" if failure else "")
-            self.trail.finish(activity, status)
+            finish()  # no complete answer was sent (an error, a client gone)
 
 
 def _keeping_form(receive: Any, activity: Activity) -> Any:
