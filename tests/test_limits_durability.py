@@ -182,3 +182,44 @@ def test_every_commit_is_fsynced_before_it_returns(tmp_path: Path) -> None:
     assert commits > 0, "strace saw no commit"
     assert not problems, problems[:3]
     assert syncs >= commits
+
+
+def test_kill_9_during_concurrent_creates_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    """8 clients post creates; the server is killed (SIGKILL) once 40 were acknowledged,
+    with more in flight: every acknowledged create is in the database, which is intact.
+    With group commit an answer leaves only after the COMMIT that holds its write."""
+    import signal
+
+    db = tmp_path / "killed.db"
+    acknowledged: list[str] = []
+    stop = threading.Event()
+    server = ServedProcess(db)
+
+    def client(worker: int) -> None:
+        with httpx.Client(timeout=60) as http:
+            for i in range(1000):
+                if stop.is_set():
+                    return
+                try:
+                    response = http.post(f"{server.url}/Observation", json=observation(i))
+                except httpx.HTTPError:
+                    return  # the server is gone
+                if response.status_code == 201:
+                    acknowledged.append(response.json()["id"])
+
+    with server:
+        threads = [threading.Thread(target=client, args=(w,)) for w in range(8)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(acknowledged) >= 40, what="40 acknowledged creates")
+        server.signal(signal.SIGKILL)
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    storage = SqliteStorage(str(db))
+    try:
+        assert storage._writer.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        missing = [rid for rid in acknowledged if storage.read("Observation", rid) is None]
+        assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged creates lost"
+    finally:
+        storage.close()
