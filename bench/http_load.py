@@ -51,11 +51,20 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length = 0
+    chunked = False
     for line in head.split(b"\r\n"):
         if line[:15].lower() == b"content-length:":
             length = int(line[15:])
-    await reader.readexactly(length)
-    return status
+        elif line.lower().replace(b" ", b"") == b"transfer-encoding:chunked":
+            chunked = True  # a big Bundle, written as it is serialised
+    if not chunked:
+        await reader.readexactly(length)
+        return status
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
+        await reader.readexactly(size + 2)  # the chunk and its CRLF
+        if size == 0:
+            return status
 
 
 async def _run(url: str, requests: list[bytes], clients: int) -> LoadFigures:
