@@ -15,6 +15,11 @@ Why each default is what it is:
 - `max_json_depth`: orjson writes at most 255 levels; deeper documents go through
   `jsonio`'s slower path, up to this depth. A Questionnaire with items 130 deep is about 265
   levels; Python's own recursion (validators, FHIRPath) is the ceiling above 900.
+- `max_body_memory_bytes`: a body's memory once parsed, validated and indexed is about
+  700 bytes per JSON object or array plus three times its text (measured: an 18.6 MB
+  Observation of 150,000 components took +457 MB; an 18.6 MB Binary +75 MB). A body whose
+  estimate passes the limit is refused before it is parsed (413): 768 MB admits a 90-day
+  CGM Bundle (about 200 MB) and refuses 50 MB of small objects (about 1.4 GB).
 - `search_seconds`: a search, read, history, `$everything` or operation past this is stopped
   (400 `too-costly`). `write_seconds`: the same for writes and Bundles, which may
   legitimately take long (a 90-day CGM import is one transaction of 27,000 resources).
@@ -44,6 +49,7 @@ class Limits:
     max_included: int = 5000  # included resources in one page
     # bodies (their size in bytes is Settings.max_body_bytes)
     max_json_depth: int = 512
+    max_body_memory_bytes: int = 768 * 1024 * 1024  # what a body may take once parsed
     max_bundle_entries: int = 100_000
     # time
     search_seconds: float = 10.0
