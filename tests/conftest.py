@@ -24,6 +24,7 @@ import pytest
 import uvicorn
 
 from fhir_server.app import create_app
+from fhir_server.limits import Limits
 from fhir_server.settings import Settings
 from tests.r4_bodies import BodyCheck
 
@@ -167,6 +168,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         db_url=database_url(tmp_path_factory.mktemp("db")),
         max_body_bytes=2_000_000,
         insecure_dev=True,
+        # Time budgets are tested with servers of their own (test_limits_budget.py); here a
+        # loaded 2-core machine must not turn a slow search into a 400 or drop a total.
+        limits=Limits(search_seconds=300, total_count_seconds=60),
     )
     with RunningServer(settings) as running:
         yield running
