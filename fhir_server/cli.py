@@ -387,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fhir_server.analytics.cli import add_views_commands
 
     add_views_commands(sub)
+    from fhir_server.clinical.cli import add_commands as add_clinical_commands
+
+    add_clinical_commands(sub)
     return parser
 
 

@@ -14,12 +14,15 @@ version each replaces or deletes) and, once its body succeeded, adds the differe
 the same transaction (SQLite: the same connection; MongoDB: the same session); a write
 that rolls back leaves no difference, a batch entry that fails is forgotten with its
 savepoint. Counts are additive, so an update is "minus the old version, plus the new".
-`rebuild()` recomputes everything from the stored Observations (after an upgrade, or a
-restore from a backup of the resources alone).
+`rebuild()` recomputes everything from the stored Observations. It runs by itself when a
+store is opened whose indexes were kept by another version of this code (INDEXES_VERSION,
+noted beside them), or never kept (a database made before they existed); the operator
+runs it with `diatabase reindex` after restoring the resources alone from a backup.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +41,10 @@ from fhir_server.storage.base import NewResource
 AGGREGATE_ZONE = ZoneInfo(DEFAULT_TIMEZONE)
 # n, sum of mg/dL, sum of squares, then the count in each range (very low .. very high)
 DAY_FIELDS = ("n", "total", "squares", "very_low", "low", "in_range", "high", "very_high")
+# What the indexes hold and how: change it with DAY_FIELDS, the ranges, the time zone or
+# the codes kept, and every store is rebuilt when it is next opened.
+INDEXES_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -98,6 +105,13 @@ class IndexedStorage:
     def __init__(self, backend: Any) -> None:
         self._backend = backend
         self.clinical = open_index_store(backend)
+        # Observations read by a rebuild when opened (None: the indexes were up to date)
+        self.rebuilt_at_open: int | None = None
+        if self.clinical.version() != INDEXES_VERSION:
+            self.rebuilt_at_open = self.rebuild()
+            if self.rebuilt_at_open:
+                log.warning("clinical indexes rebuilt from %d Observations",
+                            self.rebuilt_at_open)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
@@ -123,14 +137,20 @@ class IndexedStorage:
                 self.clinical.apply(tx, deferred)
 
     def rebuild(self) -> int:
-        """Recompute the indexes from the current Observations; the number read."""
-        deltas = Deltas.empty()
-        count = 0
-        for stored in self._backend.iter_current("Observation"):
-            if stored.json is not None and not stored.deleted:
-                deltas.add(jsonio.loads(stored.json), +1)
-                count += 1
-        self.clinical.replace(deltas.pruned())
+        """Recompute the indexes from the current Observations; the number read.
+
+        On SQLite the Observations are read while the transaction holds the write lock,
+        so no write of another thread or process falls between the reading and the
+        replacement. On MongoDB a write during the rebuild may be counted twice or not at
+        all: run it on a quiet server (it runs at start, before requests are served)."""
+        with self._backend.transaction() as tx:
+            deltas = Deltas.empty()
+            count = 0
+            for stored in self._backend.iter_current("Observation"):
+                if stored.json is not None and not stored.deleted:
+                    deltas.add(jsonio.loads(stored.json), +1)
+                    count += 1
+            self.clinical.replace(tx, deltas.pruned(), INDEXES_VERSION)
         return count
 
 

@@ -10,6 +10,7 @@ from fhir_server.clinical.glucose import CGM_CODES
 from fhir_server.clinical.indexes import DAY_FIELDS, Deltas
 
 CODES, DAYS = "clinical_codes", "cgm_days"
+VERSION_KEY = "clinical_indexes_version"
 
 
 class MongoClinicalIndexes:
@@ -43,11 +44,18 @@ class MongoClinicalIndexes:
                 )
             self.days_collection.delete_many({"n": {"$lte": 0}}, session=session)
 
-    def replace(self, deltas: Deltas) -> None:
-        self.codes_collection.delete_many({})
-        self.days_collection.delete_many({})
-        with self.storage.transaction() as tx:
-            self.apply(tx, deltas)
+    def version(self) -> int | None:
+        """INDEXES_VERSION of the code that last rebuilt them; None: never built."""
+        doc = self.storage.meta.find_one({"_id": VERSION_KEY})
+        return int(doc["version"]) if doc else None
+
+    def replace(self, tx: Any, deltas: Deltas, version: int) -> None:
+        session = getattr(tx, "session", None)
+        self.codes_collection.delete_many({}, session=session)
+        self.days_collection.delete_many({}, session=session)
+        self.apply(tx, deltas)
+        self.storage.meta.update_one({"_id": VERSION_KEY}, {"$set": {"version": version}},
+                                     upsert=True, session=session)
 
     def code_counts(self, patient: str) -> dict[tuple[str, str], int]:
         return {

@@ -21,6 +21,7 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS cgm_days_patient ON cgm_days (patient, day)",
     "CREATE INDEX IF NOT EXISTS clinical_codes_code ON clinical_codes (code, patient)",
 )
+VERSION_KEY = "clinical_indexes_version"
 BY_PATIENT = 500  # up to this many patients, their rows are read by key; beyond, by day
 ADD_CODE = (
     "INSERT INTO clinical_codes VALUES (?, ?, ?, ?) ON CONFLICT (patient, system, code) "
@@ -49,12 +50,18 @@ class SqliteClinicalIndexes:
         conn.execute("DELETE FROM clinical_codes WHERE n <= 0")
         conn.execute("DELETE FROM cgm_days WHERE n <= 0")
 
-    def replace(self, deltas: Deltas) -> None:
-        with self.storage.transaction() as tx:
-            tx.settle()
-            tx.conn.execute("DELETE FROM clinical_codes")
-            tx.conn.execute("DELETE FROM cgm_days")
-            self.apply(tx, deltas)
+    def version(self) -> int | None:
+        """INDEXES_VERSION of the code that last rebuilt them; None: never built."""
+        row = self.storage.reader().execute(
+            "SELECT value FROM meta WHERE key = ?", (VERSION_KEY,)).fetchone()
+        return int(row[0]) if row else None
+
+    def replace(self, tx: Any, deltas: Deltas, version: int) -> None:
+        tx.settle()
+        tx.conn.execute("DELETE FROM clinical_codes")
+        tx.conn.execute("DELETE FROM cgm_days")
+        self.apply(tx, deltas)
+        tx.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (VERSION_KEY, version))
 
     def codes(self, patient: str) -> list[tuple[str, str]]:
         """(system, code) of the patient's current Observations."""
