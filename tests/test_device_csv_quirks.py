@@ -66,7 +66,7 @@ def test_libre_record_types_strip_ketone_insulin_and_bad_rows() -> None:
     assert "not a number" in result.rejected[2].reason
     assert "without a value" in result.rejected[3].reason
     assert [(s.row, s.reason) for s in result.skipped] == [
-        (6, "record type 4: insulin entry (not a measured value)")
+        (6, "record type 4: insulin entry without a dose")
     ]
     historic, strip, ketone, high = observations(result)
     assert historic["meta"]["profile"][0].endswith("/CGMSensorReading")
@@ -128,7 +128,9 @@ def test_dexcom_g7_tab_separated_low_high_calibration_and_transmitters() -> None
                if e["resource"]["resourceType"] == "Device"]
     assert sorted(d["serialNumber"] for d in devices) == ["AB1234", "CD5678"]
     assert [r.row for r in result.rejected] == [10]
-    assert {s.row for s in result.skipped} == {2, 3, 4, 9}
+    assert {s.row for s in result.skipped} == {2, 3, 4}
+    # the insulin row without a value is kept as a dose not recorded
+    assert result.events == 1
 
 
 def test_dexcom_mmol_semicolons_and_decimal_commas() -> None:

@@ -136,7 +136,8 @@ def test_csv_gives_parameters_with_bundle_and_row_report(client: httpx.Client) -
     assert errors[0]["diagnostics"].startswith("row 5: ")
     skipped = [i for i in issues if i["severity"] == "information" and "extension" in i]
     assert [i["extension"][0]["valueInteger"] for i in skipped] == [7]
-    assert "3 readings mapped, 1 rows rejected, 1 rows skipped" in issues[0]["diagnostics"]
+    assert ("3 readings mapped, 0 logged events mapped, 1 rows rejected, 1 rows skipped"
+            in issues[0]["diagnostics"])
 
 
 def test_csv_format_can_be_forced_and_must_exist(client: httpx.Client) -> None:

@@ -72,7 +72,8 @@ def csv_parameters(result: Conversion) -> dict[str, Any]:
     """The Parameters answer to a CSV conversion: the Bundle and the row report."""
     summary = (
         f"{result.format}: {result.rows_read} rows read, {result.readings} readings mapped, "
-        f"{len(result.rejected)} rows rejected, {len(result.skipped)} rows skipped"
+        f"{result.events} logged events mapped, {len(result.rejected)} rows rejected, "
+        f"{len(result.skipped)} rows skipped"
     )
     issues = [Issue("information", "informational", summary).to_json()]
     issues += [Issue("warning", "informational", w).to_json() for w in result.warnings]
@@ -86,6 +87,7 @@ def csv_parameters(result: Conversion) -> dict[str, Any]:
             {"name": "format", "valueCode": result.format},
             {"name": "rowsRead", "valueInteger": result.rows_read},
             {"name": "readings", "valueInteger": result.readings},
+            {"name": "events", "valueInteger": result.events},
         ],
     }
 

@@ -67,6 +67,7 @@ class Conversion:
     messages: int = 0
     rows_read: int = 0
     readings: int = 0
+    events: int = 0  # logged insulin, carbohydrates, exercise, notes (CSV)
     rejected: list[RejectedRow] = field(default_factory=list)
     skipped: list[RejectedRow] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -192,6 +193,7 @@ def convert_csv(
         labels=[label],
         rows_read=mapped.rows_read,
         readings=mapped.readings,
+        events=mapped.events,
         rejected=list(mapped.rejected),
         skipped=list(mapped.skipped),
         warnings=list(mapped.warnings),

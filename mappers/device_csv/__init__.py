@@ -41,10 +41,10 @@ FORMATS: tuple[str, ...] = (*registry(), "mapping")
 def _locate(text: str, fmt: Format | None) -> tuple[Format, int, str, list[str]]:
     candidates = [fmt] if fmt is not None else list(registry().values())
     for candidate in candidates:
-        found = find_header(text, candidate.is_header, candidate.delimiter)
+        found = find_header(text, candidate.recognises, candidate.delimiter)
         if found is not None:
             index, delimiter, header = found
-            return candidate, index, delimiter, header
+            return candidate, index, delimiter, candidate.header_names(header)
     if fmt is not None:
         raise CsvMappingError(f"no {fmt.name} header found in the first lines of the file")
     raise CsvMappingError(

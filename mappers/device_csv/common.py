@@ -4,6 +4,8 @@ A format reads its rows and calls `Collector.add / reject / skip`, a reading bei
 its value and the `ReadingTemplate` of its kind (code, profile, subject, device), which the
 format makes once per kind; the collector drops duplicates, creates the Device and Patient
 entries once, and builds the transaction Bundle with a conditional create per Observation.
+Logged treatments and events (insulin, carbohydrates, exercise, notes) go through
+`Collector.add_event` with an `EventTemplate`; they follow the readings in the Bundle.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from mappers.bundle import TransactionBuilder, identifier_query
+from mappers.treatments import EVENT_IDENTIFIER_SYSTEM
 
 from .errors import CsvMappingResult, RejectedRow
 from .resources import (
@@ -136,10 +139,39 @@ class ReadingTemplate:
 # One kept reading: (row, stamp, template, value, identifier, time key).
 Kept = tuple[int, AnyStamp, ReadingTemplate, dict[str, Any], str, str]
 
+# build(identifier, subject, effective, device reference, value) -> a resource
+EventBuilder = Callable[[tuple[str, str], str, str, str | None, Any], dict[str, Any]]
+
+
+@dataclass(frozen=True, eq=False)
+class EventTemplate:
+    """What the logged events of one kind share (a rapid-acting insulin dose, a meal...).
+
+    `source` keys the identifiers (`{source}/{UTC key}/{code_key}/{kind}` in the
+    device-event system) as readings are keyed; `device`, when given, is referenced by the
+    resource (a pump that gave the insulin), not merely the export that listed it.
+    """
+
+    kind: str
+    code_key: str
+    subject: Subject
+    build: EventBuilder
+    source: DeviceInfo | None = None
+    device: DeviceInfo | None = None
+
+    def identifier(self, key: str) -> str:
+        source = self.source.source_key() if self.source is not None else patient_key(
+            _subject_key(self.subject))
+        return f"{source}/{key}/{safe_key(self.code_key)}/{self.kind}"
+
+
+KeptEvent = tuple[int, AnyStamp, EventTemplate, Any, str]
+
 
 class Collector:
     def __init__(self) -> None:
         self.readings: list[Kept] = []
+        self.events: list[KeptEvent] = []
         self.rejected: list[RejectedRow] = []
         self.skipped: list[RejectedRow] = []
         self._seen: dict[str, tuple[int, Any]] = {}
@@ -166,10 +198,8 @@ class Collector:
         self._repeated_hour = (local, folded)
         return stamp.second_pass() if folded else stamp
 
-    def add(
-        self, row: int, stamp: AnyStamp, template: ReadingTemplate, value: dict[str, Any]
-    ) -> None:
-        """Keep a reading unless the same one (same identifier) came earlier in the file."""
+    def _in_file_order(self, stamp: AnyStamp) -> AnyStamp:
+        """The stamp, on the second pass of a repeated hour when the file order says so."""
         hour = stamp.zone_hour
         if hour is not None:
             if hour.ambiguous or self._repeated_hour is not None:
@@ -178,18 +208,38 @@ class Collector:
             moment = stamp.moment
             ambiguous = moment.replace(fold=1).utcoffset() != moment.utcoffset()
             stamp = self._second_pass_of_repeated_hour(stamp, ambiguous)
+        return stamp
+
+    def _first(self, row: int, identifier: str, value: Any) -> bool:
+        """True for the first row with `identifier`; a later one is a duplicate (skipped)
+        or a conflict (rejected)."""
+        earlier = self._seen.get(identifier)
+        if earlier is None:
+            self._seen[identifier] = (row, value)
+            return True
+        first_row, first_value = earlier
+        if first_value == value:
+            self.skip(row, f"duplicate of row {first_row}")
+        else:
+            self.reject(row, f"same time and code as row {first_row} but a different value")
+        return False
+
+    def add(
+        self, row: int, stamp: AnyStamp, template: ReadingTemplate, value: dict[str, Any]
+    ) -> None:
+        """Keep a reading unless the same one (same identifier) came earlier in the file."""
+        stamp = self._in_file_order(stamp)
         key = stamp.key()
         identifier = template.id_prefix + key + template.id_suffix
-        earlier = self._seen.get(identifier)
-        if earlier is not None:
-            first_row, first_value = earlier
-            if first_value == value:
-                self.skip(row, f"duplicate of row {first_row}")
-            else:
-                self.reject(row, f"same time and code as row {first_row} but a different value")
-            return
-        self._seen[identifier] = (row, value)
-        self.readings.append((row, stamp, template, value, identifier, key))
+        if self._first(row, identifier, value):
+            self.readings.append((row, stamp, template, value, identifier, key))
+
+    def add_event(self, row: int, stamp: AnyStamp, template: EventTemplate, value: Any) -> None:
+        """Keep a logged treatment or event unless the same one came earlier in the file."""
+        stamp = self._in_file_order(stamp)
+        identifier = template.identifier(stamp.key())
+        if self._first(row, identifier, value):
+            self.events.append((row, stamp, template, value, identifier))
 
     def result(self, *, format_name: str, rows_read: int, warnings: list[str]) -> CsvMappingResult:
         builder = TransactionBuilder()
@@ -218,8 +268,8 @@ class Collector:
             return devices[(device, patient_ref)]
 
         # Patients and devices first so that a reader of the Bundle meets them before use.
-        references: dict[ReadingTemplate, tuple[str, str | None]] = {}
-        for _, _, template, _, _, _ in self.readings:
+        references: dict[ReadingTemplate | EventTemplate, tuple[str, str | None]] = {}
+        for template in [r[2] for r in self.readings] + [e[2] for e in self.events]:
             if template not in references:
                 subject = subject_ref(template.subject)
                 device = device_ref(template.device, subject) if template.device else None
@@ -239,10 +289,16 @@ class Collector:
                 )
             resource = build(identifier, subject, stamp.fhir(), value, device)
             create(resource, template.query_prefix + key + template.query_suffix)
+        for _, stamp, event_template, value, identifier in self.events:
+            subject, device = references[event_template]
+            resource = event_template.build((EVENT_IDENTIFIER_SYSTEM, identifier), subject,
+                                            stamp.fhir(), device, value)
+            create(resource, identifier_query(EVENT_IDENTIFIER_SYSTEM, identifier))
         return CsvMappingResult(
             bundle=builder.bundle(),
             rows_read=rows_read,
             readings=len(self.readings),
+            events=len(self.events),
             rejected=sorted(self.rejected, key=lambda r: r.row),
             format=format_name,
             skipped=sorted(self.skipped, key=lambda r: r.row),

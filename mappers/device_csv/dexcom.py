@@ -10,14 +10,22 @@ skipped (names are never copied), except `Device`, which names the device model.
   mg/dL (`< 2.2` / `> 22.2` mmol/L).
 - Calibration rows (a meter value typed into the receiver) -> BloodGlucose, with no device
   reference (the meter is not named).
-- Insulin, Carbs, Exercise, Health, Alert and other events -> skipped with the reason.
+- Insulin (`Insulin Value (u)`; subtype Fast-Acting or Long-Acting) -> MedicationAdministration;
+  Carbs (`Carb Value (grams)`) -> carbohydrate intake; Exercise (subtype Light / Medium /
+  Heavy, `Duration (hh:mm:ss)`) -> exercise duration; Health (Illness, Stress, High or Low
+  Symptoms, Cycle, Alcohol) -> a "Health" event with the subtype (mappers/treatments.py).
+- Alert and other events -> skipped with the reason.
 The device serial is the Transmitter ID of the row when present, else the Source Device ID
 of the `Device` metadata row.
 """
 
 from __future__ import annotations
 
-from .common import Collector, Options, ReadingTemplate
+from mappers.treatments import LONG, RAPID, parse_duration_minutes
+
+from . import logged
+from .common import Collector, EventTemplate, Options, ReadingTemplate
+from .localised import EVENT_TYPES
 from .resources import (
     CGM,
     METER,
@@ -35,6 +43,8 @@ from .values import OUT_OF_RANGE_WORDS, parse_number
 NAME = "dexcom-clarity"
 _LIMITS = {MG_DL: {"<": 40, ">": 400}, MMOL_L: {"<": 2.2, ">": 22.2}}
 _METADATA = {"firstname", "lastname", "dateofbirth", "device", "alert"}
+_LOGGED_EVENTS = {"insulin": "insulin", "carbs": "carbs", "exercise": "exercise",
+                  "health": "health"}
 
 
 def is_header(cells: list[str]) -> bool:
@@ -50,6 +60,12 @@ def _cell(cells: list[str], index: int | None) -> str:
     if index is None or index >= len(cells):
         return ""
     return cells[index].strip()
+
+
+def _event_type(cell: str) -> str:
+    """The English event type, lower-cased (French exports write `Étalonnage`...)."""
+    lowered = cell.lower()
+    return EVENT_TYPES.get(lowered, lowered)
 
 
 def _guess_unit(table: Table, value_col: int | None) -> str:
@@ -72,13 +88,16 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
     source_col = col("Source Device ID")
     value_col = col("Glucose Value", prefix=True)
     transmitter_col = col("Transmitter ID")
+    insulin_col = col("Insulin Value", prefix=True)
+    carb_col = col("Carb Value", prefix=True)
+    duration_col = col("Duration", prefix=True)
     unit = unit_in(table.header[value_col]) if value_col is not None else None
     unit = unit or _guess_unit(table, value_col)
     patient = options.patient or ""
 
     model, receiver = "Dexcom CGM", ""
     for _, cells in table.rows:
-        if _cell(cells, event_col).lower() == "device":
+        if _event_type(_cell(cells, event_col)) == "device":
             model = _cell(cells, info_col) or model
             receiver = _cell(cells, source_col)
             break
@@ -119,15 +138,67 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             )
         return found
 
+    event_templates: dict[str, EventTemplate] = {}
+
+    def event_template(what: str, transmitter: str) -> EventTemplate:
+        found = event_templates.get(what)
+        if found is None:
+            source = egv_template(transmitter).device
+            if what in (RAPID, LONG):
+                found = logged.insulin(what, patient, source)
+            elif what == "carbs":
+                found = logged.carbohydrates(patient, source)
+            elif what == "exercise":
+                found = logged.exercise(patient, source)
+            else:
+                found = logged.event(what, patient, source)
+            event_templates[what] = found
+        return found
+
+    def logged_row(row: int, event: str, time_text: str, subtype: str, transmitter: str,
+                   cells: list[str]) -> None:
+        try:
+            stamp = read_time(time_text)
+        except ValueError as exc:
+            out.reject(row, f"bad timestamp: {exc}")
+            return
+        try:
+            if event == "insulin":
+                text = _cell(cells, insulin_col)
+                dose = parse_number(text) if text else None
+                kind = LONG if subtype.lower().startswith(("long", "lente", "lent")) else RAPID
+                note = None if dose is not None else "dose logged without a number"
+                out.add_event(row, stamp, event_template(kind, transmitter), (dose, note))
+            elif event == "carbs":
+                text = _cell(cells, carb_col)
+                if not text:
+                    out.skip(row, "Carbs event without a value")
+                    return
+                out.add_event(row, stamp, event_template("carbs", transmitter),
+                              parse_number(text))
+            elif event == "exercise":
+                minutes = parse_duration_minutes(_cell(cells, duration_col))
+                out.add_event(row, stamp, event_template("exercise", transmitter),
+                              (minutes, subtype or None))
+            else:
+                out.add_event(row, stamp, event_template("Health", transmitter),
+                              subtype or None)
+        except ValueError as exc:
+            out.reject(row, f"{event} event: {exc}")
+
     limits = _LIMITS[unit]
     pick = picker((event_col, time_col, value_col, transmitter_col, subtype_col))
     for row, cells in table.rows:
         # Cells as read: each is stripped where it is used (most are used once).
         event, time_text, text, transmitter, subtype = pick(cells)
         event = event.strip()
-        lowered = event.lower()
+        lowered = _event_type(event)
         if lowered in _METADATA and not time_text.strip():
             out.skip(row, f"metadata row ({event})")
+            continue
+        if lowered in _LOGGED_EVENTS:
+            logged_row(row, _LOGGED_EVENTS[lowered], time_text, subtype.strip(), transmitter,
+                       cells)
             continue
         if lowered not in ("egv", "calibration"):
             out.skip(row, f"event type {event[:30]!r} is not a glucose reading")

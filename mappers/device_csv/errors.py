@@ -27,11 +27,13 @@ class CsvMappingResult:
 
     - `bundle`: a FHIR R4 transaction Bundle (Device / Patient entries, then Observations).
     - `rows_read`: non-empty data rows after the header (metadata rows included).
-    - `readings`: Observations in the bundle.
+    - `readings`: glucose (and ketone) Observations in the bundle.
+    - `events`: logged treatments and events in the bundle (insulin as
+      MedicationAdministration, carbohydrates, exercise, notes as Observations).
     - `rejected`: rows that are malformed (bad date, bad value, conflicting duplicate...).
     - `format`: the format name used (detected or given).
-    - `skipped`: rows that are well-formed but deliberately not mapped (insulin, food, notes,
-      metadata rows, exact duplicates), each with the reason.
+    - `skipped`: rows that are well-formed but deliberately not mapped (metadata rows,
+      exact duplicates, entries without a usable value), each with the reason.
     - `warnings`: file-level remarks (e.g. no time zone given, UTC assumed).
     """
 
@@ -42,3 +44,4 @@ class CsvMappingResult:
     format: str
     skipped: list[RejectedRow] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    events: int = 0

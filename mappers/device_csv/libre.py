@@ -11,17 +11,25 @@ Record types and what becomes of them:
   other one (the reader-software sample has type-1 rows with the value under Historic).
 - 2 strip glucose (the built-in meter) -> BloodGlucose (41653-7 mg/dL, 14743-9 mmol/L).
 - 3 ketone (strip, mmol/L) -> an Observation 53060-9 (3-hydroxybutyrate), no profile.
-- 4 insulin, 5 food (carbohydrates), 6 notes / time changes -> skipped with the reason:
-  they are not observations of a measured value (insulin doses belong in
-  MedicationAdministration, which is out of this mapper's scope).
-The device's measuring range is 40-500 mg/dL (2.2-27.8 mmol/L); `LO`/`HI` become `<`/`>`.
+- 4 insulin -> a MedicationAdministration per dose: `Rapid-Acting Insulin (units)` of
+  rapid-acting insulin, `Long-Acting Insulin (units)` of long-acting insulin; a dose ticked
+  in a `Non-numeric ...` column without units is recorded without a dose.
+- 5 food -> carbohydrates (`Carbohydrates (grams)`, or servings times `Grams of Carbs per
+  Serving` in the reader software's export) as a carbohydrate-intake Observation; a meal
+  logged without an amount (servings only, or `Non-numeric Food`) as a "Food" event.
+- 6 notes -> a "Note" event with the text; without text (a time change) skipped.
+(See mappers/treatments.py for the resources.) The device's measuring range is
+40-500 mg/dL (2.2-27.8 mmol/L); `LO`/`HI` become `<`/`>`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from .common import Collector, Options, ReadingTemplate
+from mappers.treatments import LONG, RAPID
+
+from . import logged
+from .common import Collector, EventTemplate, Options, ReadingTemplate
 from .resources import (
     CGM,
     KETONE,
@@ -40,11 +48,7 @@ from .values import OUT_OF_RANGE_WORDS, parse_number
 
 NAME = "freestyle-libre"
 _LIMITS = {MG_DL: {"<": 40, ">": 500}, "mmol/L": {"<": 2.2, ">": 27.8}}
-_SKIPPED_TYPES = {
-    "4": "insulin entry (not a measured value)",
-    "5": "food entry (not a measured value)",
-    "6": "note or time-change entry",
-}
+_LOGGED_TYPES = frozenset({"4", "5", "6"})
 
 
 def is_header(cells: list[str]) -> bool:
@@ -81,6 +85,20 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
     ketone_col = col("Ketone", prefix=True)
     device_col = col("Device")
     serial_col = col("Serial Number")
+    logged_cols = {
+        name: col(header)
+        for name, header in (
+            ("rapid", "Rapid-Acting Insulin (units)"),
+            ("rapid_flag", "Non-numeric Rapid-Acting Insulin"),
+            ("long", "Long-Acting Insulin (units)"),
+            ("long_flag", "Non-numeric Long-Acting Insulin"),
+            ("grams", "Carbohydrates (grams)"),
+            ("servings", "Carbohydrates (servings)"),
+            ("per_serving", "Grams of Carbs per Serving"),
+            ("food_flag", "Non-numeric Food"),
+            ("notes", "Notes"),
+        )
+    }
     unit = unit_in(table.header[historic_col]) if historic_col is not None else None
     unit = unit or MG_DL
     strip_unit = (unit_in(table.header[strip_col]) if strip_col is not None else None) or unit
@@ -116,14 +134,74 @@ def map_rows(table: Table, options: Options, out: Collector) -> None:
             templates[(cell_name, cell_serial, record_type)] = found
         return found
 
+    event_templates: dict[tuple[str, str, str], EventTemplate] = {}
+
+    def event_template_of(cell_name: str, cell_serial: str, what: str) -> EventTemplate:
+        found = event_templates.get((cell_name, cell_serial, what))
+        if found is None:
+            source = device_of(cell_name.strip() or "FreeStyle Libre", cell_serial.strip())
+            if what in (RAPID, LONG):
+                found = logged.insulin(what, patient, source)
+            elif what == "carbs":
+                found = logged.carbohydrates(patient, source)
+            else:
+                found = logged.event(what, patient, source)
+            event_templates[(cell_name, cell_serial, what)] = found
+        return found
+
+    def logged_row(row: int, record_type: str, time_text: str, cells: list[str],
+                   name: str, serial: str) -> None:
+        try:
+            stamp = read_time(time_text)
+        except ValueError as exc:
+            out.reject(row, f"bad timestamp: {exc}")
+            return
+        cell = {key: _cell(cells, index) for key, index in logged_cols.items()}
+        kept = 0
+        try:
+            if record_type == "4":
+                for kind in (RAPID, LONG):
+                    if cell[kind]:
+                        dose = parse_number(cell[kind])
+                        out.add_event(row, stamp, event_template_of(name, serial, kind),
+                                      (dose, None))
+                        kept += 1
+                    elif cell[f"{kind}_flag"]:
+                        out.add_event(row, stamp, event_template_of(name, serial, kind),
+                                      (None, "dose logged without a number"))
+                        kept += 1
+            elif record_type == "5":
+                grams = parse_number(cell["grams"]) if cell["grams"] else None
+                if grams is None and cell["servings"] and cell["per_serving"]:
+                    grams = parse_number(cell["servings"]) * parse_number(cell["per_serving"])
+                if grams is not None:
+                    out.add_event(row, stamp, event_template_of(name, serial, "carbs"), grams)
+                    kept += 1
+                elif cell["servings"] or cell["food_flag"]:
+                    text = f"{cell['servings']} serving(s)" if cell["servings"] else None
+                    out.add_event(row, stamp, event_template_of(name, serial, "Food"), text)
+                    kept += 1
+            elif cell["notes"]:
+                out.add_event(row, stamp, event_template_of(name, serial, "Note"),
+                              cell["notes"])
+                kept += 1
+        except ValueError as exc:
+            out.reject(row, f"record type {record_type}: {exc}")
+            return
+        if not kept:
+            what = {"4": "insulin entry without a dose",
+                    "5": "food entry without an amount"}.get(record_type,
+                                                             "time change or empty note")
+            out.skip(row, f"record type {record_type}: {what}")
+
     # Cells as read: each is stripped where it is used (most are used once).
     pick = picker((type_col, time_col, historic_col, scan_col, strip_col, ketone_col,
                    device_col, serial_col))
     for row, cells in table.rows:
         record_type, time_text, historic, scan, strip, ketone, name, serial = pick(cells)
         record_type = record_type.strip()
-        if record_type in _SKIPPED_TYPES:
-            out.skip(row, f"record type {record_type}: {_SKIPPED_TYPES[record_type]}")
+        if record_type in _LOGGED_TYPES:
+            logged_row(row, record_type, time_text, cells, name, serial)
             continue
         if record_type not in _ANALYTE_OF:
             out.reject(row, f"unknown record type {record_type[:20]!r}")
