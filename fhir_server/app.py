@@ -30,6 +30,7 @@ from fhir_server.api.limits import RequestBudget
 from fhir_server.api.memory import MemoryTrim
 from fhir_server.api.metadata import build_metadata_router
 from fhir_server.api.rest import build_router, register_rest_operations
+from fhir_server.api.rights import build_rights_router, register_rights_operations
 from fhir_server.api.terminology import build_terminology_router, register_operations
 from fhir_server.api.ui import build_ui_router
 from fhir_server.api.validate import build_validate_router, register_validate_operation
@@ -98,6 +99,8 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.state.cohorts = cohorts
     register_bulk_operations(app.state.operations)
     register_cohort_operations(app.state.operations)
+    register_rights_operations(app.state.operations)
+    app.state.erasure = _build_erasure(service, settings, jobs)
     install_auth(app, settings)
     # Added after (so outside) authorization. Responses of 1 KiB and more are gzipped for
     # clients that accept it (level 6 costs half of level 9's time for 1 % more bytes);
@@ -164,6 +167,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.include_router(build_convert_router())  # before the generic /{resource_type} routes
     app.include_router(build_bulk_router())
     app.include_router(build_cohort_router())
+    app.include_router(build_rights_router())  # before the generic /{type}/{id} routes
     app.include_router(build_clinical_router())
     app.include_router(build_ui_router())
     app.include_router(build_analytics_router())
@@ -187,6 +191,18 @@ def publish_conformance_resources(service: FhirService) -> None:
                  *load_search_parameters()]
     for resource in resources:
         service.resources.update(resource["resourceType"], resource["id"], resource)
+
+
+def _build_erasure(service: FhirService, settings: Settings, jobs: Any) -> Any:
+    """$expunge: the store, and the copies beside it (job files, view stores, cohorts)."""
+    from fhir_server.jobs import default_jobs_dir
+    from fhir_server.rights.erasure import Erasure
+    from fhir_server.rights.holds import Holds, holds_path
+
+    return Erasure(
+        service, Holds(holds_path(settings)), jobs.store, settings.deid_views or None,
+        default_jobs_dir(settings) / "cohorts.db",
+    )
 
 
 def _build_cohorts(service: FhirService, settings: Settings) -> Any:

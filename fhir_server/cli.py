@@ -390,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     from fhir_server.clinical.cli import add_commands as add_clinical_commands
 
     add_clinical_commands(sub)
+    from fhir_server.rights.cli import add_hold_commands, add_rights_commands
+
+    add_rights_commands(sub)
+    add_hold_commands(sub)
     return parser
 
 

@@ -285,6 +285,13 @@ class JobStore:
         ).fetchone()
         return _job(row) if row is not None else None
 
+    def completed(self) -> list[Job]:
+        """Completed jobs (whose output files stay until they expire)."""
+        rows = self._conn().execute(
+            f"SELECT {COLUMNS} FROM jobs WHERE status=?", (COMPLETED,)
+        ).fetchall()
+        return [_job(row) for row in rows]
+
     def queued_count(self) -> int:
         return self._conn().execute(
             "SELECT count(*) FROM jobs WHERE status=?", (QUEUED,)

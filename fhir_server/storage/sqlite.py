@@ -360,6 +360,8 @@ class SqliteStorage:
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA cache_size=-65536")
         conn.execute("PRAGMA temp_store=MEMORY")
+        # Deleted content is overwritten with zeros (sqlite_erase.py says why it is always on).
+        conn.execute("PRAGMA secure_delete=ON")
         return conn
 
     def reader(self) -> sqlite3.Connection:
