@@ -23,7 +23,8 @@ EXPUNGE = ("expunge", "https://diatabase.org/fhir/OperationDefinition/expunge")
 
 
 def register_rights_operations(operations: dict[str, list[tuple[str, str]]]) -> None:
-    listed = operations.setdefault("*", [])
+    # Listed on Patient (its compartment variant); the instance form works on every type.
+    listed = operations.setdefault("Patient", [])
     if EXPUNGE not in listed:
         listed.append(EXPUNGE)
 
