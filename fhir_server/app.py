@@ -14,10 +14,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 
+from fhir_server.analytics.indicators import shipped_indicators
 from fhir_server.api.analytics import (
     build_analytics_router,
     build_deid_analytics_router,
+    build_deid_measure_router,
+    build_measure_router,
     register_analytics_operations,
+    register_measure_operations,
 )
 from fhir_server.api.audit_http import AuditMiddleware
 from fhir_server.api.bulk import build_bulk_router, register_bulk_operations
@@ -150,6 +154,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         from fhir_server.api.deid import build_deid_metadata_router, build_deid_router
 
         app.include_router(build_deid_analytics_router())  # before /deid/{type}/{id}
+        app.include_router(build_deid_measure_router())
         app.include_router(build_deid_router())
     if settings.deid_only:
         # Research-only deployment: no identifying route at all; /metadata tells the truth.
@@ -159,6 +164,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     register_validate_operation(app)
     register_clinical_operations(app)
     register_analytics_operations(app)
+    register_measure_operations(app)
     app.include_router(build_metadata_router())
     # Before the generic /{type}/{id} routes, which would take `$lookup` or `$validate`
     # for an id: FastAPI matches in order.
@@ -171,6 +177,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.include_router(build_clinical_router())
     app.include_router(build_ui_router())
     app.include_router(build_analytics_router())
+    app.include_router(build_measure_router())
     app.include_router(build_router())
     return app
 
@@ -188,7 +195,7 @@ def publish_conformance_resources(service: FhirService) -> None:
     """Store the profiles and their SearchParameters (with their own ids) so that they read
     and search like any resource. A PUT of unchanged content adds no version."""
     resources = [*service.profiles.published_structure_definitions(),
-                 *load_search_parameters()]
+                 *load_search_parameters(), *shipped_indicators()]
     for resource in resources:
         service.resources.update(resource["resourceType"], resource["id"], resource)
 

@@ -58,6 +58,9 @@ class Settings:
     deid_rules: str = ""
     deid_only: bool = False
     deid_export_dir: str = ""
+    # The folder `diatabase views materialize` writes (Parquet + DuckDB): what Measures
+    # with SQL criteria read (DIATABASE_VIEWS_DIR). Empty: SQL criteria are refused.
+    views_dir: str = ""
     # Folder of materialized view stores (deid/views.py, filled by `diatabase deid views`):
     # the facade serves their rows instead of pseudonymizing on every request.
     deid_views: str = ""
@@ -116,6 +119,7 @@ class Settings:
             "deid_rules": os.environ.get("DIATABASE_DEID_RULES", ""),
             "deid_export_dir": os.environ.get("DIATABASE_DEID_EXPORT_DIR", ""),
             "deid_views": os.environ.get("DIATABASE_DEID_VIEWS", ""),
+            "views_dir": os.environ.get("DIATABASE_VIEWS_DIR", ""),
             "deid_only": os.environ.get("DIATABASE_DEID_ONLY", "").lower() in ("1", "true", "yes"),
             "limits": Limits.from_env(),
             "insecure_dev": os.environ.get("DIATABASE_INSECURE_DEV", "").lower()

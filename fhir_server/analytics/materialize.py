@@ -22,6 +22,7 @@ de-identification facade releases to it, and `_resource_key` is the pseudonymize
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -163,7 +164,10 @@ class Materializer:
         )
         parquet = self.folder / f"{name}.parquet"
         if mode != "unchanged" or not parquet.exists():
-            self.db.execute(f"COPY \"{name}\" TO '{parquet}' (FORMAT PARQUET, COMPRESSION ZSTD)")
+            # written beside, then renamed: a reader (a Measure's SQL) never sees half a file
+            partial = self.folder / f".{name}.parquet.partial"
+            self.db.execute(f"COPY \"{name}\" TO '{partial}' (FORMAT PARQUET, COMPRESSION ZSTD)")
+            os.replace(partial, parquet)
         rows = self.db.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
         return Materialized(name, mode, rows, changed, time.time() - started,
                             parquet.stat().st_size)  # fmt: skip

@@ -40,7 +40,7 @@ from fhir_server.analytics.service import (
     run_request,
 )
 from fhir_server.analytics.stored import VIEW_TYPE
-from fhir_server.api.http import JSON_TYPES, query_items, read_body
+from fhir_server.api.http import JSON_TYPES, fhir_response, query_items, read_body
 from fhir_server.audit.activity import Activity, current, opened
 from fhir_server.model.outcome import FhirError, error
 from fhir_server.search.visibility import current_visibility, visible_as
@@ -140,8 +140,11 @@ async def respond(
     chunks: Iterator[bytes],
     activity: Activity | None,
     on_done: Callable[[], None] | None = None,
+    facade: bool = False,
 ) -> Response:
-    visibility = current_visibility.get()
+    # the facade's own reads are not limited by a SMART token (it authenticated the
+    # recipient, and releases only what its rules allow)
+    visibility = None if facade else current_visibility.get()
 
     class Scope:
         def __enter__(self) -> None:
@@ -203,6 +206,13 @@ def build_analytics_router() -> APIRouter:
     return router
 
 
+def _as_facade(call: Callable[..., Any], *args: Any) -> Any:
+    """The facade's work, which no SMART token limits (the recipient is authenticated by
+    its key; what it may see is the facade's decision)."""
+    with visible_as(None):
+        return call(*args)
+
+
 def build_deid_analytics_router() -> APIRouter:
     """`/deid/ViewDefinition/$run`: a recipient's views over what the facade gives it."""
     from fhir_server.api.deid import PREFIX, _audit, _recipient
@@ -217,7 +227,7 @@ def build_deid_analytics_router() -> APIRouter:
         try:
             parameters = await _parameters(request)
             run = run_request(parameters, query_items(request), request.headers.get("accept"))
-            view = compile_or_400(await run_in_threadpool(_view_of, fhir, run, view_id))
+            view = compile_or_400(await run_in_threadpool(_as_facade, _view_of, fhir, run, view_id))
             if run.patient is not None or run.since is not None:
                 raise error(400, "not-supported", "patient and _since are not offered here")
             engine = deid.recipients.engine(recipient.id)
@@ -233,6 +243,7 @@ def build_deid_analytics_router() -> APIRouter:
                 chunks,
                 None,
                 lambda: _audit(request, recipient.id, "operation", rows.count),
+                facade=True,
             )
         except FhirError:
             _audit(request, recipient.id, "operation", 0, REFUSED)
@@ -243,4 +254,139 @@ def build_deid_analytics_router() -> APIRouter:
 
     for path in (f"{PREFIX}/ViewDefinition/$run", f"{PREFIX}/ViewDefinition/{{view_id}}/$run"):
         router.add_api_route(path, endpoint, methods=["GET", "POST"])
+    return router
+
+
+# -- Measure/$evaluate-measure ----------------------------------------------------------------
+
+EVALUATE_MEASURE = ("evaluate-measure",
+                    "http://hl7.org/fhir/OperationDefinition/Measure-evaluate-measure")  # fmt: skip
+REPORT_TYPES = frozenset({"summary", "subject-list"})
+
+
+def _measure(fhir: Any, measure_id: str | None, reference: str | None) -> dict:
+    if measure_id is not None:
+        return orjson.loads(fhir.resources.read("Measure", measure_id).json)
+    if not reference:
+        raise error(400, "required", "$evaluate-measure needs a measure (its id or url)")
+    if reference.startswith(("http://", "https://")):
+        from fhir_server.search.query import parse_search
+
+        query = parse_search("Measure", [("url", reference)], fhir.registry)
+        page = fhir.storage.search(query, 2, None)
+        if len(page.matches) != 1 or page.matches[0].json is None:
+            raise error(404, "not-found", f"no single Measure with url {reference}")
+        return orjson.loads(page.matches[0].json)
+    return orjson.loads(fhir.resources.read("Measure", reference.removeprefix("Measure/")).json)
+
+
+def _check_criteria_access(access: Any, measure: dict) -> None:
+    """Each search population needs search on its type; SQL over the materialised views
+    (computed from every patient's data) needs a search scope not limited to a patient."""
+    from fhir_server.analytics.measures import FHIR_QUERY, _extended_language
+    from fhir_server.auth.access import forbidden
+
+    for group in measure.get("group", []) or []:
+        for population in group.get("population", []) or []:
+            criteria = population.get("criteria") or {}
+            language = criteria.get("language") or _extended_language(criteria)
+            if language == FHIR_QUERY:
+                rtype = str(criteria.get("expression", "")).lstrip("/").split("?")[0]
+                access.require(rtype, "search-type")
+            elif not access.allows_everything("s"):
+                raise forbidden(
+                    "SQL criteria read the materialised views of every patient: "
+                    "they need a search scope on every type, not limited to a "
+                    "patient"
+                )
+
+
+def register_measure_operations(app: FastAPI) -> None:
+    entries = app.state.operations.setdefault("Measure", [])
+    if EVALUATE_MEASURE not in entries:
+        entries.append(EVALUATE_MEASURE)
+
+
+def _evaluate(fhir: Any, views_dir: str, measure: dict, period: Any, report_type: str,
+              suppress: bool, deid: Any = None, recipient: str | None = None) -> dict:  # fmt: skip
+    from fhir_server.analytics.measure_report import measure_report
+    from fhir_server.analytics.measures import MeasureEvaluator
+
+    evaluator = MeasureEvaluator(fhir, views_dir or None)
+    results = evaluator.evaluate(measure, period)
+    if deid is not None and recipient is not None:
+        from fhir_server.analytics.research import released_populations
+
+        results = released_populations(results, deid, recipient)
+    return measure_report(measure, period, results, report_type, suppress)
+
+
+def build_measure_router() -> APIRouter:
+    router = APIRouter()
+
+    async def evaluate(request: Request, measure_id: str | None) -> Response:
+        from fhir_server.analytics.measures import parse_period
+
+        fhir = request.app.state.fhir
+        params = request.query_params
+        report_type = params.get("reportType", "summary")
+        if report_type not in REPORT_TYPES:
+            raise error(400, "not-supported", "reportType: summary or subject-list")
+        period = parse_period(params.get("periodStart"), params.get("periodEnd"))
+        measure = await run_in_threadpool(_measure, fhir, measure_id, params.get("measure"))
+        access = getattr(request.state, "access", None)
+        if access is not None:
+            _check_criteria_access(access, measure)
+            if report_type == "subject-list":
+                access.require("Patient", "search-type")
+        report = await run_in_threadpool(_evaluate, fhir, request.app.state.settings.views_dir,
+                                         measure, period, report_type, False)  # fmt: skip
+        return fhir_response(report)
+
+    async def endpoint(request: Request, measure_id: str | None = None) -> Response:
+        return await evaluate(request, measure_id)
+
+    for path in ("/Measure/$evaluate-measure", "/Measure/{measure_id}/$evaluate-measure"):
+        router.add_api_route(path, endpoint, methods=["GET"])
+    return router
+
+
+def build_deid_measure_router() -> APIRouter:
+    """`/deid/Measure/{id}/$evaluate-measure`: summary reports only, over the patients the
+    facade releases to the recipient, every small cell suppressed."""
+    from fhir_server.api.deid import PREFIX, _audit, _recipient
+    from fhir_server.audit.events import REFUSED
+
+    router = APIRouter()
+
+    async def evaluate(request: Request, measure_id: str | None) -> Response:
+        from fhir_server.analytics.measures import parse_period
+
+        recipient = _recipient(request)
+        fhir = request.app.state.fhir
+        params = request.query_params
+        try:
+            if params.get("reportType", "summary") != "summary":
+                raise error(403, "forbidden", "research recipients get summary reports only")
+            period = parse_period(params.get("periodStart"), params.get("periodEnd"))
+            measure = await run_in_threadpool(
+                _as_facade, _measure, fhir, measure_id, params.get("measure")
+            )
+            report = await run_in_threadpool(
+                _as_facade,
+                _evaluate, fhir, request.app.state.settings.views_dir, measure, period,
+                "summary", True, request.app.state.deid, recipient.id,
+            )  # fmt: skip
+        except FhirError:
+            _audit(request, recipient.id, "operation", 0, REFUSED)
+            raise
+        _audit(request, recipient.id, "operation", 1)
+        return fhir_response(report)
+
+    async def endpoint(request: Request, measure_id: str | None = None) -> Response:
+        return await evaluate(request, measure_id)
+
+    for path in (f"{PREFIX}/Measure/$evaluate-measure",
+                 f"{PREFIX}/Measure/{{measure_id}}/$evaluate-measure"):  # fmt: skip
+        router.add_api_route(path, endpoint, methods=["GET"])
     return router

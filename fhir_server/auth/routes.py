@@ -40,6 +40,9 @@ OPERATIONS = {
     "subsumes": "operation-read",
     "translate": "operation-read",
     "closure": "operation-read",
+    # reads the Measure; each population's search is then checked on its own type, and SQL
+    # over the materialised views (every patient) needs an unrestricted search scope
+    "evaluate-measure": "operation-read",
     "lastn": "search-type",
     "everything": "search-type",  # `Patient/$everything`: narrowed inside the query
 }
