@@ -3,9 +3,11 @@
 
     python -m bench.analytics [--size small|medium|large]
 
-Sizes (Observations): runner 2,000 / 1,000,000 / 1,000,000 (generated in memory, no
-storage); fhirpathpy alone at most 20,000 (it is ~50x slower); $run over HTTP and the
-materialisation over a SQLite store of 2,000 / 100,000 / 1,000,000. Medians of 3 runs.
+Sizes: the runner over 2,000 / 1,000,000 / 1,000,000 Observations (generated in memory,
+no storage); fhirpathpy alone over at most 20,000 (it is much slower); a SQLite store of
+60 / 3,000 / 30,000 patients with about 2,000 / 100,000 / 1,000,000 Observations (CGM
+readings and HbA1c) for $run over HTTP, the materialisation of the shipped views and
+$evaluate-measure of the shipped indicators. Medians of 3 runs.
 Prints a table; asserts nothing about speed.
 """
 
@@ -26,6 +28,7 @@ from bench.common import Result, own_peak_rss_mb, print_table
 
 RUNNER_SIZES = {"small": 2_000, "medium": 1_000_000, "large": 1_000_000}
 STORE_SIZES = {"small": 2_000, "medium": 100_000, "large": 1_000_000}
+PATIENTS = {"small": 60, "medium": 3_000, "large": 30_000}
 FHIRPATHPY_CAP = 20_000
 ROUNDS = 3
 
@@ -82,10 +85,44 @@ def _runner_rate(n: int, slow: bool) -> float:
     return statistics.median(rates)
 
 
-def _load(service: Any, n: int) -> None:
-    for i in range(n):
-        resource = observation(i)
-        service.resources.update("Observation", resource["id"], resource)
+def cohort(patients: int, observations: int) -> Iterator[dict[str, Any]]:
+    """Patients (sex, age, postal code), a diabetes Condition for 5 in 6, 0-3 HbA1c in
+    2024, and CGM readings for one patient in 3, about `observations` Observations."""
+    wearers = max(1, patients // 3)
+    per_wearer = max(1, observations // wearers)
+    postal = ("75011", "13001", "69003", "20090", "97400", "33000", "59000")
+    for i in range(patients):
+        pid = f"p-{i}"
+        yield {"resourceType": "Patient", "id": pid, "gender": ("male", "female")[i % 2],
+               "birthDate": f"{1940 + i % 70}-06-15",
+               "address": [{"postalCode": postal[i % len(postal)]}]}  # fmt: skip
+        if i % 6 != 5:
+            yield {"resourceType": "Condition", "id": f"c-{i}",
+                   "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10",
+                                        "code": "E11.9"}]},
+                   "subject": {"reference": f"Patient/{pid}"}}  # fmt: skip
+        for k in range(i % 4):
+            yield {"resourceType": "Observation", "id": f"h-{i}-{k}", "status": "final",
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+                   "subject": {"reference": f"Patient/{pid}"},
+                   "effectiveDateTime": f"2024-{3 + 3 * k:02d}-10T09:00:00+01:00",
+                   "valueQuantity": {"value": 6.5 + (i % 5) * 0.6, "unit": "%",
+                                     "system": "http://unitsofmeasure.org",
+                                     "code": "%"}}  # fmt: skip
+        if i % 3 == 0:
+            for k in range(per_wearer):
+                reading = observation(i * per_wearer + k)
+                reading["subject"] = {"reference": f"Patient/{pid}"}
+                yield reading
+
+
+def _median_seconds(call: Any) -> float:
+    times = []
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def run(size: str = "small", db: str | None = None) -> list[Result]:
@@ -106,64 +143,96 @@ def run(size: str = "small", db: str | None = None) -> list[Result]:
 
     import uvicorn
 
+    from fhir_server.analytics.indicators import shipped_indicators
     from fhir_server.analytics.materialize import Materializer, StoreSource
     from fhir_server.app import create_app
+    from fhir_server.ingest.loader import Loader
     from fhir_server.service.fhir import FhirService
     from fhir_server.settings import Settings
     from fhir_server.storage import open_storage
 
-    stored = STORE_SIZES[size]
+    stored, patients = STORE_SIZES[size], PATIENTS[size]
+    views = [r for r in shipped_indicators() if r["resourceType"] == "ViewDefinition"]
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{Path(folder) / 'bench.db'}"
-        settings = Settings(db_url=url, insecure_dev=True, audit=False)
-        service = FhirService(open_storage(url), settings)
-        _load(service, stored)
         out = Path(folder) / "views"
+        settings = Settings(db_url=url, insecure_dev=True, audit=False, views_dir=str(out),
+                            validation="off")  # fmt: skip
+        service = FhirService(open_storage(url), settings)
+        Loader(service).load_resources(cohort(patients, stored))
+
         materializer = Materializer(out, StoreSource(service.storage))
-        full = materializer.materialize(VIEW)
-        _load(service, max(1, stored // 100))  # 1 % of the readings written again
-        update = materializer.materialize(VIEW)
-        materializer.close()
-        results.append(Result("analytics", f"materialize, first run ({stored:,} rows, Parquet "
-                              f"{full.parquet_bytes / 1e6:.2f} MB)", stored / full.seconds,
-                              "rows/s"))  # fmt: skip
+        started = time.perf_counter()
+        rows = sum(materializer.materialize(v).rows for v in views)
+        first = time.perf_counter() - started
+        size_mb = sum(p.stat().st_size for p in out.glob("*.parquet")) / 1e6
         results.append(
             Result(
                 "analytics",
-                f"materialize, update ({update.changed_resources:,} "
-                f"resources re-read, {update.seconds:.2f} s)",
-                update.changed_resources / update.seconds,
+                f"materialize the shipped views, first run ({rows:,} "
+                f"rows, Parquet {size_mb:.2f} MB)",
+                rows / first,
+                "rows/s",
+            )
+        )
+        Loader(service).load_resources(observation(i) for i in range(max(1, stored // 100)))
+        started = time.perf_counter()
+        changed = sum(materializer.materialize(v).changed_resources for v in views)
+        update = time.perf_counter() - started
+        materializer.close()
+        results.append(
+            Result(
+                "analytics",
+                f"materialize, update ({changed:,} resources re-read, {update:.2f} s)",
+                changed / update,
                 "resources/s",
             )
         )
+
         config = uvicorn.Config(create_app(settings, service), host="127.0.0.1", port=0,
                                 log_level="warning")  # fmt: skip
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
         port = server.servers[0].sockets[0].getsockname()[1]
         body = {"resourceType": "Parameters", "parameter": [
             {"name": "viewResource", "resource": VIEW}]}  # fmt: skip
-        for fmt in ("ndjson", "csv", "parquet"):
-            rates, sizes = [], []
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as http:
-                for _ in range(ROUNDS):
-                    started = time.perf_counter()
-                    answer = http.post("/ViewDefinition/$run", params={"_format": fmt},
-                                       json=body)  # fmt: skip
-                    elapsed = time.perf_counter() - started
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as http:
+            total = sum(1 for _ in http.post("/ViewDefinition/$run", params={"_format": "ndjson"},
+                                             json=body).iter_lines())  # fmt: skip
+            for fmt in ("ndjson", "csv", "parquet"):
+                sizes = []
+
+                def run_once(fmt: str = fmt, sizes: list = sizes) -> None:
+                    answer = http.post("/ViewDefinition/$run", params={"_format": fmt}, json=body)
                     assert answer.status_code == 200, answer.text[:300]
-                    rates.append(stored / elapsed)
                     sizes.append(len(answer.content))
-            results.append(Result("analytics", f"$run over HTTP, {fmt} ({stored:,} stored, "
-                                  f"{statistics.median(sizes) / 1e6:.1f} MB)",
-                                  statistics.median(rates), "rows/s"))  # fmt: skip
+
+                seconds = _median_seconds(run_once)
+                results.append(Result("analytics", f"$run over HTTP, {fmt} ({total:,} rows, "
+                                      f"{statistics.median(sizes) / 1e6:.1f} MB)",
+                                      total / seconds, "rows/s"))  # fmt: skip
+            period = {"periodStart": "2024-01-01", "periodEnd": "2024-12-31"}
+            for measure in ("hba1c-twice", "hba1c-above-8", "tir-above-70", "no-hba1c"):
+                latencies = []
+
+                def evaluate(measure: str = measure, latencies: list = latencies) -> None:
+                    started = time.perf_counter()
+                    answer = http.get(f"/Measure/{measure}/$evaluate-measure", params=period)
+                    assert answer.status_code == 200, answer.text[:300]
+                    latencies.append((time.perf_counter() - started) * 1000)
+
+                _median_seconds(evaluate)
+                results.append(Result("analytics", f"$evaluate-measure {measure} ({patients:,} "
+                                      "patients, stratified)", 1000 / statistics.median(
+                                          latencies), "req/s",
+                                      p50_ms=statistics.median(latencies),
+                                      p99_ms=max(latencies)))  # fmt: skip
         server.should_exit = True
         thread.join(timeout=60)
-
     return results
 
 

@@ -84,6 +84,29 @@ class Criteria:
     def __init__(self, fhir: Any, views_dir: str | None) -> None:
         self.fhir = fhir
         self.views_dir = views_dir
+        self._db: Any = None  # one DuckDB connection for all of an evaluation's SQL
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _views(self) -> Any:
+        import duckdb
+
+        if self._db is None:
+            if not self.views_dir or not Path(self.views_dir).is_dir():
+                raise error(
+                    400,
+                    "not-supported",
+                    "SQL criteria need the materialised views "
+                    "(DIATABASE_VIEWS_DIR, written by `diatabase views materialize`)",
+                )
+            self._db = duckdb.connect()
+            for parquet in sorted(Path(self.views_dir).glob("*.parquet")):
+                self._db.execute(f"CREATE VIEW \"{parquet.stem}\" AS SELECT * FROM "
+                                 f"read_parquet('{parquet}')")  # fmt: skip
+        return self._db
 
     def subjects(self, expression: dict, period: Period) -> Subjects:
         language = expression.get("language") or _extended_language(expression)
@@ -116,26 +139,13 @@ class Criteria:
     def _sql(self, text: str, period: Period) -> Subjects:
         import duckdb
 
-        if not self.views_dir or not Path(self.views_dir).is_dir():
-            raise error(
-                400,
-                "not-supported",
-                "SQL criteria need the materialised views "
-                "(DIATABASE_VIEWS_DIR, written by `diatabase views materialize`)",
-            )
-        with duckdb.connect() as db:
-            for parquet in sorted(Path(self.views_dir).glob("*.parquet")):
-                db.execute(f"CREATE VIEW \"{parquet.stem}\" AS SELECT * FROM "
-                           f"read_parquet('{parquet}')")  # fmt: skip
-            parameters = {
-                k: v
-                for k, v in (("periodStart", period.start), ("periodEnd", period.end))
-                if f"${k}" in text
-            }
-            try:
-                rows = db.execute(text, parameters).fetchall()
-            except duckdb.Error as exc:
-                raise error(400, "invalid", f"SQL criteria failed: {exc}") from None
+        db = self._views()
+        bounds = (("periodStart", period.start), ("periodEnd", period.end))
+        parameters = {k: v for k, v in bounds if f"${k}" in text}
+        try:
+            rows = db.execute(text, parameters).fetchall()
+        except duckdb.Error as exc:
+            raise error(400, "invalid", f"SQL criteria failed: {exc}") from None
         return {str(row[0]) for row in rows if row and row[0] is not None}
 
 
@@ -274,6 +284,12 @@ class MeasureEvaluator:
         return found
 
     def evaluate(self, measure: dict, period: Period) -> list[GroupResult]:
+        try:
+            return self._evaluate(measure, period)
+        finally:
+            self.criteria.close()
+
+    def _evaluate(self, measure: dict, period: Period) -> list[GroupResult]:
         results = []
         for group in measure.get("group", []) or []:
             populations = evaluate_populations(group, period, self.criteria)
