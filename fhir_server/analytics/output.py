@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Iterator
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 CHUNK_ROWS = 2_000
 PARQUET_ROW_GROUP = 65_536
@@ -37,11 +39,16 @@ FORMAT_ALIASES = {
 }  # fmt: skip
 
 _INTEGER_TYPES = frozenset({"integer", "positiveInt", "unsignedInt", "integer64"})
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    "boolean": pa.bool_(),
-    "decimal": pa.float64(),
-    **{name: pa.int64() for name in _INTEGER_TYPES},
-}
+
+
+@cache
+def _arrow_types() -> dict[str, pa.DataType]:
+    # pyarrow is imported when Parquet is asked for (a second of the server's start)
+    import pyarrow as pa
+
+    return {"boolean": pa.bool_(), "decimal": pa.float64(),
+            **{name: pa.int64() for name in _INTEGER_TYPES}}  # fmt: skip
+
 
 ColumnType = tuple[str, str | None, bool]  # name, FHIR type, collection
 
@@ -110,44 +117,59 @@ def json_chunks(columns: list[ColumnType], rows: Iterable[tuple]) -> Iterator[by
 
 
 def arrow_schema(columns: list[ColumnType]) -> pa.Schema:
+    import pyarrow as pa
+
     fields = []
     for name, fhir_type, collection in columns:
-        arrow_type = _ARROW_TYPES.get(fhir_type or "", pa.string())
+        arrow_type = _arrow_types().get(fhir_type or "", pa.string())
         fields.append(pa.field(name, pa.list_(arrow_type) if collection else arrow_type))
     return pa.schema(fields)
 
 
-def _arrow_value(value: Any, arrow_type: pa.DataType) -> Any:
-    if value is None:
+def _string(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
+
+
+def _number(kind: type) -> Any:
+    def convert(value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return kind(value)
         return None
+
+    return convert
+
+
+def _converter(arrow_type: pa.DataType) -> Any:
+    """value -> what pyarrow takes for `arrow_type` (None when the value does not fit)."""
+    import pyarrow as pa
+
     if pa.types.is_list(arrow_type):
-        return [_arrow_value(v, arrow_type.value_type) for v in value]
+        inner = _converter(arrow_type.value_type)
+        return lambda value: None if value is None else [inner(v) for v in value]
     if pa.types.is_string(arrow_type):
-        if isinstance(value, str):
-            return value
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        return orjson.dumps(value).decode() if isinstance(value, dict | list) else str(value)
-    if pa.types.is_boolean(arrow_type):
-        return value if isinstance(value, bool) else None
-    if pa.types.is_integer(arrow_type):
-        return (
-            int(value) if isinstance(value, int | float) and not isinstance(value, bool) else (None)
-        )
-    if pa.types.is_floating(arrow_type):
-        return (
-            float(value)
-            if isinstance(value, int | float) and not isinstance(value, bool)
-            else (None)
-        )
-    return value
+        base = _string
+    elif pa.types.is_boolean(arrow_type):
+        base = lambda value: value if isinstance(value, bool) else None  # noqa: E731
+    elif pa.types.is_integer(arrow_type):
+        base = _number(int)
+    elif pa.types.is_floating(arrow_type):
+        base = _number(float)
+    else:
+        base = lambda value: value  # noqa: E731
+    return lambda value: None if value is None else base(value)
 
 
 def record_batch(schema: pa.Schema, rows: list[tuple]) -> pa.RecordBatch:
+    import pyarrow as pa
+
     arrays = []
     for i, field in enumerate(schema):
-        values = [_arrow_value(row[i], field.type) for row in rows]
-        arrays.append(pa.array(values, type=field.type))
+        convert = _converter(field.type)
+        arrays.append(pa.array([convert(row[i]) for row in rows], type=field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -177,6 +199,9 @@ class _Sink(io.RawIOBase):
 
 
 def parquet_chunks(columns: list[ColumnType], rows: Iterable[tuple]) -> Iterator[bytes]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     schema = arrow_schema(columns)
     sink = _Sink()
     with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd") as writer:
