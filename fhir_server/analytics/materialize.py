@@ -132,7 +132,9 @@ def table_name(view: CompiledView) -> str:
 
 
 class Materializer:
-    def __init__(self, folder: str | Path, source: Source) -> None:
+    def __init__(self, folder: str | Path, source: Source,
+                 margin_seconds: float = MARGIN_SECONDS) -> None:  # fmt: skip
+        self.margin = margin_seconds
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.source = source
@@ -160,7 +162,7 @@ class Materializer:
             mode, changed = self._update(view, name, schema, state[1])
         self.db.execute(
             f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?, ?)",
-            [name, print_, started - MARGIN_SECONDS],
+            [name, print_, started - self.margin],
         )
         parquet = self.folder / f"{name}.parquet"
         if mode != "unchanged" or not parquet.exists():
