@@ -90,7 +90,11 @@ def test_materialize_then_update_from_history(store: Any, tmp_path: Path) -> Non
     assert "_resource_key" in parquet.column_names
 
 
-def test_the_command_and_a_recipient_sees_pseudonyms_only(store: Any, tmp_path: Path) -> None:
+def test_the_command_and_a_recipient_sees_pseudonyms_only(
+    store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--recipient` builds the facade without a job runner (it failed with a TypeError
+    once the facade's exports became jobs: `build_deid` gained a runner argument)."""
     url, service, resources = store
     view_file = tmp_path / "glucose.json"
     view_file.write_text(json.dumps(VIEW))
@@ -103,9 +107,9 @@ def test_the_command_and_a_recipient_sees_pseudonyms_only(store: Any, tmp_path: 
     write_recipients(tmp_path / "recipients.json", {"research": "research-key-123"})
     settings = Settings(db_url=url, deid_secret="materialize-test-secret-0123456789",
                         deid_recipients=str(tmp_path / "recipients.json"))  # fmt: skip
-    from fhir_server.deid.context import build_deid
+    from fhir_server.deid.context import build_release
 
-    deid = build_deid(service, settings)
+    deid = build_release(service, settings)
     engine = deid.recipients.engine("research")
     research = tmp_path / "research"
     done = Materializer(research, FacadeSource(StoreSource(service.storage), deid.facade, engine))
@@ -117,6 +121,13 @@ def test_the_command_and_a_recipient_sees_pseudonyms_only(store: Any, tmp_path: 
     assert [s for s in secrets if s in text] == []
     assert [t for t in times if t in text] == []
     assert len(_table(research)) == len(observations)
+
+    monkeypatch.setenv("DIATABASE_DEID_SECRET", settings.deid_secret)
+    by_command = tmp_path / "research-command"
+    assert main(["views", "materialize", "--db", url, "--out", str(by_command),
+                 "--view", str(view_file), "--recipient", "research",
+                 "--deid-recipients", settings.deid_recipients]) == 0  # fmt: skip
+    assert _table(by_command) == _table(research)  # the same pseudonyms and values
 
 
 def _java_available() -> str | None:

@@ -53,16 +53,18 @@ def cmd_materialize(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     source: Any = StoreSource(service.storage)
+    release = None
     if args.recipient:
         from dataclasses import replace
 
-        from fhir_server.deid.context import build_deid
+        from fhir_server.deid.context import build_release
 
         if args.deid_recipients:
             settings = replace(settings, deid_recipients=args.deid_recipients)
-        deid = build_deid(service, settings)
-        engine = deid.recipients.engine(args.recipient)
-        source = FacadeSource(source, deid.facade, engine)
+        # Reading through the facade only: no exports, so no job runner.
+        release = build_release(service, settings)
+        engine = release.recipients.engine(args.recipient)
+        source = FacadeSource(source, release.facade, engine)
     materializer = Materializer(args.out, source)
     try:
         for view in views:
@@ -72,5 +74,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
                   f"{done.seconds:.2f} s")  # fmt: skip
     finally:
         materializer.close()
+        if release is not None:
+            release.close()
         service.storage.close()
     return 0

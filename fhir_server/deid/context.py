@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from fhir_server.deid.facade import DeidFacade
 from fhir_server.deid.keys import DeidConfigError, master_secret, signing_key
 from fhir_server.deid.recipients import Recipients
 from fhir_server.deid.views import ViewStore, fingerprint, view_path
+from fhir_server.jobs import JobRunner
 from fhir_server.jobs.deid_export import DeidExports
 from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
 from fhir_server.storage.private_files import private_folder
 
 log = logging.getLogger("diatabase.deid")
+
+
+@dataclass
+class DeidRelease:
+    """What the facade releases and to whom: enough to read through it (the server, the
+    views materialiser), no exports and so no job runner."""
+
+    recipients: Recipients
+    facade: DeidFacade
+    views: dict[str, ViewStore] = field(default_factory=dict)
+    master: bytes = field(default=b"", repr=False)
+
+    def close(self) -> None:
+        for store in self.views.values():
+            store.close()
 
 
 @dataclass
@@ -30,8 +45,8 @@ class DeidContext:
             store.close()
 
 
-def build_deid(service: FhirService, settings: Settings, runner: Any) -> DeidContext:
-    """The facade, its recipients and their exports (a kind of job of `runner`)."""
+def build_release(service: FhirService, settings: Settings) -> DeidRelease:
+    """The recipients and the facade over `service` (with the view stores if configured)."""
     if not settings.deid_recipients:
         raise DeidConfigError("the de-identification facade needs a recipients file")
     master = master_secret(settings.deid_secret or None)
@@ -54,12 +69,17 @@ def build_deid(service: FhirService, settings: Settings, runner: Any) -> DeidCon
                     recipient_id,
                     store.path,
                 )
+    return DeidRelease(recipients, DeidFacade(service, views=views), views, master)
+
+
+def build_deid(service: FhirService, settings: Settings, runner: JobRunner) -> DeidContext:
+    """The facade, its recipients and their exports (a kind of job of `runner`)."""
+    release = build_release(service, settings)
     export_dir = settings.deid_export_dir or default_export_dir(settings.db_url)
     # Never a shared /tmp: the default lies beside the database, owner-only.
-    jobs = DeidExports(runner, service, recipients, signing_key(master), views,
-                       private_folder(export_dir))
-    facade = DeidFacade(service, views=views)
-    return DeidContext(recipients, facade, jobs, list(views.values()))
+    jobs = DeidExports(runner, service, release.recipients, signing_key(release.master),
+                       release.views, private_folder(export_dir))  # fmt: skip
+    return DeidContext(release.recipients, release.facade, jobs, list(release.views.values()))
 
 
 def default_export_dir(db_url: str) -> str:
