@@ -149,13 +149,16 @@ def raw_get(port: int, path_and_query: str) -> socket.socket:
     return sock
 
 
-def wait_until(condition: Callable[[], bool], seconds: float = 120, what: str = "") -> None:
-    """Poll `condition` until true; fail after `seconds` (generous: a busy CI machine)."""
+def wait_until(
+    condition: Callable[[], bool], seconds: float = 120, what: str = "", every: float = 0.05
+) -> None:
+    """Poll `condition` every `every` seconds until true; fail after `seconds` (generous:
+    a busy CI machine)."""
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or condition}")
-        time.sleep(0.05)
+        time.sleep(every)
 
 
 def wait_until_idle(server: ServedProcess, window: float = 0.5, seconds: float = 120) -> float:

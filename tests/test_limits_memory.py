@@ -8,10 +8,14 @@ good. Now a big Bundle is written as it is serialised (api/http.py), a client th
 none of it for Limits.send_seconds is disconnected (api/limits.py), and the server trims
 malloc's free memory when it goes idle (api/memory.py).
 
-Ceilings (generous, for a busy CI machine; measured on 2 cores: resting 245 MB, peak
-+180 MB, +115 MB once idle, most of it the page caches of the threadpool's SQLite reader
-connections, one per thread): the peak at most PEAK_CEILING_MB above the resting size, and
-the size once idle at most REST_CEILING_MB above it.
+Ceilings (generous, for a busy CI machine): the peak at most PEAK_CEILING_MB above the
+resting size; and, once the threadpool has retired the threads the burst started, the size
+at most REST_CEILING_MB above it. Measured on 2 cores: resting 375 MB, peak +215 to
++290 MB; right after the burst +185 to +240 MB, nearly all of it the page caches of the
+SQLite reader connections of the pool's threads (one a thread, up to 40 threads); once the
+pool retires them (idle for 10 s, on its next piece of work) +35 to +50 MB. The size right
+after the burst depends on how many threads the burst happened to start (CI saw +298 MB),
+so it is not what is asserted.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import pytest
 from tests.served import ServedProcess, raw_get, stored_database, wait_until, wait_until_idle
 
 PEAK_CEILING_MB = 700
-REST_CEILING_MB = 250
+REST_CEILING_MB = 200
 PAGE = "/Observation?_count=1000"
 CLIENTS = 50
 MB = 1024 * 1024
@@ -85,9 +89,22 @@ def test_a_burst_of_pages_and_readers_that_never_read(pages_db: Path) -> None:
         assert not failures, failures[:3]
         # the server closes the connections of the clients that never read
         wait_until(lambda: _sockets(server) <= idle_sockets, what="silent clients closed")
-        wait_until_idle(server)
-        peak, after = server.peak_rss_bytes(), server.rss_bytes()
         for sock in silent:
             sock.close()
-    assert peak - resting < PEAK_CEILING_MB * MB, f"peak +{(peak - resting) / MB:.0f} MB"
-    assert after - resting < REST_CEILING_MB * MB, f"idle +{(after - resting) / MB:.0f} MB"
+        peak = server.peak_rss_bytes()
+        assert peak - resting < PEAK_CEILING_MB * MB, f"peak +{(peak - resting) / MB:.0f} MB"
+        grown: list[int] = []
+
+        def back_near_resting() -> bool:
+            grown.append(server.rss_bytes() - resting)
+            if grown[-1] < REST_CEILING_MB * MB:
+                return True
+            # the pool retires a thread idle for 10 s only when it is given work; the
+            # polls are 2 s apart so that the server is idle long enough to trim between
+            httpx.get(server.url + "/Observation?_count=1", timeout=60).raise_for_status()
+            return False
+
+        try:
+            wait_until(back_near_resting, every=2.0)
+        except AssertionError:
+            raise AssertionError(f"idle +{grown[-1] / MB:.0f} MB after 120 s") from None
