@@ -33,6 +33,7 @@ from fhir_server.api.http import fhir_response
 from fhir_server.api.limits import RequestBudget
 from fhir_server.api.memory import MemoryTrim
 from fhir_server.api.metadata import build_metadata_router
+from fhir_server.api.nightscout import build_nightscout_router
 from fhir_server.api.rest import build_router, register_rest_operations
 from fhir_server.api.rights import build_rights_router, register_rights_operations
 from fhir_server.api.terminology import build_terminology_router, register_operations
@@ -171,6 +172,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.include_router(build_terminology_router())
     app.include_router(build_validate_router())
     app.include_router(build_convert_router())  # before the generic /{resource_type} routes
+    app.include_router(build_nightscout_router())
     app.include_router(build_bulk_router())
     app.include_router(build_cohort_router())
     app.include_router(build_rights_router())  # before the generic /{type}/{id} routes

@@ -394,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_rights_commands(sub)
     add_hold_commands(sub)
+
+    from fhir_server.ingest.nightscout_cli import add_commands as add_nightscout_commands
+
+    add_nightscout_commands(sub)
     return parser
 
 

@@ -59,7 +59,8 @@ METHOD_LETTERS = {"GET": "rs", "HEAD": "rs", "POST": "cruds", "PUT": "cruds",
 
 @dataclass(frozen=True, slots=True)
 class Requirement:
-    """`kind`: "public" (no check), "bundle" (a valid token here, each entry checked by
+    """`kind`: "public" (no check), "site" (a Nightscout site's secret, checked by its
+    handler, which sets the site's access), "bundle" (a valid token here, each entry checked by
     the handler), "owner" (a valid token, the handler serving the owner of the job asked
     about), "any" (some scope with `interaction`'s letter on some type), "check"
     (`interaction` on `resource_type`), or "unknown" (a route not described here: a scope
@@ -86,6 +87,10 @@ def classify(method: str, path: str) -> Requirement:
             return Requirement("any", interaction="s")  # narrowed to the types allowed
     elif parts[0] == "_history" and n == 1 and method == "GET":
         return Requirement("any", interaction="s")
+    elif parts[0] == "nightscout" and n >= 2:
+        # The Nightscout API authenticates its uploaders by their site's secret and gives
+        # them that site's patient only (api/nightscout.py).
+        return Requirement("site")
     elif parts[0] == "$convert" and n == 1 and method == "POST":
         return Requirement("any", interaction="c")  # stores nothing: any ingesting client
     elif parts[0] == "ui" and n >= 2 and parts[1] == "patients" and method in ("GET", "HEAD"):
@@ -166,7 +171,7 @@ def _typed(method: str, parts: list[str]) -> Requirement | None:
 
 def authorize(access: Access, requirement: Requirement) -> None:
     """Raise the FhirError to answer unless `access` meets `requirement` (401 / 403)."""
-    if requirement is PUBLIC:
+    if requirement is PUBLIC or requirement.kind == "site":
         return
     access.require_authenticated()
     if requirement.kind in ("bundle", "owner"):
