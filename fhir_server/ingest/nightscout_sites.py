@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fhir_server.storage.private_files import create_private_file
+
 MIN_SECRET = 12
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nightscout_sites (
@@ -45,8 +47,7 @@ class NightscoutSites:
         self.path = path
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        create_private_file(path)
         self._conn().executescript(SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
