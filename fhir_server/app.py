@@ -25,6 +25,7 @@ from fhir_server.api.analytics import (
 )
 from fhir_server.api.audit_http import AuditMiddleware
 from fhir_server.api.bulk import build_bulk_router, register_bulk_operations
+from fhir_server.api.cgm_submit import RECEIVER, SUBMIT_OPERATION, build_cgm_submit_router
 from fhir_server.api.clinical import build_clinical_router, register_clinical_operations
 from fhir_server.api.cohorts import build_cohort_router, register_cohort_operations
 from fhir_server.api.convert import CONVERT_OPERATION, build_convert_router
@@ -95,10 +96,10 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.add_middleware(MemoryTrim)
     # Operations for the CapabilityStatement: resource type (or "*" for system level) ->
     # [(name, OperationDefinition url)].
-    app.state.operations = {"*": [CONVERT_OPERATION]}
+    app.state.operations = {"*": [CONVERT_OPERATION, SUBMIT_OPERATION]}
     register_operations(app.state.operations)
     register_rest_operations(app.state.operations)
-    app.state.instantiates = []
+    app.state.instantiates = [RECEIVER]  # the HL7 CGM IG's data receiver ($submit-cgm-bundle)
     app.state.deid = deid
     app.state.jobs = jobs
     app.state.cohorts = cohorts
@@ -173,6 +174,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.include_router(build_validate_router())
     app.include_router(build_convert_router())  # before the generic /{resource_type} routes
     app.include_router(build_nightscout_router())
+    app.include_router(build_cgm_submit_router())
     app.include_router(build_bulk_router())
     app.include_router(build_cohort_router())
     app.include_router(build_rights_router())  # before the generic /{type}/{id} routes

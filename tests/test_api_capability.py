@@ -101,7 +101,9 @@ def test_supported_profiles_name_the_diabetes_profiles(
     for definition in diabetes:
         listed = resource_entry(statement, definition["type"]).get("supportedProfile", [])
         assert definition["url"] in listed, definition["url"]
-    assert "instantiates" not in statement  # no guide's statement is met in full yet
+    # the HL7 CGM IG data receiver ($submit-cgm-bundle)
+    assert statement["instantiates"] == [
+        "http://hl7.org/fhir/uv/cgm/CapabilityStatement/cgm-data-receiver"]
 
 
 def test_large_responses_are_gzipped_when_accepted(client: httpx.Client) -> None:

@@ -136,8 +136,8 @@ def capability_statement(request: Request) -> dict[str, Any]:
         "rest": [rest],
     }
     # Guides' own CapabilityStatements this server meets in full; a feature that makes the
-    # server meet one adds its canonical to `app.state.instantiates` (none does yet: the CGM
-    # IG's data receiver needs $submit-cgm-bundle, which this server does not have).
+    # server meet one adds its canonical to `app.state.instantiates` (the CGM IG's data
+    # receiver, with $submit-cgm-bundle: api/cgm_submit.py).
     instantiates = getattr(request.app.state, "instantiates", [])
     if instantiates:
         statement["instantiates"] = list(instantiates)

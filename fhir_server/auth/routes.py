@@ -91,6 +91,8 @@ def classify(method: str, path: str) -> Requirement:
         # The Nightscout API authenticates its uploaders by their site's secret and gives
         # them that site's patient only (api/nightscout.py).
         return Requirement("site")
+    elif parts[0] == "$submit-cgm-bundle" and n == 1 and method == "POST":
+        return Requirement("bundle")  # a transaction: each entry checked by the handler
     elif parts[0] == "$convert" and n == 1 and method == "POST":
         return Requirement("any", interaction="c")  # stores nothing: any ingesting client
     elif parts[0] == "ui" and n >= 2 and parts[1] == "patients" and method in ("GET", "HEAD"):
