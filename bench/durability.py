@@ -74,7 +74,8 @@ def measure(url: str, creates: int, bundles: int) -> dict[str, tuple[float, floa
         ]
         load = run_requests(url, requests, clients)
         if set(load.statuses) != {201}:
-            raise RuntimeError(f"creates answered {load.statuses}")
+            raise RuntimeError(f"creates answered {load.statuses}; the first error: "
+                               f"{load.first_error.decode(errors='replace')}")
         figures[f"creates x{clients}"] = (
             load.rate,
             percentile(load.latencies_ms, 50),
@@ -84,7 +85,8 @@ def measure(url: str, creates: int, bundles: int) -> dict[str, tuple[float, floa
     posts = [post_request(url, "/", bundle(i * BUNDLE_SIZE)) for i in range(bundles)]
     load = run_requests(url, posts, 2)
     if set(load.statuses) != {200}:
-        raise RuntimeError(f"Bundles answered {load.statuses}")
+        raise RuntimeError(f"Bundles answered {load.statuses}; the first error: "
+                               f"{load.first_error.decode(errors='replace')}")
     figures["bulk"] = (
         load.rate * BUNDLE_SIZE,
         percentile(load.latencies_ms, 50),

@@ -18,6 +18,8 @@ class LoadFigures:
     seconds: float
     latencies_ms: list[float]
     statuses: dict[int, int]
+    # the start of the first answer other than 2xx, so that a failed run says why
+    first_error: bytes = b""
 
     @property
     def rate(self) -> float:
@@ -46,7 +48,9 @@ def run_requests(url: str, requests: list[bytes], clients: int) -> LoadFigures:
 
 
 async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    request: bytes) -> int:
+                    request: bytes, errors: list[bytes] | None = None) -> int:
+    """Send `request`, read its answer; the status. The body of an answer other than 2xx
+    is appended to `errors` when given."""
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
@@ -57,12 +61,18 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
             length = int(line[15:])
         elif line.lower().replace(b" ", b"") == b"transfer-encoding:chunked":
             chunked = True  # a big Bundle, written as it is serialised
+    keep = errors is not None and not 200 <= status < 300
     if not chunked:
-        await reader.readexactly(length)
+        body = await reader.readexactly(length)
+        if keep:
+            errors.append(body[:500])
         return status
     while True:
         size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
-        await reader.readexactly(size + 2)  # the chunk and its CRLF
+        chunk = await reader.readexactly(size + 2)  # the chunk and its CRLF
+        if keep:
+            errors.append(chunk[:500])
+            keep = False
         if size == 0:
             return status
 
@@ -71,6 +81,7 @@ async def _run(url: str, requests: list[bytes], clients: int) -> LoadFigures:
     parts = urlsplit(url)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    errors: list[bytes] = []
     next_index = 0
 
     async def client() -> None:
@@ -81,7 +92,7 @@ async def _run(url: str, requests: list[bytes], clients: int) -> LoadFigures:
                 request = requests[next_index]
                 next_index += 1
                 started = time.perf_counter()
-                status = await exchange(reader, writer, request)
+                status = await exchange(reader, writer, request, errors if not errors else None)
                 latencies.append((time.perf_counter() - started) * 1000)
                 statuses[status] = statuses.get(status, 0) + 1
         finally:
@@ -89,7 +100,8 @@ async def _run(url: str, requests: list[bytes], clients: int) -> LoadFigures:
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
-    return LoadFigures(len(requests), time.perf_counter() - started, latencies, statuses)
+    return LoadFigures(len(requests), time.perf_counter() - started, latencies, statuses,
+                       errors[0] if errors else b"")
 
 
 def run_gets(url: str, targets: list[str], clients: int, extra_headers: str = "") -> LoadFigures:
@@ -102,4 +114,5 @@ def expect_ok(figures: LoadFigures, what: str) -> None:
     """A benchmark of failures measures nothing: refuse any answer but 200."""
     wrong = {status: n for status, n in figures.statuses.items() if status != 200}
     if wrong:
-        raise RuntimeError(f"{what}: answers other than 200: {wrong}")
+        raise RuntimeError(f"{what}: answers other than 200: {wrong}; the first: "
+                           f"{figures.first_error.decode(errors='replace')}")
