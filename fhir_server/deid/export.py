@@ -23,6 +23,7 @@ from fhir_server.deid.facade import served_types
 from fhir_server.deid.kanonymity import enforce
 from fhir_server.deid.signing import MANIFEST, sign
 from fhir_server.deid.views import ViewStore, pseudonymized
+from fhir_server.rights.withholding import Withholding
 from fhir_server.service.fhir import FhirService
 from fhir_server.storage.base import StoredResource, instant
 from fhir_server.storage.private_files import private_folder
@@ -66,12 +67,21 @@ def run_export(
     suppressed_rules = 0
     progress = on_progress or (lambda n: None)
 
+    # Objections to research use: patients objecting now are left out of the population
+    # (and of k-anonymity); every chunk is checked again as it is written, so an objection
+    # recorded while the export runs applies to the rest of it.
+    withholding = Withholding.of(service)
+    objected = 0
     patients: dict[str, dict[str, Any]] = {}
     if "Patient" in counts:
         for batch in _batches(service.storage.iter_current("Patient")):
-            for stored, body in zip(batch, _bodies(engine, views, batch), strict=True):
+            bodies = _bodies(engine, views, batch)
+            released = withholding.released(engine, bodies)
+            for stored, body, kept in zip(batch, bodies, released, strict=True):
                 if body is None:
                     suppressed_rules += 1
+                elif kept is None:
+                    objected += 1
                 else:
                     patients[stored.id] = orjson.loads(body)
             progress(len(batch))
@@ -97,11 +107,15 @@ def run_export(
                 if len(chunk) == CHUNK:
                     if should_stop is not None and should_stop():
                         raise ExportCancelled()
-                    size += _write(handle, digest, chunk)
-                    written += len(chunk)
+                    kept = [b for b in withholding.released(engine, chunk) if b is not None]
+                    objected += len(chunk) - len(kept)
+                    size += _write(handle, digest, kept)
+                    written += len(kept)
                     chunk = []
-            size += _write(handle, digest, chunk)
-            written += len(chunk)
+            kept = [b for b in withholding.released(engine, chunk) if b is not None]
+            objected += len(chunk) - len(kept)
+            size += _write(handle, digest, kept)
+            written += len(kept)
         if written == 0:
             path.unlink()
             continue
@@ -124,6 +138,7 @@ def run_export(
         "suppressedResources": {
             "byRules": suppressed_rules,
             "ofSuppressedPatients": skipped[0],
+            "byObjection": objected,
         },
         "durationSeconds": round(time.time() - started, 3),
     }

@@ -53,6 +53,7 @@ from fhir_server.deid.views import ViewStore, pseudonymized
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import error
 from fhir_server.model.resource_types import resource_types
+from fhir_server.rights.withholding import Withholding
 from fhir_server.search.compartment import compartment_clause, compartment_resource_types
 from fhir_server.search.errors import SearchError, UnsupportedModifier
 from fhir_server.search.fulltext import is_fulltext_clause
@@ -112,8 +113,12 @@ class TransformCache:
         max_entries: int = 50_000,
         views: Mapping[str, ViewStore] | None = None,
         load: Callable[[StoredResource], StoredResource | None] | None = None,
+        withholding: Withholding | None = None,
     ) -> None:
-        self._load = load  # the stored version of a resource given without its JSON
+        self._load = load
+        # Objections to research use: applied to every answer, after the cache (a cached
+        # body stays right; whether it may be released is decided on each call).
+        self._withholding = withholding  # the stored version of a resource given without its JSON
         self._entries: OrderedDict[tuple[str, str, str, int], bytes] = OrderedDict()
         self._max = max_entries
         self._lock = threading.Lock()
@@ -133,8 +138,17 @@ class TransformCache:
     def transform_many(
         self, engine: Deidentifier, resources: Sequence[StoredResource]
     ) -> list[bytes | None]:
-        """The pseudonymized JSON of each resource (None: suppressed by the rules, or gone).
-        A resource without its JSON (a keys-only search) is read when its view is missing."""
+        """The pseudonymized JSON of each resource (None: suppressed by the rules, gone, or
+        of a patient who objects to research use). A resource without its JSON (a keys-only
+        search) is read when its view is missing."""
+        out = self._transformed(engine, resources)
+        if self._withholding is None:
+            return out
+        return self._withholding.released(engine, out)
+
+    def _transformed(
+        self, engine: Deidentifier, resources: Sequence[StoredResource]
+    ) -> list[bytes | None]:
         recipient = engine.keys.recipient_id
         out: list[bytes | None] = [None] * len(resources)
         missing: list[int] = []
@@ -196,8 +210,12 @@ class DeidFacade:
         views: Mapping[str, ViewStore] | None = None,
     ) -> None:
         self.service = service
+        self.withholding = Withholding.of(service)
         self.cache = TransformCache(
-            cache_entries, views, lambda s: service.storage.vread(s.resource_type, s.id, s.version)
+            cache_entries,
+            views,
+            lambda s: service.storage.vread(s.resource_type, s.id, s.version),
+            self.withholding,
         )
         self._policies: dict[str, ViewPolicy] = {}
 
@@ -274,7 +292,9 @@ class DeidFacade:
             query, clauses=tuple(stored_clauses), result=replace(query.result, cursor=cursor)
         )
         count = min(query.result.count, self.service.settings.max_count)
-        if in_view:
+        # While patients object, every search runs as a view search: each candidate is
+        # checked on what is released, and totals are counted on it (never storage's).
+        if in_view or self.withholding.matcher(engine) is not None:
             view = _ViewMatcher(self, engine, policy)
             page, warnings = self._search_view(view, in_view, storage_query, count, cursor)
         else:
@@ -412,7 +432,8 @@ class DeidFacade:
     def everything(self, engine: Deidentifier, pseudonym: str, base: str) -> FacadeAnswer:
         real = engine.pseudonyms.real_id("Patient", pseudonym)
         stored = self.service.storage.read("Patient", real) if real else None
-        if stored is None or stored.deleted:
+        served = stored is not None and not stored.deleted
+        if not served or self.cache.transform_many(engine, [stored])[0] is None:
             raise error(404, "not-found", f"Patient/{pseudonym} is not known")
         assert real is not None
         registry = self.service.registry
@@ -517,6 +538,8 @@ class _ViewMatcher:
         self._entries: dict[tuple[Any, ...], list[IndexEntry] | None] = {}
 
     def matches_all(self, criteria: list[Criterion], stored: StoredResource, rtype: str) -> bool:
+        if not criteria:  # served at all (not withheld by the rules or an objection)
+            return self.view_entries(stored, frozenset()) is not None
         return all(self.matches(c, stored, rtype) for c in criteria)
 
     def matches(self, criterion: Any, stored: StoredResource, rtype: str) -> bool:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fhir_server.deid.engine import Deidentifier, Suppressed
+from fhir_server.rights.withholding import Withholding
 from fhir_server.service.fhir import FhirService
 from fhir_server.storage.base import StoredResource
 from fhir_server.storage.private_files import create_private_file, private_folder
@@ -186,6 +187,24 @@ class ViewStore:
     def count(self) -> int:
         return self._conn().execute("SELECT count(*) FROM views").fetchone()[0]
 
+    # -- objections to research use ---------------------------------------------------------
+
+    def withhold(self, signature: str, withholds: Callable[[bytes], bool] | None) -> int:
+        """When the objections changed since the last call (their `signature`), delete the
+        rows `withholds` matches (rows of objecting patients); how many were deleted."""
+        if self._state("objections") == signature:
+            return 0
+        conn = self._conn()
+        doomed = []
+        if withholds is not None:
+            for rowid, body in conn.execute("SELECT rowid, json FROM views WHERE json NOT NULL"):
+                if withholds(body):
+                    doomed.append((rowid,))
+        with conn:
+            conn.executemany("DELETE FROM views WHERE rowid=?", doomed)
+            conn.execute("INSERT OR REPLACE INTO state VALUES ('objections', ?)", (signature,))
+        return len(doomed)
+
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
@@ -230,10 +249,24 @@ class RefreshReport:
 
 
 def _rows(
-    engine: Deidentifier, resources: Sequence[StoredResource]
+    engine: Deidentifier, resources: Sequence[StoredResource], withholding: Withholding
 ) -> list[tuple[str, str, int, bytes | None]]:
+    """Rows to store: what objections withhold is left out (no row: served by the engine,
+    and so checked again, once the objection is withdrawn)."""
     bodies = pseudonymized(engine, {}, resources)
-    return [(s.resource_type, s.id, s.version, b) for s, b in zip(resources, bodies, strict=True)]
+    released = withholding.released(engine, bodies)
+    return [
+        (s.resource_type, s.id, s.version, b)
+        for s, b, kept in zip(resources, bodies, released, strict=True)
+        if b is None or kept is not None
+    ]
+
+
+def _withhold_rows(withholding: Withholding, engine: Deidentifier, store: ViewStore) -> int:
+    """Rows of patients who objected since the store last looked are deleted."""
+    objections = withholding.current()
+    matcher = withholding.matcher(engine, objections)
+    return store.withhold(repr(objections.signature), matcher.withholds if matcher else None)
 
 
 def fill(
@@ -252,6 +285,8 @@ def fill(
     started, cpu = time.perf_counter(), time.process_time()
     begun_at = time.time()
     store.reset_if_foreign()
+    withholding = Withholding.of(service)
+    report.removed += _withhold_rows(withholding, engine, store)
     for rtype in types:
         store.start_sweep()
         batch: list[StoredResource] = []
@@ -260,9 +295,9 @@ def fill(
                 continue
             batch.append(stored)
             if len(batch) == BATCH:
-                _fill_batch(engine, store, rtype, batch, report, progress)
+                _fill_batch(engine, store, rtype, batch, report, progress, withholding)
                 batch = []
-        _fill_batch(engine, store, rtype, batch, report, progress)
+        _fill_batch(engine, store, rtype, batch, report, progress, withholding)
         report.removed += store.sweep(rtype)
     store.set_mark(begun_at)
     report.seconds = time.perf_counter() - started
@@ -277,13 +312,14 @@ def _fill_batch(
     batch: list[StoredResource],
     report: RefreshReport,
     progress: Callable[[int], None] | None,
+    withholding: Withholding,
 ) -> None:
     if not batch:
         return
     ids = [s.id for s in batch]
     store.seen(ids)
     have = store.versions(rtype, ids)
-    rows = _rows(engine, [s for s in batch if have.get(s.id) != s.version])
+    rows = _rows(engine, [s for s in batch if have.get(s.id) != s.version], withholding)
     if rows:
         store.write(rows)
     report.checked += len(batch)
@@ -302,6 +338,8 @@ def follow(
     mark = store.mark()
     if mark is None or not store.usable():
         raise RuntimeError(f"{store.path}: fill the view store before following")
+    withholding = Withholding.of(service)
+    report.removed += _withhold_rows(withholding, engine, store)
     wanted = set(types)
     newest = mark
     seen: set[tuple[str, str]] = set()
@@ -321,7 +359,9 @@ def follow(
             seen.add(key)
         current = [s for s in latest if not (s.deleted or s.json is None)]
         have = store.lookup(current)
-        rows = _rows(engine, [s for s in current if (s.resource_type, s.id) not in have])
+        rows = _rows(
+            engine, [s for s in current if (s.resource_type, s.id) not in have], withholding
+        )
         gone = [(s.resource_type, s.id) for s in latest if s.deleted or s.json is None]
         report.removed += store.write(rows, gone)
         report.written += len(rows)
