@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     register_cohort_operations(app.state.operations)
     register_rights_operations(app.state.operations)
     app.state.erasure = _build_erasure(service, settings, jobs)
+    app.state.transparency = _build_transparency(service, settings, deid, jobs)
     install_auth(app, settings)
     # Added after (so outside) authorization. Responses of 1 KiB and more are gzipped for
     # clients that accept it (level 6 costs half of level 9's time for 1 % more bytes);
@@ -214,6 +215,12 @@ def _build_erasure(service: FhirService, settings: Settings, jobs: Any) -> Any:
         service, Holds(holds_path(settings)), jobs.store, settings.deid_views or None,
         default_jobs_dir(settings) / "cohorts.db",
     )
+
+
+def _build_transparency(service: FhirService, settings: Settings, deid: Any, jobs: Any) -> Any:
+    from fhir_server.rights.transparency import Transparency
+
+    return Transparency(service, deid, jobs.store, settings.transparency_refresh_seconds)
 
 
 def _build_cohorts(service: FhirService, settings: Settings) -> Any:

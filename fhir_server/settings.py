@@ -96,6 +96,8 @@ class Settings:
     # Folders whose files `$import` may read by file:// URL (the operator's choice; none by
     # default: clients then send https URLs or upload the files).
     import_dirs: tuple[str, ...] = field(default_factory=tuple)
+    # The public transparency figures are computed again at most this often (seconds).
+    transparency_refresh_seconds: int = 300
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -142,6 +144,7 @@ class Settings:
             "import_dirs": tuple(
                 d for d in os.environ.get("DIATABASE_IMPORT_DIRS", "").split(os.pathsep) if d
             ),
+            "transparency_refresh_seconds": _env_int("DIATABASE_TRANSPARENCY_REFRESH", 300),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["unknown_profiles"] not in ("warn", "reject"):

@@ -26,6 +26,8 @@ PUBLIC_PATHS = frozenset(
         "/_docs",
         "/_docs/oauth2-redirect",
         "/_openapi.json",
+        "/transparency",  # the public transparency page (rights/transparency.py)
+        "/transparency.json",
     }
 )
 PUBLIC_PREFIXES = ("/deid/",)

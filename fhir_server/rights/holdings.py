@@ -1,0 +1,48 @@
+"""What the warehouse holds, by source (`meta.source`), month (of each resource's last
+update) and type: counts of current resources, read from the store in one grouped query per
+backend (SQLite: the resources table joined to the `_source` index rows; MongoDB: one
+aggregation per type collection). Nothing is read of the resources' JSON."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+UNSPECIFIED = ""  # resources without meta.source
+
+# (source, month "YYYY-MM", resource type) -> current resources
+Holdings = dict[tuple[str, str, str], int]
+
+
+def holdings(backend: Any) -> Holdings:
+    if hasattr(backend, "_writer"):
+        return _sqlite(backend)
+    return _mongo(backend)
+
+
+def _sqlite(backend: Any) -> Holdings:
+    rows = backend._reader().execute(
+        "SELECT coalesce(u.value, ''), strftime('%Y-%m', r.last_updated, 'unixepoch'), "
+        "r.type, count(*) FROM resources r "
+        "LEFT JOIN idx_uri u ON u.pk = r.pk AND u.pid IN "
+        "(SELECT pid FROM search_params WHERE code = '_source') "
+        "WHERE r.deleted = 0 GROUP BY 1, 2, 3"
+    )
+    return {(source, month, rtype): count for source, month, rtype, count in rows}
+
+
+def _mongo(backend: Any) -> Holdings:
+    found: Holdings = defaultdict(int)
+    pipeline = [
+        {"$match": {"del": False}},
+        {"$project": {"lu": 1, "src": {"$filter": {
+            "input": {"$ifNull": ["$idx.uri", []]}, "as": "u",
+            "cond": {"$eq": ["$$u.p", "_source"]}}}}},
+        {"$group": {"_id": {"m": {"$dateToString": {
+            "format": "%Y-%m", "date": {"$toDate": {"$multiply": ["$lu", 1000]}}}},
+            "s": {"$first": "$src.v"}}, "n": {"$sum": 1}}},
+    ]
+    for rtype in backend.resource_types():
+        for row in backend.collection(rtype).aggregate(pipeline):
+            found[(row["_id"].get("s") or UNSPECIFIED, row["_id"]["m"], rtype)] += row["n"]
+    return dict(found)
