@@ -160,7 +160,8 @@ class Transparency:
 def _holdings(held: Holdings) -> dict[str, Any]:
     by_source: dict[str, dict[str, list[int]]] = defaultdict(dict)
     for (source, month, rtype), count in held.items():
-        cell = by_source[source].setdefault(month, [0, 0])
+        # meta.source is `system#request` by convention: the system is the source
+        cell = by_source[source.split("#", 1)[0]].setdefault(month, [0, 0])
         cell[0] += count
         if rtype == "Patient":
             cell[1] += count
