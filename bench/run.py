@@ -34,12 +34,12 @@ from pathlib import Path
 
 from bench.common import SIZES, Result, print_table
 
-# Order matters: `population` loads the generated data that `read`, `export` and `deid` reuse,
-# so these four run in one process; every other module runs in its own, so that each peak
+# Order matters: `population` loads the generated data that `read`, `export`, `deid` and
+# `rights` reuse, so these run in one process; every other module runs in its own, so that each peak
 # RSS is that benchmark's own. Modules that are not there are skipped with a note.
 GROUPS = (
     ("generate",),
-    ("population", "read", "export", "deid"),
+    ("population", "read", "export", "deid", "rights"),
     ("search",),
     ("ingest",),
     ("durability",),

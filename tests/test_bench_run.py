@@ -38,6 +38,8 @@ ROW_NAMES = {
     "mappers_hl7": ["hl7v2 map", "hl7v2 mllp"],
     "mappers_csv": ["csv map"],
     "compression": ["compression metadata", "compression search 100"],
+    "rights": ["rights transparency", "rights objection check",
+               "rights updates secure_delete on", "rights updates secure_delete off"],
     "auth": ["auth validate RS256", "auth validate ES256", "auth validate cached",
              "auth read insecure-dev", "auth read token", "auth read patient token"],
 }
