@@ -23,6 +23,9 @@ Why each default is what it is:
 - `search_seconds`: a search, read, history, `$everything` or operation past this is stopped
   (400 `too-costly`). `write_seconds`: the same for writes and Bundles, which may
   legitimately take long (a 90-day CGM import is one transaction of 27,000 resources).
+- `job_seconds`: a background job (bulk export or import, de-identified export) is stopped
+  past this and fails, naming it. A job is long by nature (an export of a national cohort
+  takes hours), so the default is a day; it is there so that no job runs forever.
 - `total_count_seconds`: `_total=accurate` counts for at most this long; past it the Bundle
   has no total (R4 lets a server leave it out) and says so in an outcome entry.
 - `send_seconds`, `receive_seconds`: a client that takes no part of its answer, or sends no
@@ -54,6 +57,7 @@ class Limits:
     # time
     search_seconds: float = 10.0
     write_seconds: float = 300.0
+    job_seconds: float = 86400.0
     total_count_seconds: float = 2.0
     shutdown_grace_seconds: float = 2.0
     # slow clients: a body chunk must arrive, and a response chunk be taken, within these

@@ -9,6 +9,11 @@ the start by the next process, in a fresh folder). Jobs whose process died (kill
 power cut) are found by the sweeper and queued again. The sweeper also deletes the files
 and records of jobs past their retention, and of cancelled jobs.
 
+Each job runs under a time budget of its own (storage/budget.py; Limits.job_seconds): past
+it the job fails, naming the limit. The budget is also stopped when the job is cancelled in
+this process or the server stops, so that a long statement (a costly `_typeFilter`) is
+interrupted at once instead of running to its end before the next progress report.
+
 Each job runs under the visibility of the request that started it (`visible_as`), so a
 patient-context token's export holds only its patient's data, and under an audit
 activity of its own (door "jobs"), so what it read or wrote is in the trail with who
@@ -30,6 +35,8 @@ from typing import Any
 from fhir_server.audit import Activity, Agent
 from fhir_server.jobs.store import CANCELLED, Job, JobStore, Owner, runner_name
 from fhir_server.search.visibility import Visibility, visible_as
+from fhir_server.storage import budget
+from fhir_server.storage.budget import Budget, BudgetExceeded
 from fhir_server.storage.private_files import private_folder
 
 log = logging.getLogger("diatabase.jobs")
@@ -103,8 +110,10 @@ class JobRunner:
         workers: int = 2,
         retention: float = 86400.0,
         trail: Any = None,
+        seconds: float | None = None,
     ) -> None:
         self.store = store
+        self.seconds = seconds  # each job's time budget (None: unbounded)
         self.workers = max(0, workers)  # 0: this process accepts jobs, others run them
         self.retention = retention
         self.trail = trail
@@ -114,6 +123,7 @@ class JobRunner:
         self._wake = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._running: dict[str, threading.Event] = {}  # job id -> set when it let go
+        self._budgets: dict[str, Budget] = {}  # job id -> its budget, while it runs here
         # The sweeper looks at least this often (a short retention is honoured promptly).
         self.sweep_every = max(0.5, min(60.0, retention / 2))
 
@@ -138,6 +148,8 @@ class JobRunner:
         """Stop taking jobs; running ones stop at their next progress report and go back
         to the queue, to be run again by the next process."""
         self.stopping.set()
+        for running in list(self._budgets.values()):
+            running.stop(budget.SHUTDOWN)  # interrupts their statements
         with self._wake:
             self._wake.notify_all()
         deadline = time.monotonic() + timeout
@@ -169,6 +181,9 @@ class JobRunner:
         file appears after the answer); True when there was such a job."""
         if not self.store.cancel(job_id):
             return False
+        running = self._budgets.get(job_id)
+        if running is not None:
+            running.stop(budget.CANCELLED)
         released = self._running.get(job_id)
         if released is not None:
             released.wait(wait)
@@ -194,33 +209,43 @@ class JobRunner:
     def _run(self, job: Job) -> None:
         released = threading.Event()
         self._running[job.id] = released
+        spent = self._budgets[job.id] = Budget(self.seconds, "job_seconds")
+        if self.stopping.is_set():
+            spent.stop(budget.SHUTDOWN)
         kind = self.kinds[job.kind]
         activity = self._activity(job, kind)
         try:
             with visible_as(job.visibility), self._audited(activity):
                 context = JobContext(job, self, activity)
                 try:
-                    result = kind.handler(context)
-                except JobStopped as stopped:
-                    if activity is not None:
-                        activity.outcome_text = f"job {stopped.reason}"
-                    if stopped.reason == "shutdown":
-                        self.store.requeue(job.id)
-                    else:
-                        self._discard(job)
-                    return
+                    with budget.scope(spent):
+                        result = kind.handler(context)
                 except Exception as exc:
-                    log.exception("job %s (%s) failed", job.id, job.kind)
+                    reason = stop_reason(exc, spent)
+                    if reason in ("shutdown", "cancelled"):
+                        if activity is not None:
+                            activity.outcome_text = f"job {reason}"
+                        if reason == "shutdown":
+                            self.store.requeue(job.id)
+                        else:
+                            self._discard(job)
+                        return
+                    if reason is None:
+                        log.exception("job %s (%s) failed", job.id, job.kind)
+                        message = f"{kind.describe} failed: {exc}"
+                    else:  # past its budget
+                        message = f"{kind.describe} failed: {BudgetExceeded(spent).message}"
                     if activity is not None:
                         activity.outcome = "8"
                         activity.outcome_text = f"job failed: {type(exc).__name__}"
-                    self.store.fail(job.id, f"{kind.describe} failed: {exc}", self.retention)
+                    self.store.fail(job.id, message, self.retention)
                     return
                 if not self.store.progress(job.id, context.done, context.total, None):
                     self._discard(job)  # cancelled at the last moment: no files remain
                     return
                 self.store.complete(job.id, result, self.retention)
         finally:
+            self._budgets.pop(job.id, None)
             self._running.pop(job.id, None)
             released.set()
 
@@ -268,6 +293,17 @@ class JobRunner:
             if isinstance(item, dict) and item.get("path"):  # an upload waiting for the job
                 Path(item["path"]).unlink(missing_ok=True)
         self.store.delete(job.id)
+
+
+def stop_reason(exc: Exception, spent: Budget) -> str | None:
+    """Why a job's handler raised `exc`: "shutdown" or "cancelled" (it was told to stop),
+    "deadline" (past its budget), or None (it failed). A stopped budget may surface as
+    another error (an interrupted statement outside the storage methods that translate it)."""
+    if isinstance(exc, JobStopped):
+        return exc.reason
+    if isinstance(exc, BudgetExceeded) or spent.exhausted():
+        return spent.reason or budget.DEADLINE
+    return None
 
 
 def fresh_folder(path: Path) -> Path:

@@ -16,7 +16,7 @@ def build_runner(service: Any, settings: Any, members: MemberSource) -> JobRunne
 
     store = JobStore(default_jobs_dir(settings))
     runner = JobRunner(store, settings.jobs_workers, float(settings.jobs_retention),
-                       service.audit)
+                       service.audit, settings.limits.job_seconds)
 
     def export(context: JobContext) -> dict[str, Any]:
         return run_export(context, service, members)

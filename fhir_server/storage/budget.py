@@ -9,7 +9,8 @@ and `interrupt()` on the writer (sqlite_budget.py), MongoDB through `maxTimeMS` 
 operation (pymongo's timeout). Python loops that run long (Bundle entries, include rounds)
 call `check()`.
 
-Work outside a request (the CLI, jobs) has no budget unless it opens one with `scope`.
+Work outside a request has no budget unless it opens one with `scope`: the job runner gives
+each job one (Limits.job_seconds), stopped too when the job is cancelled or the server stops.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ DEADLINE = "deadline"
 DISCONNECTED = "disconnected"
 SHUTDOWN = "shutdown"
 SLOW_CLIENT = "slow-client"
+CANCELLED = "cancelled"
 
 
 class BudgetExceeded(Exception):
@@ -43,6 +45,8 @@ class BudgetExceeded(Exception):
             return "The client disconnected: the request was stopped"
         if self.reason == SLOW_CLIENT:
             return "The client sent its request too slowly: the request was stopped"
+        if self.reason == CANCELLED:
+            return "The job was cancelled"
         return (
             f"The request took longer than its budget of {self.seconds:g} s and was stopped "
             f"(limit {self.limit}): narrow it down"
