@@ -40,6 +40,7 @@ from fhir_server.api.rights import build_rights_router, register_rights_operatio
 from fhir_server.api.terminology import build_terminology_router, register_operations
 from fhir_server.api.ui import build_ui_router
 from fhir_server.api.validate import build_validate_router, register_validate_operation
+from fhir_server.api.view_export import build_view_export_router, register_view_export_operation
 from fhir_server.auth import install_auth
 from fhir_server.gc_tuning import tune_for_server
 from fhir_server.model.outcome import FhirError, Issue, outcome
@@ -167,6 +168,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     register_validate_operation(app)
     register_clinical_operations(app)
     register_analytics_operations(app)
+    register_view_export_operation(app)
     register_measure_operations(app)
     app.include_router(build_metadata_router())
     # Before the generic /{type}/{id} routes, which would take `$lookup` or `$validate`
@@ -182,6 +184,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.include_router(build_clinical_router())
     app.include_router(build_ui_router())
     app.include_router(build_analytics_router())
+    app.include_router(build_view_export_router())
     app.include_router(build_measure_router())
     app.include_router(build_router())
     return app

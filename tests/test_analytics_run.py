@@ -1,7 +1,8 @@
 """`ViewDefinition/$run` over HTTP on a real server (uvicorn + SQLite): stored and inline
 views, every output format, the de-identified facade (a scan of the outputs for the
 patients' names, identifiers and unshifted dates), a patient-context token limited to its
-patient's rows, and ViewDefinition stored and validated as a resource."""
+patient's rows, ViewDefinition stored and validated as a resource, and
+`$viewdefinition-export` as a job."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 
 from fhir_server.settings import Settings
 from tests.auth_tokens import TestIssuer, bearer
+from tests.bulk_client import kick_off, wait
 from tests.conftest import RunningServer, database_url
 from tests.deid_data import french_patients, secrets_of, transaction, write_recipients
 
@@ -248,3 +250,86 @@ def test_run_needs_search_on_the_type_the_view_reads(
             ).status_code
             == 401
         )
+
+
+def _exported(http: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, bytes]:
+    """Kick off a `$viewdefinition-export`, follow it to its result, read its files."""
+    started = kick_off(http, path, body=body)
+    assert started.status_code == 202, started.text
+    status_url = started.headers["content-location"]
+    assert started.json()["parameter"][0] == {"name": "exportId",
+                                              "valueString": status_url.rsplit("/", 1)[1]}
+    done = wait(http, status_url)
+    assert done.status_code == 303, done.text
+    result = http.get(done.headers["location"])
+    assert result.status_code == 200 and result.headers["expires"]
+    files = {}
+    for output in (p for p in result.json()["parameter"] if p["name"] == "output"):
+        parts = {part["name"]: next(v for k, v in part.items() if k.startswith("value"))
+                 for part in output["part"]}  # fmt: skip
+        files[parts["name"]] = http.get(parts["location"]).content
+    return files
+
+
+def _view_part(name: str, **view: Any) -> dict[str, Any]:
+    return {"name": "view", "part": [{"name": "name", "valueString": name},
+                                     *({"name": k, **v} for k, v in view.items())]}  # fmt: skip
+
+
+def test_view_export_runs_as_a_job(http: httpx.Client, stored_views: dict[str, str]) -> None:
+    """Long runs go through the job store: two views (inline, and stored by reference)
+    into CSV files, and one stored view by id into Parquet."""
+    body = {"resourceType": "Parameters", "parameter": [
+        _view_part("glucose", viewResource={"resource": GLUCOSE_VIEW}),
+        _view_part("people", viewReference={
+            "valueReference": {"reference": f"ViewDefinition/{stored_views['patients']}"}}),
+        {"name": "_format", "valueCode": "csv"},
+        {"name": "clientTrackingId", "valueString": "nightly-1"}]}  # fmt: skip
+    files = _exported(http, "/ViewDefinition/$viewdefinition-export", body)
+    glucose = list(csv.DictReader(io.StringIO(files["glucose"].decode())))
+    assert {r["id"]: float(r["value"]) for r in glucose} == {
+        o["id"]: o["valueQuantity"]["value"] for o in OBSERVATIONS}  # fmt: skip
+    people = list(csv.DictReader(io.StringIO(files["people"].decode())))
+    patients = {r["id"] for r in PATIENTS if r["resourceType"] == "Patient"}
+    assert {r["id"] for r in people} == patients
+
+    by_id = _exported(http, f"/ViewDefinition/{stored_views['glucose_readings']}"
+                      "/$viewdefinition-export", {"resourceType": "Parameters", "parameter": [
+                          {"name": "_format", "valueCode": "parquet"}]})  # fmt: skip
+    table = pq.read_table(io.BytesIO(by_id["glucose_readings"]))
+    assert table.num_rows == len(OBSERVATIONS)
+
+    synchronous = http.post("/ViewDefinition/$viewdefinition-export", json=body)
+    assert synchronous.status_code == 400  # no Prefer: respond-async
+    no_view = kick_off(http, "/ViewDefinition/$viewdefinition-export",
+                       body={"resourceType": "Parameters", "parameter": []})  # fmt: skip
+    assert no_view.status_code == 400 and no_view.json()["resourceType"] == "OperationOutcome"
+    # the later editions' name of $run is the same operation
+    alias = http.get(f"/ViewDefinition/{stored_views['glucose_readings']}/$viewdefinition-run",
+                     params={"_format": "ndjson"})  # fmt: skip
+    assert len(alias.text.splitlines()) == len(OBSERVATIONS)
+
+
+def test_view_export_of_a_patient_context_token_holds_its_patient_only(
+    closed: tuple[RunningServer, TestIssuer],
+) -> None:
+    """The job runs under the kick-off token's visibility; another client cannot see it."""
+    server, issuer = closed
+    patient = PATIENTS[0]["id"]
+    token = issuer.token(server.url, "launch/patient patient/*.rs", patient=patient)
+    body = {"resourceType": "Parameters", "parameter": [
+        _view_part("glucose", viewResource={"resource": GLUCOSE_VIEW}),
+        {"name": "_format", "valueCode": "ndjson"}]}  # fmt: skip
+    with httpx.Client(base_url=server.url, timeout=60, headers=bearer(token)) as h:
+        files = _exported(h, "/ViewDefinition/$viewdefinition-export", body)
+        status_url = kick_off(h, "/ViewDefinition/$viewdefinition-export",
+                              body=body).headers["content-location"]  # fmt: skip
+    rows = [json.loads(line) for line in files["glucose"].splitlines()]
+    mine = [o for o in OBSERVATIONS if o["subject"]["reference"] == f"Patient/{patient}"]
+    assert rows and {r["patient"] for r in rows} == {patient} and len(rows) == len(mine)
+    other = issuer.token(server.url, "system/*.rs", client_id="another-client")
+    assert httpx.get(status_url, headers=bearer(other), timeout=60).status_code == 404
+    refused = issuer.token(server.url, "user/Patient.rs")
+    with httpx.Client(base_url=server.url, timeout=60, headers=bearer(refused)) as h:
+        assert kick_off(h, "/ViewDefinition/$viewdefinition-export",
+                        body=body).status_code == 403  # fmt: skip

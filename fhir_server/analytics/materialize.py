@@ -105,9 +105,7 @@ class FacadeSource:
         ids = self.store.changed_ids(rtype, since)
         stored = [self.store.storage.read(rtype, rid) for rid in sorted(ids)]
         live = [s for s in stored if s is not None and not s.deleted]
-        bodies = self.facade.cache.transform_many(self.engine, live)
-        current = [(self._key(rtype, s.id), orjson.loads(b))
-                   for s, b in zip(live, bodies, strict=True) if b is not None]  # fmt: skip
+        current = [(r.get("id", ""), r) for r in self.facade.release(self.engine, live)]
         return {self._key(rtype, rid) for rid in ids}, current
 
 

@@ -4,6 +4,7 @@ de-identified facade (`/deid/ViewDefinition/$run`).
 - `GET|POST /ViewDefinition/$run`: the view inline (`viewResource`, POST) or by
   `viewReference`; the data inline (`resource` parameters) or from the store.
 - `GET|POST /ViewDefinition/{id}/$run`: a stored view.
+- `$viewdefinition-run`, the later editions' name, is the same operation.
 - Parameters: `_format` (csv, ndjson, json, parquet; or the Accept header), `header`
   (CSV), `patient`, `_limit`, `_since`.
 
@@ -48,13 +49,17 @@ from fhir_server.search.visibility import current_visibility, visible_as
 log = logging.getLogger("diatabase.analytics")
 
 RUN_OPERATION = ("run", "https://sql-on-fhir.org/ig/OperationDefinition/ViewDefinition-run")
+# The name the later editions of the guide give $run: the same operation.
+RUN_ALIAS = ("viewdefinition-run", "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-run")
+RUN_NAMES = ("$run", "$viewdefinition-run")
 _END = object()
 
 
 def register_analytics_operations(app: FastAPI) -> None:
     entries = app.state.operations.setdefault(VIEW_TYPE, [])
-    if RUN_OPERATION not in entries:
-        entries.append(RUN_OPERATION)
+    for operation in (RUN_OPERATION, RUN_ALIAS):
+        if operation not in entries:
+            entries.append(operation)
 
 
 async def _parameters(request: Request) -> Any:
@@ -201,8 +206,9 @@ def build_analytics_router() -> APIRouter:
     async def endpoint(request: Request, view_id: str | None = None) -> Response:
         return await run(request, view_id)
 
-    for path in ("/ViewDefinition/$run", "/ViewDefinition/{view_id}/$run"):
-        router.add_api_route(path, endpoint, methods=["GET", "POST"])
+    for name in RUN_NAMES:
+        for path in (f"/ViewDefinition/{name}", f"/ViewDefinition/{{view_id}}/{name}"):
+            router.add_api_route(path, endpoint, methods=["GET", "POST"])
     return router
 
 
@@ -252,8 +258,10 @@ def build_deid_analytics_router() -> APIRouter:
     async def endpoint(request: Request, view_id: str | None = None) -> Response:
         return await run(request, view_id)
 
-    for path in (f"{PREFIX}/ViewDefinition/$run", f"{PREFIX}/ViewDefinition/{{view_id}}/$run"):
-        router.add_api_route(path, endpoint, methods=["GET", "POST"])
+    for name in RUN_NAMES:
+        for path in (f"{PREFIX}/ViewDefinition/{name}",
+                     f"{PREFIX}/ViewDefinition/{{view_id}}/{name}"):  # fmt: skip
+            router.add_api_route(path, endpoint, methods=["GET", "POST"])
     return router
 
 

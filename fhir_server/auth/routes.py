@@ -53,7 +53,10 @@ OPERATIONS = {
 PATIENT_OBSERVATION_OPERATIONS = frozenset({"cgm-metrics", "agp"})
 VIEW_DEFINITION = "ViewDefinition"  # SQL on FHIR: `$run` (api/analytics.py)
 # Status and files of asynchronous jobs (fhir_server/jobs/): for their owner only.
-JOB_PATHS = frozenset({"$export-status", "$export-file", "$import-status", "$import-file"})
+JOB_PATHS = frozenset({"$export-status", "$export-file", "$import-status", "$import-file",
+                       "$viewdefinition-export-status", "$viewdefinition-export-result",
+                       "$viewdefinition-export-file"})
+VIEW_RUNS = frozenset({"$run", "$viewdefinition-run", "$viewdefinition-export"})
 # Unknown routes: the method's letters on every type.
 METHOD_LETTERS = {"GET": "rs", "HEAD": "rs", "POST": "cruds", "PUT": "cruds",
                   "PATCH": "cruds", "DELETE": "cruds"}
@@ -126,11 +129,11 @@ def _typed(method: str, parts: list[str]) -> Requirement | None:
         return Requirement("check", rtype, "search-type")
     if n == 2 and second == "_history" and method == "GET":
         return Requirement("check", rtype, "history-type")
-    if rtype == VIEW_DEFINITION and second == "$run" and n == 2:
+    if rtype == VIEW_DEFINITION and second in VIEW_RUNS and n == 2:
         # the view may read any type, or only inline data: the handler requires search
         # on the type it reads
         return Requirement("any", interaction="s")
-    if rtype == VIEW_DEFINITION and n == 3 and parts[2] == "$run":
+    if rtype == VIEW_DEFINITION and n == 3 and parts[2] in VIEW_RUNS:
         return Requirement("check", rtype, "read")  # and search on its type, as above
     if second == "$export" and n == 2 and rtype == "Patient" and method in ("GET", "POST"):
         # Patient-level export: each type is checked by the handler, and a patient-context

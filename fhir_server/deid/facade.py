@@ -231,10 +231,18 @@ class DeidFacade:
         for stored in self.service.storage.iter_current(rtype):
             pending.append(stored)
             if len(pending) >= batch:
-                yield from _loaded(self.cache.transform_many(engine, pending))
+                yield from self.release(engine, pending)
                 pending = []
         if pending:
-            yield from _loaded(self.cache.transform_many(engine, pending))
+            yield from self.release(engine, pending)
+
+    def release(self, engine: Deidentifier, stored: list[StoredResource]
+                ) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """These current resources as this recipient is given them, what the rules
+        suppress left out: the one decision research tables go through (`released`, and
+        the materialiser's increments), so a rule about what a recipient may see holds
+        for them too."""
+        return _loaded(self.cache.transform_many(engine, stored))
 
     def _policy(self, engine: Deidentifier) -> ViewPolicy:
         """One per recipient: a policy caches which parameters its rules touch."""

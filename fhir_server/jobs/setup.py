@@ -10,9 +10,11 @@ from fhir_server.jobs.selection import MemberSource
 
 def build_runner(service: Any, settings: Any, members: MemberSource) -> JobRunner:
     """The runner (not started: `create_app`'s lifespan starts and stops it), with bulk
-    export and import registered; other parts register theirs (deid, cohorts)."""
+    export and import and the SQL on FHIR view export registered; other parts register
+    theirs (deid)."""
     from fhir_server.jobs.bulk_export import run_export
     from fhir_server.jobs.bulk_import import run_import
+    from fhir_server.jobs.view_export import VIEW_EXPORT, run_view_export
 
     store = JobStore(default_jobs_dir(settings))
     runner = JobRunner(store, settings.jobs_workers, float(settings.jobs_retention),
@@ -25,5 +27,9 @@ def build_runner(service: Any, settings: Any, members: MemberSource) -> JobRunne
         return run_import(context, service, settings)
 
     runner.register(EXPORT, export, "bulk export")
+    def view_export(context: JobContext) -> dict[str, Any]:
+        return run_view_export(context, service)
+
     runner.register(IMPORT, import_, "bulk import")
+    runner.register(VIEW_EXPORT, view_export, "view export")
     return runner
