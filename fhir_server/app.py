@@ -37,6 +37,12 @@ from fhir_server.api.metadata import build_metadata_router
 from fhir_server.api.nightscout import build_nightscout_router
 from fhir_server.api.rest import build_router, register_rest_operations
 from fhir_server.api.rights import build_rights_router, register_rights_operations
+from fhir_server.api.subscriptions import (
+    BaseUrl,
+    build_subscription_router,
+    build_worker,
+    register_subscription_operations,
+)
 from fhir_server.api.terminology import build_terminology_router, register_operations
 from fhir_server.api.ui import build_ui_router
 from fhir_server.api.validate import build_validate_router, register_validate_operation
@@ -70,7 +76,11 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         await run_in_threadpool(_seed_terminology, service)
         tune_for_server()  # the registry, validators and terminology are built by now
         jobs.start()  # jobs queued or running when the server last stopped run again
+        worker = build_worker(app)
+        worker.start()  # events left undelivered when the server last stopped go out now
+        app.state.subscription_worker = worker
         yield
+        await run_in_threadpool(worker.stop)
         await run_in_threadpool(jobs.stop)
         cohorts.store.close()
         if deid is not None:
@@ -109,6 +119,8 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     register_rights_operations(app.state.operations)
     app.state.erasure = _build_erasure(service, settings, jobs)
     app.state.transparency = _build_transparency(service, settings, deid, jobs)
+    register_subscription_operations(app.state.operations)
+    app.state.subscription_base = BaseUrl(settings.base_url)
     install_auth(app, settings)
     # Added after (so outside) authorization. Responses of 1 KiB and more are gzipped for
     # clients that accept it (level 6 costs half of level 9's time for 1 % more bytes);
@@ -181,6 +193,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.include_router(build_bulk_router())
     app.include_router(build_cohort_router())
     app.include_router(build_rights_router())  # before the generic /{type}/{id} routes
+    app.include_router(build_subscription_router())
     app.include_router(build_clinical_router())
     app.include_router(build_ui_router())
     app.include_router(build_analytics_router())

@@ -98,6 +98,16 @@ class Settings:
     import_dirs: tuple[str, ...] = field(default_factory=tuple)
     # The public transparency figures are computed again at most this often (seconds).
     transparency_refresh_seconds: int = 300
+    # Subscriptions (fhir_server/subscriptions/): rest-hook endpoints must be https; http to
+    # a loopback address only in development (this, or --insecure-dev). A failed delivery is
+    # tried again after retry_base * 2**(failures-1) seconds, at most retry_max; after
+    # max_attempts failures in a row the subscription goes to `error`. The worker looks at
+    # the outbox at least every poll_seconds (other processes' writes, timer topics).
+    subscription_http_loopback: bool = False
+    subscription_retry_base: float = 2.0
+    subscription_retry_max: float = 600.0
+    subscription_max_attempts: int = 10
+    subscription_poll_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -141,6 +151,19 @@ class Settings:
             "jobs_dir": os.environ.get("DIATABASE_JOBS_DIR", ""),
             "jobs_workers": _env_int("DIATABASE_JOBS_WORKERS", 2),
             "jobs_retention": _env_int("DIATABASE_JOBS_RETENTION", 86400),
+            "subscription_http_loopback": os.environ.get(
+                "DIATABASE_SUBSCRIPTION_HTTP_LOOPBACK", ""
+            ).lower() in ("1", "true", "yes"),
+            "subscription_retry_base": float(
+                os.environ.get("DIATABASE_SUBSCRIPTION_RETRY_BASE") or 2.0
+            ),
+            "subscription_retry_max": float(
+                os.environ.get("DIATABASE_SUBSCRIPTION_RETRY_MAX") or 600.0
+            ),
+            "subscription_max_attempts": _env_int("DIATABASE_SUBSCRIPTION_MAX_ATTEMPTS", 10),
+            "subscription_poll_seconds": float(
+                os.environ.get("DIATABASE_SUBSCRIPTION_POLL_SECONDS") or 1.0
+            ),
             "import_dirs": tuple(
                 d for d in os.environ.get("DIATABASE_IMPORT_DIRS", "").split(os.pathsep) if d
             ),

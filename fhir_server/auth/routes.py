@@ -47,6 +47,9 @@ OPERATIONS = {
     "evaluate-measure": "operation-read",
     "lastn": "search-type",
     "everything": "search-type",  # `Patient/$everything`: narrowed inside the query
+    # a Subscription's status and stored events (api/subscriptions.py): reads of it
+    "status": "read",
+    "events": "read",
 }
 # Operations on one Patient that read its Observations (the CGM summary and AGP report):
 # a search of Observation in that patient's compartment.

@@ -23,6 +23,8 @@ from fhir_server.service.terminology import ServerTerminology
 from fhir_server.settings import Settings
 from fhir_server.storage.base import Storage
 from fhir_server.storage.scoped import ScopedStorage
+from fhir_server.subscriptions.manager import Subscriptions
+from fhir_server.subscriptions.outbox import OutboxStorage
 from profiles import (
     CANONICAL_BASE,
     CoreValidator,
@@ -101,13 +103,18 @@ class FhirService:
         # Under both: the clinical indexes kept in every write transaction
         # (clinical/indexes.py: the codes $lastn groups by, the CGM daily aggregates).
         self.indexed = IndexedStorage(storage)
-        scoped = ScopedStorage(self.indexed, self.registry, self.extractor.extract)
+        # ... and the subscriptions' outbox (subscriptions/outbox.py): the events of every
+        # write appended in its own transaction.
+        self.subscriptions = Subscriptions(storage, self.registry, settings)
+        outbox = OutboxStorage(self.indexed, self.subscriptions)
+        scoped = ScopedStorage(outbox, self.registry, self.extractor.extract)
         self.storage = AuditedStorage(scoped, self.audit)
         # The R4 core rules: on every write unless the operator turns them off.
         self.core = CoreValidator(
             live_terminology,
             unknown_extensions=getattr(settings, "unknown_extensions", "warn"),
         )
+        validators = [*validators, self.subscriptions.check]
         mode = getattr(settings, "validation", "strict")
         self.resources = ResourceService(
             self.terminology.observe(self.storage),
@@ -117,6 +124,7 @@ class FhirService:
             core=self.check_core if mode != "off" else None,
             lenient=mode == "lenient",
         )
+        self.subscriptions.resources = self.resources
         self.search = SearchService(self.storage, self.registry, settings)
 
     # -- profiles --------------------------------------------------------------------------

@@ -1,0 +1,133 @@
+"""Subscriptions over HTTP (fhir_server/subscriptions/): the delivery worker's life with the
+app's, and the backport IG's operations on a Subscription:
+
+- `GET /Subscription/{id}/$status`: a Bundle (searchset) holding its SubscriptionStatus
+  (`query-status`: status, events since it started, the last error);
+- `GET /Subscription/{id}/$events?eventsSinceNumber=&eventsUntilNumber=&content=`: the
+  stored events in that range as a notification Bundle (`query-event`), for a client that
+  missed some.
+
+Both read the Subscription through the caller's access (one it may not see is a 404) and
+are audited as reads of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from fhir_server.api.http import base_url, check_accept, fhir_response, pretty, query_items
+from fhir_server.model import jsonio
+from fhir_server.model.outcome import error
+from fhir_server.service.fhir import FhirService
+from fhir_server.subscriptions.delivery import DeliveryWorker, RetryPolicy
+from fhir_server.subscriptions.notify import StoredEvent, notification_bundle, status_parameters
+from fhir_server.subscriptions.spec import SubscriptionError, read_spec
+
+STATUS = ("status", "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
+          "backport-subscription-status")
+EVENTS = ("events", "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
+          "backport-subscription-events")
+MAX_EVENTS = 1000
+
+
+def register_subscription_operations(operations: dict[str, list[tuple[str, str]]]) -> None:
+    entries = operations.setdefault("Subscription", [])
+    for operation in (STATUS, EVENTS):
+        if operation not in entries:
+            entries.append(operation)
+
+
+class BaseUrl:
+    """The public base for notifications: the configured one, else the base of the last
+    request that wrote or asked about a Subscription."""
+
+    def __init__(self, configured: str) -> None:
+        self.configured = configured.rstrip("/")
+        self.seen = "http://localhost"
+
+    def __call__(self) -> str:
+        return self.configured or self.seen
+
+
+def build_worker(app: FastAPI) -> DeliveryWorker:
+    settings = app.state.settings
+    svc: FhirService = app.state.fhir
+    policy = RetryPolicy(settings.subscription_retry_base, settings.subscription_retry_max,
+                         settings.subscription_max_attempts)
+    db_path = getattr(svc.subscriptions.backend, "path", None)
+    lease = f"{db_path}.subscriptions.lock" if db_path and db_path != ":memory:" else None
+    worker = DeliveryWorker(svc.subscriptions, app.state.subscription_base, policy,
+                            settings.subscription_poll_seconds, lease)
+    return worker
+
+
+def build_subscription_router() -> APIRouter:
+    router = APIRouter()
+
+    def spec_of(request: Request, rid: str) -> tuple[Any, Any]:
+        svc: FhirService = request.app.state.fhir
+        stored = svc.resources.read("Subscription", rid)  # the caller's access applies
+        try:
+            spec = read_spec(jsonio.loads(stored.json), svc.registry, True, stored.version)
+        except SubscriptionError as exc:
+            raise error(400, "invalid", f"Subscription/{rid} cannot be served: {exc}") from None
+        stream = svc.subscriptions.store.stream(rid)
+        return spec, stream
+
+    @router.get("/Subscription/{rid}/$status")
+    async def status(request: Request, rid: str) -> Response:
+        check_accept(request)
+        base = base_url(request, request.app.state.settings.base_url)
+        request.app.state.subscription_base.seen = base
+        spec, stream = await run_in_threadpool(spec_of, request, rid)
+        total = stream[1] if stream else 0
+        last_error = stream[6] if stream else None
+        parameters = status_parameters(spec, base, "query-status", total, [], None, last_error)
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": 1,
+            "entry": [{"fullUrl": f"urn:uuid:{parameters['id']}", "resource": parameters,
+                       "search": {"mode": "match"}}],
+        }
+        return fhir_response(bundle, 200, None, pretty(request))
+
+    @router.get("/Subscription/{rid}/$events")
+    async def events(request: Request, rid: str) -> Response:
+        check_accept(request)
+        base = base_url(request, request.app.state.settings.base_url)
+        items = dict(query_items(request))
+        spec, stream = await run_in_threadpool(spec_of, request, rid)
+        total = stream[1] if stream else 0
+        try:
+            first = int(items.get("eventsSinceNumber", "1"))
+            last = int(items.get("eventsUntilNumber", str(total)))
+        except ValueError:
+            raise error(
+                400, "invalid", "eventsSinceNumber and eventsUntilNumber are integers"
+            ) from None
+        content = items.get("content", spec.content)
+        if content not in ("empty", "id-only", "full-resource"):
+            raise error(400, "invalid", "content is empty, id-only or full-resource")
+        last = min(last, total, first + MAX_EVENTS - 1)
+        svc: FhirService = request.app.state.fhir
+        rows = await run_in_threadpool(svc.subscriptions.store.events, rid, first, last)
+        stored_events = [StoredEvent(*row) for row in rows]
+        shown = dataclasses.replace(spec, content=content)
+
+        def focus(event: StoredEvent) -> Any:
+            if event.focus_version is None:
+                return svc.storage.read(event.focus_type, event.focus_id)
+            return svc.storage.vread(event.focus_type, event.focus_id, event.focus_version)
+
+        bundle = await run_in_threadpool(
+            notification_bundle, shown, base, "query-event", total, stored_events, focus
+        )
+        return fhir_response(bundle, 200, None, pretty(request))
+
+    return router

@@ -1,0 +1,335 @@
+"""The delivery worker: one thread per server (across `--workers` processes, the one that
+holds the lock file `<database>.subscriptions.lock`) that sends the outbox's events.
+
+Each round: activate `requested` subscriptions; for every subscription with undelivered
+events whose retry time has come, send them in event-number order (subscriptions in
+parallel, each one's events one after the other, stopping at its first failure); then, in
+one write transaction, move each one's delivered mark and record failures. A failure is
+tried again after `retry_base * 2**(failures-1)` seconds (at most `retry_max`); after
+`max_attempts` failures in a row the subscription goes to `error` (Subscription.error
+says why) and waits there, its events kept, until its owner sets it back to `requested`.
+Heartbeats of backport subscriptions and the timer topics are checked in the same rounds.
+
+A kill -9 loses nothing: events are committed with their writes and the delivered mark
+moves only after the receiver answered 2xx; what was sent but not yet marked is sent again
+after a restart, with the same event number (at least once).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from fhir_server.model import jsonio
+from fhir_server.subscriptions.manager import Subscriptions, group_members
+from fhir_server.subscriptions.matcher import Event
+from fhir_server.subscriptions.notify import (
+    EVENT_HEADER,
+    FHIR_JSON,
+    SIGNATURE_HEADER,
+    SUBSCRIPTION_HEADER,
+    StoredEvent,
+    notification_bundle,
+    sign,
+)
+from fhir_server.subscriptions.spec import SubscriptionSpec
+
+log = logging.getLogger("diatabase.subscriptions")
+
+EVENTS_PER_ROUND = 200  # of one subscription, before its progress is recorded
+SENDERS = 8
+RETENTION_SECONDS = 7 * 86400  # delivered events kept for $events
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base: float = 2.0
+    maximum: float = 600.0
+    max_attempts: int = 10
+
+    def delay(self, failures: int) -> float:
+        return min(self.base * 2 ** (failures - 1), self.maximum)
+
+
+@dataclass
+class Outcome:
+    sub_id: str
+    delivered: int | None = None  # through this event number
+    failure: str | None = None
+
+
+class ProcessLease:
+    """The one process of a server that delivers: an exclusive flock held while it runs."""
+
+    def __init__(self, path: str | None) -> None:
+        self._fd: int | None = None
+        self._path = path
+
+    def acquire(self) -> bool:
+        if self._path is None:
+            return True
+        if self._fd is not None:
+            return True
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        subscriptions: Subscriptions,
+        base_url: Any,
+        policy: RetryPolicy,
+        poll_seconds: float = 1.0,
+        lease_path: str | None = None,
+    ) -> None:
+        self.subs = subscriptions
+        self.store = subscriptions.store
+        self.base_url = base_url  # a callable: the server's public base
+        self.policy = policy
+        self.poll_seconds = poll_seconds
+        self.lease = ProcessLease(lease_path)
+        self.websockets: Any = None  # websocket.Hub, when the API serves websockets
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._http = httpx.Client(follow_redirects=False)
+        self._pool = ThreadPoolExecutor(SENDERS, thread_name_prefix="subscription-send")
+        self.rounds = 0  # completed rounds, for tests that wait for one
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="subscriptions", daemon=True)
+        self._thread.start()
+        self.subs.worker = self
+
+    def stop(self) -> None:
+        self.subs.worker = None
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
+        self.lease.release()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            wait = self.poll_seconds
+            if self.lease.acquire():
+                try:
+                    wait = min(wait, self.round())
+                except Exception:
+                    log.exception("subscription delivery round failed")
+            self.rounds += 1
+            self._wake.wait(max(wait, 0.0))
+            self._wake.clear()
+
+    # -- one round ----------------------------------------------------------------------------
+
+    def round(self) -> float:
+        """Deliver what is due; the seconds until something else will be."""
+        specs = self.subs.current()
+        for spec in specs.values():
+            if spec.status == "requested" or (spec.status == "active" and not spec.secret):
+                self.subs.activate(spec)
+        if any(s.status == "requested" for s in specs.values()):
+            specs = self.subs.current()
+        now = time.time()
+        streams = {row[0]: row for row in self.store.streams()}
+        due, later = [], self.poll_seconds
+        for sub_id, events, delivered, _, attempts, next_attempt, _, _ in streams.values():
+            spec = specs.get(sub_id)
+            if spec is None or spec.status != "active" or events <= delivered:
+                continue
+            if next_attempt > now:
+                later = min(later, next_attempt - now)
+                continue
+            due.append((spec, delivered, events, attempts))
+        outcomes = list(self._pool.map(lambda d: self._send_stream(*d[:3]), due))
+        self._record(outcomes, {d[0].id: d for d in due}, now)
+        later = min(later, self._heartbeats(specs, streams, time.time()))
+        later = min(later, self._timers(specs, streams))
+        if any(o.delivered is not None and o.failure is None for o in outcomes):
+            later = 0.0  # more may have been left for the next round
+        return later
+
+    def _send_stream(self, spec: SubscriptionSpec, delivered: int, events: int) -> Outcome:
+        outcome = Outcome(spec.id)
+        last = min(events, delivered + EVENTS_PER_ROUND)
+        for number, at, ftype, fid, fversion in self.store.events(spec.id, delivered + 1, last):
+            event = StoredEvent(number, at, ftype, fid, fversion)
+            error = self._send(spec, event, events)
+            if error is not None:
+                outcome.failure = error
+                break
+            outcome.delivered = number
+        return outcome
+
+    def _record(self, outcomes: list[Outcome], due: dict[str, tuple], now: float) -> None:
+        delivered, failed, errored = [], [], []
+        for o in outcomes:
+            if o.delivered is not None:
+                delivered.append((o.sub_id, o.delivered, now))
+            if o.failure is not None:
+                attempts = 1 if o.delivered is not None else due[o.sub_id][3] + 1
+                failed.append((o.sub_id, attempts, now + self.policy.delay(attempts), o.failure))
+                if attempts >= self.policy.max_attempts:
+                    errored.append((due[o.sub_id][0], o.failure, attempts))
+        if delivered or failed:
+            with self.subs.backend.transaction() as tx:
+                self.store.mark(tx, delivered, failed,
+                                retention_before=now - RETENTION_SECONDS)
+        for spec, failure, attempts in errored:
+            self.subs.fail(spec, f"{attempts} deliveries in a row failed; the last: {failure}")
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _send(self, spec: SubscriptionSpec, event: StoredEvent, total: int) -> str | None:
+        """None when the receiver took it; else what went wrong."""
+        if spec.channel == "websocket":
+            return self._send_websocket(spec, event, total)
+        method, url, body, content_type = self._request(spec, event, total)
+        headers = {k: v for k, v in spec.headers}
+        headers[SUBSCRIPTION_HEADER] = spec.id
+        headers[EVENT_HEADER] = str(event.number)
+        if spec.secret:
+            headers[SIGNATURE_HEADER] = sign(spec.secret, body)
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            answer = self._http.request(method, url, content=body, headers=headers,
+                                        timeout=spec.timeout)
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__} from the endpoint"
+        if 200 <= answer.status_code < 300:
+            return None
+        return f"the endpoint answered HTTP {answer.status_code}"
+
+    def _request(self, spec: SubscriptionSpec, event: StoredEvent,
+                 total: int) -> tuple[str, str, bytes, str | None]:
+        if spec.backport:
+            bundle = self.bundle(spec, "event-notification", total, [event])
+            return "POST", spec.endpoint, jsonio.dumps(bundle), spec.payload or FHIR_JSON
+        if spec.payload is None:
+            return "POST", spec.endpoint, b"", None
+        stored = self._focus(event)
+        body = stored.json if stored is not None and stored.json is not None else b""
+        url = f"{spec.endpoint.rstrip('/')}/{event.focus_type}/{event.focus_id}"
+        return "PUT", url, body, spec.payload
+
+    def bundle(self, spec: SubscriptionSpec, kind: str, total: int,
+               events: list[StoredEvent], status: str | None = None) -> dict[str, Any]:
+        return notification_bundle(spec, self.base_url(), kind, total, events, self._focus,
+                                   status)
+
+    def _focus(self, event: StoredEvent) -> Any:
+        backend = self.subs.backend
+        if event.focus_version is None:
+            return backend.read(event.focus_type, event.focus_id)
+        return backend.vread(event.focus_type, event.focus_id, event.focus_version)
+
+    def _send_websocket(self, spec: SubscriptionSpec, event: StoredEvent,
+                        total: int) -> str | None:
+        hub = self.websockets
+        if hub is None or not hub.bound(spec.id):
+            return "no websocket is bound to this subscription"
+        if spec.backport:
+            message = jsonio.dumps(self.bundle(spec, "event-notification", total, [event]))
+        else:
+            message = f"ping {spec.id}".encode()
+        return None if hub.send(spec.id, message.decode()) else "the websocket send failed"
+
+    # -- heartbeats and timers ------------------------------------------------------------------
+
+    def _heartbeats(self, specs: dict[str, SubscriptionSpec], streams: dict[str, tuple],
+                    now: float) -> float:
+        later = self.poll_seconds
+        for spec in specs.values():
+            if spec.heartbeat is None or spec.status != "active" or not spec.backport:
+                continue
+            row = streams.get(spec.id)
+            if row is None:
+                continue
+            last = row[7] or row[3]
+            if now - last < spec.heartbeat:
+                later = min(later, spec.heartbeat - (now - last))
+                continue
+            bundle = self.bundle(spec, "heartbeat", row[1], [])
+            body = jsonio.dumps(bundle)
+            if spec.channel == "websocket":
+                if self.websockets is None or not self.websockets.send(spec.id, body.decode()):
+                    continue
+            else:
+                headers = {k: v for k, v in spec.headers}
+                headers[SUBSCRIPTION_HEADER] = spec.id
+                headers["Content-Type"] = spec.payload or FHIR_JSON
+                if spec.secret:
+                    headers[SIGNATURE_HEADER] = sign(spec.secret, body)
+                try:
+                    self._http.post(spec.endpoint, content=body, headers=headers,
+                                    timeout=spec.timeout)
+                except httpx.HTTPError:
+                    continue
+            with self.subs.backend.transaction() as tx:
+                self.store.heartbeat_sent(tx, spec.id, now)
+            later = min(later, spec.heartbeat)
+        return later
+
+    def _timers(self, specs: dict[str, SubscriptionSpec], streams: dict[str, tuple]) -> float:
+        """The CGM-data-missing topic: an event per watched patient with no CGM reading for
+        the period (counted from the subscription's start for one never seen), once per gap."""
+        now = self.subs.clock.now()
+        later = self.poll_seconds
+        fired: list[tuple[SubscriptionSpec, str]] = []
+        for spec in specs.values():
+            if spec.topic is None or spec.topic.kind != "timer" or spec.status not in (
+                "active", "requested", "error"
+            ):
+                continue
+            row = streams.get(spec.id)
+            if row is None:
+                continue
+            period = spec.params["period"]
+            watched = self.store.watched(spec.id)
+            patients = {spec.patient} if spec.patient else set()
+            if spec.group is not None:
+                patients |= group_members(self.subs.backend.read("Group", spec.group))
+            for patient in sorted(patients):
+                since, was_fired = watched.get(patient, (row[3], False))
+                since = row[3] if since is None else since
+                if was_fired:
+                    continue
+                if now - since >= period:
+                    fired.append((spec, patient))
+                else:
+                    later = min(later, period - (now - since))
+        if fired:
+            with self.subs.backend.transaction() as tx:
+                self.store.append(tx, [Event(s.id, "Patient", p, None, now) for s, p in fired],
+                                  now)
+                for spec, patient in fired:
+                    self.store.put_state(tx, spec.id, patient, now, True)
+            later = 0.0
+        return later

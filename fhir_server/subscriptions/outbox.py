@@ -1,0 +1,106 @@
+"""The storage the services write through, with subscription matching woven into every
+write transaction: the transaction notes what it writes and, once its body succeeded,
+appends the events those writes are for to the outbox in the same transaction (SQLite:
+the same connection; MongoDB: the same session). A write that rolls back leaves no event;
+an event is never lost by a crash after its write was acknowledged.
+
+Subscriptions are cached per process and reloaded (through the transaction, so that a
+Subscription written earlier in an open group commit is seen) when the outbox's
+generation token differs from the one they were loaded at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from fhir_server.search.types import IndexEntry
+from fhir_server.storage.base import NewResource
+from fhir_server.subscriptions.matcher import Write
+
+SUBSCRIPTION = "Subscription"
+
+
+class OutboxStorage:
+    """`backend` with `subscriptions` (manager.py) matching its writes."""
+
+    def __init__(self, backend: Any, subscriptions: Any) -> None:
+        self._backend = backend
+        self.subscriptions = subscriptions
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    @property
+    def backend(self) -> Any:
+        return self._backend
+
+    @contextmanager
+    def transaction(self) -> Iterator[OutboxTransaction]:
+        recorded = False
+        deferred: OutboxTransaction | None = None
+        with self._backend.transaction() as tx:
+            noted = OutboxTransaction(tx)
+            yield noted
+            if noted.writes or noted.subscriptions_changed:
+                if getattr(tx, "buffered", False):
+                    deferred = noted  # a standalone MongoDB writes after this block
+                else:
+                    recorded = self.subscriptions.record(tx, noted)
+        if deferred is not None:
+            with self._backend.transaction() as tx:
+                recorded = self.subscriptions.record(tx, deferred)
+        if recorded:
+            self.subscriptions.committed()
+
+
+class OutboxTransaction:
+    """The backend's transaction, noting the writes subscriptions may be about."""
+
+    def __init__(self, tx: Any) -> None:
+        self._tx = tx
+        self.writes: list[Write] = []
+        self.subscriptions_changed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx, name)
+
+    def put(
+        self,
+        resource_type: str,
+        id: str,
+        version: int,
+        last_updated: float,
+        json: bytes,
+        index: Sequence[IndexEntry],
+        method: str,
+    ) -> None:
+        self._tx.put(resource_type, id, version, last_updated, json, index, method)
+        self._note(Write(resource_type, id, version, last_updated, json, index, version == 1))
+
+    def create_many(self, creates: Sequence[NewResource]) -> None:
+        self._tx.create_many(creates)
+        for c in creates:
+            self._note(Write(c.resource_type, c.id, 1, c.last_updated, c.json, c.index, True))
+
+    def delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
+        self._tx.delete(resource_type, id, version, last_updated)
+        if resource_type == SUBSCRIPTION:
+            self.subscriptions_changed = True
+
+    def _note(self, write: Write) -> None:
+        if write.resource_type == SUBSCRIPTION:
+            self.subscriptions_changed = True
+        self.writes.append(write)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        mark, changed = len(self.writes), self.subscriptions_changed
+        with self._tx.savepoint():
+            try:
+                yield
+            except BaseException:
+                del self.writes[mark:]
+                self.subscriptions_changed = changed
+                raise
