@@ -55,6 +55,7 @@ from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
 from fhir_server.storage import open_storage
 from fhir_server.storage.cursor import CursorError
+from fhir_server.subscriptions.websocket import Hub
 from profiles import load_search_parameters
 
 log = logging.getLogger("diatabase")
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.state.transparency = _build_transparency(service, settings, deid, jobs)
     register_subscription_operations(app.state.operations)
     app.state.subscription_base = BaseUrl(settings.base_url)
+    app.state.subscription_websockets = Hub()
     install_auth(app, settings)
     # Added after (so outside) authorization. Responses of 1 KiB and more are gzipped for
     # clients that accept it (level 6 costs half of level 9's time for 1 % more bytes);

@@ -5,7 +5,9 @@ app's, and the backport IG's operations on a Subscription:
   (`query-status`: status, events since it started, the last error);
 - `GET /Subscription/{id}/$events?eventsSinceNumber=&eventsUntilNumber=&content=`: the
   stored events in that range as a notification Bundle (`query-event`), for a client that
-  missed some.
+  missed some;
+- `GET /Subscription/{id}/$get-ws-binding-token` and the websocket `/subscriptions/websocket`
+  of the websocket channel (subscriptions/websocket.py).
 
 Both read the Subscription through the caller's access (one it may not see is a 404) and
 are audited as reads of it.
@@ -13,10 +15,11 @@ are audited as reads of it.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -24,20 +27,25 @@ from fhir_server.api.http import base_url, check_accept, fhir_response, pretty, 
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import error
 from fhir_server.service.fhir import FhirService
+from fhir_server.storage.base import instant
 from fhir_server.subscriptions.delivery import DeliveryWorker, RetryPolicy
 from fhir_server.subscriptions.notify import StoredEvent, notification_bundle, status_parameters
 from fhir_server.subscriptions.spec import SubscriptionError, read_spec
+from fhir_server.subscriptions.websocket import Hub, binding_token, bound_subscription
 
 STATUS = ("status", "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
           "backport-subscription-status")
 EVENTS = ("events", "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
           "backport-subscription-events")
+WS_TOKEN = ("get-ws-binding-token", "http://hl7.org/fhir/uv/subscriptions-backport/"
+            "OperationDefinition/backport-subscription-get-ws-binding-token")
+WEBSOCKET_PATH = "/subscriptions/websocket"
 MAX_EVENTS = 1000
 
 
 def register_subscription_operations(operations: dict[str, list[tuple[str, str]]]) -> None:
     entries = operations.setdefault("Subscription", [])
-    for operation in (STATUS, EVENTS):
+    for operation in (STATUS, EVENTS, WS_TOKEN):
         if operation not in entries:
             entries.append(operation)
 
@@ -63,6 +71,9 @@ def build_worker(app: FastAPI) -> DeliveryWorker:
     lease = f"{db_path}.subscriptions.lock" if db_path and db_path != ":memory:" else None
     worker = DeliveryWorker(svc.subscriptions, app.state.subscription_base, policy,
                             settings.subscription_poll_seconds, lease)
+    hub: Hub = app.state.subscription_websockets
+    worker.websockets = hub
+    hub.on_bind = worker.wake
     return worker
 
 
@@ -129,5 +140,48 @@ def build_subscription_router() -> APIRouter:
             notification_bundle, shown, base, "query-event", total, stored_events, focus
         )
         return fhir_response(bundle, 200, None, pretty(request))
+
+    @router.get("/Subscription/{rid}/$get-ws-binding-token")
+    async def ws_token(request: Request, rid: str) -> Response:
+        check_accept(request)
+        spec, _ = await run_in_threadpool(spec_of, request, rid)
+        if spec.channel != "websocket":
+            raise error(400, "invalid", f"Subscription/{rid} does not use a websocket channel")
+        svc: FhirService = request.app.state.fhir
+        token, expires = binding_token(svc.subscriptions.backend.cursors, rid)
+        ws_base = base_url(request, request.app.state.settings.base_url).replace("http", "ws", 1)
+        body = {"resourceType": "Parameters", "parameter": [
+            {"name": "token", "valueString": token},
+            {"name": "expiration", "valueDateTime": instant(expires)},
+            {"name": "subscription", "valueString": f"Subscription/{rid}"},
+            {"name": "websocket-url", "valueUrl": f"{ws_base}{WEBSOCKET_PATH}"},
+        ]}
+        return fhir_response(body, 200, None, pretty(request))
+
+    @router.websocket(WEBSOCKET_PATH)
+    async def websocket(socket: WebSocket) -> None:
+        await socket.accept()
+        app = socket.app
+        hub: Hub = app.state.subscription_websockets
+        codec = app.state.fhir.subscriptions.backend.cursors
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                message = (await socket.receive_text()).strip()
+                verb, _, argument = message.partition(" ")
+                sub_id = None
+                if verb == "bind-with-token":
+                    sub_id = bound_subscription(codec, argument.strip())
+                elif verb == "bind" and app.state.settings.insecure_dev:
+                    sub_id = argument.strip() or None
+                if sub_id is None:
+                    await socket.send_text("error the binding token is invalid or expired")
+                    continue
+                hub.bind(sub_id, socket, loop)
+                await socket.send_text(f"bound {sub_id}")
+        except WebSocketDisconnect:
+            pass
+        finally:
+            hub.unbind(socket)
 
     return router

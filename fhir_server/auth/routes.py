@@ -50,6 +50,7 @@ OPERATIONS = {
     # a Subscription's status and stored events (api/subscriptions.py): reads of it
     "status": "read",
     "events": "read",
+    "get-ws-binding-token": "read",
 }
 # Operations on one Patient that read its Observations (the CGM summary and AGP report):
 # a search of Observation in that patient's compartment.

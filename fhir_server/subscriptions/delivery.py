@@ -163,6 +163,8 @@ class DeliveryWorker:
             spec = specs.get(sub_id)
             if spec is None or spec.status != "active" or events <= delivered:
                 continue
+            if spec.channel == "websocket" and not self._bound(spec.id):
+                continue  # its events wait for a socket (the hub wakes us on a bind)
             if next_attempt > now:
                 later = min(later, next_attempt - now)
                 continue
@@ -250,10 +252,13 @@ class DeliveryWorker:
             return backend.read(event.focus_type, event.focus_id)
         return backend.vread(event.focus_type, event.focus_id, event.focus_version)
 
+    def _bound(self, sub_id: str) -> bool:
+        return self.websockets is not None and self.websockets.bound(sub_id)
+
     def _send_websocket(self, spec: SubscriptionSpec, event: StoredEvent,
                         total: int) -> str | None:
         hub = self.websockets
-        if hub is None or not hub.bound(spec.id):
+        if hub is None:
             return "no websocket is bound to this subscription"
         if spec.backport:
             message = jsonio.dumps(self.bundle(spec, "event-notification", total, [event]))
