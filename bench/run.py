@@ -57,6 +57,7 @@ GROUPS = (
     ("auth",),
     ("clinical",),
     ("analytics",),
+    ("subscriptions",),
 )
 BENCHMARKS = tuple(name for group in GROUPS for name in group)
 CHILD_MARK = "BENCH-RESULTS-JSON "

@@ -40,6 +40,7 @@ ROW_NAMES = {
     "compression": ["compression metadata", "compression search 100"],
     "rights": ["rights transparency", "rights objection check",
                "rights updates secure_delete on", "rights updates secure_delete off"],
+    "subscriptions": ["subscriptions ingest", "subscriptions latency"],
     "auth": ["auth validate RS256", "auth validate ES256", "auth validate cached",
              "auth read insecure-dev", "auth read token", "auth read patient token"],
 }

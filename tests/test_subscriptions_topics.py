@@ -24,7 +24,7 @@ from fhir_server.subscriptions.spec import (
 )
 from fhir_server.subscriptions.topics import BASE
 from tests.conftest import RunningServer
-from tests.subscription_receiver import Receiver, Received, wait_until
+from tests.subscription_receiver import Received, Receiver, wait_until
 from tests.test_subscriptions_rest_hook import new_patient, post, settings
 
 CGM = "99504-3"

@@ -1,0 +1,264 @@
+"""What subscriptions cost the write path, and how fast notifications arrive: CGM batch
+ingest with 0, 10 and 1,000 active subscriptions, side by side.
+
+Each configuration runs a fresh server (SQLite, its own file) with 1,000 patients and N
+R4 subscriptions `Observation?patient=Patient/X&code=http://loinc.org|99504-3` (rest-hook,
+full resource, to a receiver in this process on 127.0.0.1), one per patient for the first
+N patients. Batch Bundles of CGM readings (bench.ingest's) spread over the 1,000 patients
+(20 at the small size) are posted by two clients: with 1,000 subscriptions every reading
+is a notification, with 10 one in a hundred. Figures:
+
+- ingest: resources/s of the batches, and the server's CPU per 1,000 resources (matching
+  and the outbox rows are in the write transaction; delivery runs in the same process);
+- latency: from the answer of the Bundle that wrote a reading to the arrival of its
+  notification at the receiver, p50 / p99 (delivery keeps up, or the queue grows).
+
+The median of the runs is shown; the cost is against 0 subscriptions in the same run.
+
+    python -m bench.subscriptions [--size small|medium|large]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import orjson
+
+from bench.audit import cpu_seconds
+from bench.common import Result, percentile, serve
+from bench.ingest import observation
+
+CGM = "http://loinc.org|99504-3"
+SIZES = {  # runs, bundles, bundle size, subscription counts, patients
+    "small": (1, 1, 20, (0, 2, 20), 20),
+    "medium": (3, 10, 1000, (0, 10, 1000), 1000),
+    "large": (5, 20, 1000, (0, 10, 1000), 1000),
+}
+FHIR_JSON = {"content-type": "application/fhir+json"}
+
+
+class Receiver:
+    """Arrival times of notifications by resource id (R4 rest-hook PUT [endpoint]/Type/id)."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[str, float] = {}
+        self.lock = threading.Lock()
+        arrivals, lock = self.arrivals, self.lock
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:  # noqa: N802
+                length = int(self.headers.get("content-length") or 0)
+                self.rfile.read(length)
+                with lock:
+                    arrivals.setdefault(self.path.rsplit("/", 1)[-1], time.perf_counter())
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.arrivals)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def bundles(count: int, size: int, seed: int, patients: int) -> list[bytes]:
+    import random
+
+    rng = random.Random(seed)
+    made = []
+    for b in range(count):
+        entries = []
+        for i in range(size):
+            n = b * size + i
+            obs = observation(rng, rng.randrange(patients), 1_700_000_000.0 + n * 300)
+            entries.append({"resource": obs, "request": {"method": "POST", "url": "Observation"}})
+        made.append(orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries}))
+    return made
+
+
+def setup(http: httpx.Client, receiver: Receiver, subscriptions: int, patients: int) -> None:
+    patients = [{"resource": {"resourceType": "Patient", "id": f"bench-{p}"},
+                 "request": {"method": "PUT", "url": f"Patient/bench-{p}"}}
+                for p in range(patients)]
+    http.post("/", json={"resourceType": "Bundle", "type": "batch", "entry": patients})
+    if not subscriptions:
+        return
+    entries = [{"resource": {
+        "resourceType": "Subscription", "status": "requested", "reason": "bench",
+        "criteria": f"Observation?patient=Patient/bench-{p}&code={CGM}",
+        "channel": {"type": "rest-hook", "endpoint": receiver.url,
+                    "payload": "application/fhir+json"}},
+        "request": {"method": "POST", "url": "Subscription"}} for p in range(subscriptions)]
+    answer = http.post("/", json={"resourceType": "Bundle", "type": "batch", "entry": entries})
+    answer.raise_for_status()
+    deadline = time.monotonic() + 600
+    while http.get("/Subscription", params={"status": "active", "_summary": "count"}).json()[
+        "total"
+    ] < subscriptions:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the subscriptions were not activated")
+        time.sleep(0.2)
+
+
+def ingest(url: str, bodies: list[bytes]) -> tuple[float, dict[str, float], int]:
+    """resources/s; resource id -> when the answer that created it arrived; resources."""
+    queue, lock, errors = list(bodies), threading.Lock(), []
+    answered: dict[str, float] = {}
+    total = [0]
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=600) as http:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    body = queue.pop()
+                response = http.post("/", content=body, headers=FHIR_JSON)
+                now = time.perf_counter()
+                if response.status_code != 200:
+                    errors.append(response.text[:200])
+                    return
+                ids = [e["response"]["location"].split("/")[1]
+                       for e in response.json()["entry"]]
+                with lock:
+                    for rid in ids:
+                        answered[rid] = now
+                    total[0] += len(ids)
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"batch ingest failed: {errors[:3]}")
+    return total[0] / elapsed, answered, total[0]
+
+
+def one_run(subscriptions: int, size: str, seed: int) -> dict[str, float]:
+    _, bundles_n, bundle_size, _, patients = SIZES[size]
+    bodies = bundles(bundles_n, bundle_size, seed, patients)
+    receiver = Receiver()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            db = f"sqlite:///{Path(tmp) / 'subscriptions-bench.db'}"
+            os.environ["DIATABASE_SUBSCRIPTION_HTTP_LOOPBACK"] = "1"
+            with serve(db) as server, httpx.Client(base_url=server.url, timeout=600) as http:
+                setup(http, receiver, subscriptions, patients)
+                # a first Bundle warms the validators, before timing
+                http.post("/", content=bundles(1, 20, seed + 1000, patients)[0],
+                          headers=FHIR_JSON)
+                cpu = cpu_seconds(server.proc.pid)
+                rate, answered, written = ingest(server.url, bodies)
+                spent = cpu_seconds(server.proc.pid) - cpu
+                # every notification of the timed batches, waited for (delivery may lag)
+                wanted = _notified(http, answered, subscriptions)
+                deadline = time.monotonic() + 600
+                while not all(rid in receiver.arrivals for rid in wanted):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("notifications did not all arrive")
+                    time.sleep(0.05)
+                latencies = [max(receiver.arrivals[rid] - answered[rid], 0.0) * 1000
+                             for rid in wanted]
+    finally:
+        receiver.close()
+    figures = {"rate": rate, "cpu": spent * 1000 / written * 1000}
+    if latencies:
+        figures["p50"] = percentile(latencies, 50)
+        figures["p99"] = percentile(latencies, 99)
+        figures["notifications"] = float(len(latencies))
+    return figures
+
+
+def _notified(http: httpx.Client, answered: dict[str, float], subscriptions: int) -> list[str]:
+    """The ids of the timed readings whose patient has a subscription (asked of the server:
+    the batches drew patients at random)."""
+    if not subscriptions:
+        return []
+    ids = list(answered)
+    wanted = []
+    for start in range(0, len(ids), 200):
+        chunk = ids[start:start + 200]
+        page = http.get("/Observation", params={"_id": ",".join(chunk), "_count": "200",
+                                                "_elements": "subject"}).json()
+        for entry in page.get("entry", ()):
+            patient = int(entry["resource"]["subject"]["reference"].rsplit("-", 1)[-1])
+            if patient < subscriptions:
+                wanted.append(entry["resource"]["id"])
+    return wanted
+
+
+def measure(size: str) -> dict[int, dict[str, float]]:
+    runs, _, _, counts, _ = SIZES[size]
+    samples: dict[int, dict[str, list[float]]] = {n: {} for n in counts}
+    for run_number in range(runs):
+        order = counts if run_number % 2 == 0 else tuple(reversed(counts))
+        for n in order:
+            figures = one_run(n, size, seed=run_number)
+            shown = ", ".join(f"{k} {v:,.1f}" for k, v in figures.items())
+            print(f"run {run_number + 1}, {n} subscriptions: {shown}", file=sys.stderr)
+            for key, value in figures.items():
+                samples[n].setdefault(key, []).append(value)
+    return {n: {k: statistics.median(v) for k, v in by.items()} for n, by in samples.items()}
+
+
+def results_of(figures: dict[int, dict[str, float]]) -> list[Result]:
+    counts = sorted(figures)
+    base = figures[counts[0]]["rate"]
+    results = []
+    for n in counts:
+        f = figures[n]
+        cost = (base - f["rate"]) / base * 100
+        results.append(Result(
+            "subscriptions ingest", f"CGM batches, {n} subscriptions", f["rate"], "resources/s",
+            floor=f"{cost:+.1f} % vs 0; server CPU {f['cpu']:,.0f} ms per 1,000",
+        ))
+    for n in counts:
+        f = figures[n]
+        if "p50" in f:
+            results.append(Result(
+                "subscriptions latency", f"{n} subscriptions, {f['notifications']:,.0f} "
+                "notifications", p50_ms=f["p50"], p99_ms=f["p99"],
+            ))
+    return results
+
+
+def run(size: str = "medium", db: str | None = None) -> list[Result]:
+    """Rows for bench/run.py (`db` is not used: each configuration needs a fresh file)."""
+    return results_of(measure(size))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=tuple(SIZES), default="medium")
+    args = parser.parse_args(argv)
+    from bench.common import print_table
+
+    print_table(run(args.size))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
