@@ -276,6 +276,11 @@ def test_heartbeats_status_and_events(served):
 
 def test_topic_filters_are_checked_when_subscribing(served):
     _, client = served
+    statement = client.get("/metadata").json()
+    entry = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription")
+    listed = {e["valueCanonical"] for e in entry["extension"]}
+    assert f"{BASE}/severe-hypoglycaemia" in listed and f"{BASE}/cgm-data-missing" in listed
+    assert {o["name"] for o in entry["operation"]} >= {"status", "events"}
     bad = [
         ("severe-hypoglycaemia", "Condition?", "is about Observation"),
         ("severe-hypoglycaemia", "Observation?threshold=54|http://unitsofmeasure.org|kg",

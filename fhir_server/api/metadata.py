@@ -20,6 +20,7 @@ from fhir_server.auth.smart import capability_security
 from fhir_server.model import jsonio
 from fhir_server.model.resource_types import resource_types
 from fhir_server.search.support import is_supported
+from fhir_server.subscriptions.topics import TOPICS
 
 TYPE_INTERACTIONS = (
     "read",
@@ -60,6 +61,10 @@ def _profiles_by_type(service: Any) -> dict[str, list[str]]:
     return found
 
 
+TOPIC_CANONICAL = ("http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+                   "capabilitystatement-subscriptiontopic-canonical")
+
+
 def capability_statement(request: Request) -> dict[str, Any]:
     service = request.app.state.fhir
     operations = getattr(request.app.state, "operations", {})
@@ -98,6 +103,10 @@ def capability_statement(request: Request) -> dict[str, Any]:
             entry["operation"] = [{"name": n, "definition": d} for n, d in type_operations]
         if rtype in profiles:
             entry["supportedProfile"] = sorted(profiles[rtype])
+        if rtype == "Subscription":
+            # the backport IG's way of listing the topics an R4 server offers
+            entry["extension"] = [{"url": TOPIC_CANONICAL, "valueCanonical": url}
+                                  for url in TOPICS]
         resources.append(entry)
     rest: dict[str, Any] = {
         "mode": "server",
