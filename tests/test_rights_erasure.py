@@ -200,3 +200,25 @@ def test_patient_erasure_on_mongodb_clears_every_collection(tmp_path: Path) -> N
     assert service.storage.read("Observation", "kept-1") is not None
     assert service.storage.vread("Patient", "gone", 1) is None
     service.storage.close()
+
+
+def test_a_patient_records_their_own_objection_and_it_is_audited(
+    world: dict[str, Any],
+) -> None:
+    """Through the API with a patient-context token: an objection for its own patient is
+    stored (and audited as a write naming the patient); one for another patient is not."""
+    from fhir_server.rights.objections import objection_consent
+
+    admin = world["admin"]
+    put(admin, patient("self", "Self", "2222222222222"))
+    put(admin, patient("other", "Other", "3333333333333"))
+    mine = world["client"]("launch/patient patient/Consent.cru", patient="self")
+    created = mine.post("/Consent", json=objection_consent("self", "portal", "2026-12-07"))
+    assert created.status_code == 201, created.text
+    refused = mine.post("/Consent", json=objection_consent("other", "portal", "2026-12-07"))
+    assert refused.status_code == 403, refused.text
+    auditor = world["client"]("system/AuditEvent.rs")
+    events = auditor.get("/AuditEvent", params={"entity": f"Consent/{created.json()['id']}"})
+    [event] = [e["resource"] for e in events.json()["entry"]]
+    assert event["action"] == "C"
+    assert {"reference": "Patient/self"} in [e.get("what") for e in event["entity"]]

@@ -140,3 +140,31 @@ def test_the_page_in_a_real_browser(world: dict[str, Any], tmp_path: Path) -> No
     assert '<td class="value" data-figure="objections">12</td>' in dom
     assert f'data-source="{PRACTICE}"' in dom and "&lt;11" in dom
     assert 'data-recipient="cohort-a"' in dom
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mongomock"])
+def test_holdings_by_source_month_and_type(backend: str, tmp_path: Path) -> None:
+    """The grouped query of each backend (MongoDB through mongomock: no server here) gives
+    the counts of what was stored, by source (fragment kept), month and type."""
+    from datetime import UTC, datetime
+
+    from fhir_server.rights.holdings import holdings
+    from fhir_server.service.fhir import FhirService
+    from fhir_server.storage import open_storage
+    from tests.storage_backends import mongomock_url
+
+    url = f"sqlite:///{tmp_path / 'h.db'}" if backend == "sqlite" else mongomock_url()
+    service = FhirService(open_storage(url), Settings(db_url=url))
+    before = holdings(service.indexed.backend)
+    for n in range(3):
+        service.resources.update("Patient", f"s{n}", with_source(patient(f"s{n}"), HOSPITAL))
+        service.resources.update("Observation", f"s{n}-1",
+                                 with_source(reading(f"s{n}-1", f"s{n}"), f"{PRACTICE}#r{n}"))
+    service.resources.update("Patient", "none", patient("none"))
+    found = holdings(service.indexed.backend)
+    service.storage.close()
+    month = datetime.now(UTC).strftime("%Y-%m")
+    assert found[(HOSPITAL, month, "Patient")] == 3
+    assert sum(n for (s, _, t), n in found.items() if s.startswith(PRACTICE)
+               and t == "Observation") == 3
+    assert found[("", month, "Patient")] == before.get(("", month, "Patient"), 0) + 1

@@ -6,9 +6,11 @@ aggregation per type collection). Nothing is read of the resources' JSON."""
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
 
 UNSPECIFIED = ""  # resources without meta.source
+DAY = 86400
 
 # (source, month "YYYY-MM", resource type) -> current resources
 Holdings = dict[tuple[str, str, str], int]
@@ -32,17 +34,21 @@ def _sqlite(backend: Any) -> Holdings:
 
 
 def _mongo(backend: Any) -> Holdings:
+    """Grouped in MongoDB by day (epoch seconds of its start) and source, months made here:
+    a day is arithmetic every server (and mongomock) has, a month would need dates."""
     found: Holdings = defaultdict(int)
     pipeline = [
         {"$match": {"del": False}},
-        {"$project": {"lu": 1, "src": {"$filter": {
-            "input": {"$ifNull": ["$idx.uri", []]}, "as": "u",
-            "cond": {"$eq": ["$$u.p", "_source"]}}}}},
-        {"$group": {"_id": {"m": {"$dateToString": {
-            "format": "%Y-%m", "date": {"$toDate": {"$multiply": ["$lu", 1000]}}}},
-            "s": {"$first": "$src.v"}}, "n": {"$sum": 1}}},
+        {"$project": {
+            "day": {"$subtract": ["$lu", {"$mod": ["$lu", DAY]}]},
+            "src": {"$filter": {"input": {"$ifNull": ["$idx.uri", []]}, "as": "u",
+                                "cond": {"$eq": ["$$u.p", "_source"]}}},
+        }},
+        {"$group": {"_id": {"d": "$day", "s": {"$arrayElemAt": ["$src.v", 0]}},
+                    "n": {"$sum": 1}}},
     ]
     for rtype in backend.resource_types():
         for row in backend.collection(rtype).aggregate(pipeline):
-            found[(row["_id"].get("s") or UNSPECIFIED, row["_id"]["m"], rtype)] += row["n"]
+            month = datetime.fromtimestamp(row["_id"]["d"], UTC).strftime("%Y-%m")
+            found[(row["_id"].get("s") or UNSPECIFIED, month, rtype)] += row["n"]
     return dict(found)
