@@ -3,8 +3,8 @@ secure_delete cost, on the generated population (bench/population.py, loaded onc
 process with read, export and deid).
 
 Rows:
-- `rights transparency`: computing the public figures (one grouped query of the resources
-  and `_source` index rows, the objections, the exports); resources counted per second,
+- `rights transparency`: computing the public figures (two grouped queries: the resources
+  by day, the `_source` index rows; the objections, the exports); resources per second,
   p50/p99 of 5 runs;
 - `rights objection check`: the registry's per-request question when nothing changed (the
   newest Consent version and the Consent count), p50/p99 of 2,000 calls;

@@ -25,6 +25,7 @@ from tests.deid_data import write_recipients
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HOSPITAL = "urn:diatabase:source:chu-nord"
 PRACTICE = "urn:diatabase:source:cabinet-sud"
+LABORATORY = "urn:diatabase:source:labo-est"
 SECRET = "transparency-test-master-secret-0123456789"
 KEYS = {"cohort-a": "key-cohort-a"}
 
@@ -66,6 +67,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         for n in range(3):  # the practice: 3 patients, 2 readings each (small cells)
             stored.append(with_source(patient(f"p{n}"), PRACTICE))
             stored += [with_source(reading(f"p{n}-{k}", f"p{n}"), PRACTICE) for k in (1, 2)]
+        stored += [with_source(patient(f"l{n}"), LABORATORY) for n in range(11)]
         for resource in stored:
             answer = admin.put(f"/{resource['resourceType']}/{resource['id']}", json=resource)
             assert answer.status_code == 201, answer.text
@@ -90,14 +92,17 @@ def test_the_figures_against_what_was_stored(world: dict[str, Any]) -> None:
     assert answer.status_code == 200
     figures = answer.json()
     holdings = figures["holdings"]
-    assert holdings["patients"] == 15
+    assert holdings["patients"] == 26
     assert holdings["resources"] == world["total"]
     sources = {s["source"]: s for s in holdings["bySource"]}
     hospital, practice = sources[HOSPITAL], sources[PRACTICE]
     assert hospital["patients"] == 12 and hospital["resources"] == 36
-    assert [m["patients"] for m in hospital["byMonth"]] == [12]
     assert practice["patients"] == "<11" and practice["resources"] == "<11"
-    assert all(m["patients"] == "<11" for m in practice["byMonth"])
+    # the practice's small cells alone would be recovered from the totals: the next
+    # smallest (the laboratory's 11 patients, 11 resources) is withheld with them
+    assert sources[LABORATORY] == {"source": LABORATORY, "patients": "<11", "resources": "<11"}
+    [month] = holdings["byMonth"]  # everything was stored this month
+    assert month["patients"] == 26 and month["resources"] == world["total"]
     assert figures["objections"] == {"inForce": 12, "withdrawn": 0}
     assert figures["smallCellLimit"] == 11
     [recipient] = figures["recipients"]
@@ -111,7 +116,7 @@ def test_the_figures_against_what_was_stored(world: dict[str, Any]) -> None:
     assert last["manifestSha256"] == hashlib.sha256(manifest_file.read_bytes()).hexdigest()
     # the export left out the 12 objecting patients and their readings and Consents
     served = {o["type"]: o["count"] for o in world["manifest"]["output"]}
-    assert served["Patient"] == 3 and served["Observation"] == 6
+    assert served["Patient"] == 3 + 11 and served["Observation"] == 6
     assert "Consent" not in served
 
 
@@ -136,9 +141,9 @@ def test_the_page_in_a_real_browser(world: dict[str, Any], tmp_path: Path) -> No
     assert shot.exists() and shot.read_bytes().startswith(b"\x89PNG"), done.stderr[-2000:]
     dom = subprocess.run([*command, "--dump-dom", url], cwd=tmp_path, capture_output=True,
                          text=True, timeout=180).stdout
-    assert '<td class="value" data-figure="patients">15</td>' in dom
+    assert '<td class="value" data-figure="patients">26</td>' in dom
     assert '<td class="value" data-figure="objections">12</td>' in dom
-    assert f'data-source="{PRACTICE}"' in dom and "&lt;11" in dom
+    assert f'data-source="{PRACTICE}"' in dom and "&lt;11" in dom and "data-month=" in dom
     assert 'data-recipient="cohort-a"' in dom
 
 
@@ -164,7 +169,9 @@ def test_holdings_by_source_month_and_type(backend: str, tmp_path: Path) -> None
     found = holdings(service.indexed.backend)
     service.storage.close()
     month = datetime.now(UTC).strftime("%Y-%m")
-    assert found[(HOSPITAL, month, "Patient")] == 3
-    assert sum(n for (s, _, t), n in found.items() if s.startswith(PRACTICE)
-               and t == "Observation") == 3
-    assert found[("", month, "Patient")] == before.get(("", month, "Patient"), 0) + 1
+    assert found.by_source[(HOSPITAL, "Patient")] == 3
+    assert sum(n for (s, t), n in found.by_source.items()
+               if s.startswith(PRACTICE) and t == "Observation") == 3
+    assert found.by_source[("", "Patient")] == before.by_source.get(("", "Patient"), 0) + 1
+    assert found.by_month[(month, "Patient")] == 4
+    assert found.by_month[(month, "Observation")] == 3

@@ -1,17 +1,17 @@
 """The public transparency figures (`/transparency.json`, the page `/transparency`): what
 the warehouse holds and who uses it.
 
-- holdings: patients and resources by source and month (holdings.py);
+- holdings: patients and resources by source and by month (holdings.py);
 - research recipients and what each receives (rules, k, date shift, resource types);
 - objections in force and withdrawn;
 - the last de-identified exports (date, recipient, size, manifest hash).
 
 Every count from 1 to 10 is shown as "<11" (analytics/suppression.py: the rule of French
-national health data), and where a source's months add up to its published total, the next
-smallest month is withheld too. Figures are computed at most every `refresh_seconds`: a
-request after that gets the figures in hand while one background thread computes new ones
-(the first request waits for them), so the page costs one grouped query every few minutes
-whatever the traffic.
+national health data), and where cells add up to a published total (the sources, the
+months), a single small one is withheld with the next smallest. Figures are computed at
+most every `refresh_seconds`: a request after that gets the figures in hand while one
+background thread computes new ones (the first request waits for them), so the page costs
+two grouped queries every few minutes whatever the traffic.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class Transparency:
             return []
         from fhir_server.deid.facade import served_types
 
-        types = sorted(set(served_types()) & {rtype for _, _, rtype in held})
+        types = sorted(set(served_types()) & held.types())
         out = []
         for recipient in self.deid.recipients:
             rules = recipient.rules
@@ -158,32 +158,39 @@ class Transparency:
 
 
 def _holdings(held: Holdings) -> dict[str, Any]:
-    by_source: dict[str, dict[str, list[int]]] = defaultdict(dict)
-    for (source, month, rtype), count in held.items():
+    """Totals, then the cells by source and by month, each a set of strata of the totals
+    (so a single small cell is hidden with the next smallest: no recovery by subtraction)."""
+    by_source: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for (source, rtype), count in held.by_source.items():
         # meta.source is `system#request` by convention: the system is the source
-        cell = by_source[source.split("#", 1)[0]].setdefault(month, [0, 0])
-        cell[0] += count
-        if rtype == "Patient":
-            cell[1] += count
-    sources = []
-    for source in sorted(by_source):
-        months = by_source[source]
-        resources = {m: c[0] for m, c in months.items()}
-        patients = {m: c[1] for m, c in months.items()}
-        hidden_r, hidden_p = suppress_strata(resources), suppress_strata(patients)
-        sources.append({
-            "source": source or None,
-            "resources": shown(sum(resources.values())),
-            "patients": shown(sum(patients.values())),
-            "byMonth": [
-                {"month": m,
-                 "resources": SUPPRESSED if m in hidden_r else resources[m],
-                 "patients": SUPPRESSED if m in hidden_p else patients[m]}
-                for m in sorted(months)
-            ],
-        })
+        _add(by_source[source.split("#", 1)[0]], rtype, count)
+    by_month: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for (month, rtype), count in held.by_month.items():
+        _add(by_month[month], rtype, count)
+    resources = sum(cell[0] for cell in by_month.values())
+    patients = sum(cell[1] for cell in by_month.values())
     return {
-        "resources": shown(sum(held.values())),
-        "patients": shown(sum(n for (_, _, rtype), n in held.items() if rtype == "Patient")),
-        "bySource": sources,
+        "resources": shown(resources),
+        "patients": shown(patients),
+        "bySource": _strata(by_source, "source"),
+        "byMonth": _strata(by_month, "month"),
     }
+
+
+def _add(cell: list[int], rtype: str, count: int) -> None:
+    cell[0] += count
+    if rtype == "Patient":
+        cell[1] += count
+
+
+def _strata(cells: dict[str, list[int]], name: str) -> list[dict[str, Any]]:
+    hidden_resources = suppress_strata({k: c[0] for k, c in cells.items()})
+    hidden_patients = suppress_strata({k: c[1] for k, c in cells.items()})
+    return [
+        {
+            name: key or None,
+            "patients": SUPPRESSED if key in hidden_patients else cells[key][1],
+            "resources": SUPPRESSED if key in hidden_resources else cells[key][0],
+        }
+        for key in sorted(cells)
+    ]

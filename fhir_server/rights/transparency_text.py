@@ -13,7 +13,7 @@ TEXT: dict[str, dict[str, str]] = {
                        "singled out.",
         "holdings": "What the warehouse holds, by source and by month of last update",
         "patients": "Patients", "resources": "Resources", "source": "Source",
-        "month": "Month", "unspecified": "(source not stated)", "all_months": "all months",
+        "month": "Month", "unspecified": "(source not stated)",
         "recipients": "Research recipients and what each receives",
         "recipient": "Recipient", "rules": "De-identification rules",
         "date_shift": "Date shift (at most)", "days": "days", "types": "Resource types",
@@ -40,7 +40,7 @@ TEXT: dict[str, dict[str, str]] = {
         "holdings": "Ce que l'entrepôt contient, par source et par mois de dernière mise "
                     "à jour",
         "patients": "Patients", "resources": "Ressources", "source": "Source",
-        "month": "Mois", "unspecified": "(source non précisée)", "all_months": "tous les mois",
+        "month": "Mois", "unspecified": "(source non précisée)",
         "recipients": "Destinataires de recherche et ce que chacun reçoit",
         "recipient": "Destinataire", "rules": "Règles de dé-identification",
         "date_shift": "Décalage des dates (au plus)", "days": "jours",
