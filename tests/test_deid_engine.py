@@ -210,7 +210,8 @@ def _stored_libre_readings() -> list[dict]:
     return stored
 
 
-# Shapes next to the fast path's limits: each must come out as the full walk makes it.
+# Shapes a byte-level shortcut would get wrong (the engine once had one): displays of
+# references, nested identifiers, extensions, notes, local and conditional references.
 EDGE_SHAPES = [
     # a Reference with a type and a display, no reference: the display names someone
     {
@@ -258,7 +259,7 @@ EDGE_SHAPES = [
 ]
 
 
-def test_fast_path_gives_the_same_bytes_as_the_full_walk() -> None:
+def test_stored_bytes_and_parsed_resources_give_the_same_output() -> None:
     resources = french_patients(count=3, readings=10) + _stored_libre_readings()
     resources += copy.deepcopy(EDGE_SHAPES)
     for bundle in synthea_bundles():
@@ -273,7 +274,7 @@ def test_fast_path_gives_the_same_bytes_as_the_full_walk() -> None:
         assert fast.transform_bytes(raw) == expected
 
 
-def test_fast_path_drops_the_display_of_a_reference_that_has_only_a_type() -> None:
+def test_the_display_of_a_reference_that_has_only_a_type_is_dropped() -> None:
     out = orjson.loads(engine().transform_bytes(jsonio.dumps(EDGE_SHAPES[0])))
     assert out["performer"] == [{"type": "Practitioner"}]
 
@@ -298,7 +299,8 @@ def test_references_are_pseudonymized_and_displays_dropped() -> None:
     assert out["performer"][0] == {
         "reference": f"Practitioner/{names.pseudonym('Practitioner', 'dr7')}"
     }
-    assert out["performer"][1:] == [{}, {}]
+    # FHIR JSON has no empty objects: references with nothing left to release go entirely.
+    assert len(out["performer"]) == 1
     assert out["contained"][0] == {"resourceType": "Patient", "id": "c1"}
     assert out["hasMember"] == [{"reference": "#c1"}]
 
@@ -395,7 +397,7 @@ def test_display_only_references_lose_their_display() -> None:
     )
     out = engine().transform_bytes(raw)
     assert b"Jane Doe" not in out and b'"display":"kept"' in out
-    assert orjson.loads(out)["insurer"] == {}
+    assert "insurer" not in orjson.loads(out)  # nothing left of it
 
 
 @pytest.mark.parametrize(
@@ -404,6 +406,6 @@ def test_display_only_references_lose_their_display() -> None:
 def test_decimal_literals_leave_exactly_as_stored(literal: bytes) -> None:
     raw = (
         b'{"resourceType":"Observation","id":"d1","subject":{"reference":"Patient/p1"},'
-        b'"valueQuantity":{"value":' + literal + b',"unit":"%"}}'
+        b'"valueQuantity":{"value":' + literal + b',"unit":"%","code":"%"}}'
     )
     assert b'"value":' + literal + b"," in engine().transform_bytes(raw)

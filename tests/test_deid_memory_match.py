@@ -219,9 +219,9 @@ POLICY = ViewPolicy(RULES)
         ("Patient", "address-use", False),
         ("Patient", "organization", False),
         ("Patient", "_id", False),
-        ("Patient", "_tag", False),
+        ("Patient", "_tag", True),  # meta.tag is redacted
         ("Observation", "code", False),
-        ("Observation", "value-quantity", False),
+        ("Observation", "value-quantity", True),  # glucose values carry a watermark
         ("Observation", "subject", False),
         ("Observation", "date", True),
         # Rules-driven: the default rules redact these elements.

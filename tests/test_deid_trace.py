@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,58 @@ def test_cli_export_verify_and_trace(
     # Another master secret is another key: nothing verifies.
     monkeypatch.setenv("DIATABASE_DEID_SECRET", "another-secret-of-enough-length")
     assert main(["deid", "verify", str(out)]) == 1
+
+
+_SECONDS = re.compile(r"(T\d{2}:\d{2}):\d{2}(?:\.\d+)?")
+
+
+def truncate_to_minute(line: str) -> str:
+    """What a leaker does to erase the seconds: every timestamp ends at :00."""
+    return _SECONDS.sub(r"\1:00", line)
+
+
+def strip_all(resource: dict[str, Any]) -> dict[str, Any]:
+    """strip(), and every reference anywhere: nothing of a pseudonym is left."""
+    text = truncate_to_minute(json.dumps(strip(resource)))
+    return json.loads(re.sub(r'"reference": "[^"]*"', '"reference": "x"', text))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_trace_names_the_recipient_of_300_readings_stripped_and_cut_to_the_minute(
+    loaded_db: str,
+    originals: list[dict[str, Any]],
+    keys: list[RecipientKeys],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+    seed: int,
+) -> None:
+    """The seconds watermark is gone (every timestamp ends at :00), ids and references
+    too; the values' watermark still names the one recipient among 20, below 1e-6, and
+    an extract is never attributed to anyone else (nor to anybody once its recipient is
+    not among those tried)."""
+    monkeypatch.setenv("DIATABASE_DEID_SECRET", MASTER.decode())
+    recipients_file = Path(loaded_db.removeprefix("sqlite:///")).parent / "recipients.json"
+    rnd = random.Random(seed)
+    recipient = keys[rnd.randrange(len(keys))]
+    readings = [
+        r
+        for r in extract(recipient, originals)
+        if r["resourceType"] == "Observation" and r["code"]["coding"][0]["code"] == "99504-3"
+    ]
+    leaked = [strip_all(r) for r in rnd.sample(readings, 300)]
+    assert all(r["effectiveDateTime"][17:19] == "00" for r in leaked)
+    leak = tmp_path / "leak.ndjson"
+    leak.write_text(ndjson(leaked))
+    assert recipient.recipient_id not in leak.read_text()
+    capsys.readouterr()
+    assert main(["deid", "trace", str(leak), "--recipients", str(recipients_file), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["recipient"] == recipient.recipient_id and report["method"] == "watermark"
+    assert report["falseAttributionProbability"] < 1e-6
+    assert report["valueCarriers"] >= 250
+    others = [k for k in keys if k.recipient_id != recipient.recipient_id]
+    assert trace(leak.read_text(), others).recipient is None
 
 
 def test_cli_needs_the_secret(

@@ -225,19 +225,24 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from fhir_server.deid.trace import read_leak, trace
 
     recipients, _ = _recipients(args)
-    report = trace(read_leak(args.file), [recipients.keys(r.id) for r in recipients])
+    report = trace(
+        read_leak(args.file),
+        [recipients.keys(r.id) for r in recipients],
+        {r.id: r.rules.value_watermark for r in recipients},
+    )
     if args.json:
         print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
     elif report.recipient is None:
         print(
             f"No recipient can be named ({report.carriers} timestamp carriers, "
-            f"{report.pseudonyms_tried} ids tried)"
+            f"{report.value_carriers} value carriers, {report.pseudonyms_tried} ids tried)"
         )
     else:
         print(
             f"Recipient: {report.recipient} (by {report.method}; false-attribution "
             f"probability <= {report.false_attribution_probability:.3g}; "
-            f"{report.carriers} timestamp carriers, {report.pseudonyms_tried} ids tried)"
+            f"{report.carriers} timestamp carriers, {report.value_carriers} value carriers, "
+            f"{report.pseudonyms_tried} ids tried)"
         )
     return 0 if report.recipient is not None else 1
 

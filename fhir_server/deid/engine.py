@@ -1,12 +1,16 @@
-"""Pseudonymize one resource for one recipient: the compiled rules plus one walk.
+"""Pseudonymize one resource for one recipient: the rules compiled against R4, one walk.
 
-`Deidentifier.transform(resource)` changes a freshly parsed resource in place:
+`Deidentifier.transform(resource)` returns the recipient's version of a parsed resource:
 
-1. path rules (compiled per resource type into a trie) redact, keep, generalize, perturb,
-   pseudonymize or shift the elements they name;
-2. one recursive walk then pseudonymizes every reference (dropping its display and any
-   form that is not `Type/id`), removes the elements named by `nodesByName` rules and the
-   extensions not on the allow-list, and shifts every date by the patient's keyed shift;
+1. the resource is walked with its type's plan (plan.py: the rules compiled against the
+   R4 element model). Every key is looked up: elements the rules redact, and elements
+   that are not in the type's definition, are left out; free text stays only where a rule
+   keeps it (coded values); dates are shifted by the patient's keyed shift; references
+   become pseudonyms (their displays go); extensions off the allow-list go (one that is a
+   modifier suppresses the resource); contained resources get their own type's plan and
+   local ids `c1`, `c2`... (the `#` references follow); UIDs become keyed pseudo-UIDs;
+   objects and lists left empty are removed (FHIR JSON has no empty ones);
+2. a glucose reading's value gets the second watermark (value_mark.py);
 3. the resource id becomes its pseudonym, `meta.security` gets PSEUDED, and a Patient
    gets one recipient-scoped pseudonymous identifier.
 
@@ -15,6 +19,10 @@ Dates: one shift per patient, a whole number of days in [-N, -1] U [1, N] keyed 
 carry seconds also carry the recipient's watermark: their seconds field is replaced by a
 keyed function of the (shifted) date, hour, minute and zone, so intervals and times of day
 are exact to the minute (see watermark.py for detection and its error rates).
+
+One walk for every resource: the byte-level fast path this replaced checked a resource's
+serialized form for what it could not handle; with every element typed, the typed walk
+costs about what those passes did (bench/deid.py) and leaves no shape unchecked.
 """
 
 from __future__ import annotations
@@ -28,8 +36,24 @@ from typing import Any
 import orjson
 
 from fhir_server.deid.keys import RecipientKeys
+from fhir_server.deid.plan import (
+    APPLY,
+    CHILD,
+    CONTAINED,
+    DROP,
+    EXTENSIONS,
+    INLINE_RESOURCE,
+    KEEP,
+    KEEP_TREE,
+    REFERENCE,
+    SHIFT,
+    Plan,
+    PlanCompiler,
+    Step,
+)
 from fhir_server.deid.pseudonyms import Pseudonymizer
-from fhir_server.deid.rules import PathNode, PathRule, Rules
+from fhir_server.deid.rules import Rules
+from fhir_server.deid.value_mark import keyed_residue, mark
 from fhir_server.deid.watermark import keyed_seconds
 from fhir_server.model import jsonio
 
@@ -39,29 +63,15 @@ PSEUDED = {
     "display": "pseudonymized",
 }
 PSEUDONYM_SYSTEM = "https://diatabase.org/fhir/sid/deid-pseudonym/"
+DICOM_UID_SYSTEM = "urn:dicom:uid"
 PATIENT_LINKS = ("subject", "patient", "beneficiary")
-_DATE = re.compile(r"\d{4}-\d{2}(-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?)?)?")
+_DATE = re.compile(r"\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?)?)?)?")
 _RELATIVE_REF = re.compile(
     r"(?:https?://[^\s?#]+/)?([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?"
 )
-EXTENSION_KEYS = ("extension", "modifierExtension")
+_UID = re.compile(r"(urn:oid:)?([0-2](?:\.(?:0|[1-9][0-9]*))+)")
 _MISSING = object()
 _CACHE_LIMIT = 200_000
-# The fast path's passes over a serialized resource. Each is a plain pattern that the
-# regex engine scans quickly (one alternation with lookbehinds cost three times more).
-# A `"` followed by a letter or digit always opens a string (after a closing quote JSON
-# has `:`, `,`, `}` or `]`), so these see every key and string value.
-_SIMPLE_REFERENCE = re.compile(rb'\{"reference":"([^"\\]*)"\}')
-_DATE_VALUE = re.compile(
-    rb'"(\d{4}-\d{2}(?:-\d{2}(?:T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})?)?)?)"'
-)
-_DISPLAY_KEY = b'"display":'
-
-
-def _walked_keys_pattern(keys: list[str]) -> re.Pattern[bytes]:
-    """Keys (or whole string values: those only cost the full walk, with the same output)
-    that only the full walk handles."""
-    return re.compile(rb'"(?:' + b"|".join(re.escape(k.encode()) for k in keys) + rb')"')
 
 
 class Suppressed(Exception):
@@ -73,54 +83,47 @@ class Deidentifier:
         self.keys = keys
         self.rules = rules
         self.pseudonyms = Pseudonymizer(keys.pseudonym, keys.hashed_pseudonym)
-        self._tries: dict[str, dict[str, PathNode]] = {}
+        self.plans = PlanCompiler(rules)
         self._shifts: dict[str, int] = {}
         self._days = rules.date_shift_days if rules.shift_dates else 0
-        self._redact = rules.redact_names
-        self._allow = rules.extension_allow
+        self._allow = rules.extension_allow or frozenset()
         self._identifier_system = PSEUDONYM_SYSTEM + keys.recipient_id
-        # transform keeps per-resource state (patient shift) on self: one at a time.
+        # transform keeps per-resource state (patient shift, local ids) on self: one at a time.
         self._lock = threading.RLock()
-        self._shift_on = bool(self._days or rules.watermark)
         self._watermark_second = keyed_seconds(keys.watermark)
-        # Keys the plain walk must look at: one set lookup per key instead of three.
-        extension_keys = EXTENSION_KEYS if self._allow is not None else ()
-        self._fast_strips: dict[str, Any] = {}
+        self._value_mark = rules.value_watermark
+        self._value_residue = keyed_residue(keys.value_watermark)
         self._reference_cache: dict[str, str | None] = {}
-        self._reference_bytes: dict[bytes, bytes] = {}
         self._date_cache: dict[tuple[str, int], str] = {}
-        # What only the full walk handles; the redacted names found at the top level are
-        # removed before the check, so only nested ones send a resource down the full walk.
-        self._walked_keys = _walked_keys_pattern(
-            ["contained", *sorted(self._redact), *extension_keys]
-        )
-        self._special = frozenset({*self._redact, *extension_keys, "reference", "display"})
+        self._uid_cache: dict[str, str] = {}
+        self._current: tuple[str, str, int] = ("", "", 0)
+        self._local_ids: dict[str, str] = {}
 
     # -- public ---------------------------------------------------------------------------
 
     def transform(self, resource: dict[str, Any]) -> dict[str, Any]:
-        """Pseudonymize `resource` in place and return it; raises Suppressed."""
+        """The pseudonymized version of `resource` (a new object); raises Suppressed."""
         with self._lock:
             return self._transform(resource)
+
+    def transform_bytes(self, raw: bytes) -> bytes:
+        """The stored JSON of a resource -> its pseudonymized JSON; raises Suppressed."""
+        with self._lock:
+            return jsonio.dumps(self._transform(_loads(raw)))
 
     def _transform(self, resource: dict[str, Any]) -> dict[str, Any]:
         rtype = resource.get("resourceType", "")
         rid = resource.get("id")
         shift = self.shift_days(self._patient_of(resource, rtype, rid))
         self._current = (rtype, rid or "", shift)
-        trie = self._trie(rtype)
-        if trie:
-            self._apply_paths(resource, trie, rtype)
-        for contained in resource.get("contained") or ():
-            # Contained resources keep their local ids but get their own type's rules.
-            if isinstance(contained, dict):
-                inner_type = contained.get("resourceType", "")
-                inner_trie = self._trie(inner_type)
-                if inner_trie:
-                    self._apply_paths(contained, inner_trie, inner_type)
-        self._walk(resource, trie or None, False)
-        self._finish(resource, rtype, rid)
-        return resource
+        contained = resource.get("contained")
+        self._local_ids = _local_ids(contained) if contained else {}
+        out = self._apply(resource, self.plans.resource_plan(rtype)) or {}
+        out["resourceType"] = rtype
+        if self._value_mark is not None and rtype == "Observation":
+            mark(out, self._value_mark, self._value_residue)
+        self._finish(out, rtype, rid)
+        return out
 
     def _finish(self, resource: dict[str, Any], rtype: str, rid: str | None) -> None:
         if rid is not None:
@@ -134,100 +137,203 @@ class Deidentifier:
             meta = resource["meta"] = {}
         meta["security"] = [*meta.get("security", ()), PSEUDED]
 
-    def transform_bytes(self, raw: bytes) -> bytes:
-        """The stored JSON of a resource -> its pseudonymized JSON; raises Suppressed.
+    # -- the walk -------------------------------------------------------------------------
 
-        The fast path (most clinical resources: only redacting path rules; identifiers and
-        other redacted names at the top level only; no extension or free-text element
-        below it; every reference a bare `{"reference": ...}`) applies the path rules and
-        removes those top-level elements on the parsed resource, then rewrites references
-        and dates with regular expressions over the serialized bytes instead of walking
-        the tree. Anything else takes the full walk; both give the same output."""
-        with self._lock:
-            return self._transform_bytes(raw)
+    def _apply(self, node: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
+        """`node` as its plan releases it (a new object), or None when nothing is left.
+        The hot loop of an export: the common steps are tested inline, in order of use."""
+        walk = plan.walk
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            found = walk.get(key)
+            if found is None:
+                continue  # not an element of this definition: closed by default
+            kind, child, step = found
+            if kind == KEEP:
+                out[key] = value
+            elif kind == CHILD:
+                if type(value) is dict:
+                    kept = self._apply(value, child)  # type: ignore[arg-type]
+                    if kept is not None:
+                        out[key] = kept
+                elif type(value) is list:
+                    items = []
+                    for item in value:
+                        if type(item) is dict:
+                            kept = self._apply(item, child)  # type: ignore[arg-type]
+                            if kept is not None:
+                                items.append(kept)
+                    if items:
+                        out[key] = items
+            elif kind == DROP:
+                continue
+            elif kind == REFERENCE:
+                if type(value) is str:
+                    new = self._reference_value(value)
+                    if new is not None:
+                        out[key] = new
+            elif kind == SHIFT:
+                if type(value) is str:
+                    value = self._shift(value)
+                elif type(value) is list:
+                    value = [self._shift(v) for v in value if type(v) is str]
+                    value = [v for v in value if v is not None] or None
+                else:
+                    value = None
+                if value is not None:
+                    out[key] = value
+            else:
+                new = self._special(kind, step, key, value, node)
+                if new is not None:
+                    out[key] = new
+        return out or None
 
-    def _transform_bytes(self, raw: bytes) -> bytes:
-        resource = _loads(raw)
-        rtype = resource.get("resourceType", "")
-        strip = self._fast_strips.get(rtype)
-        if strip is None and rtype not in self._tries:
-            self._trie(rtype)  # compiles the type's strip function on first sight
-            strip = self._fast_strips.get(rtype)
-        if strip is None or rtype == "Patient":
-            # Patient: its own identifier goes in at the end, where the check would see it.
-            return jsonio.dumps(self._transform(resource))
-        rid = resource.get("id")
-        patient = self._patient_fast(resource, rtype, rid)
-        self._current = (rtype, rid or "", self.shift_days(patient))
-        strip(resource)
-        for name in self._redact:
-            if name in resource:
-                del resource[name]
-        self._finish(resource, rtype, rid)
-        out = jsonio.dumps(resource)
-        fast = self._fast_rewrite(out)
-        if fast is None:
-            return jsonio.dumps(self._transform(_loads(raw)))
-        return fast
+    def _special(self, kind: int, step: Step, key: str, value: Any, node: dict[str, Any]) -> Any:
+        """The rarer steps (extensions, rule methods, kept trees, resources within)."""
+        if kind == EXTENSIONS:
+            return self._extensions(key, value, step.plan)
+        if kind == APPLY:
+            return self._apply_rule(step, value, node)
+        if kind == KEEP_TREE:
+            self._walk_references(value)
+            return value
+        if kind == CONTAINED:
+            return self._contained(value)
+        if kind == INLINE_RESOURCE:
+            if type(value) is not dict:
+                return None
+            return self._apply(value, self.plans.resource_plan(value.get("resourceType", "")))
+        raise AssertionError(kind)
 
-    def _fast_rewrite(self, out: bytes) -> bytes | None:
-        """References and dates of a serialized resource rewritten, or None when it holds
-        something only the full walk handles."""
-        if self._walked_keys.search(out) is not None:
+    def _extensions(self, key: str, value: Any, plan: Plan | None) -> list[Any] | None:
+        if type(value) is not list:
             return None
-        at = out.find(_DISPLAY_KEY)
-        while at >= 0:
-            if not _in_coding(out, at):
-                return None  # a display that is not a Coding's: maybe a Reference's
-            at = out.find(_DISPLAY_KEY, at + len(_DISPLAY_KEY))
-        parts = _SIMPLE_REFERENCE.split(out)
-        if len(parts) > 1:
-            if len(parts) // 2 != out.count(b'"reference"'):
-                return None  # a reference in another shape (with a display, a type...)
-            parts[1::2] = [self._reference_json(ref) for ref in parts[1::2]]
-            out = b"".join(parts)
-        if self._shift_on:
-            parts = _DATE_VALUE.split(out)
-            if len(parts) > 1:
-                # The pattern is _DATE's grammar: no need to check the dates again.
-                shift = self._shift_date
-                parts[1::2] = [b'"' + shift(d.decode()).encode() + b'"' for d in parts[1::2]]
-                out = b"".join(parts)
-        return out
+        kept = [e for e in value if type(e) is dict and e.get("url") in self._allow]
+        if key == "modifierExtension" and len(kept) != len(value):
+            # Dropping a modifier extension would change what the resource means.
+            raise Suppressed("a modifier extension is not on the allow-list")
+        assert plan is not None
+        released = [e for e in (self._apply(x, plan) for x in kept) if e is not None and "url" in e]
+        return released or None
 
-    def _reference_json(self, ref: bytes) -> bytes:
-        """The pseudonymized `{"reference": ...}` object of a bare reference."""
-        cached = self._reference_bytes.get(ref)
+    def _contained(self, value: Any) -> list[Any] | None:
+        if type(value) is not list:
+            return None
+        released = []
+        for item in value:
+            if type(item) is not dict:
+                continue
+            inner_type = item.get("resourceType", "")
+            kept = self._apply(item, self.plans.resource_plan(inner_type)) or {}
+            kept["resourceType"] = inner_type
+            local = self._local_ids.get(item.get("id"))  # type: ignore[arg-type]
+            if local is None:
+                kept.pop("id", None)
+            else:
+                kept["id"] = local
+            released.append(kept)
+        return released or None
+
+    def _reference_value(self, ref: str) -> str | None:
+        cached = self._reference_cache.get(ref, _MISSING)
+        if cached is not _MISSING:
+            return cached  # type: ignore[return-value]
+        if ref.startswith("#"):
+            if ref == "#":
+                return ref  # the containing resource itself
+            local = self._local_ids.get(ref[1:])
+            return None if local is None else "#" + local
+        return self.reference(ref)
+
+    def _walk_references(self, node: Any) -> None:
+        """References below a kept element: pseudonymized, displays dropped (in place)."""
+        if type(node) is list:
+            for item in node:
+                self._walk_references(item)
+            return
+        if type(node) is not dict:
+            return
+        ref = node.get("reference")
+        if type(ref) is str:
+            new = self._reference_value(ref)
+            if new is None:
+                del node["reference"]
+            else:
+                node["reference"] = new
+            node.pop("display", None)
+        for value in node.values():
+            if type(value) is dict or type(value) is list:
+                self._walk_references(value)
+
+    # -- rule methods ---------------------------------------------------------------------
+
+    def _apply_rule(self, step: Step, value: Any, node: dict[str, Any]) -> Any:
+        rule = step.rule
+        assert rule is not None and not isinstance(rule, str)
+        method = rule.method
+        if isinstance(value, list):
+            values = [self._apply_one(method, rule.options, v, node, step.where) for v in value]
+            values = [v for v in values if v is not None]
+            return values or None
+        return self._apply_one(method, rule.options, value, node, step.where)
+
+    def _apply_one(
+        self, method: str, options: dict[str, Any], value: Any, node: dict[str, Any], where: str
+    ) -> Any:
+        if method == "keep":  # with a condition (`when`): kept only when coded
+            return value if _coded(options["when"], value, node) else None
+        if method == "generalize":
+            return _generalize(options, value)
+        if method == "pseudonymize":
+            if not isinstance(value, str):
+                return None  # only strings have a token; anything else goes
+            return self.pseudonyms.keyed_token(where, value)
+        if method == "perturb":
+            return self._perturb(options, value, where)
+        if method == "uid":
+            return self._uid(value)
+        raise AssertionError(method)
+
+    def _uid(self, value: Any) -> Any:
+        """A UID (or `urn:oid:` OID) -> `2.25.<decimal of a keyed hash>` under the same
+        prefix: a valid DICOM UID (ISO/IEC 9834-8 UUID arc, at most 44 characters), the same
+        for the same UID within a recipient. An Identifier stays only as a DICOM UID."""
+        if type(value) is dict:
+            if value.get("system") != DICOM_UID_SYSTEM:
+                return None
+            uid = self._uid(value.get("value"))
+            return None if uid is None else {"system": DICOM_UID_SYSTEM, "value": uid}
+        if type(value) is not str:
+            return None
+        cached = self._uid_cache.get(value)
         if cached is not None:
             return cached
-        if ref.startswith(b"#"):
-            result = b'{"reference":"' + ref + b'"}'
-        else:
-            new = self.reference(ref.decode())
-            result = b"{}" if new is None else b'{"reference":"' + new.encode() + b'"}'
-        if len(self._reference_bytes) < _CACHE_LIMIT:
-            self._reference_bytes[ref] = result
+        match = _UID.fullmatch(value)
+        if match is None:
+            return None
+        digest = hashlib.blake2b(
+            b"uid\0" + match.group(2).encode(), key=self.keys.hashed_pseudonym, digest_size=16
+        ).digest()
+        result = (match.group(1) or "") + "2.25." + str(int.from_bytes(digest, "big"))
+        if len(self._uid_cache) < _CACHE_LIMIT:
+            self._uid_cache[value] = result
         return result
 
-    @staticmethod
-    def _patient_fast(resource: dict[str, Any], rtype: str, rid: str | None) -> str:
-        if rtype != "Patient":
-            for key in PATIENT_LINKS:
-                link = resource.get(key)
-                if type(link) is dict:
-                    ref = link.get("reference")
-                    if type(ref) is str and ref.startswith("Patient/") and "/" not in ref[8:]:
-                        return ref[8:]
-        return Deidentifier._patient_of(resource, rtype, rid)
+    def _perturb(self, options: dict[str, Any], value: Any, where: str) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value
+        rtype, rid, _ = self._current
+        digest = hashlib.blake2b(
+            f"{rtype}/{rid}\0{where}".encode(), key=self.keys.perturb, digest_size=8
+        ).digest()
+        unit = int.from_bytes(digest, "big") / 2**64 * 2 - 1  # in [-1, 1)
+        noisy = value * (1 + unit * float(options["range"]))
+        if isinstance(value, int):
+            return round(noisy)
+        decimals = len(repr(float(value)).partition(".")[2])
+        return round(noisy, decimals)
 
-    def _trie(self, rtype: str) -> dict[str, PathNode]:
-        trie = self._tries.get(rtype)
-        if trie is None:
-            trie = self.rules.trie(rtype)
-            if _only_redactions(trie):
-                self._fast_strips[rtype] = _compile_redactions(trie)
-            self._tries[rtype] = trie
-        return trie
+    # -- ids, references, dates -----------------------------------------------------------
 
     def shift_days(self, patient_key: str) -> int:
         if not self._days:
@@ -257,33 +363,32 @@ class Deidentifier:
             self._reference_cache[text] = result
         return result
 
-    # -- date shift -----------------------------------------------------------------------
-
     @staticmethod
     def _patient_of(resource: dict[str, Any], rtype: str, rid: str | None) -> str:
         if rtype == "Patient" and rid:
             return rid
         for key in PATIENT_LINKS:
             link = resource.get(key)
-            if isinstance(link, dict):
+            if type(link) is dict:
                 ref = link.get("reference")
-                if isinstance(ref, str):
+                if type(ref) is str:
+                    if ref.startswith("Patient/") and "/" not in ref[8:]:
+                        return ref[8:]
                     match = _RELATIVE_REF.fullmatch(ref)
                     if match is not None and match.group(1) == "Patient":
                         return match.group(2)
         # Not tied to a patient: a shift of its own, keyed by the resource.
         return f"{rtype}/{rid}"
 
-    def _shift(self, text: str) -> str:
+    def _shift(self, text: str) -> str | None:
+        """A FHIR date, dateTime or instant shifted; anything else is not a date: None."""
         if _DATE.fullmatch(text) is None:
-            return text
-        return self._shift_date(text)
-
-    def _shift_date(self, text: str) -> str:
-        """`_shift` of a text known to be a FHIR date, dateTime or instant."""
+            return None
         days = self._current[2]
         if not days and not self.rules.watermark:
             return text
+        if len(text) == 4:
+            return text  # a year: a shift of up to a year would be a guess, not a shift
         if len(text) == 7:
             return _shift_day(text[:7] + "-15", days).isoformat()[:7]
         key = (text[:10], days)
@@ -305,181 +410,30 @@ class Deidentifier:
         second = self._watermark_second(head + minute + zone)
         return f"{head}{minute}:{second:02d}{zone}"
 
-    # -- path rules -----------------------------------------------------------------------
 
-    def _apply_paths(self, node: Any, trie: dict[str, PathNode], where: str) -> None:
-        if isinstance(node, list):
-            for item in node:
-                self._apply_paths(item, trie, where)
-            return
-        if not isinstance(node, dict):
-            return
-        for name, child in trie.items():
-            if name not in node:
-                continue
-            if child.rule is None:
-                self._apply_paths(node[name], child.children, f"{where}.{name}")
-                continue
-            value = self._apply_rule(child.rule, node[name], f"{where}.{name}")
-            if value is None:
-                del node[name]
-            else:
-                node[name] = value
-
-    def _apply_rule(self, rule: PathRule, value: Any, where: str) -> Any:
-        method = rule.method
-        if method == "redact":
-            return None
-        if method == "keep":
-            return value
-        if isinstance(value, list):
-            values = [self._apply_rule(rule, item, where) for item in value]
-            values = [v for v in values if v is not None]
-            return values or None
-        if method == "dateShift":
-            return self._shift(value) if isinstance(value, str) else value
-        if method == "generalize":
-            return _generalize(rule.options, value)
-        if method == "pseudonymize":
-            if not isinstance(value, str):
-                return None  # only strings have a token; anything else goes
-            return self.pseudonyms.keyed_token(where, value)
-        if method == "perturb":
-            return self._perturb(rule.options, value, where)
-        raise AssertionError(method)
-
-    def _perturb(self, options: dict[str, Any], value: Any, where: str) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return value
-        rtype, rid, _ = self._current
-        digest = hashlib.blake2b(
-            f"{rtype}/{rid}\0{where}".encode(), key=self.keys.perturb, digest_size=8
-        ).digest()
-        unit = int.from_bytes(digest, "big") / 2**64 * 2 - 1  # in [-1, 1)
-        noisy = value * (1 + unit * float(options["range"]))
-        if isinstance(value, int):
-            return round(noisy)
-        decimals = len(repr(float(value)).partition(".")[2])
-        return round(noisy, decimals)
-
-    # -- the walk -------------------------------------------------------------------------
-
-    def _walk(self, node: dict[str, Any], trie: dict[str, PathNode] | None, claimed: bool) -> None:
-        """References everywhere; below a node claimed by a path rule nothing else."""
-        if claimed:
-            self._walk_references(node)
-        elif trie is None:
-            self._walk_plain(node)
-        else:
-            self._walk_trie(node, trie)
-
-    def _rewrite_reference(self, node: dict[str, Any], ref: str) -> None:
-        if ref.startswith("#"):
-            return
-        new = self.reference(ref)
-        if new is None:
-            del node["reference"]
-        else:
-            node["reference"] = new
-        node.pop("display", None)
-
-    def _walk_trie(self, node: dict[str, Any], trie: dict[str, PathNode]) -> None:
-        """The walk above and at the elements that path rules name."""
-        untouched = {}
-        for key in list(node):
-            path_node = trie.get(key)
-            if path_node is None:
-                untouched[key] = node[key]
-                continue
-            value = node[key]
-            if path_node.rule is not None:
-                children = value if type(value) is list else (value,)
-                for child in children:
-                    if type(child) is dict:
-                        self._walk_references(child)
-                continue
-            children = value if type(value) is list else (value,)
-            for child in children:
-                if type(child) is dict:
-                    self._walk_trie(child, path_node.children)
-        if untouched:
-            # The rest is walked as if it were a node of its own, then put back in place.
-            self._walk_plain(untouched, node)
-
-    def _walk_plain(self, node: dict[str, Any], target: dict[str, Any] | None = None) -> None:
-        """The walk where no path rule applies: the hot loop of an export."""
-        if target is None:
-            target = node
-        ref = node.get("reference")
-        if type(ref) is str:
-            self._rewrite_reference(target, ref)
-        elif "display" in node and "code" not in node and "system" not in node:
-            # A Reference with only a display (`{"display": "Dr Jane Doe"}`): a Coding
-            # always has a code or a system, so this is free text naming someone.
-            del target["display"]
-        special = self._special
-        shift = self._shift_on
-        for key, value in list(node.items()):
-            if key in special:
-                if key in self._redact:
-                    del target[key]
-                    continue
-                if key == "reference" or key == "display":
-                    continue
-                value = self._filter_extensions(key, value)
-                if value is None:
-                    del target[key]
-                    continue
-                target[key] = value
-            kind = type(value)
-            if kind is str:
-                if shift and len(value) >= 7 and value[4] == "-":
-                    target[key] = self._shift(value)
-            elif kind is dict:
-                self._walk_plain(value)
-            elif kind is list:
-                for index, item in enumerate(value):
-                    item_kind = type(item)
-                    if item_kind is dict:
-                        self._walk_plain(item)
-                    elif item_kind is str and shift and len(item) >= 7 and item[4] == "-":
-                        value[index] = self._shift(item)
-
-    def _walk_references(self, node: dict[str, Any]) -> None:
-        ref = node.get("reference")
-        if type(ref) is str:
-            self._rewrite_reference(node, ref)
-        for value in node.values():
-            kind = type(value)
-            if kind is dict:
-                self._walk_references(value)
-            elif kind is list:
-                for item in value:
-                    if type(item) is dict:
-                        self._walk_references(item)
-
-    def _filter_extensions(self, key: str, value: Any) -> list[Any] | None:
-        allow = self._allow
-        assert allow is not None
-        if not isinstance(value, list):
-            return None
-        kept = [e for e in value if isinstance(e, dict) and e.get("url") in allow]
-        if key == "modifierExtension" and len(kept) != len(value):
-            # Dropping a modifier extension would change what the resource means.
-            raise Suppressed("a modifier extension is not on the allow-list")
-        return kept or None
+def _local_ids(contained: Any) -> dict[str, str]:
+    """Contained resources' local ids -> `c1`, `c2`... (a local id is the sender's text)."""
+    local: dict[str, str] = {}
+    if type(contained) is list:
+        for item in contained:
+            if type(item) is dict and type(item.get("id")) is str and item["id"] not in local:
+                local[item["id"]] = f"c{len(local) + 1}"
+    return local
 
 
-def _in_coding(text: bytes, at: int) -> bool:
-    """Whether the `"display":` key at `at` belongs to an object that has a code or a
-    system before it (a Coding keeps its display; the full walk drops the display of an
-    object with neither, a Reference). Only the flat case is read: from the last `{`
-    before the key, with no nested value in between; anything else says no (the full
-    walk then decides, with the same output)."""
-    members = text[text.rfind(b"{", 0, at) + 1 : at]
-    if b"}" in members or b"]" in members:
+def _coded(condition: str, value: Any, node: dict[str, Any]) -> bool:
+    """Whether a free-text value is backed by a code (rules: `keep` with `when`)."""
+    if type(value) is not str:
         return False
-    return b'"code":' in members or b'"system":' in members
+    if condition == "code":
+        return type(node.get("code")) is str
+    if condition == "equalsCode":
+        return node.get("code") == value
+    codings = node.get("coding")
+    return type(codings) is list and any(
+        type(c) is dict and type(c.get("code")) is str and c.get("display") == value
+        for c in codings
+    )
 
 
 def _loads(raw: bytes) -> Any:
@@ -512,44 +466,6 @@ def _shift_day(text: str, days: int) -> date:
             except ValueError:
                 break
     return start + timedelta(days=days)
-
-
-def _compile_redactions(trie: dict[str, PathNode]) -> Any:
-    """A function deleting the redacted paths of a type (the fast path's path rules)."""
-    root = [name for name, node in trie.items() if node.rule is not None]
-    nested = [(name, node.children) for name, node in trie.items() if node.rule is None]
-
-    def strip(resource: dict[str, Any]) -> None:
-        for name in root:
-            resource.pop(name, None)
-        for name, children in nested:
-            value = resource.get(name)
-            if value is not None:
-                _strip_nested(value, children)
-
-    return strip
-
-
-def _strip_nested(value: Any, trie: dict[str, PathNode]) -> None:
-    for item in value if type(value) is list else (value,):
-        if type(item) is not dict:
-            continue
-        for name, node in trie.items():
-            if name not in item:
-                continue
-            if node.rule is not None:
-                del item[name]
-            else:
-                _strip_nested(item[name], node.children)
-
-
-def _only_redactions(trie: dict[str, PathNode]) -> bool:
-    for node in trie.values():
-        if node.rule is not None and node.rule.method != "redact":
-            return False
-        if not _only_redactions(node.children):
-            return False
-    return True
 
 
 def _generalize(options: dict[str, Any], value: Any) -> Any:

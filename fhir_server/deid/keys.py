@@ -53,6 +53,7 @@ class RecipientKeys:
     date_shift: bytes  # keyed BLAKE2b -> the per-patient day shift
     watermark: bytes  # keyed BLAKE2b -> the seconds of every timestamp
     perturb: bytes  # keyed BLAKE2b -> noise for `perturb` rules
+    value_watermark: bytes  # keyed BLAKE2b -> the residue of glucose values (value_mark.py)
 
     @classmethod
     def derive(cls, master: bytes, recipient_id: str) -> RecipientKeys:
@@ -66,6 +67,7 @@ class RecipientKeys:
             key("date-shift", 32),
             key("watermark", 32),
             key("perturb", 32),
+            key("value-watermark", 32),
         )
 
 

@@ -14,11 +14,26 @@ engine costs ~100x more per resource):
 - `nodesByType('Extension')`, method `redact` with an `allow` list of extension URLs.
 - `nodesByType('dateTime')`, method `dateShift`: every date, dateTime and instant value.
 - `nodesByType('Reference')`, method `pseudonymize`.
+- `nodesByType('T')` for any other R4 type `T` (a primitive such as `string`, `uri`,
+  `code`, `oid`, `time`, or a datatype such as `Identifier`, `HumanName`): `redact`,
+  `keep`, `uid` or `pseudonymize`, for every element of that type.
+- `Datatype.element` (`Coding.display`, `Quantity.unit`: a datatype's own element,
+  wherever the datatype occurs; `Quantity` includes Age, Count, Distance and Duration).
 
-A path rule claims its element: the type-wide rules (`nodesBy...`) do not touch it again
-(so a birth date generalized to the year is not also shifted). Whatever the rules say,
-resource ids and references are always pseudonymized and displays of references dropped:
-a rule cannot turn that off.
+Methods beyond the MS tool's: `uid` (a DICOM UID or OID becomes a keyed pseudo-UID
+`2.25.<decimal>`; an Identifier is kept only when it is a DICOM UID), and `keep` with a
+condition `when` saying when a free-text value counts as coded: `code` (its object has a
+code: a Coding's display), `equalsCode` (it equals its object's code: a Quantity's unit),
+`equalsCodingDisplay` (it equals the display of one of the object's codings that has a
+code: a CodeableConcept's text). A value that is not coded is removed.
+
+Which rule decides an element, first match: a path rule on it (or on an ancestor: a path
+rule claims its element, so a birth date generalized to the year is not also shifted), a
+datatype rule, a `nodesByName` rule, a `nodesByType` rule for its type. An element of a
+type that can carry text, an identifier, a date or a URI that no rule names is removed
+(closed by default; a test checks that the default profile names every one of them).
+Whatever the rules say, resource ids and references are always pseudonymized and
+displays of references dropped: a rule cannot turn that off.
 """
 
 from __future__ import annotations
@@ -31,9 +46,13 @@ from typing import Any
 
 import orjson
 
+from fhir_server.deid.elements import PRIMITIVES, QUANTITY_TYPES, is_datatype
 from fhir_server.deid.keys import DeidConfigError
 
-METHODS = ("keep", "redact", "pseudonymize", "dateShift", "generalize", "perturb")
+METHODS = ("keep", "redact", "pseudonymize", "dateShift", "generalize", "perturb", "uid")
+TYPE_METHODS = ("keep", "redact", "pseudonymize", "uid")
+KEEP_CONDITIONS = ("code", "equalsCode", "equalsCodingDisplay")
+DATE_TYPES = ("date", "dateTime", "instant")
 _PATH = re.compile(r"[A-Z][A-Za-z]+(\.[a-z_][A-Za-z0-9_]*)+")
 _NODES = re.compile(r"nodesBy(Name|Type)\('([A-Za-z_][A-Za-z0-9_]*)'\)")
 DEFAULT_RULES = "diabetes-research.json"
@@ -42,6 +61,8 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "watermark": True,
     "pseudonymousIdentifier": True,
     "kAnonymity": {"k": 5, "quasiIdentifiers": ["birthYear", "gender", "postalPrefix"]},
+    "lDiversity": {"attribute": "diagnosis", "codePrefix": 3},
+    "valueWatermark": None,
 }
 QUASI_IDENTIFIERS = ("birthYear", "gender", "postalPrefix")
 
@@ -75,6 +96,11 @@ class Rules:
     k: int
     quasi_identifiers: tuple[str, ...]
     source: bytes  # the configuration as loaded (its hash goes into export manifests)
+    # `Datatype.element` rules, by (datatype, element); `nodesByType` rules, by type.
+    datatype_rules: dict[tuple[str, str], PathRule] = field(default_factory=dict)
+    type_rules: dict[str, PathRule] = field(default_factory=dict)
+    value_watermark: dict[str, Any] | None = None  # see value_mark.py
+    diversity_prefix: int = 3  # l-diversity of diagnoses: ICD-10 codes cut to this
 
     def trie(self, resource_type: str) -> dict[str, PathNode]:
         """The path rules of one type, first rule first (a later rule cannot override)."""
@@ -128,6 +154,8 @@ def parse_rules(config: Any, source: bytes) -> Rules:
     redact_names: set[str] = set()
     extension_allow: frozenset[str] | None = None
     shift_dates = False
+    datatype_rules: dict[tuple[str, str], PathRule] = {}
+    type_rules: dict[str, PathRule] = {}
     for number, item in enumerate(config["fhirPathRules"], 1):
         if not isinstance(item, dict) or not isinstance(item.get("path"), str):
             raise DeidConfigError(f"rule {number}: needs a `path`")
@@ -143,14 +171,24 @@ def parse_rules(config: Any, source: bytes) -> Rules:
             elif kind == "Type" and name == "Extension" and method in ("redact", "keep"):
                 if method == "redact":
                     extension_allow = frozenset(options.get("allow", ()))
-            elif kind == "Type" and name in ("dateTime", "date", "instant"):
+            elif kind == "Type" and name in DATE_TYPES:
                 if method == "dateShift":
                     shift_dates = True
                 elif method != "keep":
                     raise DeidConfigError(f"rule {number}: {path} takes dateShift or keep")
+                # `dateTime` speaks for every date type that has no rule of its own.
+                for date_type in DATE_TYPES if name == "dateTime" else (name,):
+                    rule = PathRule((), date_type, method, options)
+                    if date_type == name or date_type not in type_rules:
+                        type_rules[date_type] = rule
             elif kind == "Type" and name == "Reference":
                 if method != "pseudonymize":
                     raise DeidConfigError(f"rule {number}: references are always pseudonymized")
+            elif kind == "Type" and (name in PRIMITIVES or is_datatype(name)):
+                if method not in TYPE_METHODS:
+                    raise DeidConfigError(f"rule {number}: {path} takes one of {TYPE_METHODS}")
+                _check_options(number, method, options)
+                type_rules[name] = PathRule((), name, method, options)
             else:
                 raise DeidConfigError(f"rule {number}: {path} with {method} is not supported")
             continue
@@ -161,6 +199,13 @@ def parse_rules(config: Any, source: bytes) -> Rules:
             )
         _check_options(number, method, options)
         head, *rest = path.split(".")
+        if head != "Resource" and (is_datatype(head) or head in QUANTITY_TYPES):
+            if len(rest) != 1:
+                raise DeidConfigError(f"rule {number}: a datatype rule names one element")
+            for datatype in QUANTITY_TYPES if head == "Quantity" else (head,):
+                rule = PathRule(tuple(rest), datatype, method, options)
+                datatype_rules.setdefault((datatype, rest[0]), rule)
+            continue
         path_rules.append(PathRule(tuple(rest), head, method, options))
     kanon = {**DEFAULT_PARAMETERS["kAnonymity"], **(parameters.get("kAnonymity") or {})}
     quasi = tuple(kanon.get("quasiIdentifiers", QUASI_IDENTIFIERS))
@@ -182,7 +227,26 @@ def parse_rules(config: Any, source: bytes) -> Rules:
         k=int(kanon.get("k", 5)),
         quasi_identifiers=quasi,
         source=source,
+        datatype_rules=datatype_rules,
+        type_rules=type_rules,
+        value_watermark=_value_watermark(parameters.get("valueWatermark")),
+        diversity_prefix=int((parameters.get("lDiversity") or {}).get("codePrefix", 3)),
     )
+
+
+def _value_watermark(config: Any) -> dict[str, Any] | None:
+    """`{"codes": ["system|code", ...], "units": {"mg/dL": 0, "mmol/L": 1}}`: the glucose
+    readings whose value carries the second watermark, and the decimals of each unit."""
+    if not config:
+        return None
+    if not isinstance(config, dict) or not isinstance(config.get("codes"), list):
+        raise DeidConfigError("valueWatermark needs a list of `codes` (system|code)")
+    units = config.get("units")
+    if not isinstance(units, dict) or not all(
+        isinstance(v, int) and 0 <= v <= 6 for v in units.values()
+    ):
+        raise DeidConfigError("valueWatermark needs `units`: unit code -> decimals marked")
+    return {"codes": frozenset(config["codes"]), "units": dict(units)}
 
 
 def _check_options(number: int, method: str, options: dict[str, Any]) -> None:
@@ -193,6 +257,8 @@ def _check_options(number: int, method: str, options: dict[str, Any]) -> None:
             raise DeidConfigError(f"rule {number}: precision is year or month")
     if method == "perturb" and not isinstance(options.get("range"), int | float):
         raise DeidConfigError(f"rule {number}: perturb needs a numeric `range`")
+    if "when" in options and (method != "keep" or options["when"] not in KEEP_CONDITIONS):
+        raise DeidConfigError(f"rule {number}: `when` is for keep, one of {KEEP_CONDITIONS}")
 
 
 def with_parameters(rules_config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -5,11 +5,13 @@ Two kinds of evidence, both needing only the leaked file and the master secret:
 - pseudonyms: every `Type/id` (resource ids and references) is tried against each
   recipient's AES-SIV key. A success is cryptographic proof (the SIV tag authenticates:
   a pseudonym of another key passes with probability 2^-128);
-- the watermark, when ids and references were stripped: the seconds of every timestamp
-  are compared with each recipient's keyed seconds (see watermark.py). The recipient
-  with the most matches is named only if the probability that a recipient who did not
-  receive the data matches that well, times the number of recipients, is below
-  `MAX_FALSE_ATTRIBUTION` (1e-9).
+- the two watermarks, when ids and references were stripped: the seconds of every
+  timestamp (watermark.py; erased by truncating timestamps to the minute) and the residue
+  of every glucose value (value_mark.py; survives that). For each recipient and carrier,
+  the probability that a recipient who did not receive the data matches at least that
+  well is the binomial tail of its chance matches; times the number of tests made
+  (recipients x 2 carriers: a union bound), that is the false-attribution probability
+  reported. The best recipient is named only below `MAX_FALSE_ATTRIBUTION` (1e-9).
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from fhir_server.deid import value_mark
 from fhir_server.deid.keys import RecipientKeys
 from fhir_server.deid.pseudonyms import Pseudonymizer
+from fhir_server.deid.rules import load_rules
 from fhir_server.deid.watermark import carriers, count_matches, log10_tail
+from fhir_server.model import jsonio
 
 MAX_FALSE_ATTRIBUTION = 1e-9
 MAX_PSEUDONYMS_TRIED = 200
+CARRIER_KINDS = 2  # seconds of timestamps, residues of glucose values
 _REFERENCE = re.compile(r'"reference"\s*:\s*"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})"')
 
 
@@ -37,6 +41,7 @@ class RecipientScore:
     pseudonyms_decrypted: int
     watermark_matches: int
     log10_false_attribution: float
+    value_matches: int = 0
 
 
 @dataclass
@@ -47,6 +52,7 @@ class TraceReport:
     carriers: int
     pseudonyms_tried: int
     scores: list[RecipientScore] = field(default_factory=list)
+    value_carriers: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,12 +60,14 @@ class TraceReport:
             "method": self.method,
             "falseAttributionProbability": self.false_attribution_probability,
             "timestampCarriers": self.carriers,
+            "valueCarriers": self.value_carriers,
             "pseudonymsTried": self.pseudonyms_tried,
             "scores": [
                 {
                     "recipient": s.recipient,
                     "pseudonymsDecrypted": s.pseudonyms_decrypted,
                     "watermarkMatches": s.watermark_matches,
+                    "valueMatches": s.value_matches,
                     "log10FalseAttribution": s.log10_false_attribution,
                 }
                 for s in self.scores
@@ -75,9 +83,9 @@ def read_leak(path: str | Path) -> str:
     return path.read_text()
 
 
-def pseudonym_candidates(text: str) -> list[tuple[str, str]]:
+def pseudonym_candidates(resources: list[dict[str, Any]], text: str) -> list[tuple[str, str]]:
     found: dict[tuple[str, str], None] = {}
-    for line in _resources(text):
+    for line in resources:
         rtype, rid = line.get("resourceType"), line.get("id")
         if isinstance(rtype, str) and isinstance(rid, str):
             found[(rtype, rid)] = None
@@ -86,21 +94,52 @@ def pseudonym_candidates(text: str) -> list[tuple[str, str]]:
     return list(found)[:MAX_PSEUDONYMS_TRIED]
 
 
-def trace(text: str, recipients: list[RecipientKeys]) -> TraceReport:
-    candidates = pseudonym_candidates(text)
+def trace(
+    text: str,
+    recipients: list[RecipientKeys],
+    value_watermarks: dict[str, dict[str, Any] | None] | None = None,
+) -> TraceReport:
+    """Name the recipient of a leak. `value_watermarks`: each recipient's value watermark
+    configuration (its rules'); by default the default profile's, for every recipient."""
+    resources = _resources(text)
+    candidates = pseudonym_candidates(resources, text)
     found = carriers(text)
     n = len(found)
-    bonferroni = math.log10(max(1, len(recipients)))
+    default = load_rules().value_watermark
+    configs = value_watermarks or {}
+    contexts_by_config: dict[int, dict[str, set[int]]] = {}
+    tests = math.log10(max(1, len(recipients)) * CARRIER_KINDS)
     scores = []
+    value_n = 0
     for keys in recipients:
         pseudonyms = Pseudonymizer(keys.pseudonym, keys.hashed_pseudonym)
         decrypted = sum(1 for t, p in candidates if pseudonyms.real_id(t, p) is not None)
         matches = count_matches(keys.watermark, found)
-        log10_fa = min(0.0, log10_tail(n, matches) + bonferroni)
-        scores.append(RecipientScore(keys.recipient_id, decrypted, matches, log10_fa))
+        config = configs.get(keys.recipient_id, default)
+        value_matches, value_count = 0, 0
+        if config is not None:
+            contexts = contexts_by_config.get(id(config))
+            if contexts is None:
+                contexts = contexts_by_config[id(config)] = value_mark.contexts(resources, config)
+            value_count = len(contexts)
+            value_matches = value_mark.count_matches(keys.value_watermark, contexts)
+            value_n = max(value_n, value_count)
+        log10_fa = min(
+            0.0,
+            min(
+                log10_tail(n, matches),
+                log10_tail(value_count, value_matches, value_mark.CHANCE_MATCH),
+            )
+            + tests,
+        )
+        scores.append(
+            RecipientScore(keys.recipient_id, decrypted, matches, log10_fa, value_matches)
+        )
     proven = [s for s in scores if s.pseudonyms_decrypted]
     if len(proven) == 1:
-        return TraceReport(proven[0].recipient, "pseudonyms", 2.0**-128, n, len(candidates), scores)
+        return TraceReport(
+            proven[0].recipient, "pseudonyms", 2.0**-128, n, len(candidates), scores, value_n
+        )
     best = min(scores, key=lambda s: s.log10_false_attribution, default=None)
     if best is not None and 10**best.log10_false_attribution < MAX_FALSE_ATTRIBUTION:
         return TraceReport(
@@ -110,8 +149,9 @@ def trace(text: str, recipients: list[RecipientKeys]) -> TraceReport:
             n,
             len(candidates),
             scores,
+            value_n,
         )
-    return TraceReport(None, None, 1.0, n, len(candidates), scores)
+    return TraceReport(None, None, 1.0, n, len(candidates), scores, value_n)
 
 
 def _resources(text: str) -> list[dict[str, Any]]:
@@ -119,8 +159,8 @@ def _resources(text: str) -> list[dict[str, Any]]:
     if not stripped:
         return []
     try:
-        whole = orjson.loads(stripped)
-    except orjson.JSONDecodeError:
+        whole = jsonio.loads(stripped)  # decimal literals as written: the values carry a mark
+    except ValueError:
         whole = None
     if isinstance(whole, dict):
         if whole.get("resourceType") == "Bundle":
@@ -131,8 +171,8 @@ def _resources(text: str) -> list[dict[str, Any]]:
     resources = []
     for line in stripped.splitlines():
         try:
-            item = orjson.loads(line)
-        except orjson.JSONDecodeError:
+            item = jsonio.loads(line)
+        except ValueError:
             continue
         if isinstance(item, dict):
             resources.append(item)

@@ -27,6 +27,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from fhir_server.deid.plan import CHILD, KEEP, KEEP_TREE, REFERENCE, Plan, PlanCompiler
 from fhir_server.deid.rules import Rules
 from fhir_server.search.query import ChainClause, Clause, HasClause
 from fhir_server.search.types import SearchParam
@@ -37,7 +38,12 @@ from fhir_server.search.values import (
     StringValue,
 )
 
-VIEW_PARAM_TYPES = frozenset({"string", "date"})
+# Strings and dates are changed by the default profile's type rules everywhere; so are
+# uris (redacted unless coded: a `url` or `location` search on stored values would be an
+# oracle on what the view removed).
+VIEW_PARAM_TYPES = frozenset({"string", "date", "uri"})
+# Searched on the view when the rules mark glucose values (value_mark.py).
+MARKED_VALUE_TYPES = frozenset({"quantity", "number", "composite"})
 # Changed by the engine whatever the rules: identifiers (all removed, one pseudonymous one
 # added on Patient), contact points, meta.source / lastUpdated, meta.security (+PSEUDED).
 VIEW_CODES = frozenset(
@@ -71,6 +77,7 @@ class ViewPolicy:
         self.rules = rules
         self.margin = date_margin(rules)
         self._touched: dict[tuple[str, str], bool] = {}
+        self._plans = PlanCompiler(rules)
 
     # -- classification -------------------------------------------------------------------
 
@@ -78,6 +85,13 @@ class ViewPolicy:
         if param.code == "_id":
             return False
         if param.type in VIEW_PARAM_TYPES or param.code in VIEW_CODES:
+            return True
+        if (
+            self.rules.value_watermark is not None
+            and resource_type == "Observation"
+            and param.type in MARKED_VALUE_TYPES
+            and "value" in (param.expression or "")
+        ):
             return True
         return self._rules_touch(param, resource_type)
 
@@ -91,6 +105,8 @@ class ViewPolicy:
             return False
         if self.is_view_param(criterion.param, resource_type):
             return True
+        if criterion.modifier == "text":
+            return True  # the text of codes: kept on the view only where coded
         for value in criterion.values:
             if isinstance(value, ReferenceValue) and (
                 value.identifier_value is not None or value.identifier_system is not None
@@ -119,7 +135,9 @@ class ViewPolicy:
         key = (resource_type, param.code)
         touched = self._touched.get(key)
         if touched is None:
-            touched = _expression_touched(param.expression or "", resource_type, self.rules)
+            expression = param.expression or ""
+            touched = _expression_touched(expression, resource_type, self.rules)
+            touched = touched or _plan_touches(self._plans, expression, resource_type)
             self._touched[key] = touched
         return touched
 
@@ -164,6 +182,46 @@ def _expression_touched(expression: str, resource_type: str, rules: Rules) -> bo
             overlap = min(len(elements), len(rule.path))
             if all(_same_element(rule.path[i], elements[i]) for i in range(overlap)):
                 return True
+    return False
+
+
+# What a search reads of a complex element (token, quantity, reference, uri values); a
+# display, text or unit the view drops does not change what these parameters match.
+_SEARCHED_PARTS = ("code", "system", "value", "coding", "reference")
+_UNCHANGED = (KEEP, KEEP_TREE, REFERENCE)
+
+
+def _plan_touches(plans: PlanCompiler, expression: str, resource_type: str) -> bool:
+    """Whether the compiled rules change what an expression's paths search: an element on
+    the way (or a searched part of the last one) that the view drops, rewrites or filters."""
+    try:
+        root = plans.resource_plan(resource_type)
+    except KeyError:
+        return True  # not an R4 type: nothing to say it is unchanged
+    for path in _PATH.findall(expression):
+        head, *names = path.split(".")
+        if head not in (resource_type, "Resource") or not names:
+            continue
+        if _path_touched(root, names):
+            return True
+    return False
+
+
+def _path_touched(plan: Plan, names: list[str]) -> bool:
+    name, rest = names[0], names[1:]
+    steps = [step for key, step in plan.steps.items() if key != "id" and _same_element(key, name)]
+    for step in steps:
+        if step.kind in _UNCHANGED:
+            continue
+        if step.kind != CHILD or step.plan is None:
+            return True
+        if rest:
+            if _path_touched(step.plan, rest):
+                return True
+        elif any(
+            _path_touched(step.plan, [part]) for part in _SEARCHED_PARTS if part in step.plan.steps
+        ):
+            return True
     return False
 
 

@@ -36,7 +36,7 @@ from fhir_server.storage.private_files import create_private_file, private_folde
 
 # Bump when the engine's output for the same keys and rules changes: older stores are
 # then rebuilt rather than served.
-VIEW_FORMAT = "diatabase-deid-view/1"
+VIEW_FORMAT = "diatabase-deid-view/2"
 BATCH = 1000  # resources pseudonymized and written per transaction
 # The follow step re-reads history this far behind its mark: a version committed late
 # with an earlier timestamp is still picked up (and re-reading costs only lookups).
