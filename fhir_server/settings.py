@@ -64,6 +64,9 @@ class Settings:
     # Folder of materialized view stores (deid/views.py, filled by `diatabase deid views`):
     # the facade serves their rows instead of pseudonymizing on every request.
     deid_views: str = ""
+    # The linkage keys the trusted third party returned (deid/linkage.py); default beside
+    # a SQLite database.
+    deid_linkage: str = ""
     # How much one request may ask for and how long it may run (limits.py, DIATABASE_*).
     limits: Limits = field(default_factory=Limits)
     # Access control (fhir_server/auth/). Closed by default: every clinical request needs a
@@ -132,6 +135,7 @@ class Settings:
             "deid_export_dir": os.environ.get("DIATABASE_DEID_EXPORT_DIR", ""),
             "deid_views": os.environ.get("DIATABASE_DEID_VIEWS", ""),
             "views_dir": os.environ.get("DIATABASE_VIEWS_DIR", ""),
+            "deid_linkage": os.environ.get("DIATABASE_DEID_LINKAGE", ""),
             "deid_only": os.environ.get("DIATABASE_DEID_ONLY", "").lower() in ("1", "true", "yes"),
             "limits": Limits.from_env(),
             "insecure_dev": os.environ.get("DIATABASE_INSECURE_DEV", "").lower()

@@ -153,22 +153,23 @@ def test_no_key_or_a_wrong_key_gets_401_and_nothing_else(http: httpx.Client) -> 
 def test_leak_scan_of_everything_the_facade_serves(
     http: httpx.Client, secrets: set[str], originals: list[dict[str, Any]]
 ) -> None:
+    """Through `open` (k = 1): every resource is served, so every one is scanned."""
     served: list[dict[str, Any]] = []
     for rtype in TYPES:
-        served += all_pages(http, f"/deid/{rtype}?_count=200&_include=*", auth("alpha"))
+        served += all_pages(http, f"/deid/{rtype}?_count=200&_include=*", auth("open"))
     assert len({(r["resourceType"], r["id"]) for r in served}) == len(originals)
     # Distinct documents only: the same resource served twice is scanned once.
     documents = {json.dumps(r, ensure_ascii=False, sort_keys=True) for r in served}
     patients = [r for r in served if r["resourceType"] == "Patient"]
     for patient in patients:
-        everything = http.get(f"/deid/Patient/{patient['id']}/$everything", headers=auth("alpha"))
+        everything = http.get(f"/deid/Patient/{patient['id']}/$everything", headers=auth("open"))
         assert everything.status_code == 200
         bundle = everything.json()
         documents |= {
             json.dumps(e["resource"], ensure_ascii=False, sort_keys=True) for e in bundle["entry"]
         }
         documents.add(json.dumps(bundle["link"]))
-        documents.add(http.get(f"/deid/Patient/{patient['id']}", headers=auth("alpha")).text)
+        documents.add(http.get(f"/deid/Patient/{patient['id']}", headers=auth("open")).text)
     text = "\n".join(sorted(documents))
     assert len(secrets) > 500
     assert leaks(text, secrets) == []

@@ -34,7 +34,15 @@ def only_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runn
     real_id = next(service.storage.iter_current("Patient")).id
     service.storage.close()
     (folder / "recipients.json").write_text(
-        json.dumps([{"id": "r1", "api_key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}])
+        json.dumps(
+            [
+                {
+                    "id": "r1",
+                    "api_key_sha256": hashlib.sha256(KEY.encode()).hexdigest(),
+                    "parameters": {"kAnonymity": {"k": 1}},  # two patients: else suppressed
+                }
+            ]
+        )
     )
     settings = Settings(
         db_url=url,

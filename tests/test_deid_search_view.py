@@ -38,7 +38,14 @@ SYSTEM = PSEUDONYM_SYSTEM + "alpha"
 @pytest.fixture(scope="module")
 def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     folder = tmp_path_factory.mktemp("deid-view")
-    recipients = [{"id": "alpha", "api_key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}]
+    # k = 1: these tests are about search semantics, not k-anonymity (test_deid_kanonymity).
+    recipients = [
+        {
+            "id": "alpha",
+            "api_key_sha256": hashlib.sha256(KEY.encode()).hexdigest(),
+            "parameters": {"kAnonymity": {"k": 1}},
+        }
+    ]
     (folder / "recipients.json").write_text(json.dumps(recipients))
     settings = Settings(
         db_url=database_url(folder),

@@ -37,6 +37,9 @@ VIEW_DOCUMENTATION = (
 MANIFEST_EXTENSION = "https://diatabase.org/fhir/StructureDefinition/deid-export-manifest"
 # The signed manifest itself (counts, hashes, k-anonymity report), inline in the status.
 SIGNED_EXTENSION = "https://diatabase.org/fhir/StructureDefinition/deid-export-signed-manifest"
+# Every answer says what it is held to: k, the quasi-identifiers, how many patients of the
+# recipient's population are generalized and how many are not served.
+K_ANONYMITY_HEADER = "X-Diatabase-K-Anonymity"
 
 
 def _deid(request: Request) -> DeidContext:
@@ -105,7 +108,8 @@ async def _answer(
         _audit(request, recipient.id, interaction, 0, REFUSED)
         raise
     _audit(request, recipient.id, interaction, answer.count, entity=answer.entity)
-    return fhir_response(answer.body, 200, None, pretty(request))
+    headers = {K_ANONYMITY_HEADER: answer.release} if answer.release else None
+    return fhir_response(answer.body, 200, headers, pretty(request))
 
 
 async def _search(request: Request, resource_type: str, with_form: bool) -> Response:
@@ -177,7 +181,16 @@ def facade_capability_statement(request: Request) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
-                "documentation": "Every resource is pseudonymized for the calling recipient",
+                "documentation": (
+                    "Every resource is pseudonymized for the calling recipient, and every "
+                    "answer is k-anonymous over the recipient's whole population on its "
+                    "quasi-identifiers (birth year, gender, postal prefix by default): a "
+                    "patient in a class smaller than k is served with its postal prefix, "
+                    "then its birth year removed, or not at all, the same way on every "
+                    f"request until the patients change. Each answer's {K_ANONYMITY_HEADER} "
+                    "header gives k, the quasi-identifiers and how many patients are "
+                    "generalized or not served."
+                ),
                 "security": {
                     "description": "Authorization: Bearer <recipient API key>",
                 },

@@ -1,4 +1,4 @@
-"""`diatabase deid export | views | trace | verify`: the de-identification commands.
+"""`diatabase deid export | views | trace | verify | linkage`: the de-identification commands.
 
 All read the master secret from DIATABASE_DEID_SECRET and the recipients from
 `--recipients FILE` (default: DIATABASE_DEID_RECIPIENTS), the same file as
@@ -63,6 +63,10 @@ def add_deid_commands(sub: Any) -> None:
     trace.add_argument("--json", action="store_true", help="print the full report as JSON")
     trace.set_defaults(func=cmd_trace)
 
+    from fhir_server.deid.linkage_cli import add_linkage_commands
+
+    add_linkage_commands(commands, _common, _guard)
+
     verify = commands.add_parser("verify", help="check an export's signature and file hashes")
     verify.add_argument("folder")
     verify.add_argument(
@@ -79,7 +83,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-file", default=None, help="PEM Ed25519 signing key")
 
 
-def _recipients(args: argparse.Namespace) -> Any:
+def load_recipients_for(args: argparse.Namespace) -> Any:
     from fhir_server.deid.keys import master_secret
     from fhir_server.deid.recipients import Recipients
 
@@ -108,12 +112,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from fhir_server.audit import Activity
     from fhir_server.deid.export import planned_counts, run_export
     from fhir_server.deid.keys import signing_key
+    from fhir_server.deid.linkage import LinkageStore, store_path
     from fhir_server.deid.views import ViewStore, fingerprint, view_path
     from fhir_server.gc_tuning import tune_for_server
     from fhir_server.service.fhir import FhirService
     from fhir_server.storage import open_storage
 
-    recipients, master = _recipients(args)
+    recipients, master = load_recipients_for(args)
     engine = recipients.fresh_engine(args.recipient)
     settings = Settings.from_env(db_url=args.db)
     service = FhirService(open_storage(settings.db_url), settings)
@@ -142,6 +147,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                     types,
                     bar.update,
                     views=store,
+                    linkage=LinkageStore(store_path(settings.deid_linkage, settings.db_url))
+                    if recipients.get(args.recipient).linkage
+                    else None,
                 )
     finally:
         if store is not None:
@@ -170,7 +178,7 @@ def cmd_views(args: argparse.Namespace) -> int:
     from fhir_server.stop_signals import StopSignals
     from fhir_server.storage import open_storage
 
-    recipients, _ = _recipients(args)
+    recipients, _ = load_recipients_for(args)
     settings = Settings.from_env(db_url=args.db)
     folder = args.views or settings.deid_views
     if not folder:
@@ -207,8 +215,7 @@ def cmd_views(args: argparse.Namespace) -> int:
                         report = follow(service, engine, store, types)
                         if report.written or report.removed:
                             print(
-                                f"{recipient_id}: {report.written} made, "
-                                f"{report.removed} removed",
+                                f"{recipient_id}: {report.written} made, {report.removed} removed",
                                 flush=True,
                             )
     except KeyboardInterrupt:  # during the fill
@@ -224,7 +231,7 @@ def cmd_views(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     from fhir_server.deid.trace import read_leak, trace
 
-    recipients, _ = _recipients(args)
+    recipients, _ = load_recipients_for(args)
     report = trace(
         read_leak(args.file),
         [recipients.keys(r.id) for r in recipients],

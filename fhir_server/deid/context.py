@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from fhir_server.deid.facade import DeidFacade
 from fhir_server.deid.keys import DeidConfigError, master_secret, signing_key
+from fhir_server.deid.linkage import LinkageStore, store_path
 from fhir_server.deid.recipients import Recipients
 from fhir_server.deid.views import ViewStore, fingerprint, view_path
 from fhir_server.jobs import JobRunner
@@ -27,6 +28,8 @@ class DeidRelease:
     facade: DeidFacade
     views: dict[str, ViewStore] = field(default_factory=dict)
     master: bytes = field(default=b"", repr=False)
+    # recipient -> the linkage keys the third party returned (recipients with linkage)
+    linkage: dict[str, LinkageStore] = field(default_factory=dict)
 
     def close(self) -> None:
         for store in self.views.values():
@@ -69,7 +72,10 @@ def build_release(service: FhirService, settings: Settings) -> DeidRelease:
                     recipient_id,
                     store.path,
                 )
-    return DeidRelease(recipients, DeidFacade(service, views=views), views, master)
+    store = LinkageStore(store_path(settings.deid_linkage, settings.db_url))
+    linkage = {recipient_id: store for recipient_id in recipients.with_linkage()}
+    facade = DeidFacade(service, views=views, linkage=linkage)
+    return DeidRelease(recipients, facade, views, master, linkage)
 
 
 def build_deid(service: FhirService, settings: Settings, runner: JobRunner) -> DeidContext:
@@ -78,7 +84,7 @@ def build_deid(service: FhirService, settings: Settings, runner: JobRunner) -> D
     export_dir = settings.deid_export_dir or default_export_dir(settings.db_url)
     # Never a shared /tmp: the default lies beside the database, owner-only.
     jobs = DeidExports(runner, service, release.recipients, signing_key(release.master),
-                       release.views, private_folder(export_dir))  # fmt: skip
+                       release.views, private_folder(export_dir), release.linkage)  # fmt: skip
     return DeidContext(release.recipients, release.facade, jobs, list(release.views.values()))
 
 

@@ -63,6 +63,7 @@ PSEUDED = {
     "display": "pseudonymized",
 }
 PSEUDONYM_SYSTEM = "https://diatabase.org/fhir/sid/deid-pseudonym/"
+DATA_ABSENT_REASON = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 PATIENT_LINKS = ("subject", "patient", "beneficiary")
 _DATE = re.compile(r"\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?)?)?)?")
@@ -118,7 +119,11 @@ class Deidentifier:
         self._current = (rtype, rid or "", shift)
         contained = resource.get("contained")
         self._local_ids = _local_ids(contained) if contained else {}
-        out = self._apply(resource, self.plans.resource_plan(rtype)) or {}
+        out = self._apply(resource, self.plans.resource_plan(rtype))
+        if out is None:
+            # A primitive R4 requires of the resource was removed: what is left would be
+            # refused by FHIR readers and mean something else.
+            raise Suppressed(f"{rtype}: a required element cannot be released")
         out["resourceType"] = rtype
         if self._value_mark is not None and rtype == "Observation":
             mark(out, self._value_mark, self._value_residue)
@@ -186,6 +191,14 @@ class Deidentifier:
                 new = self._special(kind, step, key, value, node)
                 if new is not None:
                     out[key] = new
+        for group, complex_ in plan.required:
+            if not group.isdisjoint(node) and group.isdisjoint(out):
+                if not complex_:
+                    return None  # a required primitive was removed: the object goes too
+                # A required object the rules emptied: there, but saying it is withheld.
+                name = next(n for n in node if n in group)
+                is_list = plan.steps[name].element.is_list  # type: ignore[union-attr]
+                out[name] = [masked()] if is_list else masked()
         return out or None
 
     def _special(self, kind: int, step: Step, key: str, value: Any, node: dict[str, Any]) -> Any:
@@ -224,7 +237,9 @@ class Deidentifier:
             if type(item) is not dict:
                 continue
             inner_type = item.get("resourceType", "")
-            kept = self._apply(item, self.plans.resource_plan(inner_type)) or {}
+            kept = self._apply(item, self.plans.resource_plan(inner_type))
+            if kept is None:
+                continue  # a required element was removed (references to it are dropped)
             kept["resourceType"] = inner_type
             local = self._local_ids.get(item.get("id"))  # type: ignore[arg-type]
             if local is None:
@@ -409,6 +424,12 @@ class Deidentifier:
         minute, zone = rest[:6], rest[zone_at:]
         second = self._watermark_second(head + minute + zone)
         return f"{head}{minute}:{second:02d}{zone}"
+
+
+def masked() -> dict[str, Any]:
+    """A required element whose content was withheld: data-absent-reason `masked`
+    ("information not available because of security, privacy or related reasons")."""
+    return {"extension": [{"url": DATA_ABSENT_REASON, "valueCode": "masked"}]}
 
 
 def _local_ids(contained: Any) -> dict[str, str]:

@@ -1,10 +1,12 @@
 """A whole pseudonymized extract for one recipient: NDJSON per type + a signed manifest.
 
-Order of work: every Patient is pseudonymized first and the k-anonymity check runs on the
-released quasi-identifiers (generalizing or suppressing, see kanonymity.py); then every
-other type is streamed from storage, pseudonymized, and written one line per resource,
-skipping the resources of suppressed patients. Files are hashed as they are written and
-the manifest (counts, hashes, k-anonymity report, rules hash) is signed with Ed25519.
+Order of work: every Patient is pseudonymized first and the recipient's Release is
+computed over them (release.py, the same decision the facade makes: k-anonymity on the
+released quasi-identifiers, linkage keys); then every other type is streamed from
+storage, pseudonymized, and written one line per resource, leaving out what the Release
+does not release (the resources of suppressed patients). Files are hashed as they are
+written and the manifest (counts, hashes, k-anonymity report, l-diversity of diagnoses,
+rules hash) is signed with Ed25519.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fhir_server.deid.engine import Deidentifier
 from fhir_server.deid.facade import served_types
-from fhir_server.deid.kanonymity import enforce
+from fhir_server.deid.kanonymity import l_diversity
+from fhir_server.deid.linkage import LinkageStore
+from fhir_server.deid.release import Release, compute
 from fhir_server.deid.signing import MANIFEST, sign
 from fhir_server.deid.views import ViewStore, pseudonymized
 from fhir_server.rights.withholding import Withholding
@@ -30,7 +34,7 @@ from fhir_server.storage.private_files import private_folder
 
 FORMAT = "diatabase-deid-export/1"
 CHUNK = 1000  # lines written, hashed and reported as progress together
-_PATIENT_LINKS = (b'"subject"', b'"patient"', b'"beneficiary"')
+DIAGNOSIS_TYPE = "Condition"
 
 
 class ExportCancelled(Exception):
@@ -55,11 +59,13 @@ def run_export(
     on_progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     views: ViewStore | None = None,
+    linkage: LinkageStore | None = None,
 ) -> dict[str, Any]:
     """Write the extract into `out_dir` (created) and return the signed manifest. With the
     recipient's view store (`views`, usable: made with this engine's keys and rules), the
     rows made from current versions are copied and only the others pseudonymized: the
-    same bytes, without the engine's work."""
+    same bytes, without the engine's work. `linkage`: the stored linkage keys, for a
+    recipient allowed linkage."""
     folder = private_folder(out_dir)  # the files in it are nobody else's to read
     started = time.time()
     counts = planned_counts(service, types)
@@ -72,7 +78,7 @@ def run_export(
     # recorded while the export runs applies to the rest of it.
     withholding = Withholding.of(service)
     objected = 0
-    patients: dict[str, dict[str, Any]] = {}
+    patients: list[tuple[StoredResource, bytes]] = []
     if "Patient" in counts:
         for batch in _batches(service.storage.iter_current("Patient")):
             bodies = _bodies(engine, views, batch)
@@ -83,21 +89,24 @@ def run_export(
                 elif kept is None:
                     objected += 1
                 else:
-                    patients[stored.id] = orjson.loads(body)
+                    patients.append((stored, body))
             progress(len(batch))
-    report = enforce(patients, rules.k, rules.quasi_identifiers)
-    excluded = set(report.suppressed)
+    release = compute(engine, patients, linkage)
+    diagnoses: dict[str, set[str]] = {}
 
     output = []
-    skipped = [len(excluded)]  # resources left out with their suppressed patient
+    skipped = [0]  # resources left out with their suppressed patient
     for rtype, _ in sorted(counts.items()):
         path = folder / f"{rtype}.ndjson"
         digest, written, size = hashlib.sha256(), 0, 0
         with path.open("wb") as handle:
             if rtype == "Patient":
-                lines = (orjson.dumps(p) for pid, p in patients.items() if pid not in excluded)
+                lines = _released(release, rtype, (body for _, body in patients), skipped)
             else:
-                lines = _lines(service, engine, views, rtype, excluded, progress, skipped)
+                bodies = _lines(service, engine, views, rtype, progress)
+                lines = _released(release, rtype, bodies, skipped)
+            if rtype == DIAGNOSIS_TYPE:
+                lines = _diagnoses(lines, diagnoses, rules.diversity_prefix)
             chunk: list[bytes] = []
             for line in lines:
                 if line is None:
@@ -128,13 +137,20 @@ def run_export(
                 "sha256": digest.hexdigest(),
             }
         )
+    sensitive = {p: ",".join(sorted(codes)) for p, codes in diagnoses.items()}
     manifest = {
         "format": FORMAT,
         "recipient": engine.keys.recipient_id,
         "transactionTime": instant(started),
         "rules": {"name": rules.name, "sha256": hashlib.sha256(rules.source).hexdigest()},
         "output": output,
-        "kAnonymity": report.to_json(),
+        "kAnonymity": release.report.to_json(),
+        "lDiversity": {
+            "attribute": "diagnosis",
+            "codePrefix": rules.diversity_prefix,
+            **l_diversity(release.classes, sensitive),
+        },
+        "linkageKeys": len(release.linkage),
         "suppressedResources": {
             "byRules": suppressed_rules,
             "ofSuppressedPatients": skipped[0],
@@ -152,22 +168,44 @@ def _lines(
     engine: Deidentifier,
     views: ViewStore | None,
     rtype: str,
-    excluded: set[str],
     progress: Callable[[int], None],
-    skipped: list[int],
 ) -> Iterator[bytes | None]:
     for batch in _batches(service.storage.iter_current(rtype)):
         progress(len(batch))
-        kept = []
-        for stored in batch:
-            raw = stored.json
-            assert raw is not None
-            linked = excluded and any(link in raw for link in _PATIENT_LINKS)
-            if linked and _patient_of(raw) in excluded:
-                skipped[0] += 1
-            else:
-                kept.append(stored)
-        yield from _bodies(engine, views, kept)
+        yield from _bodies(engine, views, batch)
+
+
+def _released(
+    release: Release, rtype: str, bodies: Iterable[bytes | None], skipped: list[int]
+) -> Iterator[bytes | None]:
+    """Bodies as the recipient's Release lets them out; what it holds back is counted in
+    `skipped`, what the rules suppressed (None) passes on as None."""
+    for body in bodies:
+        if body is None:
+            yield None
+            continue
+        released = release.body(rtype, body)
+        if released is None:
+            skipped[0] += 1
+        else:
+            yield released
+
+
+def _diagnoses(
+    lines: Iterable[bytes | None], found: dict[str, set[str]], prefix: int
+) -> Iterator[bytes | None]:
+    """Pass Condition lines on, noting each patient's diagnosis codes (cut to `prefix`
+    characters: ICD-10 categories) for the l-diversity report."""
+    for line in lines:
+        if line is not None:
+            condition = orjson.loads(line)
+            ref = (condition.get("subject") or {}).get("reference", "")
+            if isinstance(ref, str) and ref.startswith("Patient/"):
+                codes = found.setdefault(ref[8:], set())
+                for coding in (condition.get("code") or {}).get("coding") or ():
+                    if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+                        codes.add(coding["code"][:prefix])
+        yield line
 
 
 def _batches(resources: Iterable[StoredResource]) -> Iterator[list[StoredResource]]:
@@ -200,13 +238,3 @@ def _write(handle: Any, digest: Any, lines: list[bytes]) -> int:
     handle.write(data)
     digest.update(data)
     return len(data)
-
-
-def _patient_of(raw: bytes) -> str | None:
-    resource = orjson.loads(raw)
-    for key in ("subject", "patient", "beneficiary"):
-        link = resource.get(key)
-        ref = link.get("reference") if isinstance(link, dict) else None
-        if isinstance(ref, str) and ref.startswith("Patient/"):
-            return ref.split("/")[1]
-    return None

@@ -47,7 +47,9 @@ from urllib.parse import urlencode
 
 import orjson
 
-from fhir_server.deid.engine import Deidentifier, Suppressed
+from fhir_server.deid.engine import Deidentifier
+from fhir_server.deid.linkage import LinkageStore
+from fhir_server.deid.release import Release, compute
 from fhir_server.deid.view_search import UNSUPPORTED_CODES, ViewPolicy
 from fhir_server.deid.views import ViewStore, pseudonymized
 from fhir_server.model import jsonio
@@ -79,6 +81,9 @@ INCLUDE_BATCH = 100  # the parser's own bound on OR values (SQLite limits expres
 NO_MATCH = "!no-such-id"  # not a valid FHIR id: matches nothing
 CURSOR_PURPOSE = "cursor"
 EVERYTHING_LIMIT = 10_000
+# How often the facade looks whether the Patients changed (then computes the Release of a
+# recipient again): between two looks, answers are held to the same Release.
+RELEASE_RECHECK_SECONDS = 5.0
 
 
 def served_types() -> list[str]:
@@ -99,6 +104,7 @@ class FacadeAnswer:
     body: Any
     count: int
     entity: str | None = None  # the real resource concerned (for the audit trail only)
+    release: str | None = None  # what the answer is held to (k-anonymity), for a header
 
 
 class TransformCache:
@@ -124,13 +130,6 @@ class TransformCache:
         self._lock = threading.Lock()
         self._views = dict(views or {})
         self._usable: dict[str, tuple[float, bool]] = {}
-
-    def transform(self, engine: Deidentifier, stored: StoredResource) -> bytes:
-        """The pseudonymized JSON of `stored`; raises Suppressed."""
-        body = self.transform_many(engine, [stored])[0]
-        if body is None:
-            raise Suppressed(f"{stored.resource_type}/{stored.id} is not released")
-        return body
 
     def serves_views(self, engine: Deidentifier) -> bool:
         return self._store(engine.keys.recipient_id) is not None
@@ -208,6 +207,7 @@ class DeidFacade:
         service: FhirService,
         cache_entries: int = 50_000,
         views: Mapping[str, ViewStore] | None = None,
+        linkage: Mapping[str, LinkageStore] | None = None,
     ) -> None:
         self.service = service
         self.withholding = Withholding.of(service)
@@ -218,13 +218,57 @@ class DeidFacade:
             self.withholding,
         )
         self._policies: dict[str, ViewPolicy] = {}
+        self._linkage = dict(linkage or {})
+        self._releases: dict[str, tuple[Any, Release, float]] = {}
+        self._release_lock = threading.Lock()
+        self._newest_patient = service.search.parse("Patient", [("_sort", "-_lastUpdated")], True)
+
+    # -- which patients, in which form (release.py) -----------------------------------------
+
+    def patient_release(self, engine: Deidentifier) -> Release:
+        """The recipient's Release over the current Patients (those who do not object):
+        computed again only when they or the objections changed (count or newest version;
+        the objections' signature), looked at every RELEASE_RECHECK_SECONDS."""
+        recipient = engine.keys.recipient_id
+        now = time.monotonic()
+        held = self._releases.get(recipient)
+        if held is not None and now - held[2] < RELEASE_RECHECK_SECONDS:
+            return held[1]
+        with self._release_lock:
+            storage = self.service.storage
+            newest = storage.search(self._newest_patient, 1, None, False).matches
+            signature = (
+                storage.count("Patient"),
+                [(s.id, s.version) for s in newest],
+                self.withholding.current().signature,
+            )
+            held = self._releases.get(recipient)
+            if held is None or held[0] != signature:
+                patients = [s for s in storage.iter_current("Patient") if s.json is not None]
+                bodies = self.cache.transform_many(engine, patients)
+                pairs = zip(patients, bodies, strict=True)
+                release = compute(engine, pairs, self._linkage.get(recipient))
+            else:
+                release = held[1]
+            self._releases[recipient] = (signature, release, now)
+            return release
+
+    def bodies(
+        self, engine: Deidentifier, resources: Sequence[StoredResource]
+    ) -> list[bytes | None]:
+        """What the recipient is served of each resource (None: nothing): pseudonymized,
+        what objections withhold left out, then as the Release lets it out."""
+        release = self.patient_release(engine)
+        made = self.cache.transform_many(engine, resources)
+        return [release.body(s.resource_type, b) for s, b in zip(resources, made, strict=True)]
 
     def released(
         self, engine: Deidentifier, rtype: str, batch: int = 500
     ) -> Iterator[dict[str, Any]]:
         """Every current resource of `rtype` as this recipient is given it (pseudonymized
         through the same cache and view store as reads and searches; what the rules
-        suppress is left out): what research tables (SQL on FHIR views, measures) are
+        suppress, objections withhold or the recipient's Release holds back is left out):
+        what research tables (SQL on FHIR views, measures) are
         computed from, so they never hold what the facade would not serve."""
         self._check_type(rtype)
         pending: list[StoredResource] = []
@@ -238,11 +282,11 @@ class DeidFacade:
 
     def release(self, engine: Deidentifier, stored: list[StoredResource]
                 ) -> Iterator[dict[str, Any]]:  # fmt: skip
-        """These current resources as this recipient is given them, what the rules
-        suppress left out: the one decision research tables go through (`released`, and
-        the materialiser's increments), so a rule about what a recipient may see holds
-        for them too."""
-        return _loaded(self.cache.transform_many(engine, stored))
+        """These current resources as this recipient is given them (`bodies`: what is
+        not served left out): the one decision research tables go through (`released`,
+        and the materialiser's increments), so a rule about what a recipient may see
+        holds for them too."""
+        return _loaded(self.bodies(engine, stored))
 
     def _policy(self, engine: Deidentifier) -> ViewPolicy:
         """One per recipient: a policy caches which parameters its rules touch."""
@@ -259,11 +303,11 @@ class DeidFacade:
         stored = self.service.storage.read(rtype, real) if real else None
         if stored is None or stored.deleted or stored.json is None:
             raise error(404, "not-found", f"{rtype}/{pseudonym} is not known")
-        try:
-            body = self.cache.transform(engine, stored)
-        except Suppressed:
-            raise error(404, "not-found", f"{rtype}/{pseudonym} is not known") from None
-        return FacadeAnswer(jsonio.fragment(body), 1, f"{rtype}/{real}")
+        body = self.bodies(engine, [stored])[0]
+        if body is None:  # suppressed by the rules, or not released (k-anonymity)
+            raise error(404, "not-found", f"{rtype}/{pseudonym} is not known")
+        release = self.patient_release(engine).describe()
+        return FacadeAnswer(jsonio.fragment(body), 1, f"{rtype}/{real}", release)
 
     # -- search ---------------------------------------------------------------------------
 
@@ -300,9 +344,14 @@ class DeidFacade:
             query, clauses=tuple(stored_clauses), result=replace(query.result, cursor=cursor)
         )
         count = min(query.result.count, self.service.settings.max_count)
-        # While patients object, every search runs as a view search: each candidate is
-        # checked on what is released, and totals are counted on it (never storage's).
-        if in_view or self.withholding.matcher(engine) is not None:
+        # While patients object or k-anonymity holds some back, every search runs as a
+        # view search: each candidate is checked on what is released, and totals are
+        # counted on it (never storage's, which would count what is not served).
+        holds_back = (
+            self.withholding.matcher(engine) is not None
+            or self.patient_release(engine).suppressed
+        )
+        if in_view or holds_back:
             view = _ViewMatcher(self, engine, policy)
             page, warnings = self._search_view(view, in_view, storage_query, count, cursor)
         else:
@@ -345,7 +394,7 @@ class DeidFacade:
                 }
             )
         bundle["entry"] = entries
-        return FacadeAnswer(bundle, count)
+        return FacadeAnswer(bundle, count, release=self.patient_release(engine).describe())
 
     def _search_view(
         self,
@@ -441,7 +490,7 @@ class DeidFacade:
         real = engine.pseudonyms.real_id("Patient", pseudonym)
         stored = self.service.storage.read("Patient", real) if real else None
         served = stored is not None and not stored.deleted
-        if not served or self.cache.transform_many(engine, [stored])[0] is None:
+        if not served or self.bodies(engine, [stored])[0] is None:  # objects, or k-anonymity
             raise error(404, "not-found", f"Patient/{pseudonym} is not known")
         assert real is not None
         registry = self.service.registry
@@ -466,7 +515,8 @@ class DeidFacade:
             "link": [{"relation": "self", "url": f"{base}/Patient/{pseudonym}/$everything"}],
             "entry": entries,
         }
-        return FacadeAnswer(bundle, len(entries), f"Patient/{real}")
+        release = self.patient_release(engine).describe()
+        return FacadeAnswer(bundle, len(entries), f"Patient/{real}", release)
 
     def _collect(self, query: SearchQuery, found: dict[tuple[str, str], StoredResource]) -> None:
         cursor = None
@@ -495,9 +545,9 @@ class DeidFacade:
     ) -> list[dict[str, Any]]:
         served = _served(resources)
         entries = []
-        for stored, body in zip(served, self.cache.transform_many(engine, served), strict=True):
+        for stored, body in zip(served, self.bodies(engine, served), strict=True):
             if body is None:
-                continue  # suppressed by the rules
+                continue  # suppressed by the rules, or not released
             pseudonym = _id_of(body, stored.resource_type)
             if pseudonym is None:
                 pseudonym = engine.pseudonyms.pseudonym(stored.resource_type, stored.id)
@@ -580,10 +630,8 @@ class _ViewMatcher:
         if key not in self._entries:
             entries = None
             if stored.json is not None and not stored.deleted:
-                try:
-                    body = self.facade.cache.transform(self.engine, stored)
-                except Suppressed:
-                    body = None
+                # Matched on what is served: a generalized postal code, no suppressed patient.
+                body = self.facade.bodies(self.engine, [stored])[0]
                 if body is not None:
                     resource = orjson.loads(body)
                     entries = self.facade.service.extractor.extract(resource, codes)

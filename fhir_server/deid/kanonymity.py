@@ -41,8 +41,10 @@ class KAnonymityReport:
     quasi_identifiers: tuple[str, ...]
     patients: int = 0
     generalized: dict[str, int] = field(default_factory=dict)
-    suppressed: list[str] = field(default_factory=list)  # real patient ids (not reported)
+    suppressed: list[str] = field(default_factory=list)  # patient keys (not reported)
     smallest_class: int = 0
+    removed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key -> fields cut
+    classes: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # key -> its class
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,7 +82,30 @@ def enforce(
     report.suppressed = [pid for pid in patients if sizes[key(pid)] < k]
     kept = [sizes[key(pid)] for pid in patients if sizes[key(pid)] >= k]
     report.smallest_class = min(kept) if kept else 0
+    report.removed = {pid: tuple(sorted(fields)) for pid, fields in removed.items() if fields}
+    report.classes = {pid: key(pid) for pid in patients if sizes[key(pid)] >= k}
     return report
+
+
+def generalize(patient: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """Remove quasi-identifiers from a released Patient (in place), as `enforce` did."""
+    for name in fields:
+        _remove(patient, name)
+
+
+def l_diversity(classes: dict[str, tuple[Any, ...]], sensitive: dict[str, str]) -> dict[str, Any]:
+    """Distinct l-diversity of a sensitive attribute over the released classes: for each
+    class, how many distinct values its patients have (a patient without one counts as
+    the value "none"). `classes`: patient -> class; `sensitive`: patient -> value."""
+    values: dict[tuple[Any, ...], set[str]] = {}
+    for pid, cls in classes.items():
+        values.setdefault(cls, set()).add(sensitive.get(pid, "none"))
+    sizes = sorted(len(v) for v in values.values())
+    return {
+        "classes": len(sizes),
+        "smallestL": sizes[0] if sizes else 0,
+        "classesWithOneValue": sum(1 for n in sizes if n == 1),
+    }
 
 
 def _remove(patient: dict[str, Any], field_name: str) -> None:

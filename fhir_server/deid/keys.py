@@ -22,6 +22,7 @@ SECRET_ENV = "DIATABASE_DEID_SECRET"
 SIGNING_KEY_ENV = "DIATABASE_DEID_SIGNING_KEY_FILE"
 SALT = b"diatabase-deid-v1"
 MIN_SECRET_BYTES = 16
+LINKAGE_STAGE1 = "linkage-stage1"  # one key for the warehouse (linkage.py)
 
 
 class DeidConfigError(ValueError):
@@ -54,6 +55,7 @@ class RecipientKeys:
     watermark: bytes  # keyed BLAKE2b -> the seconds of every timestamp
     perturb: bytes  # keyed BLAKE2b -> noise for `perturb` rules
     value_watermark: bytes  # keyed BLAKE2b -> the residue of glucose values (value_mark.py)
+    linkage_stage1: bytes  # HMAC-SHA-256 of identity traits: the warehouse's, not per recipient
 
     @classmethod
     def derive(cls, master: bytes, recipient_id: str) -> RecipientKeys:
@@ -68,6 +70,7 @@ class RecipientKeys:
             key("watermark", 32),
             key("perturb", 32),
             key("value-watermark", 32),
+            derive(master, LINKAGE_STAGE1, 32),
         )
 
 

@@ -15,7 +15,10 @@ coverage test of the default profile fails).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from typing import Any
 
 from fhir_server.deid.elements import CARRIERS, RESOURCE, Element, elements
@@ -33,6 +36,7 @@ KEEP_TREE = 7  # a complex element a path rule keeps: only its references are re
 CONTAINED = 8  # contained resources: each walked with its own type's plan
 INLINE_RESOURCE = 9  # a resource held in an element (Parameters.parameter.resource...)
 
+REQUIRED_FILE = "required-elements-r4.json"  # made by data/required_elements.py
 # Why an element is what it is, when no rule names it.
 NOT_A_CARRIER = "not a carrier"  # numbers, booleans, enumerated codes
 ALWAYS = "always"  # ids, references and their displays, contained: whatever the rules say
@@ -53,6 +57,10 @@ class Plan:
     steps: dict[str, Step] = field(default_factory=dict)
     # The walk's view of `steps`: (kind, plan, step) tuples, unpacked faster than read.
     walk: dict[str, tuple[int, Plan | None, Step]] = field(default_factory=dict)
+    # Elements R4 requires (min 1), each as the set of its JSON names (a choice has
+    # several) and whether they are complex: an object that had one and lost it to the
+    # rules gets it back masked (a complex one) or is dropped whole (a primitive).
+    required: tuple[tuple[frozenset[str], bool], ...] = ()
 
     def add(self, name: str, step: Step) -> None:
         self.steps[name] = step
@@ -89,8 +97,10 @@ class PlanCompiler:
         return plan
 
     def _fill(self, plan: Plan, definition: str, trie: dict[str, PathNode], where: str) -> None:
-        for name, element in elements(definition).items():
+        found = elements(definition)
+        for name, element in found.items():
             plan.add(name, self._step(definition, element, trie.get(name), f"{where}.{name}"))
+        plan.required = _required_groups(definition, found)
 
     def _step(self, definition: str, element: Element, node: PathNode | None, where: str) -> Step:
         rules = self.rules
@@ -122,6 +132,28 @@ class PlanCompiler:
                 return Step(DROP, rule=None, element=element, where=where)
             return Step(KEEP, rule=NOT_A_CARRIER, element=element, where=where)
         return Step(CHILD, self._plan(etype, children, where), NOT_A_CARRIER, element, where)
+
+
+@cache
+def _required() -> dict[str, list[str]]:
+    raw = resources.files("fhir_server.deid").joinpath("data", REQUIRED_FILE).read_bytes()
+    return json.loads(raw)
+
+
+def _required_groups(
+    definition: str, found: dict[str, Element]
+) -> tuple[tuple[frozenset[str], bool], ...]:
+    groups = []
+    for name in _required().get(definition, ()):
+        if name.endswith("[x]"):
+            stem = name[:-3]
+            names = [n for n in found if n.startswith(stem) and n[len(stem) :][:1].isupper()]
+        else:
+            names = [name] if name in found else []
+        if names:
+            complex_ = all(not found[n].is_primitive for n in names)
+            groups.append((frozenset(names), complex_))
+    return tuple(groups)
 
 
 def _rule_step(rule: PathRule, element: Element, where: str) -> Step:

@@ -7,7 +7,8 @@ commands) is a JSON list of objects:
      "api_key_sha256": "<hex sha-256 of the API key>",
      "rules": "strict.json" | {...},      # optional: another rules file (relative to this
                                           # file) or an inline rules object
-     "parameters": {"dateShiftDays": 90}} # optional: parameters over the rules'
+     "parameters": {"dateShiftDays": 90}, # optional: parameters over the rules'
+     "linkage": true}                     # optional: release linkage keys (linkage.py)
 
 Only the hash of an API key is stored; `authenticate` hashes what the client sends and
 compares in constant time with every recipient's hash.
@@ -37,6 +38,7 @@ class Recipient:
     id: str
     api_key_sha256: str
     rules: Rules
+    linkage: bool = False  # the project may receive linkage keys
 
     def deidentifier(self, master: bytes) -> Deidentifier:
         return Deidentifier(RecipientKeys.derive(master, self.id), self.rules)
@@ -77,6 +79,9 @@ class Recipients:
     def fresh_engine(self, recipient_id: str) -> Deidentifier:
         """An engine of its own (for a background export: caches are not shared)."""
         return self.get(recipient_id).deidentifier(self._master)
+
+    def with_linkage(self) -> set[str]:
+        return {r.id for r in self._by_id.values() if r.linkage}
 
     def keys(self, recipient_id: str) -> RecipientKeys:
         return self.engine(recipient_id).keys
@@ -140,4 +145,7 @@ def _recipient(
         if parameters:
             config = with_parameters(config, parameters)
         rules = load_rules(config)
-    return Recipient(rid, key_hash.lower(), rules)
+    linkage = item.get("linkage", False)
+    if not isinstance(linkage, bool):
+        raise DeidConfigError(f"recipient {rid}: `linkage` is true or false")
+    return Recipient(rid, key_hash.lower(), rules, linkage)

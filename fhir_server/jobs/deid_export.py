@@ -25,6 +25,7 @@ class DeidExports:
         signing_key: Any,
         views: Mapping[str, Any],
         folder: Path,
+        linkage: Mapping[str, Any] | None = None,
     ) -> None:
         self.runner = runner
         self.folder = folder
@@ -32,6 +33,7 @@ class DeidExports:
         self._recipients = recipients
         self._key = signing_key
         self._views = dict(views)
+        self._linkage = dict(linkage or {})  # recipient -> its linkage keys (if allowed)
         runner.register(DEID_EXPORT, self._run, "de-identified export")
 
     def start(self, recipient_id: str, types: list[str] | None, request: str) -> Job:
@@ -56,7 +58,8 @@ class DeidExports:
         context.progress(0, sum(planned_counts(self._service, context.params["types"]).values()),
                          "pseudonymizing", force=True)
         signed = run_export(self._service, engine, context.folder, self._key,
-                            context.params["types"], context.add, None, store)
+                            context.params["types"], context.add, None, store,
+                            self._linkage.get(recipient_id))
         return {
             "transactionTime": signed["transactionTime"],
             "output": [{"type": o["type"], "file": o["file"], "count": o["count"]}
