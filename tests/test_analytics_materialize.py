@@ -104,7 +104,11 @@ def test_the_command_and_a_recipient_sees_pseudonyms_only(
     observations = [r for r in resources if r["resourceType"] == "Observation"]
     assert len(_table(out)) == len(observations)
 
-    write_recipients(tmp_path / "recipients.json", {"research": "research-key-123"})
+    write_recipients(
+        tmp_path / "recipients.json",
+        {"research": "research-key-123"},
+        {"research": {"kAnonymity": {"k": 1}}},
+    )  # a few patients: k = 1
     settings = Settings(db_url=url, deid_secret="materialize-test-secret-0123456789",
                         deid_recipients=str(tmp_path / "recipients.json"))  # fmt: skip
     from fhir_server.deid.context import build_release

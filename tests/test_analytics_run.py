@@ -70,7 +70,10 @@ def _parameters(view: dict, fmt: str, resources: list[dict] | None = None) -> di
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     folder = tmp_path_factory.mktemp("analytics")
-    write_recipients(folder / "recipients.json", {"research": KEY})
+    # k = 1: a few patients; k-anonymity of the facade is tested in test_deid_kanonymity.
+    write_recipients(
+        folder / "recipients.json", {"research": KEY}, {"research": {"kAnonymity": {"k": 1}}}
+    )
     settings = Settings(
         db_url=database_url(folder),
         max_body_bytes=20_000_000,

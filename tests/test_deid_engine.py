@@ -393,10 +393,12 @@ def test_display_only_references_lose_their_display() -> None:
     raw = (
         b'{"resourceType":"Claim","id":"c1","patient":{"reference":"Patient/p1"},'
         b'"insurer":{"display":"Dr Jane Doe"},"type":{"coding":[{"system":"s","code":"x",'
-        b'"display":"kept"}]}}'
+        b'"display":"Dr Jane Doe"},{"system":"http://loinc.org","code":"2339-0",'
+        b'"display":"Glucose [Mass/volume] in Blood"}]}}'
     )
     out = engine().transform_bytes(raw)
-    assert b"Jane Doe" not in out and b'"display":"kept"' in out
+    # A display is kept only when it is the code system's own: never a sender's text.
+    assert b"Jane Doe" not in out and b'"display":"Glucose [Mass/volume] in Blood"' in out
     assert "insurer" not in orjson.loads(out)  # nothing left of it
 
 

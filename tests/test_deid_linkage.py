@@ -78,7 +78,7 @@ def test_no_dictionary_attack_over_the_nir_space_without_the_keys() -> None:
     target_traits = traits(PRACTICE_PATIENT)
     assert target_traits is not None
     released = stage2(TTP.encode(), "cohort-a", stage1(stage1_key(MASTER.encode()), target_traits))
-    candidates = [f"{1234567790123 + n}|19700412|2" for n in range(100_000)]
+    candidates = [f"{1234567840123 + n}|19700412|2" for n in range(100_000)]
     assert target_traits in candidates
 
     def guesses(candidate: str) -> list[str]:

@@ -31,6 +31,7 @@ import hashlib
 import re
 import threading
 from datetime import date, timedelta
+from functools import cache, lru_cache
 from typing import Any
 
 import orjson
@@ -56,6 +57,7 @@ from fhir_server.deid.rules import Rules
 from fhir_server.deid.value_mark import keyed_residue, mark
 from fhir_server.deid.watermark import keyed_seconds
 from fhir_server.model import jsonio
+from terminology import TerminologyError, TerminologyService
 
 PSEUDED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -296,7 +298,7 @@ class Deidentifier:
         self, method: str, options: dict[str, Any], value: Any, node: dict[str, Any], where: str
     ) -> Any:
         if method == "keep":  # with a condition (`when`): kept only when coded
-            return value if _coded(options["when"], value, node) else None
+            return value if _coded(options, value, node) else None
         if method == "generalize":
             return _generalize(options, value)
         if method == "pseudonymize":
@@ -442,19 +444,48 @@ def _local_ids(contained: Any) -> dict[str, str]:
     return local
 
 
-def _coded(condition: str, value: Any, node: dict[str, Any]) -> bool:
+def _coded(options: dict[str, Any], value: Any, node: dict[str, Any]) -> bool:
     """Whether a free-text value is backed by a code (rules: `keep` with `when`)."""
     if type(value) is not str:
         return False
+    condition = options["when"]
+    if condition == "prefix":
+        return value.startswith(tuple(options["prefixes"]))
+    if condition == "pattern":
+        return _pattern(options["pattern"]).fullmatch(value) is not None
     if condition == "code":
         return type(node.get("code")) is str
+    if condition == "knownDisplay":
+        return known_display(node.get("system"), node.get("code"), value)
     if condition == "equalsCode":
         return node.get("code") == value
-    codings = node.get("coding")
+    codings = node.get("coding")  # equalsCodingDisplay
     return type(codings) is list and any(
-        type(c) is dict and type(c.get("code")) is str and c.get("display") == value
+        type(c) is dict
+        and c.get("display") == value
+        and known_display(c.get("system"), c.get("code"), value)
         for c in codings
     )
+
+
+@lru_cache(maxsize=100_000)
+def known_display(system: Any, code: Any, display: str) -> bool:
+    """Whether `display` is what the code system itself calls `code` (in any language the
+    server holds): a sender's free text in a display field is not."""
+    if type(system) is not str or type(code) is not str:
+        return False
+    try:
+        concept = TerminologyService.default().system(system).get(code)
+    except TerminologyError:
+        return False  # a system the server does not hold: nothing to check it against
+    return concept is not None and (
+        display == concept.display or display in concept.designations.values()
+    )
+
+
+@cache
+def _pattern(text: str) -> re.Pattern[str]:
+    return re.compile(text)
 
 
 def _loads(raw: bytes) -> Any:

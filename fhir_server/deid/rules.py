@@ -23,9 +23,13 @@ engine costs ~100x more per resource):
 Methods beyond the MS tool's: `uid` (a DICOM UID or OID becomes a keyed pseudo-UID
 `2.25.<decimal>`; an Identifier is kept only when it is a DICOM UID), and `keep` with a
 condition `when` saying when a free-text value counts as coded: `code` (its object has a
-code: a Coding's display), `equalsCode` (it equals its object's code: a Quantity's unit),
-`equalsCodingDisplay` (it equals the display of one of the object's codings that has a
-code: a CodeableConcept's text). A value that is not coded is removed.
+code), `knownDisplay` (it is what the code system, held by the server's terminology, calls
+its object's code: a Coding's display), `equalsCode` (it equals its object's code: a
+Quantity's unit),
+`equalsCodingDisplay` (it equals the known display of one of the object's codings: a
+CodeableConcept's text), `prefix` (it starts with one of `prefixes`: a profile
+of HL7's or of this server), `pattern` (the whole value matches the regex `pattern`: an
+ISO country code). A value that is not coded is removed.
 
 Which rule decides an element, first match: a path rule on it (or on an ancestor: a path
 rule claims its element, so a birth date generalized to the year is not also shifted), a
@@ -51,7 +55,7 @@ from fhir_server.deid.keys import DeidConfigError
 
 METHODS = ("keep", "redact", "pseudonymize", "dateShift", "generalize", "perturb", "uid")
 TYPE_METHODS = ("keep", "redact", "pseudonymize", "uid")
-KEEP_CONDITIONS = ("code", "equalsCode", "equalsCodingDisplay")
+KEEP_CONDITIONS = ("code", "knownDisplay", "equalsCode", "equalsCodingDisplay", "prefix", "pattern")
 DATE_TYPES = ("date", "dateTime", "instant")
 _PATH = re.compile(r"[A-Z][A-Za-z]+(\.[a-z_][A-Za-z0-9_]*)+")
 _NODES = re.compile(r"nodesBy(Name|Type)\('([A-Za-z_][A-Za-z0-9_]*)'\)")
@@ -259,6 +263,18 @@ def _check_options(number: int, method: str, options: dict[str, Any]) -> None:
         raise DeidConfigError(f"rule {number}: perturb needs a numeric `range`")
     if "when" in options and (method != "keep" or options["when"] not in KEEP_CONDITIONS):
         raise DeidConfigError(f"rule {number}: `when` is for keep, one of {KEEP_CONDITIONS}")
+    if options.get("when") == "prefix" and not (
+        isinstance(options.get("prefixes"), list)
+        and all(isinstance(p, str) and p for p in options["prefixes"])
+    ):
+        raise DeidConfigError(f"rule {number}: `when: prefix` needs a list of `prefixes`")
+    if options.get("when") == "pattern":
+        try:
+            re.compile(options.get("pattern"))  # type: ignore[arg-type]
+        except (re.error, TypeError):
+            raise DeidConfigError(
+                f"rule {number}: `when: pattern` needs a regex `pattern`"
+            ) from None
 
 
 def with_parameters(rules_config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
