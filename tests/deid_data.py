@@ -192,6 +192,22 @@ def write_recipients(
     return path
 
 
+def exported_files(http: Any, headers: dict[str, str], query: str = "") -> list[str]:
+    """Run a recipient's de-identified export through the facade (`http`: an httpx
+    client of a running server) and return the text of each file it lists."""
+    import time
+
+    started = http.get(f"/deid/$export{query}", headers=headers)
+    assert started.status_code == 202, started.text[:300]
+    status_url = started.headers["Content-Location"]
+    deadline = time.monotonic() + 120  # a job of the server: wait on its status
+    while (status := http.get(status_url, headers=headers)).status_code == 202:
+        assert time.monotonic() < deadline, "the export did not finish"
+        time.sleep(0.2)
+    assert status.status_code == 200, status.text[:300]
+    return [http.get(o["url"], headers=headers).text for o in status.json()["output"]]
+
+
 def synthea_bundles() -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(SYNTHEA.glob("*.json"))]
 
