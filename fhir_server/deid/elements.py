@@ -78,12 +78,19 @@ def elements(definition: str) -> dict[str, Element]:
     `Coding`, `Observation_Component`), by JSON name."""
     properties = fhir_schema()["definitions"][definition].get("properties", {})
     found = {}
+    is_resource = definition in resource_types()
     for name, spec in properties.items():
-        if name == "resourceType":
+        if name == "resourceType" and is_resource:  # not ExampleScenario.instance's
             continue
         is_list = spec.get("type") == "array"
         item = spec.get("items", spec) if is_list else spec
         found[name] = Element(name, _type_of(name, item), is_list, "enum" in item)
+    # R4's open type (`*`: Extension.value[x], Parameters.parameter.value[x], ...) includes
+    # Meta, which the JSON schema leaves out of every such choice: `valueMeta` is valid R4.
+    for name in [n for n in found if n.endswith("Dosage")]:
+        base = name.removesuffix("Dosage")
+        if f"{base}Base64Binary" in found and f"{base}Meta" not in found:
+            found[f"{base}Meta"] = Element(f"{base}Meta", "Meta", False)
     return found
 
 
