@@ -37,24 +37,29 @@ def core_definitions() -> dict[str, dict[str, Any]]:
     }  # fmt: skip
 
 
-def carrier_paths(type_name: str) -> list[tuple[list[str], str]]:
-    """Every element of a definition's snapshot that can carry text, an identifier, a date
-    or a URI, as (JSON path below the type, FHIR type): `value[x]` gives one per type."""
+def typed_paths(type_name: str) -> list[tuple[list[str], str]]:
+    """Every element of a definition's snapshot as (JSON path below the type, FHIR type):
+    `value[x]` gives one per type; an element without a type (a contentReference) none."""
     found = []
     for element in core_definitions()[type_name]["snapshot"]["element"]:
         path = element["path"].split(".")[1:]
-        for datatype in element.get("type") or ():  # none: a contentReference, seen once
+        for datatype in element.get("type") or ():
             code = datatype["code"]
             if code.startswith("http://hl7.org/fhirpath/System."):  # ids, Extension.url
                 extension = [e for e in datatype.get("extension", ()) if e["url"] == FHIR_TYPE]
                 code = extension[0]["valueUrl"] if extension else "string"
-            if code not in CARRIERS or not path:
+            if not path:
                 continue
             name = path[-1]
             if name.endswith("[x]"):
                 name = name[:-3] + code[0].upper() + code[1:]
             found.append(([*path[:-1], name], code))
     return found
+
+
+def carrier_paths(type_name: str) -> list[tuple[list[str], str]]:
+    """The elements that can carry text, an identifier, a date or a URI."""
+    return [(path, code) for path, code in typed_paths(type_name) if code in CARRIERS]
 
 
 def decided_by_a_rule(resource_type: str, path: list[str]) -> bool:
@@ -81,21 +86,12 @@ def test_every_carrier_element_of_the_r4_definitions_is_decided(resource_type: s
     `Observation.code.text`, `Observation.component.valueString`) is decided by a rule."""
     definitions = core_definitions()
     checked, undecided = 0, []
-    for element in definitions[resource_type]["snapshot"]["element"]:
-        path = element["path"].split(".")[1:]
-        if not path:
-            continue
-        for datatype in element.get("type") or ():
-            code = datatype["code"]
-            name = path[-1]
-            if name.endswith("[x]"):
-                name = name[:-3] + code[0].upper() + code[1:]
-            if code in definitions and code not in ("Extension", "Resource"):
-                for inner, inner_type in carrier_paths(code):
-                    where = [*path[:-1], name, *inner]
-                    checked += 1
-                    if not decided_by_a_rule(resource_type, where):
-                        undecided.append((".".join(where), inner_type))
+    for path, code in typed_paths(resource_type):
+        if code in definitions and code not in ("Extension", "Resource"):
+            for inner, inner_type in carrier_paths(code):
+                checked += 1
+                if not decided_by_a_rule(resource_type, [*path, *inner]):
+                    undecided.append((".".join([*path, *inner]), inner_type))
     for path, code in carrier_paths(resource_type):
         checked += 1
         if not decided_by_a_rule(resource_type, path):
