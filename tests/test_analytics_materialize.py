@@ -126,6 +126,25 @@ def test_the_command_and_a_recipient_sees_pseudonyms_only(
     assert [t for t in times if t in text] == []
     assert len(_table(research)) == len(observations)
 
+    # An objection to research use changes no Observation, yet its patient's rows must go
+    # from the research tables at the next run (they stayed before the source's state was
+    # part of the fingerprint); the clinical tables keep them.
+    from fhir_server.rights.objections import objection_consent
+
+    objecting = observations[0]["subject"]["reference"].split("/")[1]
+    theirs = [o for o in observations if o["subject"]["reference"] == f"Patient/{objecting}"]
+    service.resources.update("Consent", "objection-1",
+                             {**objection_consent(objecting, "letter", "2026-01-05"),
+                              "id": "objection-1"})  # fmt: skip
+    again = Materializer(research, FacadeSource(StoreSource(service.storage), deid.facade, engine))
+    assert again.materialize(VIEW).mode == "full"
+    again.close()
+    assert len(_table(research)) == len(observations) - len(theirs)
+    clinical = Materializer(out, StoreSource(service.storage))
+    assert clinical.materialize(VIEW).mode != "full"
+    clinical.close()
+    assert len(_table(out)) == len(observations)
+
     monkeypatch.setenv("DIATABASE_DEID_SECRET", settings.deid_secret)
     by_command = tmp_path / "research-command"
     assert main(["views", "materialize", "--db", url, "--out", str(by_command),

@@ -347,3 +347,37 @@ def test_view_export_of_a_patient_context_token_holds_its_patient_only(
     with httpx.Client(base_url=server.url, timeout=60, headers=bearer(refused)) as h:
         assert kick_off(h, "/ViewDefinition/$viewdefinition-export",
                         body=body).status_code == 403  # fmt: skip
+
+
+def test_an_objection_takes_the_patient_out_of_research_tables(
+    http: httpx.Client, stored_views: dict[str, str]
+) -> None:
+    """Research tables go through the facade's decision of whom a recipient may see: a
+    patient's objection to research use removes their rows from the next `$run`, and
+    withdrawing it brings them back (the clinical `$run` keeps them throughout)."""
+    from fhir_server.rights.objections import objection_consent
+
+    auth = {"Authorization": f"Bearer {KEY}"}
+    objecting = PATIENTS[0]["id"]
+    theirs = [o for o in OBSERVATIONS if o["subject"]["reference"] == f"Patient/{objecting}"]
+
+    def research_rows(view: str) -> list[dict]:
+        answer = http.get(f"/deid/ViewDefinition/{stored_views[view]}/$run",
+                          params={"_format": "ndjson"}, headers=auth)  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        return [json.loads(line) for line in answer.text.splitlines()]
+
+    patients = len(research_rows("patients"))
+    made = http.post("/Consent", json=objection_consent(objecting, "letter", "2026-01-05"))
+    assert made.status_code == 201, made.text
+    consent = made.json()
+    try:
+        assert len(research_rows("patients")) == patients - 1
+        assert len(research_rows("glucose_readings")) == len(OBSERVATIONS) - len(theirs)
+        clinical = http.get(f"/ViewDefinition/{stored_views['glucose_readings']}/$run",
+                            params={"_format": "ndjson"})  # fmt: skip
+        assert len(clinical.text.splitlines()) == len(OBSERVATIONS)
+    finally:
+        withdrawn = http.put(f"/Consent/{consent['id']}", json={**consent, "status": "inactive"})
+        assert withdrawn.status_code == 200, withdrawn.text
+    assert len(research_rows("patients")) == patients

@@ -16,7 +16,8 @@ current versions: only what changed is read and evaluated. DuckDB then writes th
 file from the table, which is much faster than evaluating the view again.
 
 For a research recipient (`source` = `FacadeSource`), the resources are those the
-de-identification facade releases to it, and `_resource_key` is the pseudonymized id.
+de-identification facade releases to it, and `_resource_key` is the pseudonymized id; when
+the objections to research use change, the tables are made again (part of the fingerprint).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class Source(Protocol):
         """(keys of resources changed or deleted since, (key, resource) of their current
         versions)."""
 
+    def state(self) -> str:
+        """What decides the rows besides the resources ("" when nothing does): when it
+        changes, the tables are made again instead of updated from the history."""
+
 
 class StoreSource:
     """The clinical store, unrestricted (an operator's command)."""
@@ -84,6 +89,9 @@ class StoreSource:
                 current.append((rid, orjson.loads(stored.json)))
         return ids, current
 
+    def state(self) -> str:
+        return ""
+
 
 class FacadeSource:
     """What the de-identification facade releases to one recipient (same pseudonyms,
@@ -107,6 +115,11 @@ class FacadeSource:
         live = [s for s in stored if s is not None and not s.deleted]
         current = [(r.get("id", ""), r) for r in self.facade.release(self.engine, live)]
         return {self._key(rtype, rid) for rid in ids}, current
+
+    def state(self) -> str:
+        """The objections to research use in force (a patient who objects since the last
+        run has rows there that no history of the view's type would remove)."""
+        return self.facade.release_state(self.engine)
 
 
 @dataclass
@@ -149,10 +162,14 @@ class Materializer:
         started = time.time()
         view = compile_view(definition)
         name = table_name(view)
-        print_ = fingerprint(definition)
-        state = self.db.execute(
+        source_state = self.source.state()
+        print_ = fingerprint(definition if not source_state
+                             else {"view": definition, "source": source_state})  # fmt: skip
+        # fetchall: a result left unfinished blocks DuckDB's next `register`
+        found = self.db.execute(
             f"SELECT fingerprint, since FROM {STATE_TABLE} WHERE view = ?", [name]
-        ).fetchone()
+        ).fetchall()
+        state = found[0] if found else None
         schema = arrow_schema([*view.column_types, (KEY_COLUMN, None, False)])
         if state is None or state[0] != print_:
             mode, changed = "full", self._rebuild(view, name, schema)

@@ -36,6 +36,7 @@ Decisions for searches with view criteria:
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 import time
@@ -287,6 +288,15 @@ class DeidFacade:
         and the materialiser's increments), so a rule about what a recipient may see
         holds for them too."""
         return _loaded(self.bodies(engine, stored))
+
+    def release_state(self, engine: Deidentifier) -> str:
+        """What decides `release` besides the resources themselves: the patients who
+        object to research use, as this recipient's pseudonyms (hashed). Tables kept up to
+        date from the history are made again when it changes (an objection changes no
+        Observation, yet its patient's rows must go)."""
+        patients = self.withholding.current().patients
+        pseudonyms = sorted(engine.pseudonyms.pseudonym("Patient", p) for p in patients)
+        return hashlib.sha256("\n".join(pseudonyms).encode()).hexdigest()[:32]
 
     def _policy(self, engine: Deidentifier) -> ViewPolicy:
         """One per recipient: a policy caches which parameters its rules touch."""
