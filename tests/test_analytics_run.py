@@ -318,6 +318,11 @@ def test_view_export_runs_as_a_job(http: httpx.Client, stored_views: dict[str, s
     no_view = kick_off(http, "/ViewDefinition/$viewdefinition-export",
                        body={"resourceType": "Parameters", "parameter": []})  # fmt: skip
     assert no_view.status_code == 400 and no_view.json()["resourceType"] == "OperationOutcome"
+    bad_since = kick_off(http, "/ViewDefinition/$viewdefinition-export", body={
+        "resourceType": "Parameters", "parameter": [
+            _view_part("glucose", viewResource={"resource": GLUCOSE_VIEW}),
+            {"name": "_since", "valueInstant": "yesterday"}]})  # fmt: skip
+    assert bad_since.status_code == 400  # at the kick-off, not a failed job later
     # the later editions' name of $run is the same operation
     alias = http.get(f"/ViewDefinition/{stored_views['glucose_readings']}/$viewdefinition-run",
                      params={"_format": "ndjson"})  # fmt: skip

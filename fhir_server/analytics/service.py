@@ -19,7 +19,7 @@ from fhir_server.analytics.output import FORMAT_ALIASES, MEDIA_TYPES, write
 from fhir_server.analytics.runner import ViewRunError, run_view
 from fhir_server.analytics.viewdefinition import CompiledView, ViewDefinitionError, compile_view
 from fhir_server.model.outcome import error
-from fhir_server.search.query import parse_search
+from fhir_server.search.query import SearchQuery, parse_search
 from fhir_server.search.visibility import current_visibility
 
 PAGE = 1_000  # resources per storage page when the caller's visibility applies
@@ -114,10 +114,10 @@ def compile_or_400(view: Any) -> CompiledView:
         raise error(400, "invalid", f"ViewDefinition: {exc}") from None
 
 
-def clinical_resources(fhir: Any, rtype: str, patient: str | None, since: str | None
-                       ) -> Iterator[dict]:  # fmt: skip
-    """The current resources of `rtype` the caller may see (storage applies the request's
-    visibility inside its queries), optionally one patient's or changed since a time."""
+def clinical_query(fhir: Any, rtype: str, patient: str | None, since: str | None
+                   ) -> SearchQuery | None:  # fmt: skip
+    """The search narrowing `rtype` to one patient's or to what changed since a time (None
+    without either); 400 when it cannot apply."""
     items: list[tuple[str, str]] = []
     if patient is not None:
         params = fhir.registry.for_type(rtype)
@@ -133,11 +133,20 @@ def clinical_resources(fhir: Any, rtype: str, patient: str | None, since: str | 
         items.append((name, patient if name == "_id" else f"Patient/{patient}"))
     if since is not None:
         items.append(("_lastUpdated", f"ge{since}"))
-    if not items and current_visibility.get() is None:
+    return parse_search(rtype, items, fhir.registry) if items else None
+
+
+def clinical_resources(fhir: Any, rtype: str, patient: str | None, since: str | None
+                       ) -> Iterator[dict]:  # fmt: skip
+    """The current resources of `rtype` the caller may see (storage applies the request's
+    visibility inside its queries), optionally one patient's or changed since a time."""
+    query = clinical_query(fhir, rtype, patient, since)
+    if query is None and current_visibility.get() is None:
         for stored in fhir.storage.iter_current(rtype):
             yield orjson.loads(stored.json)
         return
-    query = parse_search(rtype, items, fhir.registry)
+    if query is None:
+        query = parse_search(rtype, [], fhir.registry)
     cursor = None
     while True:
         page = fhir.storage.search(query, PAGE, cursor)
@@ -176,5 +185,5 @@ def output(view: CompiledView, resources: Iterable[dict], request: RunRequest
                                             request.header), rows  # fmt: skip
 
 
-__all__ = ["RunRequest", "ViewRunError", "clinical_resources", "compile_or_400", "output",
-           "parse_format", "run_request"]  # fmt: skip
+__all__ = ["RunRequest", "ViewRunError", "clinical_query", "clinical_resources",
+           "compile_or_400", "output", "parse_format", "run_request"]  # fmt: skip

@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from fhir_server.analytics.output import MEDIA_TYPES
-from fhir_server.analytics.service import compile_or_400, parse_format
+from fhir_server.analytics.service import clinical_query, compile_or_400, parse_format
 from fhir_server.analytics.stored import VIEW_TYPE
 from fhir_server.api.bulk import cancel, owned_job, owner_of
 from fhir_server.api.http import JSON_TYPES, base_url, fhir_response, read_body
@@ -158,14 +158,16 @@ def build_view_export_router() -> APIRouter:
         asked, others = parse_export(body)
         views = await run_in_threadpool(_views, fhir, asked, view_id)
         access = request.state.access
-        for _, view in views:
-            access.require(view["resource"], "search-type")
-            fhir.resources.check_type(view["resource"])
         patient = others.get("patient")
         if isinstance(patient, dict):
             patient = patient.get("reference")
         if patient is not None:
             patient = str(patient).removeprefix("Patient/")
+        for _, view in views:
+            access.require(view["resource"], "search-type")
+            fhir.resources.check_type(view["resource"])
+            # a patient or _since that cannot apply is a 400 now, not a failed job later
+            clinical_query(fhir, view["resource"], patient, others.get("_since"))
         tracking = others.get("clientTrackingId")
         params = export_params(views, parse_format(others.get("_format") or "ndjson", None),
                                _boolean(others.get("header"), "header"), patient,
