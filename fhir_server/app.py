@@ -172,6 +172,7 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         from fhir_server.api.deid import build_deid_metadata_router, build_deid_router
 
         app.include_router(build_deid_analytics_router())  # before /deid/{type}/{id}
+        app.include_router(build_view_export_router(research=True))
         app.include_router(build_deid_measure_router())
         app.include_router(build_deid_router())
     if settings.deid_only:

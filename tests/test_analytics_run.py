@@ -386,3 +386,31 @@ def test_an_objection_takes_the_patient_out_of_research_tables(
         withdrawn = http.put(f"/Consent/{consent['id']}", json={**consent, "status": "inactive"})
         assert withdrawn.status_code == 200, withdrawn.text
     assert len(research_rows("patients")) == patients
+
+
+def test_research_view_export_releases_nothing_identifying(
+    server: RunningServer, stored_views: dict[str, str]
+) -> None:
+    """A recipient's `$viewdefinition-export` runs over what the facade releases to it:
+    the same scan as its `$run` (no name, identifier, original id or unshifted date)."""
+    secrets = set().union(*(secrets_of(r) for r in PATIENTS))
+    reading_times = {o["effectiveDateTime"] for o in OBSERVATIONS}
+    body = {"resourceType": "Parameters", "parameter": [
+        _view_part("glucose", viewReference={"valueReference": {
+            "reference": f"ViewDefinition/{stored_views['glucose_readings']}"}}),
+        _view_part("people", viewResource={"resource": PATIENT_VIEW}),
+        {"name": "_format", "valueCode": "csv"}]}  # fmt: skip
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=server.url, timeout=60, headers=auth) as h:
+        files = _exported(h, "/deid/ViewDefinition/$viewdefinition-export", body)
+        one_patient = {"name": "patient", "valueReference": {"reference": "Patient/x"}}
+        refused = kick_off(h, "/deid/ViewDefinition/$viewdefinition-export",
+                           body={**body, "parameter": [*body["parameter"], one_patient]})
+        assert refused.status_code == 400
+    text = b"\n".join(files.values()).decode()
+    assert [s for s in secrets if s in text] == []
+    assert [t for t in reading_times if t in text] == []
+    assert len(files["glucose"].decode().strip().splitlines()) == len(OBSERVATIONS) + 1
+    with httpx.Client(base_url=server.url, timeout=60) as anonymous:
+        assert kick_off(anonymous, "/deid/ViewDefinition/$viewdefinition-export",
+                        body=body).status_code == 401  # fmt: skip

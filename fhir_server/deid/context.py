@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from fhir_server.deid.facade import DeidFacade
 from fhir_server.deid.keys import DeidConfigError, master_secret, signing_key
 from fhir_server.deid.linkage import LinkageStore, store_path
 from fhir_server.deid.recipients import Recipients
 from fhir_server.deid.views import ViewStore, fingerprint, view_path
-from fhir_server.jobs import JobRunner
+from fhir_server.jobs import JobContext, JobRunner
 from fhir_server.jobs.deid_export import DeidExports
+from fhir_server.jobs.view_export import DEID_VIEW_EXPORT, run_view_export
 from fhir_server.service.fhir import FhirService
 from fhir_server.settings import Settings
 from fhir_server.storage.private_files import private_folder
@@ -79,12 +81,21 @@ def build_release(service: FhirService, settings: Settings) -> DeidRelease:
 
 
 def build_deid(service: FhirService, settings: Settings, runner: JobRunner) -> DeidContext:
-    """The facade, its recipients and their exports (a kind of job of `runner`)."""
+    """The facade, its recipients and their exports (kinds of job of `runner`: the
+    de-identified `$export` and a research recipient's `$viewdefinition-export`)."""
     release = build_release(service, settings)
     export_dir = settings.deid_export_dir or default_export_dir(settings.db_url)
     # Never a shared /tmp: the default lies beside the database, owner-only.
     jobs = DeidExports(runner, service, release.recipients, signing_key(release.master),
                        release.views, private_folder(export_dir), release.linkage)  # fmt: skip
+
+    def view_export(context: JobContext) -> dict[str, Any]:
+        # the recipient's keys and rules as they are now (a re-run after a restart too)
+        engine = release.recipients.fresh_engine(context.params["recipient"])
+        return run_view_export(context, service,
+                               lambda rtype: release.facade.released(engine, rtype))  # fmt: skip
+
+    runner.register(DEID_VIEW_EXPORT, view_export, "de-identified view export")
     return DeidContext(release.recipients, release.facade, jobs, list(release.views.values()))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from fhir_server.analytics.viewdefinition import compile_view
 from fhir_server.jobs.runner import JobContext
 
 VIEW_EXPORT = "view-export"
+DEID_VIEW_EXPORT = "deid-view-export"  # a research recipient's, over the facade
 EXTENSIONS = {"csv": "csv", "ndjson": "ndjson", "json": "json", "parquet": "parquet"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -51,7 +53,12 @@ def file_name(name: str, fmt: str, taken: set[str]) -> str:
     return candidate
 
 
-def run_view_export(context: JobContext, fhir: Any) -> dict[str, Any]:
+def run_view_export(context: JobContext, fhir: Any,
+                    resources_of: Callable[[str], Iterable[dict]] | None = None
+                    ) -> dict[str, Any]:  # fmt: skip
+    """Each view into its file; the resources of a type from `resources_of` (a research
+    recipient's: what the facade releases to it), else from the clinical store as the
+    job's visibility allows."""
     params = context.params
     fmt = params["format"]
     started = time.time()
@@ -61,7 +68,11 @@ def run_view_export(context: JobContext, fhir: Any) -> dict[str, Any]:
     exported = 0
     for item in params["views"]:
         view = compile_view(item["view"])
-        resources = clinical_resources(fhir, view.resource, params["patient"], params["since"])
+        resources = (
+            resources_of(view.resource)
+            if resources_of is not None
+            else clinical_resources(fhir, view.resource, params["patient"], params["since"])
+        )
         rows = CountedRows(run_view(view, resources))
         name = file_name(item["name"], fmt, taken)
         with (context.folder / name).open("wb") as handle:
