@@ -34,12 +34,13 @@ from pathlib import Path
 
 from bench.common import SIZES, Result, print_table
 
-# Order matters: `population` loads the generated data that `read`, `export`, `deid` and
-# `rights` reuse, so these run in one process; every other module runs in its own, so that each peak
-# RSS is that benchmark's own. Modules that are not there are skipped with a note.
+# Order matters: `population` loads the generated data that `read`, `export`, `bulk`,
+# `deid` and `rights` reuse, so these run in one process; every other module runs in its
+# own, so that each peak RSS is that benchmark's own. Modules that are not there are
+# skipped with a note.
 GROUPS = (
     ("generate",),
-    ("population", "read", "export", "deid", "rights"),
+    ("population", "read", "export", "bulk", "deid", "rights"),
     ("search",),
     ("ingest",),
     ("durability",),

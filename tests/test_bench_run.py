@@ -25,6 +25,7 @@ ROW_NAMES = {
     "population": ["load", "search@"],
     "read": ["read", "vread"],
     "export": ["export"],
+    "bulk": ["bulk export", "bulk import", "bulk load", "cohort@"],
     "ingest": ["ingest"],
     "durability": ["durability NORMAL", "durability FULL", "durability FULL+group"],
     "audit": ["audit ingest: batch Bundles", "audit ingest: single creates",
