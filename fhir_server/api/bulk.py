@@ -30,7 +30,7 @@ from fhir_server.jobs.export_request import (
     items_from_parameters,
     parse_export_request,
 )
-from fhir_server.jobs.manifest import listed_files, status_answer
+from fhir_server.jobs.manifest import StatusAnswer, listed_files, status_answer
 from fhir_server.jobs.store import CANCELLED
 from fhir_server.model.outcome import Issue, error, info_outcome, outcome
 from fhir_server.model.resource_types import is_resource_type
@@ -92,6 +92,11 @@ def job_status(request: Request, job: Job, files_path: str,
                extension: dict[str, Any] | None = None) -> Response:
     answer = status_answer(job, f"{_base(request)}/{files_path}/{job.id}",
                            requires_access_token(request), extension)
+    return answer_response(answer)
+
+
+def answer_response(answer: StatusAnswer) -> Response:
+    """A job's status as HTTP: the manifest (200), progress (202) or the failure."""
     if answer.status == 200:
         headers = {"Content-Type": "application/json", **answer.headers}
         return fhir_response(answer.body, 200, headers)

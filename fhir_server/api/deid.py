@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from fhir_server import __version__
+from fhir_server.api.bulk import answer_response
 from fhir_server.api.http import base_url, check_accept, fhir_response, pretty, query_items
 from fhir_server.audit import Activity, Agent
 from fhir_server.audit.events import RECIPIENT_SYSTEM, REFUSED, SUCCESS
@@ -249,13 +250,7 @@ def build_deid_router() -> APIRouter:
         files = f"{_base(request)}/$export-file/{job.id}"
         signed = (job.result or {}).get("signed")
         extension = {MANIFEST_EXTENSION: f"{files}/{MANIFEST}", SIGNED_EXTENSION: signed}
-        answer = status_answer(job, files, True, extension if signed else None)
-        if answer.status == 200:
-            headers = {"Content-Type": "application/json", **answer.headers}
-            return fhir_response(answer.body, 200, headers)
-        if answer.body is not None:
-            return fhir_response(answer.body, answer.status, answer.headers)
-        return Response(status_code=answer.status, headers=answer.headers)
+        return answer_response(status_answer(job, files, True, extension if signed else None))
 
     @router.delete("/$export-status/{job_id}")
     async def export_delete(request: Request, job_id: str) -> Response:
