@@ -215,7 +215,10 @@ def test_re_evaluation_is_compared_with_the_previous_one(world: dict[str, Any]) 
 
 
 def test_group_export_of_a_cohort_holds_its_members(world: dict[str, Any]) -> None:
+    """Evaluates first: it failed with a 404 when xdist gave it a worker on which no other
+    test had evaluated the cohort."""
     http = world["http"]
+    assert http.post("/Group/t2d-old/$evaluate").status_code == 200
     latest = members(http, "t2d-old")
     found = resources(http, export(http, "/Group/t2d-old/$export",
                                    _type="Patient,Observation"))
