@@ -103,3 +103,71 @@ def test_visibility_is_kept_exactly(tmp_path: Path) -> None:
     assert again.visibility == visibility
     assert again.owner == Owner(client_id="c", subject="u")
     assert store.create("x", Owner(), "req", {}, None).visibility is None
+
+
+def test_several_jobs_run_at_once(tmp_path: Path) -> None:
+    """Two workers: two jobs are running at the same moment (each waits until it sees the
+    other started), so a long export does not hold the queue for every other job."""
+    store = JobStore(tmp_path / "jobs")
+    runner = JobRunner(store, workers=2)
+    running: set[str] = set()
+    both = threading.Event()
+    lock = threading.Lock()
+
+    def meet(context: JobContext) -> dict[str, Any]:
+        with lock:
+            running.add(context.job.id)
+            if len(running) == 2:
+                both.set()
+        assert both.wait(60), "the other job never ran beside this one"
+        return {"output": []}
+
+    runner.register("meet", meet, "meet")
+    runner.start()
+    try:
+        jobs = [runner.submit("meet", Owner(), "req", {}, None) for _ in range(2)]
+        for job in jobs:
+            wait_for(lambda job=job: store.get(job.id).status == COMPLETED,
+                     "the jobs did not run side by side")
+    finally:
+        runner.stop()
+
+
+def test_a_job_running_at_shutdown_is_run_again_by_the_next_process(tmp_path: Path) -> None:
+    """A server stopping while a job runs puts the job back in the queue; the next runner
+    on the same store runs it from the start in a fresh folder and completes it."""
+    started = threading.Event()
+
+    def until_stopped(context: JobContext) -> dict[str, Any]:
+        (context.folder / "partial.ndjson").write_bytes(b"{}\n")
+        started.set()
+        while True:
+            context.progress(context.done + 1, force=True)
+            time.sleep(0.01)
+
+    first = JobRunner(JobStore(tmp_path / "jobs"), workers=1)
+    first.register("export", until_stopped, "export")
+    first.start()
+    job = first.submit("export", Owner(client_id="c"), "req", {"n": 1}, None)
+    assert started.wait(60)
+    first.stop()
+
+    store = JobStore(tmp_path / "jobs")
+    assert store.get(job.id).status == QUEUED
+
+    def finish(context: JobContext) -> dict[str, Any]:
+        leftovers = sorted(p.name for p in context.folder.iterdir())
+        (context.folder / "out.ndjson").write_bytes(b"{}\n")
+        return {"output": [{"type": "Patient", "file": "out.ndjson", "count": 1}],
+                "leftovers": leftovers}
+
+    second = JobRunner(store, workers=1)
+    second.register("export", finish, "export")
+    second.start()
+    try:
+        wait_for(lambda: store.get(job.id).status == COMPLETED, "the job was not run again")
+        done = store.get(job.id)
+        assert done.result["leftovers"] == [] and done.params == {"n": 1}
+        assert done.owner == Owner(client_id="c")
+    finally:
+        second.stop()
