@@ -4,23 +4,28 @@ load` of the same files beside `$import`, and cohort evaluation at two populatio
 - `bulk export`: the export job's work (fhir_server/jobs/bulk_export.py, system level,
   every type) into NDJSON files: resources/s and the peak RSS of the export alone (the
   process's peak is reset first), which must stay flat whatever the size;
-- `bulk import` and `bulk load`: those files into an empty database through the import
-  job's work (jobs/bulk_import.py) and through `diatabase load` (ingest/loader.py), side by
-  side in the same run, alternating, each into a fresh database;
+- `bulk import` and `bulk load`: those files (on medium and large, their first
+  IMPORT_SAMPLE lines: a million resources loaded twice more would take most of an hour
+  on this machine) into an empty database through the import job's work
+  (jobs/bulk_import.py) and through `diatabase load` (ingest/loader.py), side by side in
+  the same run, alternating, each into a fresh database;
 - `cohort N`: `Group/$evaluate` of "type 2 diabetes, HbA1c above 8 % since December, aged
   65 or more" on N patients (each with a Condition and two HbA1c results), median of runs.
 
     python -m bench.bulk [--size small|medium|large] [--db URL]
 
-The population is bench.population's (medium: about 1 million resources).
+The population is bench.population's (medium: about 1 million resources). Each row is
+also printed to stderr as soon as it is measured (a medium run takes an hour or more).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from datetime import date
@@ -33,6 +38,7 @@ from bench.population import loaded
 RUNS = {"small": 1, "medium": 1, "large": 1}  # import/load runs each (medium: minutes each)
 COHORT_SIZES = {"small": (50, 100), "medium": (1_000, 10_000), "large": (1_000, 10_000)}
 COHORT_RUNS = 3
+IMPORT_SAMPLE = {"small": None, "medium": 200_000, "large": 1_000_000}  # lines; None: all
 
 
 def reset_peak_rss() -> None:
@@ -187,20 +193,54 @@ def measure_cohort(n: int) -> tuple[list[float], int, float, int]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def sample(files: list[Path], limit: int | None, folder: Path) -> list[Path]:
+    """The files themselves, or copies of their first `limit` lines in all (each file's
+    share in proportion to its size, so every type is there)."""
+    if limit is None:
+        return files
+    total = sum(p.stat().st_size for p in files)
+    folder.mkdir()
+    copies = []
+    for path in files:
+        keep = max(1, limit * path.stat().st_size // total)
+        copy = folder / path.name
+        with path.open("rb") as source, copy.open("wb") as target:
+            for n, line in enumerate(source):
+                if n == keep:
+                    break
+                target.write(line)
+        copies.append(copy)
+    return copies
+
+
+def show(row: Result) -> Result:
+    """A row as soon as it is measured (stderr: the table comes at the end)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        print_table([row])
+    return row
+
+
 def run(size: str = "small", db: str | None = None) -> list[Result]:
+    rows = []
+    for n in COHORT_SIZES[size]:
+        times, members, peak, resources = measure_cohort(n)
+        rows.append(show(Result(
+            f"cohort@{n:,}", f"$evaluate T2D + HbA1c > 8 % + 65+, {n:,} patients "
+            f"({resources:,} resources), {members:,} members, median of {len(times)}",
+            1 / statistics.median(times), "evaluations/s",
+            statistics.median(times) * 1000, max(times) * 1000, peak, "", "sqlite")))
     population = loaded(size, db)
     backend = (db or "sqlite").split(":", 1)[0]
-    rows = []
     folder = Path(tempfile.mkdtemp(prefix="diatabase-bench-bulk-"))
     try:
         result, seconds, peak = measure_export(population.db_url, folder)
         count = result["resources"]
         size_mb = sum(p.stat().st_size for p in folder.glob("*.ndjson")) / 1e6
-        rows.append(Result(
+        rows.append(show(Result(
             "bulk export", f"system $export work, {count:,} resources in "
             f"{len(result['output'])} files, {size_mb:,.0f} MB", count / seconds,
-            "resources/s", None, None, peak, "", backend))
-        files = sorted(folder.glob("*.ndjson"))
+            "resources/s", None, None, peak, "", backend)))
+        files = sample(sorted(folder.glob("*.ndjson")), IMPORT_SAMPLE[size], folder / "sample")
         measured: dict[str, list[tuple[int, float, float]]] = {"import": [], "load": []}
         for _ in range(RUNS[size]):
             for how in ("import", "load"):  # alternating, each into a fresh database
@@ -210,19 +250,12 @@ def run(size: str = "small", db: str | None = None) -> list[Result]:
             runs = measured[how]
             stored = runs[0][0]
             rate = statistics.median(n / s for n, s, _ in runs)
-            rows.append(Result(
-                f"bulk {how}", f"{label}, {stored:,} resources, median of {len(runs)}",
-                rate, "resources/s", None, None, max(p for _, _, p in runs),
-                "load: the same files" if how == "import" else "", "sqlite"))
+            rows.append(show(Result(
+                f"bulk {how}", f"{label}, {stored:,} resources of the export, median of "
+                f"{len(runs)}", rate, "resources/s", None, None, max(p for _, _, p in runs),
+                "load: the same files" if how == "import" else "", "sqlite")))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    for n in COHORT_SIZES[size]:
-        times, members, peak, resources = measure_cohort(n)
-        rows.append(Result(
-            f"cohort@{n:,}", f"$evaluate T2D + HbA1c > 8 % + 65+, {n:,} patients "
-            f"({resources:,} resources), {members:,} members, median of {len(times)}",
-            1 / statistics.median(times), "evaluations/s",
-            statistics.median(times) * 1000, max(times) * 1000, peak, "", "sqlite"))
     return rows
 
 
