@@ -107,11 +107,12 @@ class IndexedStorage:
         self.clinical = open_index_store(backend)
         # Observations read by a rebuild when opened (None: the indexes were up to date)
         self.rebuilt_at_open: int | None = None
-        if self.clinical.version() != INDEXES_VERSION:
-            self.rebuilt_at_open = self.rebuild()
-            if self.rebuilt_at_open:
-                log.warning("clinical indexes rebuilt from %d Observations",
-                            self.rebuilt_at_open)
+        with self._backend.transaction() as tx:
+            # under the write lock: of two processes opening the store, one rebuilds
+            if self.clinical.version(tx) != INDEXES_VERSION:
+                self.rebuilt_at_open = self._rebuild_in(tx)
+        if self.rebuilt_at_open:
+            log.warning("clinical indexes rebuilt from %d Observations", self.rebuilt_at_open)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
@@ -139,18 +140,23 @@ class IndexedStorage:
     def rebuild(self) -> int:
         """Recompute the indexes from the current Observations; the number read.
 
-        On SQLite the Observations are read while the transaction holds the write lock,
-        so no write of another thread or process falls between the reading and the
+        On SQLite the Observations are read in the transaction, under its write lock, so
+        no write of another thread or process falls between the reading and the
         replacement. On MongoDB a write during the rebuild may be counted twice or not at
         all: run it on a quiet server (it runs at start, before requests are served)."""
         with self._backend.transaction() as tx:
-            deltas = Deltas.empty()
-            count = 0
-            for stored in self._backend.iter_current("Observation"):
-                if stored.json is not None and not stored.deleted:
-                    deltas.add(jsonio.loads(stored.json), +1)
-                    count += 1
-            self.clinical.replace(tx, deltas.pruned(), INDEXES_VERSION)
+            return self._rebuild_in(tx)
+
+    def _rebuild_in(self, tx: Any) -> int:
+        deltas = Deltas.empty()
+        count = 0
+        # SQLite: read on the transaction's own connection, under its write lock
+        current = getattr(tx, "iter_current", None) or self._backend.iter_current
+        for stored in current("Observation"):
+            if stored.json is not None and not stored.deleted:
+                deltas.add(jsonio.loads(stored.json), +1)
+                count += 1
+        self.clinical.replace(tx, deltas.pruned(), INDEXES_VERSION)
         return count
 
 

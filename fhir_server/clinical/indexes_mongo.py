@@ -44,9 +44,10 @@ class MongoClinicalIndexes:
                 )
             self.days_collection.delete_many({"n": {"$lte": 0}}, session=session)
 
-    def version(self) -> int | None:
+    def version(self, tx: Any) -> int | None:
         """INDEXES_VERSION of the code that last rebuilt them; None: never built."""
-        doc = self.storage.meta.find_one({"_id": VERSION_KEY})
+        doc = self.storage.meta.find_one({"_id": VERSION_KEY},
+                                         session=getattr(tx, "session", None))
         return int(doc["version"]) if doc else None
 
     def replace(self, tx: Any, deltas: Deltas, version: int) -> None:

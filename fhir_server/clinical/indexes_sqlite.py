@@ -50,10 +50,10 @@ class SqliteClinicalIndexes:
         conn.execute("DELETE FROM clinical_codes WHERE n <= 0")
         conn.execute("DELETE FROM cgm_days WHERE n <= 0")
 
-    def version(self) -> int | None:
+    def version(self, tx: Any) -> int | None:
         """INDEXES_VERSION of the code that last rebuilt them; None: never built."""
-        row = self.storage.reader().execute(
-            "SELECT value FROM meta WHERE key = ?", (VERSION_KEY,)).fetchone()
+        tx.settle()
+        row = tx.conn.execute("SELECT value FROM meta WHERE key = ?", (VERSION_KEY,)).fetchone()
         return int(row[0]) if row else None
 
     def replace(self, tx: Any, deltas: Deltas, version: int) -> None:

@@ -574,15 +574,20 @@ class SqliteStorage:
     def iter_current(self, resource_type: str) -> Iterator[StoredResource]:
         conn = self._connect()
         try:
-            for row in conn.execute(
-                "SELECT h.type, h.id, h.version, h.last_updated, h.deleted, h.method, h.json "
-                "FROM resources r JOIN history h ON h.type=r.type AND h.id=r.id AND "
-                "h.version=r.version WHERE r.type=? AND r.deleted=0 ORDER BY r.pk",
-                (resource_type,),
-            ):
-                yield self._row(row)
+            yield from self._iter_current(conn, resource_type)
         finally:
             conn.close()
+
+    def _iter_current(
+        self, conn: sqlite3.Connection, resource_type: str
+    ) -> Iterator[StoredResource]:
+        for row in conn.execute(
+            "SELECT h.type, h.id, h.version, h.last_updated, h.deleted, h.method, h.json "
+            "FROM resources r JOIN history h ON h.type=r.type AND h.id=r.id AND "
+            "h.version=r.version WHERE r.type=? AND r.deleted=0 ORDER BY r.pk",
+            (resource_type,),
+        ):
+            yield self._row(row)
 
     @sqlite_budget.interruptible
     def search(self, query: Any, count: int, cursor: str | None, bodies: bool = True) -> Any:
@@ -775,6 +780,12 @@ class SqliteTransaction:
     def read(self, resource_type: str, id: str) -> StoredResource | None:
         self._flush_creates()
         return self.storage._read(self.conn, resource_type, id)
+
+    def iter_current(self, resource_type: str) -> Iterator[StoredResource]:
+        """The current resources of a type as this transaction sees them."""
+        self.flush()
+        self.settle()
+        yield from self.storage._iter_current(self.conn, resource_type)
 
     def flush(self) -> None:
         self._write_rows(self._rows)
