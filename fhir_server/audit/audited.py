@@ -22,7 +22,12 @@ from fhir_server.audit.protection import AUDIT_TYPE, refuse_audit_write
 from fhir_server.audit.writer import AuditTrail, Write
 from fhir_server.model.outcome import error
 from fhir_server.search.types import IndexEntry
-from fhir_server.storage.base import HistoryPage, NewResource, StoredResource
+from fhir_server.storage.base import (
+    HistoryPage,
+    NewResource,
+    NotingTransaction,
+    StoredResource,
+)
 
 
 class AuditedStorage:
@@ -122,17 +127,12 @@ class AuditedStorage:
         self._backend.close()
 
 
-class AuditedTransaction:
+class AuditedTransaction(NotingTransaction):
     """The backend's transaction, noting what is written (and refusing AuditEvents)."""
 
-    def __init__(self, tx: Any) -> None:
-        self._tx = tx
-        self.writes: list[Write] = []
+    writes: list[Write]
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tx, name)
-
-    def put(
+    def note_put(
         self,
         resource_type: str,
         id: str,
@@ -143,29 +143,15 @@ class AuditedTransaction:
         method: str,
     ) -> None:
         refuse_audit_write(resource_type)
-        self._tx.put(resource_type, id, version, last_updated, json, index, method)
         self.writes.append((resource_type, id, json, method))
 
-    def create_many(self, creates: Sequence[NewResource]) -> None:
+    def note_creates(self, creates: Sequence[NewResource]) -> None:
         for create in creates:
             refuse_audit_write(create.resource_type)
-        self._tx.create_many(creates)
         self.writes += [(c.resource_type, c.id, c.json, "POST") for c in creates]
 
-    def delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
+    def note_delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
         refuse_audit_write(resource_type)
-        previous = self._tx.read(resource_type, id)
-        self._tx.delete(resource_type, id, version, last_updated)
         # the patients of a deleted resource are those of the version it deletes
+        previous = self._tx.read(resource_type, id)
         self.writes.append((resource_type, id, previous.json if previous else None, "DELETE"))
-
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """A batch entry's scope: an entry that fails is not recorded as written."""
-        mark = len(self.writes)
-        with self._tx.savepoint():
-            try:
-                yield
-            except BaseException:
-                del self.writes[mark:]
-                raise

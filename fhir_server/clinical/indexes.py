@@ -36,7 +36,7 @@ from fhir_server.clinical.period import DEFAULT_TIMEZONE
 from fhir_server.clinical.ranges import STANDARD
 from fhir_server.model import jsonio
 from fhir_server.search.types import IndexEntry
-from fhir_server.storage.base import NewResource
+from fhir_server.storage.base import NewResource, NotingTransaction
 
 AGGREGATE_ZONE = ZoneInfo(DEFAULT_TIMEZONE)
 # n, sum of mg/dL, sum of squares, then the count in each range (very low .. very high)
@@ -160,22 +160,17 @@ class IndexedStorage:
         return count
 
 
-class IndexedTransaction:
+class IndexedTransaction(NotingTransaction):
     """The backend's transaction, noting the Observations written: (new JSON or None,
     previous JSON or None) per write."""
 
-    def __init__(self, tx: Any) -> None:
-        self._tx = tx
-        self.writes: list[tuple[bytes | None, bytes | None]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tx, name)
+    writes: list[tuple[bytes | None, bytes | None]]
 
     def _previous(self, resource_type: str, id: str) -> bytes | None:
         previous = self._tx.read(resource_type, id)
         return None if previous is None or previous.deleted else previous.json
 
-    def put(
+    def note_put(
         self,
         resource_type: str,
         id: str,
@@ -188,26 +183,13 @@ class IndexedTransaction:
         if resource_type == "Observation":
             fresh = version == 1 and method == "POST"  # an id just made up: nothing before
             self.writes.append((json, None if fresh else self._previous(resource_type, id)))
-        self._tx.put(resource_type, id, version, last_updated, json, index, method)
 
-    def create_many(self, creates: Sequence[NewResource]) -> None:
-        self._tx.create_many(creates)
+    def note_creates(self, creates: Sequence[NewResource]) -> None:
         self.writes += [(c.json, None) for c in creates if c.resource_type == "Observation"]
 
-    def delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
+    def note_delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
         if resource_type == "Observation":
             self.writes.append((None, self._previous(resource_type, id)))
-        self._tx.delete(resource_type, id, version, last_updated)
-
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        mark = len(self.writes)
-        with self._tx.savepoint():
-            try:
-                yield
-            except BaseException:
-                del self.writes[mark:]
-                raise
 
     def deltas(self) -> Deltas:
         deltas = Deltas.empty()

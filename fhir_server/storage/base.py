@@ -117,6 +117,79 @@ class WriteTransaction(Protocol):
         the scope's writes (a batch Bundle runs each entry in one, and commits once)."""
 
 
+class NotingTransaction:
+    """A backend's write transaction, as a layer over storage sees it: each write is shown
+    to the layer (`note_put`, `note_creates`, `note_delete`) before it goes to the
+    backend, and what a failed savepoint noted is forgotten with its writes. The layers
+    (the audit trail, the clinical indexes, the subscriptions outbox) keep their notes in
+    `writes` and act on them once the transaction's body has succeeded; a write that fails
+    fails the transaction or its savepoint, so noting before writing is safe."""
+
+    def __init__(self, tx: Any) -> None:
+        self._tx = tx
+        self.writes: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx, name)
+
+    def put(
+        self,
+        resource_type: str,
+        id: str,
+        version: int,
+        last_updated: float,
+        json: bytes,
+        index: Sequence[IndexEntry],
+        method: str,
+    ) -> None:
+        self.note_put(resource_type, id, version, last_updated, json, index, method)
+        self._tx.put(resource_type, id, version, last_updated, json, index, method)
+
+    def create_many(self, creates: Sequence[NewResource]) -> None:
+        self.note_creates(creates)
+        self._tx.create_many(creates)
+
+    def delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
+        self.note_delete(resource_type, id, version, last_updated)
+        self._tx.delete(resource_type, id, version, last_updated)
+
+    def note_put(
+        self,
+        resource_type: str,
+        id: str,
+        version: int,
+        last_updated: float,
+        json: bytes,
+        index: Sequence[IndexEntry],
+        method: str,
+    ) -> None:
+        """What the layer keeps of a new version (nothing unless overridden)."""
+
+    def note_creates(self, creates: Sequence[NewResource]) -> None:
+        """What the layer keeps of first versions whose ids the server made up."""
+
+    def note_delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
+        """What the layer keeps of a deletion (the version deleted is still readable)."""
+
+    def mark(self) -> Any:
+        """The notes' state, to go back to if a savepoint fails."""
+        return len(self.writes)
+
+    def rewind(self, mark: Any) -> None:
+        del self.writes[mark:]
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A batch entry's scope: an entry that fails leaves no note."""
+        mark = self.mark()
+        with self._tx.savepoint():
+            try:
+                yield
+            except BaseException:
+                self.rewind(mark)
+                raise
+
+
 class Storage(Protocol):
     def transaction(self) -> AbstractContextManager[WriteTransaction]: ...
 

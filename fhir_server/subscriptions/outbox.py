@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from fhir_server.search.types import IndexEntry
-from fhir_server.storage.base import NewResource
+from fhir_server.storage.base import NewResource, NotingTransaction
 from fhir_server.subscriptions.matcher import Write
 
 SUBSCRIPTION = "Subscription"
@@ -55,18 +55,16 @@ class OutboxStorage:
             self.subscriptions.committed()
 
 
-class OutboxTransaction:
+class OutboxTransaction(NotingTransaction):
     """The backend's transaction, noting the writes subscriptions may be about."""
 
+    writes: list[Write]
+
     def __init__(self, tx: Any) -> None:
-        self._tx = tx
-        self.writes: list[Write] = []
+        super().__init__(tx)
         self.subscriptions_changed = False
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tx, name)
-
-    def put(
+    def note_put(
         self,
         resource_type: str,
         id: str,
@@ -76,16 +74,13 @@ class OutboxTransaction:
         index: Sequence[IndexEntry],
         method: str,
     ) -> None:
-        self._tx.put(resource_type, id, version, last_updated, json, index, method)
         self._note(Write(resource_type, id, version, last_updated, json, index, version == 1))
 
-    def create_many(self, creates: Sequence[NewResource]) -> None:
-        self._tx.create_many(creates)
+    def note_creates(self, creates: Sequence[NewResource]) -> None:
         for c in creates:
             self._note(Write(c.resource_type, c.id, 1, c.last_updated, c.json, c.index, True))
 
-    def delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
-        self._tx.delete(resource_type, id, version, last_updated)
+    def note_delete(self, resource_type: str, id: str, version: int, last_updated: float) -> None:
         if resource_type == SUBSCRIPTION:
             self.subscriptions_changed = True
 
@@ -94,13 +89,9 @@ class OutboxTransaction:
             self.subscriptions_changed = True
         self.writes.append(write)
 
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        mark, changed = len(self.writes), self.subscriptions_changed
-        with self._tx.savepoint():
-            try:
-                yield
-            except BaseException:
-                del self.writes[mark:]
-                self.subscriptions_changed = changed
-                raise
+    def mark(self) -> Any:
+        return len(self.writes), self.subscriptions_changed
+
+    def rewind(self, mark: Any) -> None:
+        del self.writes[mark[0]:]
+        self.subscriptions_changed = mark[1]
