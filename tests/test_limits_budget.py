@@ -168,3 +168,27 @@ def test_sigterm_stops_the_server_within_seconds_with_the_database_intact(
             (f"%{tag}%",),
         ).fetchone()[0]
     assert stored in (0, 1500)
+
+
+def test_sigterm_lets_a_request_in_flight_finish_within_the_grace(
+    loaded_db: Path, tmp_path: Path
+) -> None:
+    """Graceful shutdown: a search under way when SIGTERM comes is answered whole (the
+    grace is 60 s here), then the server exits."""
+    answers: list[httpx.Response] = []
+    server = served_copy(loaded_db, tmp_path, search_seconds="600", shutdown_grace_seconds="60")
+    with server:
+        baseline = server.cpu_seconds()
+        asking = threading.Thread(
+            target=lambda: answers.append(httpx.get(server.url + COUNT_ALL, timeout=120))
+        )
+        asking.start()
+        wait_until(lambda: server.cpu_seconds() > baseline + 0.3, what="the search to run")
+        server.signal(signal.SIGTERM)
+        assert server.proc is not None
+        # uvicorn ends by raising the signal again once shut down: -SIGTERM is a clean exit
+        assert server.proc.wait(timeout=120) in (0, -signal.SIGTERM)
+        asking.join(timeout=120)
+    assert answers and answers[0].status_code == 200, answers and answers[0].text
+    # values 0..299 repeat ten times over the 3,000 Observations; ne0..ne97 leave 202 of them
+    assert answers[0].json()["total"] == OBSERVATIONS - 10 * 98
