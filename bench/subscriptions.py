@@ -13,6 +13,10 @@ is a notification, with 10 one in a hundred. Figures:
 - latency: from the answer of the Bundle that wrote a reading to the arrival of its
   notification at the receiver, p50 / p99 (delivery keeps up, or the queue grows).
 
+With 1,000 subscriptions the run is made twice: delivery in the server process (the
+default), and apart (`diatabase subscriptions deliver`, DIATABASE_SUBSCRIPTION_DELIVERY=0
+on the server): there the server's CPU is the write path's alone, matching and outbox.
+
 The median of the runs is shown; the cost is against 0 subscriptions in the same run.
 
     python -m bench.subscriptions [--size small|medium|large]
@@ -23,10 +27,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -43,6 +50,7 @@ SIZES = {  # runs, bundles, bundle size, subscription counts, patients
     "medium": (3, 10, 1000, (0, 10, 1000), 1000),
     "large": (5, 20, 1000, (0, 10, 1000), 1000),
 }
+Config = tuple[int, bool]  # subscriptions, delivery in a process of its own
 FHIR_JSON = {"content-type": "application/fhir+json"}
 
 
@@ -67,7 +75,10 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # a listen backlog for the worker's parallel senders (the default 5 drops SYNs,
+        # which come back a second later)
+        server_class = type("Receiving", (ThreadingHTTPServer,), {"request_queue_size": 128})
+        self.server = server_class(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -81,18 +92,21 @@ class Receiver:
         self.server.server_close()
 
 
-def bundles(count: int, size: int, seed: int, patients: int) -> list[bytes]:
+def bundles(count: int, size: int, seed: int, patients: int) -> list[tuple[bytes, list[int]]]:
+    """Batch Bundles of CGM readings, each with the patient number of its entries."""
     import random
 
     rng = random.Random(seed)
     made = []
     for b in range(count):
-        entries = []
+        entries, owners = [], []
         for i in range(size):
             n = b * size + i
-            obs = observation(rng, rng.randrange(patients), 1_700_000_000.0 + n * 300)
+            owners.append(rng.randrange(patients))
+            obs = observation(rng, owners[-1], 1_700_000_000.0 + n * 300)
             entries.append({"resource": obs, "request": {"method": "POST", "url": "Observation"}})
-        made.append(orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries}))
+        body = orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": entries})
+        made.append((body, owners))
     return made
 
 
@@ -120,8 +134,10 @@ def setup(http: httpx.Client, receiver: Receiver, subscriptions: int, patients: 
         time.sleep(0.2)
 
 
-def ingest(url: str, bodies: list[bytes]) -> tuple[float, dict[str, float], int]:
-    """resources/s; resource id -> when the answer that created it arrived; resources."""
+def ingest(url: str, bodies: list[tuple[bytes, list[int]]],
+           watched: int) -> tuple[float, dict[str, float], int]:
+    """resources/s; id -> when the answer that created it arrived, for the readings of
+    the first `watched` patients (those with a subscription); resources written."""
     queue, lock, errors = list(bodies), threading.Lock(), []
     answered: dict[str, float] = {}
     total = [0]
@@ -132,7 +148,7 @@ def ingest(url: str, bodies: list[bytes]) -> tuple[float, dict[str, float], int]
                 with lock:
                     if not queue:
                         return
-                    body = queue.pop()
+                    body, owners = queue.pop()
                 response = http.post("/", content=body, headers=FHIR_JSON)
                 now = time.perf_counter()
                 if response.status_code != 200:
@@ -141,8 +157,9 @@ def ingest(url: str, bodies: list[bytes]) -> tuple[float, dict[str, float], int]
                 ids = [e["response"]["location"].split("/")[1]
                        for e in response.json()["entry"]]
                 with lock:
-                    for rid in ids:
-                        answered[rid] = now
+                    for rid, owner in zip(ids, owners, strict=True):
+                        if owner < watched:
+                            answered[rid] = now
                     total[0] += len(ids)
 
     threads = [threading.Thread(target=client) for _ in range(2)]
@@ -157,7 +174,27 @@ def ingest(url: str, bodies: list[bytes]) -> tuple[float, dict[str, float], int]
     return total[0] / elapsed, answered, total[0]
 
 
-def one_run(subscriptions: int, size: str, seed: int) -> dict[str, float]:
+@contextmanager
+def deliverer(db: str, apart: bool) -> Iterator[subprocess.Popen | None]:
+    """`diatabase subscriptions deliver` beside the server, when delivery is apart."""
+    if not apart:
+        yield None
+        return
+    env = {**os.environ, "DIATABASE_SUBSCRIPTION_POLL_SECONDS": "0.05",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fhir_server.cli", "subscriptions", "deliver", "--db", db],
+        env=env, stdout=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def one_run(config: Config, size: str, seed: int) -> dict[str, float]:
+    subscriptions, apart = config
     _, bundles_n, bundle_size, _, patients = SIZES[size]
     bodies = bundles(bundles_n, bundle_size, seed, patients)
     receiver = Receiver()
@@ -165,16 +202,19 @@ def one_run(subscriptions: int, size: str, seed: int) -> dict[str, float]:
         with tempfile.TemporaryDirectory() as tmp:
             db = f"sqlite:///{Path(tmp) / 'subscriptions-bench.db'}"
             os.environ["DIATABASE_SUBSCRIPTION_HTTP_LOOPBACK"] = "1"
-            with serve(db) as server, httpx.Client(base_url=server.url, timeout=600) as http:
+            os.environ["DIATABASE_SUBSCRIPTION_DELIVERY"] = "0" if apart else "1"
+            with serve(db) as server, deliverer(db, apart), httpx.Client(
+                base_url=server.url, timeout=600
+            ) as http:
                 setup(http, receiver, subscriptions, patients)
                 # a first Bundle warms the validators, before timing
-                http.post("/", content=bundles(1, 20, seed + 1000, patients)[0],
+                http.post("/", content=bundles(1, 20, seed + 1000, patients)[0][0],
                           headers=FHIR_JSON)
                 cpu = cpu_seconds(server.proc.pid)
-                rate, answered, written = ingest(server.url, bodies)
+                rate, answered, written = ingest(server.url, bodies, subscriptions)
                 spent = cpu_seconds(server.proc.pid) - cpu
                 # every notification of the timed batches, waited for (delivery may lag)
-                wanted = _notified(http, answered, subscriptions)
+                wanted = list(answered)
                 deadline = time.monotonic() + 600
                 while not all(rid in receiver.arrivals for rid in wanted):
                     if time.monotonic() > deadline:
@@ -192,54 +232,45 @@ def one_run(subscriptions: int, size: str, seed: int) -> dict[str, float]:
     return figures
 
 
-def _notified(http: httpx.Client, answered: dict[str, float], subscriptions: int) -> list[str]:
-    """The ids of the timed readings whose patient has a subscription (asked of the server:
-    the batches drew patients at random)."""
-    if not subscriptions:
-        return []
-    ids = list(answered)
-    wanted = []
-    for start in range(0, len(ids), 200):
-        chunk = ids[start:start + 200]
-        page = http.get("/Observation", params={"_id": ",".join(chunk), "_count": "200",
-                                                "_elements": "subject"}).json()
-        for entry in page.get("entry", ()):
-            patient = int(entry["resource"]["subject"]["reference"].rsplit("-", 1)[-1])
-            if patient < subscriptions:
-                wanted.append(entry["resource"]["id"])
-    return wanted
+def configs(size: str) -> list[Config]:
+    counts = SIZES[size][3]
+    return [*((n, False) for n in counts), (counts[-1], True)]
 
 
-def measure(size: str) -> dict[int, dict[str, float]]:
-    runs, _, _, counts, _ = SIZES[size]
-    samples: dict[int, dict[str, list[float]]] = {n: {} for n in counts}
+def label(config: Config) -> str:
+    n, apart = config
+    return f"{n:,} subscriptions" + (", delivery apart" if apart else "")
+
+
+def measure(size: str) -> dict[Config, dict[str, float]]:
+    runs = SIZES[size][0]
+    order = configs(size)
+    samples: dict[Config, dict[str, list[float]]] = {c: {} for c in order}
     for run_number in range(runs):
-        order = counts if run_number % 2 == 0 else tuple(reversed(counts))
-        for n in order:
-            figures = one_run(n, size, seed=run_number)
+        for config in order if run_number % 2 == 0 else reversed(order):
+            figures = one_run(config, size, seed=run_number)
             shown = ", ".join(f"{k} {v:,.1f}" for k, v in figures.items())
-            print(f"run {run_number + 1}, {n} subscriptions: {shown}", file=sys.stderr)
+            print(f"run {run_number + 1}, {label(config)}: {shown}", file=sys.stderr)
             for key, value in figures.items():
-                samples[n].setdefault(key, []).append(value)
-    return {n: {k: statistics.median(v) for k, v in by.items()} for n, by in samples.items()}
+                samples[config].setdefault(key, []).append(value)
+    return {c: {k: statistics.median(v) for k, v in by.items()} for c, by in samples.items()}
 
 
-def results_of(figures: dict[int, dict[str, float]]) -> list[Result]:
-    counts = sorted(figures)
-    base = figures[counts[0]]["rate"]
+def results_of(figures: dict[Config, dict[str, float]]) -> list[Result]:
+    base = figures[(0, False)]
     results = []
-    for n in counts:
-        f = figures[n]
-        cost = (base - f["rate"]) / base * 100
+    for config, f in figures.items():
+        rate_cost = (base["rate"] - f["rate"]) / base["rate"] * 100
+        cpu_cost = (f["cpu"] - base["cpu"]) / base["cpu"] * 100
         results.append(Result(
-            "subscriptions ingest", f"CGM batches, {n} subscriptions", f["rate"], "resources/s",
-            floor=f"{cost:+.1f} % vs 0; server CPU {f['cpu']:,.0f} ms per 1,000",
+            "subscriptions ingest", f"CGM batches, {label(config)}", f["rate"], "resources/s",
+            floor=f"{rate_cost:+.1f} % rate vs 0; server CPU {f['cpu']:,.0f} ms per 1,000 "
+            f"({cpu_cost:+.1f} %)",
         ))
-    for n in counts:
-        f = figures[n]
+    for config, f in figures.items():
         if "p50" in f:
             results.append(Result(
-                "subscriptions latency", f"{n} subscriptions, {f['notifications']:,.0f} "
+                "subscriptions latency", f"{label(config)}, {f['notifications']:,.0f} "
                 "notifications", p50_ms=f["p50"], p99_ms=f["p99"],
             ))
     return results

@@ -40,8 +40,8 @@ from fhir_server.api.rights import build_rights_router, register_rights_operatio
 from fhir_server.api.subscriptions import (
     BaseUrl,
     build_subscription_router,
-    build_worker,
     register_subscription_operations,
+    start_worker,
 )
 from fhir_server.api.terminology import build_terminology_router, register_operations
 from fhir_server.api.ui import build_ui_router
@@ -77,11 +77,11 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
         await run_in_threadpool(_seed_terminology, service)
         tune_for_server()  # the registry, validators and terminology are built by now
         jobs.start()  # jobs queued or running when the server last stopped run again
-        worker = build_worker(app)
-        worker.start()  # events left undelivered when the server last stopped go out now
-        app.state.subscription_worker = worker
+        # events left undelivered when the server last stopped go out now
+        worker = app.state.subscription_worker = start_worker(app)
         yield
-        await run_in_threadpool(worker.stop)
+        if worker is not None:
+            await run_in_threadpool(worker.stop)
         await run_in_threadpool(jobs.stop)
         cohorts.store.close()
         if deid is not None:

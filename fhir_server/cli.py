@@ -398,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fhir_server.ingest.nightscout_cli import add_commands as add_nightscout_commands
 
     add_nightscout_commands(sub)
+    from fhir_server.subscriptions.cli import add_commands as add_subscription_commands
+
+    add_subscription_commands(sub)
     return parser
 
 

@@ -111,6 +111,10 @@ class Settings:
     subscription_retry_max: float = 600.0
     subscription_max_attempts: int = 10
     subscription_poll_seconds: float = 1.0
+    # Deliver from the server process (default), or not: `diatabase subscriptions deliver`
+    # then runs the worker as a process of its own (rest-hook only; websockets are bound to
+    # the server process that delivers).
+    subscription_delivery: bool = True
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -168,6 +172,8 @@ class Settings:
             "subscription_poll_seconds": float(
                 os.environ.get("DIATABASE_SUBSCRIPTION_POLL_SECONDS") or 1.0
             ),
+            "subscription_delivery": os.environ.get("DIATABASE_SUBSCRIPTION_DELIVERY", "1")
+            .lower() not in ("0", "false", "no", "off"),
             "import_dirs": tuple(
                 d for d in os.environ.get("DIATABASE_IMPORT_DIRS", "").split(os.pathsep) if d
             ),

@@ -68,7 +68,10 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # a listen backlog for the server's parallel senders (with the default 5, SYNs
+        # beyond it are dropped and come back a second later)
+        server_class = type("Receiving", (ThreadingHTTPServer,), {"request_queue_size": 128})
+        self._server = server_class(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

@@ -1,5 +1,6 @@
-"""Delivery survives a kill -9 of the server: events are committed with the writes that
-cause them (the outbox), and the delivered mark moves only once the receiver took them.
+"""Delivery from real server processes. It survives a kill -9 of the server: events are
+committed with the writes that cause them (the outbox), and the delivered mark moves only
+once the receiver took them.
 
 The server runs as a real process (`diatabase serve`); the receiver refuses notifications
 until the server has been killed, so every event is between its write and its delivery
@@ -10,6 +11,8 @@ with its event number.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -61,3 +64,36 @@ def test_kill_9_between_writes_and_their_delivery_loses_nothing(tmp_path: Path) 
         finally:
             restarted.stop()
         assert [r.event_number for r in receiver.received] == [1, 2, 3]
+
+
+def test_delivery_from_a_process_of_its_own(tmp_path: Path) -> None:
+    """The server with DIATABASE_SUBSCRIPTION_DELIVERY=0 sends nothing; `diatabase
+    subscriptions deliver` on the same database activates the subscription and delivers."""
+    db = tmp_path / "apart.db"
+    env = {**FAST_RETRIES, "DIATABASE_SUBSCRIPTION_DELIVERY": "0",
+           "DIATABASE_SUBSCRIPTION_HTTP_LOOPBACK": "1"}
+    with Receiver() as receiver:
+        server = ServedProcess(db, env=env).start()
+        deliverer = None
+        try:
+            with httpx.Client(base_url=server.url, timeout=120) as client:
+                patient = client.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+                sid = client.post("/Subscription", json=subscription(
+                    f"Observation?patient=Patient/{patient}", receiver.url)).json()["id"]
+                written = client.post("/Observation", json=glucose(patient, 65)).json()
+                assert client.get(f"/Subscription/{sid}").json()["status"] == "requested"
+                deliverer = subprocess.Popen(
+                    [sys.executable, "-m", "fhir_server.cli", "subscriptions", "deliver",
+                     "--db", f"sqlite:///{db}"],
+                    env={**server.env}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                )
+                got = receiver.wait_for(1)
+                assert got[0].path == f"/hook/Observation/{written['id']}"
+                assert got[0].event_number == 1
+                wait_until(lambda: client.get(f"/Subscription/{sid}").json()["status"]
+                           == "active")
+        finally:
+            if deliverer is not None:
+                deliverer.send_signal(signal.SIGTERM)
+                assert deliverer.wait(timeout=60) == 0
+            server.stop()

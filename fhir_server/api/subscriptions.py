@@ -28,7 +28,7 @@ from fhir_server.model import jsonio
 from fhir_server.model.outcome import error
 from fhir_server.service.fhir import FhirService
 from fhir_server.storage.base import instant
-from fhir_server.subscriptions.delivery import DeliveryWorker, RetryPolicy
+from fhir_server.subscriptions.delivery import DeliveryWorker, build_worker
 from fhir_server.subscriptions.notify import StoredEvent, notification_bundle, status_parameters
 from fhir_server.subscriptions.spec import SubscriptionError, read_spec
 from fhir_server.subscriptions.websocket import Hub, binding_token, bound_subscription
@@ -62,18 +62,17 @@ class BaseUrl:
         return self.configured or self.seen
 
 
-def build_worker(app: FastAPI) -> DeliveryWorker:
+def start_worker(app: FastAPI) -> DeliveryWorker | None:
+    """The delivery worker in this process (None when the operator runs it apart, with
+    `diatabase subscriptions deliver`), sending to the websockets bound here too."""
     settings = app.state.settings
-    svc: FhirService = app.state.fhir
-    policy = RetryPolicy(settings.subscription_retry_base, settings.subscription_retry_max,
-                         settings.subscription_max_attempts)
-    db_path = getattr(svc.subscriptions.backend, "path", None)
-    lease = f"{db_path}.subscriptions.lock" if db_path and db_path != ":memory:" else None
-    worker = DeliveryWorker(svc.subscriptions, app.state.subscription_base, policy,
-                            settings.subscription_poll_seconds, lease)
+    if not settings.subscription_delivery:
+        return None
+    worker = build_worker(app.state.fhir, settings, app.state.subscription_base)
     hub: Hub = app.state.subscription_websockets
     worker.websockets = hub
     hub.on_bind = worker.wake
+    worker.start()
     return worker
 
 

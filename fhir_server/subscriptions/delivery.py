@@ -93,6 +93,17 @@ class ProcessLease:
             self._fd = None
 
 
+def build_worker(service: Any, settings: Any, base_url: Any) -> DeliveryWorker:
+    """The worker of `service`'s subscriptions with the settings' retry policy; the lock
+    file beside a SQLite database makes it the only one delivering for that database."""
+    policy = RetryPolicy(settings.subscription_retry_base, settings.subscription_retry_max,
+                         settings.subscription_max_attempts)
+    db_path = getattr(service.subscriptions.backend, "path", None)
+    lease = f"{db_path}.subscriptions.lock" if db_path and db_path != ":memory:" else None
+    return DeliveryWorker(service.subscriptions, base_url, policy,
+                          settings.subscription_poll_seconds, lease)
+
+
 class DeliveryWorker:
     def __init__(
         self,
