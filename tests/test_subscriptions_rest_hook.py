@@ -232,3 +232,13 @@ def test_a_patient_context_app_subscribes_only_to_its_patient(tmp_path):
             post(client, glucose(mine, 56), headers=admin)
             got = receiver.wait_for(1)
         assert [r.json()["subject"]["reference"] for r in got] == [f"Patient/{mine}"]
+
+
+def test_a_subscription_whose_end_has_passed_is_switched_off(served):
+    _, client = served
+    body = subscription("Observation?code=http://loinc.org|2339-0",
+                        "https://hooks.example.org/x")
+    body["end"] = "2020-01-01T00:00:00Z"
+    sid = client.post("/Subscription", json=body).json()["id"]
+    switched = wait_until(lambda: _status(client, sid, "off"))
+    assert "error" not in switched

@@ -128,6 +128,10 @@ def test_severe_hypoglycaemia_fires_below_the_threshold_in_both_units(served):
     assert focus_values(mmol.received[3:4]) == [2.9]
     assert [status_of(n)["notification-event"]["part"][0]["valueString"]
             for n in default.received] == ["1", "2", "3", "4"]
+    # activation kept what the client wrote (the backport profile claimed in meta)
+    stored = client.get(f"/Subscription/{sid}").json()
+    assert stored["meta"]["profile"] == [
+        "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription"]
     first = status_of(got[0])
     assert first["topic"]["valueCanonical"] == f"{BASE}/severe-hypoglycaemia"
     assert first["type"]["valueCode"] == "event-notification"

@@ -162,12 +162,17 @@ class DeliveryWorker:
     def round(self) -> float:
         """Deliver what is due; the seconds until something else will be."""
         specs = self.subs.current()
-        for spec in specs.values():
-            if spec.status == "requested" or (spec.status == "active" and not spec.secret):
-                self.subs.activate(spec)
-        if any(s.status == "requested" for s in specs.values()):
-            specs = self.subs.current()
         now = time.time()
+        changed = False
+        for spec in specs.values():
+            if spec.end is not None and spec.end <= now and spec.status != "off":
+                self.subs.switch_off(spec)  # Subscription.end has passed
+                changed = True
+            elif spec.status == "requested" or (spec.status == "active" and not spec.secret):
+                self.subs.activate(spec)
+                changed = True
+        if changed:
+            specs = self.subs.current()
         streams = {row[0]: row for row in self.store.streams()}
         due, later = [], self.poll_seconds
         for sub_id, events, delivered, _, attempts, next_attempt, _, _ in streams.values():

@@ -177,6 +177,9 @@ class Subscriptions:
         self._change(spec, "active", None)
         self.store_reset(spec.id)
 
+    def switch_off(self, spec: SubscriptionSpec) -> None:
+        self._change(spec, "off", None)
+
     def fail(self, spec: SubscriptionSpec, message: str) -> None:
         self._change(spec, "error", message)
 
@@ -200,7 +203,6 @@ class Subscriptions:
                     *(body.get("extension") or ()),
                     {"url": SECRET_EXTENSION, "valueString": new_secret()},
                 ]
-            body.pop("meta", None)
             self.resources.update("Subscription", spec.id, body, if_match=f'W/"{spec.version}"')
         except FhirError as exc:
             log.warning("Subscription/%s could not be set %s: %s", spec.id, status, exc)

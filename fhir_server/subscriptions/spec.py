@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -72,6 +73,7 @@ class SubscriptionSpec:
     heartbeat: float | None = None  # seconds
     timeout: float = DEFAULT_TIMEOUT
     criteria: str = ""  # as written, for the status Bundle
+    end: float | None = None  # Subscription.end (epoch seconds): set `off` once passed
 
     @property
     def backport(self) -> bool:
@@ -226,6 +228,12 @@ def read_spec(
             f"the topic {topic.url} watches patients: give patient=Patient/x or group=Group/x",
             "Subscription.criteria",
         )
+    end = None
+    if resource.get("end"):
+        try:
+            end = datetime.fromisoformat(str(resource["end"]).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise SubscriptionError("end must be an instant", "Subscription.end") from None
     heartbeat = _extension(channel, HEARTBEAT_PERIOD)
     timeout = _extension(channel, TIMEOUT)
     return SubscriptionSpec(
@@ -247,6 +255,7 @@ def read_spec(
         heartbeat=float(heartbeat) if isinstance(heartbeat, int | float) and heartbeat else None,
         timeout=float(timeout) if isinstance(timeout, int | float) and timeout else DEFAULT_TIMEOUT,
         criteria=criteria,
+        end=end,
     )
 
 
