@@ -229,13 +229,7 @@ class DeliveryWorker:
         if spec.channel == "websocket":
             return self._send_websocket(spec, event, total)
         method, url, body, content_type = self._request(spec, event, total)
-        headers = {k: v for k, v in spec.headers}
-        headers[SUBSCRIPTION_HEADER] = spec.id
-        headers[EVENT_HEADER] = str(event.number)
-        if spec.secret:
-            headers[SIGNATURE_HEADER] = sign(spec.secret, body)
-        if content_type:
-            headers["Content-Type"] = content_type
+        headers = self._headers(spec, body, content_type, event.number)
         try:
             answer = self._http.request(method, url, content=body, headers=headers,
                                         timeout=spec.timeout)
@@ -244,6 +238,21 @@ class DeliveryWorker:
         if 200 <= answer.status_code < 300:
             return None
         return f"the endpoint answered HTTP {answer.status_code}"
+
+    @staticmethod
+    def _headers(spec: SubscriptionSpec, body: bytes, content_type: str | None,
+                 event_number: int | None) -> dict[str, str]:
+        """The channel's own headers, then which subscription and event it is, and the
+        signature of the body (notify.py)."""
+        headers = dict(spec.headers)
+        headers[SUBSCRIPTION_HEADER] = spec.id
+        if event_number is not None:
+            headers[EVENT_HEADER] = str(event_number)
+        if spec.secret:
+            headers[SIGNATURE_HEADER] = sign(spec.secret, body)
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
 
     def _request(self, spec: SubscriptionSpec, event: StoredEvent,
                  total: int) -> tuple[str, str, bytes, str | None]:
@@ -303,11 +312,7 @@ class DeliveryWorker:
                 if self.websockets is None or not self.websockets.send(spec.id, body.decode()):
                     continue
             else:
-                headers = {k: v for k, v in spec.headers}
-                headers[SUBSCRIPTION_HEADER] = spec.id
-                headers["Content-Type"] = spec.payload or FHIR_JSON
-                if spec.secret:
-                    headers[SIGNATURE_HEADER] = sign(spec.secret, body)
+                headers = self._headers(spec, body, spec.payload or FHIR_JSON, None)
                 try:
                     self._http.post(spec.endpoint, content=body, headers=headers,
                                     timeout=spec.timeout)
