@@ -3,8 +3,10 @@ holds the lock file `<database>.subscriptions.lock`) that sends the outbox's eve
 
 Each round: activate `requested` subscriptions; for every subscription with undelivered
 events whose retry time has come, send them in event-number order (subscriptions in
-parallel, each one's events one after the other, stopping at its first failure); then, in
-one write transaction, move each one's delivered mark and record failures. A failure is
+parallel, each one's events one after the other, stopping at its first failure); their
+progress (delivered marks, failures) is kept in memory at once and written by a marker
+thread in one write transaction, so that a round never waits behind ingest for the write
+lock. A failure is
 tried again after `retry_base * 2**(failures-1)` seconds (at most `retry_max`); after
 `max_attempts` failures in a row the subscription goes to `error` (Subscription.error
 says why) and waits there, its events kept, until its owner sets it back to `requested`.
@@ -17,6 +19,7 @@ after a restart, with the same event number (at least once).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -47,6 +50,7 @@ log = logging.getLogger("diatabase.subscriptions")
 EVENTS_PER_ROUND = 200  # of one subscription, before its progress is recorded
 SENDERS = 8
 RETENTION_SECONDS = 7 * 86400  # delivered events kept for $events
+PRUNE_SECONDS = 600  # how often delivered events past retention are deleted
 
 
 @dataclass(frozen=True)
@@ -126,18 +130,35 @@ class DeliveryWorker:
         self._http = httpx.Client(follow_redirects=False)
         self._pool = ThreadPoolExecutor(SENDERS, thread_name_prefix="subscription-send")
         self.rounds = 0  # completed rounds, for tests that wait for one
+        # progress not yet written (by the marker thread): sub -> delivered through, and
+        # sub -> (failures in a row, next attempt); what the marker has to write
+        self._progress: dict[str, int] = {}
+        self._failures: dict[str, tuple[int, float]] = {}
+        self._delivered: dict[str, tuple[int, float]] = {}
+        self._failed: dict[str, tuple[int, float, str]] = {}
+        self._marks_lock = threading.Lock()
+        self._marks_pending = threading.Event()
+        self._marker: threading.Thread | None = None
+        self._pruned = 0.0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="subscriptions", daemon=True)
         self._thread.start()
+        self._marker = threading.Thread(target=self._mark_loop, name="subscription-marks",
+                                        daemon=True)
+        self._marker.start()
         self.subs.worker = self
 
     def stop(self) -> None:
         self.subs.worker = None
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+        self._marks_pending.set()
+        for thread in (self._thread, self._marker):
+            if thread is not None:
+                thread.join(timeout=60)
+        with contextlib.suppress(Exception):
+            self._write_marks()  # what was delivered since the last marks
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()
         self.lease.release()
@@ -170,12 +191,18 @@ class DeliveryWorker:
                 changed = True
             elif spec.status == "requested" or (spec.status == "active" and not spec.secret):
                 self.subs.activate(spec)
+                with self._marks_lock:  # (re-)activated: its failures are forgotten
+                    self._failures.pop(spec.id, None)
+                    self._failed.pop(spec.id, None)
                 changed = True
         if changed:
             specs = self.subs.current()
         streams = {row[0]: row for row in self.store.streams()}
         due, later = [], self.poll_seconds
         for sub_id, events, delivered, _, attempts, next_attempt, _, _ in streams.values():
+            # what this worker did and has not yet recorded counts over the stored marks
+            delivered = max(delivered, self._progress.get(sub_id, 0))
+            attempts, next_attempt = self._failures.get(sub_id, (attempts, next_attempt))
             spec = specs.get(sub_id)
             if spec is None or spec.status != "active" or events <= delivered:
                 continue
@@ -206,21 +233,50 @@ class DeliveryWorker:
         return outcome
 
     def _record(self, outcomes: list[Outcome], due: dict[str, tuple], now: float) -> None:
-        delivered, failed, errored = [], [], []
-        for o in outcomes:
-            if o.delivered is not None:
-                delivered.append((o.sub_id, o.delivered, now))
-            if o.failure is not None:
-                attempts = 1 if o.delivered is not None else due[o.sub_id][3] + 1
-                failed.append((o.sub_id, attempts, now + self.policy.delay(attempts), o.failure))
-                if attempts >= self.policy.max_attempts:
-                    errored.append((due[o.sub_id][0], o.failure, attempts))
-        if delivered or failed:
-            with self.subs.backend.transaction() as tx:
-                self.store.mark(tx, delivered, failed,
-                                retention_before=now - RETENTION_SECONDS)
+        """Progress is kept in memory at once (the next round goes on from it) and written
+        by the marker thread: a round never waits for the write lock that ingest holds.
+        Marks not yet written when the process dies mean events sent again (at least
+        once)."""
+        errored = []
+        with self._marks_lock:
+            for o in outcomes:
+                if o.delivered is not None:
+                    self._progress[o.sub_id] = o.delivered
+                    self._failures.pop(o.sub_id, None)
+                    self._delivered[o.sub_id] = (o.delivered, now)
+                if o.failure is not None:
+                    attempts = 1 if o.delivered is not None else due[o.sub_id][3] + 1
+                    retry = now + self.policy.delay(attempts)
+                    self._failures[o.sub_id] = (attempts, retry)
+                    self._failed[o.sub_id] = (attempts, retry, o.failure)
+                    if attempts >= self.policy.max_attempts:
+                        errored.append((due[o.sub_id][0], o.failure, attempts))
+        if outcomes:
+            self._marks_pending.set()
         for spec, failure, attempts in errored:
             self.subs.fail(spec, f"{attempts} deliveries in a row failed; the last: {failure}")
+
+    def _mark_loop(self) -> None:
+        while not self._stop.is_set():
+            self._marks_pending.wait(self.poll_seconds)
+            self._marks_pending.clear()
+            try:
+                self._write_marks()
+            except Exception:
+                log.exception("subscription delivery marks could not be written")
+
+    def _write_marks(self) -> None:
+        with self._marks_lock:
+            delivered = [(sub, event, when) for sub, (event, when) in self._delivered.items()]
+            failed = [(sub, *rest) for sub, rest in self._failed.items()]
+            self._delivered, self._failed = {}, {}
+        now = time.time()
+        retention = None
+        if now - self._pruned > PRUNE_SECONDS:
+            retention, self._pruned = now - RETENTION_SECONDS, now
+        if delivered or failed or retention is not None:
+            with self.subs.backend.transaction() as tx:
+                self.store.mark(tx, delivered, failed, retention_before=retention)
 
     # -- sending --------------------------------------------------------------------------------
 
