@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,7 @@ EVENTS_PER_ROUND = 200  # of one subscription, before its progress is recorded
 SENDERS = 8
 RETENTION_SECONDS = 7 * 86400  # delivered events kept for $events
 PRUNE_SECONDS = 600  # how often delivered events past retention are deleted
+LEASE_SECONDS = 30.0  # a MongoDB delivery lease not renewed for this long is taken over
 
 
 @dataclass(frozen=True)
@@ -71,13 +73,18 @@ class Outcome:
 
 
 class ProcessLease:
-    """The one process of a server that delivers: an exclusive flock held while it runs."""
+    """The one process of a server that delivers: an exclusive flock held while it runs
+    (SQLite); on MongoDB, a lease document renewed every round (the store's)."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, store: Any = None) -> None:
         self._fd: int | None = None
         self._path = path
+        self._store = store if path is None and hasattr(store, "acquire_lease") else None
+        self._owner = uuid.uuid4().hex
 
     def acquire(self) -> bool:
+        if self._store is not None:
+            return self._store.acquire_lease(self._owner, time.time(), LEASE_SECONDS)
         if self._path is None:
             return True
         if self._fd is not None:
@@ -122,7 +129,7 @@ class DeliveryWorker:
         self.base_url = base_url  # a callable: the server's public base
         self.policy = policy
         self.poll_seconds = poll_seconds
-        self.lease = ProcessLease(lease_path)
+        self.lease = ProcessLease(lease_path, subscriptions.store)
         self.websockets: Any = None  # websocket.Hub, when the API serves websockets
         self._wake = threading.Event()
         self._stop = threading.Event()

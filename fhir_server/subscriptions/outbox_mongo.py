@@ -105,6 +105,22 @@ class MongoOutbox:
 
     # -- the delivery worker's reads and marks ----------------------------------------------
 
+    def acquire_lease(self, owner: str, now: float, seconds: float) -> bool:
+        """The one worker delivering for this database: a lease document taken when free
+        or expired, renewed by its owner (MongoDB has no lock file to share)."""
+        from pymongo.errors import DuplicateKeyError
+
+        try:
+            self.meta.find_one_and_update(
+                {"_id": "lease", "$or": [{"owner": owner}, {"expires": {"$lt": now}}]},
+                {"$set": {"owner": owner, "expires": now + seconds}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return False  # held by another, unexpired
+        doc = self.meta.find_one({"_id": "lease"})
+        return doc is not None and doc.get("owner") == owner
+
     @staticmethod
     def _row(doc: dict[str, Any]) -> tuple:
         return (doc["_id"], *(doc.get(f) for f in STREAM_FIELDS))
