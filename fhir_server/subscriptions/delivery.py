@@ -199,7 +199,7 @@ class DeliveryWorker:
             elif spec.status == "requested" or (spec.status == "active" and not spec.secret):
                 self.subs.activate(spec)
                 with self._marks_lock:  # (re-)activated: its failures are forgotten
-                    self._failures.pop(spec.id, None)
+                    self._failures[spec.id] = (0, 0.0)
                     self._failed.pop(spec.id, None)
                 changed = True
         if changed:
@@ -249,7 +249,8 @@ class DeliveryWorker:
             for o in outcomes:
                 if o.delivered is not None:
                     self._progress[o.sub_id] = o.delivered
-                    self._failures.pop(o.sub_id, None)
+                    # no failures now (over the stored ones until the marks are written)
+                    self._failures[o.sub_id] = (0, 0.0)
                     self._delivered[o.sub_id] = (o.delivered, now)
                 if o.failure is not None:
                     attempts = 1 if o.delivered is not None else due[o.sub_id][3] + 1
