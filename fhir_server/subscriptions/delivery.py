@@ -191,18 +191,19 @@ class DeliveryWorker:
         """Deliver what is due; the seconds until something else will be."""
         specs = self.subs.current()
         now = time.time()
-        changed = False
-        for spec in specs.values():
-            if spec.end is not None and spec.end <= now and spec.status != "off":
-                self.subs.switch_off(spec)  # Subscription.end has passed
-                changed = True
-            elif spec.status == "requested" or (spec.status == "active" and not spec.secret):
-                self.subs.activate(spec)
-                with self._marks_lock:  # (re-)activated: its failures are forgotten
+        ended = [s for s in specs.values()
+                 if s.end is not None and s.end <= now and s.status != "off"]
+        for spec in ended:
+            self.subs.switch_off(spec)  # Subscription.end has passed
+        starting = [s for s in specs.values() if s not in ended and (
+            s.status == "requested" or (s.status == "active" and not s.secret))]
+        if starting:
+            self.subs.activate(starting)
+            with self._marks_lock:  # (re-)activated: their failures are forgotten
+                for spec in starting:
                     self._failures[spec.id] = (0, 0.0)
                     self._failed.pop(spec.id, None)
-                changed = True
-        if changed:
+        if ended or starting:
             specs = self.subs.current()
         streams = {row[0]: row for row in self.store.streams()}
         due, later = [], self.poll_seconds

@@ -70,6 +70,7 @@ class Subscriptions:
         self._matcher = Matcher((), registry.pid_codes)
         self._committed_generation: str | None = None
         self._committed: dict[str, SubscriptionSpec] = {}
+        self._parsed: dict[tuple[str, int], SubscriptionSpec] = {}
         self._lock = threading.Lock()
         self.worker: Any = None  # delivery.DeliveryWorker, woken after commits with events
         self.resources: Any = None  # the ResourceService, for the server's status changes
@@ -112,15 +113,23 @@ class Subscriptions:
             self.worker.wake()
 
     def _read_all(self, rows: list[tuple[dict[str, Any], int]]) -> dict[str, SubscriptionSpec]:
+        """Specs of the stored Subscriptions; those read before (same id and version) are
+        not parsed again: a change to one of a thousand parses one."""
         specs = {}
+        known = self._parsed
         for resource, version in rows:
-            try:
-                spec = read_spec(resource, self.registry, self.http_loopback, version)
-            except SubscriptionError as exc:
-                # stored before a rule changed (or by a bulk load): it matches nothing
-                log.warning("Subscription/%s is not served: %s", resource.get("id"), exc)
-                continue
+            key = (str(resource.get("id")), version)
+            spec = known.get(key)
+            if spec is None:
+                try:
+                    spec = read_spec(resource, self.registry, self.http_loopback, version)
+                except SubscriptionError as exc:
+                    # stored before a rule changed (or by a bulk load): it matches nothing
+                    log.warning("Subscription/%s is not served: %s", key[0], exc)
+                    continue
             specs[spec.id] = spec
+        with self._lock:
+            self._parsed = {(s.id, s.version): s for s in specs.values()}
         return specs
 
     # -- the committed view, for the delivery worker and the operations ---------------------
@@ -128,16 +137,15 @@ class Subscriptions:
     def current(self) -> dict[str, SubscriptionSpec]:
         """The Subscriptions as committed (reloaded when another transaction changed them)."""
         generation = self.store.read_generation()
-        with self._lock:
-            if generation != self._committed_generation:
-                rows = [
-                    (jsonio.loads(s.json), s.version)
-                    for s in self.backend.iter_current("Subscription")
-                    if s.json is not None
-                ]
-                self._committed = self._read_all(rows)
-                self._committed_generation = generation
-            return self._committed
+        if generation != self._committed_generation:
+            rows = [
+                (jsonio.loads(s.json), s.version)
+                for s in self.backend.iter_current("Subscription")
+                if s.json is not None
+            ]
+            self._committed = self._read_all(rows)
+            self._committed_generation = generation
+        return self._committed
 
     # -- checks of a Subscription write (a validator of the resource service) ---------------
 
@@ -171,45 +179,51 @@ class Subscriptions:
 
     # -- status changes made by the server ----------------------------------------------------
 
-    def activate(self, spec: SubscriptionSpec) -> None:
-        """requested -> active (the checks were made when it was written), with a secret for
-        signing its notifications when the client gave none."""
-        self._change(spec, "active", None)
-        self.store_reset(spec.id)
+    def activate(self, specs: list[SubscriptionSpec]) -> None:
+        """requested -> active (the checks were made when they were written), each with a
+        secret for signing its notifications when the client gave none; all in one
+        transaction (a thousand subscriptions are one change of the cached set)."""
+        self._change([(spec, "active", None) for spec in specs])
+        with self.backend.transaction() as tx:
+            self.store.mark(tx, (), (), reset=[spec.id for spec in specs])
 
     def switch_off(self, spec: SubscriptionSpec) -> None:
-        self._change(spec, "off", None)
+        self._change([(spec, "off", None)])
 
     def fail(self, spec: SubscriptionSpec, message: str) -> None:
-        self._change(spec, "error", message)
+        self._change([(spec, "error", message)])
 
-    def _change(self, spec: SubscriptionSpec, status: str, message: str | None) -> None:
-        if self.resources is None:
+    def _change(self, changes: list[tuple[SubscriptionSpec, str, str | None]]) -> None:
+        """Write each Subscription with its new status (skipped when it changed meanwhile:
+        the next round sees the new version)."""
+        if self.resources is None or not changes:
             return
-        try:
-            stored = self.backend.read("Subscription", spec.id)
-            if stored is None or stored.deleted or stored.version != spec.version:
-                return  # changed meanwhile: the next round sees the new version
-            body = jsonio.loads(stored.json)
-            body["status"] = status
-            if message is not None:
-                body["error"] = message
-            else:
-                body.pop("error", None)
-            if not any(
-                e.get("url") == SECRET_EXTENSION for e in body.get("extension") or ()
-            ):
-                body["extension"] = [
-                    *(body.get("extension") or ()),
-                    {"url": SECRET_EXTENSION, "valueString": new_secret()},
-                ]
-            self.resources.update("Subscription", spec.id, body, if_match=f'W/"{spec.version}"')
-        except FhirError as exc:
-            log.warning("Subscription/%s could not be set %s: %s", spec.id, status, exc)
+        resources = self.resources
+        with resources.storage.transaction() as tx:
+            for spec, status, message in changes:
+                try:
+                    with tx.savepoint():
+                        self._change_in(tx, spec, status, message)
+                except FhirError as exc:
+                    log.warning("Subscription/%s could not be set %s: %s", spec.id, status, exc)
 
-    def store_reset(self, sub_id: str) -> None:
-        with self.backend.transaction() as tx:
-            self.store.mark(tx, (), (), reset=(sub_id,))
+    def _change_in(self, tx: Any, spec: SubscriptionSpec, status: str,
+                   message: str | None) -> None:
+        stored = tx.read("Subscription", spec.id)
+        if stored is None or stored.deleted or stored.version != spec.version:
+            return
+        body = jsonio.loads(stored.json)
+        body["status"] = status
+        if message is not None:
+            body["error"] = message
+        else:
+            body.pop("error", None)
+        if not any(e.get("url") == SECRET_EXTENSION for e in body.get("extension") or ()):
+            body["extension"] = [
+                *(body.get("extension") or ()),
+                {"url": SECRET_EXTENSION, "valueString": new_secret()},
+            ]
+        self.resources.update_in(tx, "Subscription", spec.id, body, f'W/"{spec.version}"')
 
 
 def group_members(stored: Any) -> frozenset[str]:
