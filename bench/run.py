@@ -43,6 +43,7 @@ GROUPS = (
     ("population", "read", "export", "bulk", "deid", "rights"),
     ("search",),
     ("ingest",),
+    ("devices",),
     ("durability",),
     ("audit",),
     ("validate",),

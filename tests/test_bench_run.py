@@ -27,6 +27,8 @@ ROW_NAMES = {
     "export": ["export"],
     "bulk": ["bulk export", "bulk import", "bulk load", "cohort@"],
     "ingest": ["ingest"],
+    "devices": ["devices diatabase load", "devices $submit-cgm-bundle",
+                "devices nightscout entries"],
     "durability": ["durability NORMAL", "durability FULL", "durability FULL+group"],
     "audit": ["audit ingest: batch Bundles", "audit ingest: single creates",
               "audit search patient", "audit search code+date"],

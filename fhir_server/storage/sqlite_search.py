@@ -266,7 +266,17 @@ class _Compiler:
             sql, value_args = self.value(clause.param.type, clause.modifier, value)
             ors.append(sql)
             args += value_args
-        return f" AND ({' OR '.join(ors)})", args
+        prefix, prefix_args = "", []
+        codes = [v.code for v in clause.values if isinstance(v, TokenValue)]
+        if (clause.param.type == "token" and clause.modifier in (None, "not") and len(ors) > 1
+                and len(codes) == len(ors) and None not in codes):
+            # Several codes: SQLite does not turn an OR of (code AND system) pairs into
+            # lookups of the (pid, code) index and reads every row of the parameter (a
+            # conditional create of 100 identifiers read all of a CGM's readings); a
+            # `code IN` list beside it does.
+            prefix_args = list(dict.fromkeys(codes))
+            prefix = f" AND code IN ({','.join('?' * len(prefix_args))})"
+        return f"{prefix} AND ({' OR '.join(ors)})", [*prefix_args, *args]
 
     def direct(self, clause: Clause, alias: str, indexable: bool = False) -> tuple[str, list[Any]]:
         ors, args = [], []
