@@ -126,15 +126,16 @@ def run_submit(readings: list[int], folder: Path) -> dict:
 
 def run_nightscout(readings: list[int], folder: Path) -> dict:
     db = f"sqlite:///{folder / 'nightscout.db'}"
-    bodies = []
+    bodies, sizes = [], iter([min(BATCH, len(readings) - f)
+                              for f in range(0, len(readings), BATCH)])
     for first in range(0, len(readings), BATCH):
         bodies.append(orjson.dumps([
             {"type": "sgv", "sgv": readings[i], "date": START_MS + i * STEP_MS,
              "direction": "Flat", "device": "xDrip-DexcomG6"}
             for i in range(first, min(first + BATCH, len(readings)))]))
 
-    def check(content: bytes) -> None:
-        if len(orjson.loads(content)) != min(BATCH, len(readings)):
+    def check(content: bytes) -> None:  # called once per body, in order
+        if len(orjson.loads(content)) != next(sizes):
             raise RuntimeError("not every entry was answered")
 
     with serve(db) as server:
