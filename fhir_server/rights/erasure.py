@@ -6,7 +6,7 @@ snapshots, export files), unless the operator holds it (holds.py).
 Order of work: the current resources are first deleted through the FHIR service in one
 transaction (so the clinical aggregates subtract them, and the audit trail records, with
 the ids of every resource erased, what is about to go: ids, never contents); then the
-backend removes every version (storage/sqlite_erase.py, storage/mongo_erase.py); then the
+backend removes every version (erase_sqlite.py, erase_mongo.py); then the
 copies outside the store. A failure half-way leaves the resources deleted, never served,
 and the erasure can be run again.
 """
@@ -23,13 +23,13 @@ import orjson
 
 from fhir_server.clinical.indexes import subject_patient
 from fhir_server.model.outcome import error
+from fhir_server.rights import erase_mongo, erase_sqlite
 from fhir_server.rights.holds import Holds
 from fhir_server.search.compartment import compartment_clause, compartment_resource_types
 from fhir_server.search.errors import SearchError
 from fhir_server.search.query import SearchQuery
 from fhir_server.search.result_params import ResultParams
 from fhir_server.search.visibility import visible_as
-from fhir_server.storage import mongo_erase, sqlite_erase
 
 PAGE = 1000
 
@@ -136,7 +136,7 @@ class Erasure:
         return report
 
     def _backend_module(self) -> Any:
-        return sqlite_erase if hasattr(self.backend, "_writer") else mongo_erase
+        return erase_sqlite if hasattr(self.backend, "_writer") else erase_mongo
 
     def _erase_views(self, targets: list[tuple[str, str]]) -> int:
         if self.views_dir is None or not self.views_dir.is_dir():

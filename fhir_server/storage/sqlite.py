@@ -360,7 +360,7 @@ class SqliteStorage:
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA cache_size=-65536")
         conn.execute("PRAGMA temp_store=MEMORY")
-        # Deleted content is overwritten with zeros (sqlite_erase.py says why it is always on).
+        # Deleted content is overwritten with zeros (rights/erase_sqlite.py: why always).
         conn.execute("PRAGMA secure_delete=ON")
         return conn
 

@@ -24,8 +24,10 @@ from typing import Any
 
 from fhir_server.storage import sqlite_text
 
-# Per-patient rows kept beside the resources (clinical/indexes_sqlite.py).
-PATIENT_TABLES = ("clinical_codes", "cgm_days")
+# Rows kept beside the resources naming a patient (clinical/indexes_sqlite.py, the
+# subscriptions' per-patient state) or a resource (the subscriptions' pending events).
+PATIENT_TABLES = ("clinical_codes", "cgm_days", "subscription_state")
+RESOURCE_TABLES = {"subscription_events": ("focus_type", "focus_id")}
 CHECKPOINT_SECONDS = 60.0
 
 
@@ -48,6 +50,11 @@ def erase(storage: Any, keys: Sequence[tuple[str, str]], patients: Sequence[str]
                 "DELETE FROM history WHERE type=? AND id=?", (rtype, rid)
             ).rowcount
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table, (type_column, id_column) in RESOURCE_TABLES.items():
+            if table in tables:
+                conn.executemany(
+                    f"DELETE FROM {table} WHERE {type_column}=? AND {id_column}=?", keys
+                )
         for table in PATIENT_TABLES:
             if table in tables:
                 conn.executemany(

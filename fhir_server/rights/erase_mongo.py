@@ -1,6 +1,7 @@
 """Erasure on MongoDB: every version of some resources removed from their type's
 collection (which embeds their index entries and full-text words) and from `history`, and
-the per-patient documents of the clinical indexes. MongoDB (WiredTiger) reuses the space
+the per-patient documents of the clinical indexes and of the subscriptions (their pending
+events and per-patient state). MongoDB (WiredTiger) reuses the space
 of removed documents; it offers no overwrite of freed blocks, so on-disk scrubbing is the
 operator's (an encrypted storage engine, or a resync of the member)."""
 
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fhir_server.clinical.indexes_mongo import CODES, DAYS
+from fhir_server.subscriptions.outbox_mongo import EVENTS, STATE
 
 
 def erase(storage: Any, keys: Sequence[tuple[str, str]], patients: Sequence[str]) -> int:
@@ -18,8 +20,9 @@ def erase(storage: Any, keys: Sequence[tuple[str, str]], patients: Sequence[str]
         for rtype, rid in keys:
             storage.collection(rtype).delete_one({"_id": rid})
             removed += storage.history_collection.delete_many({"t": rtype, "i": rid}).deleted_count
+            storage.db[EVENTS].delete_many({"ftype": rtype, "fid": rid})
         if patients:
-            for name in (CODES, DAYS):
+            for name in (CODES, DAYS, STATE):
                 storage.db[name].delete_many({"patient": {"$in": list(patients)}})
     return removed
 
