@@ -232,7 +232,7 @@ def _build_erasure(service: FhirService, settings: Settings, jobs: Any) -> Any:
 
     return Erasure(
         service, Holds(holds_path(settings)), jobs.store, settings.deid_views or None,
-        default_jobs_dir(settings) / "cohorts.db",
+        default_jobs_dir(settings) / "cohorts.db", settings.views_dir or None,
     )
 
 

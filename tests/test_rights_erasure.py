@@ -222,3 +222,34 @@ def test_a_patient_records_their_own_objection_and_it_is_audited(
     [event] = [e["resource"] for e in events.json()["entry"]]
     assert event["action"] == "C"
     assert {"reference": "Patient/self"} in [e.get("what") for e in event["entity"]]
+
+
+def test_erasure_reaches_the_materialized_views(tmp_path: Path) -> None:
+    """The materialized views (DuckDB table and Parquet file) lose the erased readings'
+    rows: their incremental update could not, the history being erased too."""
+    import duckdb
+
+    from fhir_server.analytics.materialize import Materializer, StoreSource
+    from fhir_server.rights.erasure import Erasure
+    from fhir_server.service.fhir import FhirService
+    from fhir_server.settings import Settings
+    from fhir_server.storage import open_storage
+    from tests.test_analytics_materialize import VIEW
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    service = FhirService(open_storage(url), Settings(db_url=url))
+    for resource in (patient("gone", SECRET_FAMILY, SECRET_INS), patient("kept", "K", "1"),
+                     glucose("gone-1", "gone", 101), glucose("kept-1", "kept", 99)):
+        service.resources.update(resource["resourceType"], resource["id"], resource)
+    out = tmp_path / "views"
+    materializer = Materializer(out, StoreSource(service.storage))
+    materializer.materialize(VIEW)
+    materializer.close()
+    erasure = Erasure(service, Holds(tmp_path / "holds.db"), materialized_dir=out)
+    report = erasure.erase(erasure.patient_targets("gone"))
+    service.storage.close()
+    assert report.materialized_rows == 1
+    with duckdb.connect(str(out / "views.duckdb"), read_only=True) as db:
+        assert [r[0] for r in db.execute("SELECT id FROM glucose").fetchall()] == ["kept-1"]
+        parquet = db.execute(f"SELECT id FROM '{out / 'glucose.parquet'}'").fetchall()
+    assert [r[0] for r in parquet] == ["kept-1"]

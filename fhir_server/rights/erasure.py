@@ -39,6 +39,7 @@ class ErasureReport:
     erased: list[str] = field(default_factory=list)  # "Type/id" of every resource erased
     versions: int = 0
     view_rows: int = 0
+    materialized_rows: int = 0
     cohort_rows: int = 0
     job_outputs: list[str] = field(default_factory=list)  # ids of the jobs whose files went
 
@@ -51,12 +52,14 @@ class Erasure:
         jobs: Any = None,
         views_dir: str | Path | None = None,
         cohorts_path: Path | None = None,
+        materialized_dir: str | Path | None = None,
     ) -> None:
         self.service = service
         self.holds = holds
         self.jobs = jobs  # the JobStore, whose finished jobs' files may hold the resources
         self.views_dir = Path(views_dir) if views_dir else None
         self.cohorts_path = cohorts_path
+        self.materialized_dir = Path(materialized_dir) if materialized_dir else None
         self.backend = service.indexed.backend
 
     # -- what an erasure covers ----------------------------------------------------------------
@@ -131,6 +134,7 @@ class Erasure:
                     tx.writes.append((rtype, rid, None, "DELETE"))  # named in the record too
         report.versions = self._backend_module().erase(self.backend, targets, patients)
         report.view_rows = self._erase_views(targets)
+        report.materialized_rows = self._erase_materialized(targets)
         report.cohort_rows = self._erase_cohort_members(patients)
         report.job_outputs = self._erase_job_outputs(targets)
         return report
@@ -146,6 +150,37 @@ class Erasure:
             removed += _secure_delete_rows(
                 path, "DELETE FROM views WHERE type=? AND id=?", targets
             )
+        return removed
+
+    def _erase_materialized(self, targets: list[tuple[str, str]]) -> int:
+        """Rows of the materialized views (analytics/materialize.py, the operator's folder
+        the server's Measures read): deleted by key, each Parquet file written again. The
+        next incremental run would not see the erasure (its history is gone with it)."""
+        database = self.materialized_dir / "views.duckdb" if self.materialized_dir else None
+        if database is None or not database.exists():
+            return 0
+        import duckdb
+        import pyarrow as pa
+
+        from fhir_server.analytics.materialize import KEY_COLUMN, STATE_TABLE
+
+        removed = 0
+        db = duckdb.connect(str(database))
+        try:
+            db.register("_erased", pa.table({"key": sorted({rid for _, rid in targets})}))
+            for (name,) in db.execute(f"SELECT view FROM {STATE_TABLE}").fetchall():
+                gone = db.execute(
+                    f'DELETE FROM "{name}" WHERE {KEY_COLUMN} IN (SELECT key FROM _erased)'
+                ).fetchone()[0]
+                if gone:
+                    removed += gone
+                    parquet = self.materialized_dir / f"{name}.parquet"  # type: ignore[operator]
+                    partial = parquet.with_name(f".{name}.parquet.partial")
+                    db.execute(f"COPY \"{name}\" TO '{partial}' (FORMAT PARQUET, COMPRESSION ZSTD)")
+                    partial.replace(parquet)
+            db.execute("CHECKPOINT")
+        finally:
+            db.close()
         return removed
 
     def _erase_cohort_members(self, patients: list[str]) -> int:
