@@ -63,6 +63,8 @@ class Receiver:
         arrivals, lock = self.arrivals, self.lock
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # connections kept open, as a real receiver's
+
             def do_PUT(self) -> None:  # noqa: N802
                 length = int(self.headers.get("content-length") or 0)
                 self.rfile.read(length)
