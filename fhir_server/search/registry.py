@@ -179,6 +179,11 @@ def _official_set() -> frozenset[SearchParam]:
     return frozenset(_official_params())
 
 
+def official_params() -> tuple[SearchParam, ...]:
+    """The R4 core search parameters (one entry per base type of each definition)."""
+    return _official_params()
+
+
 @cache
 def _official_params() -> tuple[SearchParam, ...]:
     raw = resources.files("fhir_server.search").joinpath("data", DEFINITIONS_FILE).read_bytes()

@@ -19,6 +19,7 @@ from fhir_server.search.registry import SearchParamRegistry
 from fhir_server.service.bundles import BundleProcessor
 from fhir_server.service.resources import ResourceService, Validator
 from fhir_server.service.search import SearchService
+from fhir_server.service.search_definitions import check_search_definitions
 from fhir_server.service.terminology import ServerTerminology
 from fhir_server.settings import Settings
 from fhir_server.storage.base import Storage
@@ -94,6 +95,8 @@ class FhirService:
                 raise RuleError(f"a profile rule requires {rule.profile}, which is not loaded")
         # A ViewDefinition's FHIRPath and columns are checked on every write of one.
         validators = [check_view_definition, *validators]
+        # Definitions naming a core SearchParameter must agree with it.
+        validators = [check_search_definitions, *validators]
         if settings.validate_profiles:
             validators = [*validators, self.check_profiles]
         # What a request may see and write (its access token's scopes and patient context)
