@@ -49,6 +49,10 @@ class Settings:
     # "warn" (accepted, with a warning) or "reject" (an error, the reference validator's
     # default) (DIATABASE_UNKNOWN_EXTENSIONS).
     unknown_extensions: str = "warn"
+    # HTML tags in string and markdown values (e.g. `<script>` in a name): "allow" (the
+    # default; narratives are checked anyway) or "reject" (an error: for data shown by
+    # readers that do not escape it) (DIATABASE_HTML_IN_TEXT).
+    html_in_text: str = "allow"
     # Full terminology tables written by `diatabase terminology load` (None: shipped subsets).
     terminology_dir: str | None = None
     # De-identification facade (/deid/): on when a recipients file is given. The master
@@ -132,6 +136,7 @@ class Settings:
             "unknown_profiles": os.environ.get("DIATABASE_UNKNOWN_PROFILES", "warn"),
             "validation": os.environ.get("DIATABASE_VALIDATION", "strict"),
             "unknown_extensions": os.environ.get("DIATABASE_UNKNOWN_EXTENSIONS", "warn"),
+            "html_in_text": os.environ.get("DIATABASE_HTML_IN_TEXT", "allow"),
             "terminology_dir": os.environ.get("DIATABASE_TERMINOLOGY_DIR") or None,
             "deid_secret": os.environ.get("DIATABASE_DEID_SECRET", ""),
             "deid_recipients": os.environ.get("DIATABASE_DEID_RECIPIENTS", ""),
@@ -189,6 +194,11 @@ class Settings:
             raise ValueError(
                 f"DIATABASE_UNKNOWN_EXTENSIONS must be 'warn' or 'reject', "
                 f"not {values['unknown_extensions']!r}"
+            )
+        if values["html_in_text"] not in ("allow", "reject"):
+            raise ValueError(
+                f"DIATABASE_HTML_IN_TEXT must be 'allow' or 'reject', "
+                f"not {values['html_in_text']!r}"
             )
         if values["validation"] not in VALIDATION_MODES:
             raise ValueError(

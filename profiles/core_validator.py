@@ -38,6 +38,7 @@ from profiles.xhtml import narrative_problems
 from terminology import r4, ucum
 
 MAX_STRING = 1024 * 1024  # R4: strings SHALL NOT exceed 1 MB
+_HTML_TAG = re.compile(r"</?[A-Za-z][^<>]*>")  # what a browser would read as a tag
 _BASE64 = re.compile(r"^[A-Za-z0-9+/\s]*={0,2}\s*$")
 _RELATIVE = re.compile(
     r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/([A-Za-z0-9\-.]{1,64}))?$"
@@ -57,13 +58,17 @@ class CoreValidator:
         terminology: Any = None,
         models: CoreModels | None = None,
         unknown_extensions: str = "warn",
+        html_in_text: str = "allow",
     ) -> None:
         """`terminology`: a TerminologyService (value sets beyond the R4 ones), optional;
         `unknown_extensions`: "warn" (accept an extension whose definition the server does
-        not hold, with a warning) or "reject" (an error, as the reference validator does)."""
+        not hold, with a warning) or "reject" (an error, as the reference validator does);
+        `html_in_text`: "reject" makes an HTML tag in a string or markdown value an error
+        (the reference validator's security checks), "allow" (default) accepts it."""
         self.models = models or default_models()
         self.terminology = terminology
         self.unknown_extension_severity = "error" if unknown_extensions == "reject" else "warning"
+        self.reject_html = html_in_text == "reject"
         self._value_sets: dict[str, Any] = {}
         # what the walk found below a root element, by resource type, key and exact JSON
         self._memos: dict[tuple[str, str], BoundedMemo] = {}
@@ -287,6 +292,12 @@ class _Walk:
                          f"{path} is {len(value)} characters long (at most {element.max_length})")
             if element.type_code == "base64Binary" and not _valid_base64(value):
                 self.add("error", "value", path, f"{path} is not valid base64 content")
+            if self.v.reject_html and element.type_code in ("string", "markdown") and (
+                _HTML_TAG.search(value)
+            ):
+                self.add("error", "security", path,
+                         f"{path} contains text that looks like an HTML tag, which this "
+                         f"server refuses in {element.type_code} values")
         if element.has_fixed and value != element.fixed:
             self.add("error", "value", path,
                      f"{path} must be {element.fixed!r} (found {value!r})")

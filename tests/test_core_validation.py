@@ -319,3 +319,21 @@ def test_document_references_resolve_inside_the_document() -> None:
         "Bundle.entry[0].resource.section[0].entry[0].reference"]
     composition["section"][0]["entry"][0]["reference"] = "Observation/o/_history/1"
     assert errors(document) == []
+
+
+def test_html_in_strings_and_markdown_is_refused_only_when_the_operator_says_so() -> None:
+    """DIATABASE_HTML_IN_TEXT=reject (the reference validator's security checks): before the
+    setting, a `<script>` in a name and a tag in markdown were accepted."""
+    patient = {"resourceType": "Patient", "name": [{"text": "Standard <script>x</script>"}]}
+    note = {"resourceType": "Communication", "status": "completed",
+            "note": [{"text": "<resource type>\\<id>"}]}
+    plain = {"resourceType": "Patient", "name": [{"text": "a < b and c > d"}]}
+    strict = CoreValidator(html_in_text="reject")
+    assert [(i.severity, i.expression) for i in strict.validate(patient)] == [
+        ("error", "Patient.name[0].text")
+    ]
+    assert [(i.severity, i.expression) for i in strict.validate(note)] == [
+        ("error", "Communication.note[0].text")
+    ]
+    assert not [i for i in strict.validate(plain) if i.severity == "error"]
+    assert not [i for i in VALIDATOR.validate(patient) if i.severity == "error"]

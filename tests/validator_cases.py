@@ -6,6 +6,9 @@ profile or logical model to load, and not in the terminology-server modules (`tx
 `tx-advanced`); a case without an outcome for the Java validator is left out. The verdict
 compared is the Java validator's: any issue of severity error or fatal, or none.
 
+A case run by the reference validator with an option the server has as a setting
+(`OPTION_SETTINGS`) is posted to a server configured so; other options are not mapped.
+
 `python -m tests.validator_cases` prints each disagreement and the count.
 """
 
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,12 @@ import httpx
 
 CASES_FILE = Path(__file__).parent / "data" / "validator-cases" / "r4-cases.json.gz"
 ERRORS = ("error", "fatal")
+# reference validator option -> the server setting doing the same
+OPTION_SETTINGS: dict[str, dict[str, str]] = {
+    "security-checks": {"html_in_text": "reject"},
+    "noHtmlInMarkdown": {"html_in_text": "reject"},
+}
+ClientFor = Callable[[dict[str, str]], httpx.Client]
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,17 @@ class Case:
     body: str
     expected: list[dict]
 
+    options: dict[str, Any]
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """The server settings the case's reference options correspond to."""
+        found: dict[str, str] = {}
+        for option, value in self.options.items():
+            if value is True and option in OPTION_SETTINGS:
+                found.update(OPTION_SETTINGS[option])
+        return found
+
     @property
     def expected_invalid(self) -> bool:
         return any(i["severity"] in ERRORS for i in self.expected)
@@ -37,7 +59,10 @@ class Case:
 
 def load_cases() -> list[Case]:
     data = json.loads(gzip.decompress(CASES_FILE.read_bytes()))
-    return [Case(c["name"], c["module"], c["body"], c["expected"]) for c in data["cases"]]
+    return [
+        Case(c["name"], c["module"], c["body"], c["expected"], c.get("options", {}))
+        for c in data["cases"]
+    ]
 
 
 def verdict(client: httpx.Client, case: Case) -> tuple[bool, list[dict]]:
@@ -65,23 +90,41 @@ def verdict(client: httpx.Client, case: Case) -> tuple[bool, list[dict]]:
     return invalid, issues
 
 
-def run(client: httpx.Client) -> list[tuple[Case, bool, list[dict]]]:
-    """Every case with the server's verdict and issues."""
-    return [(case, *verdict(client, case)) for case in load_cases()]
+def run(client_for: ClientFor) -> list[tuple[Case, bool, list[dict]]]:
+    """Every case with the verdict and issues of a server with the case's settings."""
+    return [(case, *verdict(client_for(case.settings), case)) for case in load_cases()]
+
+
+@contextmanager
+def servers(db_folder: Callable[[], str]) -> Iterator[ClientFor]:
+    """A client per combination of settings, its server started on first use."""
+    from fhir_server.settings import Settings
+    from tests.conftest import RunningServer
+
+    started: dict[tuple, httpx.Client] = {}
+    with ExitStack() as stack:
+        def client_for(overrides: dict[str, str]) -> httpx.Client:
+            key = tuple(sorted(overrides.items()))
+            if key not in started:
+                settings = Settings(db_url=f"sqlite:///{db_folder()}/cases.db",
+                                    insecure_dev=True, **overrides)
+                running = stack.enter_context(RunningServer(settings))
+                started[key] = stack.enter_context(
+                    httpx.Client(base_url=running.url, timeout=120)
+                )
+            return started[key]
+
+        yield client_for
 
 
 def main() -> None:
     import tempfile
 
-    from fhir_server.settings import Settings
-    from tests.conftest import RunningServer
-
-    with tempfile.TemporaryDirectory() as folder:
-        settings = Settings(db_url=f"sqlite:///{folder}/cases.db", insecure_dev=True)
-        with RunningServer(settings) as server, httpx.Client(
-            base_url=server.url, timeout=120
-        ) as client:
-            results = run(client)
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        servers(lambda: tempfile.mkdtemp(dir=folder)) as client_for,
+    ):
+        results = run(client_for)
     agree = 0
     for case, invalid, issues in results:
         if invalid == case.expected_invalid:

@@ -116,6 +116,7 @@ class FhirService:
         self.core = CoreValidator(
             live_terminology,
             unknown_extensions=getattr(settings, "unknown_extensions", "warn"),
+            html_in_text=getattr(settings, "html_in_text", "allow"),
         )
         validators = [*validators, self.subscriptions.check]
         mode = getattr(settings, "validation", "strict")
