@@ -1,7 +1,8 @@
 """Every FHIR body the test suite receives over HTTP, parsed by R4 parsers nobody here wrote.
 
 tests/conftest.py routes every `httpx` response through `BodyCheck.check`: a body that is
-FHIR JSON (a `resourceType`, a FHIR or JSON media type) must load into the SMART
+FHIR JSON (a `resourceType`, a FHIR or JSON media type) must keep the R4 JSON rules (no
+empty arrays or objects, no nulls but in a primitive's arrays), load into the SMART
 `fhirclient` R4 models (4.0.1, strict: unknown elements, wrong types and missing required
 elements are errors) and, where Node and tests/node/node_modules exist (`make test`
 installs them when npm is there), pass FHIR.js's R4 validator (npm `fhir`). A body that
@@ -71,6 +72,30 @@ def fhirclient_problem(body: dict[str, Any]) -> str | None:
         return f"{type(exc).__name__}: {exc}"[:2000]
     if getattr(model, "resource_type", None) != rtype:
         return f"fhirclient has no R4 resource type {rtype!r}"
+    return None
+
+
+def json_rule_problem(value: Any, path: str = "") -> str | None:
+    """Where `value` breaks the R4 JSON representation's own rules (json.html): an array is
+    never empty, an object is never empty, and null stands only inside the arrays of a
+    primitive's values and extensions (`"_given": [null, {...}]`)."""
+    if isinstance(value, dict):
+        if not value:
+            return f"{path or 'the body'} is an empty object"
+        for key, item in value.items():
+            if item is None:
+                return f"{path}.{key} is null"
+            found = json_rule_problem(item, f"{path}.{key}" if path else key)
+            if found:
+                return found
+    elif isinstance(value, list):
+        if not value:
+            return f"{path} is an empty array"
+        for index, item in enumerate(value):
+            if item is not None:
+                found = json_rule_problem(item, f"{path}[{index}]")
+                if found:
+                    return found
     return None
 
 
@@ -149,6 +174,9 @@ class BodyCheck:
             by_fhirclient, too_deep = None, True
         if by_fhirclient:
             problems.append(f"fhirclient (R4 4.0.1): {by_fhirclient}")
+        by_json_rules = json_rule_problem(body)
+        if by_json_rules:
+            problems.append(f"R4 JSON rules (json.html): {by_json_rules}")
         by_fhirjs = self.fhirjs.problem(response.text)
         if by_fhirjs:
             problems.append(f"FHIR.js (R4): {by_fhirjs}")

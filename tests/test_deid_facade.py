@@ -214,7 +214,7 @@ def test_search_by_pseudonymous_reference_matches_the_clinical_search(
     assert checked >= 12
     assert not clinical & {p["id"] for p in patients}
     unknown = http.get("/deid/Observation?subject=Patient/notapseudonym", headers=auth("alpha"))
-    assert unknown.status_code == 200 and unknown.json()["entry"] == []
+    assert unknown.status_code == 200 and "entry" not in unknown.json()
 
 
 def base_of(http: httpx.Client) -> str:
@@ -294,7 +294,7 @@ def test_identifying_searches_answer_on_the_view_that_has_none(
     covers what the view does hold)."""
     response = http.get(f"/deid/{query}&_total=accurate", headers=auth("alpha"))
     assert response.status_code == 200, response.text[:200]
-    assert response.json()["total"] == 0 and response.json()["entry"] == []
+    assert response.json()["total"] == 0 and "entry" not in response.json()
 
 
 @pytest.mark.parametrize(

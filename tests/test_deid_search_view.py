@@ -284,7 +284,7 @@ def test_paging_through_a_post_filter_skips_and_repeats_nothing(
     if count == 1:
         # 10 underlying reads of one row each per request: the non-matching stretches
         # (READINGS rows per patient) give empty pages that still link on.
-        assert any(not b["entry"] for b in bundles[:-1])
+        assert any(not b.get("entry") for b in bundles[:-1])
 
 
 def test_total_counts_the_view(
@@ -296,7 +296,7 @@ def test_total_counts_the_view(
     (first, *_) = pages(http, url)
     assert first["total"] == same_day * READINGS
     counted = http.get(f"/deid/Observation?date={day}&_summary=count", headers=AUTH).json()
-    assert counted["total"] == same_day * READINGS and counted["entry"] == []
+    assert counted["total"] == same_day * READINGS and "entry" not in counted
     # Without _total: given when the whole answer is on the first page.
     small = http.get(f"/deid/Observation?date={day}&_count=500", headers=AUTH).json()
     assert small["total"] == same_day * READINGS

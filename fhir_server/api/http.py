@@ -148,6 +148,10 @@ def fhir_response(
     headers: dict[str, str] | None = None,
     pretty_print: bool = False,
 ) -> Response:
+    if isinstance(body, dict) and body.get("entry") == []:
+        # R4 JSON: an array is never empty (json.html#arrays); strict parsers refuse `[]`,
+        # so a Bundle with no entries leaves the element out
+        body = {key: value for key, value in body.items() if key != "entry"}
     if (
         isinstance(body, dict)
         and not pretty_print
