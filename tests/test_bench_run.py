@@ -68,7 +68,12 @@ def test_small_report_has_a_row_per_benchmark() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=1800,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    # the FAILED rows say which benchmark broke; the traceback before its progress line why
+    failed = [line for line in completed.stdout.splitlines() if "FAILED" in line]
+    tracebacks = [m.group(0)[-2500:] for m in re.finditer(
+        r"Traceback \(most recent call last\):.*?(?=\n  \w+: \d+ row\(s\)|\Z)",
+        completed.stderr, re.S)]
+    assert completed.returncode == 0, "\n".join(failed + tracebacks) or completed.stderr[-3000:]
     rows = table_rows(completed.stdout)
     names = [row[0] for row in rows]
     assert not [row for row in rows if "FAILED" in " ".join(row)], completed.stderr[-3000:]
