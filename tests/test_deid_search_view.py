@@ -83,7 +83,8 @@ def pages(http: httpx.Client, url: str, headers: dict[str, str] = AUTH) -> list[
 
 
 def matches(bundles: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e["resource"] for b in bundles for e in b["entry"] if e["search"]["mode"] == "match"]
+    return [e["resource"] for b in bundles for e in b.get("entry", [])
+            if e["search"]["mode"] == "match"]
 
 
 def found(http: httpx.Client, url: str) -> list[dict[str, Any]]:
@@ -150,7 +151,7 @@ def test_original_identifiers_find_nothing(
         ):
             (bundle,) = pages(http, query)
             links = sorted(link["relation"] for link in bundle["link"])
-            answers.add((bundle["total"], len(bundle["entry"]), tuple(links)))
+            answers.add((bundle["total"], len(bundle.get("entry", [])), tuple(links)))
     assert answers == {(0, 0, ("first", "self"))}
     # The clinical API (same server, same data) does find them: the facade is what hides.
     system, value = originals[0]
@@ -179,7 +180,7 @@ def test_name_searches_do_not_depend_on_real_names(
         "email=exemple.fr",
     ):
         (bundle,) = pages(http, f"/deid/Patient?{query}&_total=accurate")
-        answers.append((bundle["total"], bundle["entry"]))
+        answers.append((bundle["total"], bundle.get("entry", [])))
     assert answers == [(0, [])] * len(answers)
     # The view has no name: :missing=true is every patient, :missing=false none.
     assert len(found(http, "/deid/Patient?name:missing=true&_count=100")) == PATIENTS
@@ -311,7 +312,7 @@ def test_includes_follow_only_the_kept_matches(
     bundle = http.get(
         f"/deid/Observation?date={day}&_include=Observation:subject&_count=500", headers=AUTH
     ).json()
-    included = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "include"]
+    included = [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "include"]
     assert ids(included) == sorted(pseudonym_of(engine, "Patient", i) for i in others)
 
 
@@ -328,7 +329,7 @@ def test_includes_of_a_full_page_of_view_matches(
         headers=AUTH,
     ).json()
     assert len(matches([bundle])) == PATIENTS * READINGS
-    included = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "include"]
+    included = [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "include"]
     assert len({r["id"] for r in included}) == len(included) == PATIENTS
 
 
