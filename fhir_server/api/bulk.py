@@ -198,20 +198,7 @@ def build_bulk_router() -> APIRouter:
     async def export_group(request: Request, group_id: str) -> Response:
         return await kick_off(request, GROUP, group_id)
 
-    @router.get("/$export-status/{job_id}")
-    async def export_status(request: Request, job_id: str) -> Response:
-        job = await run_in_threadpool(owned_job, request, job_id, EXPORT)
-        return job_status(request, job, "$export-file")
-
-    @router.delete("/$export-status/{job_id}")
-    async def export_cancel(request: Request, job_id: str) -> Response:
-        job = await run_in_threadpool(owned_job, request, job_id, EXPORT)
-        return await cancel(request, job)
-
-    @router.get("/$export-file/{job_id}/{name}")
-    async def export_file(request: Request, job_id: str, name: str) -> Response:
-        job = await run_in_threadpool(owned_job, request, job_id, EXPORT)
-        return job_file(job, name)
+    _add_job_routes(router, EXPORT, "export")
 
     @router.post("/$import")
     async def import_kick_off(request: Request) -> Response:
@@ -237,19 +224,29 @@ def build_bulk_router() -> APIRouter:
         return fhir_response(info_outcome("The import job was accepted"), 202,
                              {"Content-Location": status_url})
 
-    @router.get("/$import-status/{job_id}")
-    async def import_status(request: Request, job_id: str) -> Response:
-        job = await run_in_threadpool(owned_job, request, job_id, IMPORT)
-        return job_status(request, job, "$import-file")
+    _add_job_routes(router, IMPORT, "import")
+    return router
 
-    @router.delete("/$import-status/{job_id}")
-    async def import_cancel(request: Request, job_id: str) -> Response:
-        job = await run_in_threadpool(owned_job, request, job_id, IMPORT)
+
+def _add_job_routes(router: APIRouter, kind: str, operation: str) -> None:
+    """`$<operation>-status/{job_id}` (GET the status, DELETE to cancel) and
+    `$<operation>-file/{job_id}/{name}`, for the owner of a job of `kind`."""
+
+    async def status(request: Request, job_id: str) -> Response:
+        job = await run_in_threadpool(owned_job, request, job_id, kind)
+        return job_status(request, job, f"${operation}-file")
+
+    async def cancel_job(request: Request, job_id: str) -> Response:
+        job = await run_in_threadpool(owned_job, request, job_id, kind)
         return await cancel(request, job)
 
-    @router.get("/$import-file/{job_id}/{name}")
-    async def import_file(request: Request, job_id: str, name: str) -> Response:
-        job = await run_in_threadpool(owned_job, request, job_id, IMPORT)
+    async def file(request: Request, job_id: str, name: str) -> Response:
+        job = await run_in_threadpool(owned_job, request, job_id, kind)
         return job_file(job, name)
 
-    return router
+    router.add_api_route(f"/${operation}-status/{{job_id}}", status, methods=["GET"],
+                         name=f"{operation}_status")
+    router.add_api_route(f"/${operation}-status/{{job_id}}", cancel_job, methods=["DELETE"],
+                         name=f"{operation}_cancel")
+    router.add_api_route(f"/${operation}-file/{{job_id}}/{{name}}", file, methods=["GET"],
+                         name=f"{operation}_file")

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,7 +35,7 @@ from fhir_server.clinical.period import DEFAULT_TIMEZONE
 from fhir_server.clinical.ranges import STANDARD
 from fhir_server.model import jsonio
 from fhir_server.search.types import IndexEntry
-from fhir_server.storage.base import NewResource, NotingTransaction
+from fhir_server.storage.base import NewResource, NotingStorage, NotingTransaction
 
 AGGREGATE_ZONE = ZoneInfo(DEFAULT_TIMEZONE)
 # n, sum of mg/dL, sum of squares, then the count in each range (very low .. very high)
@@ -99,11 +98,11 @@ def open_index_store(backend: Any) -> Any:
     return MongoClinicalIndexes(backend)
 
 
-class IndexedStorage:
+class IndexedStorage(NotingStorage):
     """The backend, with the clinical indexes kept in its write transactions."""
 
     def __init__(self, backend: Any) -> None:
-        self._backend = backend
+        super().__init__(backend)
         self.clinical = open_index_store(backend)
         # Observations read by a rebuild when opened (None: the indexes were up to date)
         self.rebuilt_at_open: int | None = None
@@ -114,28 +113,13 @@ class IndexedStorage:
         if self.rebuilt_at_open:
             log.warning("clinical indexes rebuilt from %d Observations", self.rebuilt_at_open)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
+    def noting(self, tx: Any) -> IndexedTransaction:
+        return IndexedTransaction(tx)
 
-    @property
-    def backend(self) -> Any:
-        return self._backend
-
-    @contextmanager
-    def transaction(self) -> Iterator[IndexedTransaction]:
-        deferred: Deltas | None = None
-        with self._backend.transaction() as tx:
-            indexed = IndexedTransaction(tx)
-            yield indexed
-            deltas = indexed.deltas()
-            if deltas.codes or deltas.days:
-                if getattr(tx, "buffered", False):
-                    deferred = deltas  # a standalone MongoDB writes after this block
-                else:
-                    self.clinical.apply(tx, deltas)
-        if deferred is not None:
-            with self._backend.transaction() as tx:
-                self.clinical.apply(tx, deferred)
+    def record(self, tx: Any, noted: Any) -> None:
+        deltas = noted.deltas()
+        if deltas.codes or deltas.days:
+            self.clinical.apply(tx, deltas)
 
     def rebuild(self) -> int:
         """Recompute the indexes from the current Observations; the number read.

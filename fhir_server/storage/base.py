@@ -190,6 +190,54 @@ class NotingTransaction:
                 raise
 
 
+class NotingStorage:
+    """A layer over `backend` whose transactions note what they write (`noting`: a
+    NotingTransaction around the backend's) and, once a transaction's body has succeeded,
+    record the notes in that same transaction (`record`). A standalone MongoDB writes
+    after the block, so there the notes are recorded in a transaction of their own just
+    after it.
+    `committed` then gets what `record` returned (None when nothing was recorded)."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    @property
+    def backend(self) -> Any:
+        return self._backend
+
+    def noting(self, tx: Any) -> NotingTransaction:
+        return NotingTransaction(tx)
+
+    def has_notes(self, noted: Any) -> bool:
+        return bool(noted.writes)
+
+    def record(self, tx: Any, noted: Any) -> Any:
+        """Act on what `noted` kept, inside `tx`."""
+
+    def committed(self, recorded: Any) -> None:
+        """After the commit of a transaction whose notes were recorded."""
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        recorded = None
+        deferred = None
+        with self._backend.transaction() as tx:
+            noted = self.noting(tx)
+            yield noted
+            if self.has_notes(noted):
+                if getattr(tx, "buffered", False):
+                    deferred = noted  # a standalone MongoDB writes after this block
+                else:
+                    recorded = self.record(tx, noted)
+        if deferred is not None:
+            with self._backend.transaction() as tx:
+                recorded = self.record(tx, deferred)
+        self.committed(recorded)
+
+
 class Storage(Protocol):
     def transaction(self) -> AbstractContextManager[WriteTransaction]: ...
 

@@ -11,46 +11,33 @@ generation token differs from the one they were loaded at.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from fhir_server.search.types import IndexEntry
-from fhir_server.storage.base import NewResource, NotingTransaction
+from fhir_server.storage.base import NewResource, NotingStorage, NotingTransaction
 from fhir_server.subscriptions.matcher import Write
 
 SUBSCRIPTION = "Subscription"
 
 
-class OutboxStorage:
+class OutboxStorage(NotingStorage):
     """`backend` with `subscriptions` (manager.py) matching its writes."""
 
     def __init__(self, backend: Any, subscriptions: Any) -> None:
-        self._backend = backend
+        super().__init__(backend)
         self.subscriptions = subscriptions
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
+    def noting(self, tx: Any) -> OutboxTransaction:
+        return OutboxTransaction(tx)
 
-    @property
-    def backend(self) -> Any:
-        return self._backend
+    def has_notes(self, noted: Any) -> bool:
+        return bool(noted.writes or noted.subscriptions_changed)
 
-    @contextmanager
-    def transaction(self) -> Iterator[OutboxTransaction]:
-        recorded = False
-        deferred: OutboxTransaction | None = None
-        with self._backend.transaction() as tx:
-            noted = OutboxTransaction(tx)
-            yield noted
-            if noted.writes or noted.subscriptions_changed:
-                if getattr(tx, "buffered", False):
-                    deferred = noted  # a standalone MongoDB writes after this block
-                else:
-                    recorded = self.subscriptions.record(tx, noted)
-        if deferred is not None:
-            with self._backend.transaction() as tx:
-                recorded = self.subscriptions.record(tx, deferred)
+    def record(self, tx: Any, noted: Any) -> bool:
+        return self.subscriptions.record(tx, noted)
+
+    def committed(self, recorded: Any) -> None:
         if recorded:
             self.subscriptions.committed()
 
