@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from fhir_server.settings import Settings
@@ -255,3 +256,41 @@ def test_capability_statement_lists_export(http: httpx.Client) -> None:
     assert system_ops.get("export", "").endswith("/bulkdata/OperationDefinition/export")
     group = next(r for r in rest["resource"] if r["type"] == "Group")
     assert any(o["definition"].endswith("group-export") for o in group.get("operation", []))
+
+
+def test_what_changed_after_the_transaction_time_is_left_out(tmp_path: Path) -> None:
+    """The export holds each resource as it was current at the transaction time: one whose
+    current version came later (changed or created while the export ran) is left to the
+    next `_since` export. The bound is checked on each row read (it is not a clause of the
+    export's searches), so it is tested here on the job's work itself, every type."""
+    from fhir_server.ingest.loader import Loader
+    from fhir_server.jobs.bulk_export import export_to
+    from fhir_server.jobs.export_request import SYSTEM, parse_export_request
+    from fhir_server.service.fhir import FhirService
+    from fhir_server.storage import open_storage
+    from fhir_server.storage.base import now_millis
+
+    url = database_url(tmp_path)
+    service = FhirService(open_storage(url), Settings(db_url=url))
+    try:
+        Loader(service).load_resources(population())
+        request = parse_export_request(SYSTEM, [], service.registry, False)
+        deadline = time.monotonic() + 60
+        while now_millis() <= request.transaction_time:  # the next write is later
+            assert time.monotonic() < deadline, "the clock did not move"
+            time.sleep(0.001)
+        later = [observation("p2-glu", "p2", "2339-0", 180, "mg/dL"),
+                 observation("p4-glu2", "p4", "2339-0", 95, "mg/dL"),
+                 {"resourceType": "Patient", "id": "p5"}]
+        Loader(service).load_resources(later)
+        folder = tmp_path / "export"
+        folder.mkdir()
+        result = export_to(service, request, folder, lambda group: iter(()),
+                           lambda *a, **k: None)
+        found = [orjson.loads(line) for path in sorted(folder.glob("*.ndjson"))
+                 for line in path.read_bytes().splitlines()]
+        expected = [r for r in population() if r["id"] != "p2-glu"]
+        assert keys(found) == keys(expected)
+        assert result["resources"] == len(expected)
+    finally:
+        service.storage.close()

@@ -2,10 +2,14 @@
 
 Every resource comes from the search engine, a page at a time (keyset paging, so deep
 pages cost what the first does), with the export's criteria as clauses of the search:
-`_lastUpdated` up to the kick-off's transaction time (a resource changed while the export
-runs is left to the next `_since` export, as the IG's transactionTime says) and from
-`_since`, the `_typeFilter` queries of the type (OR-ed), and the patient compartments of
-the selection (selection.py). The visibility of the request that started the job is
+`_lastUpdated` from `_since`, the `_typeFilter` queries of the type (OR-ed), and the
+patient compartments of the selection (selection.py). A resource changed after the
+kick-off's transaction time is left to the next `_since` export, as the IG's
+transactionTime says: that bound is checked on each row read, not made a clause of the
+search. It matches (nearly) every resource, so as a clause it gave the planner a
+candidate driving set to count again for every page (up to 220,000 index rows per page of
+1,000) and, for a type under 200,000 resources, to read whole for every page: the medium
+export ran at 3,390 resources/s. The visibility of the request that started the job is
 applied inside storage by the runner (`visible_as`). Pages are written as they come, so
 memory stays flat whatever the size of the export; files are cut every FILE_LINES lines.
 
@@ -123,6 +127,8 @@ class Exporter:
         self.request = request
         self.folder = folder
         self.on_written = on_written
+        # Millisecond instants, as meta.lastUpdated and the transaction time are written.
+        self.until_millis = round(request.transaction_time * 1000)
         self._seen: sqlite3.Connection | None = None
 
     # -- what to export ------------------------------------------------------------------
@@ -147,9 +153,7 @@ class Exporter:
         return sum(self.storage.count(t) for t in types)
 
     def base_clauses(self, rtype: str) -> tuple[Any, ...]:
-        items = [("_lastUpdated", f"le{instant(self.request.transaction_time)}")]
-        if self.request.since:
-            items.append(("_lastUpdated", f"ge{self.request.since}"))
+        items = [("_lastUpdated", f"ge{self.request.since}")] if self.request.since else []
         clauses = list(parse_search(rtype, items, self.registry, True).clauses)
         filters = self.request.type_filters.get(rtype)
         if filters:
@@ -194,9 +198,10 @@ class Exporter:
 
     def _write(self, files: NdjsonFiles, page: list[Any], shaping: Any, dedupe: bool) -> None:
         lines = []
+        until = self.until_millis
         for stored in page:
             raw = stored.json
-            if raw is None:
+            if raw is None or round(stored.last_updated * 1000) > until:
                 continue
             if dedupe and raw.count(b'"Patient/') > 1 and self._seen_before(stored):
                 continue
