@@ -6,6 +6,7 @@ can print one report, and a `main()` for running it alone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import statistics
@@ -65,6 +66,19 @@ def peak_rss_mb(pid: int) -> float:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children (uvicorn workers) so far: what
+    a server spent, whatever else the machine was doing meanwhile."""
+    total = 0
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [pid, *(int(p) for p in children.read_text().split())] if children.exists() else [pid]
+    for one in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def own_peak_rss_mb() -> float:
     return peak_rss_mb(os.getpid())
 
@@ -77,13 +91,22 @@ class ServerProcess:
     def peak_rss_mb(self) -> float:
         return peak_rss_mb(self.proc.pid)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server and its worker processes so far."""
+        return cpu_seconds(self.proc.pid)
+
 
 @contextmanager
 def serve(
-    db_url: str, workers: int = 1, extra: Sequence[str] = (), insecure_dev: bool = True
+    db_url: str,
+    workers: int = 1,
+    extra: Sequence[str] = (),
+    insecure_dev: bool = True,
+    root: Path = ROOT,
 ) -> Iterator[ServerProcess]:
     """`diatabase serve` on a free port, until the block ends (with --insecure-dev unless
-    told otherwise: the benchmarks measure the FHIR work; bench/auth.py the access control)."""
+    told otherwise: the benchmarks measure the FHIR work; bench/auth.py the access control).
+    `root`: the source tree the server runs from (another checkout, for before/after)."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -103,7 +126,7 @@ def serve(
             *extra,
         ],
         stdout=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(root)},
     )
     url = f"http://127.0.0.1:{port}"
     try:

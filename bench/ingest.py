@@ -9,6 +9,11 @@ the floor that shows what the server's layers cost.
     python -m bench.ingest                    # medium: 3 runs x 20 bundles x 1,000 observations
     python -m bench.ingest --size small       # a quick check
     python -m bench.ingest --db mongodb://localhost:27017/bench   # on MongoDB instead
+    python -m bench.ingest --compare main     # BEFORE (a git ref) / AFTER (this tree)
+
+`--compare REF` posts Bundles of 500 Observations to REF's server and this tree's in
+alternating runs, with 1 and 2 workers (two clients per worker), and prints resources/s,
+p50/p99 per Bundle and the servers' CPU per resource beside the load average of each run.
 
 With a MongoDB `--db`, the floor is a plain `insert_many` of the same documents into a
 scratch collection of that database.
@@ -21,16 +26,20 @@ import os
 import random
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import orjson
 
-from bench.common import Result, percentile, print_table, serve
+from bench.common import ROOT, Result, percentile, print_table, serve
 
 PATIENTS = 100
 BUNDLE_SIZE = 1000
@@ -80,8 +89,10 @@ def make_bundles(count: int, size: int, seed: int) -> list[bytes]:
     return bundles
 
 
-def run_http(bundles: list[bytes], clients: int, size: int, workers: int, db_url: str) -> dict:
-    with serve(db_url, workers) as server:
+def run_http(
+    bundles: list[bytes], clients: int, size: int, workers: int, db_url: str, root: Path = ROOT
+) -> dict:
+    with serve(db_url, workers, root=root) as server:
         with httpx.Client(base_url=server.url, timeout=300) as warm:
             # Create the patients and warm the per-type validators before timing.
             for p in range(PATIENTS):
@@ -115,12 +126,14 @@ def run_http(bundles: list[bytes], clients: int, size: int, workers: int, db_url
                         errors.append("an entry was not created")
 
         threads = [threading.Thread(target=client) for _ in range(clients)]
+        cpu = server.cpu_seconds()
         started = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - started
+        cpu = server.cpu_seconds() - cpu
         if errors:
             raise RuntimeError(f"ingest failed: {errors[:3]}")
         return {
@@ -128,6 +141,7 @@ def run_http(bundles: list[bytes], clients: int, size: int, workers: int, db_url
             "p50": percentile(latencies, 50),
             "p99": percentile(latencies, 99),
             "rss": server.peak_rss_mb(),
+            "cpu_us": cpu / (len(bundles) * size) * 1e6,  # server CPU per resource
         }
 
 
@@ -225,13 +239,82 @@ def run(size: str = "medium", db: str | None = None, workers: int = 2) -> list[R
     ]
 
 
+COMPARE_BUNDLE_SIZE = 500
+COMPARE_SIZES = {"small": (2, 1), "medium": (40, 3), "large": (100, 5)}  # bundles, rounds
+
+
+@contextmanager
+def checkout(ref: str) -> Iterator[Path]:
+    """The source tree of a git ref (`git archive`) in a temporary folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(
+            ["git", "archive", ref], cwd=ROOT, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        yield Path(tmp)
+
+
+def compare(ref: str, size: str = "medium") -> list[Result]:
+    """This tree beside `ref` (BEFORE) over HTTP with 1 and 2 workers: runs alternate
+    (before, after, before, after...), each on a fresh SQLite file; medians of the rounds,
+    with the load average of the machine at each run."""
+    bundle_count, rounds = COMPARE_SIZES[size]
+    runs: dict[tuple[str, int], list[dict]] = {}
+    with checkout(ref) as before:
+        for round_number in range(rounds):
+            bundles = make_bundles(bundle_count, COMPARE_BUNDLE_SIZE, seed=round_number)
+            for workers in (1, 2):
+                for label, root in (("before", before), ("after", ROOT)):
+                    with tempfile.TemporaryDirectory() as tmp:
+                        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+                        load = os.getloadavg()[0]
+                        figures = run_http(
+                            bundles, 2 * workers, COMPARE_BUNDLE_SIZE, workers, url, root
+                        )
+                    figures["load"] = load
+                    runs.setdefault((label, workers), []).append(figures)
+                    print(
+                        f"  {label} {workers} worker(s): {figures['rate']:,.0f} resources/s, "
+                        f"{figures['cpu_us']:.0f} us server CPU/resource, load {load:.1f}",
+                        file=sys.stderr,
+                    )
+    results = []
+    for (label, workers), figures in runs.items():
+        rates = [f["rate"] for f in figures]
+        loads = " / ".join(f"{f['load']:.1f}" for f in figures)
+        results.append(
+            Result(
+                f"ingest {label} {workers}w",
+                f"{ref if label == 'before' else 'this tree'}: batch Bundles of "
+                f"{COMPARE_BUNDLE_SIZE} glucose Observations, {2 * workers} clients, "
+                f"{bundle_count * COMPARE_BUNDLE_SIZE:,} resources x {rounds} "
+                f"(runs: {' / '.join(f'{r:,.0f}' for r in rates)}; server CPU "
+                f"{statistics.median(f['cpu_us'] for f in figures):.0f} us/resource; load "
+                f"{loads})",
+                statistics.median(rates),
+                "resources/s",
+                statistics.median(f["p50"] for f in figures) * 1000,
+                statistics.median(f["p99"] for f in figures) * 1000,
+                max(f["rss"] for f in figures),
+            )
+        )
+    return sorted(results, key=lambda r: r.benchmark.split()[-1] + r.benchmark)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="medium")
     parser.add_argument("--db", default=None, help="server database URL (default: fresh SQLite)")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes")
+    parser.add_argument(
+        "--compare", metavar="REF", default=None,
+        help="a git ref to run beside this tree (BEFORE / AFTER, 1 and 2 workers)",
+    )
     args = parser.parse_args()
-    results = run(args.size, args.db, args.workers)
+    if args.compare:
+        results = compare(args.compare, args.size)
+    else:
+        results = run(args.size, args.db, args.workers)
     print_table(results, f"backend: {results[0].backend}   cores: {os.cpu_count()}")
 
 

@@ -79,3 +79,23 @@ def test_numbers_outside_fhir_decimals_are_refused(raw: bytes) -> None:
 def test_long_integers_are_kept_as_written() -> None:
     raw = b'{"a":123456789012345678901234567890}'
     assert jsonio.dumps(jsonio.loads(raw)) == raw
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"a":[{"b":[5.40]}]}', b'{"a":-1234567890123456789}', b'{"a":12345678901234567890}',
+     b"[[1e2]]"],
+)
+def test_literals_orjson_would_change_are_found_after_its_parse(raw: bytes) -> None:
+    """orjson parses first; an integer of 18 digits or more, or a float anywhere in its
+    result, sends the body to the exact parse."""
+    assert jsonio.dumps(jsonio.loads(raw)) == raw
+
+
+def test_exact_integers_and_strings_are_orjson_s_result() -> None:
+    raw = b'{"a":[{"v":120,"n":-7,"big":123456789012345678},"5.40",true,null]}'
+    parsed = jsonio.loads(raw, max_depth=3)
+    assert parsed == {"a": [{"v": 120, "n": -7, "big": 123456789012345678}, "5.40", True, None]}
+    assert jsonio.dumps(parsed) == raw
+    with pytest.raises(jsonio.JsonError, match="nested 3 levels"):
+        jsonio.loads(raw, max_depth=2)

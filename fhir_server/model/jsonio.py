@@ -85,41 +85,68 @@ def loads(data: bytes | str, max_depth: int | None = None) -> Any:
     `max_depth` levels of nesting (objects and arrays)."""
     raw = data.encode() if isinstance(data, str) else data
     try:
-        if _LOSSY_NUMBER.search(raw):
-            value = json.loads(
-                raw,
-                parse_float=FhirDecimal,
-                parse_int=_parse_int,
-                parse_constant=_refuse_constant,
-            )
-        else:
+        try:
             value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            # `1e309` (out of range) and the like: the exact parse tells what is wrong
+            if not _LOSSY_NUMBER.search(raw):
+                raise
+            value = _exact_loads(raw)
+            depth, _ = _shape(value)
+        else:
+            # orjson's result is exact unless it holds a float or a long integer: only then
+            # is the text searched for literals it changes (a regular expression over the
+            # whole body costs ~3x orjson's parse)
+            depth, inexact = _shape(value)
+            if inexact and _LOSSY_NUMBER.search(raw):
+                value = _exact_loads(raw)
     except (orjson.JSONDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise JsonError(f"The body is not valid JSON: {exc}") from None
     except RecursionError:
         raise JsonError("The body is not valid JSON: nested too deeply") from None
-    # Fewer brackets than the limit cannot nest deeper than it (counted at C speed).
-    if max_depth is not None and raw.count(b"{") + raw.count(b"[") > max_depth:
-        depth = nesting_depth(value)
-        if depth > max_depth:
-            raise JsonError(
-                f"The JSON is nested {depth} levels deep; this server takes at most "
-                f"{max_depth} (limit max_json_depth)",
-                "too-costly",
-            )
+    if max_depth is not None and depth > max_depth:
+        raise JsonError(
+            f"The JSON is nested {depth} levels deep; this server takes at most "
+            f"{max_depth} (limit max_json_depth)",
+            "too-costly",
+        )
     return value
+
+
+def _exact_loads(raw: bytes) -> Any:
+    return json.loads(
+        raw, parse_float=FhirDecimal, parse_int=_parse_int, parse_constant=_refuse_constant
+    )
+
+
+# Integers below this (17 digits) are ints in both parses; longer ones, signed, may be
+# decimals in the exact parse (_parse_int).
+_EXACT_INT_LIMIT = 10 ** (_LONG_INTEGER - 1)
+
+
+def _shape(value: Any) -> tuple[int, bool]:
+    """(levels of objects and arrays, whether any number in them is a float or an integer
+    that a lossy literal may have given), level by level, without recursion."""
+    inexact = False
+    depth = 0
+    level = [value] if type(value) is dict or type(value) is list else []
+    while level:
+        depth += 1
+        below = []
+        for node in level:
+            for child in node.values() if type(node) is dict else node:
+                kind = type(child)
+                if kind is dict or kind is list:
+                    below.append(child)
+                elif kind is float or (kind is int and abs(child) >= _EXACT_INT_LIMIT):
+                    inexact = True
+        level = below
+    return depth, inexact
 
 
 def nesting_depth(value: Any) -> int:
     """Levels of objects and arrays (a scalar is 0), without recursion."""
-    deepest = 0
-    stack = [(value, 1)] if isinstance(value, dict | list) else []
-    while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return deepest
+    return _shape(value)[0]
 
 
 def dumps(value: Any, pretty: bool = False, sort_keys: bool = False) -> bytes:
