@@ -60,6 +60,7 @@ GROUPS = (
     ("clinical",),
     ("analytics",),
     ("subscriptions",),
+    ("http_path",),
 )
 BENCHMARKS = tuple(name for group in GROUPS for name in group)
 CHILD_MARK = "BENCH-RESULTS-JSON "

@@ -29,6 +29,7 @@ from fhir_server.api.cgm_submit import RECEIVER, SUBMIT_OPERATION, build_cgm_sub
 from fhir_server.api.clinical import build_clinical_router, register_clinical_operations
 from fhir_server.api.cohorts import build_cohort_router, register_cohort_operations
 from fhir_server.api.convert import CONVERT_OPERATION, build_convert_router
+from fhir_server.api.fast_lane import install_fast_lane
 from fhir_server.api.head import HeadAsGet
 from fhir_server.api.http import fhir_response
 from fhir_server.api.limits import RequestBudget
@@ -203,6 +204,9 @@ def create_app(settings: Settings | None = None, service: FhirService | None = N
     app.include_router(build_view_export_router())
     app.include_router(build_measure_router())
     app.include_router(build_router())
+    # The hot interactions (read, search, create, operations at a fixed path) skip
+    # FastAPI's walk through every router above; the route is the one it would choose.
+    install_fast_lane(app)
     return app
 
 

@@ -46,6 +46,9 @@ ROW_NAMES = {
     "subscriptions": ["subscriptions ingest", "subscriptions latency"],
     "auth": ["auth validate RS256", "auth validate ES256", "auth validate cached",
              "auth read insecure-dev", "auth read token", "auth read patient token"],
+    "http_path": ["http read", "http search patient", "http create", "http $validate-code",
+                  "http read insecure-dev", "http search patient insecure-dev",
+                  "http create insecure-dev", "http $validate-code insecure-dev"],
 }
 
 
