@@ -5,14 +5,24 @@ load` of the same files beside `$import`, and cohort evaluation at two populatio
   every type) into NDJSON files: resources/s and the peak RSS of the export alone (the
   process's peak is reset first), which must stay flat whatever the size;
 - `bulk import` and `bulk load`: those files (on medium and large, their first
-  IMPORT_SAMPLE lines: a million resources loaded twice more would take most of an hour
-  on this machine) into an empty database through the import job's work
-  (jobs/bulk_import.py) and through `diatabase load` (ingest/loader.py), side by side in
-  the same run, alternating, each into a fresh database;
+  IMPORT_SAMPLE lines: a million resources loaded six more times would take hours on this
+  machine) into an empty database through the import job's work (jobs/bulk_import.py)
+  and through `diatabase load` (ingest/loader.py), side by side in the same run,
+  alternating, each into a fresh database, after one unmeasured run of each (the first
+  run in a process pays for the validators' and the code's warming: it made the import,
+  run first, look 20 % slower than the load);
 - `cohort N`: `Group/$evaluate` of "type 2 diabetes, HbA1c above 8 % since December, aged
-  65 or more" on N patients (each with a Condition and two HbA1c results), median of runs.
+  65 or more" on N patients (each with a Condition and two HbA1c results), median of runs;
+- `api read`, `api search` and the same `+export`: the API's latency (`diatabase serve` on
+  the population, API_CLIENTS clients) without a job, then while system `$export` jobs run
+  in the same server (one kicked off again whenever the last one has finished), alternating
+  rounds of each, side by side; `+export elsewhere`: the same with the jobs run by a second
+  server process on the database and none by the API's (DIATABASE_JOBS_WORKERS=0).
 
-    python -m bench.bulk [--size small|medium|large] [--db URL]
+    python -m bench.bulk [--size small|medium|large] [--db URL | --populated URL]
+
+`--populated URL`: a SQLite database that already holds bench.population's population
+(all of it or its first patients), used as it is instead of loading one.
 
 The population is bench.population's (medium: about 1 million resources). Each row is
 also printed to stderr as soon as it is measured (a medium run takes an hour or more).
@@ -32,13 +42,21 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from bench.common import Result, own_peak_rss_mb, print_table
-from bench.population import loaded
+import httpx
 
-RUNS = {"small": 1, "medium": 1, "large": 1}  # import/load runs each (medium: minutes each)
+from bench.common import Result, own_peak_rss_mb, percentile, print_table, serve
+from bench.http_load import expect_ok, run_gets
+from bench.population import Population, loaded, search_targets
+
+RUNS = {"small": 1, "medium": 3, "large": 1}  # import/load runs each, after a warm-up of each
 COHORT_SIZES = {"small": (50, 100), "medium": (1_000, 10_000), "large": (1_000, 10_000)}
 COHORT_RUNS = 3
-IMPORT_SAMPLE = {"small": None, "medium": 200_000, "large": 1_000_000}  # lines; None: all
+IMPORT_SAMPLE = {"small": None, "medium": 50_000, "large": 1_000_000}  # lines; None: all
+WARM_UP_SAMPLE = 500  # lines imported and loaded once, unmeasured, before the runs
+API_REQUESTS = {"small": 20, "medium": 200, "large": 200}  # per kind and phase, each round
+API_ROUNDS = 2  # alternating rounds of (no job, export running)
+API_CLIENTS = 2
+API_BATCH = 10  # requests between two looks at the export job
 
 
 def reset_peak_rss() -> None:
@@ -193,6 +211,117 @@ def measure_cohort(n: int) -> tuple[list[float], int, float, int]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def api_targets(http: httpx.Client, population: Population, n: int) -> dict[str, list[str]]:
+    """`n` reads (Patients and Observations, by id) and `n` typical app searches."""
+    ids = []
+    for rtype in ("Patient", "Observation"):
+        bundle = http.get(f"/{rtype}", params={"_count": "50", "_elements": "id"}).json()
+        ids += [f"/{rtype}/{e['resource']['id']}" for e in bundle.get("entry", [])]
+    searches = [t for targets in search_targets(population, n).values() for t in targets]
+    rng = random.Random(n)
+    return {"read": [rng.choice(ids) for _ in range(n)], "search": rng.sample(searches, n)}
+
+
+class ExportLoad:
+    """System `$export` jobs running in the server, back to back: `running()` kicks off a
+    new one whenever the last one has finished."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+        self.status_url: str | None = None
+        self.started = 0
+        self.finished = 0
+        self.looks = 0
+        self.queued = 0  # looks that found the job waiting for a worker, not running
+
+    def running(self) -> None:
+        if self.status_url is not None:
+            status = self.http.get(self.status_url)
+            if status.status_code == 202:
+                self.looks += 1
+                self.queued += status.headers.get("x-progress") == "queued"
+                return
+            if status.status_code != 200:
+                raise RuntimeError(f"the export failed: {status.text[:300]}")
+            self.finished += 1
+        kicked = self.http.get("/$export", headers={"Prefer": "respond-async",
+                                                     "Accept": "application/fhir+json"})
+        if kicked.status_code != 202:
+            raise RuntimeError(f"the export was not accepted: {kicked.text[:300]}")
+        self.status_url = kicked.headers["content-location"]
+        self.started += 1
+
+    def stop(self) -> None:
+        if self.status_url is not None:
+            self.http.delete(self.status_url)
+            self.status_url = None
+
+
+def timed(url: str, targets: list[str], export: ExportLoad | None) -> tuple[list[float], float]:
+    """The latencies of `targets` (API_CLIENTS at a time) and the seconds they took, with an
+    export running throughout when `export` is given."""
+    latencies: list[float] = []
+    seconds = 0.0
+    for start in range(0, len(targets), API_BATCH):
+        if export is not None:
+            export.running()
+        figures = run_gets(url, targets[start:start + API_BATCH], API_CLIENTS)
+        expect_ok(figures, "the API during an export")
+        latencies += figures.latencies_ms
+        seconds += figures.seconds
+    return latencies, seconds
+
+
+def measure_api_during_export(population: Population, size: str) -> list[Result]:
+    """Reads and searches without a job and while exports run, alternating rounds: with
+    the jobs in the API's own process (the default), then in a second server process on
+    the same database, the API's process running none (DIATABASE_JOBS_WORKERS=0)."""
+    n = API_REQUESTS[size]
+    rows = []
+    with serve(population.db_url) as server:
+        rows += api_rows(server, population, n, "")
+    with serve(population.db_url, env={"DIATABASE_JOBS_WORKERS": "0"}) as server, \
+            serve(population.db_url):
+        rows += api_rows(server, population, n, " (jobs in another process)")
+    return rows
+
+
+def api_rows(server: Any, population: Population, n: int, where: str) -> list[Result]:
+    with httpx.Client(base_url=server.url, timeout=300) as http:
+        targets = api_targets(http, population, n)
+        export = ExportLoad(http)
+        measured: dict[tuple[str, bool], tuple[list[float], float]] = {}
+        for kind_targets in targets.values():
+            timed(server.url, kind_targets[:API_BATCH], None)  # warm the code paths
+        try:
+            for _ in range(API_ROUNDS):
+                for kind, kind_targets in targets.items():
+                    for exporting in (False, True):
+                        if not exporting:
+                            export.stop()
+                        latencies, seconds = timed(server.url, kind_targets,
+                                                   export if exporting else None)
+                        before, spent = measured.get((kind, exporting), ([], 0.0))
+                        measured[(kind, exporting)] = (before + latencies, spent + seconds)
+        finally:
+            export.stop()
+        peak = server.peak_rss_mb()
+    rows = []
+    for (kind, exporting), (latencies, seconds) in measured.items():
+        if where and not exporting:
+            continue  # the same as without the second process
+        what = (f"while system $export jobs run{where} ({export.started} started, "
+                f"{export.finished} finished, queued at {export.queued} of {export.looks} "
+                "looks)" if exporting else "no job running")
+        rows.append(show(Result(
+            f"api {kind}{'+export' if exporting else ''}{' elsewhere' if where else ''}",
+            f"{len(latencies):,} {kind}{'es' if kind.endswith('h') else 's'}, "
+            f"{API_CLIENTS} clients, {what}",
+            len(latencies) / seconds, "req/s", percentile(latencies, 50),
+            percentile(latencies, 99), peak, "", "sqlite")))
+    return rows
+
+
 def sample(files: list[Path], limit: int | None, folder: Path) -> list[Path]:
     """The files themselves, or copies of their first `limit` lines in all (each file's
     share in proportion to its size, so every type is there)."""
@@ -220,7 +349,22 @@ def show(row: Result) -> Result:
     return row
 
 
-def run(size: str = "small", db: str | None = None) -> list[Result]:
+def populated(size: str, url: str) -> Population:
+    """A database that already holds the population (see --populated)."""
+    from fhir_server.model.resource_types import resource_types
+    from fhir_server.storage import open_storage
+
+    storage = open_storage(url)
+    try:
+        patients = storage.count("Patient")
+        resources = sum(storage.count(t) for t in resource_types())
+    finally:
+        storage.close()
+    return Population(url, size, patients, 0, resources)
+
+
+def run(size: str = "small", db: str | None = None,
+        existing: str | None = None) -> list[Result]:
     rows = []
     for n in COHORT_SIZES[size]:
         times, members, peak, resources = measure_cohort(n)
@@ -229,7 +373,8 @@ def run(size: str = "small", db: str | None = None) -> list[Result]:
             f"({resources:,} resources), {members:,} members, median of {len(times)}",
             1 / statistics.median(times), "evaluations/s",
             statistics.median(times) * 1000, max(times) * 1000, peak, "", "sqlite")))
-    population = loaded(size, db)
+    population = populated(size, existing) if existing else loaded(size, db)
+    rows += measure_api_during_export(population, size)
     backend = (db or "sqlite").split(":", 1)[0]
     folder = Path(tempfile.mkdtemp(prefix="diatabase-bench-bulk-"))
     try:
@@ -242,6 +387,9 @@ def run(size: str = "small", db: str | None = None) -> list[Result]:
             "resources/s", None, None, peak, "", backend)))
         files = sample(sorted(folder.glob("*.ndjson")), IMPORT_SAMPLE[size], folder / "sample")
         measured: dict[str, list[tuple[int, float, float]]] = {"import": [], "load": []}
+        warm = sample(files, WARM_UP_SAMPLE, folder / "warm")
+        for how in ("import", "load"):
+            measure_import(warm, how)
         for _ in range(RUNS[size]):
             for how in ("import", "load"):  # alternating, each into a fresh database
                 measured[how].append(measure_import(files, how))
@@ -262,9 +410,12 @@ def run(size: str = "small", db: str | None = None) -> list[Result]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("small", "medium", "large"), default="small")
-    parser.add_argument("--db", default=None, help="database URL (default: a fresh SQLite file)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--db", default=None, help="database URL (default: a fresh SQLite file)")
+    where.add_argument("--populated", default=None,
+                       help="SQLite URL of a database already holding the population")
     args = parser.parse_args()
-    print_table(run(args.size, args.db))
+    print_table(run(args.size, args.db, args.populated))
 
 
 if __name__ == "__main__":

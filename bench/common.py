@@ -103,10 +103,12 @@ def serve(
     extra: Sequence[str] = (),
     insecure_dev: bool = True,
     root: Path = ROOT,
+    env: dict[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
     """`diatabase serve` on a free port, until the block ends (with --insecure-dev unless
     told otherwise: the benchmarks measure the FHIR work; bench/auth.py the access control).
-    `root`: the source tree the server runs from (another checkout, for before/after)."""
+    `root`: the source tree the server runs from (another checkout, for before/after);
+    `env`: settings given to it as environment variables."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -126,7 +128,7 @@ def serve(
             *extra,
         ],
         stdout=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(root)},
+        env={**os.environ, **(env or {}), "PYTHONPATH": str(root)},
     )
     url = f"http://127.0.0.1:{port}"
     try:
