@@ -128,6 +128,8 @@ def serve(
             *extra,
         ],
         stdout=subprocess.DEVNULL,
+        # `python -m` puts the working directory first on sys.path: run from `root`
+        cwd=root,
         env={**os.environ, **(env or {}), "PYTHONPATH": str(root)},
     )
     url = f"http://127.0.0.1:{port}"

@@ -44,7 +44,7 @@ from fhir_server.storage.base import HistoryPage, NewResource, StoredResource, i
 from fhir_server.storage.cursor import CursorCodec, CursorError
 from fhir_server.storage.private_files import create_private_file
 from fhir_server.storage.sqlite_checkpoint import BackgroundCheckpointer
-from fhir_server.storage.sqlite_group_commit import Group, WriteLock
+from fhir_server.storage.sqlite_group_commit import Group, LogSync, WriteLock
 from fhir_server.storage.sqlite_write_behind import (
     WRITE_BEHIND_ROWS,
     WriteBehind,
@@ -287,6 +287,7 @@ class SqliteStorage:
         self._group: Group | None = None  # the open transaction of a group commit
         self._process_lock = ProcessWriteLock(path)
         self._writer = self._connect()
+        self._log_sync: LogSync | None = None  # set below, once the schema is in
         self._init_schema()
         self._checkpointer: BackgroundCheckpointer | None = None
         if path != ":memory:":
@@ -318,6 +319,12 @@ class SqliteStorage:
         # ... and the reference parameters whose `Patient/X` names the owner of date rows
         # (`patient`, and `subject` where `patient` is subject restricted to patients).
         self.owner_codes: Callable[[str], tuple[str, ...]] = lambda rtype: (OWNER_PARAM,)
+        # FULL with group commit on a file: the writer's COMMIT does not fsync the log; the
+        # committer does, after the write lock is released (sqlite_group_commit.LogSync)
+        # and before any answer for what it committed leaves.
+        if self.group_commit and path != ":memory:":
+            self._log_sync = LogSync(f"{path}-wal")
+            self._writer.execute("PRAGMA synchronous=NORMAL")
 
     # The index extractor may leave out rows that other parameters already hold.
     shares_rows = True
@@ -629,10 +636,17 @@ class SqliteStorage:
                     raise
                 self._commit(conn)
 
-    def _commit(self, conn: sqlite3.Connection) -> None:
+    def _commit(self, conn: sqlite3.Connection, sync: bool = True) -> int:
+        """COMMIT on the writer; the log fsynced before this returns unless `sync` is False:
+        then the caller passes the number returned to `_log_sync.sync` outside the locks,
+        before anyone learns of the commit."""
         conn.execute("COMMIT")
+        number = self._log_sync.committed() if self._log_sync is not None else 0
         if self._checkpointer is not None:
             self._checkpointer.committed(conn)
+        if sync and self._log_sync is not None:
+            self._log_sync.sync(number)
+        return number
 
     @contextmanager
     def _grouped_transaction(self) -> Iterator[SqliteTransaction]:
@@ -677,7 +691,10 @@ class SqliteStorage:
 
     def _end_turn(self, group: Group | None) -> None:
         """Under the write lock, after a member's work (or failure): pass the open
-        transaction on to a waiting writer, or commit it; then release the lock."""
+        transaction on to a waiting writer, or commit it; then release the lock, and only
+        then fsync the log of a commit made here, so that the next group (of this process
+        or another) writes while the disk syncs this one."""
+        committed: tuple[Group, int] | None = None
         try:
             if group is not None and not self._writer.in_transaction:
                 # SQLite undid the whole transaction (an I/O error, a full disk): the
@@ -686,26 +703,45 @@ class SqliteStorage:
                 self._process_lock.__exit__(None, None, None)
                 group.finish(sqlite3.OperationalError("the shared transaction was rolled back"))
             elif group is not None and (not self._write_lock.waiting() or group.full()):
-                self._commit_group()
+                committed = self._commit_group(sync=False)
         finally:
             self._write_lock.release()
+        if committed is not None:
+            self._sync_and_finish(*committed)
 
-    def _commit_group(self) -> None:
-        """COMMIT the open group, if any (under the write lock), and wake its members."""
+    def _commit_group(self, sync: bool = True) -> tuple[Group, int] | None:
+        """COMMIT the open group, if any (under the write lock), and wake its members;
+        without `sync`, a group that committed is returned unwoken with its commit's
+        number, for the caller's _sync_and_finish once it has released the locks."""
         group, self._group = self._group, None
         if group is None:
-            return
+            return None
         try:
-            self._commit(self._writer)
+            number = self._commit(self._writer, sync=sync)
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._writer.execute("ROLLBACK")
             self.reload_after_rollback(self._writer)
             group.finish(exc)
-        else:
-            group.finish()
+            return None
         finally:
             self._process_lock.__exit__(None, None, None)
+        if sync:
+            group.finish()
+            return None
+        return group, number
+
+    def _sync_and_finish(self, group: Group, number: int) -> None:
+        """Wait for an fsync of the log covering `group`'s COMMIT (number `number`), then
+        wake its members (their answers leave only now); a failed fsync fails them all:
+        nothing says their writes are on the disk."""
+        try:
+            if self._log_sync is not None:
+                self._log_sync.sync(number)
+        except BaseException as exc:
+            group.finish(exc)
+            raise
+        group.finish()
 
     def reload_after_rollback(self, conn: sqlite3.Connection) -> None:
         """The caches of what the undone writes created (pids, widened date spans) must
