@@ -45,6 +45,7 @@ GROUPS = (
     ("ingest",),
     ("devices",),
     ("durability",),
+    ("writes",),
     ("audit",),
     ("validate",),
     ("core_validation",),

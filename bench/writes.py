@@ -130,7 +130,8 @@ def with_wrk(url: str, clients: int, seconds: int, script: Path) -> Cell:
     )
     line = next((x for x in completed.stdout.splitlines() if x.startswith("WRK-RESULT")), None)
     if line is None:
-        raise RuntimeError(f"wrk gave no result: {completed.stdout[-500:]}{completed.stderr[-500:]}")
+        raise RuntimeError(f"wrk gave no result: {completed.stdout[-500:]}"
+                           f"{completed.stderr[-500:]}")
     requests, bad_status, socket_errors, micros, p50, p99 = line.split()[1:]
     if int(bad_status) or int(socket_errors):
         raise RuntimeError(f"wrk: {bad_status} answers other than 2xx, {socket_errors} errors")
