@@ -46,6 +46,7 @@ GROUPS = (
     ("devices",),
     ("durability",),
     ("writes",),
+    ("kill9",),
     ("audit",),
     ("validate",),
     ("core_validation",),

@@ -35,6 +35,7 @@ ROW_NAMES = {
     "writes": ["writes 1 worker 1 client", "writes 1 worker 8 clients",
                "writes 1 worker 32 clients", "writes 2 workers 1 client",
                "writes 2 workers 8 clients", "writes 2 workers 32 clients"],
+    "kill9": ["kill9 2 workers"],
     "audit": ["audit ingest: batch Bundles", "audit ingest: single creates",
               "audit search patient", "audit search code+date"],
     "validate": ["validate", "validate generated"],
