@@ -256,14 +256,15 @@ def measure(server: Server, work: Workload, seconds: float, folder: Path) -> Fig
 
 
 def measure_all(trees: dict[str, Path], size: str, runs: int | None = None,
-                modes: tuple[str, ...] = MODES) -> dict[tuple[str, str, str], Samples]:
+                modes: tuple[str, ...] = MODES,
+                names: tuple[str, ...] = WORKLOADS) -> dict[tuple[str, str, str], Samples]:
     """(tree label, mode, workload) -> samples; trees and modes alternate run by run."""
     from tests.auth_tokens import TestIssuer
 
     default_runs, seconds = SIZES[size]
     runs = runs or default_runs
     samples: dict[tuple[str, str, str], Samples] = {}
-    work = workloads()
+    work = {name: one for name, one in workloads().items() if name in names}
     with tempfile.TemporaryDirectory() as directory:
         folder = Path(directory)
         issuer = TestIssuer.create(folder)
@@ -320,6 +321,8 @@ def print_side_by_side(samples: dict[tuple[str, str, str], Samples], labels: lis
     print("-" * len(header))
     for mode in MODES:
         for name in WORKLOADS:
+            if not any((label, mode, name) in samples for label in labels):
+                continue
             cells = ""
             for label in labels:
                 found = samples.get((label, mode, name))
@@ -343,13 +346,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", help="another source tree served in alternate runs")
     parser.add_argument("--runs", type=int, help="runs (default by size)")
     parser.add_argument("--mode", choices=MODES, help="only this server mode")
+    parser.add_argument("--workload", choices=WORKLOADS, action="append",
+                        help="only this workload (repeatable)")
     args = parser.parse_args(argv)
     trees = {"before": Path(args.baseline).resolve()} if args.baseline else {}
     trees["after"] = ROOT
     runs = args.runs or SIZES[args.size][0]
     print(f"load average before: {load_average()}", flush=True)
     modes = (args.mode,) if args.mode else MODES
-    samples = measure_all(trees, args.size, runs, modes)
+    samples = measure_all(trees, args.size, runs, modes, tuple(args.workload or WORKLOADS))
     print_side_by_side(samples, list(trees), runs)
     return 0
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from fhir_server.model import jsonio
 from fhir_server.model.outcome import error
@@ -17,6 +18,19 @@ FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json-patch+json")
 XML_HINTS = ("xml",)
 JSON_FORMATS = ("json", "application/json", "application/fhir+json", "application/json+fhir")
+
+
+T = TypeVar("T")
+
+
+async def read_by_key(request: Request, read: Callable[..., T], *args: Any) -> T:
+    """`read(*args)`, a read of one resource by its key: on the event loop when the
+    database is SQLite (a primary-key lookup, tens of microseconds from its page cache,
+    which is less than the hop to a worker thread and back costs: measured in
+    bench/http_path.py), in the threadpool otherwise (MongoDB: a network round trip)."""
+    if request.app.state.settings.db_url.startswith("sqlite:"):
+        return read(*args)
+    return await run_in_threadpool(read, *args)
 
 
 def check_accept(request: Request) -> None:

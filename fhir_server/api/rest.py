@@ -20,6 +20,7 @@ from fhir_server.api.http import (
     pretty,
     query_items,
     read_body,
+    read_by_key,
     version_headers,
 )
 from fhir_server.api.limits import check_bundle_size
@@ -332,7 +333,7 @@ def build_router() -> APIRouter:
     @router.get("/{resource_type}/{rid}")
     async def read(request: Request, resource_type: str, rid: str) -> Response:
         check_accept(request)
-        stored = await run_in_threadpool(_service(request).resources.read, resource_type, rid)
+        stored = await read_by_key(request, _service(request).resources.read, resource_type, rid)
         return _read_response(request, stored)
 
     @router.put("/{resource_type}/{rid}")
