@@ -37,6 +37,7 @@ ROW_NAMES = {
                "writes 2 workers 8 clients", "writes 2 workers 32 clients"],
     "kill9": ["kill9 2 workers"],
     "audit": ["audit ingest: batch Bundles", "audit ingest: single creates",
+              "audit ingest: single creates, 8 clients", "audit search by patient, 8 clients",
               "audit search patient", "audit search code+date"],
     "validate": ["validate", "validate generated"],
     "extract": ["extract"],
