@@ -14,6 +14,7 @@ import binascii
 import re
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -179,11 +180,15 @@ class BundleProcessor:
         return_resources: bool = False,
         raw: bytes | None = None,
         tx: WriteTransaction | None = None,
+        cpu_slot: AbstractContextManager[Any] | None = None,
     ) -> dict:
         """Run a transaction or batch. `raw`, the body as received, lets the processor skip
         the search for conditional references when the text has none (a large speed-up
         for device uploads of thousands of entries). A transaction runs inside `tx` when
-        given (the caller commits it, with whatever else it writes there: an HL7 v2 merge)."""
+        given (the caller commits it, with whatever else it writes there: an HL7 v2 merge).
+        `cpu_slot` is held while the Bundle's work is CPU-bound: a transaction's whole run,
+        a batch's preparation of its creates but not its wait for the write lock and its
+        writes (meanwhile the process prepares its next Bundle instead of idling)."""
         if raw is None:
             # In-process callers (imports, the MLLP listener) hand over a dict: serialising it
             # once is far cheaper than walking every entry's elements for references.
@@ -209,10 +214,12 @@ class BundleProcessor:
         entries = bundle.get("entry") or []
         if not isinstance(entries, list):
             raise error(400, "structure", "Bundle.entry must be an array", "Bundle.entry")
+        slot = cpu_slot if cpu_slot is not None else nullcontext()
         if kind == "transaction":
-            responses = self._transaction(entries, get, tx)
+            with slot:
+                responses = self._transaction(entries, get, tx)
         else:
-            responses = self._batch(entries, get)
+            responses = self._batch(entries, get, slot)
         if not return_resources:
             for response in responses:
                 if not response.pop("_read", False):
@@ -467,28 +474,22 @@ class BundleProcessor:
 
     # -- batch -----------------------------------------------------------------------------
 
-    def _batch(self, entries: list[Any], get: GetHandler) -> list[dict[str, Any]]:
+    def _batch(
+        self, entries: list[Any], get: GetHandler, cpu_slot: AbstractContextManager[Any]
+    ) -> list[dict[str, Any]]:
         responses: list[dict[str, Any]] = [{} for _ in entries]
         parsed: list[EntryRequest] = []
-        for i, entry in enumerate(entries):
-            try:
-                parsed.append(parse_entry(i, entry, self.base_url))
-            except FhirError as exc:
-                responses[i] = {"status": STATUS_TEXT.get(exc.status), "outcome": exc.to_outcome()}
-        ordered = sorted(parsed, key=lambda r: (METHOD_ORDER[r.method], r.index))
-        writes = [r for r in ordered if r.method not in ("GET", "HEAD")]
-        # Plain creates depend on nothing stored: validate, index and serialise them before
-        # taking the write lock, which is then held only for the writes themselves.
-        prepared: dict[int, PreparedCreate] = {}
-        for req in writes:
-            budget.check()
-            if req.method == "POST" and not req.if_none_exist and not self._conditional_references:
+        with cpu_slot:
+            for i, entry in enumerate(entries):
                 try:
-                    prepared[req.index] = self.resources.prepare_create(
-                        req.resource_type, req.resource
-                    )
+                    parsed.append(parse_entry(i, entry, self.base_url))
                 except FhirError as exc:
-                    responses[req.index] = self._failure(exc, req)
+                    responses[i] = {
+                        "status": STATUS_TEXT.get(exc.status), "outcome": exc.to_outcome()
+                    }
+            ordered = sorted(parsed, key=lambda r: (METHOD_ORDER[r.method], r.index))
+            writes = [r for r in ordered if r.method not in ("GET", "HEAD")]
+            prepared = self._prepare_creates(writes, responses)
         writes = [r for r in writes if r.index in prepared or not responses[r.index]]
         if writes:
             # One commit for the whole batch; each entry in its own savepoint, so that a
@@ -512,6 +513,25 @@ class BundleProcessor:
             if req.method in ("GET", "HEAD"):
                 responses[req.index] = self._execute_get(req, get)
         return responses
+
+    def _prepare_creates(
+        self, writes: list[EntryRequest], responses: list[dict[str, Any]]
+    ) -> dict[int, PreparedCreate]:
+        """Plain creates depend on nothing stored: they are validated, indexed and
+        serialised before the write lock is taken, which is then held only for the writes
+        themselves. A refused one gets its response here."""
+        prepared: dict[int, PreparedCreate] = {}
+        plain = not self._conditional_references
+        for req in writes:
+            budget.check()
+            if req.method == "POST" and not req.if_none_exist and plain:
+                try:
+                    prepared[req.index] = self.resources.prepare_create(
+                        req.resource_type, req.resource
+                    )
+                except FhirError as exc:
+                    responses[req.index] = self._failure(exc, req)
+        return prepared
 
     def _store_prepared(
         self,
