@@ -139,14 +139,17 @@ class CoreModels:
     def __init__(self, definitions: dict[str, dict] | None = None) -> None:
         self.definitions = definitions if definitions is not None else core_definitions()
         self._models: dict[str, TypeModel | None] = {}
+        # Models being compiled: in _models early (a type's elements refer back to it), but
+        # only the compiling thread may see them before they are complete.
+        self._compiling: set[str] = set()
         self._lock = threading.RLock()
 
     def model(self, url_or_type: str) -> TypeModel | None:
         url = url_or_type if "/" in url_or_type else CORE_BASE + url_or_type
         found = self._models.get(url, False)
-        if found is not False:
+        if found is not False and url not in self._compiling:
             return found  # type: ignore[return-value]
-        with self._lock:
+        with self._lock:  # a model another thread is compiling: wait until it is complete
             if url not in self._models:
                 definition = self.definitions.get(url)
                 self._models[url] = None if definition is None else self._compile(definition)
@@ -167,8 +170,16 @@ class CoreModels:
             is_resource=definition.get("kind") == "resource",
             type_name=definition.get("type", root_path),
         )
+        self._compiling.add(definition["url"])
         self._models[definition["url"]] = root  # recursion reaches it while compiling
-        models = {root_path: root}
+        try:
+            self._compile_into(root, definition, elements)
+        finally:
+            self._compiling.discard(definition["url"])
+        return root
+
+    def _compile_into(self, root: TypeModel, definition: dict, elements: list[dict]) -> None:
+        models = {elements[0]["path"]: root}
         by_path = {}
         for element in elements[1:]:
             if element.get("sliceName") or ":" in element.get("id", ""):
@@ -197,7 +208,6 @@ class CoreModels:
         for path, model in models.items():
             if model is not root and path in by_path:
                 model.invariants = self._invariants(by_path[path], model)
-        return root
 
     def _elements(self, element: dict, name: str) -> list[Element]:
         """One Element per JSON spelling (one per type of a choice)."""

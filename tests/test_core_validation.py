@@ -337,3 +337,41 @@ def test_html_in_strings_and_markdown_is_refused_only_when_the_operator_says_so(
     ]
     assert not [i for i in strict.validate(plain) if i.severity == "error"]
     assert not [i for i in VALIDATOR.validate(patient) if i.severity == "error"]
+
+
+def test_a_model_being_compiled_is_not_seen_half_built_by_another_thread() -> None:
+    """A type's model is in the cache from the start of its compilation (its elements
+    refer back to it); another thread asking for it then got it half built (no keys yet)
+    and refused every element of a valid resource ("code is not allowed here
+    (Observation)": seen with 16 concurrent first creates). Now it waits for the model."""
+    import threading
+
+    from profiles.core_model import CoreModels
+
+    models = CoreModels()
+    paused, resume = threading.Event(), threading.Event()
+    real_add = models._add
+
+    def slow_add(model: Any, element: Any) -> None:
+        if model.name == "Observation" and not paused.is_set():
+            paused.set()
+            assert resume.wait(60)
+        real_add(model, element)
+
+    models._add = slow_add  # type: ignore[method-assign]
+    seen: dict[str, int] = {}
+    compiling = threading.Thread(target=models.model, args=("Observation",))
+    compiling.start()
+    assert paused.wait(60)
+
+    def other() -> None:
+        seen["keys"] = len(models.model("Observation").keys)  # type: ignore[union-attr]
+
+    reader = threading.Thread(target=other)
+    reader.start()
+    # the half-built model would be returned at once; give the bug the chance to show
+    reader.join(5)
+    resume.set()
+    compiling.join(60)
+    reader.join(60)
+    assert seen["keys"] == len(models.model("Observation").keys) > 10  # type: ignore[union-attr]
