@@ -225,6 +225,8 @@ def _composite_row(pk: int, pid: int, entry: CompositeEntry) -> tuple | None:
 
 
 LOCK_TIMEOUT_SECONDS = 30.0  # as the connections' busy_timeout
+FIRST_POLL_SECONDS = 0.00005  # waits for the file lock poll at 50 µs, doubling up to 1 ms
+LAST_POLL_SECONDS = 0.001
 
 
 class ProcessWriteLock:
@@ -247,10 +249,14 @@ class ProcessWriteLock:
     def __enter__(self) -> None:
         if self._fd is None:
             return
-        # Polled every millisecond rather than blocking: a thread that already holds the
-        # lock through another storage object on the same file must get an error after
-        # the timeout, as with SQLite's own lock, not hang for ever.
+        # Polled rather than blocking: a thread that already holds the lock through another
+        # storage object on the same file must get an error after the timeout, as with
+        # SQLite's own lock, not hang for ever. The first polls come quickly: another
+        # worker holds the lock only for a group's SQL and COMMIT (its fsync comes after,
+        # sqlite_group_commit.LogSync), a fraction of a millisecond, and a fixed 1 ms poll
+        # left the lock idle for most of each wait.
         deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
+        pause = FIRST_POLL_SECONDS
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -258,7 +264,8 @@ class ProcessWriteLock:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise sqlite3.OperationalError("database is locked") from None
-                time.sleep(0.001)
+                time.sleep(pause)
+                pause = min(pause * 2, LAST_POLL_SECONDS)
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
@@ -322,7 +329,8 @@ class SqliteStorage:
         # FULL with group commit on a file: the writer's COMMIT does not fsync the log; the
         # committer does, after the write lock is released (sqlite_group_commit.LogSync)
         # and before any answer for what it committed leaves.
-        if self.group_commit and path != ":memory:":
+        in_wal = self._writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        if self.group_commit and path != ":memory:" and in_wal:
             self._log_sync = LogSync(f"{path}-wal")
             self._writer.execute("PRAGMA synchronous=NORMAL")
 
