@@ -30,6 +30,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
+
 from fhir_server.clinical.glucose import reading_from
 from fhir_server.clinical.period import DEFAULT_TIMEZONE
 from fhir_server.clinical.ranges import STANDARD
@@ -176,10 +178,12 @@ class IndexedTransaction(NotingTransaction):
             self.writes.append((None, self._previous(resource_type, id)))
 
     def deltas(self) -> Deltas:
+        # Stored JSON, parsed under the write lock: orjson alone (the aggregates are sums
+        # of floats, a decimal's exact literal changes nothing in them)
         deltas = Deltas.empty()
         for new, old in self.writes:
             if old is not None:
-                deltas.add(jsonio.loads(old), -1)
+                deltas.add(orjson.loads(old), -1)
             if new is not None:
-                deltas.add(jsonio.loads(new), +1)
+                deltas.add(orjson.loads(new), +1)
         return deltas.pruned()

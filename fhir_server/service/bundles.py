@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from fhir_server.audit.activity import set_interaction
 from fhir_server.model import jsonio
+from fhir_server.model.ids import new_id
 from fhir_server.model.outcome import FhirError, Issue, error, outcome
 from fhir_server.model.references import rewrite_strings
 from fhir_server.model.resource_types import is_resource_type
@@ -228,7 +228,7 @@ class BundleProcessor:
             response.pop("_read", None)
         return {
             "resourceType": "Bundle",
-            "id": str(uuid.uuid4()),
+            "id": new_id(),
             "type": f"{kind}-response",
             "link": [{"relation": "self", "url": self.base_url}],
             "entry": [
@@ -348,10 +348,10 @@ class BundleProcessor:
                             error(412, "multiple-matches", "ifNoneExist matched several resources"),
                             req,
                         )
-                    req.assigned_id = ids[0] if ids else str(uuid.uuid4())
+                    req.assigned_id = ids[0] if ids else new_id()
                     req.found_id = ids[0] if ids else None
                 else:
-                    req.assigned_id = str(uuid.uuid4())
+                    req.assigned_id = new_id()
             elif req.method == "PUT" and req.id:
                 req.assigned_id = req.id
             elif req.method == "PUT" and req.query:
@@ -362,7 +362,7 @@ class BundleProcessor:
                         req,
                     )
                 body_id = req.resource.get("id") if isinstance(req.resource, dict) else None
-                req.assigned_id = ids[0] if ids else (body_id or str(uuid.uuid4()))
+                req.assigned_id = ids[0] if ids else (body_id or new_id())
             elif req.method == "PATCH" and req.id:
                 req.assigned_id = req.id
             if req.full_url and req.assigned_id:

@@ -8,13 +8,13 @@ another writer.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fhir_server.audit.protection import refuse_audit_write
 from fhir_server.model import jsonio
+from fhir_server.model.ids import new_id
 from fhir_server.model.outcome import FhirError, Issue, error
 from fhir_server.model.resource_types import is_resource_type, is_valid_id
 from fhir_server.model.validation import validate_structure
@@ -243,7 +243,7 @@ class ResourceService:
         return self._prepared_create(self._check_body(resource_type, body), None)
 
     def _prepared_create(self, resource: dict[str, Any], rid: str | None) -> PreparedCreate:
-        rid = rid or str(uuid.uuid4())
+        rid = rid or new_id()
         json, index = self.prepare(resource, rid, 1, 0.0)
         return PreparedCreate(resource["resourceType"], rid, json, index)
 
@@ -376,7 +376,7 @@ class ResourceService:
                 )
             rid = ids[0]
         else:
-            rid = body_id or str(uuid.uuid4())
+            rid = body_id or new_id()
             existing = tx.read(resource_type, rid)
             if existing is not None and not existing.deleted:
                 raise error(
