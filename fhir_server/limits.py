@@ -12,6 +12,9 @@ Why each default is what it is:
   deeper than 1,000 terms (999 repeats of `value-quantity=ne...`). 100 is far above real use.
   `max_search_values`: each value is an SQL condition, planned and probed: 10,000 of them
   (100 parameters of 100 values) took 12 s to plan on an empty database, 1,000 take 0.2 s.
+  `max_id_values`: `_id` lists are outside those two: one `id IN (...)` lookup of the
+  (type, id) index, not a condition per value; 10,000 ids (a cohort, a Group's export) is
+  the list cohorts ask for, and stays far below SQLite's 32,766 bound parameters.
 - `max_json_depth`: orjson writes at most 255 levels; deeper documents go through
   `jsonio`'s slower path, up to this depth. A Questionnaire with items 130 deep is about 265
   levels; Python's own recursion (validators, FHIRPath) is the ceiling above 900.
@@ -48,6 +51,7 @@ class Limits:
     max_search_parameters: int = 100  # filter parameters (repeats included) in one search
     max_or_values: int = 100  # comma-separated values of one parameter
     max_search_values: int = 1000  # values of all parameters together
+    max_id_values: int = 10_000  # ids of one `_id` list (one `id IN (...)` lookup)
     max_include_iterations: int = 4  # rounds of `_include:iterate` / `_revinclude:iterate`
     max_included: int = 5000  # included resources in one page
     # bodies (their size in bytes is Settings.max_body_bytes)

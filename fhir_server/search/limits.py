@@ -33,6 +33,11 @@ def check_search_size(items: Sequence[tuple[str, str]], limits: Limits | None = 
         )
     values = 0
     for key, value in items:
+        if key.partition(":")[0] == "_id":
+            # one lookup whatever its length (search/id_lists.py), bounded on its own
+            if value.count(",") >= limits.max_id_values:
+                check_id_count(len(split_escaped(value, ",")), limits, key)
+            continue
         values += value.count(",") + 1
         if values > limits.max_search_values:
             raise SearchLimitError(
@@ -68,3 +73,13 @@ def check_search_size(items: Sequence[tuple[str, str]], limits: Limits | None = 
                 "(limit max_or_values)",
                 key,
             )
+
+
+def check_id_count(count: int, limits: Limits, key: str = "_id") -> None:
+    """An `_id` list of `count` ids (search/id_lists.py) within `max_id_values`."""
+    if count > limits.max_id_values:
+        raise SearchLimitError(
+            f"{key} lists {count:,} ids; this server takes at most {limits.max_id_values:,} "
+            "in one search (limit max_id_values): split the list over several searches",
+            key,
+        )

@@ -38,6 +38,8 @@ from bson import ObjectId
 from fhir_server.search.errors import SearchError, UnsupportedModifier
 from fhir_server.search.expansion import expand_token_clause, needs_expansion
 from fhir_server.search.fulltext import is_fulltext_clause
+from fhir_server.search.id_lists import listed_ids
+from fhir_server.search.implied_order import implied_order
 from fhir_server.search.query import (
     AnyOf,
     ChainClause,
@@ -320,13 +322,15 @@ class Translator:
 
     def direct(self, clause: Clause) -> dict[str, Any]:
         ors: list[dict[str, Any]] = []
+        if clause.param.code == "_id":
+            ids = listed_ids(clause, self.storage.limits)  # one `$in` lookup of `_id`
+            if ids:
+                ors.append({"_id": ids[0] if len(ids) == 1 else {"$in": ids}})
         for value in clause.values:
             if isinstance(value, MissingValue):
                 ors.append(NEVER if value.missing else {})
             elif clause.param.code == "_id":
-                if not isinstance(value, TokenValue) or value.code is None:
-                    raise SearchError("_id takes a resource id", "_id")
-                ors.append({"_id": value.code})
+                continue  # listed above
             elif isinstance(value, DateValue):
                 ors.append(date_condition(value, "lu", "luh"))
             else:
@@ -524,7 +528,7 @@ def run_search(
 ) -> SearchPage:
     filters = _filters(storage, query)
     result = query.result
-    specs = sort_specs(result.sort)
+    specs = sort_specs(result.sort or implied_order(query))
     total = None
     notes: tuple[str, ...] = ()
 

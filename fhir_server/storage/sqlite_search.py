@@ -9,8 +9,10 @@ Semantics (the same on every backend; prefixes are stated in search/ranges.py):
   on the normalised display/text; string default = starts-with on the normalised form.
 - Chains and `_has` nest through idx_reference; `CompartmentClause` ORs its alternatives
   (per type in `by_type` for `$everything`).
-- Default order is insertion (pk); `_sort` keys use min (ascending) or max (descending) of
-  the row values, missing values last in both directions, pk breaks ties.
+- Default order is insertion (pk), except for a date or `_lastUpdated` range that leads
+  (search/implied_order.py: read in that range's order); `_sort` keys use min (ascending)
+  or max (descending) of the row values, missing values last in both directions, pk breaks
+  ties.
 
 Planning (SQLite only): each type-level criterion is checked per candidate row by a
 correlated probe on the index table's pk index; the access path is the most selective
@@ -38,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_server.search.errors import SearchError, UnsupportedModifier
 from fhir_server.search.fulltext import is_fulltext_clause
+from fhir_server.search.id_lists import listed_ids
+from fhir_server.search.implied_order import implied_order
 from fhir_server.search.query import (
     AnyOf,
     ChainClause,
@@ -285,14 +289,18 @@ class _Compiler:
 
     def direct(self, clause: Clause, alias: str, indexable: bool = False) -> tuple[str, list[Any]]:
         ors, args = [], []
+        if clause.param.code == "_id":
+            # One `id IN (...)` lookup of the (type, id) index: 10,000 ids (a cohort, a
+            # Group's export) as ORed terms exceed SQLite's expression depth.
+            ids = listed_ids(clause, self.storage.limits)
+            if ids:
+                ors.append(f"{alias}.id IN ({','.join('?' * len(ids))})")
+                args += ids
         for value in clause.values:
             if isinstance(value, MissingValue):
                 ors.append("0" if value.missing else "1")
             elif clause.param.code == "_id":
-                if not isinstance(value, TokenValue) or value.code is None:
-                    raise SearchError("_id takes a resource id", "_id")
-                ors.append(f"{alias}.id=?")
-                args.append(value.code)
+                continue  # listed above
             elif isinstance(value, DateValue):
                 sql, date_args = (
                     last_updated_condition(value, f"{alias}.last_updated")
@@ -952,25 +960,25 @@ def run_search(
     compiler = _Compiler(storage, conn, storage.expander, storage.canonical_query)
     compiler.restriction = query.restriction
     result = query.result
-    compiler.order_first = result.sort[0].code if result.sort else None
+    keys = result.sort or implied_order(query)
+    compiler.order_first = keys[0].code if keys else None
     rtype = query.resource_type or "Resource"
-    sort = [(*sort_expression(compiler, key, rtype, "r"), key.descending) for key in result.sort]
-    if count > 0 and result.total != "accurate" and result.summary != "count":
-        # Before planning the general query, whose probes cost more.
-        rows = _date_window_rows(compiler, query, sort, count, cursor) if sort else None
-        after = _forward_pk(storage, cursor) if not sort else None
-        if rows is None and after is not None:
-            rows = _owner_pk_window_rows(compiler, query, count, after)
-        if rows is not None:
-            return _page(storage, conn, compiler, query, rows, count, cursor, False, None, bodies)
-    where, args = _where(compiler, query)
+    sort = [(*sort_expression(compiler, key, rtype, "r"), key.descending) for key in keys]
     total = None
     notes: tuple[str, ...] = ()
+    planned: tuple[str, list[Any]] | None = None
+
+    def planned_where() -> tuple[str, list[Any]]:
+        nonlocal planned
+        if planned is None:
+            planned = _where(compiler, query)
+        return planned
 
     def count_all() -> int:
         fast = fast_count(compiler, query)
         if fast is not None:
             return fast
+        where, args = planned_where()
         return conn.execute(f"SELECT count(*) FROM resources r WHERE {where}", args).fetchone()[0]
 
     if result.summary == "count" or count == 0:  # the count is the answer: the whole budget
@@ -980,6 +988,15 @@ def run_search(
         total = sqlite_budget.within(seconds, "total_count_seconds", count_all)
         if total is None:
             notes = (storage.limits.total_not_counted(),)
+    # Index-ordered windows before planning the general query, whose count probes cost more.
+    rows = _date_window_rows(compiler, query, keys, sort, count, cursor) if sort else None
+    after = _forward_pk(storage, cursor) if not sort else None
+    if rows is None and after is not None:
+        rows = _owner_pk_window_rows(compiler, query, count, after)
+    if rows is not None:
+        page = _page(storage, conn, compiler, query, rows, count, cursor, False, total, bodies)
+        return dataclasses.replace(page, warnings=notes + page.warnings) if notes else page
+    where, args = planned_where()
 
     reverse = False
     page_where, page_args = where, list(args)
@@ -1084,7 +1101,12 @@ OWNER_WINDOWS = (4, 64)
 
 
 def _date_window_rows(
-    compiler: _Compiler, query: SearchQuery, sort: list, count: int, cursor: str | None
+    compiler: _Compiler,
+    query: SearchQuery,
+    keys: Sequence[SortKey],
+    sort: list,
+    count: int,
+    cursor: str | None,
 ) -> list | None:
     """A page of `[patient=X&]_sort=[-]date` without sorting all of X's resources (a CGM
     patient has 100,000 readings a year), or all of the type's (`_sort=-date`, the latest
@@ -1097,12 +1119,16 @@ def _date_window_rows(
     page rows all reach L, they are the page. Ascending on min(low) likewise, with low <= L.
     After a `next` cursor at value v, only rows with low <= v (ascending: >= v) can follow,
     so L is taken among those. A window that proves nothing is widened once (not without a
-    patient when other criteria may make matches rare in it), then the general plan runs."""
-    result = query.result
+    patient when other criteria may make matches rare in it), then the general plan runs.
+
+    Range clauses on the sorted parameter itself (`date=ge2025-12-01&_sort=date`, or the
+    implied order of `date=ge2025-12-01`) bound `low` in L's search and in the window when
+    no resource has several values for it (see _date_range): L is then the k-th row of the
+    range, and a range with fewer rows than that is read whole, exactly."""
     rtype = query.resource_type
-    if rtype is None or len(result.sort) != 1 or count <= 0:
+    if rtype is None or len(keys) != 1 or count <= 0:
         return None
-    key = result.sort[0]
+    key = keys[0]
     if key.param is None or key.param.type != "date" or key.code in DIRECT_PARAMS:
         return None
     owner = _owner_id(compiler, rtype, query.clauses)
@@ -1110,11 +1136,13 @@ def _date_window_rows(
     if pid is None:
         return None
     owner_sql, owner_args = ("owner=? AND ", [owner]) if owner is not None else ("", [])
-    windows = OWNER_WINDOWS[:1] if owner is None and query.clauses else OWNER_WINDOWS
     span_info = compiler.date_span(pid)
     if span_info is None:
         return None
     span = span_info[0]
+    folded, range_sql, range_args = _date_range(key.code, query.clauses, span_info)
+    others = [c for c in query.clauses if c not in folded]
+    windows = OWNER_WINDOWS[:1] if owner is None and others else OWNER_WINDOWS
     expr, expr_args, descending = sort[0]
     direction = "DESC" if descending else "ASC"
     after_sql, after_args, keyset, keyset_args = "", [], "", []
@@ -1126,6 +1154,7 @@ def _date_window_rows(
         after_sql, after_args = (" AND low<=?" if descending else " AND low>=?"), [value]
         keyset, keyset_args = _keyset_condition(sort, [value], last_pk, False)
         keyset = f" AND {keyset}"
+    after_sql, after_args = after_sql + range_sql, [*after_args, *range_args]
     for factor in windows:
         wanted = (count + 1) * factor
         found = compiler.conn.execute(
@@ -1133,23 +1162,86 @@ def _date_window_rows(
             f"ORDER BY low {direction} LIMIT 1 OFFSET ?",
             (*owner_args, pid, *after_args, wanted - 1),
         ).fetchone()
-        if found is None:
+        if found is None and not folded:
             return None  # fewer dated rows than that: the general plan is cheap enough
-        bound = found[0]
-        low = "low>=?" if descending else "low<=?"
-        window = (  # bounded by the cursor too: rows before it are no candidates
-            f"SELECT pk FROM idx_date WHERE {owner_sql}pid=? AND {low}{after_sql}",
-            [*owner_args, pid, bound - span if descending else bound, *after_args],
-        )
+        if found is None:  # the whole range is fewer rows than that: read it all
+            window = (
+                f"SELECT pk FROM idx_date WHERE {owner_sql}pid=?{after_sql}",
+                [*owner_args, pid, *after_args],
+            )
+        else:
+            bound = found[0]
+            low = "low>=?" if descending else "low<=?"
+            window = (  # bounded by the cursor too: rows before it are no candidates
+                f"SELECT pk FROM idx_date WHERE {owner_sql}pid=? AND {low}{after_sql}",
+                [*owner_args, pid, bound - span if descending else bound, *after_args],
+            )
         where, args = _where(compiler, query, "r", window)
         rows = compiler.conn.execute(
             f"SELECT r.pk, {expr} AS s0 FROM resources r WHERE {where}{keyset} "
             f"ORDER BY s0 IS NULL, s0 {direction}, r.pk ASC LIMIT ?",
             [*expr_args, *args, *keyset_args, count + 1],
         ).fetchall()
+        if found is None:
+            return rows
         last = rows[-1][1] if len(rows) == count + 1 else None
         if last is not None and (last >= bound if descending else last <= bound):
             return rows
+    return None
+
+
+def _date_range(
+    code: str, clauses: Sequence[Any], span_info: tuple[float, bool]
+) -> tuple[list[Clause], str, list[Any]]:
+    """The plain date clauses on `code` (ANDed) as bounds on an index row's `low`:
+    (clauses folded, ` AND low>? AND low<?`, arguments). Only when no resource ever had
+    several values for the parameter: its one row then holds both what the clause tests and
+    what the sort reads, so a row outside the bounds is no match. A value's period is at most
+    `span` long, so `high > X` bounds `low > X - span` (_low_floor)."""
+    span, multi = span_info
+    if multi:
+        return [], "", []
+    folded: list[Clause] = []
+    sql, args = "", []
+    for clause in clauses:
+        if not (
+            isinstance(clause, Clause)
+            and clause.param.code == code
+            and clause.modifier is None
+            and clause.values
+            and all(isinstance(v, DateValue) and v.prefix in PLAIN_DATE_PREFIXES
+                    for v in clause.values)
+        ):
+            continue
+        floors = [_range_floor(v, span) for v in clause.values]
+        ceilings = [_low_ceiling(v) for v in clause.values]
+        if all(f is not None for f in floors):
+            sql += " AND low>?"
+            args.append(min(f for f in floors if f is not None))
+        if all(c is not None for c in ceilings):
+            sql += " AND low<=?"
+            args.append(max(c for c in ceilings if c is not None))
+        folded.append(clause)
+    return folded, sql, args
+
+
+def _range_floor(value: DateValue, span: float) -> float | None:
+    """A lower bound on `low` (below it, exclusive) implied by the prefix: _low_floor's,
+    and `eq` / `sa` (start within or after X)."""
+    if value.prefix == "eq":
+        return value.low - 1e-6
+    if value.prefix == "sa":
+        return value.high - 1e-6
+    return _low_floor(value, span)
+
+
+def _low_ceiling(value: DateValue) -> float | None:
+    """An upper bound on `low` implied by the prefix (date_condition: `lt` is low < X's
+    start, `le` low < its end, `eq` and `eb` end within X, so start before its end)."""
+    if value.prefix == "lt":
+        return value.low
+    if value.prefix in ("le", "eq", "eb"):
+        return value.high
     return None
 
 
