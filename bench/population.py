@@ -87,15 +87,17 @@ def _sampling(resources: Iterator[dict[str, Any]], sample: dict[str, list[str]],
 
 
 def load(size: str, db_url: str,
-         at_checkpoint: Callable[[Population, int], None] | None = None) -> Population:
-    """Generate and load the population of `size` into `db_url`, timing every chunk."""
+         at_checkpoint: Callable[[Population, int], None] | None = None,
+         shape: tuple[int, int] | None = None) -> Population:
+    """Generate and load the population of `size` (or `shape`: patients, days) into
+    `db_url`, timing every chunk."""
     from fhir_server.gc_tuning import tune_for_server
     from fhir_server.ingest.loader import Loader
     from fhir_server.service.fhir import FhirService
     from fhir_server.settings import Settings
     from fhir_server.storage import open_storage
 
-    patients, days, step, checkpoints = POPULATIONS[size]
+    patients, days, step, checkpoints = (*shape, 0, ()) if shape else POPULATIONS[size]
     population = Population(db_url, size, patients, days)
     settings = Settings.from_env(db_url=db_url)
     service = FhirService(open_storage(db_url), settings)

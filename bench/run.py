@@ -42,6 +42,7 @@ GROUPS = (
     ("generate",),
     ("population", "read", "export", "bulk", "deid", "rights"),
     ("search",),
+    ("broad",),
     ("ingest",),
     ("devices",),
     ("durability",),

@@ -23,6 +23,8 @@ ROW_NAMES = {
     "clinical": ["clinical load", "clinical $lastn", "clinical $cgm-metrics",
                  "clinical AGP html", "clinical AGP pdf", "clinical patient list"],
     "population": ["load", "search@"],
+    "broad": ["broad read", "broad patient", "broad date", "broad date -date",
+              "broad date total", "broad lastUpdated", "broad poll", "broad _id list"],
     "read": ["read", "vread"],
     "export": ["export"],
     "bulk": ["bulk export", "bulk import", "bulk load", "cohort@", "api read", "api read+export",

@@ -1,7 +1,7 @@
 """Broad date and `_lastUpdated` ranges paged in index order, and `_id` lists as one lookup.
 
-An unsorted type-level search on a date or `_lastUpdated` range is read in that range's
-order, earliest first (search/implied_order.py), so that a page reads N+1 index rows instead
+An unsorted type-level search on a date range is read latest first, on a `_lastUpdated`
+range oldest first (search/implied_order.py), so that a page reads N+1 index rows instead
 of counting the range to choose a driver. Every page, with and without `_total=accurate`,
 sorted or not, must give exactly the resources an independent computation over the raw
 data gives, in its order, on SQLite and on the MongoDB backend (mongomock: an in-memory
@@ -124,17 +124,17 @@ def stamp_order(raw: Raw, keep, descending: bool = False) -> list[str]:
 def test_broad_date_range_pages_in_date_order(loaded, total, count) -> None:
     service, raw = loaded
     extra = [("_total", total)] if total else []
-    expected = effective_order(raw, lambda row: row[0] >= CUT)
-    assert len(expected) > 3 * count  # several pages
+    latest_first = effective_order(raw, lambda row: row[0] >= CUT, descending=True)
+    assert len(latest_first) > 3 * count  # several pages
     ids, totals = walk(service, [("date", f"ge{iso(CUT)}"), *extra], count)
-    assert ids == expected
+    assert ids == latest_first
     if total:
-        assert set(totals) == {len(expected)}
-    # the same with `_sort=date` said, and the other way round
-    assert walk(service, [("date", f"ge{iso(CUT)}"), ("_sort", "date"), *extra], count)[0] \
-        == expected
+        assert set(totals) == {len(latest_first)}
+    # the same with `_sort=-date` said, and the other way round
     assert walk(service, [("date", f"ge{iso(CUT)}"), ("_sort", "-date"), *extra], count)[0] \
-        == effective_order(raw, lambda row: row[0] >= CUT, descending=True)
+        == latest_first
+    assert walk(service, [("date", f"ge{iso(CUT)}"), ("_sort", "date"), *extra], count)[0] \
+        == effective_order(raw, lambda row: row[0] >= CUT)
 
 
 @pytest.mark.parametrize("items", [
@@ -147,11 +147,11 @@ def test_bounded_and_combined_date_ranges(loaded, items) -> None:
     low = BASE + 20 * 600 if items[0][1].startswith("ge") else float("-inf")
     high = CUT if any(v.startswith("lt") for _, v in items) else float("inf")
     code = next((v.split("|")[1] for k, v in items if k == "code"), None)
-    expected = effective_order(
-        raw, lambda row: low <= row[0] < high and (code is None or row[3] == code))
-    assert walk(service, items, 9)[0] == expected
-    assert walk(service, [*items, ("_sort", "-date")], 9)[0] == effective_order(
-        raw, lambda row: low <= row[0] < high and (code is None or row[3] == code), True)
+    def keep(row: tuple) -> bool:
+        return low <= row[0] < high and (code is None or row[3] == code)
+
+    assert walk(service, items, 9)[0] == effective_order(raw, keep, descending=True)
+    assert walk(service, [*items, ("_sort", "date")], 9)[0] == effective_order(raw, keep)
 
 
 @pytest.mark.parametrize("total", [None, "accurate"])
@@ -172,7 +172,7 @@ def test_last_updated_range_pages_in_its_order(loaded, total) -> None:
 
 @pytest.mark.parametrize("items", [
     [("date", f"ge{iso(CUT)}")],
-    [("date", f"ge{iso(CUT)}"), ("_sort", "-date")],
+    [("date", f"ge{iso(CUT)}"), ("_sort", "date")],
     [("_lastUpdated", f"gt{iso(LU_CUT)}")],
 ])
 def test_paging_while_others_insert_serves_every_existing_match_once(loaded, items) -> None:

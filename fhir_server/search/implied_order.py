@@ -3,13 +3,16 @@
 R4 leaves the order of an unsorted search to the server. Diatabase's is insertion order,
 except for a type-level search that filters on a plain date or `_lastUpdated` range and on
 nothing that leads better (`_id`, a reference such as `patient=`, the request's own
-restriction): such a search is read in the range's own index order, ascending, as if it
-said `_sort=<that parameter>`. A page then reads its N+1 rows off the index, where
-insertion order had to count the range to choose how to reach it (`Observation?date=ge..`
-matching 100,000s of resources counted them on every page) or scan until the range began.
+restriction): such a search is read in the range's own index order, as if it said
+`_sort=-date` (latest first: what a dashboard shows) or `_sort=_lastUpdated` (a poll reads
+what changed since, oldest first; it goes before a date range). A page then reads its N+1
+rows off the index, where insertion order had to count the range to choose how to reach it
+(`Observation?date=ge..` matching 100,000s of resources counted them on every page) or scan
+until the range began. Latest first also lets MongoDB read `date=ge..` off one index of the
+sort values (mongo_indexes.py `sort_date_desc`), bounded by the clause.
 
-`_lastUpdated` goes first: a poll reads what changed since, oldest first. The rule depends
-on the query alone, so every page of one search has the same order, on every backend.
+The rule depends on the query alone, so every page of one search has the same order, on
+every backend.
 """
 
 from __future__ import annotations
@@ -47,5 +50,7 @@ def implied_order(query: SearchQuery) -> tuple[SortKey, ...]:
             ranges.append(criterion)
     if not ranges:
         return ()
-    chosen = next((c for c in ranges if c.param.code == "_lastUpdated"), ranges[0])
-    return (SortKey(chosen.param.code, False, chosen.param),)
+    polled = next((c for c in ranges if c.param.code == "_lastUpdated"), None)
+    if polled is not None:
+        return (SortKey("_lastUpdated", False, polled.param),)
+    return (SortKey(ranges[0].param.code, True, ranges[0].param),)

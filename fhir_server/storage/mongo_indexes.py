@@ -35,6 +35,10 @@ RESOURCE_INDEXES: tuple[IndexModel, ...] = (
     _index("idx.reference.p", "idx.reference.iv", "idx.reference.is", name="reference_identifier"),
     _index("idx.uri.p", "idx.uri.v", name="uri"),
     _index("idx.composite.p", "idx.composite.ac", name="composite"),
+    # `_sort=-date`, and the order of an unsorted date range (search/implied_order.py):
+    # present values first, latest first, then creation order (mongo_search.mongo_sort).
+    IndexModel([("srt.date.n", DESCENDING), ("srt.date.d", DESCENDING), ("seq", ASCENDING)],
+               name="sort_date_desc"),
     _index("ftn", name="fulltext_narrative"),
     _index("ftc", name="fulltext_content"),
 )
