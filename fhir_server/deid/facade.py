@@ -350,8 +350,13 @@ class DeidFacade:
                 if criterion is None:
                     continue
             stored_clauses.append(_translate(criterion, rtype, engine))
+        # Insertion order: the order a date range implies would follow the stored dates,
+        # revealing each patient's shift (as `_sort` on a view parameter would).
         storage_query = replace(
-            query, clauses=tuple(stored_clauses), result=replace(query.result, cursor=cursor)
+            query,
+            clauses=tuple(stored_clauses),
+            result=replace(query.result, cursor=cursor),
+            insertion_order=True,
         )
         count = min(query.result.count, self.service.settings.max_count)
         # While patients object or k-anonymity holds some back, every search runs as a

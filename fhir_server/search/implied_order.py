@@ -38,7 +38,8 @@ def is_range_clause(criterion: object) -> bool:
 
 def implied_order(query: SearchQuery) -> tuple[SortKey, ...]:
     """The sort an unsorted search is read in: empty for insertion order."""
-    if query.result.sort or query.resource_type is None or query.restriction is not None:
+    if (query.result.sort or query.resource_type is None or query.restriction is not None
+            or query.insertion_order):
         return ()
     ranges = []
     for criterion in query.clauses:

@@ -202,6 +202,9 @@ class SearchQuery:
     # its criterion for each type a system search reads, chain targets, `_has` sources and
     # included resources. A type-level search also carries its own type's among `clauses`.
     restriction: Any = None
+    # Insertion order when unsorted, never the order a range implies (implied_order.py):
+    # for a de-identified view, whose order must not follow the stored (unshifted) dates.
+    insertion_order: bool = False
 
     def self_link_items(self) -> list[tuple[str, str]]:
         """What was understood, canonically: filters sorted by name then value, values
