@@ -13,6 +13,7 @@ load` of the same files beside `$import`, and cohort evaluation at two populatio
   run first, look 20 % slower than the load);
 - `cohort N`: `Group/$evaluate` of "type 2 diabetes, HbA1c above 8 % since December, aged
   65 or more" on N patients (each with a Condition and two HbA1c results), median of runs;
+- `group export N`: the `Group/$export` work (every type) of that evaluated cohort;
 - `api read`, `api search` and the same `+export`: the API's latency (`diatabase serve` on
   the population, API_CLIENTS clients) without a job, then while system `$export` jobs run
   in the same server (one kicked off again whenever the last one has finished), alternating
@@ -38,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -185,11 +187,23 @@ COHORT = {
 }
 
 
-def measure_cohort(n: int) -> tuple[list[float], int, float, int]:
-    """(seconds per evaluation, members, peak RSS MB, resources) on n patients."""
+@dataclass
+class CohortFigures:
+    evaluations: list[float]  # seconds each
+    members: int
+    peak_rss_mb: float
+    resources: int
+    exports: list[float]  # seconds of each Group/$export of the evaluated cohort
+    exported: int  # resources in one such export
+
+
+def measure_cohort(n: int) -> CohortFigures:
+    """Evaluations of the cohort on n patients, then Group/$export work of its members."""
     from fhir_server.analytics.cohort_store import CohortStore
     from fhir_server.analytics.cohorts import Cohorts
     from fhir_server.ingest.loader import Loader
+    from fhir_server.jobs.bulk_export import export_to
+    from fhir_server.jobs.export_request import GROUP, parse_export_request
 
     folder = Path(tempfile.mkdtemp(prefix="diatabase-bench-cohort-"))
     service = service_for(f"sqlite:///{folder}/cohort.db")
@@ -204,8 +218,20 @@ def measure_cohort(n: int) -> tuple[list[float], int, float, int]:
             evaluation = cohorts.evaluate("bench-cohort", COHORT)
             times.append(time.perf_counter() - started)
             members = evaluation.count
+        exports, exported = [], 0
+        for run in range(COHORT_RUNS):
+            target = folder / f"export-{run}"
+            target.mkdir()
+            request = parse_export_request(GROUP, [], service.registry, False,
+                                           group_id="bench-cohort")
+            started = time.perf_counter()
+            result = export_to(service, request, target,
+                               lambda group: cohorts.member_batches(group, COHORT),
+                               lambda *a, **k: None)
+            exports.append(time.perf_counter() - started)
+            exported = result["resources"]
         cohorts.store.close()
-        return times, members, own_peak_rss_mb(), len(data)
+        return CohortFigures(times, members, own_peak_rss_mb(), len(data), exports, exported)
     finally:
         service.storage.close()
         shutil.rmtree(folder, ignore_errors=True)
@@ -374,12 +400,20 @@ def run(size: str = "small", db: str | None = None,
         existing: str | None = None) -> list[Result]:
     rows = []
     for n in COHORT_SIZES[size]:
-        times, members, peak, resources = measure_cohort(n)
+        figures = measure_cohort(n)
+        times = figures.evaluations
         rows.append(show(Result(
             f"cohort@{n:,}", f"$evaluate T2D + HbA1c > 8 % + 65+, {n:,} patients "
-            f"({resources:,} resources), {members:,} members, median of {len(times)}",
-            1 / statistics.median(times), "evaluations/s",
-            statistics.median(times) * 1000, max(times) * 1000, peak, "", "sqlite")))
+            f"({figures.resources:,} resources), {figures.members:,} members, median of "
+            f"{len(times)}", 1 / statistics.median(times), "evaluations/s",
+            statistics.median(times) * 1000, max(times) * 1000, figures.peak_rss_mb, "",
+            "sqlite")))
+        seconds = statistics.median(figures.exports)
+        rows.append(show(Result(
+            f"group export@{n:,}", f"Group/$export work of that cohort's {figures.members:,} "
+            f"members, {figures.exported:,} resources, median of {len(figures.exports)}",
+            figures.exported / seconds, "resources/s", seconds * 1000,
+            max(figures.exports) * 1000, figures.peak_rss_mb, "", "sqlite")))
     population = populated(size, existing) if existing else loaded(size, db)
     rows += measure_api_during_export(population, size)
     backend = (db or "sqlite").split(":", 1)[0]
