@@ -294,3 +294,35 @@ def test_what_changed_after_the_transaction_time_is_left_out(tmp_path: Path) -> 
         assert result["resources"] == len(expected)
     finally:
         service.storage.close()
+
+
+def test_a_group_of_hundreds_of_members_is_exported_whole(tmp_path: Path) -> None:
+    """A Group/$export of 501 members, handed over in one batch (a cohort's snapshot gives
+    them 500 at a time): every member's compartment is in the export, once. Fails on the
+    old code: the ids of a batch of 500 made an SQL expression deeper than SQLite allows
+    ("Expression tree is too large"), so the job failed."""
+    from fhir_server.ingest.loader import Loader
+    from fhir_server.jobs.bulk_export import export_to
+    from fhir_server.jobs.export_request import GROUP, parse_export_request
+    from fhir_server.service.fhir import FhirService
+    from fhir_server.storage import open_storage
+
+    url = database_url(tmp_path)
+    service = FhirService(open_storage(url), Settings(db_url=url))
+    try:
+        members = sorted(f"m{n:03d}" for n in range(501))
+        people = [{"resourceType": "Patient", "id": p} for p in [*members, "outsider"]]
+        readings = [observation(f"{p}-glu", p, "2339-0", 100, "mg/dL")
+                    for p in [*members, "outsider"]]
+        Loader(service).load_resources([*people, *readings])
+        request = parse_export_request(GROUP, [], service.registry, False, group_id="big")
+        folder = tmp_path / "export"
+        folder.mkdir()
+        export_to(service, request, folder, lambda group: iter([members]),
+                  lambda *a, **k: None)
+        found = [orjson.loads(line) for path in sorted(folder.glob("*.ndjson"))
+                 for line in path.read_bytes().splitlines()]
+        expected = [r for r in [*people, *readings] if "outsider" not in r["id"]]
+        assert keys(found) == keys(expected)
+    finally:
+        service.storage.close()

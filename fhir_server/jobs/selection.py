@@ -15,7 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-BATCH = 500  # patients per search: their ids go into one OR-ed reference clause
+# Patients per search: their ids go into one OR-ed reference clause, and SQLite refuses an
+# expression deeper than 1,000 ("Expression tree is too large"): 500 ids failed on every
+# type (450 passed), so a Group/$export of 500 members or more failed; 200 leaves room
+# for the export's other clauses (`_typeFilter`, `_since`).
+BATCH = 200
 
 # group id -> member patient ids in sorted batches (the cohort store's, for actual=false)
 MemberSource = Callable[[str], Iterator[list[str]]]
@@ -47,7 +51,11 @@ def of_patients(ids: Iterable[str]) -> PatientSelection:
 
 
 def of_group(group_id: str, members: MemberSource) -> PatientSelection:
-    return PatientSelection(False, True, lambda: members(group_id))
+    """The group's members, in batches of at most BATCH whatever the source's size (the
+    cohort store's are larger)."""
+    return PatientSelection(
+        False, True, lambda: (part for batch in members(group_id) for part in batched(batch))
+    )
 
 
 def batched(ids: Iterable[str], size: int = BATCH) -> Iterator[list[str]]:
