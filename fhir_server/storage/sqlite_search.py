@@ -285,6 +285,16 @@ class _Compiler:
             # `code IN` list beside it does.
             prefix_args = list(dict.fromkeys(codes))
             prefix = f" AND code IN ({','.join('?' * len(prefix_args))})"
+        targets = [v.id for v in clause.values if isinstance(v, ReferenceValue)]
+        if (clause.param.type == "reference" and clause.modifier is None and len(ors) > 1
+                and len(targets) == len(ors) and None not in targets
+                and all(v.url is None and v.identifier_value is None
+                        and v.identifier_system is None for v in clause.values)):
+            # Several targets (a batch of patients' compartments in a Group export): the
+            # same for an OR of (tid AND ttype) pairs, which read every row of the
+            # parameter for each (200 patients among 10,000: 0.2 s a search).
+            prefix_args = list(dict.fromkeys(targets))
+            prefix = f" AND tid IN ({','.join('?' * len(prefix_args))})"
         return f"{prefix} AND ({' OR '.join(ors)})", [*prefix_args, *args]
 
     def direct(self, clause: Clause, alias: str, indexable: bool = False) -> tuple[str, list[Any]]:
