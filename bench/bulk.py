@@ -270,6 +270,7 @@ class ExportLoad:
             if status.status_code != 200:
                 raise RuntimeError(f"the export failed: {status.text[:300]}")
             self.finished += 1
+            self.http.delete(self.status_url)  # its files (the whole export) are not wanted
         kicked = self.http.get("/$export", headers={"Prefer": "respond-async",
                                                      "Accept": "application/fhir+json"})
         if kicked.status_code != 202:
