@@ -134,15 +134,7 @@ def serve(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180  # a loaded machine starts it slowly
-        while True:
-            try:
-                httpx.get(f"{url}/metadata", timeout=10)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the benchmark server did not start") from None
-                time.sleep(0.2)
+        wait_serving(url, proc)
         yield ServerProcess(url, proc)
     finally:
         proc.terminate()
@@ -153,6 +145,20 @@ def serve(
             # the figures are taken, so do not lose them to a slow shutdown.
             proc.kill()
             proc.wait(timeout=30)
+
+
+def wait_serving(url: str, proc: subprocess.Popen) -> None:
+    """Until the server at `url` answers (180 s at most: a loaded machine starts it slowly);
+    an error if it does not, or if its process ends first."""
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            httpx.get(f"{url}/metadata", timeout=10)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the benchmark server did not start") from None
+            time.sleep(0.2)
 
 
 def print_table(results: Sequence[Result], title: str = "") -> None:

@@ -28,10 +28,9 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import orjson
 
-from bench.common import ROOT, Result, free_port
+from bench.common import ROOT, Result, free_port, wait_serving
 from bench.writes import observation
 
 SIZES = {"small": 1, "medium": 10, "large": 60}  # kills
@@ -48,18 +47,6 @@ def start(db: Path, port: int, workers: int) -> subprocess.Popen:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         start_new_session=True,  # its own process group: the workers are killed with it
     )
-
-
-def wait_ready(url: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            httpx.get(f"{url}/metadata", timeout=10)
-            return
-        except httpx.TransportError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the server did not start") from None
-            time.sleep(0.2)
 
 
 async def post_until_gone(port: int, acknowledged: list[str], first: int) -> None:
@@ -100,7 +87,7 @@ def one_kill(db: Path, workers: int, rng: random.Random, first: int) -> list[str
     proc = start(db, port, workers)
     acknowledged: list[str] = []
     try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
+        wait_serving(f"http://127.0.0.1:{port}", proc)
 
         def killer() -> None:
             # once creates flow (a cold server on a loaded machine is slow to answer the

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ import orjson
 
 from bench.common import ROOT, Result, percentile, serve
 from bench.http_load import post_request, run_requests
+from bench.ingest import observation as ingest_observation
 
 CLIENTS = (1, 8, 32)
 WORKERS = (1, 2)
@@ -89,37 +91,9 @@ class Cell:
     cpu_ms: float
 
 
-def process_tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process and its living descendants (the workers)."""
-    total = 0.0
-    pending = [pid]
-    while pending:
-        one = pending.pop()
-        try:
-            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            for task in Path(f"/proc/{one}/task").iterdir():
-                children = task / "children"
-                pending += [int(c) for c in children.read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total
-
-
 def observation(n: int) -> dict:
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-            "code": "laboratory"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "99504-3"}]},
-        "subject": {"reference": f"Patient/bench-{n % PATIENTS}"},
-        "effectiveDateTime": f"2025-{1 + n % 12:02d}-{1 + n % 28:02d}T{n % 24:02d}:"
-                             f"{n % 60:02d}:00+00:00",
-        "valueQuantity": {"value": 40 + n % 360, "unit": "mg/dL",
-                          "system": "http://unitsofmeasure.org", "code": "mg/dL"},
-    }
+    """The n-th glucose reading (bench.ingest's, a minute apart)."""
+    return ingest_observation(random.Random(n), n % PATIENTS, 1_700_000_000 + n * 60)
 
 
 def with_wrk(url: str, clients: int, seconds: int, script: Path) -> Cell:
@@ -163,14 +137,14 @@ def one_server(root: Path, workers: int, size: str, script: Path | None) -> dict
             # warm every worker's validators and caches before timing
             with_asyncio(server.url, 2 * workers, 20 * workers, 10_000_000)
             for clients in CLIENTS:
-                cpu = process_tree_cpu(server.proc.pid)
+                cpu = server.cpu_seconds()
                 if script is not None:
                     cell = with_wrk(server.url, clients, seconds, script)
                     creates = cell.rate * seconds
                 else:
                     cell = with_asyncio(server.url, clients, count, clients * 1_000_000)
                     creates = count
-                cell.cpu_ms = (process_tree_cpu(server.proc.pid) - cpu) * 1000 / creates
+                cell.cpu_ms = (server.cpu_seconds() - cpu) * 1000 / creates
                 cells[clients] = cell
     return cells
 
