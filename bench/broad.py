@@ -20,15 +20,20 @@ of the server process: what it spent, whatever else the shared machine did). Wit
 
     python -m bench.broad                          # --size small: 4 patients x 3 days
     python -m bench.broad --size medium --baseline main --rounds 3
+    python -m bench.broad --readonly-db bench/out/search-10m.db --baseline main
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import random
 import sqlite3
 import statistics
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -146,13 +151,52 @@ def run(size: str = "small", db: str | None = None, baseline: str | None = None,
     return sorted(rows, key=lambda row: names.index(row.benchmark))  # old beside new
 
 
+def readonly(db: Path, baseline: str | None, rounds: int, requests: int = 30) -> list[Result]:
+    """The broad searches in-process on a database that must not be written (bench/
+    broad_probe.py, run from each side's tree), alternated; medians of every request."""
+    probe = Path(__file__).with_name("broad_probe.py")
+    sides: list[tuple[str, Path]] = [("new planner", ROOT)]
+    times: dict[str, dict[str, list[float]]] = {}
+    since = ""
+    with contextlib.ExitStack() as stack:
+        if baseline:
+            old = stack.enter_context(checkout(baseline))
+            (old / "bench" / "broad_probe.py").write_bytes(probe.read_bytes())
+            sides.append((f"old planner ({baseline})", old))
+        for _ in range(rounds):
+            for label, source in sides:
+                out = subprocess.run(
+                    [sys.executable, "-m", "bench.broad_probe", str(db.resolve()), str(requests)],
+                    cwd=source, env={**os.environ, "PYTHONPATH": str(source)},
+                    capture_output=True, text=True, check=True).stdout
+                found = json.loads(out.splitlines()[-1])
+                since = found["from"]
+                for name, spent in found["times"].items():
+                    times.setdefault(label, {}).setdefault(name, []).extend(spent)
+    rows = []
+    for label, _ in sides:
+        for name, spent in times[label].items():
+            p50 = percentile(spent, 50)
+            rows.append(Result(f"broad@readonly {name}",
+                               f"{label}; in-process, first page of _count=10, date=ge{since}; "
+                               f"{len(spent)} requests", 1000 / statistics.mean(spent),
+                               "req/s (one thread)", p50, percentile(spent, 99)))
+    names = list(times["new planner"])
+    return sorted(rows, key=lambda row: names.index(row.benchmark.split(" ", 1)[1]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SHAPES), default="small")
     parser.add_argument("--baseline", help="a git revision to serve side by side (e.g. main)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--readonly-db", type=Path,
+                        help="measure in-process on this SQLite file, never written")
     args = parser.parse_args()
-    print_table(run(args.size, baseline=args.baseline, rounds=args.rounds))
+    if args.readonly_db:
+        print_table(readonly(args.readonly_db, args.baseline, args.rounds))
+    else:
+        print_table(run(args.size, baseline=args.baseline, rounds=args.rounds))
 
 
 if __name__ == "__main__":

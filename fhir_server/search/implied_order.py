@@ -2,14 +2,15 @@
 
 R4 leaves the order of an unsorted search to the server. Diatabase's is insertion order,
 except for a type-level search that filters on a plain date or `_lastUpdated` range and on
-nothing that leads better (`_id`, a reference such as `patient=`, the request's own
-restriction): such a search is read in the range's own index order, as if it said
-`_sort=-date` (latest first: what a dashboard shows) or `_sort=_lastUpdated` (a poll reads
-what changed since, oldest first; it goes before a date range). A page then reads its N+1
-rows off the index, where insertion order had to count the range to choose how to reach it
-(`Observation?date=ge..` matching 100,000s of resources counted them on every page) or scan
-until the range began. Latest first also lets MongoDB read `date=ge..` off one index of the
-sort values (mongo_indexes.py `sort_date_desc`), bounded by the clause.
+nothing that leads better (`_id`, a reference such as `patient=`, a compartment, chain or
+`_has`, the request's own restriction): such a search is read in the range's own index
+order, as if it said `_sort=-date` (latest first: what a dashboard shows) or
+`_sort=_lastUpdated` (a poll reads what changed since, oldest first; it goes before a date
+range). A page then reads its N+1 rows off the index, where insertion order had to count
+the range to choose how to reach it (`Observation?date=ge..` matching 100,000s of
+resources counted them on every page) or scan until the range began. Latest first also
+lets MongoDB read `date=ge..` off one index of the sort values (mongo_indexes.py
+`sort_date_desc`), bounded by the clause.
 
 The rule depends on the query alone, so every page of one search has the same order, on
 every backend.
@@ -44,7 +45,7 @@ def implied_order(query: SearchQuery) -> tuple[SortKey, ...]:
     ranges = []
     for criterion in query.clauses:
         if not isinstance(criterion, Clause):
-            continue
+            return ()  # a compartment, chain or `_has`: usually the selective part
         if criterion.param.code == "_id" or criterion.param.type == "reference":
             return ()  # the id index, a patient's or an encounter's rows lead
         if is_range_clause(criterion):

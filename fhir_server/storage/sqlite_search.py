@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from fhir_server.search.errors import SearchError, UnsupportedModifier
 from fhir_server.search.fulltext import is_fulltext_clause
 from fhir_server.search.id_lists import listed_ids
-from fhir_server.search.implied_order import implied_order
+from fhir_server.search.implied_order import RANGE_PREFIXES, implied_order, is_range_clause
 from fhir_server.search.query import (
     AnyOf,
     ChainClause,
@@ -709,7 +709,7 @@ DRIVER_LIMIT = 20000
 # query (a), is 288 rows).
 SMALL_DRIVER = 1000
 BROAD_DRIVER_FACTOR = 10  # failing that, a driving set of up to 200,000 rows
-PLAIN_DATE_PREFIXES = frozenset({"eq", "gt", "ge", "lt", "le", "sa", "eb"})
+PLAIN_DATE_PREFIXES = RANGE_PREFIXES
 
 
 def _type_criteria(
@@ -1214,14 +1214,7 @@ def _date_range(
     folded: list[Clause] = []
     sql, args = "", []
     for clause in clauses:
-        if not (
-            isinstance(clause, Clause)
-            and clause.param.code == code
-            and clause.modifier is None
-            and clause.values
-            and all(isinstance(v, DateValue) and v.prefix in PLAIN_DATE_PREFIXES
-                    for v in clause.values)
-        ):
+        if not (is_range_clause(clause) and clause.param.code == code):
             continue
         floors = [_range_floor(v, span) for v in clause.values]
         ceilings = [_low_ceiling(v) for v in clause.values]
