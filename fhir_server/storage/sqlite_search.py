@@ -709,7 +709,6 @@ DRIVER_LIMIT = 20000
 # query (a), is 288 rows).
 SMALL_DRIVER = 1000
 BROAD_DRIVER_FACTOR = 10  # failing that, a driving set of up to 200,000 rows
-PLAIN_DATE_PREFIXES = RANGE_PREFIXES
 
 
 def _type_criteria(
@@ -867,7 +866,7 @@ def _owner_date_drivers(
             and c.param.type == "date"
             and c.modifier is None
             and c.param.code not in DIRECT_PARAMS
-            and all(isinstance(v, DateValue) and v.prefix in PLAIN_DATE_PREFIXES for v in c.values)
+            and all(isinstance(v, DateValue) and v.prefix in RANGE_PREFIXES for v in c.values)
         ):
             by_param.setdefault(c.param.code, []).append(c)
     drivers = []
