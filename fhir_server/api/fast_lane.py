@@ -69,11 +69,14 @@ class FastLane:
         scope.update(child)
         scope["route"] = route
         request = Request(scope, receive, send)
-        if isinstance(route, APIRoute):
-            response: Response = await route.endpoint(request, **scope["path_params"])
-        else:  # a Starlette route: the endpoint reads request.path_params itself
-            response = await route.endpoint(request)
-        await response(scope, receive, send)
+        try:
+            if isinstance(route, APIRoute):
+                response: Response = await route.endpoint(request, **scope["path_params"])
+            else:  # a Starlette route: the endpoint reads request.path_params itself
+                response = await route.endpoint(request)
+            await response(scope, receive, send)
+        finally:
+            await request.close()  # a form read by the endpoint (as FastAPI's handler does)
 
     # -- choosing ----------------------------------------------------------------------------
 
