@@ -120,3 +120,16 @@ def test_answers_through_the_lane_are_the_same_fhir_answers(tmp_path: Path) -> N
         unknown = http.get("/Unknown")
         assert unknown.status_code == 404
         assert unknown.json()["resourceType"] == "OperationOutcome"
+
+
+def test_an_endpoint_without_a_request_parameter_is_called_as_fastapi_calls_it(
+    tmp_path: Path,
+) -> None:
+    """`GET /auth/jwks` (an endpoint of no parameter at all) answers its keys through the
+    lane; the lane's first version passed it the request and answered 500."""
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'closed.db'}")
+    with RunningServer(settings) as server, httpx.Client(base_url=server.url) as http:
+        keys = http.get("/auth/jwks")
+        assert keys.status_code == 200, keys.text
+        assert keys.json()["keys"]
+        assert http.get("/.well-known/smart-configuration").json()["jwks_uri"]

@@ -71,7 +71,10 @@ class FastLane:
         request = Request(scope, receive, send)
         try:
             if isinstance(route, APIRoute):
-                response: Response = await route.endpoint(request, **scope["path_params"])
+                arguments = dict(scope["path_params"])
+                if route.dependant.request_param_name:  # some endpoints take no request
+                    arguments[route.dependant.request_param_name] = request
+                response: Response = await route.endpoint(**arguments)
             else:  # a Starlette route: the endpoint reads request.path_params itself
                 response = await route.endpoint(request)
             await response(scope, receive, send)
