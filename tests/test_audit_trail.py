@@ -479,3 +479,31 @@ def test_mllp_messages_are_audited(
     assert len(patients) == 1 and summary(again)[3] == patients
     assert any(ref.startswith("Observation/") for ref in summary(stored)[4])
     assert summary(again)[4] == () and no["outcomeDesc"].startswith("ACK A")
+
+
+def test_terminology_is_not_patient_data_unless_refused(
+    server: RunningServer, clients: Clients, http: httpx.Client
+) -> None:
+    """A code check or a ValueSet search is no access to patient data: no event. A refused
+    one is a failed authorization: recorded. A terminology request that reaches patient
+    data after all (here a search of Patients next to it) is recorded as ever."""
+    loinc = "http://loinc.org"
+    allowed = clients.headers(*WRITER)
+    refused = clients.headers("no-terminology", "system/Observation.c")
+    marker = "audit-terminology-probe"
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        checked = c.get(
+            "/CodeSystem/$validate-code",
+            params={"url": loinc, "code": "2339-0", "display": marker},
+            headers=allowed,
+        )
+        assert checked.status_code == 200, checked.text[:300]
+        assert c.get(f"/ValueSet?name={marker}", headers=allowed).status_code == 200
+        assert c.get(f"/ValueSet?name={marker}", headers=refused).status_code == 403
+        assert c.get(f"/Patient?name={marker}", headers=allowed).status_code == 200
+    flush(server)
+    probes = [(summary(e)[2], request_of(e)) for e in events(http) if marker in request_of(e)]
+    assert sorted(probes) == [
+        ("0", f"GET /Patient?name={marker}"),
+        ("4", f"GET /ValueSet?name={marker}"),
+    ]

@@ -19,6 +19,27 @@ UNAUDITED_FIRST_SEGMENTS = frozenset(
     {"metadata", ".well-known", "_docs", "_openapi.json", "favicon.ico", "deid"}
 )
 FORM_LIMIT = 64 * 1024  # of a POST _search body kept as the query
+# Terminology and conformance resources: not patient data. Their interactions (a
+# `$validate-code` or `$expand` by an app, a profile read) are recorded only when they
+# reached patient data after all (an `_include`, a `_revinclude`), were refused (401 / 403:
+# a failed authorization is always recorded), or wrote; otherwise every code check of every
+# app would be an event (it was ~30 % of a `$validate-code`'s server CPU).
+DEFINITIONAL_TYPES = frozenset(
+    {
+        "CodeSystem",
+        "ValueSet",
+        "ConceptMap",
+        "NamingSystem",
+        "StructureDefinition",
+        "StructureMap",
+        "SearchParameter",
+        "OperationDefinition",
+        "CompartmentDefinition",
+        "CapabilityStatement",
+        "ImplementationGuide",
+        "TerminologyCapabilities",
+    }
+)
 
 
 def classify(method: str, path: str) -> tuple[str, str | None] | None:
@@ -91,6 +112,7 @@ class AuditMiddleware:
         query = scope.get("query_string", b"").decode("latin-1")
         request = f"{scope['method']} {scope['path']}" + (f"?{query}" if query else "")
         activity = Activity(lambda: agent_of(scope), interaction, request, data)
+        activity.definitional = _first_segment(scope["path"]) in DEFINITIONAL_TYPES
         status = 500
         if scope["method"] == "POST" and interaction.startswith("search"):
             receive = _keeping_form(receive, activity)
@@ -122,6 +144,10 @@ class AuditMiddleware:
                 await self.app(scope, receive, sending)
         finally:
             finish()  # no complete answer was sent (an error, a client gone)
+
+
+def _first_segment(path: str) -> str:
+    return path.lstrip("/").split("/", 1)[0]
 
 
 def _keeping_form(receive: Any, activity: Activity) -> Any:

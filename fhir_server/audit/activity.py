@@ -41,6 +41,9 @@ class Activity:
     recorded_writes: int = 0  # events already committed with a write transaction
     outcome: str | None = None  # set by a door that knows better than the HTTP status
     outcome_text: str | None = None
+    # about terminology or conformance resources: recorded only if it touched patient data,
+    # wrote, or was refused (api/audit_http.py DEFINITIONAL_TYPES)
+    definitional: bool = False
 
     @property
     def action(self) -> str:

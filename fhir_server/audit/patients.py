@@ -43,6 +43,12 @@ def patients_of(resource_type: str, rid: str, json: bytes | None) -> set[str]:
     return found
 
 
+def touches_patient_data(resources: Iterable[StoredResource]) -> bool:
+    """Whether any of these is a Patient or of a type in the Patient compartment."""
+    in_compartment = _in_compartment()
+    return any(r.resource_type == "Patient" or r.resource_type in in_compartment for r in resources)
+
+
 def patients_of_all(resources: Iterable[StoredResource]) -> set[str]:
     """`patients_of` of each resource, together. The texts are searched as one (joined by a
     NUL byte, which JSON text never holds raw, so no match spans two resources): a page of

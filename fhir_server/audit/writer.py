@@ -35,7 +35,7 @@ from fhir_server.audit.events import (
     outcome_of,
     sorted_unique,
 )
-from fhir_server.audit.patients import patients_of, patients_of_all
+from fhir_server.audit.patients import patients_of, patients_of_all, touches_patient_data
 from fhir_server.audit.store import AuditStore
 from fhir_server.storage.base import now_millis
 
@@ -101,6 +101,14 @@ class AuditTrail:
         if not self.enabled:
             return
         if activity.recorded_writes and not activity.reads and not activity.attempted:
+            return
+        if (
+            activity.definitional
+            and status not in (401, 403)
+            and not activity.recorded_writes
+            and not activity.attempted
+            and not touches_patient_data(activity.reads)
+        ):
             return
         activity.ended = now_millis()
         self._submit((activity, activity.outcome or outcome_of(status)))
