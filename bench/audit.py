@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from bench.common import Result, percentile, serve
+from bench.common import Result, cpu_seconds, percentile, serve
 from bench.http_load import get_request, post_request, run_requests
 from bench.ingest import PATIENTS, make_bundles, observation
 
@@ -59,13 +59,6 @@ def audit_env(on: bool):
             del os.environ["DIATABASE_AUDIT"]
         else:
             os.environ["DIATABASE_AUDIT"] = previous
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far: what the server spent, whatever else
-    the machine was doing meanwhile (wall times on a shared machine are noisier)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ingest_batches(url: str, bundles: list[bytes], size: int) -> float:

@@ -37,8 +37,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.audit import cpu_seconds
-from bench.common import ROOT, Result, percentile, print_table, serve
+from bench.common import ROOT, Result, cpu_seconds, percentile, print_table, serve
 from bench.http_load import expect_ok, run_gets
 from bench.ingest import checkout
 from bench.population import load

@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from bench.common import ROOT, Result, free_port
+from bench.common import ROOT, Result, cpu_seconds, free_port, wait_serving
 from bench.http_load import get_request, post_request, run_requests
 from bench.ingest import PATIENTS, make_bundles, observation
 
@@ -68,22 +67,6 @@ class Samples:
 
     def median(self, name: str) -> float:
         return statistics.median(getattr(f, name) for f in self.figures)
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children (a server's workers) so far."""
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    total = 0.0
-    for one in pids:
-        try:
-            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 # -- servers ------------------------------------------------------------------------------
@@ -114,15 +97,7 @@ def serve(tree: Path, db: Path, mode: str, issuer: object) -> Iterator[Server]:
         token = issuer.token(url, "user/*.cruds")  # type: ignore[attr-defined]
         headers = {"Authorization": f"Bearer {token}"}
     try:
-        deadline = time.monotonic() + 180  # a loaded machine starts it slowly
-        while True:
-            try:
-                httpx.get(f"{url}/metadata", timeout=10)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"the server from {tree} did not start") from None
-                time.sleep(0.2)
+        wait_serving(url, proc)
         yield Server(url, proc, headers)
     finally:
         proc.terminate()
@@ -243,12 +218,12 @@ def measure(server: Server, work: Workload, seconds: float, folder: Path) -> Fig
         load_wrk(server, work, 1, folder)
     else:
         load_asyncio(server, work, 0.2)
-    before = process_cpu_seconds(server.proc.pid)
+    before = cpu_seconds(server.proc.pid)
     if use_wrk:
         count, rate, p50, p99 = load_wrk(server, work, seconds, folder)
     else:
         count, rate, p50, p99 = load_asyncio(server, work, seconds)
-    spent = process_cpu_seconds(server.proc.pid) - before
+    spent = cpu_seconds(server.proc.pid) - before
     return Figure(rate, p50, p99, spent * 1000 / count)
 
 

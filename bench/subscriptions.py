@@ -40,8 +40,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from bench.audit import cpu_seconds
-from bench.common import Result, percentile, serve
+from bench.common import Result, cpu_seconds, percentile, serve
 from bench.ingest import observation
 
 CGM = "http://loinc.org|99504-3"
