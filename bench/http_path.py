@@ -29,7 +29,6 @@ import random
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,7 +38,8 @@ from pathlib import Path
 import httpx
 import orjson
 
-from bench.common import ROOT, Result, cpu_seconds, free_port, wait_serving
+from bench.common import ROOT, Result, cpu_seconds
+from bench.common import serve as common_serve
 from bench.http_load import get_request, post_request, run_requests
 from bench.ingest import PATIENTS, make_bundles, observation
 
@@ -81,31 +81,18 @@ class Server:
 
 @contextmanager
 def serve(tree: Path, db: Path, mode: str, issuer: object) -> Iterator[Server]:
-    """`diatabase serve` from `tree` (its sources first on the path) on `db`."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(tree), "DIATABASE_AUDIT": "1",
+    """`diatabase serve` from `tree` (its sources first on the path) on `db`, trusting the
+    test issuer's tokens, audit trail on."""
+    env = {"DIATABASE_AUDIT": "1",
            "DIATABASE_AUTH_ISSUER": issuer.issuer,  # type: ignore[attr-defined]
            "DIATABASE_AUTH_JWKS": str(issuer.jwks_path)}  # type: ignore[attr-defined]
-    command = [sys.executable, "-m", "fhir_server.cli", "serve", "--db", f"sqlite:///{db}",
-               "--port", str(port), "--log-level", "warning", "--workers", "1"]
-    if mode == "insecure-dev":
-        command.append("--insecure-dev")
-    proc = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.DEVNULL)
-    headers = {}
-    if mode == "token":
-        token = issuer.token(url, "user/*.cruds")  # type: ignore[attr-defined]
-        headers = {"Authorization": f"Bearer {token}"}
-    try:
-        wait_serving(url, proc)
-        yield Server(url, proc, headers)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+    with common_serve(f"sqlite:///{db}", insecure_dev=mode == "insecure-dev", root=tree,
+                      env=env) as server:
+        headers = {}
+        if mode == "token":
+            token = issuer.token(server.url, "user/*.cruds")  # type: ignore[attr-defined]
+            headers = {"Authorization": f"Bearer {token}"}
+        yield Server(server.url, server.proc, headers)
 
 
 def populate(tree: Path, db: Path, issuer: object) -> None:
