@@ -116,9 +116,15 @@ class ServedProcess:
         os.kill(self.pid, signum)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=60)
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if self.prefix:
+            # Killing the tracer (strace) alone detaches the server it traces, which then
+            # ran on after the test: the server goes first.
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                os.kill(self.pid, signal.SIGKILL)
+        self.proc.kill()
+        self.proc.wait(timeout=60)
 
     def __enter__(self) -> ServedProcess:
         return self.start()
