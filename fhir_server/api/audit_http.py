@@ -23,7 +23,7 @@ FORM_LIMIT = 64 * 1024  # of a POST _search body kept as the query
 # `$validate-code` or `$expand` by an app, a profile read) are recorded only when they
 # reached patient data after all (an `_include`, a `_revinclude`), were refused (401 / 403:
 # a failed authorization is always recorded), or wrote; otherwise every code check of every
-# app would be an event (it was ~30 % of a `$validate-code`'s server CPU).
+# app would be an event in a trail meant for access to patient data.
 DEFINITIONAL_TYPES = frozenset(
     {
         "CodeSystem",
@@ -111,8 +111,13 @@ class AuditMiddleware:
         interaction, data = kind
         query = scope.get("query_string", b"").decode("latin-1")
         request = f"{scope['method']} {scope['path']}" + (f"?{query}" if query else "")
-        activity = Activity(lambda: agent_of(scope), interaction, request, data)
-        activity.definitional = _first_segment(scope["path"]) in DEFINITIONAL_TYPES
+        activity = Activity(
+            lambda: agent_of(scope),
+            interaction,
+            request,
+            data,
+            definitional=_first_segment(scope["path"]) in DEFINITIONAL_TYPES,
+        )
         status = 500
         if scope["method"] == "POST" and interaction.startswith("search"):
             receive = _keeping_form(receive, activity)

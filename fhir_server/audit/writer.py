@@ -238,9 +238,9 @@ class AuditTrail:
             facts = self._facts(activity, outcome)
             event = build_event(facts)
             events.append((event, fields_of(facts, event)))
-            # Give the GIL up between events: a batch of a busy second's events is tens of
-            # ms of Python, and a request thread waiting for the GIL would otherwise wait a
-            # whole switch interval (5 ms) each time (measured: search p50 +30 % without).
+            # Give the GIL up between events: a batch of a busy second's events is several
+            # ms of Python (~0.1 ms each), and a request thread waiting for the GIL would
+            # otherwise wait up to a whole switch interval (5 ms) behind it.
             time.sleep(0)
         with self._backend.transaction() as tx:
             self.store.append(tx, events)
